@@ -1,0 +1,318 @@
+"""``MultiTaskMixin``: the training, validation, test and predict steps of a multi-task model."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from lightning_multiloss._dist import any_across_ranks
+from lightning_multiloss._lightning import callback_class_for, check_mixin_order
+from lightning_multiloss.errors import MultiLossError, NonFiniteLossError
+from lightning_multiloss.task import Task
+from lightning_multiloss.weighting import Fixed, Weighting, create_weighting
+
+Stage = Literal["train", "val", "test"]
+OnNonFinite = Literal["raise", "skip"]
+
+if TYPE_CHECKING:  # the mixin is used with a LightningModule; type-check against nn.Module only
+    _Base = nn.Module
+else:
+    _Base = object
+
+
+class MultiTaskMixin(_Base):
+    """Multi-task steps for a LightningModule: list the mixin first among the bases.
+
+    Declare the tasks and the weighting once in ``__init__`` with :meth:`configure_multitask`,
+    write ``forward(x) -> {task: output}`` and ``configure_optimizers``; the mixin supplies
+    ``training_step``, ``validation_step``, ``test_step`` and ``predict_step``. The training step
+    returns the combined loss, so Lightning's own backward, gradient accumulation, clipping,
+    precision and DDP stay in charge. It logs ``<stage>/loss/<task>``, ``<stage>/weight/<task>``,
+    ``<stage>/loss`` and, on validation and test, ``<stage>/<metric>/<task>``.
+
+    Every piece can be overridden: :meth:`split_batch` (how a batch splits into the input and
+    the targets), :meth:`predict_inputs`, :meth:`task_losses`, or the steps themselves.
+
+    Example:
+        >>> import torch
+        >>> import pytorch_lightning as pl
+        >>> from torch import nn
+        >>> from lightning_multiloss import MultiTaskMixin, Task
+        >>> from lightning_multiloss.weighting import Fixed
+        >>> class Net(MultiTaskMixin, pl.LightningModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.trunk = nn.Linear(4, 8)
+        ...         self.heads = nn.ModuleDict({"cls": nn.Linear(8, 3), "reg": nn.Linear(8, 1)})
+        ...         self.configure_multitask(
+        ...             [Task("cls", nn.CrossEntropyLoss()), Task("reg", nn.MSELoss())],
+        ...             Fixed([0.5, 0.3]),
+        ...         )
+        ...     def forward(self, x):
+        ...         z = torch.relu(self.trunk(x))
+        ...         return {name: head(z) for name, head in self.heads.items()}
+        ...     def configure_optimizers(self):
+        ...         return torch.optim.SGD(self.parameters(), lr=0.1)
+        >>> sorted(Net()(torch.zeros(2, 4)))
+        ['cls', 'reg']
+    """
+
+    # Declared for type checkers; set by configure_multitask.
+    weighting: Weighting
+    _mt_tasks: tuple[Task, ...]
+    _mt_metrics: nn.ModuleDict
+    _mt_epoch_loss_sum: Tensor
+    _mt_epoch_loss_count: Tensor
+
+    if TYPE_CHECKING:  # provided by the LightningModule
+
+        def log(self, name: str, value: Any, **kwargs: Any) -> None: ...
+        def log_dict(self, dictionary: Mapping[str, Any], **kwargs: Any) -> None: ...
+
+    def configure_multitask(
+        self,
+        tasks: Sequence[Task],
+        weighting: Weighting | str | None = None,
+        *,
+        input_key: str = "x",
+        on_nonfinite: OnNonFinite = "raise",
+    ) -> None:
+        """Declare the tasks and the weighting (call it in ``__init__``, after ``super().__init__()``).
+
+        Args:
+            tasks: the tasks, in the order of the loss vector the weighting sees.
+            weighting: a :class:`~lightning_multiloss.weighting.Weighting`, a registered name,
+                or ``None`` for a plain sum.
+            input_key: the batch key of the network's input, for dict batches.
+            on_nonfinite: what to do with a NaN or infinite task loss: ``"raise"`` stops with
+                the task's name and the step; ``"skip"`` skips that optimizer step on every
+                process (no backward, parameters and optimizer state untouched).
+        """
+        check_mixin_order(self)
+        if not isinstance(self, nn.Module) or "_parameters" not in self.__dict__:
+            raise MultiLossError("call super().__init__() before configure_multitask()")
+        tasks = list(tasks)
+        if not tasks:
+            raise MultiLossError("configure_multitask needs at least one task")
+        for task in tasks:
+            if not isinstance(task, Task):
+                raise MultiLossError(f"tasks must be Task objects, got {type(task).__name__}: {task!r}")
+        names = [task.name for task in tasks]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise MultiLossError(f"duplicate task names {duplicates}; each task needs its own name")
+        if on_nonfinite not in ("raise", "skip"):
+            raise MultiLossError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
+        if weighting is None:
+            weighting = Fixed()
+        elif isinstance(weighting, str):
+            weighting = create_weighting(weighting)
+        if not isinstance(weighting, Weighting):
+            raise MultiLossError(f"weighting must be a Weighting or a registered name, got {type(weighting).__name__}")
+        weighting.bind(names)
+
+        self.weighting = weighting
+        self._mt_tasks = tuple(tasks)
+        self._mt_names = frozenset(names)
+        self._mt_input_key = input_key
+        self._mt_on_nonfinite: OnNonFinite = on_nonfinite
+        self._mt_keys = {
+            stage: (
+                f"{stage}/loss",
+                [f"{stage}/loss/{n}" for n in names],
+                [f"{stage}/weight/{n}" for n in names],
+            )
+            for stage in ("train", "val", "test")
+        }
+        self._mt_callback_attached = False
+        self._mt_step_skipped = False
+        self._mt_last_weights: Tensor | None = None
+        self._mt_metrics = nn.ModuleDict(
+            {
+                stage: nn.ModuleDict(
+                    {
+                        task.name: nn.ModuleDict({m: copy.deepcopy(metric) for m, metric in task.metrics.items()})
+                        for task in tasks
+                        if task.metrics
+                    }
+                )
+                for stage in ("val", "test")
+            }
+        )
+        if weighting.uses_epoch_losses:
+            # Persistent, so a run resumed mid-epoch keeps the epoch's running sums.
+            self.register_buffer("_mt_epoch_loss_sum", torch.zeros(len(tasks)))
+            self.register_buffer("_mt_epoch_loss_count", torch.zeros(()))
+
+    # -- what users may override --------------------------------------------------------
+    @property
+    def tasks(self) -> tuple[Task, ...]:
+        """The declared tasks, in loss-vector order."""
+        return self._mt_tasks
+
+    def split_batch(self, batch: Any) -> tuple[Any, Mapping[str, Any]]:
+        """Split a batch into the network's input and a mapping that holds the targets.
+
+        Accepts a dict (the input under ``input_key``; targets, masks are its other keys) or a
+        pair ``(input, {key: target})``. Override it for any other layout.
+        """
+        if isinstance(batch, Mapping):
+            if self._mt_input_key not in batch:
+                raise MultiLossError(
+                    f"the batch has no input key {self._mt_input_key!r}; it has {sorted(batch)}. "
+                    "Pass input_key= to configure_multitask or override split_batch()"
+                )
+            return batch[self._mt_input_key], batch
+        if isinstance(batch, list | tuple) and len(batch) == 2 and isinstance(batch[1], Mapping):
+            return batch[0], batch[1]
+        raise MultiLossError(
+            f"cannot split a batch of type {type(batch).__name__}: expected a dict or (input, dict of targets); "
+            "override split_batch() for other layouts"
+        )
+
+    def predict_inputs(self, batch: Any) -> Any:
+        """The network's input in a prediction batch, which needs no targets."""
+        if isinstance(batch, Mapping):
+            return self.split_batch(batch)[0]
+        if isinstance(batch, list | tuple):
+            return batch[0]
+        return batch
+
+    def task_losses(self, outputs: Mapping[str, Tensor], batch: Mapping[str, Any]) -> Tensor:
+        """The ``(K,)`` vector of task losses, checked (scalars, one per task, targets present)."""
+        losses = []
+        for task in self._mt_tasks:
+            output = outputs[task.name]
+            key = task.target_key
+            if key not in batch:
+                raise MultiLossError(f"task {task.name!r}: the batch has no target key {key!r}; it has {sorted(batch)}")
+            target = batch[key]
+            if task.has_selection:
+                output, target = task.select(output, target, batch)
+                if output.shape[0] == 0:
+                    # No labelled sample: zero, but in the graph (DDP expects every parameter used).
+                    losses.append(outputs[task.name].sum() * 0.0)
+                    continue
+            loss = task.loss(output, target)
+            if not isinstance(loss, Tensor) or loss.ndim != 0:
+                shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+                raise MultiLossError(
+                    f"task {task.name!r}: the loss must be a scalar, got {shape}; use a mean or sum reduction"
+                )
+            losses.append(loss)
+        return torch.stack(losses)
+
+    # -- the steps ----------------------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        if self.weighting.needs_callback and not self._mt_callback_attached:
+            raise MultiLossError(
+                f"weighting {self.weighting.name!r} needs LossWeightingCallback: keep the mixin's "
+                "configure_callbacks() (or call super().configure_callbacks()), or pass the callback to the Trainer"
+            )
+        _, _, losses, batch_size = self._mt_forward(batch)
+        self._mt_step_skipped = not self._mt_check_finite(losses, "train", batch_idx)
+        if self._mt_step_skipped:
+            return None
+        result = self.weighting(losses)
+        self._mt_last_weights = result.weights
+        if self.weighting.uses_epoch_losses:
+            self._mt_epoch_loss_sum += losses.detach()
+            self._mt_epoch_loss_count += 1
+        self._mt_log("train", losses, result.weights, result.loss, batch_size)
+        return result.loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._mt_eval_step(batch, batch_idx, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._mt_eval_step(batch, batch_idx, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
+        return self(self.predict_inputs(batch))
+
+    def configure_callbacks(self) -> Any:
+        callbacks = list(super().configure_callbacks())  # type: ignore[misc]
+        callback_cls = callback_class_for(self)
+        trainer_callbacks = getattr(getattr(self, "_trainer", None), "callbacks", [])
+        if not any(isinstance(cb, callback_cls) for cb in [*callbacks, *trainer_callbacks]):
+            callbacks.append(callback_cls())
+        return callbacks
+
+    # -- internals ----------------------------------------------------------------------
+    def _mt_forward(self, batch: Any) -> tuple[Mapping[str, Tensor], Mapping[str, Any], Tensor, int]:
+        inputs, targets = self.split_batch(batch)
+        outputs = self(inputs)
+        if not isinstance(outputs, Mapping):
+            raise MultiLossError(f"forward must return a dict {{task: output}}, got {type(outputs).__name__}")
+        if outputs.keys() != self._mt_names:
+            missing = sorted(self._mt_names - outputs.keys())
+            extra = sorted(set(outputs) - self._mt_names)
+            raise MultiLossError(
+                f"forward must return one output per task: missing {missing}, extra {extra}; "
+                f"the tasks are {[t.name for t in self._mt_tasks]}"
+            )
+        losses = self.task_losses(outputs, targets)
+        first = outputs[self._mt_tasks[0].name]
+        batch_size = int(first.shape[0]) if first.ndim > 0 else 1
+        return outputs, targets, losses, batch_size
+
+    def _mt_check_finite(self, losses: Tensor, stage: Stage, batch_idx: int) -> bool:
+        bad = not bool(torch.isfinite(losses.detach()).all())
+        if stage == "train":
+            bad = any_across_ranks(bad, losses.device)  # every process skips, or none
+        if not bad:
+            return True
+        values = losses.detach().tolist()
+        names = [t.name for t in self._mt_tasks]
+        culprits = {n: v for n, v in zip(names, values, strict=True) if not math.isfinite(v)}
+        trainer = getattr(self, "_trainer", None)
+        where = (
+            f"step {trainer.global_step}, epoch {trainer.current_epoch}, batch {batch_idx}"
+            if trainer is not None
+            else f"batch {batch_idx}"
+        )
+        if stage == "train" and self._mt_on_nonfinite == "skip":
+            return False
+        detail = f"task loss(es) {culprits}" if culprits else "a task loss on another process"
+        raise NonFiniteLossError(f"non-finite {detail} at {stage} {where}; pass on_nonfinite='skip' to skip such steps")
+
+    def _mt_log(self, stage: Stage, losses: Tensor, weights: Tensor, total: Tensor, batch_size: int) -> None:
+        total_key, loss_keys, weight_keys = self._mt_keys[stage]
+        values = dict(zip(loss_keys, losses.detach().unbind(), strict=True))
+        values.update(zip(weight_keys, weights.unbind(), strict=True))
+        train = stage == "train"
+        self.log_dict(values, on_step=train, on_epoch=not train, sync_dist=not train, batch_size=batch_size)
+        self.log(
+            total_key,
+            total.detach(),
+            on_step=train,
+            on_epoch=not train,
+            sync_dist=not train,
+            batch_size=batch_size,
+            prog_bar=True,
+        )
+
+    def _mt_eval_step(self, batch: Any, batch_idx: int, stage: Literal["val", "test"]) -> Tensor:
+        outputs, targets, losses, batch_size = self._mt_forward(batch)
+        self._mt_check_finite(losses, stage, batch_idx)
+        result = self.weighting(losses)
+        self._mt_log(stage, losses, result.weights, result.loss, batch_size)
+        metrics: Any = self._mt_metrics[stage]
+        if len(metrics):
+            for task in self._mt_tasks:
+                if task.name not in metrics:
+                    continue
+                output, target = outputs[task.name], targets[task.target_key]
+                if task.has_selection:
+                    output, target = task.select(output, target, targets)
+                    if output.shape[0] == 0:
+                        continue
+                for metric_name, metric in metrics[task.name].items():
+                    metric.update(output.detach(), target)
+                    self.log(f"{stage}/{metric_name}/{task.name}", metric, on_epoch=True)
+        return result.loss

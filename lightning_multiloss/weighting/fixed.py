@@ -1,0 +1,56 @@
+"""Fixed weights: Keras' ``loss_weights``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from lightning_multiloss.weighting._base import WeightedLoss, Weighting, check_weight, weighted_sum
+from lightning_multiloss.weighting._registry import register
+
+
+@register("fixed")
+class Fixed(Weighting):
+    r"""A fixed weighted sum of the task losses, as Keras' ``compile(loss_weights=...)``.
+
+    .. math:: L = \sum_i w_i L_i
+
+    Each loss moves only the layers on its own path from the input: a head that task ``j``
+    does not use receives no gradient from :math:`L_j`.
+
+    Args:
+        weights: one weight per task in task order, or a dict by task name (tasks it leaves
+            out get weight 1, as in Keras). ``None``: every weight is 1. Each weight must be
+            finite and non-negative.
+
+    Example:
+        >>> import torch
+        >>> from lightning_multiloss.weighting import Fixed
+        >>> w = Fixed({"digit": 0.5, "recon": 0.3})
+        >>> w.bind(["digit", "recon"])
+        >>> w(torch.tensor([2.0, 10.0])).loss
+        tensor(4.)
+    """
+
+    def __init__(self, weights: Sequence[float] | Mapping[str, float] | None = None) -> None:
+        super().__init__()
+        if weights is not None and not isinstance(weights, Mapping):
+            weights = list(weights)
+        # Checked now, so that a bad value fails when the config is built, not at bind time.
+        if isinstance(weights, Mapping):
+            weights = {name: check_weight("fixed", name, value) for name, value in weights.items()}
+        elif weights is not None:
+            weights = [check_weight("fixed", f"#{i}", value) for i, value in enumerate(weights)]
+        self._spec = weights
+        self.weights: Tensor
+
+    def build(self, num_tasks: int) -> None:
+        values = [1.0] * num_tasks if self._spec is None else self.per_task(self._spec, "weights", 1.0)
+        self.check_weights(values, "weight")
+        # Not persistent: fixed weights are configuration, not training state.
+        self.register_buffer("weights", torch.tensor(values), persistent=False)
+
+    def forward(self, losses: Tensor) -> WeightedLoss:
+        return weighted_sum(self.weights, losses)

@@ -1,0 +1,124 @@
+"""A learnable alpha clipped to [0, 1]: the Keras recipe (and its K-task form on the simplex)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from lightning_multiloss._dist import is_rank_zero
+from lightning_multiloss.errors import MultiLossError
+from lightning_multiloss.weighting._base import WeightedLoss, Weighting, weighted_sum
+from lightning_multiloss.weighting._registry import register
+
+log = logging.getLogger(__name__)
+
+
+def project_to_simplex(v: Tensor) -> Tensor:
+    """Euclidean projection of ``v`` onto ``{w : w >= 0, sum(w) = 1}`` (Duchi et al. 2008)."""
+    u, _ = torch.sort(v, descending=True)
+    css = torch.cumsum(u, dim=0) - 1.0
+    index = torch.arange(1, v.numel() + 1, device=v.device, dtype=v.dtype)
+    rho = torch.nonzero(u - css / index > 0).max()
+    theta = css[rho] / (rho + 1).to(v.dtype)
+    return torch.clamp(v - theta, min=0.0)
+
+
+@register("learnable")
+class Learnable(Weighting):
+    r"""A trainable weight, projected back to its bounds after every optimizer step.
+
+    The Keras recipe (a trainable loss-weighting layer whose weight is clipped to [0, 1]),
+    exactly, for two tasks:
+
+    .. math:: L = \alpha L_1 + (1 - \alpha) L_2, \qquad
+              \alpha \leftarrow \mathrm{clip}(\alpha - \eta\,\partial L/\partial\alpha,\ 0,\ 1)
+
+    ``alpha`` is an ``nn.Parameter`` (initialised at ``init``, 0.5 by default) stepped by the
+    model's own optimizer; the Callback clips it after each optimizer step. For K > 2 tasks the
+    weights ``w`` (initialised uniform) are projected onto the simplex
+    :math:`\{w \ge 0, \sum_i w_i = 1\}` instead.
+
+    .. warning::
+        This recipe does not balance the tasks. :math:`\partial L / \partial \alpha = L_1 - L_2`,
+        so gradient descent moves alpha toward whichever loss is smaller until it reaches a bound:
+        the minimum over alpha of a convex combination is the smaller loss. Expect alpha at 0 or 1
+        within a few epochs, after which one task is no longer trained. A message is logged when
+        it reaches a bound. For learned balancing use ``uncertainty``-style strategies.
+
+    Args:
+        init: the initial alpha (two tasks, in [0, 1]) or the initial weights (K tasks, on the
+            simplex). ``None``: 0.5, or uniform.
+        check_every: check for a weight on a bound every this many optimizer steps (reading the
+            value waits for the device, so it is not done on every step).
+
+    Example:
+        >>> import torch
+        >>> from lightning_multiloss.weighting import Learnable
+        >>> w = Learnable()
+        >>> w.bind(["loc", "cls"])
+        >>> w(torch.tensor([2.0, 4.0])).loss
+        tensor(3., grad_fn=<AddBackward0>)
+    """
+
+    min_tasks = 2
+
+    def __init__(self, init: float | Sequence[float] | None = None, check_every: int = 50) -> None:
+        super().__init__()
+        if isinstance(init, int | float) and not isinstance(init, bool) and not 0.0 <= float(init) <= 1.0:
+            raise MultiLossError(f"weighting 'learnable': alpha must be in [0, 1], got init={init}")
+        if check_every < 1:
+            raise MultiLossError(f"weighting 'learnable': check_every must be >= 1, got {check_every}")
+        self._init = init
+        self.check_every = check_every
+        self._steps = 0
+        self._warned_bound = False
+        self.alpha: nn.Parameter
+
+    def build(self, num_tasks: int) -> None:
+        init = self._init
+        if num_tasks == 2:
+            if init is None:
+                init = 0.5
+            if not isinstance(init, int | float):
+                raise MultiLossError(f"weighting 'learnable': two tasks take one alpha in [0, 1], got init={init}")
+            self.alpha = nn.Parameter(torch.tensor(float(init)))
+            return
+        values = [1.0 / num_tasks] * num_tasks if init is None else self.per_task(init, "init", 0.0)  # type: ignore[arg-type]
+        self.check_weights(values, "init")
+        if abs(sum(values) - 1.0) > 1e-6:
+            raise MultiLossError(f"weighting 'learnable': init must sum to 1 (the simplex), got {values}")
+        self.alpha = nn.Parameter(torch.tensor(values))
+
+    def forward(self, losses: Tensor) -> WeightedLoss:
+        alpha = self.alpha
+        if alpha.ndim == 0:
+            weights = torch.stack([alpha, 1.0 - alpha])
+            loss = alpha * losses[0] + (1.0 - alpha) * losses[1]
+            return WeightedLoss(loss, weights.detach())
+        return weighted_sum(alpha, losses)
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        if self.alpha.ndim == 0:
+            self.alpha.clamp_(0.0, 1.0)
+        else:
+            self.alpha.copy_(project_to_simplex(self.alpha))
+        self._steps += 1
+        if self._steps % self.check_every == 0:
+            self._check_bound()
+
+    def _check_bound(self) -> None:
+        weights = self.alpha.detach()
+        at_bound = bool(((weights == 0.0) | (weights == 1.0)).any())
+        if at_bound and not self._warned_bound and is_rank_zero():
+            log.warning(
+                "learnable alpha reached a bound (%s) after %d optimizer steps: the minimum of a convex "
+                "combination of losses is the smaller loss, so this recipe drives alpha to 0 or 1 and "
+                "stops training one task. Consider 'uncertainty' or a fixed or scheduled weighting.",
+                [round(v, 6) for v in weights.reshape(-1).tolist()],
+                self._steps,
+            )
+        self._warned_bound = at_bound

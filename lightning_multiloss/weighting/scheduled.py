@@ -1,0 +1,131 @@
+"""Weights that follow a schedule of training progress."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from lightning_multiloss.errors import MultiLossError
+from lightning_multiloss.schedules import ScheduleLike, as_schedule
+from lightning_multiloss.weighting._base import Progress, WeightedLoss, Weighting, weighted_sum
+from lightning_multiloss.weighting._registry import register
+
+Unit = Literal["step", "epoch", "fraction"]
+
+
+@register("scheduled")
+class Scheduled(Weighting):
+    r"""Task weights that follow schedules of training progress.
+
+    With one schedule and two tasks, the schedule is the weight ``alpha`` of the first task:
+
+    .. math:: L = \alpha(t)\,L_1 + (1 - \alpha(t))\,L_2, \qquad \alpha(t) \in [0, 1]
+
+    With one schedule per task (a list in task order, or a dict by task name; tasks a dict
+    leaves out keep weight 1), :math:`L = \sum_i w_i(t) L_i`.
+
+    The Callback sets ``t`` before every training batch from the trainer's counters, so the
+    weights are a function of progress alone and a resumed run continues them exactly.
+
+    Args:
+        schedule: a :mod:`~lightning_multiloss.schedules` schedule, any callable
+            ``t -> value``, or a number (a constant); or a list / dict of those, one per task.
+        unit: what ``t`` counts: ``"step"`` (optimizer steps: gradient accumulation does not
+            speed the schedule up), ``"epoch"``, or ``"fraction"`` of the planned optimizer steps.
+
+    Example:
+        >>> import torch
+        >>> from lightning_multiloss.schedules import Linear
+        >>> from lightning_multiloss.weighting import Progress, Scheduled
+        >>> w = Scheduled(Linear(start=1.0, end=0.0, duration=100))
+        >>> w.bind(["digit", "recon"])
+        >>> w.set_progress(Progress(step=25, epoch=0))
+        >>> w.weights
+        tensor([0.7500, 0.2500])
+    """
+
+    def __init__(
+        self,
+        schedule: ScheduleLike | float | Sequence[ScheduleLike | float] | Mapping[str, ScheduleLike | float],
+        unit: Unit = "step",
+    ) -> None:
+        super().__init__()
+        if unit not in ("step", "epoch", "fraction"):
+            raise MultiLossError(f"weighting 'scheduled': unit must be 'step', 'epoch' or 'fraction', got {unit!r}")
+        self.unit: Unit = unit
+        self._spec = schedule
+        self._schedules: list[Callable[[float], float]] = []
+        self._alpha = False
+        self._last: list[float] | None = None
+        self.weights: Tensor
+
+    def build(self, num_tasks: int) -> None:
+        spec = self._spec
+        if isinstance(spec, Mapping):
+            unknown = [key for key in spec if key not in self.task_names]
+            if unknown:
+                raise MultiLossError(
+                    f"weighting 'scheduled': schedule names unknown task(s) {unknown}; "
+                    f"the tasks are {list(self.task_names)}"
+                )
+            self._schedules = [as_schedule(spec.get(n, 1.0), f"schedule of task {n!r}") for n in self.task_names]
+        elif isinstance(spec, Sequence) and not isinstance(spec, str):
+            if len(spec) != num_tasks:
+                raise MultiLossError(
+                    f"weighting 'scheduled': {len(spec)} schedules for {num_tasks} tasks {list(self.task_names)}"
+                )
+            self._schedules = [
+                as_schedule(s, f"schedule of task {n!r}") for s, n in zip(spec, self.task_names, strict=True)
+            ]
+        else:
+            if num_tasks != 2:
+                raise MultiLossError(
+                    f"weighting 'scheduled': a single schedule is the alpha of two tasks, but there are "
+                    f"{num_tasks} tasks {list(self.task_names)}; give one schedule per task"
+                )
+            self._alpha = True
+            self._schedules = [as_schedule(spec, "schedule of alpha")]
+        # Persistent, so a checkpoint shows the weights in force when it was written.
+        self.register_buffer("weights", torch.tensor(self.values_at(0.0)))
+        self._last = self.weights.tolist()
+
+    def values_at(self, t: float) -> list[float]:
+        """The task weights at progress ``t`` (checked: finite, non-negative, alpha in [0, 1])."""
+        if self._alpha:
+            alpha = float(self._schedules[0](t))
+            if not (math.isfinite(alpha) and 0.0 <= alpha <= 1.0):
+                raise MultiLossError(
+                    f"weighting 'scheduled': alpha must be in [0, 1], the schedule gave {alpha} at t={t}"
+                )
+            return [alpha, 1.0 - alpha]
+        return self.check_weights([s(t) for s in self._schedules], f"the scheduled weight at t={t}")
+
+    def progress_value(self, progress: Progress) -> float:
+        """``t`` in this weighting's unit."""
+        if self.unit == "step":
+            return float(progress.step)
+        if self.unit == "epoch":
+            return float(progress.epoch)
+        if not progress.total_steps or progress.total_steps <= 0 or not math.isfinite(progress.total_steps):
+            raise MultiLossError(
+                "weighting 'scheduled': unit='fraction' needs the planned number of optimizer steps; "
+                "set max_steps or max_epochs on the Trainer"
+            )
+        return progress.step / progress.total_steps
+
+    def set_progress(self, progress: Progress) -> None:
+        values = self.values_at(self.progress_value(progress))
+        if values != self._last:  # copy to the device only when a value changes
+            self.weights.copy_(torch.tensor(values))
+            self._last = values
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._last = None  # the loaded buffer may differ from what this config computes
+
+    def forward(self, losses: Tensor) -> WeightedLoss:
+        return weighted_sum(self.weights, losses)
