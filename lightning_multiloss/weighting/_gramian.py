@@ -37,7 +37,9 @@ class GramianWeighting(Weighting):
     def __init__(self, route: Route = "parameters", ddp: DDPMode = "exact") -> None:
         super().__init__()
         if route not in ("parameters", "representation"):
-            raise MultiLossError(f"weighting {self.name!r}: route must be 'parameters' or 'representation', got {route!r}")
+            raise MultiLossError(
+                f"weighting {self.name!r}: route must be 'parameters' or 'representation', got {route!r}"
+            )
         if ddp not in ("exact", "local"):
             raise MultiLossError(f"weighting {self.name!r}: ddp must be 'exact' or 'local', got {ddp!r}")
         self.route: Route = route

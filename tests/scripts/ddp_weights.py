@@ -8,12 +8,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import torch  # noqa: E402
 
-from lightning_multiloss.schedules import Linear  # noqa: E402
-from lightning_multiloss.weighting import Fixed, Learnable, Scheduled, create_weighting  # noqa: E402
-from tests._ddp import save_rank_result  # noqa: E402
-from tests._models import ToyNet, quiet_trainer, toy_loader  # noqa: E402
+from lightning_multiloss.schedules import Linear
+from lightning_multiloss.weighting import Fixed, Learnable, Scheduled, create_weighting
+from tests._ddp import save_rank_result
+from tests._models import ToyNet, quiet_trainer, toy_loader
 
 
 def make_weighting(name: str):
