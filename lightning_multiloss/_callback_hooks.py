@@ -7,6 +7,9 @@ import math
 import os
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from lightning_multiloss._dist import all_reduce_sum
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.weighting import Progress, Weighting
@@ -23,28 +26,36 @@ class LossWeightingHooks:
       strategy's constraints and post-step updates (``learnable`` clips alpha here);
     - at each training epoch's end: the epoch-mean task losses, averaged over all processes,
       for the strategies that use them;
-    - records the weights every ``every_n_steps`` optimizer steps (default: the Trainer's
-      ``log_every_n_steps``), keeps that record in checkpoints as plain lists, and at the end
-      of fit writes it as ``<filename>.csv`` and ``<filename>.png`` into the logger's folder.
+    - records the weights used at every ``every_n_steps``-th optimizer step without waiting
+      for the device (the values are read only when a checkpoint or the plot is written); past
+      ``max_points`` records it keeps every other one and doubles the interval, so a week-long
+      run keeps a bounded, evenly spaced record. The record goes into checkpoints as plain lists,
+      and at the end of fit into ``<filename>.csv`` and ``<filename>.png`` in the logger's folder.
 
     Args:
-        every_n_steps: record the weights every this many optimizer steps.
+        every_n_steps: record the weights every this many optimizer steps (to start with).
+        max_points: the most records kept (at least 2).
         plot: write the PNG plot (the CSV is always written).
         filename: the stem of the files written at the end of fit.
     """
 
-    def __init__(self, every_n_steps: int | None = None, plot: bool = True, filename: str = "loss_weights") -> None:
-        if every_n_steps is not None and every_n_steps < 1:
+    def __init__(
+        self, every_n_steps: int = 1, max_points: int = 2000, plot: bool = True, filename: str = "loss_weights"
+    ) -> None:
+        if every_n_steps < 1:
             raise MultiLossError(f"LossWeightingCallback: every_n_steps must be >= 1, got {every_n_steps}")
+        if max_points < 2:
+            raise MultiLossError(f"LossWeightingCallback: max_points must be >= 2, got {max_points}")
         if not filename or os.sep in filename:
             raise MultiLossError(f"LossWeightingCallback: filename must be a plain file stem, got {filename!r}")
         self.every_n_steps = every_n_steps
+        self.max_points = max_points
+        self._stride = every_n_steps
         self.plot = plot
         self.filename = filename
         self.task_names: list[str] = []
-        self.steps: list[int] = []
-        self.epochs: list[int] = []
-        self.weights: list[list[float]] = []
+        # (optimizer step, epoch, weights used at that step); weights stay tensors until read.
+        self._records: list[tuple[int, int, Tensor]] = []
         self._last_step = 0
         self._total_steps: int | None = None
 
@@ -65,12 +76,36 @@ class LossWeightingHooks:
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         weighting = self._weighting(pl_module)
+        self._check_one_of_the_right_package(trainer, pl_module)
         pl_module._mt_callback_attached = True
         if self.task_names and self.task_names != list(weighting.task_names):
             raise MultiLossError(
                 f"LossWeightingCallback recorded tasks {self.task_names}, the model has {list(weighting.task_names)}"
             )
         self.task_names = list(weighting.task_names)
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        # A later fit of the same module without this callback must not pass the check in training_step.
+        pl_module._mt_callback_attached = False
+
+    @staticmethod
+    def _check_one_of_the_right_package(trainer: Any, pl_module: Any) -> None:
+        # A Trainer calls the hooks of the other package's callback too, and the mixin adds one of
+        # the module's package beside it: the weighting would be stepped twice per optimizer step.
+        # (Two callbacks of one package are refused by Lightning: they share a state key.)
+        from lightning_multiloss._lightning import callback_class_for, lightning_package
+
+        ours = [cb for cb in trainer.callbacks if isinstance(cb, LossWeightingHooks)]
+        expected = callback_class_for(pl_module)
+        package = lightning_package(pl_module)
+        for cb in ours:
+            if not isinstance(cb, expected):
+                where = "lightning_multiloss.lightning" if package == "lightning.pytorch" else "lightning_multiloss"
+                raise MultiLossError(
+                    f"{type(pl_module).__name__} is a {package} module, but the Trainer has the LossWeightingCallback "
+                    f"of the other Lightning package ({type(cb).__module__}); use "
+                    f"`from {where} import LossWeightingCallback`, or pass none: the mixin adds the right one"
+                )
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         # A learnable weight that no optimizer steps would silently stay at its initial value.
@@ -94,7 +129,8 @@ class LossWeightingHooks:
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         weighting = self._weighting(pl_module)
-        weighting.set_progress(Progress(trainer.global_step, trainer.current_epoch, self._total_steps))
+        if type(weighting).set_progress is not Weighting.set_progress:  # the base hook does nothing
+            weighting.set_progress(Progress(trainer.global_step, trainer.current_epoch, self._total_steps))
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
@@ -104,12 +140,13 @@ class LossWeightingHooks:
         if pl_module._mt_step_skipped:
             return
         self._weighting(pl_module).after_optimizer_step()
-        every = self.every_n_steps or trainer.log_every_n_steps or 1
         used = pl_module._mt_last_weights
-        if used is not None and (step % every == 0 or step == 1):
-            self.steps.append(step)
-            self.epochs.append(trainer.current_epoch)
-            self.weights.append([float(v) for v in used.tolist()])
+        if used is not None and (step % self._stride == 0 or step == 1):
+            # A copy: some strategies update their weight buffer in place.
+            self._records.append((step, trainer.current_epoch, used.detach().clone()))
+            if len(self._records) > self.max_points:
+                self._stride *= 2
+                self._records = [r for r in self._records if r[0] % self._stride == 0 or r[0] == 1]
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         weighting = self._weighting(pl_module)
@@ -125,7 +162,7 @@ class LossWeightingHooks:
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         # `trainer.log_dir` broadcasts under DDP: every rank must ask for it, not only rank 0.
         folder = trainer.log_dir or trainer.default_root_dir
-        if not trainer.is_global_zero or not self.steps:
+        if not trainer.is_global_zero or not self._records:
             return
         from lightning_multiloss._trajectory import write_trajectory
 
@@ -134,16 +171,36 @@ class LossWeightingHooks:
         )
         log.info("loss-weight trajectory written to %s", ", ".join(paths))
 
+    @property
+    def steps(self) -> list[int]:
+        """The optimizer steps recorded."""
+        return [r[0] for r in self._records]
+
+    @property
+    def epochs(self) -> list[int]:
+        """The epoch of each recorded step."""
+        return [r[1] for r in self._records]
+
+    @property
+    def weights(self) -> list[list[float]]:
+        """The task weights used at each recorded step (reads them from the device)."""
+        if not self._records:
+            return []
+        return torch.stack([r[2].float().cpu() for r in self._records]).tolist()
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "task_names": list(self.task_names),
-            "steps": list(self.steps),
-            "epochs": list(self.epochs),
-            "weights": [list(row) for row in self.weights],
+            "steps": self.steps,
+            "epochs": self.epochs,
+            "weights": self.weights,
+            "stride": self._stride,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.task_names = list(state_dict["task_names"])
-        self.steps = list(state_dict["steps"])
-        self.epochs = list(state_dict["epochs"])
-        self.weights = [list(row) for row in state_dict["weights"]]
+        self._stride = int(state_dict.get("stride", self.every_n_steps))
+        self._records = [
+            (int(step), int(epoch), torch.tensor(row))
+            for step, epoch, row in zip(state_dict["steps"], state_dict["epochs"], state_dict["weights"], strict=True)
+        ]

@@ -18,9 +18,9 @@ def lightning_package(module: Any) -> str:
     """``"pytorch_lightning"`` or ``"lightning.pytorch"``, from the module's base classes."""
     for cls in type(module).__mro__:
         root = cls.__module__
-        if root.startswith("pytorch_lightning"):
+        if root == "pytorch_lightning" or root.startswith("pytorch_lightning."):
             return "pytorch_lightning"
-        if root.startswith("lightning.") or root == "lightning":
+        if root == "lightning" or root.startswith("lightning."):
             return "lightning.pytorch"
     return "pytorch_lightning"
 

@@ -32,7 +32,8 @@ def write_trajectory(
 
         fig, ax = plt.subplots(figsize=(7, 4))
         for i, name in enumerate(task_names):
-            ax.plot(steps, [row[i] for row in weights], label=name)
+            # Markers when there are few points, so that a short run still shows its values.
+            ax.plot(steps, [row[i] for row in weights], label=name, marker="o" if len(steps) <= 30 else None)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("task weight")
         ax.set_title("Loss weights during training")

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from lightning_multiloss._dist import any_across_ranks
 from lightning_multiloss._lightning import callback_class_for, check_mixin_order
 from lightning_multiloss.errors import MultiLossError, NonFiniteLossError
+from lightning_multiloss.gradients import gradient_inputs
 from lightning_multiloss.task import Task
 from lightning_multiloss.weighting import Fixed, Weighting, create_weighting
 
@@ -207,9 +208,33 @@ class MultiTaskMixin(_Base):
             losses.append(loss)
         return torch.stack(losses)
 
+    def shared_representation(self, z: Tensor) -> Tensor:
+        """Mark ``z`` as the shared representation the task heads read; returns ``z`` unchanged.
+
+        Call it in ``forward`` (``z = self.shared_representation(z)``) for the gradient strategies
+        with ``route="representation"`` and for GradDrop: their per-task gradients are taken with
+        respect to ``z`` (batch first). Free otherwise: it only keeps a reference during training.
+        """
+        weighting = getattr(self, "weighting", None)
+        if self.training and torch.is_grad_enabled() and getattr(weighting, "route", None) == "representation":
+            self._mt_representation = z
+        return z
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The shared parameters whose per-task gradients the ``route="parameters"`` strategies compare.
+
+        Default: every parameter (outside the weighting) that at least two task losses depend on,
+        found by autograd on the first training step (so the task heads are left out). Override
+        it to choose them, e.g. ``return list(self.trunk.parameters())``.
+        """
+        found: list[nn.Parameter] | None = getattr(self, "_mt_shared_params", None)
+        if found is None:
+            raise MultiLossError("the default shared_parameters() are found by autograd on the first training step")
+        return found
+
     # -- the steps ----------------------------------------------------------------------
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
-        if self.weighting.needs_callback and not self._mt_callback_attached:
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        if not self._mt_callback_attached and self.weighting.needs_callback:
             raise MultiLossError(
                 f"weighting {self.weighting.name!r} needs LossWeightingCallback: keep the mixin's "
                 "configure_callbacks() (or call super().configure_callbacks()), or pass the callback to the Trainer"
@@ -217,8 +242,13 @@ class MultiTaskMixin(_Base):
         _, _, losses, batch_size = self._mt_forward(batch)
         self._mt_step_skipped = not self._mt_check_finite(losses, "train", batch_idx)
         if self._mt_step_skipped:
-            return None
-        result = self.weighting(losses)
+            # Lightning refuses None under DDP. A zero that reaches every parameter keeps DDP's
+            # gradient all-reduce in step on all processes; on_before_optimizer_step drops it.
+            return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), losses.new_zeros(()))
+        if getattr(self.weighting, "needs_gradients", False):  # gradient strategies: see gradients.py
+            result = self.weighting(losses, **gradient_inputs(self, losses))
+        else:
+            result = self.weighting(losses)
         self._mt_last_weights = result.weights
         if self.weighting.uses_epoch_losses:
             self._mt_epoch_loss_sum += losses.detach()
@@ -234,6 +264,12 @@ class MultiTaskMixin(_Base):
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
         return self(self.predict_inputs(batch))
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        super().on_before_optimizer_step(optimizer)  # type: ignore[misc]
+        if self._mt_step_skipped:
+            # No gradients: the optimizer leaves the parameters and its state (moments, step) alone.
+            optimizer.zero_grad(set_to_none=True)
 
     def configure_callbacks(self) -> Any:
         callbacks = list(super().configure_callbacks())  # type: ignore[misc]
@@ -262,12 +298,13 @@ class MultiTaskMixin(_Base):
         return outputs, targets, losses, batch_size
 
     def _mt_check_finite(self, losses: Tensor, stage: Stage, batch_idx: int) -> bool:
-        bad = not bool(torch.isfinite(losses.detach()).all())
+        # One copy of the K values to the host (the step's only wait for the device) and no kernel.
+        values = losses.detach().tolist()
+        bad = not all(map(math.isfinite, values))
         if stage == "train":
             bad = any_across_ranks(bad, losses.device)  # every process skips, or none
         if not bad:
             return True
-        values = losses.detach().tolist()
         names = [t.name for t in self._mt_tasks]
         culprits = {n: v for n, v in zip(names, values, strict=True) if not math.isfinite(v)}
         trainer = getattr(self, "_trainer", None)
@@ -283,10 +320,7 @@ class MultiTaskMixin(_Base):
 
     def _mt_log(self, stage: Stage, losses: Tensor, weights: Tensor, total: Tensor, batch_size: int) -> None:
         total_key, loss_keys, weight_keys = self._mt_keys[stage]
-        values = dict(zip(loss_keys, losses.detach().unbind(), strict=True))
-        values.update(zip(weight_keys, weights.unbind(), strict=True))
         train = stage == "train"
-        self.log_dict(values, on_step=train, on_epoch=not train, sync_dist=not train, batch_size=batch_size)
         self.log(
             total_key,
             total.detach(),
@@ -296,6 +330,24 @@ class MultiTaskMixin(_Base):
             batch_size=batch_size,
             prog_bar=True,
         )
+        # Each logged key costs Lightning a fixed amount per call, and the loggers write step values
+        # only on their logging steps, so per-task training values are logged on those steps alone.
+        if train and not self._mt_is_logging_step():
+            return
+        values = dict(zip(loss_keys, losses.detach().unbind(), strict=True))
+        values.update(zip(weight_keys, weights.unbind(), strict=True))
+        self.log_dict(values, on_step=train, on_epoch=not train, sync_dist=not train, batch_size=batch_size)
+
+    def _mt_is_logging_step(self) -> bool:
+        """Whether the Trainer writes this training step's values to its loggers."""
+        trainer = getattr(self, "_trainer", None)
+        connector = getattr(trainer, "_logger_connector", None)
+        if trainer is None or connector is None:
+            return True
+        try:
+            return bool(connector.should_update_logs or trainer.fast_dev_run)
+        except (AttributeError, NotImplementedError):  # another Lightning version: log every step
+            return True
 
     def _mt_eval_step(self, batch: Any, batch_idx: int, stage: Literal["val", "test"]) -> Tensor:
         outputs, targets, losses, batch_size = self._mt_forward(batch)

@@ -125,7 +125,10 @@ class Exponential(Schedule):
             _require(self.min_value <= self.max_value, "exponential", "min_value must be <= max_value")
 
     def __call__(self, t: float) -> float:
-        value = self.start * self.gamma**t
+        try:
+            value = self.start * self.gamma**t
+        except OverflowError:  # far past a growth schedule's cap: the bounds below still apply
+            value = math.copysign(math.inf, self.start) if self.start != 0 else 0.0
         if self.min_value is not None:
             value = max(value, self.min_value)
         if self.max_value is not None:
@@ -201,7 +204,11 @@ class Piecewise(Schedule):
     def __init__(self, points: Sequence[Sequence[float]]) -> None:
         pairs: list[tuple[float, float]] = []
         for point in points:
-            _require(len(point) == 2, "piecewise", f"each point is a pair (t, value), got {list(point)}")
+            _require(
+                hasattr(point, "__len__") and len(point) == 2,
+                "piecewise",
+                f"each point is a pair (t, value), got {point!r}",
+            )
             pairs.append((_finite(point[0], "piecewise", "t"), _finite(point[1], "piecewise", "value")))
         _require(len(pairs) >= 1, "piecewise", "needs at least one point")
         _require(

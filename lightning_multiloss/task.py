@@ -48,7 +48,7 @@ class Task:
     ignore_value: float | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
             raise MultiLossError(
                 f"task name {self.name!r} cannot be used in logging keys: use letters, digits, '_' and '-', "
                 "not starting with a digit (no '/', '.', or spaces)"
@@ -58,7 +58,7 @@ class Task:
         if self.target is None:
             self.target = self.name
         for metric_name in self.metrics:
-            if not isinstance(metric_name, str) or not _NAME.match(metric_name):
+            if not isinstance(metric_name, str) or not _NAME.fullmatch(metric_name):
                 raise MultiLossError(f"task {self.name!r}: metric name {metric_name!r} cannot be used in logging keys")
 
     @property

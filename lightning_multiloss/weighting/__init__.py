@@ -6,22 +6,62 @@ Fixed()
 """
 
 from lightning_multiloss.weighting._base import Progress, WeightedLoss, Weighting, weighted_sum
+from lightning_multiloss.weighting._gramian import GramianWeighting
 from lightning_multiloss.weighting._registry import (
     WEIGHTINGS,
     available_weightings,
     create_weighting,
     register,
 )
+from lightning_multiloss.weighting.aligned_mtl import AlignedMTL
+from lightning_multiloss.weighting.cagrad import CAGrad
+from lightning_multiloss.weighting.db_mtl import DBMTL
+from lightning_multiloss.weighting.dwa import DWA
+from lightning_multiloss.weighting.famo import FAMO
 from lightning_multiloss.weighting.fixed import Fixed
+from lightning_multiloss.weighting.gls import GLS
+from lightning_multiloss.weighting.graddrop import GradDrop
+from lightning_multiloss.weighting.gradnorm import GradNorm
+from lightning_multiloss.weighting.gradvac import GradVac
+from lightning_multiloss.weighting.imtl_g import IMTLG
+from lightning_multiloss.weighting.imtl_l import IMTLL
 from lightning_multiloss.weighting.learnable import Learnable
+from lightning_multiloss.weighting.mgda import MGDA
+from lightning_multiloss.weighting.nash_mtl import NashMTL
+from lightning_multiloss.weighting.pcgrad import PCGrad
+from lightning_multiloss.weighting.rlw import RLW
 from lightning_multiloss.weighting.scheduled import Scheduled
+from lightning_multiloss.weighting.stch import STCH
+from lightning_multiloss.weighting.uncertainty import Uncertainty
+from lightning_multiloss.weighting.uncertainty_revised import UncertaintyRevised
+from lightning_multiloss.weighting.upgrad import UPGrad
 
 __all__ = [
+    "DBMTL",
+    "DWA",
+    "FAMO",
+    "GLS",
+    "IMTLG",
+    "IMTLL",
+    "MGDA",
+    "RLW",
+    "STCH",
     "WEIGHTINGS",
+    "AlignedMTL",
+    "CAGrad",
     "Fixed",
+    "GradDrop",
+    "GradNorm",
+    "GradVac",
+    "GramianWeighting",
     "Learnable",
+    "NashMTL",
+    "PCGrad",
     "Progress",
     "Scheduled",
+    "UPGrad",
+    "Uncertainty",
+    "UncertaintyRevised",
     "WeightedLoss",
     "Weighting",
     "available_weightings",

@@ -156,7 +156,12 @@ class Weighting(nn.Module, ABC):
 
 def check_weight(strategy: str, task: str, value: float, what: str = "weight") -> float:
     """``value`` as a float, or an error naming the strategy and task if negative, NaN or infinite."""
-    value = float(value)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise MultiLossError(
+            f"weighting {strategy!r}: {what} for task {task!r} must be a number, got {value!r}"
+        ) from None
     if not math.isfinite(value) or value < 0:
         raise MultiLossError(f"weighting {strategy!r}: {what} for task {task!r} must be finite and >= 0, got {value}")
     return value

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.weighting._base import WeightedLoss, Weighting, check_weight, weighted_sum
 from lightning_multiloss.weighting._registry import register
 
@@ -36,6 +37,10 @@ class Fixed(Weighting):
 
     def __init__(self, weights: Sequence[float] | Mapping[str, float] | None = None) -> None:
         super().__init__()
+        if isinstance(weights, str | int | float):
+            raise MultiLossError(
+                f"weighting 'fixed': weights must be a list (task order) or a dict by task name, got {weights!r}"
+            )
         if weights is not None and not isinstance(weights, Mapping):
             weights = list(weights)
         # Checked now, so that a bad value fails when the config is built, not at bind time.

@@ -86,7 +86,12 @@ class Learnable(Weighting):
                 raise MultiLossError(f"weighting 'learnable': two tasks take one alpha in [0, 1], got init={init}")
             self.alpha = nn.Parameter(torch.tensor(float(init)))
             return
-        values = [1.0 / num_tasks] * num_tasks if init is None else self.per_task(init, "init", 0.0)  # type: ignore[arg-type]
+        if isinstance(init, int | float):
+            raise MultiLossError(
+                f"weighting 'learnable': {num_tasks} tasks take one initial weight per task (on the simplex), "
+                f"got init={init}"
+            )
+        values = [1.0 / num_tasks] * num_tasks if init is None else self.per_task(init, "init", 0.0)
         self.check_weights(values, "init")
         if abs(sum(values) - 1.0) > 1e-6:
             raise MultiLossError(f"weighting 'learnable': init must sum to 1 (the simplex), got {values}")

@@ -98,8 +98,10 @@ class Scheduled(Weighting):
         if self._alpha:
             alpha = float(self._schedules[0](t))
             if not (math.isfinite(alpha) and 0.0 <= alpha <= 1.0):
+                first, second = self.task_names
                 raise MultiLossError(
-                    f"weighting 'scheduled': alpha must be in [0, 1], the schedule gave {alpha} at t={t}"
+                    f"weighting 'scheduled': alpha (the weight of task {first!r}; task {second!r} gets 1 - alpha) "
+                    f"must be in [0, 1], the schedule gave {alpha} at t={t}"
                 )
             return [alpha, 1.0 - alpha]
         return self.check_weights([s(t) for s in self._schedules], f"the scheduled weight at t={t}")

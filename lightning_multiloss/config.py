@@ -1,0 +1,446 @@
+"""Structured-config schemas (registered in Hydra's ConfigStore) and config validation.
+
+The YAML files of ``conf/`` name these schemas in their defaults lists (``optional``, so that
+an app which has not imported this module still composes them), so a wrong type fails when the
+config is composed. Hydra lets ``+key=value`` add keys even to a schema, so :func:`validate_config`
+checks the composed config again before anything is built: an unknown key or a value of the
+wrong type fails at once, with the key's full name. Nodes without a dataclass here (weightings,
+schedules, losses, metrics, callbacks, loggers) are checked against the signature of their
+``_target_``, so a strategy added later is covered too.
+
+Example:
+    >>> from omegaconf import OmegaConf
+    >>> trainer = {"_target_": "pytorch_lightning.Trainer", "max_epoch": 3}
+    >>> validate_config(OmegaConf.create({"trainer": trainer}), "trainer")
+    Traceback (most recent call last):
+    ...
+    lightning_multiloss.errors.MultiLossError: config key 'trainer.max_epoch': Key 'max_epoch' not in 'TrainerConf'
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, make_dataclass
+from typing import Any, Dict, List, Optional, Union  # noqa: UP035 (OmegaConf needs typing generics)
+
+from hydra.core.config_store import ConfigStore
+from hydra.utils import get_object
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lightning_multiloss.errors import MultiLossError
+from lightning_multiloss.schedules import ScheduleLike
+from lightning_multiloss.weighting import Scheduled, Weighting
+
+# ruff: noqa: UP006, UP045  (OmegaConf reads these annotations at run time: typing forms only)
+
+
+def config_dir() -> str:
+    """The folder of the shipped Hydra configs (``lightning_multiloss/conf`` once installed)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for candidate in (os.path.join(here, "conf"), os.path.join(os.path.dirname(here), "conf")):
+        if os.path.isfile(os.path.join(candidate, "train.yaml")):
+            return candidate
+    raise MultiLossError(f"the Hydra configs of lightning_multiloss are missing (looked in {here}/conf)")
+
+
+def _expose_source_configs() -> None:
+    """Make ``lightning_multiloss.conf`` importable when the package runs from a source checkout.
+
+    An installed package holds ``lightning_multiloss/conf``; a checkout keeps ``conf/`` beside the
+    package folder, so ``pkg://lightning_multiloss.conf`` would not find it there.
+    """
+    import importlib.util
+    import sys
+
+    name = "lightning_multiloss.conf"
+    if name in sys.modules:
+        return
+    try:
+        if importlib.util.find_spec(name) is not None:
+            return
+    except ImportError:
+        pass
+    folder = config_dir()
+    init = os.path.join(folder, "__init__.py")
+    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[folder])
+    if spec is None or spec.loader is None or not os.path.isfile(init):
+        return
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+
+
+_expose_source_configs()
+
+
+# -- schemas ----------------------------------------------------------------------------------
+@dataclass
+class TrainerConf:
+    """``pytorch_lightning.Trainer``'s arguments (``logger`` and ``callbacks`` come from their groups)."""
+
+    _target_: str = "pytorch_lightning.Trainer"
+    accelerator: str = "auto"
+    strategy: Any = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    precision: Any = None
+    fast_dev_run: Any = False
+    max_epochs: Optional[int] = None
+    min_epochs: Optional[int] = None
+    max_steps: int = -1
+    min_steps: Optional[int] = None
+    max_time: Any = None
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    limit_predict_batches: Any = None
+    overfit_batches: Any = 0.0
+    val_check_interval: Any = None
+    check_val_every_n_epoch: Optional[int] = 1
+    num_sanity_val_steps: Optional[int] = None
+    log_every_n_steps: Optional[int] = None
+    enable_checkpointing: Optional[bool] = None
+    enable_progress_bar: Optional[bool] = None
+    enable_model_summary: Optional[bool] = None
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = None
+    gradient_clip_algorithm: Optional[str] = None
+    deterministic: Any = None
+    benchmark: Optional[bool] = None
+    inference_mode: bool = True
+    use_distributed_sampler: bool = True
+    profiler: Any = None
+    detect_anomaly: bool = False
+    barebones: bool = False
+    plugins: Any = None
+    sync_batchnorm: bool = False
+    reload_dataloaders_every_n_epochs: int = 0
+    default_root_dir: Optional[str] = None
+
+
+@dataclass
+class DataConf:
+    """The split and loader settings every datamodule of ``lightning_multiloss.data`` takes."""
+
+    _target_: str = MISSING
+    batch_size: int = 64
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 0
+    num_workers: int = 0
+
+
+@dataclass
+class DigitsDataConf(DataConf):
+    _target_: str = "lightning_multiloss.data.DigitsDataModule"
+
+
+@dataclass
+class LocClsDataConf(DataConf):
+    _target_: str = "lightning_multiloss.data.LocClsDataModule"
+    canvas: int = 24
+    grid: int = 12
+    copies: int = 1
+
+
+@dataclass
+class MultiMNISTDataConf(DataConf):
+    _target_: str = "lightning_multiloss.data.MultiMNISTDataModule"
+    size: int = 28
+    shift: int = 4
+    copies: int = 1
+
+
+@dataclass
+class TaskConf:
+    """One branch: its head, loss, metrics and target (see ``conf/task/``)."""
+
+    out_features: int = MISSING
+    head: str = "linear"
+    head_hidden: int = 0
+    loss: Any = MISSING
+    metrics: Dict[str, Any] = field(default_factory=dict)
+    primary: Optional[str] = None
+    target: Optional[str] = None
+    mask: Optional[str] = None
+    ignore_value: Optional[float] = None
+
+
+@dataclass
+class MLPTrunkConf:
+    _target_: str = "lightning_multiloss.models.MLPTrunk"
+    hidden: List[int] = field(default_factory=lambda: [128, 64])
+    activation: str = "relu"
+    dropout: float = 0.0
+
+
+@dataclass
+class ConvTrunkConf:
+    _target_: str = "lightning_multiloss.models.ConvTrunk"
+    channels: List[int] = field(default_factory=lambda: [16, 32])
+    kernel_size: int = 3
+    padding: str = "same"
+    pool: List[int] = field(default_factory=lambda: [1, 2])
+    feature: str = "max"
+    fc: List[int] = field(default_factory=list)
+    activation: str = "relu"
+    dropout: float = 0.0
+    image_shape: Optional[List[int]] = None
+
+
+@dataclass
+class ModelConf:
+    _target_: str = "lightning_multiloss.models.MultiTaskNet"
+    trunk: Any = MISSING
+    tasks: Dict[str, TaskConf] = field(default_factory=dict)
+    optimizer: Any = field(default_factory=lambda: {"_target_": "torch.optim.Adam", "lr": 1e-3})
+    input_key: str = "x"
+    on_nonfinite: str = "raise"
+
+
+@dataclass
+class MLPModelConf(ModelConf):
+    trunk: MLPTrunkConf = field(default_factory=MLPTrunkConf)
+
+
+@dataclass
+class ConvModelConf(ModelConf):
+    trunk: ConvTrunkConf = field(default_factory=ConvTrunkConf)
+
+
+@dataclass
+class TrainConf:
+    """The top level of ``conf/train.yaml``."""
+
+    name: str = MISSING
+    baseline_of: Optional[str] = None
+    seed: int = 0
+    ckpt_path: Optional[str] = None
+    test: bool = True
+    output_dir: str = MISSING
+    scheduled_task: Optional[str] = None
+    torch_threads: Optional[int] = None
+    data: Any = MISSING
+    model: Any = MISSING
+    weighting: Any = MISSING
+    schedule: Any = None
+    trainer: Any = MISSING
+    callbacks: Dict[str, Any] = field(default_factory=dict)
+    logger: Dict[str, Any] = field(default_factory=dict)
+
+
+SCHEMAS: dict[str, type] = {
+    "pytorch_lightning.Trainer": TrainerConf,
+    "lightning_multiloss.data.DigitsDataModule": DigitsDataConf,
+    "lightning_multiloss.data.LocClsDataModule": LocClsDataConf,
+    "lightning_multiloss.data.MultiMNISTDataModule": MultiMNISTDataConf,
+    "lightning_multiloss.models.MultiTaskNet": ModelConf,
+    "lightning_multiloss.models.MLPTrunk": MLPTrunkConf,
+    "lightning_multiloss.models.ConvTrunk": ConvTrunkConf,
+}
+"""The dataclass that checks a node, by the node's ``_target_``."""
+
+
+def register_configs() -> None:
+    """Store the schemas in Hydra's ConfigStore (group ``schema/<part>``); done on import."""
+    cs = ConfigStore.instance()
+    cs.store(group="schema/train", name="train", node=TrainConf)
+    cs.store(group="schema/trainer", name="trainer", node=TrainerConf)
+    cs.store(group="schema/data", name="digits", node=DigitsDataConf)
+    cs.store(group="schema/data", name="loc_cls", node=LocClsDataConf)
+    cs.store(group="schema/data", name="multimnist", node=MultiMNISTDataConf)
+    cs.store(group="schema/model", name="mlp", node=MLPModelConf)
+    cs.store(group="schema/model", name="conv", node=ConvModelConf)
+    cs.store(group="schema/task", name="task", node=TaskConf)
+
+
+register_configs()
+
+
+# -- validation -------------------------------------------------------------------------------
+_SIMPLE = (int, float, bool, str)
+
+
+def _simple_type(annotation: Any) -> Any:
+    """``annotation`` if OmegaConf can check it (int, float, bool, str, optionally None), else Any."""
+    if annotation in _SIMPLE:
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        values = typing.get_args(annotation)
+        return str if values and all(isinstance(v, str) for v in values) else Any
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(annotation)) == 2:
+            inner = _simple_type(args[0])
+            return Optional[inner] if inner is not Any else Any
+    return Any
+
+
+def signature_schema(target: Callable[..., Any]) -> tuple[type, bool]:
+    """A dataclass of ``target``'s keyword arguments (checkable types, else Any), and whether it takes ``**kwargs``."""
+    function = target.__init__ if inspect.isclass(target) else target
+    parameters = [p for p in inspect.signature(function).parameters.values() if p.name != "self"]
+    try:
+        hints = typing.get_type_hints(function)
+    except Exception:  # annotations that do not evaluate here: check the names only
+        hints = {}
+    var_keyword = any(p.kind == p.VAR_KEYWORD for p in parameters)
+    fields = [
+        (p.name, _simple_type(hints.get(p.name, Any)), field(default=MISSING))
+        for p in parameters
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    name = getattr(target, "__name__", "target")
+    return make_dataclass(f"{name}Args", fields), var_keyword
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig | ListConfig) else node
+
+
+def check_node(node: Any, where: str, schema: type | None = None) -> None:
+    """Check ``node`` (a dict config) against ``schema`` or the signature of its ``_target_``.
+
+    Raises:
+        MultiLossError: naming the full key, for an unknown key or a value of the wrong type.
+    """
+    if not isinstance(node, DictConfig | Mapping):
+        return
+    node = node if isinstance(node, DictConfig) else OmegaConf.create(dict(node))
+    target = node.get("_target_")
+    var_keyword = False
+    if schema is None and isinstance(target, str):
+        schema = SCHEMAS.get(target)
+        if schema is None:
+            try:
+                obj = get_object(target)
+            except Exception as error:
+                raise MultiLossError(f"config key '{where}._target_': cannot import {target!r} ({error})") from None
+            schema, var_keyword = signature_schema(obj)
+    if schema is None:
+        return
+    values = OmegaConf.masked_copy(node, [k for k in node if not (str(k).startswith("_") and str(k).endswith("_"))])
+    if var_keyword:  # extra keyword arguments are accepted: check the types of the named ones only
+        names = set(getattr(schema, "__dataclass_fields__", {}))
+        values = OmegaConf.masked_copy(values, [str(k) for k in values if k in names])
+    try:
+        OmegaConf.merge(OmegaConf.structured(schema), values)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or ""
+        message = getattr(error, "msg", None) or str(error)
+        full = ".".join(part for part in (where, str(key)) if part)
+        raise MultiLossError(f"config key '{full}': {message.splitlines()[0]}") from None
+
+
+def validate_config(cfg: DictConfig, *parts: str) -> None:
+    """Check the composed config (or only ``parts`` of it) before anything is built.
+
+    Every key of the top level, the trainer, data, model (trunk and each task, its loss and
+    metrics), weighting, schedule, callbacks and loggers.
+    """
+    selected = set(parts) if parts else None
+
+    def wanted(part: str) -> bool:
+        return selected is None or part in selected
+
+    if selected is None:
+        check_node(OmegaConf.masked_copy(cfg, [str(k) for k in cfg]), "", TrainConf)
+    for part in cfg:
+        if part not in ("model", "callbacks", "logger") and wanted(str(part)) and isinstance(cfg[part], DictConfig):
+            check_node(cfg[part], str(part))  # trainer, data, weighting, schedule: by their _target_
+    if wanted("model") and cfg.get("model") is not None:
+        model = cfg.model
+        check_node(model, "model")
+        if isinstance(model.get("trunk"), DictConfig):
+            check_node(model.trunk, "model.trunk")
+        if isinstance(model.get("optimizer"), DictConfig) and "_target_" in model.optimizer:
+            check_node(model.optimizer, "model.optimizer")
+        for name, task in (model.get("tasks") or {}).items():
+            check_node(task, f"model.tasks.{name}", TaskConf)
+            check_node(task.get("loss"), f"model.tasks.{name}.loss")
+            for metric, metric_cfg in (task.get("metrics") or {}).items():
+                check_node(metric_cfg, f"model.tasks.{name}.metrics.{metric}")
+    for part in ("callbacks", "logger"):
+        if wanted(part) and cfg.get(part):
+            for key, value in cfg[part].items():
+                check_node(value, f"{part}.{key}")
+
+
+def call(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate(node, **kwargs)``, letting a :class:`MultiLossError` through unwrapped.
+
+    Hydra wraps whatever the target raises in an ``InstantiationException``; the library's own
+    errors already name the key, task or value, so they reach the user as they are.
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, MultiLossError):
+            raise cause from None
+        raise
+
+
+def build_weighting(cfg: Any) -> Weighting:
+    """The weighting of a config node (``_target_`` and hyper-parameters), checked first.
+
+    Example:
+        >>> build_weighting({"_target_": "lightning_multiloss.weighting.Fixed", "weights": [0.5, 0.3]})
+        Fixed()
+        >>> build_weighting({"_target_": "lightning_multiloss.weighting.Fixed", "weight": [0.5, 0.3]})
+        Traceback (most recent call last):
+        ...
+        lightning_multiloss.errors.MultiLossError: config key 'weighting.weight': Key 'weight' not in 'FixedArgs'
+    """
+    if isinstance(cfg, Weighting):
+        return cfg
+    if not isinstance(cfg, DictConfig | Mapping) or "_target_" not in cfg:
+        raise MultiLossError(f"weighting: expected a config with a _target_, got {_plain(cfg)!r}")
+    check_node(cfg, "weighting")
+    weighting = call(cfg, _convert_="all")
+    if not isinstance(weighting, Weighting):
+        raise MultiLossError(f"weighting: {cfg['_target_']!r} built a {type(weighting).__name__}, not a Weighting")
+    return weighting
+
+
+def scheduled_weighting(
+    schedule: ScheduleLike | float | list[Any] | dict[str, Any],
+    unit: str = "step",
+    task: str | None = None,
+) -> Scheduled:
+    """The ``scheduled`` weighting of ``conf/weighting/scheduled.yaml``.
+
+    Args:
+        schedule: the schedule (or one per task, a list or a dict by task name).
+        unit: ``"step"``, ``"epoch"`` or ``"fraction"``.
+        task: ``None``: ``schedule`` is alpha, the weight of the first of two tasks (the second
+            gets ``1 - alpha``); a task name: ``schedule`` is that task's weight and the other
+            tasks keep weight 1 (the form for more than two tasks).
+
+    Example:
+        >>> from lightning_multiloss.schedules import Linear
+        >>> from lightning_multiloss.weighting import Progress
+        >>> w = scheduled_weighting(Linear(1.0, 0.0, duration=10), task="recon")
+        >>> w.bind(["digit", "recon", "centre"])
+        >>> w.set_progress(Progress(step=5, epoch=0))
+        >>> w.weights
+        tensor([1.0000, 0.5000, 1.0000])
+    """
+    if task is not None:
+        if isinstance(schedule, list | dict):
+            raise MultiLossError(
+                "weighting 'scheduled': give either task= and one schedule, or a list/dict of schedules"
+            )
+        return Scheduled({task: schedule}, unit=unit)  # type: ignore[arg-type]
+    return Scheduled(schedule, unit=unit)  # type: ignore[arg-type]

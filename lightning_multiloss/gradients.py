@@ -1,0 +1,217 @@
+r"""Per-task gradients and their Gramian, for the gradient-level strategies.
+
+Two routes, chosen by the strategy's ``route``:
+
+- ``"representation"``: the gradients of each task loss with respect to the shared
+  representation :math:`z` that ``forward`` marks with ``z = self.shared_representation(z)``.
+  One ``torch.autograd.grad`` per task, through that task's head only (together about one extra
+  backward pass through the heads). :math:`G_{ij} = \sum_s \langle \partial L_i/\partial z_s,
+  \partial L_j/\partial z_s\rangle` over the samples :math:`s` of the batch.
+- ``"parameters"``: the rows of the Jacobian :math:`J` are :math:`\partial L_i/\partial\theta` over
+  the shared parameters :math:`\theta` (one backward pass through the trunk per task, so about
+  K times the cost of a backward, and a K×P matrix in memory); :math:`G = J J^\top`.
+
+Under DDP, with each process's task losses a mean over its B samples and DDP averaging the
+gradients over N processes, the global-batch gradient of task i on one sample is 1/N times the
+local one, so:
+
+- representation, ``ddp="exact"``: :math:`G = \frac{1}{N^2}\sum_r G_r` (one K×K all-reduce);
+- parameters, ``ddp="exact"``: :math:`J = \frac{1}{N}\sum_r J_r` (a K×P all-reduce), then
+  :math:`G = J J^\top`;
+- ``ddp="local"``: each process's own :math:`G_r` (no communication; the weights differ between
+  processes).
+
+The losses handed to the strategy are the global means in exact mode. Then every process computes
+the same weights, and the DDP-averaged gradient of :math:`\sum_i w_i L_i^{(r)}` equals the
+gradient of the single-process run on the global batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from lightning_multiloss._dist import all_reduce_sum, is_distributed
+from lightning_multiloss.errors import MultiLossError
+
+_GradientEdge: Any
+try:  # differentiating one input of a stack
+    from torch.autograd.graph import GradientEdge as _GradientEdge
+except ImportError:  # pragma: no cover - old torch: differentiate losses[i] (slower, same values)
+    _GradientEdge = None
+
+Route = Literal["parameters", "representation"]
+DDPMode = Literal["exact", "local"]
+
+
+def world_size() -> int:
+    """The number of processes (1 without distributed training)."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def task_grads(losses: Tensor, inputs: Sequence[Tensor]) -> Iterator[tuple[Tensor | None, ...]]:
+    """For each task in turn, ``torch.autograd.grad(loss_i, inputs)`` (``None`` where unused), graph kept.
+
+    ``losses`` is usually ``torch.stack`` of the task losses: differentiating ``losses[i]`` would
+    run back through the stack into every task's graph (all heads, with zero gradients), so the
+    stack's inputs are differentiated instead, each through its own task's graph only.
+    """
+    grad_fn = losses.grad_fn
+    outputs: list[Any] = list(losses.unbind())
+    if (
+        _GradientEdge is not None
+        and grad_fn is not None
+        and type(grad_fn).__name__ == "StackBackward0"
+        and len(grad_fn.next_functions) == losses.numel()
+    ):
+        outputs = [None if node is None else _GradientEdge(node, nr) for node, nr in grad_fn.next_functions]
+    one = torch.ones((), dtype=losses.dtype, device=losses.device)
+    for output in outputs:
+        if output is None:  # a constant loss
+            yield (None,) * len(inputs)
+        else:
+            yield torch.autograd.grad(output, list(inputs), grad_outputs=one, retain_graph=True, allow_unused=True)
+
+
+def representation_gradients(losses: Tensor, representation: Tensor, strategy: str = "") -> Tensor:
+    """``(K, *z.shape)``: the gradient of each task loss with respect to ``representation``.
+
+    A task whose loss does not depend on ``representation`` gets a zero row. The graph is kept
+    (Lightning's backward follows); nothing is accumulated into ``.grad``.
+    """
+    if not representation.requires_grad:
+        raise MultiLossError(
+            f"weighting {strategy!r}: the shared representation does not require grad; "
+            "mark a tensor computed from trainable layers with z = self.shared_representation(z)"
+        )
+    rows = []
+    used = False
+    for (grad,) in task_grads(losses, [representation]):
+        if grad is None:
+            grad = torch.zeros_like(representation)
+        else:
+            used = True
+        rows.append(grad)
+    if not used:
+        raise MultiLossError(
+            f"weighting {strategy!r}: no task loss depends on the marked shared representation; mark the "
+            "tensor the heads read in this forward, with z = self.shared_representation(z)"
+        )
+    return torch.stack(rows)
+
+
+def parameter_gradients(losses: Tensor, parameters: Sequence[Tensor]) -> Tensor:
+    """``(K, P)``: the Jacobian of the task losses with respect to ``parameters``, flattened, float32 or wider.
+
+    One backward pass per task through the shared part of the network; a parameter that a
+    task does not use contributes zeros. Nothing is accumulated into ``.grad``.
+    """
+    dtype = torch.promote_types(parameters[0].dtype, torch.float32)
+    sizes = [p.numel() for p in parameters]
+    jacobian = torch.zeros(losses.numel(), sum(sizes), dtype=dtype, device=parameters[0].device)
+    for row, grads in zip(jacobian, task_grads(losses, parameters), strict=True):
+        for piece, g in zip(row.split(sizes), grads, strict=True):
+            if g is not None:
+                piece.copy_(g.reshape(-1))
+    return jacobian
+
+
+def gramian_of(rows: Tensor) -> Tensor:
+    """``rows rowsᵀ`` over the flattened rows, in float32 or wider."""
+    flat = rows.reshape(rows.shape[0], -1)
+    flat = flat.to(torch.promote_types(flat.dtype, torch.float32))
+    return flat @ flat.T
+
+
+def gramian_and_losses(
+    losses: Tensor,
+    *,
+    route: Route,
+    ddp: DDPMode,
+    representation: Tensor | None = None,
+    parameters: Sequence[Tensor] | None = None,
+    strategy: str = "",
+) -> tuple[Tensor, Tensor]:
+    """The ``(K, K)`` Gramian of the task gradients and the ``(K,)`` detached losses to weight from.
+
+    In exact mode under DDP both are those of the global batch (identical on every process);
+    in local mode, or without DDP, those of this process's batch.
+    """
+    detached = losses.detach()
+    n = world_size()
+    exact = ddp == "exact" and n > 1
+    if route == "representation":
+        if representation is None:
+            raise MultiLossError(
+                f"weighting {strategy!r} uses route='representation': mark the shared representation in "
+                "forward with `z = self.shared_representation(z)` (the tensor the task heads read)"
+            )
+        gramian = gramian_of(representation_gradients(losses, representation, strategy))
+        if exact:
+            gramian = all_reduce_sum(gramian) / (n * n)
+    elif route == "parameters":
+        if not parameters:
+            raise MultiLossError(
+                f"weighting {strategy!r} uses route='parameters' but there are no shared parameters: "
+                "override shared_parameters() to return them"
+            )
+        jacobian = parameter_gradients(losses, parameters)
+        if exact:
+            dist.all_reduce(jacobian, op=dist.ReduceOp.SUM)  # in place: the K×P matrix is ours
+            jacobian /= n
+        gramian = jacobian @ jacobian.T
+    else:
+        raise MultiLossError(f"weighting {strategy!r}: route must be 'parameters' or 'representation', got {route!r}")
+    if exact:
+        detached = all_reduce_sum(detached) / n
+    return gramian, detached
+
+
+def find_shared_parameters(losses: Tensor, named_parameters: Sequence[tuple[str, nn.Parameter]]) -> list[nn.Parameter]:
+    """The parameters that at least two of the task losses depend on (all of them for a single task).
+
+    Found by autograd (``allow_unused``): a parameter is used by a loss when it is in that loss's
+    graph, even where its gradient happens to be zero.
+    """
+    params = [p for _, p in named_parameters if p.requires_grad]
+    if not params:
+        return []
+    counts = [0] * len(params)
+    for grads in task_grads(losses, params):
+        for i, g in enumerate(grads):
+            if g is not None:
+                counts[i] += 1
+    needed = min(2, losses.numel())
+    return [p for p, c in zip(params, counts, strict=True) if c >= needed]
+
+
+def gradient_inputs(module: Any, losses: Tensor) -> Mapping[str, Any]:
+    """What a gradient strategy's ``forward`` needs besides the losses, from a ``MultiTaskMixin`` module.
+
+    The marked representation for the representation route (taken, so that the module keeps no
+    reference to the graph), or the module's :meth:`shared_parameters` for the parameter route
+    (the default ones are found by autograd on the first training step).
+    """
+    weighting = module.weighting
+    route = getattr(weighting, "route", "parameters")
+    if route == "representation":
+        representation = getattr(module, "_mt_representation", None)
+        module._mt_representation = None
+        return {"representation": representation}
+    from lightning_multiloss.mixin import MultiTaskMixin
+
+    uses_default = type(module).shared_parameters is MultiTaskMixin.shared_parameters
+    if uses_default and getattr(module, "_mt_shared_params", None) is None:
+        candidates = [(n, p) for n, p in module.named_parameters() if not n.startswith("weighting.")]
+        found = find_shared_parameters(losses, candidates)
+        if not found:
+            raise MultiLossError(
+                f"weighting {weighting.name!r} uses route='parameters', but no parameter is used by two or more "
+                "task losses: override shared_parameters() to return the shared ones, or use route='representation'"
+            )
+        module._mt_shared_params = found
+    return {"parameters": list(module.shared_parameters())}

@@ -1,0 +1,832 @@
+r"""``multiloss-report``: compare the runs of a sweep, mean ± std over seeds and Δm%.
+
+Reads every ``result.json`` under the given folders (the Hydra app writes one per run), groups
+the runs by configuration (``config_key``: the configuration without the seed) and writes one
+row per configuration: the weighting, the overrides that set it apart from the other rows, the
+number of seeds, each task's primary metric as mean ± standard deviation over seeds, and Δm%
+against the single-task baselines when they are there (Maninis et al., "Attentive Single-Tasking
+of Multiple Tasks", CVPR 2019):
+
+.. math:: \Delta m = \frac{1}{T} \sum_{t=1}^{T} (-1)^{l_t} \frac{M_t - M_{b,t}}{M_{b,t}} \times 100
+
+with :math:`M_t` the primary metric of task :math:`t`, :math:`M_{b,t}` its mean over the seeds
+of the single-task baseline (runs with ``baseline_of`` set, same experiment) and
+:math:`l_t = 1` when lower is better. Higher Δm% is better; Δm% is computed for each seed and
+reported as mean ± std over seeds (its mean equals Δm% of the metric means).
+
+Runs that failed, were interrupted, are still running, or left no ``result.json`` (a Hydra job
+folder with ``.hydra/`` only) are listed in their own section and counted in the header. With
+two tasks, ``pareto.png`` shows every run of the sweep in the plane of the two primary metrics,
+the non-dominated runs highlighted and connected.
+
+Usage::
+
+    multiloss-report multirun/2026-01-01/10-00-00 [more folders] [--baselines FOLDER] [--out DIR]
+
+writes ``report.md``, ``report.csv`` (and ``pareto.png``) into ``--out`` (default: the first folder).
+
+Example:
+    >>> round(delta_m({"cls": 0.9, "reg": 0.2}, {"cls": 0.8, "reg": 0.25}, {"cls": "max", "reg": "min"}), 6)
+    16.25
+    >>> pareto_front([(1.0, 1.0), (2.0, 0.5), (0.5, 0.5), (1.0, 2.0)])
+    [3, 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from lightning_multiloss.errors import MultiLossError
+
+RESULT_FILE = "result.json"
+STATUSES = ("completed", "failed", "interrupted", "running")
+NO_RESULT = "no result"
+DIRECTIONS = ("max", "min")
+CITATION = "Maninis et al. 2019"
+
+
+# -- what a run folder holds ------------------------------------------------------------------
+@dataclass
+class Run:
+    """One run: its ``result.json`` (or, for ``status == "no result"``, its ``.hydra/`` folder)."""
+
+    folder: str
+    status: str
+    error: str | None = None
+    experiment: str = ""
+    baseline_of: str | None = None
+    weighting: str = ""
+    seed: int | None = None
+    overrides: list[str] = field(default_factory=list)
+    config_key: str = ""
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    directions: dict[str, dict[str, str]] = field(default_factory=dict)
+    primary: dict[str, str] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+    evaluated_on: str | None = None
+    """The split of ``metrics`` (``"test"`` or ``"val"``), when the run says."""
+
+    def value(self, task: str, metric: str) -> float | None:
+        """The run's value of ``metric`` on ``task`` (``None`` if it has none)."""
+        return self.metrics.get(task, {}).get(metric)
+
+
+@dataclass
+class Stat:
+    """Mean and sample standard deviation (n − 1; ``None`` for a single value)."""
+
+    mean: float
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Stat:
+        values = list(values)
+        if len(values) == 1:
+            return cls(values[0], None, 1)
+        if not all(math.isfinite(v) for v in values):  # a diverged run: NaN or inf, not a crash
+            return cls(statistics.fmean(values), math.nan, len(values))
+        return cls(statistics.fmean(values), statistics.stdev(values), len(values))
+
+
+@dataclass
+class ConfigRow:
+    """One configuration of the sweep: its runs (one per seed) and their summary."""
+
+    experiment: str
+    config_key: str
+    weighting: str
+    overrides: list[str]
+    """The overrides that set this configuration apart from the others of its experiment."""
+    runs: list[Run]
+    metrics: dict[str, Stat]
+    """Task → the primary metric over seeds."""
+    delta_m: Stat | None = None
+
+    @property
+    def label(self) -> str:
+        return " ".join([self.weighting, *self.overrides]) if self.overrides else self.weighting
+
+    @property
+    def seeds(self) -> list[int | None]:
+        return [run.seed for run in self.runs]
+
+
+@dataclass
+class Baseline:
+    """The single-task baseline of one task: its primary metric over seeds."""
+
+    task: str
+    metric: str
+    stat: Stat
+    runs: list[Run]
+
+
+@dataclass
+class ParetoPoint:
+    """One run in the plane of the two tasks' primary metrics (raw values, not oriented)."""
+
+    run: Run
+    row: ConfigRow
+    x: float
+    y: float
+
+
+@dataclass
+class ExperimentReport:
+    name: str
+    tasks: list[str]
+    primary: dict[str, str]
+    """Task → its primary metric."""
+    directions: dict[str, str]
+    """Task → ``"max"`` or ``"min"`` for its primary metric."""
+    rows: list[ConfigRow]
+    baselines: dict[str, Baseline]
+    missing_baselines: list[str]
+    front: list[ParetoPoint] = field(default_factory=list)
+    """With two tasks: the non-dominated runs, from worst to best on the first task."""
+    points: list[ParetoPoint] = field(default_factory=list)
+    """With two tasks: every run with both metrics finite (the points of the Pareto plot)."""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def has_delta_m(self) -> bool:
+        return any(row.delta_m is not None for row in self.rows)
+
+
+@dataclass
+class Report:
+    folders: list[str]
+    baseline_folders: list[str]
+    experiments: list[ExperimentReport]
+    problems: list[Run]
+    """Runs that did not complete: failed, interrupted, running, no result."""
+    counts: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+
+# -- formulas -----------------------------------------------------------------------------------
+def delta_m(metrics: Mapping[str, float], baselines: Mapping[str, float], directions: Mapping[str, str]) -> float:
+    r"""Δm% of one set of task metrics against the single-task baselines (Maninis et al. 2019).
+
+    .. math:: \Delta m = \frac{1}{T} \sum_t (-1)^{l_t} \frac{M_t - M_{b,t}}{M_{b,t}} \times 100
+
+    Args:
+        metrics: task → metric :math:`M_t`.
+        baselines: task → the baseline's metric :math:`M_{b,t}` (non-zero).
+        directions: task → ``"max"`` (higher is better) or ``"min"`` (:math:`l_t = 1`).
+
+    Example:
+        >>> round(delta_m({"a": 0.5}, {"a": 0.4}, {"a": "min"}), 6)
+        -25.0
+    """
+    if not metrics:
+        raise MultiLossError("delta_m needs at least one task")
+    total = 0.0
+    for task, value in metrics.items():
+        base = baselines[task]
+        if base == 0:
+            raise MultiLossError(f"Δm% is undefined: the baseline metric of task {task!r} is 0")
+        sign = -1.0 if directions[task] == "min" else 1.0
+        total += sign * (value - base) / base
+    return total / len(metrics) * 100.0
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the non-dominated points, both coordinates to maximise, sorted by the first.
+
+    A point is dominated when another is at least as good on both coordinates and better on one.
+    Equal points are all kept.
+
+    Example:
+        >>> pareto_front([(0.0, 3.0), (1.0, 1.0), (0.5, 0.5), (3.0, 0.0)])
+        [0, 1, 3]
+    """
+    order = sorted(range(len(points)), key=lambda i: (-points[i][0], -points[i][1]))
+    front: list[int] = []
+    best_y = -math.inf
+    last: tuple[float, float] | None = None
+    for i in order:
+        x, y = points[i]
+        if y > best_y or (last is not None and (x, y) == last):
+            front.append(i)
+            if y > best_y:
+                best_y = y
+                last = (x, y)
+    return sorted(front, key=lambda i: (points[i][0], -points[i][1]))
+
+
+# -- reading ------------------------------------------------------------------------------------
+def _bad(path: str, what: str) -> MultiLossError:
+    return MultiLossError(f"corrupt {path}: {what}")
+
+
+def _check_str_map(path: str, data: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key)
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise _bad(path, f"{key!r} must be an object keyed by task name, got {value!r}")
+    return dict(value)
+
+
+def parse_result(path: str, data: Any, folder: str) -> Run:
+    """Check one ``result.json`` (already decoded) and turn it into a :class:`Run`."""
+    if not isinstance(data, Mapping):
+        raise _bad(path, f"expected a JSON object, got {type(data).__name__}")
+    status = data.get("status")
+    if status not in STATUSES:
+        raise _bad(path, f"'status' must be one of {list(STATUSES)}, got {status!r}")
+    overrides = data.get("overrides") or []
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise _bad(path, f"'overrides' must be a list of strings, got {overrides!r}")
+    seed = data.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise _bad(path, f"'seed' must be an integer, got {seed!r}")
+    baseline_of = data.get("baseline_of")
+    if baseline_of is not None and not isinstance(baseline_of, str):
+        raise _bad(path, f"'baseline_of' must be a task name or null, got {baseline_of!r}")
+    error = data.get("error")
+    run = Run(
+        folder=folder,
+        status=status,
+        error=None if error is None else str(error),
+        experiment=str(data.get("experiment") or ""),
+        baseline_of=baseline_of,
+        weighting=str(data.get("weighting") or ""),
+        seed=seed,
+        overrides=list(overrides),
+        config_key=str(data.get("config_key") or ""),
+    )
+    if status != "completed":
+        return run
+    if not run.config_key:
+        raise _bad(path, "a completed run needs a non-empty 'config_key'")
+    metrics = _check_str_map(path, data, "metrics")
+    directions = _check_str_map(path, data, "directions")
+    primary = _check_str_map(path, data, "primary")
+    if not primary:
+        raise _bad(path, "'primary' names no task")
+    for task, task_metrics in metrics.items():
+        if not isinstance(task_metrics, Mapping):
+            raise _bad(path, f"metrics of task {task!r} must be an object, got {task_metrics!r}")
+        for name, value in task_metrics.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise _bad(path, f"metric {name!r} of task {task!r} must be a number, got {value!r}")
+        run.metrics[task] = {name: float(value) for name, value in task_metrics.items()}
+    for task, metric in primary.items():
+        if not isinstance(metric, str) or metric not in run.metrics.get(task, {}):
+            raise _bad(path, f"the primary metric {metric!r} of task {task!r} is not in 'metrics'")
+        direction = directions.get(task, {}).get(metric) if isinstance(directions.get(task), Mapping) else None
+        if direction not in DIRECTIONS:
+            raise _bad(
+                path, f"'directions' of task {task!r}, metric {metric!r} must be 'max' or 'min', got {direction!r}"
+            )
+        run.primary[task] = metric
+        run.directions.setdefault(task, {})[metric] = direction
+    evaluated_on = data.get("evaluated_on")
+    run.evaluated_on = evaluated_on if isinstance(evaluated_on, str) else None
+    weights = data.get("weights") or {}
+    if isinstance(weights, Mapping):
+        run.weights = {str(k): float(v) for k, v in weights.items() if isinstance(v, int | float)}
+    return run
+
+
+def _hydra_overrides(job_dir: str) -> list[str]:
+    path = os.path.join(job_dir, ".hydra", "overrides.yaml")
+    if not os.path.isfile(path):
+        return []
+    try:
+        import yaml
+
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except Exception:  # an unreadable overrides file does not hide the run: it is listed without them
+        return []
+    return [str(o) for o in data] if isinstance(data, list) else []
+
+
+class _Progress:
+    """A progress line on a terminal, shown only once reading takes more than a second."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self.stream = stream if stream is not None and stream.isatty() else None
+        self.start = time.monotonic()
+        self.last = 0.0
+        self.shown = False
+
+    def update(self, runs: int, folders: int) -> None:
+        if self.stream is None:
+            return
+        now = time.monotonic()
+        if now - self.start > 1.0 and now - self.last > 0.2:
+            self.stream.write(f"\rreading runs: {runs} found in {folders} folders")
+            self.stream.flush()
+            self.last, self.shown = now, True
+
+    def done(self) -> None:
+        if self.stream is not None and self.shown:
+            self.stream.write("\r" + " " * 60 + "\r")
+            self.stream.flush()
+
+
+def collect_runs(folder: str, progress: TextIO | None = None) -> list[Run]:
+    """Every run under ``folder``: each folder with a ``result.json``, and each Hydra job folder
+    (``.hydra/``) without one (``status == "no result"``).
+
+    Raises :class:`~lightning_multiloss.MultiLossError` when the folder does not exist, holds
+    no run, or holds a ``result.json`` that cannot be read (the message names the file).
+    """
+    if not os.path.exists(folder):
+        raise MultiLossError(f"folder {folder!r} does not exist")
+    if not os.path.isdir(folder):
+        raise MultiLossError(f"{folder!r} is not a folder")
+    runs: list[Run] = []
+    bar = _Progress(progress)
+    for searched, (root, dirs, files) in enumerate(os.walk(folder), 1):
+        dirs.sort()
+        shown = os.path.normpath(root)
+        if RESULT_FILE in files:
+            path = os.path.join(root, RESULT_FILE)
+            try:
+                with open(path) as f:
+                    data = json.load(f)
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise MultiLossError(f"corrupt {path}: cannot read it as JSON ({exc})") from exc
+            runs.append(parse_result(path, data, shown))
+            dirs[:] = []  # a run's own folders (logs, checkpoints) hold no other run
+        elif ".hydra" in dirs:
+            runs.append(Run(folder=shown, status=NO_RESULT, overrides=_hydra_overrides(root)))
+            dirs[:] = []
+        else:
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+        bar.update(len(runs), searched)
+    bar.done()
+    if not runs:
+        raise MultiLossError(
+            f"no runs under {folder!r}: no {RESULT_FILE} and no Hydra job folder (.hydra/) in it or below it"
+        )
+    return runs
+
+
+# -- summarising --------------------------------------------------------------------------------
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _is_seed(override: str) -> bool:
+    key = _override_key(override)
+    return key == "seed" or key.endswith(".seed")
+
+
+def _distinguishing(rows: list[ConfigRow]) -> None:
+    """Keep, in each row, the overrides that not every row of the experiment shares (seeds dropped)."""
+    per_row = [[o for o in row.overrides if not _is_seed(o)] for row in rows]
+    common = set.intersection(*(set(o) for o in per_row)) if len(rows) > 1 else set()
+    for row, overrides in zip(rows, per_row, strict=True):
+        row.overrides = [
+            o
+            for o in overrides
+            if o not in common and not (_override_key(o) == "weighting" and o.split("=", 1)[-1] == row.weighting)
+        ]
+
+
+def _first_seen(runs: list[Run]) -> tuple[list[str], dict[str, str], dict[str, str], list[str]]:
+    tasks: list[str] = []
+    primary: dict[str, str] = {}
+    directions: dict[str, str] = {}
+    notes: list[str] = []
+    for run in runs:
+        for task, metric in run.primary.items():
+            if task not in primary:
+                tasks.append(task)
+                primary[task] = metric
+                directions[task] = run.directions[task][metric]
+            elif primary[task] != metric:
+                notes.append(
+                    f"run {run.folder} takes {metric!r} as the primary metric of task {task!r}; "
+                    f"the report uses {primary[task]!r}, as the first run does"
+                )
+    return tasks, primary, directions, notes
+
+
+def _summarise_experiment(name: str, swept: list[Run], baseline_runs: list[Run]) -> ExperimentReport:
+    tasks, primary, directions, notes = _first_seen(swept)
+    groups: dict[str, list[Run]] = {}
+    for run in swept:
+        groups.setdefault(run.config_key, []).append(run)
+    rows: list[ConfigRow] = []
+    for key, runs in groups.items():
+        runs.sort(key=lambda r: (r.seed is None, r.seed if r.seed is not None else 0, r.folder))
+        seeds = [r.seed for r in runs]
+        repeated = sorted({s for s in seeds if s is not None and seeds.count(s) > 1})
+        if repeated:
+            notes.append(f"configuration {key!r} has seed(s) {repeated} more than once: each run counts")
+        stats: dict[str, Stat] = {}
+        for task in tasks:
+            values = [v for v in (r.value(task, primary[task]) for r in runs) if v is not None]
+            if values:
+                stats[task] = Stat.of(values)
+        rows.append(ConfigRow(name, key, runs[0].weighting, list(runs[0].overrides), runs, stats))
+    _distinguishing(rows)
+    labels = [row.label for row in rows]
+    for row in rows:
+        if labels.count(row.label) > 1:
+            row.overrides.append(f"[{row.config_key}]")
+
+    baselines: dict[str, Baseline] = {}
+    for task in tasks:
+        metric = primary[task]
+        own = [r for r in baseline_runs if r.baseline_of == task]
+        values = [v for v in (r.value(task, metric) for r in own) if v is not None]
+        if own and not values:
+            notes.append(f"the baseline runs of task {task!r} have no metric {metric!r}")
+        if values:
+            keys = sorted({r.config_key for r in own})
+            if len(keys) > 1:
+                notes.append(
+                    f"the baseline of task {task!r} mixes {len(keys)} configurations {keys}: their mean is used"
+                )
+            baselines[task] = Baseline(task, metric, Stat.of(values), own)
+    missing = [task for task in tasks if task not in baselines]
+    if not missing:
+        zero = [task for task in tasks if baselines[task].stat.mean == 0]
+        if zero:
+            notes.append(f"Δm% is undefined: the baseline metric of task(s) {zero} is 0")
+        else:
+            base = {task: baselines[task].stat.mean for task in tasks}
+            for row in rows:
+                per_seed = []
+                for run in row.runs:
+                    found = {task: run.value(task, primary[task]) for task in tasks}
+                    complete = {task: v for task, v in found.items() if v is not None}
+                    if len(complete) == len(tasks):
+                        per_seed.append(delta_m(complete, base, directions))
+                row.delta_m = Stat.of(per_seed) if per_seed else None
+
+    def sort_key(row: ConfigRow) -> tuple[bool, float, str]:
+        dm = row.delta_m.mean if row.delta_m is not None and math.isfinite(row.delta_m.mean) else None
+        return (dm is None, -(dm or 0.0), row.label)
+
+    rows.sort(key=sort_key)
+    report = ExperimentReport(name, tasks, primary, directions, rows, baselines, missing, notes=notes)
+    if len(tasks) == 2:
+        _pareto(report)
+    return report
+
+
+def _pareto(report: ExperimentReport) -> None:
+    t1, t2 = report.tasks
+    sign = {t: (1.0 if report.directions[t] == "max" else -1.0) for t in (t1, t2)}
+    for row in report.rows:
+        for run in row.runs:
+            x, y = run.value(t1, report.primary[t1]), run.value(t2, report.primary[t2])
+            if x is not None and y is not None and math.isfinite(x) and math.isfinite(y):
+                report.points.append(ParetoPoint(run, row, x, y))
+    front = pareto_front([(sign[t1] * p.x, sign[t2] * p.y) for p in report.points])
+    report.front = [report.points[i] for i in front]
+    dropped = sum(len(row.runs) for row in report.rows) - len(report.points)
+    if dropped:
+        report.notes.append(f"{dropped} run(s) without finite values of both metrics are left out of the Pareto plot")
+
+
+def build_report(
+    runs: Sequence[Run],
+    baseline_runs: Sequence[Run] = (),
+    folders: Sequence[str] = (),
+    baseline_folders: Sequence[str] = (),
+) -> Report:
+    """Group the runs by configuration and summarise them (see the module's docstring)."""
+    seen: set[str] = set()
+    unique: list[Run] = []
+    for run in [*runs, *baseline_runs]:
+        real = os.path.realpath(run.folder)
+        if real not in seen:  # overlapping folders read the same run once
+            seen.add(real)
+            unique.append(run)
+    # Runs met only under --baselines (a folder given both ways counts as a sweep folder).
+    from_baseline_folders = {os.path.realpath(r.folder) for r in baseline_runs} - {
+        os.path.realpath(r.folder) for r in runs
+    }
+    notes: list[str] = []
+    counts = {"runs": len(unique), "completed": 0, "swept": 0, "configurations": 0, "baselines": 0}
+    counts.update({status: 0 for status in (*STATUSES[1:], NO_RESULT)})
+    problems = [r for r in unique if r.status != "completed"]
+    for run in problems:
+        counts[run.status] += 1
+    completed = [r for r in unique if r.status == "completed"]
+    counts["completed"] = len(completed)
+    baselines = [r for r in completed if r.baseline_of is not None]
+    swept = [r for r in completed if r.baseline_of is None]
+    ignored = [r for r in swept if os.path.realpath(r.folder) in from_baseline_folders]
+    if ignored:
+        notes.append(f"{len(ignored)} run(s) under --baselines are not single-task baselines (no baseline_of): ignored")
+        swept = [r for r in swept if r not in ignored]
+    counts["baselines"] = len(baselines)
+    counts["swept"] = len(swept)
+    experiments: list[ExperimentReport] = []
+    names = list(dict.fromkeys(r.experiment for r in swept))
+    for name in names:
+        experiments.append(
+            _summarise_experiment(
+                name, [r for r in swept if r.experiment == name], [r for r in baselines if r.experiment == name]
+            )
+        )
+    orphans = sorted({r.experiment for r in baselines} - set(names))
+    if orphans:
+        notes.append(f"baseline runs of experiment(s) {orphans} have no swept run to compare with")
+    counts["configurations"] = sum(len(e.rows) for e in experiments)
+    problems.sort(key=lambda r: (r.status, r.folder))
+    return Report(list(folders), list(baseline_folders), experiments, problems, counts, notes)
+
+
+# -- writing ------------------------------------------------------------------------------------
+def fmt(value: float) -> str:
+    """A metric as the report prints it: four significant digits."""
+    return f"{value:.4g}"
+
+
+def fmt_stat(stat: Stat | None, signed: bool = False) -> str:
+    """``mean ± std``: the mean with four significant digits, the std with two (``—`` for a single
+    seed); Δm% (``signed``) with two decimals. Empty for no value."""
+    if stat is None:
+        return ""
+    mean = f"{stat.mean:+.2f}" if signed else fmt(stat.mean)
+    if stat.std is None:
+        return f"{mean} ± —"
+    return f"{mean} ± {stat.std:.2f}" if signed else f"{mean} ± {stat.std:.2g}"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _arrow(direction: str) -> str:
+    return "↑" if direction == "max" else "↓"
+
+
+def _header(report: Report) -> str:
+    c = report.counts
+    bad = [f"{c[s]} {s}" for s in ("failed", "interrupted", "running", NO_RESULT)]
+    return (
+        f"{c['runs']} runs read: {c['completed']} completed ({c['swept']} swept in {c['configurations']} "
+        f"configurations, {c['baselines']} single-task baselines); {', '.join(bad)}."
+    )
+
+
+def render_markdown(report: Report) -> str:
+    """The report as Markdown (what ``multiloss-report`` prints and writes as ``report.md``)."""
+    lines = ["# Sweep report", ""]
+    if report.folders:
+        lines += ["Folders: " + ", ".join(f"`{f}`" for f in report.folders), ""]
+    if report.baseline_folders:
+        lines += ["Baselines from: " + ", ".join(f"`{f}`" for f in report.baseline_folders), ""]
+    lines += [_header(report), ""]
+    for exp in report.experiments:
+        title = f"## Experiment `{exp.name}`" if exp.name else "## Experiment"
+        tasks = ", ".join(
+            f"{t} ({exp.primary[t]}, {'higher' if exp.directions[t] == 'max' else 'lower'} is better)"
+            for t in exp.tasks
+        )
+        splits = {run.evaluated_on for row in exp.rows for run in row.runs}
+        split = f" Metrics of the {splits.pop()} split." if len(splits) == 1 and None not in splits else ""
+        lines += [title, "", f"Tasks: {tasks}.{split}", ""]
+        header = ["#", "weighting", "overrides", "seeds"]
+        header += [f"{t} {exp.primary[t]} {_arrow(exp.directions[t])}" for t in exp.tasks]
+        header += ["Δm% ↑"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for i, row in enumerate(exp.rows, 1):
+            cells = [str(i), row.weighting, " ".join(row.overrides) or "—", str(len(row.runs))]
+            cells += [fmt_stat(row.metrics.get(t)) for t in exp.tasks]
+            cells += [fmt_stat(row.delta_m, signed=True)]
+            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+        lines.append("")
+        lines.append("Mean ± standard deviation over seeds (n − 1); one seed: ± —.")
+        if not exp.missing_baselines:
+            bases = ", ".join(f"{t} {b.metric} {fmt_stat(b.stat)} ({b.stat.n} seeds)" for t, b in exp.baselines.items())
+            lines += [
+                "",
+                f"Single-task baselines: {bases}. Δm% = (1/T) Σ_t (−1)^l_t (M_t − M_b,t)/M_b,t × 100 on each "
+                f"task's primary metric, l_t = 1 when lower is better ({CITATION}); higher is better; "
+                "rows sorted by it.",
+            ]
+        elif exp.baselines:
+            lines += [
+                "",
+                f"**No single-task baseline for task(s) {', '.join(exp.missing_baselines)}**: Δm% is left empty. "
+                "Add their baseline runs (result.json with `baseline_of` set) to the folders or pass them with "
+                "`--baselines`.",
+            ]
+        else:
+            lines += [
+                "",
+                "**No single-task baselines found** (runs whose result.json has `baseline_of` set, same experiment): "
+                "Δm% is left empty. Pass the baseline runs with `--baselines FOLDER`.",
+            ]
+        if exp.front:
+            t1, t2 = exp.tasks
+            lines += [
+                "",
+                f"Pareto front ({t1} {exp.primary[t1]} vs {t2} {exp.primary[t2]}, {len(exp.points)} runs):",
+                "",
+            ]
+            for p in exp.front:
+                lines.append(f"- {p.row.label}, seed {p.run.seed}: {t1} {fmt(p.x)}, {t2} {fmt(p.y)} (`{p.run.folder}`)")
+        for note in exp.notes:
+            lines += ["", f"Note: {note}"]
+        lines.append("")
+    if not report.experiments:
+        lines += ["No completed run to compare.", ""]
+    lines += [f"## Runs that did not complete ({len(report.problems)})", ""]
+    if report.problems:
+        lines += ["| status | folder | weighting | seed | overrides | error |", "|---|---|---|---|---|---|"]
+        for run in report.problems:
+            error = run.error or ("no result.json: never started, or stopped hard" if run.status == NO_RESULT else "")
+            if run.status == "running" and not run.error:
+                error = "still running, or killed before it could record its end"
+            cells = [
+                run.status,
+                f"`{run.folder}`",
+                run.weighting or "—",
+                "—" if run.seed is None else str(run.seed),
+                " ".join(run.overrides) or "—",
+                error[:300],
+            ]
+            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    else:
+        lines.append("None.")
+    for note in report.notes:
+        lines += ["", f"Note: {note}"]
+    if report.files:
+        out = os.path.dirname(report.files[0]) or "."
+        lines += ["", f"Written to `{out}`: " + ", ".join(f"`{os.path.basename(p)}`" for p in report.files)]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(report: Report, path: str) -> None:
+    """One line per configuration, full precision (the numbers of the Markdown table)."""
+    columns: list[str] = []
+    for exp in report.experiments:
+        for t in exp.tasks:
+            for suffix in ("mean", "std"):
+                name = f"{t}/{exp.primary[t]}/{suffix}"
+                if name not in columns:
+                    columns.append(name)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            [
+                "experiment",
+                "weighting",
+                "overrides",
+                "config_key",
+                "seeds",
+                "n",
+                *columns,
+                "delta_m/mean",
+                "delta_m/std",
+            ]
+        )
+        for exp in report.experiments:
+            for row in exp.rows:
+                values: dict[str, float | None] = {}
+                for t, stat in row.metrics.items():
+                    values[f"{t}/{exp.primary[t]}/mean"] = stat.mean
+                    values[f"{t}/{exp.primary[t]}/std"] = stat.std
+                dm = row.delta_m
+                writer.writerow(
+                    [
+                        exp.name,
+                        row.weighting,
+                        " ".join(row.overrides),
+                        row.config_key,
+                        " ".join(str(s) for s in row.seeds),
+                        len(row.runs),
+                        *("" if values.get(c) is None else repr(values[c]) for c in columns),
+                        "" if dm is None else repr(dm.mean),
+                        "" if dm is None or dm.std is None else repr(dm.std),
+                    ]
+                )
+
+
+def plot_pareto(exp: ExperimentReport, path: str) -> None:
+    """Every run of a two-task sweep, better up and right, the non-dominated runs joined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t1, t2 = exp.tasks
+    m1, m2 = exp.primary[t1], exp.primary[t2]
+    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    colors = plt.get_cmap("tab10")
+    for i, row in enumerate(exp.rows):
+        pts = [p for p in exp.points if p.row is row]
+        if pts:
+            ax.scatter([p.x for p in pts], [p.y for p in pts], color=colors(i % 10), label=row.label, alpha=0.8)
+    fx, fy = [p.x for p in exp.front], [p.y for p in exp.front]
+    ax.plot(fx, fy, color="black", lw=1.2, zorder=1, label="Pareto front")
+    ax.scatter(fx, fy, s=140, facecolors="none", edgecolors="black", lw=1.5, zorder=3)
+    for p in exp.front:
+        ax.annotate(
+            f"{p.row.label} (seed {p.run.seed})", (p.x, p.y), textcoords="offset points", xytext=(6, 6), fontsize=8
+        )
+    for t, line, style in ((t1, ax.axvline, "--"), (t2, ax.axhline, ":")):
+        if t in exp.baselines:
+            line(exp.baselines[t].stat.mean, color="gray", ls=style, lw=1.2, label=f"{t} single-task baseline")
+    if exp.directions[t1] == "min":
+        ax.invert_xaxis()
+    if exp.directions[t2] == "min":
+        ax.invert_yaxis()
+
+    def axis_label(t: str, m: str) -> str:
+        if exp.directions[t] == "min":
+            return f"{t} {m} (lower is better; axis reversed)"
+        return f"{t} {m} (higher is better)"
+
+    ax.set_xlabel(axis_label(t1, m1))
+    ax.set_ylabel(axis_label(t2, m2))
+    ax.set_title(f"{exp.name or 'sweep'}: every run, better is up and right")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(report: Report, out: str) -> list[str]:
+    """Write ``report.md``, ``report.csv`` and, for two-task experiments, the Pareto plot(s)."""
+    os.makedirs(out, exist_ok=True)
+    files = [os.path.join(out, "report.md"), os.path.join(out, "report.csv")]
+    two_task = [exp for exp in report.experiments if len(exp.tasks) == 2 and exp.points]
+    for exp in two_task:
+        name = "pareto.png" if len(two_task) == 1 else f"pareto_{exp.name or 'experiment'}.png"
+        path = os.path.join(out, name.replace(os.sep, "_"))
+        plot_pareto(exp, path)
+        files.append(path)
+    report.files = files
+    write_csv(report, files[1])
+    with open(files[0], "w") as f:
+        f.write(render_markdown(report))
+    return files
+
+
+def make_report(
+    folders: Sequence[str],
+    baselines: Sequence[str] = (),
+    out: str | None = None,
+    progress: TextIO | None = None,
+) -> Report:
+    """Read the runs under ``folders`` (and the baseline runs under ``baselines``), summarise them
+    and, if ``out`` is given, write the files there."""
+    if not folders:
+        raise MultiLossError("give at least one folder of runs")
+    runs = [run for folder in folders for run in collect_runs(folder, progress)]
+    baseline_runs = [run for folder in baselines for run in collect_runs(folder, progress)]
+    report = build_report(runs, baseline_runs, list(folders), list(baselines))
+    if out is not None:
+        write_report(report, out)
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="multiloss-report",
+        description="Compare the runs of a sweep: mean ± std over seeds of each task's primary metric, "
+        "Δm% against single-task baselines, a Pareto plot for two tasks.",
+    )
+    parser.add_argument("folders", nargs="+", help="folders holding runs (searched recursively for result.json)")
+    parser.add_argument(
+        "--baselines",
+        action="append",
+        default=[],
+        metavar="FOLDER",
+        help="folder of single-task baseline runs (repeatable)",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="where to write report.md/.csv and pareto.png (default: first folder)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        report = make_report(args.folders, args.baselines, args.out or args.folders[0], progress=sys.stderr)
+    except MultiLossError as exc:
+        print(f"multiloss-report: error: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(render_markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,374 @@
+"""The training app: ``multiloss-train`` (or ``python -m lightning_multiloss.train``).
+
+With no arguments it trains the default experiment (scikit-learn's digits: a 10-class head, a
+64-value reconstruction head, a 1-value regression head) with fixed weights, then prints a
+per-task table of validation and test metrics. Everything else is a Hydra override::
+
+    multiloss-train weighting=scheduled schedule=cosine
+    multiloss-train experiment=loc_cls trainer=ddp_cpu
+    multiloss-train -m seed=0,1,2 weighting=fixed,learnable
+
+Each run leaves in Hydra's run folder: ``checkpoints/`` (``last.ckpt``), ``csv/`` (the
+metrics, and ``loss_weights.csv`` / ``loss_weights.png``: the weight trajectory), ``.hydra/``
+(the resolved config and the overrides) and ``result.json``.
+
+``result.json`` (written by global rank 0 only; one JSON object)::
+
+    {
+      "status": "running" | "completed" | "failed" | "interrupted",
+                          # "running" is written when training starts, the rest when it ends
+      "error": str,       # only when "failed": the exception's message
+      "experiment": str,  # the experiment's name (`name`); a single-task baseline carries the
+                          # name of the multi-task experiment it is the baseline for
+      "baseline_of": str | None,   # the task of a single-task baseline run, else null
+      "weighting": str,   # the weighting's registry name ("fixed", "scheduled", ...)
+      "seed": int,
+      "overrides": [str], # the run's command-line overrides (Hydra's task overrides)
+      "config_key": str,  # the overrides without seed= (and without ckpt_path=, hydra.*),
+                          # sorted and joined by " ": runs that differ only by seed share it
+      "metrics": {task: {metric: float}},   # final test metrics (validation if test=false),
+                          # each task's metrics plus "loss" (its unweighted loss)
+      "directions": {task: {metric: "max" | "min"}},   # which way is better
+      "primary": {task: metric},   # the metric for Δm% (the task's `primary`, else "loss")
+      "weights": {task: float},    # the weights of the last training step
+      "val_metrics": {task: {metric: float}},          # final validation metrics
+      "evaluated_on": "test" | "val",                  # where "metrics" come from
+      "world_size": int,  # the number of training processes
+      "output_dir": str,
+    }
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lightning_multiloss.config import call, config_dir, validate_config
+from lightning_multiloss.errors import MultiLossError
+
+RUN_DIR_ENV = "LIGHTNING_MULTILOSS_RUN_DIR"
+"""Set by the training process for the DDP processes Lightning starts: the run folder to reuse."""
+OVERRIDES_ENV = "LIGHTNING_MULTILOSS_OVERRIDES"
+"""Set with it: the job's own overrides (JSON), so that a DDP process runs one job, not a sweep."""
+_DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", RUN_DIR_ENV, OVERRIDES_ENV)
+_EXCLUDED_FROM_KEY = ("seed", "ckpt_path", "hydra.", "hydra/", "output_dir")
+
+_task_started = False
+
+
+# -- result.json --------------------------------------------------------------------------------
+def config_key(overrides: Sequence[str]) -> str:
+    """The overrides that identify a configuration: all but ``seed=``, ``ckpt_path=``, ``hydra.*``.
+
+    Example:
+        >>> config_key(["weighting=learnable", "seed=3", "experiment=loc_cls"])
+        'experiment=loc_cls weighting=learnable'
+    """
+    kept = []
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if any(key == k or (k.endswith((".", "/")) and key.startswith(k)) for k in _EXCLUDED_FROM_KEY):
+            continue
+        kept.append(override)
+    return " ".join(sorted(kept))
+
+
+def write_result(path: str, result: Mapping[str, Any]) -> None:
+    """Write ``result`` as JSON, atomically (a reader never sees half a file)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _float(value: Any) -> float:
+    return float(value.item() if isinstance(value, torch.Tensor) else value)
+
+
+def task_metrics(logged: Mapping[str, Any], stage: str, tasks: Sequence[str]) -> dict[str, dict[str, float]]:
+    """``{task: {metric: value}}`` from Lightning's ``<stage>/<metric>/<task>`` results (``loss`` included).
+
+    Example:
+        >>> task_metrics({"val/acc/digit": 0.5, "val/loss/digit": 1.0, "val/weight/digit": 1.0, "val/loss": 1.0},
+        ...              "val", ["digit"])
+        {'digit': {'acc': 0.5, 'loss': 1.0}}
+    """
+    metrics: dict[str, dict[str, float]] = {task: {} for task in tasks}
+    for key, value in logged.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == stage and parts[2] in metrics and parts[1] != "weight":
+            metrics[parts[2]][parts[1]] = _float(value)
+    return metrics
+
+
+def format_table(result: Mapping[str, Any]) -> str:
+    """The per-task table printed at the end of a run."""
+    rows = [("task", "weight", "metric", "better", "val", "test")]
+    test = result["metrics"] if result.get("evaluated_on") == "test" else {}
+    for task, values in result["val_metrics"].items():
+        weight = result["weights"].get(task)
+        names = sorted(values, key=lambda m: (m != result["primary"].get(task), m == "loss", m))
+        for i, metric in enumerate(names):
+            test_value = test.get(task, {}).get(metric)
+            rows.append(
+                (
+                    task if i == 0 else "",
+                    f"{weight:.4f}" if i == 0 and weight is not None else "",
+                    metric + (" *" if metric == result["primary"].get(task) else ""),
+                    result["directions"][task].get(metric, ""),
+                    f"{values[metric]:.4f}",
+                    "-" if test_value is None else f"{test_value:.4f}",
+                )
+            )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    title = (
+        f"{result['experiment']}"
+        + (f" (single-task baseline of {result['baseline_of']})" if result.get("baseline_of") else "")
+        + f", weighting={result['weighting']}, seed={result['seed']}"
+    )
+    return "\n".join([title, *lines, "* primary metric; better: max or min", f"outputs: {result['output_dir']}"])
+
+
+# -- building ------------------------------------------------------------------------------------
+def check_checkpoint(path: str | None) -> str | None:
+    """``path`` if it is a readable Lightning checkpoint, else an error naming it."""
+    if path is None:
+        return None
+    path = os.path.abspath(os.path.expanduser(str(path)))
+    if not os.path.isfile(path):
+        raise MultiLossError(f"ckpt_path {path!r}: no such file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise MultiLossError(f"ckpt_path {path!r} is not a readable checkpoint: {first}") from None
+    if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
+        raise MultiLossError(f"ckpt_path {path!r} is not a Lightning checkpoint (no 'state_dict')")
+    return path
+
+
+def _resolved(cfg: DictConfig) -> DictConfig:
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", "") or ""
+        message = (getattr(error, "msg", None) or str(error)).splitlines()[0]
+        raise MultiLossError(f"config key '{key}': {message}" if key else f"config: {message}") from None
+    resolved = OmegaConf.create(plain)
+    assert isinstance(resolved, DictConfig)
+    return resolved
+
+
+def single_task(cfg: DictConfig, task: str) -> DictConfig:
+    """The config of a single-task baseline: only ``task`` of the model, on its plain loss (weight 1)."""
+    tasks = cfg.model.tasks
+    if task not in tasks:
+        raise MultiLossError(f"baseline_of={task!r}: the model has no such task; its tasks are {list(tasks)}")
+    cfg = cfg.copy()
+    cfg.model.tasks = {task: tasks[task]}
+    cfg.weighting = {"_target_": "lightning_multiloss.weighting.Fixed"}
+    return cfg
+
+
+def build(cfg: DictConfig) -> tuple[Any, Any, Any]:
+    """The datamodule, model and trainer of a composed config (validated, resolved)."""
+    import pytorch_lightning as pl
+
+    validate_config(cfg)
+    cfg = _resolved(cfg)
+    if cfg.get("baseline_of") is not None:
+        cfg = single_task(cfg, cfg.baseline_of)
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = call(cfg.data)
+    model = call(cfg.model, input_shape=list(datamodule.input_shape), weighting=cfg.weighting, _recursive_=False)
+    callbacks = [call(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
+    loggers = [call(node) for node in (cfg.get("logger") or {}).values() if node is not None]
+    trainer = call(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return datamodule, model, trainer
+
+
+def _weighting_name(node: Any) -> str | None:
+    """The registry name of a weighting config's strategy (before it is built)."""
+    from hydra.utils import get_object
+
+    from lightning_multiloss.weighting import Weighting
+
+    target = node.get("_target_") if isinstance(node, Mapping | DictConfig) else None
+    if not isinstance(target, str):
+        return None
+    if target.endswith("scheduled_weighting"):
+        return "scheduled"
+    try:
+        obj = get_object(target)
+    except Exception:
+        return target
+    return obj.name if isinstance(obj, type) and issubclass(obj, Weighting) and obj.name else target
+
+
+def _restore_env(saved: Mapping[str, str | None]) -> None:
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Train, validate and test one configuration; write ``result.json`` into ``cfg.output_dir``.
+
+    Returns the result (see the module docstring). Raises :class:`MultiLossError` for a
+    configuration the library rejects (after writing ``"status": "failed"`` when the run had started).
+    """
+    output_dir = str(_resolved(OmegaConf.masked_copy(cfg, ["output_dir"])).output_dir)
+    path = os.path.join(output_dir, "result.json")
+    result: dict[str, Any] = {
+        "status": "running",
+        "experiment": cfg.get("name"),
+        "baseline_of": cfg.get("baseline_of"),
+        "weighting": _weighting_name(cfg.get("weighting")),
+        "seed": cfg.get("seed"),
+        "overrides": list(overrides),
+        "config_key": config_key(overrides),
+        "metrics": {},
+        "directions": {},
+        "primary": {},
+        "weights": {},
+        "val_metrics": {},
+        "output_dir": output_dir,
+    }
+    rank_zero = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    threads = torch.get_num_threads()  # build() may change it (torch_threads): restored at the end
+    try:
+        ckpt_path = check_checkpoint(cfg.get("ckpt_path"))
+        datamodule, model, trainer = build(cfg)
+    except BaseException as error:
+        if rank_zero:
+            result["status"] = "failed"
+            result["error"] = f"{type(error).__name__}: {error}"
+            os.makedirs(output_dir, exist_ok=True)
+            write_result(path, result)
+        torch.set_num_threads(threads)
+        raise
+    tasks = [task.name for task in model.tasks]
+    result["weighting"] = model.weighting.name or type(model.weighting).__name__
+    result["seed"] = int(cfg.seed)
+    result["directions"] = {t: {**model.directions[t], "loss": "min"} for t in tasks}
+    result["primary"] = {t: model.primary[t] or "loss" for t in tasks}
+    result["world_size"] = int(trainer.world_size)
+    rank_zero = trainer.is_global_zero
+    if rank_zero:
+        os.makedirs(output_dir, exist_ok=True)
+        write_result(path, result)
+    saved_env = {key: os.environ.get(key) for key in _DDP_ENV}
+    # The DDP processes that Lightning starts re-run this program: they must join this run.
+    os.environ[RUN_DIR_ENV] = str(output_dir)
+    os.environ[OVERRIDES_ENV] = json.dumps(list(overrides))
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        if trainer.interrupted:
+            raise KeyboardInterrupt("training was interrupted")
+        val = trainer.validate(model, datamodule=datamodule, verbose=False)[0]
+        result["val_metrics"] = task_metrics(val, "val", tasks)
+        if cfg.get("test", True):
+            test = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+            result["metrics"] = task_metrics(test, "test", tasks)
+            result["evaluated_on"] = "test"
+        else:
+            result["metrics"] = result["val_metrics"]
+            result["evaluated_on"] = "val"
+        last = model._mt_last_weights
+        if last is not None:
+            result["weights"] = {t: float(w) for t, w in zip(tasks, last.tolist(), strict=True)}
+        result["status"] = "completed"
+    except BaseException as error:
+        interrupted = isinstance(error, KeyboardInterrupt | SystemExit) or trainer.interrupted
+        result["status"] = "interrupted" if interrupted else "failed"
+        if not interrupted:
+            result["error"] = f"{type(error).__name__}: {error}"
+        raise
+    finally:
+        if rank_zero:
+            write_result(path, result)
+        _restore_env(saved_env)
+        torch.set_num_threads(threads)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if rank_zero:
+        print("\n" + format_table(result), flush=True)
+    return result
+
+
+# -- the command line ----------------------------------------------------------------------------
+def _quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def ddp_child_argv(environ: Mapping[str, str] = os.environ) -> list[str] | None:
+    """The arguments of a DDP process started by Lightning for a run of this app, else ``None``.
+
+    Lightning starts the ranks > 0 by re-running the command line. Under ``-m`` that would start
+    a second sweep, and Lightning's own fix reuses ``hydra.run.dir`` (not the sweep job's
+    folder). So the training process passes its run folder and its job's overrides in the
+    environment, and a rank > 0 runs that one job, in that folder, writing no Hydra files.
+    """
+    run_dir = environ.get(RUN_DIR_ENV)
+    local_rank = environ.get("LOCAL_RANK")
+    if not run_dir or local_rank in (None, "", "0"):
+        return None
+    overrides = [str(o) for o in json.loads(environ.get(OVERRIDES_ENV) or "[]")]
+    extra = [f"hydra.run.dir={_quote(run_dir)}", "hydra.output_subdir=null", f"hydra.job.name=rank{local_rank}"]
+    if not any(o.lstrip("+~").startswith("hydra/job_logging=") for o in overrides):
+        extra.append("hydra/job_logging=disabled")  # no log file of its own in the run folder
+    return [*overrides, *extra]
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+def _app(cfg: DictConfig) -> float | None:
+    global _task_started
+    _task_started = True
+    overrides = list(HydraConfig.get().overrides.task)
+    try:
+        result = run(cfg, overrides)
+    except MultiLossError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    # The value of the sweep objective (a sweeper can minimise it): the first task's primary test metric.
+    first = next(iter(result["primary"]))
+    value = result["metrics"].get(first, {}).get(result["primary"][first])
+    return value if value is None or math.isfinite(value) else None
+
+
+def main() -> None:
+    """The ``multiloss-train`` console script.
+
+    Exit status: 0 on success; 2 for a configuration that cannot be composed or that the library
+    rejects (the message names the key, task, strategy or file); 1 for any other failure.
+    """
+    child = ddp_child_argv()
+    if child is not None:
+        sys.argv = [sys.argv[0], *child]
+    try:
+        _app()
+    except SystemExit as exit_:
+        if exit_.code == 1 and not _task_started:  # Hydra could not compose the config
+            raise SystemExit(2) from None
+        raise
+
+
+if __name__ == "__main__":
+    main()

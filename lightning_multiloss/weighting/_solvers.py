@@ -1,0 +1,333 @@
+"""Small K×K solvers shared by the gradient strategies (plain torch, float64, on the CPU).
+
+The matrices are ``K × K`` with ``K`` the number of tasks, so exact active-set methods are cheap
+and need no external solver. Every function takes and returns float64 CPU tensors; the
+strategies convert the Gramian once with :func:`prepare` and convert the weights back with
+:func:`finish`.
+
+>>> import torch
+>>> G = torch.tensor([[18.0, -22.0], [-22.0, 38.0]], dtype=torch.float64)  # J = [[-4,1,1],[6,1,1]]
+>>> simplex_qp(G)  # the min-norm point of the convex hull of the rows of J
+tensor([0.6000, 0.4000], dtype=torch.float64)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from lightning_multiloss.errors import MultiLossError, NonFiniteLossError
+
+_CPU = torch.device("cpu")
+_F64 = torch.float64
+
+RIDGE = 1e-10
+"""Relative ridge added to the diagonal (times ``trace(G)/K``) so that every solve is well posed
+when the Gramian is singular (identical or zero gradients, ``K`` larger than the dimension). It
+changes ``wᵀGw`` by at most ``1e-10·trace(G)/K·‖w‖²``."""
+
+
+# -- conversion and checks ---------------------------------------------------------------------
+def prepare(strategy: str, gramian: Tensor, losses: Tensor, num_tasks: int = 0) -> tuple[Tensor, Tensor]:
+    """The Gramian (symmetrised) and the losses as float64 CPU tensors, after shape and finiteness checks."""
+    if gramian.ndim != 2 or gramian.shape[0] != gramian.shape[1]:
+        raise MultiLossError(
+            f"weighting {strategy!r}: the Gramian must be a square (K, K) matrix, got shape {tuple(gramian.shape)}"
+        )
+    k = gramian.shape[0]
+    if k == 0:
+        raise MultiLossError(f"weighting {strategy!r}: the Gramian is empty (no task)")
+    if losses.shape != (k,):
+        raise MultiLossError(
+            f"weighting {strategy!r}: losses must have shape ({k},) to match the Gramian, got {tuple(losses.shape)}"
+        )
+    if num_tasks and k != num_tasks:
+        raise MultiLossError(f"weighting {strategy!r} is bound to {num_tasks} tasks but got a {k}×{k} Gramian")
+    g = gramian.detach().to(device=_CPU, dtype=_F64)
+    g = 0.5 * (g + g.T)
+    values = losses.detach().to(device=_CPU, dtype=_F64)
+    if not bool(torch.isfinite(g).all()):
+        raise NonFiniteLossError(
+            f"weighting {strategy!r}: the Gramian of the task gradients is not finite "
+            f"(diagonal {g.diagonal().tolist()})"
+        )
+    if not bool(torch.isfinite(values).all()):
+        raise NonFiniteLossError(f"weighting {strategy!r}: the task losses are not finite: {values.tolist()}")
+    return g, values
+
+
+def finish(weights: Tensor, like: Tensor) -> Tensor:
+    """``weights`` on the device and in the floating dtype of ``like`` (the Gramian)."""
+    dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
+    return weights.to(device=like.device, dtype=dtype)
+
+
+def require(strategy: str, ok: bool, what: str, value: object) -> None:
+    """Raise a :class:`MultiLossError` naming the strategy and the value unless ``ok``."""
+    if not ok:
+        raise MultiLossError(f"weighting {strategy!r}: {what}, got {value!r}")
+
+
+def check_positive(strategy: str, name: str, value: float, allow_zero: bool = False) -> float:
+    """``value`` as a float if finite and positive (or >= 0), else an error naming it."""
+    number = float(value)
+    ok = math.isfinite(number) and (number >= 0.0 if allow_zero else number > 0.0)
+    require(strategy, ok, f"{name} must be finite and {'>= 0' if allow_zero else '> 0'}", value)
+    return number
+
+
+def uniform(k: int) -> Tensor:
+    return torch.full((k,), 1.0 / k, dtype=_F64)
+
+
+def zero_rows(gramian: Tensor, rtol: float = 1e-12) -> Tensor:
+    """Boolean mask of the tasks whose gradient is (numerically) zero."""
+    diag = gramian.diagonal().clamp_min(0.0)
+    top = float(diag.max())
+    return diag <= rtol * top if top > 0.0 else torch.ones_like(diag, dtype=torch.bool)
+
+
+def regularize(gramian: Tensor, ridge: float = RIDGE) -> Tensor:
+    """``G + ridge·(trace(G)/K)·I`` (plus an absolute floor when ``G`` is zero)."""
+    k = gramian.shape[0]
+    scale = float(gramian.diagonal().clamp_min(0.0).sum()) / k
+    eps = ridge * scale if scale > 0.0 else 1e-30
+    return gramian + eps * torch.eye(k, dtype=gramian.dtype)
+
+
+# -- quadratic programs ------------------------------------------------------------------------
+def _active_set(q: Tensor, c: Tensor, simplex: bool, max_iter: int) -> Tensor:
+    """Primal active-set method for ``min ½xᵀQx + cᵀx`` s.t. ``x ≥ 0`` (and ``Σx = 1`` if ``simplex``).
+
+    ``Q`` must be positive definite (see :func:`regularize`); the method is then exact and ends
+    after finitely many steps (each solves one equality-constrained system on the free set).
+    """
+    k = q.shape[0]
+    scale = float(q.diagonal().abs().max()) + float(c.abs().max()) + 1e-300
+    tol = 1e-11 * scale
+    x = torch.zeros(k, dtype=_F64)
+    free = torch.zeros(k, dtype=torch.bool)
+    if simplex:
+        start = int(torch.argmin(0.5 * q.diagonal() + c))
+        x[start] = 1.0
+        free[start] = True
+    for _ in range(max_iter):
+        idx = torch.nonzero(free).flatten()
+        n = idx.numel()
+        target = torch.zeros(k, dtype=_F64)
+        if n:
+            qf = q[idx][:, idx]
+            if simplex:
+                kkt = torch.zeros(n + 1, n + 1, dtype=_F64)
+                kkt[:n, :n] = qf
+                kkt[:n, n] = 1.0
+                kkt[n, :n] = 1.0
+                rhs = torch.cat([-c[idx], torch.ones(1, dtype=_F64)])
+                target[idx] = torch.linalg.solve(kkt, rhs)[:n]
+            else:
+                target[idx] = torch.linalg.solve(qf, -c[idx])
+        if bool((target[idx] >= 0.0).all()):
+            x = target
+            grad = q @ x + c
+            mu = float(grad[idx].mean()) if (simplex and n) else 0.0
+            multipliers = grad - mu
+            multipliers[idx] = math.inf
+            j = int(torch.argmin(multipliers))
+            if float(multipliers[j]) >= -tol:
+                break
+            free[j] = True
+        else:
+            step = target - x
+            blocking = free & (step < 0.0)
+            ratios = torch.full((k,), math.inf, dtype=_F64)
+            ratios[blocking] = x[blocking] / (-step[blocking])
+            j = int(torch.argmin(ratios))
+            t = float(ratios[j].clamp(0.0, 1.0))
+            x = x + t * step
+            x[j] = 0.0
+            free[j] = False
+            leaving = free & (x <= 0.0)
+            x[leaving] = 0.0
+            free &= ~leaving
+            if simplex and not bool(free.any()):  # cannot happen in exact arithmetic; restart at a vertex
+                j = int(torch.argmin(0.5 * q.diagonal() + c))
+                x = torch.zeros(k, dtype=_F64)
+                x[j] = 1.0
+                free[j] = True
+    x = x.clamp_min(0.0)
+    if simplex:
+        x = x / x.sum()
+    return x
+
+
+def simplex_qp(gramian: Tensor, linear: Tensor | None = None, ridge: float = RIDGE) -> Tensor:
+    """``argmin_{w ∈ Δ} ½wᵀGw + bᵀw`` over the simplex ``Δ = {w ≥ 0, Σw = 1}``, exactly.
+
+    With ``b = 0`` this is the minimum-norm point ``Jᵀw`` of the convex hull of the task
+    gradients (MGDA). Among several minimisers (a singular ``G``) the ridge picks the one of
+    smallest ``‖w‖``.
+    """
+    k = gramian.shape[0]
+    if k == 1:
+        return torch.ones(1, dtype=_F64)
+    c = torch.zeros(k, dtype=_F64) if linear is None else linear.to(_F64)
+    return _active_set(regularize(gramian, ridge), c, simplex=True, max_iter=20 * k + 100)
+
+
+def nonneg_qp(gramian: Tensor, linear: Tensor, ridge: float = RIDGE) -> Tensor:
+    """``argmin_{x ≥ 0} ½xᵀGx + cᵀx``, exactly (active set on the ridge-regularised ``G``)."""
+    k = gramian.shape[0]
+    return _active_set(regularize(gramian, ridge), linear.to(_F64), simplex=False, max_iter=20 * k + 100)
+
+
+def box_qp(gramian: Tensor, lower: Tensor, ridge: float = RIDGE) -> Tensor:
+    """``argmin_{v ≥ u} vᵀGv``: the dual of the projection of ``Jᵀu`` onto the dual cone of the rows of ``J``.
+
+    Solved as ``v = u + x`` with ``x = argmin_{x ≥ 0} ½xᵀGx + (Gu)ᵀx``.
+    """
+    g = regularize(gramian, ridge)
+    lower = lower.to(_F64)
+    return lower + _active_set(g, g @ lower, simplex=False, max_iter=20 * gramian.shape[0] + 100)
+
+
+def simplex_min_linear_plus_norm(
+    gramian: Tensor, linear: Tensor, rho: float, rtol: float = 1e-12, bisection_only: bool = False
+) -> Tensor:
+    """``argmin_{w ∈ Δ} bᵀw + ρ·sqrt(wᵀGw)`` (the inner problem of CAGrad).
+
+    Uses ``ρ√q = min_{t>0} ρ(q/(2t) + t/2)``: for a fixed ``t`` the problem is the simplex QP
+    ``min bᵀw + (ρ/2t)wᵀGw`` with solution ``w(t)``; the partial minimum ``F(t)`` is convex in
+    ``t`` with ``F'(t) = ρ/2·(1 − q(w(t))/t²)``, so ``t* = ‖Jᵀw*‖`` solves ``t² = q(w(t))``. On
+    a fixed support of ``w``, ``w(t)`` is affine in ``t`` and that equation is a quadratic, solved
+    in closed form; the support is updated until it is stable (a few QPs). If that does not
+    settle, bisection on ``log t`` (``bisection_only=True`` forces it) finds ``t*``.
+    """
+    k = gramian.shape[0]
+    if k == 1:
+        return torch.ones(1, dtype=_F64)
+    if rho <= 0.0:
+        j = int(torch.argmin(linear))
+        w = torch.zeros(k, dtype=_F64)
+        w[j] = 1.0
+        return w
+
+    def solve(t: float) -> tuple[Tensor, float]:
+        w = simplex_qp(gramian, linear * (t / rho))
+        return w, float(w @ gramian @ w)
+
+    hi = math.sqrt(max(float(gramian.diagonal().max()), 0.0))
+    if hi == 0.0:
+        return uniform(k)
+    lo = hi * 1e-12
+    w_lo, q_lo = solve(lo)
+    if q_lo <= lo * lo:  # t* is (numerically) 0: the hull contains 0, w* is the min-norm point
+        return w_lo
+    if not bisection_only:
+        t = math.sqrt(q_lo)
+        for _ in range(3 * k + 10):
+            w, q = solve(t)
+            t_new = _root_on_support(gramian, linear, rho, w > 0.0, t)
+            if t_new is None:
+                break
+            if abs(t_new - t) <= 1e-12 * t:
+                w, q = solve(t_new)
+                if abs(q - t_new * t_new) <= 1e-9 * max(q, t_new * t_new):
+                    return w
+                break
+            t = t_new
+    log_lo, log_hi = math.log(lo), math.log(hi)
+    for _ in range(200):
+        mid = 0.5 * (log_lo + log_hi)
+        t = math.exp(mid)
+        _, q = solve(t)
+        if q > t * t:
+            log_lo = mid
+        else:
+            log_hi = mid
+        if log_hi - log_lo < rtol:
+            break
+    return solve(math.exp(0.5 * (log_lo + log_hi)))[0]
+
+
+def _root_on_support(gramian: Tensor, linear: Tensor, rho: float, support: Tensor, near: float) -> float | None:
+    """The root ``t > 0`` of ``t² = q(w(t))`` with ``w(t)`` the QP solution on a fixed ``support``."""
+    idx = torch.nonzero(support).flatten()
+    n = idx.numel()
+    if n == 0:
+        return None
+    q = regularize(gramian)[idx][:, idx]
+    kkt = torch.zeros(n + 1, n + 1, dtype=_F64)
+    kkt[:n, :n] = q
+    kkt[:n, n] = 1.0
+    kkt[n, :n] = 1.0
+    rhs = torch.zeros(n + 1, 2, dtype=_F64)
+    rhs[n, 0] = 1.0
+    rhs[:n, 1] = -linear[idx] / rho  # w(t) = w0 + t·w1
+    sol = torch.linalg.solve(kkt, rhs)
+    w0, w1 = sol[:n, 0], sol[:n, 1]
+    g = gramian[idx][:, idx]
+    a0, a1, a2 = float(w0 @ g @ w0), float(w0 @ g @ w1), float(w1 @ g @ w1)
+    # (1 - a2) t² - 2 a1 t - a0 = 0
+    qa, qb, qc = 1.0 - a2, -2.0 * a1, -a0
+    if abs(qa) <= 1e-14 * (abs(a2) + 1.0):
+        roots = [-qc / qb] if qb != 0.0 else []
+    else:
+        disc = qb * qb - 4.0 * qa * qc
+        if disc < 0.0:
+            return None
+        root = math.sqrt(disc)
+        roots = [(-qb + root) / (2.0 * qa), (-qb - root) / (2.0 * qa)]
+    positive = [r for r in roots if r > 0.0 and math.isfinite(r)]
+    return min(positive, key=lambda r: abs(r - near)) if positive else None
+
+
+# -- other K×K helpers -------------------------------------------------------------------------
+def nash_solve(gramian: Tensor, start: Tensor, tol: float = 1e-12, max_iter: int = 200) -> Tensor:
+    """The positive solution of ``Gα = 1/α`` (element-wise), by damped Newton.
+
+    ``α`` minimises the self-concordant ``f(α) = ½αᵀGα − Σᵢ log αᵢ`` (its gradient is
+    ``Gα − 1/α``, its Hessian ``G + diag(1/α²)`` is positive definite), so the damped Newton
+    step ``α ← α − Δ/(1+λ)`` (``λ²`` the Newton decrement) stays positive and converges
+    globally, quadratically near the solution. ``G`` must have no zero row, and the ridge of
+    :func:`regularize` keeps ``f`` bounded below when ``G`` is singular.
+    """
+    g = regularize(gramian)
+    alpha = start.to(_F64).clone()
+    for _ in range(max_iter):
+        grad = g @ alpha - 1.0 / alpha
+        hess = g + torch.diag(1.0 / alpha**2)
+        delta = torch.linalg.solve(hess, grad)
+        decrement = math.sqrt(max(float(grad @ delta), 0.0))
+        alpha = alpha - (delta if decrement < 0.25 else delta / (1.0 + decrement))
+        alpha = alpha.clamp_min(1e-300)
+        if decrement * decrement < tol:
+            break
+    return alpha
+
+
+def eigh_psd(gramian: Tensor) -> tuple[Tensor, Tensor, int]:
+    """Eigenvalues (descending) and eigenvectors of a PSD ``G``, with its numerical rank."""
+    values, vectors = torch.linalg.eigh(gramian)
+    order = torch.argsort(values, descending=True)
+    values, vectors = values[order], vectors[:, order]
+    top = float(values[0]) if values.numel() else 0.0
+    tol = max(top, 0.0) * gramian.shape[0] * torch.finfo(_F64).eps * 10
+    rank = int((values > tol).sum()) if top > 0.0 else 0
+    return values, vectors, rank
+
+
+def pinv_psd(gramian: Tensor) -> Tensor:
+    """Moore–Penrose pseudo-inverse of a PSD ``G`` (eigenvalues below the rank tolerance dropped)."""
+    values, vectors, rank = eigh_psd(gramian)
+    if rank == 0:
+        return torch.zeros_like(gramian)
+    v = vectors[:, :rank]
+    return v @ torch.diag(1.0 / values[:rank]) @ v.T
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """A CPU generator seeded from ``(seed, step)``: the same on every process and after a resume."""
+    mixed = (int(seed) * 0x9E3779B97F4A7C15 + int(step) * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % (2**63 - 1)
+    return torch.Generator(device="cpu").manual_seed(mixed)

@@ -1,0 +1,87 @@
+"""DB-MTL: balance the log-losses' gradient magnitudes (Lin et al. 2023)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from lightning_multiloss.weighting._gramian import DDPMode, GramianWeighting, Route
+from lightning_multiloss.weighting._registry import register
+from lightning_multiloss.weighting._solvers import check_positive, finish, prepare, require
+
+_EPS = 1e-8
+
+
+@register("db_mtl")
+class DBMTL(GramianWeighting):
+    r"""Dual-balancing multi-task learning (DB-MTL), from *Dual-Balancing for Multi-Task Learning*
+    (Lin et al., 2023), in Gramian form.
+
+    The paper balances losses (it differentiates :math:`\log L_i`) and gradients:
+    :math:`\hat g_i \leftarrow \beta_t \hat g_i + (1-\beta_t)\nabla\log L_i`,
+    :math:`d = \sum_i (\max_j\|\hat g_j\| / \|\hat g_i\|)\,\hat g_i`, with
+    :math:`\beta_t = \beta / t^{\sigma}`. An EMA of gradient *vectors* cannot be rebuilt from
+    the current Gramian, so this implementation keeps the EMA of their *norms* only:
+
+    .. math::
+        \hat n_i \leftarrow \beta_t \hat n_i + (1-\beta_t)\frac{\sqrt{G_{ii}}}{L_i + \epsilon},
+        \qquad
+        w_i = \frac{\max_j \hat n_j / \hat n_i}{L_i + \epsilon}
+
+    so :math:`d = J^\top w = \sum_i (\max_j \hat n_j/\hat n_i)\,\nabla \log(L_i+\epsilon)`: the
+    current log-loss gradients with the paper's magnitudes, **without the EMA of the
+    directions** (exact when :math:`\beta = 0`). :math:`\hat n` and the step counter are
+    checkpointed buffers, updated in training mode only; :math:`\epsilon = 10^{-8}` as in the
+    paper's code. A zero-gradient task gets :math:`w_i = 1/(L_i+\epsilon)`. Losses must be
+    positive (negative ones are taken as 0).
+
+    Args:
+        beta: EMA factor :math:`\beta \in [0, 1)` (0.9, LibMTL's default).
+        beta_sigma: decay exponent :math:`\sigma \ge 0` of :math:`\beta_t` (0, LibMTL's default).
+        route: where the task gradients are taken.
+        ddp: ``"exact"`` or ``"local"`` Gramian under DDP.
+
+    Example:
+        >>> import torch
+        >>> from lightning_multiloss.weighting import DBMTL
+        >>> w = DBMTL()
+        >>> w.bind(["a", "b"])
+        >>> G = torch.tensor([[4.0, 0.0], [0.0, 1.0]])  # ‖∇log L‖ = 2/2 = 1 and 1/0.25 = 4
+        >>> w.weights_from_gramian(G, torch.tensor([2.0, 0.25])).round(decimals=4)  # (4/1)/2, (4/4)/0.25
+        tensor([2., 4.])
+    """
+
+    def __init__(
+        self, beta: float = 0.9, beta_sigma: float = 0.0, route: Route = "parameters", ddp: DDPMode = "exact"
+    ) -> None:
+        super().__init__(route=route, ddp=ddp)
+        beta = float(beta)
+        require(self.name, math.isfinite(beta) and 0.0 <= beta < 1.0, "beta must be in [0, 1)", beta)
+        self.beta = beta
+        self.beta_sigma = check_positive(self.name, "beta_sigma", beta_sigma, allow_zero=True)
+        self.num_steps: Tensor
+        self.norm_ema: Tensor
+        self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
+
+    def build(self, num_tasks: int) -> None:
+        self.register_buffer("norm_ema", torch.zeros(num_tasks, dtype=torch.float64))
+
+    def weights_from_gramian(self, gramian: Tensor, losses: Tensor) -> Tensor:
+        g, values = prepare(self.name, gramian, losses, self.num_tasks)
+        shifted = values.clamp_min(0.0) + _EPS
+        norms = g.diagonal().clamp_min(0.0).sqrt() / shifted
+        step = int(self.num_steps) + 1
+        if self.num_tasks:
+            beta = self.beta / step**self.beta_sigma
+            ema = norms + beta * (self.norm_ema.detach().to(device="cpu", dtype=torch.float64) - norms)
+        else:
+            ema = norms
+        if self.training and self.num_tasks:
+            self.norm_ema.copy_(ema)
+            self.num_steps += 1
+        top = float(ema.max())
+        usable = ema > 1e-12 * top
+        balance = torch.where(usable, top / torch.where(usable, ema, torch.ones_like(ema)), torch.ones_like(ema))
+        return finish(balance / shifted, gramian)

@@ -1,0 +1,165 @@
+"""Fast Adaptive Multitask Optimization (Liu et al. 2023)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_multiloss.errors import MultiLossError
+from lightning_multiloss.weighting._base import WeightedLoss, Weighting
+from lightning_multiloss.weighting._registry import register
+from lightning_multiloss.weighting.gls import linearised, process_mean
+
+_BETAS = (0.9, 0.999)
+_ADAM_EPS = 1e-8
+
+
+@register("famo")
+class FAMO(Weighting):
+    r"""Balance the tasks' rates of log-loss decrease at O(1) cost per step (Liu et al. 2023).
+
+    "FAMO: Fast Adaptive Multitask Optimization", NeurIPS 2023, as in the authors' code.
+    Task logits :math:`\xi` (init 0) give :math:`z = \mathrm{softmax}(\xi)`; with
+    :math:`D_i = L_i + \epsilon` the step minimises
+
+    .. math:: L = \sum_i \frac{z_i}{c} \log D_i, \qquad c = \sum_j \frac{z_j}{D_j}
+              \quad (\text{detached}),
+
+    whose gradient is :math:`\sum_i \omega_i \nabla L_i` with :math:`\omega_i = z_i/(c D_i)`,
+    :math:`\sum_i \omega_i = 1` (the reported weights are these :math:`\omega_i`). After each
+    optimizer step, with :math:`\delta_i = \log D_i^{\text{before}} - \log D_i^{\text{after}}`
+    (the decrease of each log loss), :math:`\xi` takes one step of its own Adam optimizer on the
+    gradient :math:`J_{\mathrm{softmax}}(\xi)^\top \delta = z \odot \delta - z\,(z^\top\delta)`,
+    with L2 weight decay :math:`\gamma` (``torch.optim.Adam``'s ``weight_decay``).
+
+    :math:`\xi` is not a parameter of the model's optimizer: it is a buffer (with the Adam
+    moments and step count) that the strategy updates itself, so it is checkpointed and
+    restored exactly but never seen by the model's optimizer or gradient clipping.
+
+    **The post-step losses.** The official code evaluates the losses again on the same batch
+    after the optimizer step (one extra forward pass per step). This implementation uses the
+    *next* training step's losses instead (the next batch, with the updated parameters): the
+    update of :math:`\xi` for step ``t`` happens at the start of step ``t+1``, before its
+    weights are computed, so no extra forward is needed: O(K) extra work per step. It
+    approximates :math:`\delta` with :math:`\log L(\theta_t; B_t) - \log L(\theta_{t+1};
+    B_{t+1})`, which adds the difference between two batches' losses to the signal (noise of
+    mean zero when the batches are exchangeable; Adam's normalisation and the small step of
+    :math:`\xi` keep it in check, but with very small batches the signal is noisier). With
+    gradient accumulation the "before" losses are those of the last micro-batch of the step.
+
+    **DDP.** The losses used for :math:`\delta` and for :math:`D` in the weights are the means
+    over all processes (one all-reduce of ``K+1`` numbers per training step), so :math:`\xi`
+    and the weights are identical on every process (and equal to those of one process
+    training on the whole batch when each process's loss is a mean over the same number of
+    samples); each process backpropagates
+    :math:`\sum_i \omega_i L_i^{\text{local}}` (value: :math:`\sum_i z_i/c \log \bar D_i`).
+
+    **Missing labels.** A task whose (process-mean) loss is exactly 0 in a step (no labelled
+    sample) is left out of that step: its weight is 0, ``c`` sums over the other tasks, and its
+    :math:`\delta_i` is taken as 0 for the update that involves that step. (In the official
+    code :math:`D_i = \epsilon` would take almost all the weight and stall the other tasks.)
+    The official ``min_losses`` offset is 0 here.
+
+    Args:
+        lr: the learning rate of :math:`\xi`'s Adam (0.025 in the paper and code).
+        weight_decay: :math:`\gamma`, Adam's L2 weight decay on :math:`\xi` (1e-3, the default of
+            the reference multi-task code; the paper tunes it per dataset).
+        eps: :math:`\epsilon` added to each loss before the log (1e-8 as the code).
+
+    Example:
+        >>> import torch
+        >>> from lightning_multiloss.weighting import FAMO
+        >>> w = FAMO()
+        >>> w.bind(["seg", "depth"])
+        >>> w(torch.tensor([1.0, 3.0])).weights  # z uniform: ω ∝ 1/L
+        tensor([0.7500, 0.2500])
+        >>> w.after_optimizer_step()
+        >>> _ = w(torch.tensor([0.5, 3.0]))  # seg's log loss fell: ξ moves towards depth
+        >>> w.logits
+        tensor([-0.0250,  0.0250])
+    """
+
+    min_tasks = 2
+
+    def __init__(self, lr: float = 0.025, weight_decay: float = 1e-3, eps: float = 1e-8) -> None:
+        super().__init__()
+        for name, value, positive in (("lr", lr, True), ("weight_decay", weight_decay, False), ("eps", eps, True)):
+            value = float(value)
+            if not math.isfinite(value) or value < 0 or (positive and value == 0):
+                bound = "> 0" if positive else ">= 0"
+                raise MultiLossError(f"weighting 'famo': {name} must be finite and {bound}, got {value}")
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.eps = float(eps)
+        self._pending = False
+        self.logits: Tensor
+        self.exp_avg: Tensor
+        self.exp_avg_sq: Tensor
+        self.adam_step: Tensor
+        self.previous_losses: Tensor
+        self.pending: Tensor
+
+    def build(self, num_tasks: int) -> None:
+        self.register_buffer("logits", torch.zeros(num_tasks))  # ξ
+        self.register_buffer("exp_avg", torch.zeros(num_tasks))
+        self.register_buffer("exp_avg_sq", torch.zeros(num_tasks))
+        self.register_buffer("adam_step", torch.zeros(()))
+        self.register_buffer("previous_losses", torch.zeros(num_tasks))  # the last training step's mean losses
+        self.register_buffer("pending", torch.zeros((), dtype=torch.bool))  # an optimizer step since then
+
+    @property
+    def z(self) -> Tensor:
+        """The current task distribution :math:`\\mathrm{softmax}(\\xi)`."""
+        return torch.softmax(self.logits, dim=0)
+
+    def forward(self, losses: Tensor) -> WeightedLoss:
+        if self.training:
+            mean = process_mean(losses).to(self.logits)  # identical on every process
+            if self._pending:
+                self._update(self.previous_losses, mean)
+                self._set_pending(False)
+            self.previous_losses.copy_(mean)
+        else:
+            mean = losses.detach().to(self.logits)
+        present = mean > 0
+        d = mean + self.eps
+        z = torch.where(present, self.z, 0.0)
+        c = (z / d).sum()
+        coefficient = torch.where(present, z / c.clamp(min=1e-30), 0.0)  # z_i / c
+        # Value Σ z_i/c·log D̄_i, gradient Σ ω_i ∇L_i with ω_i = z_i/(c D̄_i) (D̄ = D without DDP).
+        return linearised((coefficient * torch.log(d)).sum(), coefficient / d, losses)
+
+    @torch.no_grad()
+    def _update(self, before: Tensor, after: Tensor) -> None:
+        valid = (before > 0) & (after > 0)
+        delta = torch.where(valid, torch.log(before + self.eps) - torch.log(after + self.eps), 0.0)
+        z = self.z
+        grad = z * delta - z * (z * delta).sum()  # softmax Jacobianᵀ·δ
+        # One step of torch.optim.Adam (L2 weight decay), written out so its state is in buffers.
+        grad = grad + self.weight_decay * self.logits
+        beta1, beta2 = _BETAS
+        self.adam_step += 1
+        self.exp_avg.lerp_(grad, 1 - beta1)
+        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        bias_correction1 = 1 - beta1**self.adam_step
+        bias_correction2 = 1 - beta2**self.adam_step
+        denom = (self.exp_avg_sq.sqrt() / bias_correction2.sqrt()).add_(_ADAM_EPS)
+        self.logits.sub_(self.lr * self.exp_avg / (bias_correction1 * denom))
+
+    def after_optimizer_step(self) -> None:
+        self._set_pending(True)
+
+    def _set_pending(self, value: bool) -> None:
+        self._pending = value
+        self.pending.fill_(value)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._pending = bool(self.pending)
+
+    def extra_repr(self) -> str:
+        text = f"lr={self.lr}, weight_decay={self.weight_decay}, eps={self.eps}"
+        return text + (f", {super().extra_repr()}" if self.task_names else "")

@@ -1,0 +1,85 @@
+"""Geometric Loss Strategy (Chennupati et al. 2019)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lightning_multiloss._dist import all_reduce_sum
+from lightning_multiloss.errors import MultiLossError
+from lightning_multiloss.weighting._base import WeightedLoss, Weighting
+from lightning_multiloss.weighting._registry import register
+
+
+@register("gls")
+class GLS(Weighting):
+    r"""The geometric mean of the task losses (Chennupati et al. 2019).
+
+    "MultiNet++: Multi-Stream Feature Aggregation and Geometric Loss Strategy for Multi-Task
+    Learning", CVPR Workshops 2019:
+
+    .. math:: L = \Big(\prod_{i=1}^K L_i\Big)^{1/K} = \exp\Big(\frac1K \sum_i \log L_i\Big),
+              \qquad \frac{\partial L}{\partial L_i} = \frac{L}{K\,L_i}
+
+    so each task's gradient is scaled by the inverse of its own loss: the method is invariant
+    to the scale of each loss. It is computed in log space (no overflow or underflow of the
+    product). No hyper-parameter; the losses must be non-negative (a negative one raises). The
+    reported weights are the gradient coefficients :math:`L/(K L_i)`.
+
+    Under DDP the coefficients are computed from the losses averaged over the processes (one
+    all-reduce of ``K+1`` numbers per training step) and each process backpropagates
+    :math:`\sum_i \frac{\partial L}{\partial L_i}\big|_{\bar L} L_i^{\text{local}}`: the update is that of
+    the geometric mean of the global-batch losses, and the weights are the same on every process.
+
+    A task whose loss is exactly 0 in a step (no labelled sample in the batch, or a perfect
+    fit) is left out of that step's product: :math:`L` is the geometric mean of the other
+    losses (with ``K`` their number) and its weight is 0. The product would be 0 with the
+    gradient :math:`0/0` otherwise (NaN, and no training signal for any task). If every loss
+    is 0, :math:`L = 0`, still in the graph.
+
+    Example:
+        >>> import torch
+        >>> from lightning_multiloss.weighting import GLS
+        >>> w = GLS()
+        >>> w.bind(["seg", "depth"])
+        >>> out = w(torch.tensor([2.0, 8.0]))
+        >>> out.loss, out.weights  # √(2·8); 4/(2·2), 4/(2·8)
+        (tensor(4.), tensor([1.0000, 0.2500]))
+    """
+
+    min_tasks = 2
+
+    def forward(self, losses: Tensor) -> WeightedLoss:
+        detached = losses.detach()
+        if bool((detached < 0).any()):
+            raise MultiLossError(
+                f"weighting 'gls': the geometric mean needs non-negative losses, got "
+                f"{dict(zip(self.task_names, detached.tolist(), strict=True))}"
+            )
+        mean = process_mean(detached) if self.training else detached.float()
+        present = mean > 0
+        count = present.sum().clamp(min=1)
+        logs = torch.where(present, torch.log(torch.where(present, mean, 1.0)), 0.0)
+        geometric = torch.where(present.any(), torch.exp(logs.sum() / count), 0.0)
+        weights = torch.where(present, geometric / (count * torch.where(present, mean, 1.0)), 0.0)
+        return linearised(geometric, weights, losses)
+
+
+def process_mean(losses: Tensor) -> Tensor:
+    """The ``(K,)`` mean of the detached losses over all DDP processes, in float32 (one all-reduce)."""
+    detached = losses.detach().float()
+    summed = all_reduce_sum(torch.cat([detached, detached.new_ones(1)]))
+    return summed[:-1] / summed[-1]
+
+
+def linearised(value: Tensor, weights: Tensor, losses: Tensor) -> WeightedLoss:
+    """A loss worth ``value`` whose gradient is ``Σ weights_i ∇L_i``.
+
+    For a scalarisation ``f`` of the losses, ``value = f(L̄)`` and ``weights = ∇f(L̄)`` at the
+    process-mean losses ``L̄``: each process backpropagates its own losses with the same
+    coefficients, so the averaged gradient is that of ``f`` at the mean losses (without DDP,
+    ``L̄ = L`` and this is exactly ``f(L)`` and its gradient).
+    """
+    weights = weights.to(losses.dtype)
+    loss = value.to(losses.dtype) + (weights * (losses - losses.detach())).sum()
+    return WeightedLoss(loss, weights.detach())

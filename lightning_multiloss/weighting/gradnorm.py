@@ -1,0 +1,92 @@
+"""GradNorm: balance the task gradient norms against their training rates (Chen et al. 2018)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lightning_multiloss.weighting._gramian import DDPMode, GramianWeighting, Route
+from lightning_multiloss.weighting._registry import register
+from lightning_multiloss.weighting._solvers import check_positive, finish, prepare
+
+
+def gradnorm_loss(omega: Tensor, norms: Tensor, ratios: Tensor, alpha: float) -> Tensor:
+    r"""GradNorm's loss :math:`\sum_i |w_i n_i - \mathrm{sg}(\overline{w n}\, r_i^\alpha)|`, ``w = K·softmax(ω)``."""
+    weights = omega.numel() * torch.softmax(omega, dim=0)
+    weighted = weights * norms
+    target = (weighted.mean() * ratios**alpha).detach()
+    return (weighted - target).abs().sum()
+
+
+@register("gradnorm")
+class GradNorm(GramianWeighting):
+    r"""GradNorm, from *GradNorm: Gradient Normalization for Adaptive Loss Balancing in Deep
+    Multitask Networks* (Chen et al., ICML 2018).
+
+    The weights :math:`w = K\,\mathrm{softmax}(\omega)` (sum ``K``, as LibMTL) are moved so that
+    each weighted gradient norm :math:`w_i\|g_i\|` (:math:`\|g_i\| = \sqrt{G_{ii}}`) tracks the
+    mean one times the task's relative inverse training rate:
+
+    .. math::
+        \mathcal L_{\mathrm{grad}}(\omega) = \sum_i \Big| w_i \|g_i\| -
+        \mathrm{sg}\big(\overline{w\|g\|}\; r_i^{\alpha}\big) \Big|, \qquad
+        r_i = \tilde L_i / \operatorname{mean}_j \tilde L_j, \quad \tilde L_i = L_i / L_i(0)
+
+    and after each training step :math:`\omega \leftarrow \omega - \eta\,\nabla_\omega \mathcal L_{\mathrm{grad}}`
+    (plain gradient descent, by the strategy itself: :math:`\omega` is a checkpointed buffer,
+    not a parameter of the model's optimizer, and no extra backward through the network is
+    needed). The step returns the weights *before* the update (as LibMTL). :math:`L(0)` is the
+    losses of the first training step (a buffer); losses must be positive.
+
+    Args:
+        alpha: the restoring force :math:`\alpha \ge 0` (1.5 in the paper's NYU-v2 runs).
+        lr: step size :math:`\eta > 0` of :math:`\omega`.
+        route: where the task gradients are taken (the paper: the last shared layer).
+        ddp: ``"exact"`` or ``"local"`` Gramian under DDP.
+
+    Example:
+        >>> import torch
+        >>> from lightning_multiloss.weighting import GradNorm
+        >>> w = GradNorm()
+        >>> w.bind(["a", "b"])
+        >>> G = torch.tensor([[4.0, 0.0], [0.0, 1.0]])  # ‖g_1‖ = 2, ‖g_2‖ = 1
+        >>> w.weights_from_gramian(G, torch.tensor([1.0, 1.0]))
+        tensor([1., 1.])
+        >>> w.weights_from_gramian(G, torch.tensor([1.0, 1.0]))  # task 1's gradient is larger
+        tensor([0.9625, 1.0375])
+    """
+
+    def __init__(
+        self, alpha: float = 1.5, lr: float = 0.025, route: Route = "parameters", ddp: DDPMode = "exact"
+    ) -> None:
+        super().__init__(route=route, ddp=ddp)
+        self.alpha = check_positive(self.name, "alpha", alpha, allow_zero=True)
+        self.lr = check_positive(self.name, "lr", lr)
+        self.num_steps: Tensor
+        self.omega: Tensor
+        self.initial_losses: Tensor
+        self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
+
+    def build(self, num_tasks: int) -> None:
+        self.register_buffer("omega", torch.zeros(num_tasks, dtype=torch.float64))
+        self.register_buffer("initial_losses", torch.ones(num_tasks, dtype=torch.float64))
+
+    def weights_from_gramian(self, gramian: Tensor, losses: Tensor) -> Tensor:
+        g, values = prepare(self.name, gramian, losses, self.num_tasks)
+        k = g.shape[0]
+        omega = self.omega.detach().to(device="cpu", dtype=torch.float64) if self.num_tasks else torch.zeros(k)
+        weights = k * torch.softmax(omega.to(torch.float64), dim=0)
+        if self.training and self.num_tasks:
+            if int(self.num_steps) == 0:
+                self.initial_losses.copy_(torch.where(values > 0.0, values, torch.ones_like(values)))
+            initial = self.initial_losses.detach().to(device="cpu", dtype=torch.float64)
+            relative = (values / initial).clamp_min(0.0)
+            mean = float(relative.mean())
+            ratios = relative / mean if mean > 0.0 else torch.ones_like(relative)
+            norms = g.diagonal().clamp_min(0.0).sqrt()
+            with torch.enable_grad():
+                leaf = omega.clone().requires_grad_(True)
+                (grad,) = torch.autograd.grad(gradnorm_loss(leaf, norms, ratios, self.alpha), leaf)
+            self.omega.copy_(omega - self.lr * grad)
+            self.num_steps += 1
+        return finish(weights, gramian)

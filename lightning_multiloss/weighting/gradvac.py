@@ -1,0 +1,115 @@
+"""GradVac: PCGrad towards an adaptive target similarity (Wang et al. 2021)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from lightning_multiloss.weighting._gramian import DDPMode, GramianWeighting, Route
+from lightning_multiloss.weighting._registry import register
+from lightning_multiloss.weighting._solvers import finish, prepare, require, step_generator
+
+
+@register("gradvac")
+class GradVac(GramianWeighting):
+    r"""Gradient Vaccine, from *Gradient Vaccine: Investigating and Improving Multi-task
+    Optimization in Massively Multilingual Models* (Wang et al., ICLR 2021).
+
+    Like PCGrad, but each pair is pulled to a target cosine similarity :math:`\hat\phi_{ij}`
+    (an EMA of the observed similarities, starting at 0) instead of to orthogonality. For each
+    task :math:`i` and each other task :math:`j` in a random order, with
+    :math:`\phi_{ij} = \cos(g_i', g_j)`:
+
+    .. math::
+        \text{if } \phi_{ij} < \hat\phi_{ij}:\quad
+        g_i' \leftarrow g_i' + \frac{\|g_i'\|\,(\hat\phi_{ij}\sqrt{1-\phi_{ij}^2}
+        - \phi_{ij}\sqrt{1-\hat\phi_{ij}^2})}{\|g_j\|\sqrt{1-\hat\phi_{ij}^2}}\, g_j,
+        \qquad \hat\phi_{ij} \leftarrow (1-\beta)\hat\phi_{ij} + \beta\phi_{ij}
+
+    and the update is :math:`\sum_i g_i'`. Everything is computed from the Gramian
+    (:math:`g_i' = \sum_k A_{ik} g_k`, :math:`g_i'\cdot g_j = (A_i G)_j`,
+    :math:`\|g_i'\|^2 = A_i G A_i^\top`), so :math:`w = \sum_i A_i`.
+
+    Differences from the paper: one similarity for the whole gradient (the paper also applies
+    it per layer; a Gramian has no layers); :math:`\hat\phi` is updated at every step for every
+    pair, as in the paper's algorithm (LibMTL updates it only when the pair is corrected).
+    :math:`\hat\phi` (``target``, K×K) and the step counter are checkpointed buffers, updated in
+    training mode only. The random orders come from ``(seed, step)``, as in :class:`PCGrad`.
+
+    Args:
+        beta: EMA rate of the target similarity, in (0, 1]; the paper uses 1e-2.
+        seed: seed of the orders.
+        route: where the task gradients are taken.
+        ddp: ``"exact"`` or ``"local"`` Gramian under DDP.
+
+    Example:
+        >>> import torch
+        >>> from lightning_multiloss.weighting import GradVac
+        >>> J = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
+        >>> w = GradVac()
+        >>> w.bind(["a", "b"])
+        >>> w.weights_from_gramian(J @ J.T, torch.ones(2)) @ J  # target 0 at the first step: PCGrad
+        tensor([0.5848, 3.8012, 3.8012])
+        >>> w.target  # phi_hat moved by beta = 0.01 towards cos(g_1, g_2) = -0.84
+        tensor([[ 0.0000, -0.0084],
+                [-0.0084,  0.0000]], dtype=torch.float64)
+    """
+
+    def __init__(self, beta: float = 0.01, seed: int = 0, route: Route = "parameters", ddp: DDPMode = "exact") -> None:
+        super().__init__(route=route, ddp=ddp)
+        beta = float(beta)
+        require(self.name, math.isfinite(beta) and 0.0 < beta <= 1.0, "beta must be in (0, 1]", beta)
+        require(
+            self.name,
+            isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0,
+            "seed must be an integer >= 0",
+            seed,
+        )
+        self.beta = beta
+        self.seed = seed
+        self.num_steps: Tensor
+        self.target: Tensor
+        self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
+
+    def build(self, num_tasks: int) -> None:
+        self.register_buffer("target", torch.zeros(num_tasks, num_tasks, dtype=torch.float64))
+
+    def weights_from_gramian(self, gramian: Tensor, losses: Tensor) -> Tensor:
+        g, _ = prepare(self.name, gramian, losses, self.num_tasks)
+        k = g.shape[0]
+        target = (
+            self.target.detach().to(device="cpu", dtype=torch.float64).clone()
+            if self.num_tasks
+            else torch.zeros(k, k, dtype=torch.float64)
+        )
+        new_target = target.clone()
+        generator = step_generator(self.seed, int(self.num_steps))
+        diag = g.diagonal().clamp_min(0.0)
+        tiny = 1e-12 * float(diag.max())
+        norms = diag.sqrt()
+        total = torch.zeros(k, dtype=torch.float64)
+        for i in range(k):
+            a = torch.zeros(k, dtype=torch.float64)
+            a[i] = 1.0
+            for j in torch.randperm(k, generator=generator).tolist():
+                if j == i or float(diag[j]) <= tiny:
+                    continue
+                sq = float(a @ g @ a)
+                if sq <= tiny:
+                    continue
+                norm_i = math.sqrt(sq)
+                phi = min(max(float(g[j] @ a) / (norm_i * float(norms[j])), -1.0), 1.0)
+                phi_hat = float(target[i, j])
+                if phi < phi_hat:
+                    root_hat = math.sqrt(max(1.0 - phi_hat**2, 1e-12))
+                    root = math.sqrt(max(1.0 - phi**2, 0.0))
+                    a[j] += norm_i * (phi_hat * root - phi * root_hat) / (float(norms[j]) * root_hat)
+                new_target[i, j] = (1.0 - self.beta) * phi_hat + self.beta * phi
+            total += a
+        if self.training:
+            self.num_steps += 1
+            if self.num_tasks:
+                self.target.copy_(new_target)
+        return finish(total, gramian)

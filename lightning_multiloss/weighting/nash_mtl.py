@@ -1,0 +1,121 @@
+"""Nash-MTL: the Nash bargaining solution between the tasks (Navon et al. 2022)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from lightning_multiloss.weighting._gramian import DDPMode, GramianWeighting, Route
+from lightning_multiloss.weighting._registry import register
+from lightning_multiloss.weighting._solvers import check_positive, finish, nash_solve, prepare, require, zero_rows
+
+
+@register("nash_mtl")
+class NashMTL(GramianWeighting):
+    r"""Nash-MTL, from *Multi-Task Learning as a Bargaining Game* (Navon et al., ICML 2022).
+
+    The update :math:`d = J^\top \alpha` is the Nash bargaining solution, characterised by
+
+    .. math:: \hat G \alpha = 1 / \alpha \ \ \text{(element-wise)}, \qquad \alpha > 0,
+              \qquad \hat G = G / \|G\|_F \ \text{(``normalize=True``)} \ \text{or}\ G
+
+    The paper solves it by a sequence of convex programs (CCP, with cvxpy); here it is solved
+    exactly as the minimiser of the self-concordant :math:`\tfrac12\alpha^\top\hat G\alpha - \sum_i \log\alpha_i`
+    by damped Newton (warm-started from the previous solution, a checkpointed buffer).
+    ``normalize=True`` (default) divides :math:`G` by its Frobenius norm as the paper's code
+    does, so :math:`\|d\|^2 = K\|G\|_F` scales with the gradients; ``normalize=False`` gives
+    the solution for :math:`G` itself (same direction, :math:`\|d\|^2 = K`). ``max_norm > 0``
+    rescales :math:`\alpha` so that :math:`\|J^\top\alpha\| \le` ``max_norm`` (TorchJD's
+    ``max_norm``; the paper's code clips the shared parameters' gradient to 1 after the
+    backward, for which ``Trainer(gradient_clip_val=...)`` is the Lightning equivalent).
+
+    A task whose gradient is zero has no finite Nash weight (:math:`0 = 1/\alpha_i`); it is left
+    out of the bargain and gets the mean weight of the others (all zero: every weight is 1).
+    ``update_weights_every = n`` reuses the weights for ``n`` training steps, as in the paper
+    (the Gramian is still computed each step; only the solve is skipped).
+
+    Args:
+        update_weights_every: solve every this many training steps (``>= 1``).
+        max_norm: bound on :math:`\|J^\top\alpha\|` (``0``: none).
+        normalize: divide :math:`G` by :math:`\|G\|_F` first (the paper's code).
+        route: where the task gradients are taken.
+        ddp: ``"exact"`` or ``"local"`` Gramian under DDP.
+
+    Example:
+        >>> import torch
+        >>> from lightning_multiloss.weighting import NashMTL
+        >>> J = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
+        >>> w = NashMTL(max_norm=1.0)
+        >>> w.bind(["a", "b"])
+        >>> w.weights_from_gramian(J @ J.T, torch.ones(2)) @ J
+        tensor([0.0542, 0.7061, 0.7061])
+    """
+
+    def __init__(
+        self,
+        update_weights_every: int = 1,
+        max_norm: float = 0.0,
+        normalize: bool = True,
+        route: Route = "parameters",
+        ddp: DDPMode = "exact",
+    ) -> None:
+        super().__init__(route=route, ddp=ddp)
+        require(
+            self.name,
+            isinstance(update_weights_every, int)
+            and not isinstance(update_weights_every, bool)
+            and update_weights_every >= 1,
+            "update_weights_every must be an integer >= 1",
+            update_weights_every,
+        )
+        self.update_weights_every = update_weights_every
+        self.max_norm = check_positive(self.name, "max_norm", max_norm, allow_zero=True)
+        require(self.name, isinstance(normalize, bool), "normalize must be true or false", normalize)
+        self.normalize = normalize
+        self.num_steps: Tensor
+        self.alpha: Tensor
+        self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
+
+    def build(self, num_tasks: int) -> None:
+        # The last solution (before max_norm), in units of the scaled Gramian: reused and warm start.
+        self.register_buffer("alpha", torch.ones(num_tasks, dtype=torch.float64))
+
+    def solve(self, gramian: Tensor, start: Tensor | None = None) -> Tensor:
+        """The positive solution of ``Ĝα = 1/α`` for a float64 Gramian (zero-gradient tasks: mean of the others)."""
+        k = gramian.shape[0]
+        zero = zero_rows(gramian)
+        if bool(zero.all()):
+            return torch.ones(k, dtype=torch.float64)
+        keep = ~zero
+        sub = gramian[keep][:, keep]
+        if self.normalize:
+            sub = sub / torch.linalg.matrix_norm(sub)
+        scale = float(sub.diagonal().mean())  # solve on sub/scale (unit mean diagonal): α = α'/√scale
+        if start is not None and bool(torch.isfinite(start).all()) and bool((start > 0).all()):
+            first = start[keep] * math.sqrt(scale)
+        else:
+            first = (sub.diagonal() / scale).rsqrt()
+        alpha = torch.empty(k, dtype=torch.float64)
+        alpha[keep] = nash_solve(sub / scale, first) / math.sqrt(scale)
+        alpha[zero] = alpha[keep].mean()
+        return alpha
+
+    def weights_from_gramian(self, gramian: Tensor, losses: Tensor) -> Tensor:
+        g, _ = prepare(self.name, gramian, losses, self.num_tasks)
+        stored = self.alpha.detach().to(device="cpu", dtype=torch.float64) if self.num_tasks else None
+        step = int(self.num_steps)
+        if self.training and step % self.update_weights_every != 0 and stored is not None:
+            alpha = stored
+        else:
+            alpha = self.solve(g, stored if step > 0 else None)
+        if self.training:
+            self.num_steps += 1
+            if self.num_tasks:
+                self.alpha.copy_(alpha)
+        if self.max_norm > 0.0:
+            norm = math.sqrt(max(float(alpha @ g @ alpha), 0.0))
+            if norm > self.max_norm:
+                alpha = alpha * (self.max_norm / norm)
+        return finish(alpha, gramian)

@@ -1,0 +1,74 @@
+"""PCGrad: project each task gradient off the gradients it conflicts with (Yu et al. 2020)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lightning_multiloss.weighting._gramian import DDPMode, GramianWeighting, Route
+from lightning_multiloss.weighting._registry import register
+from lightning_multiloss.weighting._solvers import finish, prepare, require, step_generator
+
+
+@register("pcgrad")
+class PCGrad(GramianWeighting):
+    r"""Projecting conflicting gradients, from *Gradient Surgery for Multi-Task Learning*
+    (Yu et al., NeurIPS 2020), Algorithm 1.
+
+    For each task :math:`i`, in a random order of the other tasks :math:`j`:
+    if :math:`g_i' \cdot g_j < 0` then :math:`g_i' \leftarrow g_i' - \frac{g_i' \cdot g_j}{\|g_j\|^2} g_j`;
+    the update is :math:`\sum_i g_i'` (the sum, as in the paper and TorchJD). In Gramian form
+    :math:`g_i' = \sum_k A_{ik} g_k` with :math:`A_i` starting at :math:`e_i`; the projection
+    reads :math:`A_{ij} \mathrel{-}= (A_i G)_j / G_{jj}` and :math:`w = \sum_i A_i`. A task with a
+    zero gradient is never projected onto.
+
+    The random orders come from a generator seeded by ``(seed, step)`` (``step`` counts the
+    training calls, a checkpointed buffer): identical on every process and after a resume.
+    For two tasks the order does not matter.
+
+    Args:
+        seed: seed of the projection orders.
+        route: where the task gradients are taken.
+        ddp: ``"exact"`` or ``"local"`` Gramian under DDP.
+
+    Example:
+        >>> import torch
+        >>> from lightning_multiloss.weighting import PCGrad
+        >>> J = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
+        >>> w = PCGrad().weights_from_gramian(J @ J.T, torch.ones(2))
+        >>> w @ J
+        tensor([0.5848, 3.8012, 3.8012])
+    """
+
+    def __init__(self, seed: int = 0, route: Route = "parameters", ddp: DDPMode = "exact") -> None:
+        super().__init__(route=route, ddp=ddp)
+        require(
+            self.name,
+            isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0,
+            "seed must be an integer >= 0",
+            seed,
+        )
+        self.seed = seed
+        self.num_steps: Tensor
+        self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
+
+    def weights_from_gramian(self, gramian: Tensor, losses: Tensor) -> Tensor:
+        g, _ = prepare(self.name, gramian, losses, self.num_tasks)
+        k = g.shape[0]
+        generator = step_generator(self.seed, int(self.num_steps))
+        diag = g.diagonal()
+        usable = diag > 1e-12 * float(diag.max().clamp_min(0.0))
+        total = torch.zeros(k, dtype=torch.float64)
+        for i in range(k):
+            a = torch.zeros(k, dtype=torch.float64)
+            a[i] = 1.0
+            for j in torch.randperm(k, generator=generator).tolist():
+                if j == i or not bool(usable[j]):
+                    continue
+                inner = float(g[j] @ a)
+                if inner < 0.0:
+                    a[j] -= inner / float(g[j, j])
+            total += a
+        if self.training:
+            self.num_steps += 1
+        return finish(total, gramian)

@@ -1,0 +1,89 @@
+"""Homoscedastic-uncertainty weighting (Kendall, Gal & Cipolla 2018), log-variance form."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from lightning_multiloss.errors import MultiLossError
+from lightning_multiloss.weighting._base import WeightedLoss, Weighting
+from lightning_multiloss.weighting._registry import register
+
+
+def check_log_variance_init(
+    strategy: str, init: float | Sequence[float] | Mapping[str, float]
+) -> float | list[float] | dict[str, float]:
+    """The initial log-scales, checked finite (a number, a list in task order or a dict by task name)."""
+
+    def finite(value: float, where: str) -> float:
+        value = float(value)
+        if not math.isfinite(value):
+            raise MultiLossError(f"weighting {strategy!r}: init{where} must be finite, got {value}")
+        return value
+
+    if isinstance(init, Mapping):
+        return {name: finite(v, f" for task {name!r}") for name, v in init.items()}
+    if isinstance(init, Sequence) and not isinstance(init, str):
+        return [finite(v, f"[{i}]") for i, v in enumerate(init)]
+    return finite(init, "")
+
+
+def initial_values(weighting: Weighting, init: float | list[float] | dict[str, float], num_tasks: int) -> Tensor:
+    """``init`` as a ``(K,)`` tensor (tasks a dict leaves out start at 0)."""
+    if isinstance(init, float):
+        return torch.full((num_tasks,), init)
+    return torch.tensor(weighting.per_task(init, "init", 0.0))
+
+
+@register("uncertainty")
+class Uncertainty(Weighting):
+    r"""Each task's loss scaled by a learned homoscedastic uncertainty (Kendall et al. 2018).
+
+    "Multi-Task Learning Using Uncertainty to Weigh Losses for Scene Geometry and Semantics",
+    CVPR 2018, in the log-variance form :math:`s_i = \log \sigma_i^2` the paper recommends for
+    numerical stability (and uses for every task, as LibMTL does):
+
+    .. math:: L = \sum_i \tfrac12 e^{-s_i} L_i + \tfrac12 s_i
+
+    ``s`` is an ``nn.Parameter`` (one per task, initialised at ``init``, 0 as in the paper:
+    :math:`\sigma = 1`) stepped by the model's own optimizer. For a fixed loss the optimum is
+    :math:`e^{s_i} = L_i`, i.e. the weight :math:`\tfrac12 e^{-s_i} \to 1/(2 L_i)`: every task
+    is brought to the same scale. The reported weights are :math:`\tfrac12 e^{-s_i}`.
+
+    A task whose loss is 0 in a step (no labelled sample) only pulls its :math:`s_i` down by the
+    regulariser's constant gradient :math:`\tfrac12`; nothing becomes infinite.
+
+    Args:
+        init: the initial :math:`s_i = \log\sigma_i^2`: one number, a list in task order or a
+            dict by task name (tasks it leaves out start at 0). Default 0.
+
+    Example:
+        >>> import torch
+        >>> from lightning_multiloss.weighting import Uncertainty
+        >>> w = Uncertainty()
+        >>> w.bind(["depth", "seg"])
+        >>> out = w(torch.tensor([2.0, 4.0]))
+        >>> out.loss  # ½·2 + ½·4 + 0
+        tensor(3., grad_fn=<SumBackward0>)
+        >>> out.weights
+        tensor([0.5000, 0.5000])
+    """
+
+    min_tasks = 2
+
+    def __init__(self, init: float | Sequence[float] | Mapping[str, float] = 0.0) -> None:
+        super().__init__()
+        self._init = check_log_variance_init("uncertainty", init)
+        self.log_var: nn.Parameter
+
+    def build(self, num_tasks: int) -> None:
+        self.log_var = nn.Parameter(initial_values(self, self._init, num_tasks))
+
+    def forward(self, losses: Tensor) -> WeightedLoss:
+        s = self.log_var.to(losses.dtype)
+        weights = 0.5 * torch.exp(-s)
+        loss = (weights * losses + 0.5 * s).sum()
+        return WeightedLoss(loss, weights.detach())

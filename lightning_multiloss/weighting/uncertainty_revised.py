@@ -1,0 +1,63 @@
+"""Revised uncertainty weighting with a positive regulariser (Liebel & Körner 2018)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_multiloss.weighting._base import WeightedLoss, Weighting
+from lightning_multiloss.weighting._registry import register
+from lightning_multiloss.weighting.uncertainty import check_log_variance_init, initial_values
+
+
+@register("uncertainty_revised")
+class UncertaintyRevised(Weighting):
+    r"""Uncertainty weighting with the regulariser :math:`\log(1 + \sigma^2)` (Liebel & Körner 2018).
+
+    "Auxiliary Tasks in Multi-task Learning", arXiv:1805.06334. Kendall's regulariser
+    :math:`\log \sigma` is negative for :math:`\sigma < 1`, which rewards shrinking
+    :math:`\sigma` without bound; :math:`\log(1+\sigma^2)` is always positive:
+
+    .. math:: L = \sum_i \frac{L_i}{2\sigma_i^2} + \log(1 + \sigma_i^2)
+
+    :math:`\sigma_i^2` is parametrised as :math:`e^{s_i}` (``s`` an ``nn.Parameter``, init 0,
+    i.e. :math:`\sigma_i = 1` as in the authors' code), so it stays positive under any step:
+    :math:`L = \sum_i \tfrac12 e^{-s_i} L_i + \mathrm{softplus}(s_i)`, computed stably.
+    For a fixed loss the optimum solves :math:`2u^2 - L_i u - L_i = 0` for
+    :math:`u = \sigma_i^2`, i.e. :math:`\sigma_i^2 = (L_i + \sqrt{L_i^2 + 8 L_i})/4`.
+    The reported weights are :math:`1/(2\sigma_i^2)`.
+
+    Args:
+        init: the initial :math:`s_i = \log\sigma_i^2`: one number, a list in task order or a
+            dict by task name (tasks it leaves out start at 0). Default 0.
+
+    Example:
+        >>> import torch
+        >>> from lightning_multiloss.weighting import UncertaintyRevised
+        >>> w = UncertaintyRevised()
+        >>> w.bind(["depth", "seg"])
+        >>> out = w(torch.tensor([2.0, 4.0]))
+        >>> round(out.loss.item(), 4)  # ½·2 + ½·4 + 2·log 2
+        4.3863
+        >>> out.weights
+        tensor([0.5000, 0.5000])
+    """
+
+    min_tasks = 2
+
+    def __init__(self, init: float | Sequence[float] | Mapping[str, float] = 0.0) -> None:
+        super().__init__()
+        self._init = check_log_variance_init("uncertainty_revised", init)
+        self.log_var: nn.Parameter
+
+    def build(self, num_tasks: int) -> None:
+        self.log_var = nn.Parameter(initial_values(self, self._init, num_tasks))
+
+    def forward(self, losses: Tensor) -> WeightedLoss:
+        s = self.log_var.to(losses.dtype)
+        weights = 0.5 * torch.exp(-s)
+        loss = (weights * losses + F.softplus(s)).sum()
+        return WeightedLoss(loss, weights.detach())

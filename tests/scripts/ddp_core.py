@@ -1,0 +1,130 @@
+"""One 2-process DDP launch, three runs; each rank saves what the test compares.
+
+- ``skip``: ``on_nonfinite="skip"``, a NaN target in rank 1's batch ``SKIP_BATCH`` only;
+  logs to a CSVLogger (the trajectory file must be written once, by rank 0).
+- ``reference``: the same model and data without the samples of that step (both ranks' batches).
+- ``masked``: the ``reg`` task has no labelled sample in rank 1's batch ``MASK_BATCH``.
+
+Usage: python ddp_core.py OUT_DIR
+"""
+
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch
+from pytorch_lightning.loggers import CSVLogger
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from lightning_multiloss import LossWeightingCallback, Task
+from lightning_multiloss.weighting import Fixed, Learnable
+from tests._ddp import save_rank_result
+from tests._models import ToyDataset, ToyNet, quiet_trainer
+
+N, BATCH = 96, 8  # 2 ranks x 6 batches of 8; batch j of rank r holds samples 16 j + r + 2 i
+SKIP_BATCH, MASK_BATCH = 2, 3
+
+
+class Messages(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+class NaNOnRank1(ToyNet):
+    """Puts a NaN into one target of rank 1's batch ``SKIP_BATCH``."""
+
+    def training_step(self, batch, batch_idx):
+        if self.global_rank == 1 and batch_idx == SKIP_BATCH:
+            batch = dict(batch)
+            batch["reg"] = batch["reg"].clone()
+            batch["reg"][0, 0] = float("nan")
+        return super().training_step(batch, batch_idx)
+
+
+class WithMask(Dataset):
+    """ToyDataset plus ``reg_mask``: false for all of rank 1's batch ``MASK_BATCH``, and for a few other samples."""
+
+    def __init__(self) -> None:
+        self.data = ToyDataset(N)
+        self.mask = torch.ones(N, dtype=torch.bool)
+        self.mask[[16 * MASK_BATCH + 1 + 2 * i for i in range(BATCH)]] = False
+        self.mask[[0, 5, 30]] = False
+
+    def __len__(self) -> int:
+        return N
+
+    def __getitem__(self, i: int):
+        return {**self.data[i], "reg_mask": self.mask[i]}
+
+
+def ddp_trainer(record, **kw):
+    # Our own unshuffled DistributedSampler (Lightning's own shuffles training data under DDP),
+    # so that which samples form each rank's batch is known.
+    return quiet_trainer(
+        devices=2, strategy="ddp", max_epochs=1, callbacks=[record], use_distributed_sampler=False, **kw
+    )
+
+
+def ddp_loader(dataset, rank: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=BATCH, sampler=DistributedSampler(dataset, 2, rank, shuffle=False))
+
+
+def snapshot(model, trainer, record) -> dict:
+    opt = trainer.optimizers[0].state_dict()["state"]
+    return {
+        "params": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "global_step": trainer.global_step,
+        "optimizer": {int(i): {k: v.clone() for k, v in s.items()} for i, s in opt.items()},
+        "steps": record.steps,
+        "weights": record.weights,
+    }
+
+
+def main() -> None:
+    out_dir = Path(sys.argv[1])
+    messages = Messages()
+    package_log = logging.getLogger("lightning_multiloss")
+    package_log.addHandler(messages)
+    package_log.setLevel(logging.INFO)
+    result = {}
+
+    # skip: Adam (its moments would move on a zero gradient; they must not move at all)
+    model = NaNOnRank1(Learnable(), lr=0.05, optimizer="adam", on_nonfinite="skip")
+    record = LossWeightingCallback()
+    trainer = ddp_trainer(record, logger=CSVLogger(out_dir, name="skip"))
+    rank = trainer.global_rank
+    trainer.fit(model, ddp_loader(ToyDataset(N), rank))
+    result["skip"] = snapshot(model, trainer, record)
+    result["skip"]["log_dir"] = str(trainer.log_dir)
+
+    # reference: step SKIP_BATCH's samples (both ranks) removed from the data
+    keep = [i for i in range(N) if not 16 * SKIP_BATCH <= i < 16 * (SKIP_BATCH + 1)]
+    model = ToyNet(Learnable(), lr=0.05, optimizer="adam")
+    record = LossWeightingCallback(plot=False)
+    trainer = ddp_trainer(record, default_root_dir=out_dir / "reference")
+    trainer.fit(model, ddp_loader(Subset(ToyDataset(N), keep), rank))
+    result["reference"] = snapshot(model, trainer, record)
+
+    # masked: a task without a single labelled sample on one rank for one step
+    model = ToyNet(lr=0.2)
+    model.configure_multitask(
+        [Task("cls", nn.CrossEntropyLoss()), Task("reg", nn.MSELoss(), mask="reg_mask")], Fixed([0.5, 0.3])
+    )
+    record = LossWeightingCallback(plot=False)
+    trainer = ddp_trainer(record, default_root_dir=out_dir / "masked")
+    trainer.fit(model, ddp_loader(WithMask(), rank))
+    result["masked"] = snapshot(model, trainer, record)
+
+    result["messages"] = list(messages.messages)
+    save_rank_result(out_dir, rank, result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,323 @@
+"""Every option of every config group composes and instantiates; the schemas reject bad keys and types.
+
+The options are the YAML files found in ``conf/``, so a config added later (a new weighting) is
+covered without touching this file.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import ConfigCompositionException, InstantiationException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch import nn
+
+from lightning_multiloss import MultiLossError
+from lightning_multiloss.config import TrainerConf, build_weighting, config_dir, validate_config
+from lightning_multiloss.models import MultiTaskNet
+from lightning_multiloss.schedules import Schedule
+from lightning_multiloss.train import build
+from lightning_multiloss.weighting import Progress, Weighting
+
+CONF = Path(config_dir())
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_train(tmp_path: Path, *overrides: str):
+    """The app's whole config (train.yaml)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("train", overrides=[*overrides, f"output_dir={tmp_path}"])
+
+
+def compose_group(group: str, name: str, *overrides: str):
+    """One group's option alone (faster than the whole config)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose(overrides=[f"+{group}={name}", *overrides])
+
+
+def test_every_group_has_options():
+    groups = {p.name for p in CONF.iterdir() if p.is_dir() and not p.name.startswith("__")}
+    expected = {"weighting", "schedule", "loss", "task", "model", "data", "trainer", "callbacks", "logger"}
+    assert expected | {"experiment", "hydra"} <= groups
+    assert {"fixed", "scheduled", "learnable"} <= set(options("weighting"))
+    assert set(options("schedule")) == {
+        "constant", "linear", "cosine", "exponential", "step", "warmup", "cyclic", "piecewise"
+    }  # fmt: skip
+    assert set(options("loss")) == {"cross_entropy", "bce", "mse", "l1", "huber"}
+    assert {"default", "cpu", "gpu", "ddp", "ddp_cpu", "debug"} <= set(options("trainer"))
+    assert {"digits", "loc_cls", "multimnist"} <= set(options("experiment"))
+
+
+def test_every_option_is_commented():
+    for path in CONF.rglob("*.yaml"):
+        assert any(line.lstrip().startswith("#") for line in path.read_text().splitlines()), f"{path}: no comment"
+
+
+# -- one test per option -----------------------------------------------------------------------
+@pytest.mark.parametrize("name", options("weighting"))
+def test_weighting_option(tmp_path, name):
+    cfg = compose_group("weighting", name, "+scheduled_task=recon")
+    weighting = build_weighting(cfg.weighting)
+    assert isinstance(weighting, Weighting)
+    assert weighting.name == name, f"conf/weighting/{name}.yaml builds the strategy registered as {weighting.name!r}"
+    tasks = ["digit", "recon", "centre"]
+    if weighting.max_tasks is not None and weighting.max_tasks < len(tasks):
+        tasks = tasks[: weighting.max_tasks]
+    weighting.bind(tasks)
+    assert weighting.task_names == tuple(tasks)
+
+
+@pytest.mark.parametrize("name", options("schedule"))
+def test_schedule_option(tmp_path, name):
+    cfg = compose_group("weighting", "scheduled", f"schedule={name}", "+scheduled_task=recon")
+    schedule = instantiate(cfg.schedule, _convert_="all")
+    assert isinstance(schedule, Schedule)
+    for t in (0.0, 0.3, 1.0):  # the defaults are valid alphas over the whole run (unit=fraction)
+        value = schedule(t)
+        assert math.isfinite(value) and 0.0 <= value <= 1.0, f"{name} at {t}: {value}"
+    weighting = build_weighting(cfg.weighting)
+    weighting.bind(["digit", "recon", "centre"])  # the digits experiment: the schedule is recon's weight
+    weighting.set_progress(Progress(step=30, epoch=1, total_steps=100))
+    expected = torch.tensor([1.0, schedule(0.3), 1.0])
+    torch.testing.assert_close(weighting.weights, expected)
+
+
+@pytest.mark.parametrize("name", options("loss"))
+def test_loss_option(tmp_path, name):
+    cfg = compose_group("loss", name)
+    validate_config(cfg, "loss")
+    loss = instantiate(cfg.loss, _convert_="all")
+    assert isinstance(loss, nn.Module)
+    g = torch.Generator().manual_seed(0)
+    if name == "cross_entropy":
+        output, target = torch.randn(6, 4, generator=g), torch.tensor([0, 1, 2, 3, 0, 1])
+    else:
+        output, target = torch.randn(6, 2, generator=g), torch.rand(6, 2, generator=g)
+    value = loss(output, target)
+    assert value.ndim == 0 and torch.isfinite(value)
+
+
+@pytest.mark.parametrize("name", options("task"))
+def test_task_option(tmp_path, name):
+    cfg = compose_train(tmp_path, "model=conv", f"+task@model.tasks.extra={name}")
+    spec = OmegaConf.to_container(cfg.model.tasks.extra)
+    if spec["out_features"] == "???":
+        spec["out_features"] = 144 if spec["head"] == "heatmap" else 3
+    trunk = {"_target_": "lightning_multiloss.models.ConvTrunk", "channels": [4], "pool": [2]}
+    cfg.model.tasks.extra.out_features = spec["out_features"]
+    spec = OmegaConf.to_container(cfg.model.tasks.extra, resolve=True)
+    net = MultiTaskNet(trunk=trunk, tasks={"extra": spec}, input_shape=[1, 24, 24])
+    assert net(torch.zeros(2, 1, 24, 24))["extra"].shape == (2, spec["out_features"])
+    assert [t.name for t in net.tasks] == ["extra"]
+    assert net.primary["extra"] == spec["primary"]
+
+
+@pytest.mark.parametrize("name", options("model"))
+def test_model_option(tmp_path, name):
+    cfg = compose_train(tmp_path, f"model={name}")
+    if cfg.model.trunk._target_.endswith("ConvTrunk"):
+        cfg = compose_train(tmp_path, f"model={name}", "model.trunk.image_shape=[1,8,8]")
+    validate_config(cfg, "model")
+    net = instantiate(cfg.model, input_shape=[64], weighting=cfg.weighting, _recursive_=False)
+    outputs = net(torch.zeros(3, 64))
+    assert {k: tuple(v.shape) for k, v in outputs.items()} == {"digit": (3, 10), "recon": (3, 64), "centre": (3, 1)}
+    assert isinstance(net.configure_optimizers(), torch.optim.Optimizer)
+
+
+@pytest.mark.parametrize("name", options("data"))
+def test_data_option(tmp_path, name):
+    cfg = compose_group("data", name, "data.batch_size=5")
+    validate_config(cfg, "data")
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["x"].shape == (5, *dm.input_shape)
+    total = sum(len(ds) for ds in dm.datasets.values())
+    assert len(dm.datasets["test"]) == round(total * cfg.data.test_fraction)
+
+
+@pytest.mark.parametrize("name", options("trainer"))
+def test_trainer_option(tmp_path, name):
+    cfg = compose_group("trainer", name)
+    validate_config(cfg, "trainer")
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    target = kwargs.pop("_target_")
+    assert target == "pytorch_lightning.Trainer"
+    inspect.signature(pl.Trainer).bind(**kwargs, logger=False)  # every key is a Trainer argument
+    if kwargs["accelerator"] == "gpu" and not torch.cuda.is_available():
+        assert name in ("gpu", "ddp")  # compose only on a machine without a GPU
+        return
+    trainer = instantiate(cfg.trainer, logger=False)
+    assert isinstance(trainer, pl.Trainer)
+    assert trainer.num_devices == (kwargs["devices"] if isinstance(kwargs["devices"], int) else trainer.num_devices)
+
+
+@pytest.mark.parametrize("name", options("callbacks"))
+def test_callbacks_option(tmp_path, name):
+    cfg = compose_group("callbacks", name, f"+output_dir={tmp_path}")
+    validate_config(cfg, "callbacks")
+    for key, node in cfg.callbacks.items():
+        assert isinstance(instantiate(node), pl.Callback), key
+
+
+@pytest.mark.parametrize("name", options("logger"))
+def test_logger_option(tmp_path, name):
+    import importlib.util
+
+    cfg = compose_group("logger", name, f"+output_dir={tmp_path}")
+    validate_config(cfg, "logger")
+    for key, node in cfg.logger.items():
+        if key == "tensorboard" and not (
+            importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")
+        ):
+            with pytest.raises(InstantiationException, match="Neither `tensorboard` nor `tensorboardX`"):
+                instantiate(node)
+            continue
+        logger = instantiate(node)
+        assert Path(logger.save_dir) == tmp_path
+
+
+@pytest.mark.parametrize("name", options("experiment"))
+def test_experiment_option(tmp_path, name):
+    cfg = compose_train(tmp_path, f"experiment={name}")
+    datamodule, model, trainer = build(cfg)
+    names = [t.name for t in model.tasks]
+    if cfg.baseline_of is not None:
+        assert names == [cfg.baseline_of] and model.weighting.name == "fixed"
+        assert cfg.name in name  # a baseline carries its experiment's name
+    else:
+        assert cfg.name == name and len(names) >= 2
+    assert tuple(datamodule.input_shape) == tuple(model.hparams.input_shape)
+    assert isinstance(trainer, pl.Trainer)
+
+
+def test_loc_cls_is_the_keras_recipe(tmp_path):
+    cfg = compose_train(tmp_path, "experiment=loc_cls")
+    _, model, _ = build(cfg)
+    assert [t.name for t in model.tasks] == ["loc", "cls"]
+    assert model.weighting.name == "learnable"
+    assert model(torch.zeros(2, 1, 24, 24))["loc"].shape == (2, 144)  # one logit per cell of the 12x12 map
+
+
+def test_slurm_launcher_example_composes():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=submitit_slurm"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert cfg.hydra.launcher.timeout_min == 60
+
+
+# -- schemas --------------------------------------------------------------------------------------
+def test_trainer_schema_matches_the_trainer():
+    parameters = inspect.signature(pl.Trainer).parameters
+    for name, spec in TrainerConf.__dataclass_fields__.items():
+        if name == "_target_":
+            continue
+        assert name in parameters, f"TrainerConf.{name} is not a Trainer argument"
+        assert spec.default == parameters[name].default, f"TrainerConf.{name}: default differs from Lightning's"
+
+
+def test_typo_key_fails_with_its_name(tmp_path):
+    with pytest.raises(ConfigCompositionException, match=r"trainer\.max_epoch"):
+        compose_train(tmp_path, "trainer.max_epoch=3")  # without +: Hydra refuses a new key
+    # With +, Hydra adds the key even under a schema: the app's validation catches it.
+    cases = {
+        "+trainer.max_epoch=3": "config key 'trainer.max_epoch': Key 'max_epoch' not in 'TrainerConf'",
+        "+model.tasks.digit.head_hiden=8": "config key 'model.tasks.digit.head_hiden'",
+        "+weighting.weight=[1,2,3]": "config key 'weighting.weight': Key 'weight' not in 'FixedArgs'",
+        "+data.batchsize=3": "config key 'data.batchsize'",
+        "+seeed=3": "config key 'seeed'",
+        "+model.tasks.recon.loss.delta=2": "config key 'model.tasks.recon.loss.delta'",
+    }
+    for override, message in cases.items():
+        cfg = compose_train(tmp_path, override)
+        with pytest.raises(MultiLossError) as info:
+            validate_config(cfg)
+        assert message in str(info.value), override
+
+
+def test_wrong_type_fails_with_its_name(tmp_path):
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_train(tmp_path, "trainer.max_epochs=abc")
+    assert "trainer.max_epochs" in str(info.value) and "Integer" in str(info.value.__cause__)
+    with pytest.raises(ConfigCompositionException):
+        compose_train(tmp_path, "model.tasks.digit.head_hidden=wide")
+    cfg = compose_train(tmp_path, "weighting=learnable", "weighting.check_every=often")
+    with pytest.raises(MultiLossError, match=r"config key 'weighting.check_every'.*often"):
+        validate_config(cfg)
+
+
+def test_weight_for_an_unknown_task_names_it(tmp_path):
+    cfg = compose_train(tmp_path, "+weighting.weights={digit:1.0,colour:0.5}")
+    with pytest.raises(
+        MultiLossError, match=r"unknown task\(s\) \['colour'\]; the tasks are \['digit', 'recon', 'centre'\]"
+    ):
+        build(cfg)
+
+
+def test_missing_value_names_the_key(tmp_path):
+    cfg = compose_train(tmp_path, "+task@model.tasks.parity=classification")  # out_features: ???
+    with pytest.raises(MultiLossError, match=r"model\.tasks\.parity\.out_features"):
+        build(cfg)
+
+
+def test_unknown_option_lists_the_available_ones(tmp_path):
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_train(tmp_path, "weighting=fixd")
+    message = str(info.value)
+    assert "fixd" in message and "Available options" in message
+    assert "fixed" in message and "learnable" in message and "scheduled" in message
+
+
+# -- packaging and use from another Hydra app -----------------------------------------------------
+def test_every_subpackage_is_listed_in_pyproject():
+    text = (ROOT / "pyproject.toml").read_text()
+    block = re.search(r"^packages = \[(.*?)\]", text, re.S | re.M)
+    assert block, "pyproject.toml lists no packages"
+    listed = set(re.findall(r'"([\w.]+)"', block.group(1)))
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "lightning_multiloss").rglob("__init__.py")}
+    assert found | {"lightning_multiloss.conf"} == listed
+
+
+def test_configs_compose_from_another_hydra_app(tmp_path):
+    """A user's app adds `pkg://lightning_multiloss.conf` to its search path and picks our groups."""
+    (tmp_path / "app.yaml").write_text(
+        "defaults:\n"
+        "  - weighting: learnable\n"
+        "  - model: mlp\n"
+        "  - data: digits\n"
+        "  - /task@model.tasks.digit: classification\n"
+        "  - /task@model.tasks.centre: regression\n"
+        "  - _self_\n"
+        "hydra:\n"
+        "  searchpath:\n"
+        "    - pkg://lightning_multiloss.conf\n"
+        "seed: 3\n"
+        "model:\n"
+        "  tasks:\n"
+        "    digit:\n"
+        "      out_features: 10\n"
+    )
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(tmp_path), version_base="1.3"):
+        cfg = compose("app", overrides=["weighting.init=0.25"])
+    assert cfg.data.seed == 3
+    dm = instantiate(cfg.data)
+    net = instantiate(cfg.model, input_shape=list(dm.input_shape), weighting=cfg.weighting, _recursive_=False)
+    assert [t.name for t in net.tasks] == ["digit", "centre"]
+    assert float(net.weighting.alpha.detach()) == 0.25

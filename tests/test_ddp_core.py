@@ -1,0 +1,119 @@
+"""One real 2-process DDP launch (``tests/scripts/ddp_core.py``), several checks:
+
+- ``on_nonfinite="skip"`` with a NaN on one rank only: both ranks skip the step, stay identical,
+  and end where a run without that step's samples ends;
+- a task with no labelled sample on one rank does not stop DDP, and the update is the average
+  of the ranks' gradients (a plain-PyTorch replay);
+- the weight trajectory is written once, by rank 0, into the logger's folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests._ddp import run_ddp_script
+from tests._models import ToyNet
+from tests.scripts.ddp_core import BATCH, SKIP_BATCH, N, WithMask
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
+    out = tmp_path_factory.mktemp("ddp_core")
+    return out, run_ddp_script("ddp_core.py", out)
+
+
+def assert_same_params(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float, what: str) -> None:
+    assert set(a) == set(b)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=atol, msg=f"{what}: {key} differs")
+
+
+@pytest.mark.slow
+def test_skip_nonfinite_on_one_rank(ranks: tuple[Path, list[dict[str, Any]]]) -> None:
+    _, (rank0, rank1) = ranks
+    skip0, skip1 = rank0["skip"], rank1["skip"]
+    # Both ranks went through all 6 batches and agree on the step count (the skipped step counts).
+    assert skip0["global_step"] == skip1["global_step"] == 6
+    assert_same_params(skip0["params"], skip1["params"], 0.0, "skip run, rank 0 vs rank 1")
+
+    # The skipped step left no trace: the same as a run whose data lacks that step's samples.
+    for rank in (rank0, rank1):
+        assert_same_params(rank["skip"]["params"], rank["reference"]["params"], 1e-6, "skip vs reference")
+        want_opt, got_opt = rank["reference"]["optimizer"], rank["skip"]["optimizer"]
+        assert set(got_opt) == set(want_opt)
+        for index, state in want_opt.items():
+            assert float(state["step"]) == 5.0  # Adam stepped 5 times, not 6
+            for name, value in state.items():
+                torch.testing.assert_close(got_opt[index][name], value, rtol=0, atol=1e-6)
+    # The trajectory has no record for the skipped step; the others are the reference's.
+    skipped = SKIP_BATCH + 1
+    assert skip0["steps"] == [s for s in range(1, 7) if s != skipped]
+    torch.testing.assert_close(
+        torch.tensor(skip0["weights"]), torch.tensor(rank0["reference"]["weights"]), rtol=0, atol=1e-6
+    )
+
+
+def _replay_masked(lr: float = 0.2) -> dict[str, torch.Tensor]:
+    """DDP by hand: each rank's loss on its own batch (reg only on labelled samples, 0 if none);
+    the update uses the mean of the two ranks' gradients."""
+    model = ToyNet(lr=lr)  # the script's initial weights (same seed)
+    trunk, heads = copy.deepcopy(model.trunk), copy.deepcopy(model.heads)
+    params = [*trunk.parameters(), *heads.parameters()]
+    data = WithMask()
+    for j in range(N // (2 * BATCH)):
+        grads = []
+        for r in (0, 1):
+            idx = [16 * j + r + 2 * i for i in range(BATCH)]
+            x = torch.stack([data[i]["x"] for i in idx])
+            cls = torch.stack([data[i]["cls"] for i in idx])
+            reg = torch.stack([data[i]["reg"] for i in idx])
+            mask = torch.stack([data[i]["reg_mask"] for i in idx])
+            z = trunk(x)
+            loss = 0.5 * F.cross_entropy(heads["cls"](z), cls)
+            if mask.any():
+                loss = loss + 0.3 * F.mse_loss(heads["reg"](z)[mask], reg[mask])
+            grads.append(torch.autograd.grad(loss, params, allow_unused=True))
+        with torch.no_grad():
+            for p, g0, g1 in zip(params, *grads, strict=True):
+                g0 = torch.zeros_like(p) if g0 is None else g0
+                g1 = torch.zeros_like(p) if g1 is None else g1
+                p -= lr * (g0 + g1) / 2
+    state = {f"trunk.{k}": v for k, v in trunk.state_dict().items()}
+    state.update({f"heads.{k}": v for k, v in heads.state_dict().items()})
+    return state
+
+
+@pytest.mark.slow
+def test_task_without_labels_on_one_rank(ranks: tuple[Path, list[dict[str, Any]]]) -> None:
+    _, (rank0, rank1) = ranks
+    masked0, masked1 = rank0["masked"], rank1["masked"]
+    assert masked0["global_step"] == masked1["global_step"] == N // (2 * BATCH)
+    assert_same_params(masked0["params"], masked1["params"], 0.0, "masked run, rank 0 vs rank 1")
+    assert_same_params(masked0["params"], _replay_masked(), 1e-6, "masked run vs replay")
+
+
+@pytest.mark.slow
+def test_trajectory_written_once_by_rank_zero(ranks: tuple[Path, list[dict[str, Any]]]) -> None:
+    out, (rank0, rank1) = ranks
+    log_dir = Path(rank0["skip"]["log_dir"])
+    assert rank1["skip"]["log_dir"] == str(log_dir)
+    assert log_dir.parent == out / "skip"
+    assert sorted(p.relative_to(out) for p in (out / "skip").rglob("loss_weights.*")) == [
+        log_dir.relative_to(out) / "loss_weights.csv",
+        log_dir.relative_to(out) / "loss_weights.png",
+    ]
+    with open(log_dir / "loss_weights.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == rank0["skip"]["steps"]
+    written = torch.tensor([[float(r["cls"]), float(r["reg"])] for r in rows])
+    torch.testing.assert_close(written, torch.tensor(rank0["skip"]["weights"]), rtol=0, atol=1e-7)
+    # one message per fit on rank 0 (three fits), none on rank 1
+    assert sum("trajectory written" in m for m in rank0["messages"]) == 3
+    assert not any("trajectory written" in m for m in rank1["messages"])

@@ -1,0 +1,327 @@
+"""Every bad input fails at once with a MultiLossError whose message names what is wrong."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from lightning_multiloss import MultiLossError, MultiTaskMixin, NonFiniteLossError, Task
+from lightning_multiloss.schedules import Linear
+from lightning_multiloss.weighting import Fixed, Learnable, Scheduled
+from tests._models import HEAD_SIZES, ToyDataset, ToyNet, quiet_trainer
+
+NAN = float("nan")
+INF = float("inf")
+
+
+def samples(n: int = 16) -> list[dict[str, Tensor]]:
+    """The toy data as a list of per-sample dicts, so single samples can be edited or dropped."""
+    data = ToyDataset(n)
+    return [data[i] for i in range(n)]
+
+
+def fit(model: pl.LightningModule, data: list[dict[str, Tensor]], tmp_path, batch_size: int = 8, **kw: Any):
+    trainer = quiet_trainer(default_root_dir=tmp_path, **{"max_epochs": 1, **kw})
+    trainer.fit(model, DataLoader(data, batch_size=batch_size))
+    return trainer
+
+
+class Net(MultiTaskMixin, pl.LightningModule):
+    """A trunk and one head per task, built from explicit Task objects."""
+
+    def __init__(self, tasks: list[Task], weighting: Any = None, **multitask: Any) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk = nn.Sequential(nn.Linear(8, 8), nn.Tanh())
+        self.heads = nn.ModuleDict({t.name: nn.Linear(8, HEAD_SIZES.get(t.name, 1)) for t in tasks})
+        self.configure_multitask(tasks, weighting, **multitask)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        z = self.trunk(x)
+        return {name: head(z) for name, head in self.heads.items()}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def mse_tasks(*names: str) -> list[Task]:
+    return [Task(n, nn.MSELoss()) for n in names]
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights
+# ---------------------------------------------------------------------------------------------
+def test_weights_list_of_the_wrong_length():
+    with pytest.raises(MultiLossError, match=r"weighting 'fixed': weights has 3 values for 2 tasks \['cls', 'reg'\]"):
+        ToyNet(Fixed([1.0, 2.0, 3.0]))
+    with pytest.raises(MultiLossError, match=r"weighting 'fixed': weights has 1 values for 2 tasks"):
+        ToyNet(Fixed([1.0]))
+
+
+def test_weights_dict_naming_an_unknown_task():
+    with pytest.raises(
+        MultiLossError, match=r"weights names unknown task\(s\) \['seg'\]; the tasks are \['cls', 'reg'\]"
+    ):
+        ToyNet(Fixed({"cls": 1.0, "seg": 2.0}))
+
+
+def test_weights_not_a_list_or_dict():
+    with pytest.raises(MultiLossError, match=r"weighting 'fixed': weights must be a list .* or a dict .* got 0.5"):
+        Fixed(0.5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("value", "shown"), [(-1.0, "-1.0"), (NAN, "nan"), (INF, "inf"), (-INF, "-inf")])
+def test_negative_nan_or_infinite_weight(value, shown):
+    with pytest.raises(
+        MultiLossError, match=rf"weighting 'fixed': weight for task 'reg' must be finite and >= 0, got {shown}"
+    ):
+        Fixed({"cls": 1.0, "reg": value})
+    with pytest.raises(MultiLossError, match=rf"weight for task '#1' must be finite and >= 0, got {shown}"):
+        Fixed([1.0, value])
+    with pytest.raises(
+        MultiLossError, match=rf"scheduled weight at t=0.0 for task 'reg' must be finite and >= 0, got {shown}"
+    ):
+        ToyNet(Scheduled([1.0, lambda t: value]))
+
+
+def test_weight_that_is_not_a_number():
+    with pytest.raises(MultiLossError, match=r"weight for task 'reg' must be a number, got 'high'"):
+        Fixed({"reg": "high"})  # type: ignore[dict-item]
+
+
+def test_alpha_outside_unit_interval():
+    for init in (1.5, -0.5, NAN):
+        with pytest.raises(MultiLossError, match=r"weighting 'learnable': alpha must be in \[0, 1\], got init="):
+            ToyNet(Learnable(init=init))
+    with pytest.raises(
+        MultiLossError, match=r"alpha \(the weight of task 'cls'.*must be in \[0, 1\].*gave 1.5 at t=0.0"
+    ):
+        ToyNet(Scheduled(1.5))
+    with pytest.raises(MultiLossError, match=r"alpha .* must be in \[0, 1\].*gave -0.25 at t=0.0"):
+        ToyNet(Scheduled(Linear(-0.25, 1.0, duration=10)))
+
+
+def test_alpha_leaving_the_interval_during_training(tmp_path):
+    # alpha(t) = 0.6 + 0.2 t: 1.0 at step 2, 1.2 at step 3
+    model = ToyNet(Scheduled(Linear(0.6, 1.6, duration=5)))
+    with pytest.raises(MultiLossError, match=r"alpha \(the weight of task 'cls'.*gave 1.2.* at t=3.0"):
+        fit(model, samples(32), tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["a/b", "a b", "", "1x", "a.b", "a\n", "x:y"])
+def test_task_name_that_breaks_logging_keys(name):
+    with pytest.raises(MultiLossError, match=r"task name .* cannot be used in logging keys"):
+        Task(name, nn.MSELoss())
+
+
+def test_task_name_not_a_string_and_loss_not_callable():
+    with pytest.raises(MultiLossError, match=r"task name None cannot be used in logging keys"):
+        Task(None, nn.MSELoss())  # type: ignore[arg-type]
+    with pytest.raises(MultiLossError, match=r"task 'reg': loss must be callable, got str"):
+        Task("reg", "mse")  # type: ignore[arg-type]
+    with pytest.raises(MultiLossError, match=r"task 'reg': metric name 'r/2' cannot be used in logging keys"):
+        Task("reg", nn.MSELoss(), metrics={"r/2": object()})
+
+
+def test_duplicate_task_names():
+    with pytest.raises(MultiLossError, match=r"duplicate task names \['reg'\]"):
+        Net([Task("cls", nn.CrossEntropyLoss()), Task("reg", nn.MSELoss()), Task("reg", nn.L1Loss())])
+
+
+def test_configure_multitask_other_bad_arguments():
+    with pytest.raises(MultiLossError, match=r"configure_multitask needs at least one task"):
+        Net([])
+    with pytest.raises(MultiLossError, match=r"on_nonfinite must be 'raise' or 'skip', got 'ignore'"):
+        ToyNet(on_nonfinite="ignore")
+    with pytest.raises(MultiLossError, match=r"weighting must be a Weighting or a registered name, got int"):
+        ToyNet(42)
+    with pytest.raises(MultiLossError, match=r"unknown weighting 'fixd'; available: .*fixed"):
+        ToyNet("fixd")
+    shared = Fixed()
+    ToyNet(shared)
+    with pytest.raises(
+        MultiLossError, match=r"already bound to tasks \['cls', 'reg'\], cannot bind it to \['cls', 'aux'\]"
+    ):
+        ToyNet(shared, tasks=("cls", "aux"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs and batches (through a real Trainer, one batch)
+# ---------------------------------------------------------------------------------------------
+class WrongKeys(ToyNet):
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        out = super().forward(x)
+        return {"cls": out["cls"], "depth": out["reg"]}
+
+
+class NotADict(ToyNet):
+    def forward(self, x: Tensor) -> Any:
+        return tuple(super().forward(x).values())
+
+
+def test_forward_not_one_output_per_task(tmp_path):
+    with pytest.raises(
+        MultiLossError, match=r"forward must return one output per task: missing \['reg'\], extra \['depth'\]"
+    ):
+        fit(WrongKeys(), samples(8), tmp_path)
+    with pytest.raises(MultiLossError, match=r"forward must return a dict \{task: output\}, got tuple"):
+        fit(NotADict(), samples(8), tmp_path)
+
+
+def test_batch_without_a_task_target(tmp_path):
+    data = [{k: v for k, v in s.items() if k != "reg"} for s in samples(8)]
+    with pytest.raises(
+        MultiLossError, match=r"task 'reg': the batch has no target key 'reg'; it has \['aux', 'cls', 'x'\]"
+    ):
+        fit(ToyNet(), data, tmp_path)
+    model = Net([Task("cls", nn.CrossEntropyLoss()), Task("reg", nn.MSELoss(), target="reg_target")])
+    with pytest.raises(MultiLossError, match=r"task 'reg': the batch has no target key 'reg_target'"):
+        fit(model, samples(8), tmp_path)
+
+
+def test_batch_without_the_input_key(tmp_path):
+    data = [{k: v for k, v in s.items() if k != "x"} for s in samples(8)]
+    with pytest.raises(MultiLossError, match=r"the batch has no input key 'x'; it has \['aux', 'cls', 'reg'\]"):
+        fit(ToyNet(), data, tmp_path)
+    with pytest.raises(MultiLossError, match=r"the batch has no input key 'image'; .*input_key="):
+        fit(ToyNet(input_key="image"), samples(8), tmp_path)
+
+
+def test_loss_that_is_not_a_scalar(tmp_path):
+    model = Net([Task("cls", nn.CrossEntropyLoss()), Task("reg", nn.MSELoss(reduction="none"))])
+    with pytest.raises(MultiLossError, match=r"task 'reg': the loss must be a scalar, got \(8, 2\); use a mean or sum"):
+        fit(model, samples(8), tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Non-finite losses
+# ---------------------------------------------------------------------------------------------
+def poisoned(data: list[dict[str, Tensor]], rows: range, value: float) -> list[dict[str, Tensor]]:
+    out = [dict(s) for s in data]
+    for i in rows:
+        out[i]["reg"] = torch.full_like(out[i]["reg"], value)
+    return out
+
+
+@pytest.mark.parametrize(("value", "shown"), [(NAN, "nan"), (INF, "inf")])
+def test_nonfinite_loss_raises_naming_task_and_step(tmp_path, value, shown):
+    data = poisoned(samples(24), range(16, 24), value)  # the third batch of 8
+    with pytest.raises(
+        NonFiniteLossError, match=rf"non-finite task loss\(es\) \{{'reg': {shown}\}} at train step 2, epoch 0, batch 2"
+    ):
+        fit(ToyNet(), data, tmp_path)
+
+
+def test_nonfinite_loss_is_a_multiloss_error():
+    assert issubclass(NonFiniteLossError, MultiLossError)
+    assert issubclass(NonFiniteLossError, FloatingPointError)
+
+
+def test_nonfinite_validation_loss_raises_even_when_training_skips(tmp_path):
+    model = ToyNet(on_nonfinite="skip")
+    trainer = quiet_trainer(default_root_dir=tmp_path)
+    loader = DataLoader(poisoned(samples(8), range(0, 8), NAN), batch_size=8)
+    with pytest.raises(NonFiniteLossError, match=r"\{'reg': nan\} at val"):
+        trainer.validate(model, loader, verbose=False)
+
+
+def test_skip_nonfinite_step_equals_never_seeing_that_batch(tmp_path):
+    """With Adam, a skipped step leaves parameters and optimizer state as if the batch were absent."""
+    clean = samples(32)
+    with_nan = poisoned(clean, range(16, 24), NAN)  # batch 2 of 4
+    without = clean[:16] + clean[24:]
+
+    skipped = ToyNet(optimizer="adam", on_nonfinite="skip")
+    trainer_a = fit(skipped, with_nan, tmp_path / "a", max_epochs=2)
+    reference = ToyNet(optimizer="adam", on_nonfinite="skip")
+    trainer_b = fit(reference, without, tmp_path / "b", max_epochs=2)
+
+    params_a = dict(skipped.named_parameters())
+    params_b = dict(reference.named_parameters())
+    assert params_a.keys() == params_b.keys()
+    initial = dict(ToyNet(optimizer="adam").named_parameters())
+    for name in params_a:
+        assert torch.isfinite(params_a[name]).all(), name
+        assert torch.equal(params_a[name], params_b[name]), name
+        assert not torch.equal(params_a[name], initial[name]), name  # training did happen
+
+    state_a = trainer_a.optimizers[0].state_dict()["state"]
+    state_b = trainer_b.optimizers[0].state_dict()["state"]
+    assert state_a.keys() == state_b.keys() and len(state_a) == len(params_a)
+    for index in state_a:
+        assert state_a[index].keys() == state_b[index].keys()
+        for key in state_a[index]:
+            assert torch.equal(state_a[index][key], state_b[index][key]), (index, key)
+        assert float(state_a[index]["step"]) == 6.0  # 3 good batches x 2 epochs
+
+
+# ---------------------------------------------------------------------------------------------
+# How the module is written
+# ---------------------------------------------------------------------------------------------
+def test_mixin_listed_after_lightning_module():
+    class Backwards(pl.LightningModule, MultiTaskMixin):
+        def __init__(self) -> None:
+            super().__init__()
+            self.configure_multitask(mse_tasks("reg"))
+
+    with pytest.raises(
+        MultiLossError, match=r"Backwards: list MultiTaskMixin before LightningModule.*class Backwards\(MultiTaskMixin"
+    ):
+        Backwards()
+
+
+def test_configure_multitask_before_super_init():
+    class Early(MultiTaskMixin, pl.LightningModule):
+        def __init__(self) -> None:
+            self.configure_multitask(mse_tasks("reg"))
+            super().__init__()
+
+    with pytest.raises(MultiLossError, match=r"call super\(\).__init__\(\) before configure_multitask\(\)"):
+        Early()
+
+
+class TrunkOnlyOptimizer(ToyNet):
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [*self.trunk.parameters(), *self.heads.parameters()]
+        return torch.optim.SGD(params, lr=0.01)
+
+
+def test_learnable_parameter_left_out_of_the_optimizer(tmp_path):
+    model = TrunkOnlyOptimizer(Learnable())
+    trainer = quiet_trainer(default_root_dir=tmp_path, max_epochs=1)
+    with pytest.raises(
+        MultiLossError, match=r"learnable weighting parameter\(s\) \['weighting.alpha'\] are in no optimizer"
+    ):
+        trainer.fit(model, DataLoader(samples(8), batch_size=8))
+    assert trainer.global_step == 0  # refused at fit start, before any step
+    # the same model with the default optimizer (all parameters) trains
+    assert fit(ToyNet(Learnable()), samples(8), tmp_path).global_step == 1
+
+
+class NoCallbacks(ToyNet):
+    def configure_callbacks(self) -> Any:
+        return []
+
+
+@pytest.mark.parametrize("weighting", [lambda: Scheduled(Linear(1.0, 0.0, duration=4)), lambda: Learnable()])
+def test_weighting_needing_the_callback_without_it(tmp_path, weighting):
+    model = NoCallbacks(weighting())
+    name = model.weighting.name
+    with pytest.raises(MultiLossError, match=rf"weighting '{name}' needs LossWeightingCallback"):
+        fit(model, samples(8), tmp_path)
+
+
+def test_fixed_weighting_does_not_need_the_callback(tmp_path):
+    model = NoCallbacks(Fixed([0.5, 0.5]))
+    trainer = fit(model, samples(8), tmp_path)
+    assert trainer.global_step == 1
+    assert math.isfinite(float(trainer.callback_metrics["train/loss"]))

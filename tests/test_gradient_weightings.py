@@ -1,0 +1,495 @@
+"""The gradient-level strategies as functions of the Gramian: published values, properties, edge cases.
+
+Each strategy is called directly as ``w = weights_from_gramian(J @ J.T, losses)`` and the update is
+``d = w @ J``. Expected values come from the publications (TorchJD's examples on
+``J = [[-4, 1, 1], [6, 1, 1]]``), from independent solves in the gradient space (scipy, numpy,
+plain-vector replays of the papers' algorithms) or from optimality conditions.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+from torch import Tensor
+
+from lightning_multiloss.errors import MultiLossError, NonFiniteLossError
+from lightning_multiloss.weighting import (
+    DBMTL,
+    IMTLG,
+    MGDA,
+    AlignedMTL,
+    CAGrad,
+    GradNorm,
+    GradVac,
+    GramianWeighting,
+    NashMTL,
+    PCGrad,
+    UPGrad,
+    create_weighting,
+)
+from lightning_multiloss.weighting._solvers import simplex_min_linear_plus_norm, step_generator
+
+J0 = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
+NAMES = ["mgda", "pcgrad", "gradvac", "cagrad", "imtl_g", "nash_mtl", "aligned_mtl", "upgrad", "gradnorm", "db_mtl"]
+F64 = torch.float64
+
+
+def bound(name: str, k: int, **hparams: Any) -> GramianWeighting:
+    strategy = create_weighting(name, **hparams)
+    assert isinstance(strategy, GramianWeighting)
+    strategy.bind([f"t{i}" for i in range(k)])
+    return strategy
+
+
+def weights(strategy: GramianWeighting, jac: Tensor, losses: Tensor | None = None) -> Tensor:
+    losses = torch.ones(jac.shape[0], dtype=jac.dtype) if losses is None else losses
+    return strategy.weights_from_gramian(jac @ jac.T, losses)
+
+
+def random_jacobians(count: int, seed: int = 0) -> list[Tensor]:
+    """Float64 Jacobians over K in {2, 3, 5, 10}, some with K > P (singular Gramian)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(count):
+        k = (2, 3, 5, 10)[i % 4]
+        p = (4, 12, 3)[i % 3]
+        scale = torch.rand(k, 1, generator=g, dtype=F64) * 3 + 0.1
+        out.append(torch.randn(k, p, generator=g, dtype=F64) * scale + 0.3 * torch.randn(1, p, generator=g, dtype=F64))
+    return out
+
+
+# -- published values (TorchJD's documented examples) ----------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "hparams", "expected"),
+    [
+        ("mgda", {}, [0.0, 1.0, 1.0]),
+        ("pcgrad", {}, [0.5848, 3.8012, 3.8012]),
+        ("imtl_g", {}, [0.0767, 1.0, 1.0]),
+        ("upgrad", {}, [0.2929, 1.9004, 1.9004]),
+        ("cagrad", {"c": 0.5, "rescale": 0}, [0.1835, 1.2041, 1.2041]),
+        ("nash_mtl", {"max_norm": 1.0}, [0.0542, 0.7061, 0.7061]),
+    ],
+)
+def test_published_directions(name: str, hparams: dict[str, Any], expected: list[float]) -> None:
+    d = weights(bound(name, 2, **hparams), J0) @ J0
+    torch.testing.assert_close(d, torch.tensor(expected), atol=1e-4, rtol=0)
+
+
+def test_mgda_published_weights_and_two_task_closed_form() -> None:
+    torch.testing.assert_close(weights(MGDA(), J0), torch.tensor([0.6, 0.4]), atol=1e-6, rtol=0)
+    # Closed form gamma = clip((g2 - g1).g2 / |g1 - g2|^2, 0, 1), by hand on other pairs.
+    for g1, g2 in [([1.0, 0.0], [0.0, 2.0]), ([1.0, 1.0], [3.0, 3.0]), ([2.0, 0.0], [-1.0, 0.1])]:
+        a, b = torch.tensor(g1, dtype=F64), torch.tensor(g2, dtype=F64)
+        gamma = min(max(float((b - a) @ b / ((a - b) @ (a - b))), 0.0), 1.0)
+        torch.testing.assert_close(weights(MGDA(), torch.stack([a, b])), torch.tensor([gamma, 1 - gamma], dtype=F64))
+
+
+def test_upgrad_exact_projection_value() -> None:
+    # Without TorchJD's 1e-4 regularisation: the exact average of the two dual-cone projections,
+    # computed by hand: g1 projected off g2 (they conflict) and g2 off g1.
+    g1, g2 = J0[0].double(), J0[1].double()
+    p1 = g1 - (g1 @ g2) / (g2 @ g2) * g2  # projection of g1 onto {d: d.g2 >= 0}; it keeps d.g1 > 0
+    p2 = g2 - (g2 @ g1) / (g1 @ g1) * g1
+    assert float(p1 @ g1) > 0 and float(p2 @ g2) > 0
+    d = weights(UPGrad(reg_eps=0.0), J0.double()) @ J0.double()
+    torch.testing.assert_close(d, (p1 + p2) / 2, atol=1e-9, rtol=0)
+
+
+# -- properties over random Jacobians ----------------------------------------------------------------
+def scipy_simplex_min(fun: Any, k: int, starts: int = 3, seed: int = 0) -> float:
+    rng = np.random.default_rng(seed)
+    best = math.inf
+    for s in range(starts):
+        x0 = np.ones(k) / k if s == 0 else rng.dirichlet(np.ones(k))
+        res = minimize(
+            fun,
+            x0,
+            bounds=[(0.0, 1.0)] * k,
+            constraints={"type": "eq", "fun": lambda x: x.sum() - 1.0},
+            method="SLSQP",
+            options={"ftol": 1e-15, "maxiter": 1000},
+        )
+        best = min(best, float(res.fun))
+    return best
+
+
+def test_mgda_is_the_min_norm_point_of_the_hull() -> None:
+    for jac in random_jacobians(24):
+        k = jac.shape[0]
+        g = (jac @ jac.T).numpy()
+        w = weights(MGDA(), jac)
+        assert float(w.min()) >= 0.0 and abs(float(w.sum()) - 1.0) < 1e-12
+        norm2 = float((w @ jac) @ (w @ jac))
+        # Optimality certificate: the gradient Gw is >= w'Gw on every vertex (KKT of the simplex QP).
+        assert float((jac @ jac.T @ w).min()) >= norm2 - 1e-9 * float(np.trace(g))
+        # and an independent solve finds nothing shorter.
+        assert norm2 <= scipy_simplex_min(lambda x, g=g: x @ g @ x, k) + 1e-9
+
+
+def test_mgda_normalizations() -> None:
+    jac = random_jacobians(3, seed=3)[2]  # K = 5
+    losses = torch.tensor([0.5, 2.0, 1.0, 3.0, 0.25], dtype=F64)
+    norms = jac.norm(dim=1)
+    for mode, n in [("l2", norms), ("loss", losses), ("loss+", losses * norms)]:
+        w = MGDA(normalization=mode).weights_from_gramian(jac @ jac.T, losses)
+        # w_i n_i is the min-norm point of the hull of the normalised gradients g_i / n_i.
+        s = w * n
+        assert abs(float(s.sum()) - 1.0) < 1e-9
+        normed = jac / n[:, None]
+        gram = (normed @ normed.T).numpy()
+        best = scipy_simplex_min(lambda x, m=gram: x @ m @ x, 5)
+        assert float((s @ normed) @ (s @ normed)) <= best + 1e-9
+
+
+def dual_cone_projection(vector: np.ndarray, jac: np.ndarray) -> np.ndarray:
+    """argmin |d - vector|^2 s.t. J d >= 0, solved in the gradient space by scipy."""
+    res = minimize(
+        lambda d: 0.5 * np.sum((d - vector) ** 2),
+        vector,
+        jac=lambda d: d - vector,
+        constraints={"type": "ineq", "fun": lambda d: jac @ d, "jac": lambda d: jac},
+        method="SLSQP",
+        options={"ftol": 1e-15, "maxiter": 1000},
+    )
+    return np.asarray(res.x)
+
+
+def test_upgrad_never_conflicts() -> None:
+    for jac in random_jacobians(24, seed=1):
+        g = jac @ jac.T
+        exact = UPGrad(reg_eps=0.0).weights_from_gramian(g, torch.ones(jac.shape[0], dtype=F64))
+        assert float((g @ exact).min()) >= -1e-6, g @ exact  # <d, g_i> >= 0 for every task
+        default = UPGrad().weights_from_gramian(g, torch.ones(jac.shape[0], dtype=F64))
+        # TorchJD's regularisation bounds the conflict by 1e-4 * trace(G) * w_i.
+        assert bool((g @ default >= -1e-4 * torch.trace(g) * default - 1e-9).all())
+
+
+def test_upgrad_is_the_mean_of_the_dual_cone_projections() -> None:
+    for jac in random_jacobians(6, seed=2)[:3]:  # K = 2, 3, 5
+        d = UPGrad(reg_eps=0.0).weights_from_gramian(jac @ jac.T, torch.ones(jac.shape[0], dtype=F64)) @ jac
+        j = jac.numpy()
+        expected = np.mean([dual_cone_projection(row, j) for row in j], axis=0)
+        np.testing.assert_allclose(d.numpy(), expected, atol=1e-6)
+
+
+def test_imtl_g_equal_projections() -> None:
+    for jac in random_jacobians(24, seed=4):
+        if jac.shape[0] > jac.shape[1]:
+            continue  # equal projections need independent gradients
+        w = IMTLG().weights_from_gramian(jac @ jac.T, torch.ones(jac.shape[0], dtype=F64))
+        d = w @ jac
+        projections = jac @ d / jac.norm(dim=1)
+        assert abs(float(w.sum()) - 1.0) < 1e-9
+        torch.testing.assert_close(projections, projections.mean().expand_as(projections), rtol=1e-7, atol=1e-9)
+
+
+def pcgrad_replay(jac: Tensor, orders: list[list[int]]) -> tuple[Tensor, list[Tensor]]:
+    """Algorithm 1 of Yu et al. on the gradient vectors."""
+    projected = []
+    for i, order in enumerate(orders):
+        gi = jac[i].clone()
+        for j in order:
+            if j != i and float(gi @ jac[j]) < 0:
+                gi = gi - (gi @ jac[j]) / (jac[j] @ jac[j]) * jac[j]
+        projected.append(gi)
+    return torch.stack(projected).sum(0), projected
+
+
+def test_pcgrad_two_tasks_leaves_no_conflict() -> None:
+    for jac in random_jacobians(40, seed=5)[::4]:  # K = 2
+        d = weights(PCGrad(), jac) @ jac
+        replay, (p1, p2) = pcgrad_replay(jac, [[0, 1], [0, 1]])
+        torch.testing.assert_close(d, replay, atol=1e-10, rtol=1e-10)
+        assert float(p1 @ jac[1]) >= -1e-10 and float(p2 @ jac[0]) >= -1e-10
+        assert bool((jac @ d >= -1e-9).all())  # for two tasks the sum conflicts with neither
+
+
+def test_pcgrad_order_from_seed_and_step() -> None:
+    jac = random_jacobians(4, seed=6)[3]  # K = 10
+    k = jac.shape[0]
+    strategy = PCGrad(seed=7)
+    for step in range(3):
+        gen = step_generator(7, step)
+        orders = [torch.randperm(k, generator=gen).tolist() for _ in range(k)]
+        d = weights(strategy, jac) @ jac
+        torch.testing.assert_close(d, pcgrad_replay(jac, orders)[0], atol=1e-9, rtol=1e-9)
+    assert int(strategy.num_steps) == 3
+    # A resumed copy (state dict) continues with the same orders.
+    resumed = PCGrad(seed=7)
+    resumed.load_state_dict(strategy.state_dict())
+    torch.testing.assert_close(weights(resumed, jac), weights(strategy, jac))
+    # Evaluation does not advance the step.
+    strategy.eval()
+    weights(strategy, jac)
+    assert int(strategy.num_steps) == 4
+
+
+def gradvac_replay(jac: Tensor, orders: list[list[int]], target: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+    """Wang et al.'s update on the gradient vectors (whole-model similarity)."""
+    target = target.clone()
+    new_target = target.clone()
+    total = torch.zeros(jac.shape[1], dtype=F64)
+    for i, order in enumerate(orders):
+        gi = jac[i].clone()
+        for j in order:
+            if j == i:
+                continue
+            phi = float(gi @ jac[j] / (gi.norm() * jac[j].norm()))
+            hat = float(target[i, j])
+            if phi < hat:
+                coef = gi.norm() * (hat * math.sqrt(1 - phi**2) - phi * math.sqrt(1 - hat**2))
+                gi = gi + coef / (jac[j].norm() * math.sqrt(1 - hat**2)) * jac[j]
+            new_target[i, j] = (1 - beta) * hat + beta * phi
+        total += gi
+    return total, new_target
+
+
+def test_gradvac_matches_vector_replay_over_steps() -> None:
+    jac_list = random_jacobians(8, seed=7)
+    strategy = bound("gradvac", 3, beta=0.3, seed=1)
+    target = torch.zeros(3, 3, dtype=F64)
+    for step in range(4):
+        jac = jac_list[1 + 4 * (step % 2)]  # two different K = 3 Jacobians, alternating
+        gen = step_generator(1, step)
+        orders = [torch.randperm(3, generator=gen).tolist() for _ in range(3)]
+        expected, target = gradvac_replay(jac, orders, target, 0.3)
+        torch.testing.assert_close(weights(strategy, jac) @ jac, expected, atol=1e-9, rtol=1e-9)
+        torch.testing.assert_close(strategy.target, target, atol=1e-12, rtol=0)
+    assert bool((target[~torch.eye(3, dtype=torch.bool)] != 0).all())  # every pair's target moved
+
+
+def cagrad_objective(x: np.ndarray, g: np.ndarray, rho: float) -> float:
+    k = len(x)
+    return float(x @ g @ np.ones(k) / k + rho * math.sqrt(max(x @ g @ x, 0.0)))
+
+
+def test_cagrad_inner_problem_against_brute_force() -> None:
+    for jac in random_jacobians(16, seed=8):
+        k = jac.shape[0]
+        if k > 3:
+            continue
+        g = (jac @ jac.T).numpy()
+        rho = 0.4 * math.sqrt(g.mean())
+        w_star = CAGrad(c=0.4).solve_inner(jac @ jac.T).numpy()
+        found = cagrad_objective(w_star, g, rho)
+        if k == 2:
+            a = np.linspace(0, 1, 20001)
+            grid = np.stack([a, 1 - a], axis=1)
+        else:
+            a, b = (m.ravel() for m in np.meshgrid(np.linspace(0, 1, 401), np.linspace(0, 1, 401)))
+            grid = np.stack([a, b, 1 - a - b], axis=1)[a + b <= 1 + 1e-12]
+        quad = np.einsum("ni,ij,nj->n", grid, g, grid)
+        best = float((grid @ g.mean(axis=1) + rho * np.sqrt(np.maximum(quad, 0.0))).min())
+        assert found <= best + 1e-9
+        assert found <= scipy_simplex_min(lambda x, g=g, rho=rho: cagrad_objective(x, g, rho), k) + 1e-9
+
+
+def test_cagrad_support_root_agrees_with_bisection() -> None:
+    for jac in random_jacobians(20, seed=18):
+        g = jac @ jac.T
+        k = g.shape[0]
+        b, rho = g.sum(1) / k, 0.4 * float(g.mean().sqrt())
+        fast = simplex_min_linear_plus_norm(g, b, rho)
+        slow = simplex_min_linear_plus_norm(g, b, rho, bisection_only=True)
+        value = [float(b @ w + rho * (w @ g @ w).clamp_min(0).sqrt()) for w in (fast, slow)]
+        assert value[0] <= value[1] + 1e-10 * abs(value[1]) + 1e-12
+
+
+def test_cagrad_weights_formula() -> None:
+    jac = random_jacobians(3, seed=9)[1]  # K = 3
+    g = jac @ jac.T
+    for c, rescale, divisor in [(0.4, 1, 1 + 0.4**2), (0.5, 2, 1.5), (0.3, 0, 1.0)]:
+        strategy = CAGrad(c=c, rescale=rescale)
+        w_star = strategy.solve_inner(g)
+        g0 = jac.mean(0)
+        gw = w_star @ jac
+        expected = (g0 + c * g0.norm() / gw.norm() * gw) / divisor  # the paper's d, on the vectors
+        torch.testing.assert_close(strategy.weights_from_gramian(g, torch.ones(3, dtype=F64)) @ jac, expected)
+    torch.testing.assert_close(CAGrad(c=0.0).weights_from_gramian(g, torch.ones(3)), torch.full((3,), 1 / 3, dtype=F64))
+
+
+def test_nash_mtl_solves_the_bargaining_equation() -> None:
+    for jac in random_jacobians(24, seed=10):
+        k, p = jac.shape
+        if k > p:
+            continue
+        g = jac @ jac.T
+        for normalize, target in [(False, g), (True, g / torch.linalg.matrix_norm(g))]:
+            alpha = bound("nash_mtl", k, normalize=normalize).weights_from_gramian(g, torch.ones(k, dtype=F64))
+            assert bool((alpha > 0).all())
+            torch.testing.assert_close(alpha * (target @ alpha), torch.ones(k, dtype=F64), atol=1e-6, rtol=0)
+
+
+def test_nash_mtl_update_every_and_warm_start() -> None:
+    jac_a, jac_b = random_jacobians(8, seed=11)[1], random_jacobians(8, seed=12)[1]  # K = 3
+    strategy = bound("nash_mtl", 3, update_weights_every=2, normalize=False)
+    first = weights(strategy, jac_a)
+    torch.testing.assert_close(weights(strategy, jac_b), first)  # step 1: reused
+    third = weights(strategy, jac_b)  # step 2: solved again, for jac_b
+    g = jac_b @ jac_b.T
+    torch.testing.assert_close(third * (g @ third), torch.ones(3, dtype=F64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(strategy.alpha, third)
+
+
+def test_aligned_mtl_matches_numpy_eigh() -> None:
+    for jac in random_jacobians(24, seed=13):
+        k = jac.shape[0]
+        g = (jac @ jac.T).numpy()
+        lam, vec = np.linalg.eigh(g)
+        keep = lam > lam.max() * k * np.finfo(np.float64).eps * 10
+        lam, vec = lam[keep], vec[:, keep]
+        balance = math.sqrt(lam.min()) * vec @ np.diag(lam**-0.5) @ vec.T
+        expected = balance @ np.full(k, 1.0 / k)
+        got = AlignedMTL().weights_from_gramian(jac @ jac.T, torch.ones(k, dtype=F64))
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-7, atol=1e-9)
+
+
+# -- GradNorm and DB-MTL state updates ----------------------------------------------------------------
+def test_gradnorm_step_matches_the_paper_loss() -> None:
+    jac = random_jacobians(3, seed=14)[1]  # K = 3
+    losses = [torch.tensor([2.0, 1.0, 0.5], dtype=F64), torch.tensor([1.0, 0.9, 0.2], dtype=F64)]
+    strategy = bound("gradnorm", 3, alpha=1.5, lr=0.1)
+    omega = torch.zeros(3, dtype=F64)
+    for step, values in enumerate(losses):
+        w = strategy.weights_from_gramian(jac @ jac.T, values)
+        torch.testing.assert_close(w, 3 * torch.softmax(omega, 0))  # the weights before the update
+        # The paper's loss on the gradient vectors, by autograd.
+        leaf = omega.clone().requires_grad_(True)
+        scaled = 3 * torch.softmax(leaf, 0)
+        norms = torch.stack([(scaled[i] * jac[i]).norm() for i in range(3)])
+        relative = values / losses[0]
+        target = norms.mean().detach() * (relative / relative.mean()) ** 1.5
+        (grad,) = torch.autograd.grad((norms - target).abs().sum(), leaf)
+        omega = omega - 0.1 * grad
+        torch.testing.assert_close(strategy.omega, omega, atol=1e-12, rtol=0)
+        if step == 0:
+            torch.testing.assert_close(strategy.initial_losses, losses[0])
+    assert not torch.equal(omega, torch.zeros(3, dtype=F64))
+
+
+def test_db_mtl_norm_ema_and_weights() -> None:
+    jac = random_jacobians(3, seed=15)[1]  # K = 3
+    steps = [torch.tensor([2.0, 0.5, 1.0], dtype=F64), torch.tensor([1.5, 0.4, 0.1], dtype=F64)]
+    strategy = bound("db_mtl", 3, beta=0.8, beta_sigma=0.5)
+    ema = torch.zeros(3, dtype=F64)
+    for t, values in enumerate(steps, start=1):
+        log_grad_norms = (jac / (values + 1e-8)[:, None]).norm(dim=1)  # |grad log L_i|
+        beta = 0.8 / t**0.5
+        ema = beta * ema + (1 - beta) * log_grad_norms
+        expected = (ema.max() / ema) / (values + 1e-8)
+        torch.testing.assert_close(strategy.weights_from_gramian(jac @ jac.T, values), expected)
+        torch.testing.assert_close(strategy.norm_ema, ema)
+    # beta = 0: the update is exactly sum_i (max_j |grad log L_j| / |grad log L_i|) grad log L_i.
+    values = steps[1]
+    d = bound("db_mtl", 3, beta=0.0).weights_from_gramian(jac @ jac.T, values) @ jac
+    log_grads = jac / (values + 1e-8)[:, None]
+    n = log_grads.norm(dim=1)
+    torch.testing.assert_close(d, ((n.max() / n)[:, None] * log_grads).sum(0))
+
+
+@pytest.mark.parametrize("name", ["pcgrad", "gradvac", "nash_mtl", "gradnorm", "db_mtl"])
+def test_evaluation_does_not_change_state(name: str) -> None:
+    jac = random_jacobians(3, seed=16)[1]
+    strategy = bound(name, 3)
+    weights(strategy, jac, torch.tensor([1.0, 2.0, 3.0], dtype=F64))
+    before = {key: value.clone() for key, value in strategy.state_dict().items()}
+    strategy.eval()
+    weights(strategy, jac * 2, torch.tensor([3.0, 2.0, 1.0], dtype=F64))
+    after = strategy.state_dict()
+    assert before.keys() == after.keys()
+    for key, value in before.items():
+        assert torch.equal(value, after[key]), key
+    assert all(not key.startswith("_") for key in after)  # plain buffers, checkpointed
+
+
+# -- degenerate inputs ----------------------------------------------------------------------------------
+def degenerate_cases() -> list[tuple[str, Tensor]]:
+    g = torch.Generator().manual_seed(17)
+    row = torch.randn(1, 6, generator=g, dtype=F64)
+    random3 = torch.randn(3, 6, generator=g, dtype=F64)
+    return [
+        ("identical", row.repeat(3, 1)),
+        ("zero row", torch.cat([random3[:2], torch.zeros(1, 6, dtype=F64)])),
+        ("all zero", torch.zeros(3, 6, dtype=F64)),
+        ("opposite", torch.cat([row, -row])),
+        ("one task", row),
+        ("K=40", torch.randn(40, 12, generator=g, dtype=F64)),
+        ("tiny", random3 * 1e-20),
+        ("huge", random3 * 1e15),
+    ]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_degenerate_inputs_give_finite_weights(name: str) -> None:
+    for case, jac in degenerate_cases():
+        k = jac.shape[0]
+        strategy = bound(name, k)
+        losses = torch.linspace(0.5, 2.0, k, dtype=F64)
+        for _ in range(2):  # twice: the stateful ones use their state on the second call
+            w = weights(strategy, jac, losses)
+            assert w.shape == (k,), (case, w.shape)
+            assert bool(torch.isfinite(w).all()), (name, case, w)
+        if case == "identical" and name in ("mgda", "imtl_g", "upgrad", "aligned_mtl", "pcgrad"):
+            # Symmetric tasks get equal weights (to the solvers' 1e-6 on a singular Gramian).
+            assert float((w - w.mean()).abs().max()) < 1e-6, (name, w)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float32_gramian_and_device_dtype_kept(name: str) -> None:
+    strategy = bound(name, 2)
+    w = weights(strategy, J0, torch.tensor([1.0, 2.0]))
+    assert w.dtype == torch.float32 and w.device == J0.device
+    assert bool(torch.isfinite(w).all())
+
+
+def test_bad_inputs_raise_clear_errors() -> None:
+    strategy = bound("mgda", 2)
+    with pytest.raises(MultiLossError, match=r"weighting 'mgda': the Gramian must be a square"):
+        strategy.weights_from_gramian(torch.ones(2, 3), torch.ones(2))
+    with pytest.raises(MultiLossError, match=r"weighting 'mgda': losses must have shape \(2,\)"):
+        strategy.weights_from_gramian(torch.eye(2), torch.ones(3))
+    with pytest.raises(MultiLossError, match=r"weighting 'mgda' is bound to 2 tasks but got a 3×3 Gramian"):
+        strategy.weights_from_gramian(torch.eye(3), torch.ones(3))
+    with pytest.raises(NonFiniteLossError, match=r"weighting 'mgda': the Gramian of the task gradients is not finite"):
+        strategy.weights_from_gramian(torch.tensor([[1.0, math.nan], [math.nan, 1.0]]), torch.ones(2))
+
+
+# -- hyper-parameters -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "hparams", "message"),
+    [
+        ("cagrad", {"c": -0.1}, r"weighting 'cagrad': c must be finite and >= 0, got -0.1"),
+        ("cagrad", {"rescale": 3}, r"weighting 'cagrad': rescale must be 0, 1 or 2, got 3"),
+        ("gradnorm", {"alpha": -1.0}, r"weighting 'gradnorm': alpha must be finite and >= 0, got -1.0"),
+        ("gradnorm", {"lr": 0.0}, r"weighting 'gradnorm': lr must be finite and > 0, got 0.0"),
+        ("gradnorm", {"lr": math.nan}, r"weighting 'gradnorm': lr must be finite and > 0, got nan"),
+        ("gradvac", {"beta": 1.5}, r"weighting 'gradvac': beta must be in \(0, 1\], got 1.5"),
+        ("gradvac", {"seed": -1}, r"weighting 'gradvac': seed must be an integer >= 0, got -1"),
+        ("pcgrad", {"seed": 1.5}, r"weighting 'pcgrad': seed must be an integer >= 0, got 1.5"),
+        ("mgda", {"normalization": "l1"}, r"weighting 'mgda': normalization must be one of .*, got 'l1'"),
+        ("nash_mtl", {"update_weights_every": 0}, r"weighting 'nash_mtl': update_weights_every must be .*, got 0"),
+        ("nash_mtl", {"max_norm": -1.0}, r"weighting 'nash_mtl': max_norm must be finite and >= 0, got -1.0"),
+        ("upgrad", {"reg_eps": -1e-4}, r"weighting 'upgrad': reg_eps must be finite and >= 0, got -0.0001"),
+        ("db_mtl", {"beta": 1.0}, r"weighting 'db_mtl': beta must be in \[0, 1\), got 1.0"),
+        ("db_mtl", {"beta_sigma": -0.5}, r"weighting 'db_mtl': beta_sigma must be finite and >= 0, got -0.5"),
+        ("imtl_g", {"route": "trunk"}, r"weighting 'imtl_g': route must be 'parameters' or 'representation'"),
+        ("aligned_mtl", {"ddp": "global"}, r"weighting 'aligned_mtl': ddp must be 'exact' or 'local'"),
+        ("mgda", {"gamma": 1.0}, r"weighting 'mgda' has no hyper-parameter\(s\) \['gamma'\]"),
+    ],
+)
+def test_hyperparameter_errors(name: str, hparams: dict[str, Any], message: str) -> None:
+    with pytest.raises(MultiLossError, match=message):
+        create_weighting(name, **hparams)
+
+
+def test_every_strategy_is_registered_with_route_and_ddp() -> None:
+    classes = [MGDA, PCGrad, GradVac, CAGrad, IMTLG, NashMTL, AlignedMTL, UPGrad, GradNorm, DBMTL]
+    for name, cls in zip(NAMES, classes, strict=True):
+        strategy = create_weighting(name, route="representation", ddp="local")
+        assert type(strategy) is cls and cls.name == name
+        assert (strategy.route, strategy.ddp) == ("representation", "local")

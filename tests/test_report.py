@@ -1,0 +1,444 @@
+"""``multiloss-report`` on run folders laid out as a Hydra multirun writes them.
+
+Every expected number (means, sample standard deviations, Δm%, the Pareto front) is computed
+here by hand from the values written into the fixtures, not by the code under test.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import json
+import math
+import os
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lightning_multiloss import MultiLossError
+from lightning_multiloss.report import collect_runs, main, make_report, pareto_front
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Two tasks: cls (accuracy, higher is better), reg (mse, lower is better); two seeds per configuration.
+SWEEP = {
+    # weighting: (distinguishing overrides, {seed: (acc, mse)})
+    "fixed": ((), {0: (0.80, 0.30), 1: (0.84, 0.26)}),
+    "scheduled": ((), {0: (0.86, 0.20), 1: (0.82, 0.24)}),
+    "learnable": (("weighting.init=0.3",), {0: (0.90, 0.35), 1: (0.88, 0.33)}),
+}
+BASE_ACC = {0: 0.85, 1: 0.87}  # single-task cls, by seed
+BASE_MSE = {0: 0.25, 1: 0.27}  # single-task reg, by seed
+COMMON = "trainer.max_epochs=5"  # an override every job shares: not a distinguishing one
+
+
+def config_key(experiment: str, overrides: list[str]) -> str:
+    text = experiment + "|" + " ".join(sorted(o for o in overrides if not o.startswith("seed=")))
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def write_job(
+    folder: Path,
+    overrides: list[str],
+    result: dict[str, Any] | None,
+) -> None:
+    """A Hydra job folder: ``.hydra/{overrides,config}.yaml`` and, unless ``None``, ``result.json``."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (folder / ".hydra" / "config.yaml").write_text("seed: 0\ntrainer:\n  max_epochs: 5\n")
+    (folder / "lightning_logs" / "version_0").mkdir(parents=True)
+    (folder / "lightning_logs" / "version_0" / "metrics.csv").write_text("step,train/loss\n0,1.0\n")
+    if result is not None:
+        (folder / "result.json").write_text(json.dumps(result, indent=2))
+
+
+def completed(
+    weighting: str,
+    seed: int,
+    overrides: list[str],
+    metrics: dict[str, dict[str, float]],
+    baseline_of: str | None = None,
+    experiment: str = "toy",
+) -> dict[str, Any]:
+    directions = {"cls": {"acc": "max"}, "reg": {"mse": "min"}}
+    primary = {"cls": "acc", "reg": "mse"}
+    return {
+        "status": "completed",
+        "experiment": experiment,
+        "baseline_of": baseline_of,
+        "weighting": weighting,
+        "seed": seed,
+        "overrides": overrides,
+        "config_key": config_key(experiment, overrides),
+        "metrics": metrics,
+        "directions": {t: directions[t] for t in metrics},
+        "primary": {t: primary[t] for t in metrics},
+        "weights": {t: 0.5 for t in metrics},
+    }
+
+
+def make_sweep(root: Path, with_baselines_inside: bool = False) -> Path:
+    """``multiloss-train -m weighting=fixed,scheduled,learnable seed=0,1`` as folders, plus one
+    failed job, one interrupted job and one job that never wrote its result."""
+    sweep = root / "multirun" / "2026-01-01" / "10-00-00"
+    job = 0
+    for weighting, (extra, seeds) in SWEEP.items():
+        for seed, (acc, mse) in seeds.items():
+            overrides = [f"weighting={weighting}", *extra, f"seed={seed}", COMMON]
+            metrics = {"cls": {"acc": acc, "loss": 0.4}, "reg": {"mse": mse, "mae": 0.3}}
+            write_job(sweep / str(job), overrides, completed(weighting, seed, overrides, metrics))
+            job += 1
+    failed = ["weighting=learnable", "weighting.init=0.9", "seed=0", COMMON]
+    write_job(
+        sweep / str(job),
+        failed,
+        {
+            "status": "failed",
+            "error": "NonFiniteLossError: non-finite task loss(es) {'reg': nan} at train step 12",
+            "experiment": "toy",
+            "baseline_of": None,
+            "weighting": "learnable",
+            "seed": 0,
+            "overrides": failed,
+            "config_key": config_key("toy", failed),
+        },
+    )
+    interrupted = ["weighting=fixed", "weighting.weights=[1,2]", "seed=1", COMMON]
+    write_job(
+        sweep / str(job + 1),
+        interrupted,
+        {"status": "interrupted", "experiment": "toy", "weighting": "fixed", "seed": 1, "overrides": interrupted},
+    )
+    write_job(sweep / str(job + 2), ["weighting=scheduled", "weighting.unit=epoch", "seed=2", COMMON], None)
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    if with_baselines_inside:
+        write_baselines(sweep, first_job=job + 3)
+    return root / "multirun"
+
+
+def write_baselines(folder: Path, first_job: int = 0) -> None:
+    job = first_job
+    for task, metric, values in (("cls", "acc", BASE_ACC), ("reg", "mse", BASE_MSE)):
+        for seed, value in values.items():
+            overrides = [f"baseline={task}", f"seed={seed}"]
+            result = completed("fixed", seed, overrides, {task: {metric: value}}, baseline_of=task)
+            write_job(folder / str(job), overrides, result)
+            job += 1
+
+
+def sample_std(values: list[float]) -> float:
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def hand_delta_m(acc: float, mse: float) -> float:
+    """Δm% = (1/T) Σ_t (−1)^{l_t} (M_t − M_b,t)/M_b,t × 100, T = 2, l = 0 for acc, 1 for mse."""
+    base_acc = (BASE_ACC[0] + BASE_ACC[1]) / 2
+    base_mse = (BASE_MSE[0] + BASE_MSE[1]) / 2
+    return ((acc - base_acc) / base_acc - (mse - base_mse) / base_mse) / 2 * 100
+
+
+def expected_rows() -> dict[str, dict[str, float]]:
+    rows = {}
+    for weighting, (_, seeds) in SWEEP.items():
+        accs = [seeds[s][0] for s in (0, 1)]
+        mses = [seeds[s][1] for s in (0, 1)]
+        dms = [hand_delta_m(a, m) for a, m in zip(accs, mses, strict=True)]
+        rows[weighting] = {
+            "acc": sum(accs) / 2,
+            "acc_std": sample_std(accs),
+            "mse": sum(mses) / 2,
+            "mse_std": sample_std(mses),
+            "dm": sum(dms) / 2,
+            "dm_std": sample_std(dms),
+        }
+    return rows
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "lightning_multiloss.report", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def run_main(*args: str, cwd: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """The console script's entry point, in this process (the subprocess test covers ``-m``)."""
+    here = os.getcwd()
+    os.chdir(cwd)
+    try:
+        code = main(list(args))
+    finally:
+        os.chdir(here)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# -- the report as a function --------------------------------------------------------------------
+def test_report_values_against_hand_computation(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path)
+    write_baselines(tmp_path / "baselines")
+    report = make_report([str(sweep)], [str(tmp_path / "baselines")])
+    (exp,) = report.experiments
+    assert exp.name == "toy" and exp.tasks == ["cls", "reg"]
+    assert exp.primary == {"cls": "acc", "reg": "mse"} and exp.directions == {"cls": "max", "reg": "min"}
+    expected = expected_rows()
+    # Sorted by Δm%, best first.
+    order = sorted(expected, key=lambda w: -expected[w]["dm"])
+    assert [row.weighting for row in exp.rows] == order == ["scheduled", "fixed", "learnable"]
+    for row in exp.rows:
+        e = expected[row.weighting]
+        assert len(row.runs) == 2 and row.seeds == [0, 1]
+        assert row.metrics["cls"].mean == pytest.approx(e["acc"], abs=1e-12)
+        assert row.metrics["cls"].std == pytest.approx(e["acc_std"], abs=1e-12)
+        assert row.metrics["reg"].mean == pytest.approx(e["mse"], abs=1e-12)
+        assert row.metrics["reg"].std == pytest.approx(e["mse_std"], abs=1e-12)
+        assert row.delta_m is not None
+        assert row.delta_m.mean == pytest.approx(e["dm"], abs=1e-9)
+        assert row.delta_m.std == pytest.approx(e["dm_std"], abs=1e-9)
+    # Only what sets a configuration apart: no seed, no shared override, no repeat of the weighting.
+    assert {row.weighting: row.overrides for row in exp.rows} == {
+        "scheduled": [],
+        "fixed": [],
+        "learnable": ["weighting.init=0.3"],
+    }
+    assert exp.baselines["cls"].stat.mean == pytest.approx(0.86)
+    assert exp.baselines["reg"].stat.mean == pytest.approx(0.26)
+    assert exp.missing_baselines == []
+    # Every job counted; the ones that did not complete listed with folder and error.
+    c = report.counts
+    assert (c["runs"], c["completed"], c["swept"], c["baselines"], c["configurations"]) == (13, 10, 6, 4, 3)
+    assert (c["failed"], c["interrupted"], c["running"], c["no result"]) == (1, 1, 0, 1)
+    problems = {run.status: run for run in report.problems}
+    assert problems["failed"].folder.endswith(os.path.join("10-00-00", "6"))
+    assert "non-finite task loss" in (problems["failed"].error or "")
+    assert problems["interrupted"].folder.endswith("7")
+    assert problems["no result"].folder.endswith("8")
+    assert "weighting.unit=epoch" in problems["no result"].overrides  # read from .hydra/overrides.yaml
+
+
+def test_pareto_front_of_the_sweep_matches_brute_force(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path)
+    report = make_report([str(sweep)], out=str(tmp_path / "out"))
+    (exp,) = report.experiments
+    points = [(w, s, acc, mse) for w, (_, seeds) in SWEEP.items() for s, (acc, mse) in seeds.items()]
+
+    def dominates(a: tuple[str, int, float, float], b: tuple[str, int, float, float]) -> bool:
+        # acc higher is better, mse lower is better
+        at_least = a[2] >= b[2] and a[3] <= b[3]
+        strictly = a[2] > b[2] or a[3] < b[3]
+        return at_least and strictly
+
+    expected = {(p[0], p[1]) for p in points if not any(dominates(q, p) for q in points)}
+    assert expected == {("scheduled", 0), ("learnable", 0), ("learnable", 1)}
+    assert {(p.row.weighting, p.run.seed) for p in exp.front} == expected
+    assert len(exp.points) == 6
+    png = tmp_path / "out" / "pareto.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_pareto_front_function_against_brute_force() -> None:
+    rng = random.Random(0)
+    for trial in range(50):
+        # A small grid forces ties and duplicates.
+        points = [(float(rng.randint(0, 6)), float(rng.randint(0, 6))) for _ in range(rng.randint(1, 30))]
+        brute = {
+            i
+            for i, p in enumerate(points)
+            if not any(q[0] >= p[0] and q[1] >= p[1] and (q[0] > p[0] or q[1] > p[1]) for q in points)
+        }
+        got = pareto_front(points)
+        assert set(got) == brute, (trial, points)
+        assert len(got) == len(set(got))
+        xs = [points[i][0] for i in got]
+        assert xs == sorted(xs)
+
+
+# -- the command line ----------------------------------------------------------------------------
+def test_cli_prints_and_writes_mean_std_and_delta_m(tmp_path: Path) -> None:
+    make_sweep(tmp_path, with_baselines_inside=True)  # baselines in the same multirun folder
+    out = tmp_path / "out"
+    proc = run_cli("multirun", "--out", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    expected = expected_rows()
+    assert "13 runs read: 10 completed (6 swept in 3 configurations, 4 single-task baselines); " in text
+    assert "1 failed, 1 interrupted, 0 running, 1 no result." in text
+    table = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [line.split(" | ")[1] for line in table] == ["scheduled", "fixed", "learnable"]
+    for line, weighting in zip(table, ["scheduled", "fixed", "learnable"], strict=True):
+        e = expected[weighting]
+        cells = [c.strip() for c in line.strip("| ").split(" | ")]
+        assert cells[3] == "2"
+        # By hand: mean with four significant digits, std (n − 1) with two; Δm% with two decimals.
+        assert cells[4] == f"{e['acc']:.4g} ± {e['acc_std']:.2g}"
+        assert cells[5] == f"{e['mse']:.4g} ± {e['mse_std']:.2g}"
+        assert cells[6] == f"{e['dm']:+.2f} ± {e['dm_std']:.2f}"
+    # fixed: acc (0.80 + 0.84)/2 = 0.82, std |0.84 − 0.80|/√2 = 0.028284…; Δm%, worked out in full:
+    # ((0.82 − 0.86)/0.86 − (0.28 − 0.26)/0.26)/2 × 100 = −6.17
+    assert "| fixed | — | 2 | 0.82 ± 0.028 | 0.28 ± 0.028 | -6.17 ± " in text
+    assert "| learnable | weighting.init=0.3 | 2 |" in text
+    assert "Maninis et al. 2019" in text and "No single-task baselines" not in text
+    # Failed, interrupted and no-result runs: listed with folder and error, never dropped.
+    assert "## Runs that did not complete (3)" in text
+    failed_line = next(line for line in text.splitlines() if line.startswith("| failed |"))
+    assert os.path.join("multirun", "2026-01-01", "10-00-00", "6") in failed_line
+    assert "non-finite task loss(es) {'reg': nan} at train step 12" in failed_line
+    assert any(line.startswith("| interrupted |") and "weighting.weights=[1,2]" in line for line in text.splitlines())
+    assert any(line.startswith("| no result |") and "no result.json" in line for line in text.splitlines())
+
+    assert (out / "report.md").read_text() == text
+    assert (out / "pareto.png").is_file()
+    rows = {r["weighting"]: r for r in read_csv(out / "report.csv")}
+    assert set(rows) == {"fixed", "scheduled", "learnable"}
+    for weighting, e in expected.items():
+        r = rows[weighting]
+        assert r["n"] == "2" and r["seeds"] == "0 1"
+        assert float(r["cls/acc/mean"]) == pytest.approx(e["acc"], abs=1e-12)
+        assert float(r["cls/acc/std"]) == pytest.approx(e["acc_std"], abs=1e-12)
+        assert float(r["reg/mse/mean"]) == pytest.approx(e["mse"], abs=1e-12)
+        assert float(r["reg/mse/std"]) == pytest.approx(e["mse_std"], abs=1e-12)
+        assert float(r["delta_m/mean"]) == pytest.approx(e["dm"], abs=1e-9)
+        assert float(r["delta_m/std"]) == pytest.approx(e["dm_std"], abs=1e-9)
+
+
+def test_cli_without_baselines_says_so_and_leaves_delta_m_empty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_sweep(tmp_path)
+    code, out, err = run_main("multirun", cwd=tmp_path, capsys=capsys)
+    assert code == 0, err
+    assert "No single-task baselines found" in out and "Δm% is left empty" in out
+    written = tmp_path / "multirun"  # the default --out: the first folder
+    assert (written / "report.md").is_file() and (written / "pareto.png").is_file()
+    rows = read_csv(written / "report.csv")
+    assert len(rows) == 3 and all(r["delta_m/mean"] == "" and r["delta_m/std"] == "" for r in rows)
+    table = [line for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    # Without Δm%, rows in the order of their labels, and the Δm% cell is empty.
+    assert [line.split(" | ")[1] for line in table] == ["fixed", "learnable", "scheduled"]
+    assert all(line.rstrip().endswith("|  |") for line in table)
+    # A second report over the same folder reads the same runs (its own files are not runs).
+    code, again, _ = run_main("multirun", cwd=tmp_path, capsys=capsys)
+    assert out.startswith("# Sweep report") and "\n9 runs read: 6 completed" in out
+    assert code == 0 and "\n9 runs read: 6 completed" in again
+
+
+def test_missing_baseline_of_one_task_is_named(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path)
+    write_baselines(tmp_path / "baselines")
+    for job in ("2", "3"):  # drop the reg baselines
+        (tmp_path / "baselines" / job / "result.json").unlink()
+    report = make_report([str(sweep)], [str(tmp_path / "baselines")], out=str(tmp_path / "out"))
+    (exp,) = report.experiments
+    assert exp.missing_baselines == ["reg"]
+    assert all(row.delta_m is None for row in exp.rows)
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "No single-task baseline for task(s) reg" in text
+    assert sum(run.status == "no result" for run in report.problems) == 3  # two baselines + one sweep job
+
+
+def test_single_seed_shows_a_dash_for_the_std(tmp_path: Path) -> None:
+    overrides = ["weighting=fixed", "seed=3"]
+    write_job(
+        tmp_path / "sweep" / "0",
+        overrides,
+        completed("fixed", 3, overrides, {"cls": {"acc": 0.75}, "reg": {"mse": 0.5}}),
+    )
+    report = make_report([str(tmp_path / "sweep")], out=str(tmp_path / "sweep"))
+    (row,) = report.experiments[0].rows
+    assert row.metrics["cls"].std is None
+    text = (tmp_path / "sweep" / "report.md").read_text()
+    assert "| 1 | fixed | — | 1 | 0.75 ± — | 0.5 ± — |  |" in text
+    assert read_csv(tmp_path / "sweep" / "report.csv")[0]["cls/acc/std"] == ""
+
+
+# -- errors ---------------------------------------------------------------------------------------
+def test_errors_name_the_folder_or_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(MultiLossError, match=r"folder '.*nowhere' does not exist"):
+        collect_runs(str(tmp_path / "nowhere"))
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(MultiLossError, match=r"no runs under '.*empty'"):
+        collect_runs(str(tmp_path / "empty"))
+
+    def corrupt(name: str, content: str) -> Path:
+        folder = tmp_path / name / "0"
+        folder.mkdir(parents=True)
+        (folder / "result.json").write_text(content)
+        return folder / "result.json"
+
+    truncated = corrupt("truncated", '{"status": "completed", "metr')
+    with pytest.raises(MultiLossError, match=rf"corrupt {re.escape(str(truncated))}: cannot read it as JSON"):
+        collect_runs(str(tmp_path / "truncated"))
+    bad_status = corrupt("status", json.dumps({"status": "done"}))
+    with pytest.raises(
+        MultiLossError, match=rf"corrupt {re.escape(str(bad_status))}: 'status' must be one of .* got 'done'"
+    ):
+        collect_runs(str(tmp_path / "status"))
+    result = completed("fixed", 0, [], {"cls": {"acc": 0.5}})
+    result["primary"] = {"cls": "f1"}
+    no_primary = corrupt("primary", json.dumps(result))
+    with pytest.raises(MultiLossError, match=r"the primary metric 'f1' of task 'cls' is not in 'metrics'"):
+        collect_runs(str(tmp_path / "primary"))
+    assert no_primary.exists()
+    result = completed("fixed", 0, [], {"cls": {"acc": 0.5}})
+    result["directions"] = {"cls": {"acc": "up"}}
+    corrupt("direction", json.dumps(result))
+    with pytest.raises(MultiLossError, match=r"must be 'max' or 'min', got 'up'"):
+        collect_runs(str(tmp_path / "direction"))
+    result = completed("fixed", 0, [], {"cls": {"acc": "0.5"}})
+    corrupt("number", json.dumps(result))
+    with pytest.raises(MultiLossError, match=r"metric 'acc' of task 'cls' must be a number, got '0.5'"):
+        collect_runs(str(tmp_path / "number"))
+
+    # The command line: a one-line error, exit status 2, no traceback.
+    code, out, err = run_main("nowhere", cwd=tmp_path, capsys=capsys)
+    assert (code, out, err) == (2, "", "multiloss-report: error: folder 'nowhere' does not exist\n")
+    code, out, err = run_main("multirun", "--baselines", "truncated", cwd=tmp_path, capsys=capsys)
+    assert code == 2 and out == ""
+    assert err.startswith("multiloss-report: error: folder 'multirun' does not exist")
+    make_sweep(tmp_path)
+    code, out, err = run_main("multirun", "--baselines", "truncated", cwd=tmp_path, capsys=capsys)
+    assert code == 2 and out == ""
+    assert err.replace(os.sep, "/").startswith("multiloss-report: error: corrupt truncated/0/result.json: ")
+
+
+def test_overlapping_folders_read_each_run_once(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path)
+    day = sweep / "2026-01-01"
+    report = make_report([str(sweep), str(day), str(day / "10-00-00")])
+    assert report.counts["runs"] == 9
+    assert [len(row.runs) for row in report.experiments[0].rows] == [2, 2, 2]
+    assert list(itertools.chain.from_iterable(r.seeds for r in report.experiments[0].rows)) == [0, 1] * 3
+
+
+def test_a_diverged_run_shows_nan_and_leaves_the_pareto_plot(tmp_path: Path) -> None:
+    # json writes NaN for a metric of a run that diverged yet completed.
+    for seed, acc in ((0, 0.75), (1, math.nan)):
+        overrides = ["weighting=learnable", f"seed={seed}"]
+        result = completed("learnable", seed, overrides, {"cls": {"acc": acc}, "reg": {"mse": 0.5}})
+        write_job(tmp_path / "sweep" / str(seed), overrides, result)
+    report = make_report([str(tmp_path / "sweep")], out=str(tmp_path / "out"))
+    (exp,) = report.experiments
+    (row,) = exp.rows
+    assert math.isnan(row.metrics["cls"].mean) and math.isnan(row.metrics["cls"].std or 0.0)
+    assert row.metrics["reg"].mean == 0.5 and row.metrics["reg"].std == 0.0
+    assert [p.run.seed for p in exp.points] == [0]
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "| 1 | learnable | — | 2 | nan ± nan | 0.5 ± 0 |  |" in text
+    assert "1 run(s) without finite values of both metrics are left out of the Pareto plot" in text

@@ -1,0 +1,114 @@
+"""Checkpoint and resume: an interrupted run resumed from its checkpoint ends exactly where an
+uninterrupted run ends (parameters, weighting state, optimizer state, weight trajectory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from lightning_multiloss import LossWeightingCallback
+from lightning_multiloss.schedules import Linear
+from lightning_multiloss.weighting import Learnable, Scheduled, Weighting
+from tests._models import ToyNet, quiet_trainer, toy_loader
+
+HALF = 8  # 64 samples in batches of 16: 4 steps per epoch, so the checkpoint is at an epoch's end
+
+
+def make_weighting(kind: str) -> Weighting:
+    if kind == "step":
+        return Scheduled(Linear(1.0, 0.0, duration=12), unit="step")
+    if kind == "epoch":
+        return Scheduled(Linear(1.0, 0.2, duration=3), unit="epoch")
+    return Learnable()
+
+
+def expected_alpha(kind: str, step: int) -> float | None:
+    """The alpha that optimizer step ``step`` (1-based) used, by hand; None for learnable."""
+    if kind == "step":
+        return 1.0 - min(step - 1, 12) / 12
+    if kind == "epoch":
+        epoch = (step - 1) // 4
+        return 1.0 - 0.8 * min(epoch, 3) / 3
+    return None
+
+
+def fit(kind: str, tmp_path: Path, max_steps: int, ckpt_path: str | None = None, **kw: Any):
+    model = ToyNet(make_weighting(kind), optimizer="adam", lr=0.05)
+    record = LossWeightingCallback()
+    trainer = quiet_trainer(
+        max_steps=max_steps, default_root_dir=tmp_path, callbacks=[record, *kw.pop("cbs", [])], **kw
+    )
+    trainer.fit(model, toy_loader(n=64, batch_size=16), ckpt_path=ckpt_path)
+    return model, trainer, record
+
+
+def assert_plain(value: Any, where: str) -> None:
+    """Only plain Python values (what ``weights_only=True`` loads without allow-listing)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            assert isinstance(k, str), f"{where}: key {k!r}"
+            assert_plain(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            assert_plain(v, f"{where}[{i}]")
+    else:
+        assert isinstance(value, int | float | str | bool), f"{where} is a {type(value).__name__}"
+
+
+def optimizer_state(trainer: pl.Trainer) -> dict[int, dict[str, torch.Tensor]]:
+    return trainer.optimizers[0].state_dict()["state"]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
+@pytest.mark.parametrize("kind", ["step", "epoch", "learnable"])
+def test_resume_equals_uninterrupted(tmp_path: Path, kind: str) -> None:
+    full, full_trainer, full_record = fit(kind, tmp_path / "full", 2 * HALF)
+
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=HALF, save_top_k=-1)
+    fit(kind, tmp_path / "first", HALF, cbs=[saver], enable_checkpointing=True)
+    (ckpt,) = sorted((tmp_path / "ckpt").glob("*.ckpt"))
+
+    checkpoint = torch.load(ckpt, weights_only=True)
+    assert checkpoint["global_step"] == HALF
+    state = checkpoint["callbacks"]["LossWeightingCallback"]
+    assert_plain(state, "callback state")
+    assert state["steps"] == list(range(1, HALF + 1))
+    assert len(state["weights"]) == HALF and all(len(row) == 2 for row in state["weights"])
+
+    resumed, resumed_trainer, resumed_record = fit(kind, tmp_path / "second", 2 * HALF, ckpt_path=str(ckpt))
+    assert resumed_trainer.global_step == full_trainer.global_step == 2 * HALF
+    assert resumed_trainer.current_epoch == full_trainer.current_epoch
+
+    # Parameters and weighting state (learnable alpha, scheduled weight buffer).
+    want = full.state_dict()
+    got = resumed.state_dict()
+    assert set(got) == set(want)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6, msg=f"{key} differs after resume")
+
+    # Optimizer state, Adam's moments of alpha included.
+    want_opt, got_opt = optimizer_state(full_trainer), optimizer_state(resumed_trainer)
+    assert set(got_opt) == set(want_opt)
+    for index in want_opt:
+        for name in ("step", "exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(got_opt[index][name], want_opt[index][name], rtol=0, atol=1e-6)
+    if kind == "learnable":
+        params = list(full.parameters())
+        at = next(i for i, p in enumerate(params) if p is full.weighting.alpha)
+        assert float(want_opt[at]["exp_avg"]) != 0.0
+        torch.testing.assert_close(got_opt[at]["exp_avg"], want_opt[at]["exp_avg"], rtol=0, atol=1e-6)
+
+    # The trajectory: the checkpointed half plus the resumed half, as in the uninterrupted run.
+    assert resumed_record.steps == full_record.steps == list(range(1, 2 * HALF + 1))
+    assert resumed_record.epochs == full_record.epochs == [(s - 1) // 4 for s in range(1, 2 * HALF + 1)]
+    got_w = torch.tensor(resumed_record.weights, dtype=torch.float64)
+    torch.testing.assert_close(got_w, torch.tensor(full_record.weights, dtype=torch.float64), rtol=0, atol=1e-6)
+    if kind != "learnable":
+        by_hand = [expected_alpha(kind, s) for s in range(1, 2 * HALF + 1)]
+        torch.testing.assert_close(got_w[:, 0], torch.tensor(by_hand, dtype=torch.float64), rtol=0, atol=1e-6)

@@ -1,0 +1,261 @@
+"""The training app: overrides that must work as written, outputs, resume, errors, DDP and multirun.
+
+Fast checks compose the config with Hydra's compose API and build or run it in this process;
+the slow ones run the real command line (``multiloss-train`` / ``python -m``) as subprocesses.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from torch import nn
+
+from lightning_multiloss import MultiLossError
+from lightning_multiloss.config import config_dir
+from lightning_multiloss.train import RUN_DIR_ENV, build, config_key, ddp_child_argv, run
+from lightning_multiloss.weighting import Progress, Scheduled
+
+QUIET = ("trainer=debug", "trainer.enable_progress_bar=false")
+
+
+def compose_train(out: Path, *overrides: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        return compose("train", overrides=[*overrides, f"output_dir={out}"])
+
+
+def run_here(out: Path, *overrides: str) -> dict:
+    """One tiny run in this process (trainer=debug: 2 epochs of 3 batches)."""
+    overrides = (*QUIET, *overrides)
+    return run(compose_train(out, *overrides), overrides)
+
+
+def cli(args: list[str], cwd: Path, module: bool = False, timeout: float = 240) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).parent / "multiloss-train"
+    command = [sys.executable, "-m", "lightning_multiloss.train"] if module else [str(script)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIGHTNING_MULTILOSS_")}
+    for var in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RANK"):
+        env.pop(var, None)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+# -- overrides, composed ----------------------------------------------------------------------
+def test_scheduled_cosine(tmp_path):
+    cfg = compose_train(tmp_path, "weighting=scheduled", "schedule=cosine")
+    _, model, _ = build(cfg)
+    assert isinstance(model.weighting, Scheduled) and model.weighting.unit == "fraction"
+    model.weighting.set_progress(Progress(step=25, epoch=0, total_steps=100))
+    recon = 1.0 + (0.0 - 1.0) * (1 - math.cos(math.pi * 0.25)) / 2  # the cosine ramp by hand
+    torch.testing.assert_close(model.weighting.weights, torch.tensor([1.0, recon, 1.0]))
+
+
+def test_scheduled_cosine_run_follows_the_schedule(tmp_path):
+    result = run_here(tmp_path, "weighting=scheduled", "schedule=cosine")
+    assert result["status"] == "completed" and result["weighting"] == "scheduled"
+    with open(tmp_path / "csv" / "loss_weights.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]  # 2 epochs x 3 batches
+    for row in rows:  # the weights used at optimizer step s were set at progress (s - 1) / 6
+        p = (int(row["step"]) - 1) / 6
+        assert float(row["recon"]) == pytest.approx((1 + math.cos(math.pi * p)) / 2, abs=1e-6)
+        assert float(row["digit"]) == float(row["centre"]) == 1.0
+
+
+def test_change_one_branch_loss(tmp_path):
+    cfg = compose_train(tmp_path, "loss@model.tasks.recon.loss=l1")
+    _, model, _ = build(cfg)
+    losses = {t.name: type(t.loss) for t in model.tasks}
+    assert losses == {"digit": nn.CrossEntropyLoss, "recon": nn.L1Loss, "centre": nn.MSELoss}
+
+
+def test_add_a_branch(tmp_path):
+    result = run_here(tmp_path, "+task@model.tasks.parity=binary", "weighting=learnable")
+    assert list(result["metrics"]) == ["digit", "recon", "centre", "parity"]
+    assert set(result["metrics"]["parity"]) == {"acc", "loss"}
+    assert result["directions"]["parity"] == {"acc": "max", "loss": "min"}
+    assert sum(result["weights"].values()) == pytest.approx(1.0)  # learnable, 4 tasks: on the simplex
+
+
+def test_trainer_gpu_composes(tmp_path):
+    cfg = compose_train(tmp_path, "trainer=gpu")
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.devices == 1
+    cfg = compose_train(tmp_path, "trainer=ddp")
+    assert (cfg.trainer.accelerator, cfg.trainer.strategy, cfg.trainer.devices) == ("gpu", "ddp", 2)
+    cfg = compose_train(tmp_path, "trainer=ddp_cpu", "trainer.devices=3")
+    assert (cfg.trainer.accelerator, cfg.trainer.strategy, cfg.trainer.devices) == ("cpu", "ddp", 3)
+
+
+def test_seed_changes_split_and_init(tmp_path):
+    parts = {s: build(compose_train(tmp_path, f"seed={s}")) for s in (0, 1)}
+    for dm, _, _ in parts.values():
+        dm.setup()
+    assert not torch.equal(parts[0][0].splits["test"], parts[1][0].splits["test"])
+    assert not torch.equal(parts[0][1].trunk.body[1].weight, parts[1][1].trunk.body[1].weight)
+    again = build(compose_train(tmp_path, "seed=0"))
+    again[0].setup()
+    assert torch.equal(parts[0][0].splits["test"], again[0].splits["test"])
+    assert torch.equal(parts[0][1].trunk.body[1].weight, again[1].trunk.body[1].weight)
+
+
+def test_same_seed_same_results(tmp_path):
+    a = run_here(tmp_path / "a", "seed=5")
+    b = run_here(tmp_path / "b", "seed=5")
+    c = run_here(tmp_path / "c", "seed=6")
+    assert a["metrics"] == b["metrics"] and a["config_key"] == b["config_key"] == c["config_key"]
+    state_a = torch.load(tmp_path / "a/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    state_b = torch.load(tmp_path / "b/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    assert a["metrics"] != c["metrics"]
+
+
+# -- outputs, result.json, resume -----------------------------------------------------------------
+def test_result_json_and_resume(tmp_path):
+    first = run_here(tmp_path / "first", "weighting=learnable", "seed=2")
+    saved = json.loads((tmp_path / "first/result.json").read_text())
+    assert saved == json.loads(json.dumps(first))
+    assert saved["status"] == "completed" and saved["experiment"] == "digits" and saved["baseline_of"] is None
+    assert saved["weighting"] == "learnable" and saved["seed"] == 2 and saved["world_size"] == 1
+    assert saved["config_key"] == config_key(saved["overrides"])
+    assert "seed=2" in saved["overrides"] and "seed=2" not in saved["config_key"]
+    assert saved["primary"] == {"digit": "acc", "recon": "mse", "centre": "mae"}
+    assert saved["directions"]["digit"]["acc"] == "max" and saved["directions"]["centre"]["mae"] == "min"
+    assert 0.0 <= saved["metrics"]["digit"]["acc"] <= 1.0 and saved["evaluated_on"] == "test"
+    assert saved["metrics"]["recon"]["mse"] == pytest.approx(saved["metrics"]["recon"]["loss"], rel=1e-5)
+    for name in ("checkpoints/last.ckpt", "csv/metrics.csv", "csv/loss_weights.csv", "csv/loss_weights.png"):
+        assert (tmp_path / "first" / name).is_file(), name
+
+    ckpt = tmp_path / "first/checkpoints/last.ckpt"
+    before = torch.load(ckpt, weights_only=True)
+    assert before["global_step"] == 6
+    run_here(tmp_path / "second", "weighting=learnable", "seed=2", f"ckpt_path={ckpt}", "trainer.max_epochs=3")
+    resumed = torch.load(tmp_path / "second/checkpoints/last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 9 and resumed["epoch"] == before["epoch"] + 1  # one more epoch of 3 batches
+    assert resumed["callbacks"]["LossWeightingCallback"]["steps"][:6] == [1, 2, 3, 4, 5, 6]
+
+
+def test_missing_or_corrupt_checkpoint_names_the_path(tmp_path):
+    missing = tmp_path / "nowhere" / "last.ckpt"
+    with pytest.raises(MultiLossError, match=f"ckpt_path '{missing}': no such file"):
+        run_here(tmp_path / "a", f"ckpt_path={missing}")
+    failed = json.loads((tmp_path / "a/result.json").read_text())
+    assert failed["status"] == "failed" and str(missing) in failed["error"]
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(MultiLossError, match=f"ckpt_path '{corrupt}' is not a readable checkpoint"):
+        run_here(tmp_path / "b", f"ckpt_path={corrupt}")
+
+
+def test_single_task_baseline(tmp_path):
+    result = run_here(tmp_path, "experiment=digits_single_centre", "weighting=learnable")
+    assert result["experiment"] == "digits" and result["baseline_of"] == "centre"
+    assert list(result["metrics"]) == ["centre"] and result["weighting"] == "fixed"
+
+
+def test_ddp_child_arguments():
+    env = {RUN_DIR_ENV: "/runs/a b/0", "LOCAL_RANK": "1", "LIGHTNING_MULTILOSS_OVERRIDES": '["seed=1", "x=2"]'}
+    assert ddp_child_argv(env) == [
+        "seed=1",
+        "x=2",
+        "hydra.run.dir='/runs/a b/0'",
+        "hydra.output_subdir=null",
+        "hydra.job.name=rank1",
+        "hydra/job_logging=disabled",
+    ]
+    assert ddp_child_argv({**env, "LOCAL_RANK": "0"}) is None  # the process that started the run
+    assert ddp_child_argv({"LOCAL_RANK": "1"}) is None  # ranks started by someone else (torchrun, SLURM)
+
+
+# -- the real command line --------------------------------------------------------------------------
+@pytest.mark.slow
+def test_cli_default_run(tmp_path):
+    proc = cli([*QUIET[:1], "hydra.run.dir=run"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "run"
+    assert "digits, weighting=fixed, seed=0" in proc.stdout
+    assert proc.stdout.count("* primary metric") == 1
+    for task in ("digit", "recon", "centre"):
+        assert any(line.startswith(task) for line in proc.stdout.splitlines()), task
+    for name in (".hydra/config.yaml", "checkpoints/last.ckpt", "csv/metrics.csv", "csv/loss_weights.png"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "result.json").read_text())["status"] == "completed"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["+trainer.max_epoch=3"], "error: config key 'trainer.max_epoch': Key 'max_epoch' not in 'TrainerConf'"),
+        (
+            ["+weighting.weights={digit:1.0,colour:2.0}"],
+            "error: weighting 'fixed': weights names unknown task(s) ['colour']; "
+            "the tasks are ['digit', 'recon', 'centre']",
+        ),
+        (["weighting=fixd"], "Could not find 'weighting/fixd'"),
+        (["trainer.max_epochs=many"], "Error merging override trainer.max_epochs=many"),
+    ],
+)
+def test_cli_errors_are_one_clear_message(tmp_path, monkeypatch, capsys, args, message):
+    """The console script's main(), in this process: exit status 2 and a message, no traceback."""
+    from lightning_multiloss import train
+
+    monkeypatch.setattr(sys, "argv", ["multiloss-train", *args, f"hydra.run.dir={tmp_path / 'run'}"])
+    monkeypatch.setattr(train, "_task_started", False)
+    GlobalHydra.instance().clear()
+    with pytest.raises(SystemExit) as info:
+        train.main()
+    GlobalHydra.instance().clear()
+    stderr = capsys.readouterr().err
+    assert info.value.code == 2, stderr
+    assert message in stderr
+    assert "Traceback" not in stderr
+    if args == ["weighting=fixd"]:
+        assert "Available options" in stderr and "learnable" in stderr
+    elif message.startswith("error:"):
+        assert stderr.strip().splitlines()[-1] == message
+
+
+@pytest.mark.slow
+def test_cli_ddp_cpu(tmp_path):
+    tiny = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
+    args = ["trainer=ddp_cpu", "trainer.devices=2", *tiny, "trainer.limit_test_batches=1"]
+    proc = cli([*args, "trainer.enable_progress_bar=false", "hydra.run.dir=run"], cwd=tmp_path)  # console script
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads((tmp_path / "run/result.json").read_text())
+    assert result["status"] == "completed" and result["world_size"] == 2
+    assert proc.stdout.count("* primary metric") == 1  # rank 0 prints the table, rank 1 does not
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        ".hydra", "checkpoints", "csv", "result.json", "train.log"
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_cli_ddp_multirun_runs_each_job_once(tmp_path):
+    tiny = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
+    args = ["-m", "trainer=ddp_cpu", "trainer.devices=2", *tiny, "trainer.limit_test_batches=1", "seed=1,2"]
+    proc = cli([*args, "trainer.enable_progress_bar=false", "hydra.sweep.dir=sweep"], cwd=tmp_path, module=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]  # no run folder of rank 1's own
+    jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert jobs == ["0", "1"]  # exactly two jobs: rank 1 started no sweep
+    seeds = []
+    for job in jobs:
+        result = json.loads((tmp_path / "sweep" / job / "result.json").read_text())
+        assert result["status"] == "completed" and result["world_size"] == 2
+        seeds.append(result["seed"])
+        assert (tmp_path / "sweep" / job / "checkpoints/last.ckpt").is_file()
+    assert seeds == [1, 2]
+    assert proc.stdout.count("* primary metric") == 2
+    assert shutil.which("multiloss-train", path=str(Path(sys.executable).parent))

@@ -1,0 +1,394 @@
+"""End-to-end Trainer runs: logged keys and values, prediction, trajectory files, optimizer-step
+counting under gradient accumulation, clipping, and tasks with missing labels.
+
+Every expected value is computed here by hand (from the formula or a plain-PyTorch replay),
+never read back from the code under test.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.loggers import CSVLogger
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_multiloss import LossWeightingCallback, MultiTaskMixin, Task
+from lightning_multiloss.schedules import Linear
+from lightning_multiloss.weighting import Fixed, Learnable, Scheduled, Weighting
+from tests._models import ToyDataset, ToyNet, quiet_trainer, toy_loader
+
+TASKS = ("cls", "reg")
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def callback_of(trainer: pl.Trainer) -> LossWeightingCallback:
+    found = [cb for cb in trainer.callbacks if isinstance(cb, LossWeightingCallback)]
+    assert len(found) == 1, f"expected one LossWeightingCallback, got {found}"
+    return found[0]
+
+
+def assert_rows_close(got: Any, want: Any, atol: float = 1e-6) -> None:
+    """Nested lists of numbers equal within ``atol``."""
+    torch.testing.assert_close(
+        torch.tensor(got, dtype=torch.float64), torch.tensor(want, dtype=torch.float64), rtol=0, atol=atol
+    )
+
+
+def rows_with(rows: list[dict[str, str]], key: str) -> list[dict[str, str]]:
+    return [r for r in rows if r.get(key, "") != ""]
+
+
+class BatchRecorder(pl.Callback):
+    """Records, after every training batch, the weights that batch used."""
+
+    def __init__(self) -> None:
+        self.weights: list[list[float]] = []
+        self.global_steps: list[int] = []
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.weights.append(pl_module._mt_last_weights.tolist())
+        self.global_steps.append(trainer.global_step)
+
+
+# -- end to end -------------------------------------------------------------------------------
+
+
+def _expected_train_weights(kind: str, step: int, logged: dict[str, str]) -> list[float]:
+    """The weights a training batch taken after ``step`` optimizer steps must use, by hand."""
+    if kind == "fixed":
+        return [0.5, 0.3]
+    if kind == "scheduled":  # Linear(1 -> 0 over 6 steps)
+        alpha = 1.0 - min(step, 6) / 6
+        return [alpha, 1.0 - alpha]
+    # learnable: a convex pair in [0, 1] (its values are checked against a replay elsewhere)
+    alpha = float(logged["train/weight/cls"])
+    assert 0.0 <= alpha <= 1.0
+    return [alpha, 1.0 - alpha]
+
+
+def _make(kind: str) -> Weighting:
+    if kind == "fixed":
+        return Fixed([0.5, 0.3])
+    if kind == "scheduled":
+        return Scheduled(Linear(1.0, 0.0, duration=6))
+    return Learnable()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["fixed", "scheduled", "learnable"])
+def test_fit_validate_test_predict(tmp_path: Path, kind: str) -> None:
+    model = ToyNet(_make(kind), metrics=True, lr=0.1)
+    logger = CSVLogger(tmp_path, name="run")
+    trainer = quiet_trainer(logger=logger, max_epochs=2, log_every_n_steps=1)
+    val_loader = toy_loader(n=32, batch_size=16, seed=1)
+    trainer.fit(model, toy_loader(n=64, batch_size=16), val_loader)
+    trainer.validate(model, val_loader, verbose=False)
+    trainer.test(model, toy_loader(n=32, batch_size=16, seed=2), verbose=False)
+    log_dir = Path(trainer.log_dir)
+    logger.save()
+    rows = read_csv(log_dir / "metrics.csv")
+
+    # The logged keys, exactly.
+    expected = {"epoch", "step"}
+    for stage in ("train", "val", "test"):
+        expected.add(f"{stage}/loss")
+        for t in TASKS:
+            expected |= {f"{stage}/loss/{t}", f"{stage}/weight/{t}"}
+    for stage in ("val", "test"):
+        expected |= {f"{stage}/acc/cls", f"{stage}/mse/reg"}
+    assert set(rows[0]) == expected
+
+    # Every optimizer step logged; the combined loss is the weighted sum of the logged task losses.
+    train_rows = rows_with(rows, "train/loss")
+    assert [int(r["step"]) for r in train_rows] == list(range(8))
+    for r in train_rows:
+        w = [float(r[f"train/weight/{t}"]) for t in TASKS]
+        losses = [float(r[f"train/loss/{t}"]) for t in TASKS]
+        assert w == pytest.approx(_expected_train_weights(kind, int(r["step"]), r), abs=1e-6)
+        assert float(r["train/loss"]) == pytest.approx(w[0] * losses[0] + w[1] * losses[1], rel=1e-6)
+
+    # Validation / test: the weights in force at the end of training, the same weighted sum.
+    final_alpha = float(model.weighting.alpha.detach()) if kind == "learnable" else None
+    for stage in ("val", "test"):
+        stage_rows = rows_with(rows, f"{stage}/loss")
+        assert stage_rows, f"no {stage} row"
+        for r in stage_rows:
+            w = [float(r[f"{stage}/weight/{t}"]) for t in TASKS]
+            losses = [float(r[f"{stage}/loss/{t}"]) for t in TASKS]
+            assert float(r[f"{stage}/loss"]) == pytest.approx(w[0] * losses[0] + w[1] * losses[1], rel=1e-6)
+            assert 0.0 <= float(r[f"{stage}/acc/cls"]) <= 1.0
+            # MSE metric over the whole set == the (equal-size batch) mean of the per-batch MSE loss
+            assert float(r[f"{stage}/mse/reg"]) == pytest.approx(float(r[f"{stage}/loss/reg"]), rel=1e-5)
+        last = stage_rows[-1]
+        w_last = [float(last[f"{stage}/weight/{t}"]) for t in TASKS]
+        if kind == "fixed":
+            assert w_last == pytest.approx([0.5, 0.3])
+        elif kind == "scheduled":  # 8 steps done: the schedule sits at its end
+            assert w_last == pytest.approx([0.0, 1.0])
+        else:
+            assert w_last == pytest.approx([final_alpha, 1.0 - final_alpha], abs=1e-6)
+
+    # The trajectory files, in the logger folder; the rows are the weights each step used,
+    # i.e. what was logged for the batch taken after step - 1 optimizer steps.
+    assert (log_dir / "loss_weights.png").stat().st_size > 0
+    traj = read_csv(log_dir / "loss_weights.csv")
+    assert list(traj[0]) == ["step", "epoch", *TASKS]
+    assert [int(r["step"]) for r in traj] == list(range(1, 9))
+    assert [int(r["epoch"]) for r in traj] == [0] * 4 + [1] * 4
+    logged_by_step = {int(r["step"]): r for r in train_rows}
+    for r in traj:
+        logged = logged_by_step[int(r["step"]) - 1]
+        for t in TASKS:
+            assert float(r[t]) == pytest.approx(float(logged[f"train/weight/{t}"]), abs=1e-7)
+    cb = callback_of(trainer)
+    assert cb.steps == [int(r["step"]) for r in traj]
+    assert_rows_close(cb.weights, [[float(r[t]) for t in TASKS] for r in traj], atol=1e-7)
+
+    # Prediction needs no targets: dict batches with only the input, bare tensors, 1-tuples.
+    x = torch.randn(12, 8, generator=torch.Generator().manual_seed(5))
+    model.eval()
+    with torch.no_grad():
+        z = model.trunk(x)
+        direct = {t: model.heads[t](z) for t in TASKS}
+    for loader in (
+        DataLoader([{"x": row} for row in x], batch_size=5),
+        DataLoader(x, batch_size=5),
+        DataLoader(TensorDataset(x), batch_size=5),
+    ):
+        predictions = trainer.predict(model, loader)
+        assert predictions is not None and len(predictions) == 3
+        start = 0
+        for out in predictions:
+            assert isinstance(out, dict) and set(out) == set(TASKS)
+            n = out["cls"].shape[0]
+            assert out["cls"].shape == (n, 3) and out["reg"].shape == (n, 2)
+            for t in TASKS:
+                torch.testing.assert_close(out[t], direct[t][start : start + n])
+            start += n
+        assert start == 12
+
+
+# -- the trajectory record --------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_trajectory_every_n_steps_and_bounded(tmp_path: Path) -> None:
+    # 10 optimizer steps; log_every_n_steps does not drive the record, every_n_steps does.
+    every3 = LossWeightingCallback(every_n_steps=3)
+    bounded = LossWeightingCallback(every_n_steps=1, max_points=4, filename="bounded")
+    default = quiet_trainer(max_steps=10, log_every_n_steps=4, default_root_dir=tmp_path / "a")
+    model = ToyNet(Scheduled(Linear(1.0, 0.0, duration=10)))
+    default.fit(model, toy_loader(n=128, batch_size=16))
+    assert callback_of(default).steps == list(range(1, 11))  # every step by default
+    assert_rows_close(callback_of(default).weights, [[1 - s / 10, s / 10] for s in range(10)])
+
+    for cb, expected in ((every3, [1, 3, 6, 9]), (bounded, [1, 4, 8])):
+        # bounded, by hand: [1,2,3,4] + 5 -> 5 points > 4: stride 2 -> [1,2,4]; +6 -> [1,2,4,6];
+        # +8 -> 5 points: stride 4 -> [1,4,8]; 10 % 4 != 0.
+        trainer = quiet_trainer(max_steps=10, callbacks=[cb], default_root_dir=tmp_path / cb.filename)
+        trainer.fit(ToyNet(Scheduled(Linear(1.0, 0.0, duration=10))), toy_loader(n=128, batch_size=16))
+        assert callback_of(trainer) is cb
+        assert cb.steps == expected
+        assert cb.epochs == [(s - 1) // 8 for s in expected]  # 8 batches per epoch
+        assert_rows_close(cb.weights, [[1 - (s - 1) / 10, (s - 1) / 10] for s in expected])
+        written = read_csv(tmp_path / cb.filename / f"{cb.filename}.csv")
+        assert [int(r["step"]) for r in written] == expected
+
+
+# -- schedules count optimizer steps ----------------------------------------------------------
+
+# 64 samples in batches of 8: 8 batches, 2 optimizer steps per epoch with accumulation 4.
+ACCUM = 4
+BATCHES_PER_EPOCH = 8
+
+
+def _accumulated_run(weighting: Weighting, tmp_path: Path, **trainer_kw: Any) -> tuple[BatchRecorder, list[dict]]:
+    recorder = BatchRecorder()
+    trainer = quiet_trainer(
+        accumulate_grad_batches=ACCUM,
+        callbacks=[recorder],
+        logger=CSVLogger(tmp_path, name="acc"),
+        log_every_n_steps=1,
+        **trainer_kw,
+    )
+    trainer.fit(ToyNet(weighting), toy_loader(n=64, batch_size=8))
+    trainer.logger.save()  # type: ignore[union-attr]
+    return recorder, rows_with(read_csv(Path(trainer.log_dir) / "metrics.csv"), "train/loss")  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_schedule_counts_optimizer_steps_with_accumulation(tmp_path: Path) -> None:
+    recorder, rows = _accumulated_run(Scheduled(Linear(1.0, 0.0, duration=6), unit="step"), tmp_path, max_epochs=3)
+    assert len(recorder.weights) == 24
+    # batch b (0-based, over all epochs) runs after b // 4 optimizer steps
+    alpha = [1.0 - (b // ACCUM) / 6 for b in range(24)]
+    assert [w[0] for w in recorder.weights] == pytest.approx(alpha, abs=1e-6)
+    assert [w[1] for w in recorder.weights] == pytest.approx([1 - a for a in alpha], abs=1e-6)
+    assert recorder.global_steps[-1] == 6
+    # the logger gets one value per optimizer step (the last batch of each window), step k: 1 - k/6
+    assert [int(r["step"]) for r in rows] == list(range(6))
+    assert [float(r["train/weight/cls"]) for r in rows] == pytest.approx([1 - k / 6 for k in range(6)], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_schedule_by_epoch_changes_only_at_epoch_boundaries(tmp_path: Path) -> None:
+    recorder, _ = _accumulated_run(Scheduled(Linear(1.0, 0.0, duration=4), unit="epoch"), tmp_path, max_epochs=3)
+    alpha = [1.0 - (b // BATCHES_PER_EPOCH) / 4 for b in range(3 * BATCHES_PER_EPOCH)]
+    assert [w[0] for w in recorder.weights] == pytest.approx(alpha, abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("limits", "planned"), [({"max_steps": 5}, 5), ({"max_epochs": 2}, 4)])
+def test_schedule_by_fraction_uses_planned_optimizer_steps(tmp_path: Path, limits: dict, planned: int) -> None:
+    recorder, _ = _accumulated_run(Scheduled(Linear(1.0, 0.0, duration=1.0), unit="fraction"), tmp_path, **limits)
+    assert len(recorder.weights) == planned * ACCUM
+    alpha = [1.0 - (b // ACCUM) / planned for b in range(planned * ACCUM)]
+    assert [w[0] for w in recorder.weights] == pytest.approx(alpha, abs=1e-6)
+
+
+# -- accumulation and clipping: a plain-PyTorch replay ------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["fixed", "learnable"])
+def test_accumulation_and_clipping_match_plain_pytorch(tmp_path: Path, kind: str) -> None:
+    lr, clip = 0.1, 0.05
+    weighting = Fixed([0.5, 0.3]) if kind == "fixed" else Learnable(init=0.4)
+    model = ToyNet(weighting, lr=lr)
+    trunk, heads = copy.deepcopy(model.trunk), copy.deepcopy(model.heads)
+    alpha = torch.tensor(0.4, requires_grad=True)
+    params = [*trunk.parameters(), *heads.parameters()] + ([alpha] if kind == "learnable" else [])
+
+    trainer = quiet_trainer(max_steps=1, accumulate_grad_batches=2, gradient_clip_val=clip, default_root_dir=tmp_path)
+    trainer.fit(model, toy_loader(n=16, batch_size=8))
+    assert trainer.global_step == 1
+
+    # The replay: two half-batches, loss / 2 each, clip the global norm, one SGD step, clip alpha.
+    optimizer = torch.optim.SGD(params, lr=lr)
+    for batch in toy_loader(n=16, batch_size=8):
+        z = trunk(batch["x"])
+        l_cls = F.cross_entropy(heads["cls"](z), batch["cls"])
+        l_reg = F.mse_loss(heads["reg"](z), batch["reg"])
+        loss = 0.5 * l_cls + 0.3 * l_reg if kind == "fixed" else alpha * l_cls + (1 - alpha) * l_reg
+        (loss / 2).backward()
+    norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    assert norm > 10 * clip, "the test must exercise the clipping"
+    optimizer.step()
+    with torch.no_grad():
+        alpha.clamp_(0.0, 1.0)
+
+    got = [*model.trunk.named_parameters(), *model.heads.named_parameters()]
+    if kind == "learnable":
+        got.append(("weighting.alpha", model.weighting.alpha))
+    assert len(got) == len(params)
+    for (name, value), want in zip(got, params, strict=True):
+        torch.testing.assert_close(value.detach(), want.detach(), rtol=0, atol=1e-6, msg=f"{name} differs")
+
+
+# -- tasks with missing labels ------------------------------------------------------------------
+
+
+class MaskedNet(MultiTaskMixin, pl.LightningModule):
+    """``cls`` labels missing where the target is -100, ``reg`` where ``reg_mask`` is false,
+    ``aux`` where its target is NaN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk = nn.Sequential(nn.Linear(8, 16), nn.Tanh())
+        self.heads = nn.ModuleDict({"cls": nn.Linear(16, 3), "reg": nn.Linear(16, 2), "aux": nn.Linear(16, 1)})
+        self.configure_multitask(
+            [
+                Task("cls", nn.CrossEntropyLoss(), ignore_value=-100),
+                Task("reg", nn.MSELoss(), mask="reg_mask"),
+                Task("aux", nn.MSELoss(), ignore_value=float("nan")),
+            ],
+            Fixed([1.0, 0.5, 0.25]),
+        )
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        z = self.trunk(x)
+        return {name: head(z) for name, head in self.heads.items()}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _masked_batches() -> list[dict[str, Tensor]]:
+    data = ToyDataset(16, seed=3)
+    labelled = torch.tensor([1, 0, 1, 1, 0, 1, 0, 1], dtype=torch.bool)
+    first = {
+        "x": data.x[:8],
+        "cls": torch.where(labelled, data.cls[:8], torch.tensor(-100)),
+        "reg": data.reg[:8],
+        "reg_mask": ~labelled | (torch.arange(8) == 0),  # a different subset
+        "aux": torch.where(labelled[:, None].roll(1, 0), data.aux[:8], torch.tensor(float("nan"))),
+    }
+    second = {  # no sample labelled for any task
+        "x": data.x[8:],
+        "cls": torch.full((8,), -100),
+        "reg": data.reg[8:],
+        "reg_mask": torch.zeros(8, dtype=torch.bool),
+        "aux": torch.full((8, 1), float("nan")),
+    }
+    return [first, second]
+
+
+def _hand_losses(model: MaskedNet, batch: dict[str, Tensor]) -> list[float]:
+    with torch.no_grad():
+        z = model.trunk(batch["x"])
+        keep = batch["cls"] != -100
+        logp = torch.log_softmax(model.heads["cls"](z)[keep], dim=1)
+        l_cls = -logp[torch.arange(int(keep.sum())), batch["cls"][keep]].mean()
+        m = batch["reg_mask"]
+        l_reg = ((model.heads["reg"](z)[m] - batch["reg"][m]) ** 2).mean()
+        a = ~torch.isnan(batch["aux"][:, 0])
+        l_aux = ((model.heads["aux"](z)[a] - batch["aux"][a]) ** 2).mean()
+    return [float(l_cls), float(l_reg), float(l_aux)]
+
+
+def test_masked_losses_count_only_labelled_samples() -> None:
+    model = MaskedNet()
+    first, second = _masked_batches()
+    losses = model.task_losses(model(first["x"]), first)
+    assert losses.tolist() == pytest.approx(_hand_losses(model, first), rel=1e-6)
+
+    # No labelled sample: exactly zero, yet in the graph; the heads get zero (not missing) gradients.
+    losses = model.task_losses(model(second["x"]), second)
+    assert losses.tolist() == [0.0, 0.0, 0.0]
+    assert losses.requires_grad
+    losses.sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name} left out of the graph"
+        assert torch.count_nonzero(p.grad) == 0
+
+
+@pytest.mark.slow
+def test_masked_training_run(tmp_path: Path) -> None:
+    model = MaskedNet()
+    expected_first = _hand_losses(model, _masked_batches()[0])
+    trainer = quiet_trainer(max_steps=2, logger=CSVLogger(tmp_path, name="m"), log_every_n_steps=1)
+    trainer.fit(model, DataLoader(_masked_batches(), batch_size=None))
+    assert trainer.global_step == 2
+    trainer.logger.save()  # type: ignore[union-attr]
+    rows = rows_with(read_csv(Path(trainer.log_dir) / "metrics.csv"), "train/loss")  # type: ignore[arg-type]
+    first, second = rows
+    assert [float(first[f"train/loss/{t}"]) for t in ("cls", "reg", "aux")] == pytest.approx(expected_first, rel=1e-6)
+    total = sum(w * v for w, v in zip([1.0, 0.5, 0.25], expected_first, strict=True))
+    assert float(first["train/loss"]) == pytest.approx(total, rel=1e-6)
+    assert [float(second[f"train/loss/{t}"]) for t in ("cls", "reg", "aux")] == [0.0, 0.0, 0.0]
+    assert float(second["train/loss"]) == 0.0
+    assert all(math.isfinite(float(v)) for v in model.state_dict()["trunk.0.weight"].flatten())

@@ -1,0 +1,297 @@
+"""Properties every registered weighting strategy must have, checked over the whole registry.
+
+Each strategy is built by name (``create_weighting``); the few that need an argument get it
+from ``REQUIRED``. Strategies that need the task gradients (``needs_gradients``) are checked
+through a real Trainer run wherever a check would otherwise call them on the losses alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_multiloss import MultiTaskMixin, Task
+from lightning_multiloss.callback import LossWeightingCallback
+from lightning_multiloss.schedules import Linear
+from lightning_multiloss.weighting import WEIGHTINGS, GramianWeighting, Progress, Weighting, create_weighting
+from tests._ddp import run_ddp_script
+from tests._models import HEAD_SIZES, ToyDataset, quiet_trainer, toy_tasks
+
+# Arguments a strategy cannot be built without (or that make a short run exercise all its phases).
+REQUIRED: dict[str, Callable[[int], dict[str, Any]]] = {
+    "scheduled": lambda k: {"schedule": [Linear(1.0, 0.0, duration=10)] * k},
+    "stch": lambda k: {"warmup_epochs": 1},
+}
+
+NAMES = sorted(WEIGHTINGS)
+TASKS = {2: ("cls", "reg"), 3: ("cls", "reg", "aux")}
+
+
+def make_weighting(name: str, num_tasks: int = 2) -> Weighting:
+    return create_weighting(name, **REQUIRED.get(name, lambda k: {})(num_tasks))
+
+
+def needs_gradients(name: str) -> bool:
+    return bool(getattr(WEIGHTINGS[name], "needs_gradients", False))
+
+
+class MaskedToyDataset(Dataset):
+    """``ToyDataset`` plus a ``reg_mask`` that is false (no ``reg`` label) for the samples in ``unlabelled``."""
+
+    def __init__(self, n: int, unlabelled: Sequence[int] = ()) -> None:
+        self.data = ToyDataset(n)
+        self.unlabelled = set(unlabelled)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        item = dict(self.data[i])
+        item["reg_mask"] = torch.tensor(i not in self.unlabelled)
+        return item
+
+
+def loader(n: int = 16, batch_size: int = 8, unlabelled: Sequence[int] = ()) -> DataLoader:
+    return DataLoader(MaskedToyDataset(n, unlabelled), batch_size=batch_size, shuffle=False)
+
+
+class PropNet(MultiTaskMixin, pl.LightningModule):
+    """A shared trunk (marked as the shared representation) and one head per task; ``reg`` may be masked."""
+
+    def __init__(self, weighting: Weighting, tasks: Sequence[str] = ("cls", "reg"), seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.trunk = nn.Sequential(nn.Linear(8, 16), nn.Tanh())
+        self.heads = nn.ModuleDict({name: nn.Linear(16, HEAD_SIZES[name]) for name in tasks})
+        task_list = [Task("reg", nn.MSELoss(), mask="reg_mask") if t.name == "reg" else t for t in toy_tasks(tasks)]
+        self.configure_multitask(task_list, weighting)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        z = self.shared_representation(self.trunk(x))
+        return {name: head(z) for name, head in self.heads.items()}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=0.01)
+
+
+class RecordWeights(pl.Callback):
+    """Keeps the weights and the loss of every training step."""
+
+    def __init__(self) -> None:
+        self.weights: list[Tensor] = []
+        self.losses: list[Tensor] = []
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.weights.append(pl_module._mt_last_weights.detach().clone())
+        self.losses.append(outputs["loss"].detach().clone())
+
+
+def fit(model: PropNet, data: DataLoader, ckpt_path: str | None = None, **trainer_kw: Any) -> tuple[Any, RecordWeights]:
+    """Fit without a plot; the weight trajectory CSV goes to a temporary folder."""
+    record = RecordWeights()
+    with tempfile.TemporaryDirectory() as folder:
+        trainer_kw.setdefault("default_root_dir", folder)
+        trainer = quiet_trainer(callbacks=[record, LossWeightingCallback(plot=False)], **trainer_kw)
+        trainer.fit(model, data, ckpt_path=ckpt_path)
+    return trainer, record
+
+
+def model_state(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def direct(name: str) -> bool:
+    """Whether a strategy's step can be called without a model: on the losses, or on a Gramian."""
+    return not needs_gradients(name) or issubclass(WEIGHTINGS[name], GramianWeighting)
+
+
+def run_direct(weighting: Weighting, steps: int, seed: int = 0, zero_task: int | None = None) -> list[Any]:
+    """Training-mode steps without a model, with the Callback's hooks as in training.
+
+    The losses are random and positive (task ``zero_task``'s is exactly 0); the weighting's own
+    parameters take SGD steps. A Gramian strategy gets ``weights_from_gramian`` with the Gramian
+    of random task gradients (``zero_task``'s gradient is 0). Returns ``(loss, weights, d loss /
+    d losses)`` per step.
+    """
+    g = torch.Generator().manual_seed(seed)
+    params = [p for p in weighting.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.1) if params else None
+    k = weighting.num_tasks
+    keep = torch.ones(k) if zero_task is None else torch.eye(k)[zero_task].logical_not().float()
+    outputs = []
+    for step in range(steps):
+        weighting.set_progress(Progress(step=step, epoch=step // 3, total_steps=steps))
+        losses = ((torch.rand(k, generator=g) * 2 + 0.1) * keep).requires_grad_()
+        if isinstance(weighting, GramianWeighting):
+            jacobian = torch.randn(k, 6, generator=g) * keep[:, None]
+            weights = weighting.weights_from_gramian(jacobian @ jacobian.T, losses.detach()).detach()
+            outputs.append((weights @ losses.detach(), weights, weights))
+        else:
+            out = weighting(losses)
+            grad = torch.autograd.grad(out.loss, [losses, *params], allow_unused=True)
+            outputs.append((out.loss.detach(), out.weights, grad[0]))
+            if optimizer is not None:
+                for p, gp in zip(params, grad[1:], strict=True):
+                    p.grad = gp
+                optimizer.step()
+        weighting.after_optimizer_step()
+        if weighting.uses_epoch_losses and step % 3 == 2:
+            weighting.on_epoch_losses(torch.rand(k, generator=g) + 0.5)
+    return outputs
+
+
+def assert_finite(*tensors: Tensor | None) -> None:
+    for t in tensors:
+        assert t is not None and bool(torch.isfinite(t).all()), t
+
+
+# -- finite outputs, one weight per task --------------------------------------------------------
+@pytest.mark.parametrize("num_tasks", [2, 3])
+@pytest.mark.parametrize("name", NAMES)
+def test_finite_output_one_weight_per_task(name, num_tasks):
+    weighting = make_weighting(name, num_tasks)
+    weighting.bind(TASKS[num_tasks])
+    for loss, weights, grad in run_direct(weighting, steps=9) if direct(name) else []:
+        assert loss.ndim == 0
+        assert weights.shape == (num_tasks,) and not weights.requires_grad
+        assert_finite(loss, weights, grad)
+    if needs_gradients(name) and num_tasks == 3:  # through the Trainer (2 tasks: the resume test)
+        _, record = fit(PropNet(make_weighting(name, 3), TASKS[3]), loader(), max_epochs=1)
+        assert len(record.weights) == 2
+        for weights, loss in zip(record.weights, record.losses, strict=True):
+            assert weights.shape == (num_tasks,)
+            assert_finite(weights, loss)
+
+
+# -- state_dict round trip ----------------------------------------------------------------------
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_round_trip(name):
+    """A fresh instance that loads the state (through a weights-only file) continues as the original."""
+    original = make_weighting(name)
+    if direct(name):
+        original.bind(TASKS[2])
+        run_direct(original, steps=7)
+    else:
+        fit(PropNet(original), loader(), max_epochs=1)
+    buffer = io.BytesIO()
+    torch.save(original.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = make_weighting(name)
+    fresh.bind(TASKS[2])
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    if direct(name):
+        for weighting in (original, fresh):
+            weighting.set_progress(Progress(step=7, epoch=2, total_steps=10))
+        a = run_direct(original, steps=3, seed=5)
+        b = run_direct(fresh, steps=3, seed=5)
+        for (loss_a, weights_a, grad_a), (loss_b, weights_b, grad_b) in zip(a, b, strict=True):
+            torch.testing.assert_close(loss_a, loss_b, rtol=0, atol=0)
+            torch.testing.assert_close(weights_a, weights_b, rtol=0, atol=0)
+            torch.testing.assert_close(grad_a, grad_b, rtol=0, atol=0)
+        return
+    trained = []
+    for weighting in (copy.deepcopy(original), fresh):
+        model = PropNet(weighting, seed=1)
+        _, record = fit(model, loader(n=8), max_epochs=1)
+        trained.append((model_state(model), torch.stack(record.weights)))
+    (params_a, weights_a), (params_b, weights_b) = trained
+    torch.testing.assert_close(weights_a, weights_b, rtol=0, atol=0)
+    for key, value in params_a.items():
+        torch.testing.assert_close(value, params_b[key], rtol=0, atol=0, msg=key)
+
+
+# -- evaluation changes nothing ----------------------------------------------------------------------
+@pytest.mark.parametrize("name", NAMES)
+def test_evaluation_changes_no_state(name):
+    """Evaluation calls (no gradients needed) leave the state, and the next training steps, as they were."""
+    weighting = make_weighting(name)
+    weighting.bind(TASKS[2])
+    if direct(name):
+        run_direct(weighting, steps=7)
+    twin = copy.deepcopy(weighting)
+    before = copy.deepcopy(weighting.state_dict())
+    weighting.eval()
+    for losses in ([0.5, 2.0], [0.0, 1.0], [3.0, 0.1]):
+        out = weighting(torch.tensor(losses))
+        assert out.weights.shape == (2,)
+        assert_finite(out.loss, out.weights)
+    for key, value in weighting.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0, msg=key)
+    weighting.train()
+    if direct(name):
+        for a, b in zip(run_direct(weighting, steps=3, seed=9), run_direct(twin, steps=3, seed=9), strict=True):
+            for x, y in zip(a, b, strict=True):
+                torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+# -- resume = uninterrupted; a batch without any label for a task -----------------------------------
+@pytest.mark.parametrize("name", NAMES)
+def test_resumed_run_equals_uninterrupted_and_missing_labels_give_no_nan(name, tmp_path):
+    """3 epochs of 2 steps in one run, or 2 epochs, a checkpoint, and a new model resumed for the third.
+
+    The first batch of every epoch has no labelled ``reg`` sample (its loss is exactly 0):
+    every weight, loss and parameter must stay finite.
+    """
+    data = loader(n=16, batch_size=8, unlabelled=range(8))
+    whole = PropNet(make_weighting(name))
+    _, whole_record = fit(whole, data, max_epochs=3)
+
+    first = PropNet(make_weighting(name))
+    trainer, first_record = fit(first, data, max_epochs=2)
+    path = str(tmp_path / "two_epochs.ckpt")
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=True)  # plain values only
+    assert any(key.startswith("weighting.") for key in checkpoint["state_dict"]) or not list(
+        first.weighting.state_dict()
+    )
+    resumed = PropNet(make_weighting(name), seed=123)  # other initial values: all must come from the checkpoint
+    _, resumed_record = fit(resumed, data, ckpt_path=path, max_epochs=3)
+
+    assert len(first_record.weights) == 4 and len(resumed_record.weights) == len(whole_record.weights) - 4 == 2
+    for weights, loss in zip(whole_record.weights, whole_record.losses, strict=True):
+        assert_finite(weights, loss)
+    assert_finite(*model_state(whole).values())
+    torch.testing.assert_close(
+        torch.stack(first_record.weights + resumed_record.weights), torch.stack(whole_record.weights), rtol=0, atol=1e-6
+    )
+    expected = model_state(whole)
+    for key, value in model_state(resumed).items():
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=1e-6, msg=f"{name}: {key}")
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if direct(n)])
+def test_zero_task_loss_gives_no_nan(name):
+    """Without a model: a zero loss (and, for a Gramian strategy, a zero gradient). All go through the Trainer above."""
+    weighting = make_weighting(name)
+    weighting.bind(TASKS[2])
+    for loss, weights, grad in run_direct(weighting, steps=6, zero_task=1):
+        assert_finite(loss, weights, grad)
+
+
+# -- DDP: every strategy in one 2-process launch ----------------------------------------------------
+@pytest.mark.slow
+def test_ddp_all_weightings_agree_across_ranks(tmp_path):
+    """Same weights at every step and same parameters on both processes, for every strategy.
+
+    The reg task has no labelled sample in rank 0's first batch (see the script): no hang, no NaN.
+    """
+    rank0, rank1 = run_ddp_script("ddp_all_weightings.py", tmp_path, timeout=300)
+    assert sorted(rank0) == sorted(rank1) == NAMES
+    for name in NAMES:
+        a, b = rank0[name], rank1[name]
+        assert a["global_step"] == b["global_step"] == 6, name
+        assert a["weights"].shape == (6, 2), name
+        assert_finite(a["weights"], b["weights"], torch.tensor(a["losses"]), torch.tensor(b["losses"]))
+        torch.testing.assert_close(a["weights"], b["weights"], rtol=0, atol=0, msg=f"{name}: weights differ")
+        for key, value in a["params"].items():
+            assert_finite(value)
+            torch.testing.assert_close(value, b["params"][key], rtol=0, atol=0, msg=f"{name}: {key} differs")
