@@ -8,10 +8,11 @@ The same network, a shared MLP trunk with a 10-class head and a 64-value reconst
   ``0.5 * l1 + 0.3 * l2`` and logs the two task losses and the total with ``self.log``, as a
   user would; the targets apply to the ratio against it;
 - ``hand-written (A/A)``: the same module again: how far apart two identical variants measure;
-- ``hand-written + weights (5 keys)``: the same, also logging the two weights, i.e. what the
-  mixin logs (``train/loss/<task>``, ``train/weight/<task>``, ``train/loss``): the ratio against
-  it ("same-keys ratio") is the cost of the mixin's code alone, since each ``self.log`` key
-  costs the same in both;
+- ``hand-written, same logging``: the same, logging what the mixin logs the way it logs it:
+  ``train/loss`` every step, the task losses and weights (``train/loss/<task>``,
+  ``train/weight/<task>``) only on the Trainer's logging steps, the only steps whose values
+  reach the loggers. Each ``self.log`` key costs Lightning a fixed amount per call, so the
+  ratio against it ("same-logging ratio") is the cost of the mixin's code alone;
 - the same network through ``MultiTaskMixin`` with ``fixed`` [0.5, 0.3], ``scheduled`` (a
   cosine alpha that changes every step), ``learnable``, and every other registered strategy
   that ``create_weighting(name)`` builds without arguments and that does not need the task
@@ -66,7 +67,7 @@ INPUTS, CLASSES = 64, 10
 TARGET_CORE = 1.03  # fixed, scheduled, learnable
 TARGET_OTHER = 1.05  # every other loss-level strategy
 BASELINE = "hand-written (3 keys)"
-SAME_KEYS = "hand-written + weights (5 keys)"
+SAME_KEYS = "hand-written, same logging"
 
 
 # -- the network ---------------------------------------------------------------------------
@@ -102,18 +103,19 @@ class HandWritten(_Net):
 
 
 class HandWrittenSameKeys(_Net):
-    """The hand-written module logging what the mixin logs: the two weights as well (5 keys)."""
+    """The hand-written module logging as the mixin does: the total every step, the rest on logging steps."""
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         out = self(batch["x"])
         l1 = F.cross_entropy(out["digit"], batch["digit"])
         l2 = F.mse_loss(out["recon"], batch["x"])
         loss = 0.5 * l1 + 0.3 * l2
-        self.log("train/loss/digit", l1)
-        self.log("train/loss/recon", l2)
-        self.log("train/weight/digit", 0.5)
-        self.log("train/weight/recon", 0.3)
         self.log("train/loss", loss, prog_bar=True)
+        if self.trainer._logger_connector.should_update_logs:
+            self.log("train/loss/digit", l1)
+            self.log("train/loss/recon", l2)
+            self.log("train/weight/digit", 0.5)
+            self.log("train/weight/recon", 0.3)
         return loss
 
 
@@ -313,8 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"baseline '{BASELINE}': a plain LightningModule computing 0.5 * l1 + 0.3 * l2 that logs its two task "
         "losses and the total with self.log, as a user would;\n"
-        "  the mixin logs 5 keys (the 2 losses, the 2 weights, the total), so "
-        f"'{SAME_KEYS}' logs the weights too;\n"
+        "  the mixin logs the total every step and the 2 losses and 2 weights on the Trainer's logging steps, "
+        f"as '{SAME_KEYS}' does;\n"
         "  '(A/A)' is the baseline again: how far apart two identical variants measure on this machine"
     )
     print(f"{args.rounds} rounds x {args.steps} timed steps per variant (after {args.warmup} warm-up steps per fit)\n")
@@ -364,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
 
     header = (
         f"{'variant':<32} {'median step':>11}  {'ratio':>6} {'(IQR)':>10}  {'target':>7}  {'result':<6}  "
-        f"{'same-keys ratio':>15} {'(IQR)':>10}  {'result':<6}"
+        f"{'same-logging ratio':>15} {'(IQR)':>10}  {'result':<6}"
     )
     print(header)
     print("-" * len(header))
@@ -383,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nratio: median over the rounds of (median step time) / (that of '{BASELINE}' in the same round), "
         "with the quartiles of the rounds' ratios;\n"
-        f"same-keys ratio: the same against '{SAME_KEYS}'."
+        f"same-logging ratio: the same against '{SAME_KEYS}'."
     )
     for line in skipped:
         print(f"not benchmarked: {line}")
