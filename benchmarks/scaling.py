@@ -29,10 +29,13 @@ Run: ``python benchmarks/scaling.py`` (``--help`` for the options; ``--device cu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
 import statistics
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytorch_lightning as pl
@@ -122,10 +125,24 @@ def one_step(model: ConvNet, optimizer: torch.optim.Optimizer, batch: dict[str, 
     model.weighting.after_optimizer_step()
 
 
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Hide what native code writes to file descriptor 2 (the profiler logs two lines per use)."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def cpu_peak_bytes(run: Callable[[], None]) -> int:
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         run()
     live = peak = 0
     for event in sorted(prof.events(), key=lambda e: e.time_range.start):

@@ -32,7 +32,7 @@ from lightning_multiloss.weighting import (
     UPGrad,
     create_weighting,
 )
-from lightning_multiloss.weighting._solvers import simplex_min_linear_plus_norm, step_generator
+from lightning_multiloss.weighting._solvers import box_qp, simplex_min_linear_plus_norm, simplex_qp, step_generator
 
 J0 = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
 NAMES = ["mgda", "pcgrad", "gradvac", "cagrad", "imtl_g", "nash_mtl", "aligned_mtl", "upgrad", "gradnorm", "db_mtl"]
@@ -129,6 +129,44 @@ def test_mgda_is_the_min_norm_point_of_the_hull() -> None:
         assert float((jac @ jac.T @ w).min()) >= norm2 - 1e-9 * float(np.trace(g))
         # and an independent solve finds nothing shorter.
         assert norm2 <= scipy_simplex_min(lambda x, g=g: x @ g @ x, k) + 1e-9
+
+
+def test_warm_started_solves_equal_cold_solves() -> None:
+    """MGDA and CAGrad warm-start each step's QPs from the previous solution: same weights as a fresh solve.
+
+    A slowly drifting Jacobian (the training case) and unrelated ones in between (a start with
+    the wrong support, or the wrong K); the QP itself from any start, even an unusable one.
+    """
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(6, 9, generator=g, dtype=F64) + 0.5
+    jacobians = [base + 0.05 * t * torch.randn(6, 9, generator=g, dtype=F64) for t in range(8)]
+    jacobians += random_jacobians(8, seed=11)
+    warm = {"mgda": MGDA(), "cagrad": CAGrad(c=0.4)}
+    for jac in jacobians:
+        for name, strategy in warm.items():
+            cold = MGDA() if name == "mgda" else CAGrad(c=0.4)
+            torch.testing.assert_close(weights(strategy, jac), weights(cold, jac), atol=1e-10, rtol=0, msg=name)
+    gram = jacobians[3] @ jacobians[3].T
+    linear = torch.randn(6, generator=g, dtype=F64)
+    cold_qp = simplex_qp(gram, linear)
+    kkt = gram @ cold_qp + linear  # optimality: equal on the support, no smaller off it
+    support = cold_qp > 1e-12
+    assert not bool(support.all()) and float(kkt[~support].min()) >= float(kkt[support].max()) - 1e-9
+    starts = [
+        torch.eye(6, dtype=F64)[5],
+        torch.full((6,), -1.0, dtype=F64),
+        torch.full((6,), math.nan, dtype=F64),
+        torch.ones(3, dtype=F64),
+        torch.rand(6, generator=g, dtype=F64),
+    ]
+    for start in starts:
+        torch.testing.assert_close(simplex_qp(gram, linear, start=start), cold_qp, atol=1e-12, rtol=0)
+    # UPGrad's K box QPs are stepped together; rows that finish early must stay as they were.
+    lowers = torch.rand(6, 6, generator=g, dtype=F64) * torch.eye(6, dtype=F64)[[0, 1, 2, 3, 4, 4]]
+    together = box_qp(gram, lowers)
+    for lower, row in zip(lowers, together, strict=True):
+        torch.testing.assert_close(row, box_qp(gram, lower), atol=1e-12, rtol=0)
+        assert bool((row >= lower - 1e-15).all())
 
 
 def test_mgda_normalizations() -> None:

@@ -98,102 +98,136 @@ def regularize(gramian: Tensor, ridge: float = RIDGE) -> Tensor:
 
 
 # -- quadratic programs ------------------------------------------------------------------------
-def _active_set(q: Tensor, c: Tensor, simplex: bool, max_iter: int) -> Tensor:
+def _starting_points(q: Tensor, c: Tensor, simplex: bool, start: Tensor | None) -> Tensor:
+    """Feasible first iterates, one row per problem.
+
+    ``start`` (projected onto the feasible set) where it is usable, else a vertex (simplex) or 0.
+    """
+    m, k = c.shape
+    x = torch.zeros(m, k, dtype=_F64)
+    if simplex:
+        x[torch.arange(m), torch.argmin(0.5 * q.diagonal() + c, dim=1)] = 1.0
+    if start is None or start.shape[-1] != k:
+        return x
+    warm = start.detach().to(device=_CPU, dtype=_F64).expand(m, k).clamp_min(0.0)
+    total = warm.sum(dim=1, keepdim=True)
+    usable = torch.isfinite(total) & (total > 0.0 if simplex else torch.ones_like(total, dtype=torch.bool))
+    if simplex:
+        warm = warm / torch.where(usable, total, torch.ones_like(total))
+    return torch.where(usable, warm, x)
+
+
+def _active_set(q: Tensor, c: Tensor, simplex: bool, max_iter: int, start: Tensor | None = None) -> Tensor:
     """Primal active-set method for ``min ½xᵀQx + cᵀx`` s.t. ``x ≥ 0`` (and ``Σx = 1`` if ``simplex``).
 
     ``Q`` must be positive definite (see :func:`regularize`); the method is then exact and ends
     after finitely many steps (each solves one equality-constrained system on the free set).
+    ``c`` of shape ``(m, K)`` holds ``m`` problems that share ``Q`` (UPGrad's K projections):
+    they are stepped together, each on its own free set, with one batched solve per step.
+
+    It starts from a vertex (or 0), adding one free variable per step, or from ``start``: the
+    solution of a nearby problem (the previous training step's) usually has the right free set
+    already, so a warm start ends after one or two solves instead of about ``K``. The minimiser
+    is unique, so the start changes the result only by rounding.
     """
+    single = c.ndim == 1
     k = q.shape[0]
-    scale = float(q.diagonal().abs().max()) + float(c.abs().max()) + 1e-300
-    tol = 1e-11 * scale
-    x = torch.zeros(k, dtype=_F64)
-    free = torch.zeros(k, dtype=torch.bool)
-    if simplex:
-        start = int(torch.argmin(0.5 * q.diagonal() + c))
-        x[start] = 1.0
-        free[start] = True
+    c = c.reshape(-1, k)
+    m = c.shape[0]
+    tol = 1e-11 * (float(q.diagonal().abs().max()) + c.abs().amax(dim=1) + 1e-300)
+    x = _starting_points(q, c, simplex, start)
+    free = x > 0.0
+    done = torch.zeros(m, dtype=torch.bool)
+    # Each step solves every row's equality-constrained problem on its free set in one batched
+    # solve: Q restricted to the free set, identity rows (right-hand side 0) for the fixed
+    # variables so that all systems have one size; for the simplex, bordered by the row and
+    # column of ones of the constraint Σx = 1 (its multiplier is the extra unknown).
+    n = k + 1 if simplex else k
+    bordered = torch.zeros(n, n, dtype=_F64)
+    bordered[:k, :k] = q
+    bordered[:k, k:] = 1.0
+    bordered[k:, :k] = 1.0
+    rhs = torch.cat([-c, torch.ones(m, n - k, dtype=_F64)], dim=1)
+    border = torch.ones(m, n - k, dtype=torch.bool)
     for _ in range(max_iter):
-        idx = torch.nonzero(free).flatten()
-        n = idx.numel()
-        target = torch.zeros(k, dtype=_F64)
-        if n:
-            qf = q[idx][:, idx]
-            if simplex:
-                kkt = torch.zeros(n + 1, n + 1, dtype=_F64)
-                kkt[:n, :n] = qf
-                kkt[:n, n] = 1.0
-                kkt[n, :n] = 1.0
-                rhs = torch.cat([-c[idx], torch.ones(1, dtype=_F64)])
-                target[idx] = torch.linalg.solve(kkt, rhs)[:n]
-            else:
-                target[idx] = torch.linalg.solve(qf, -c[idx])
-        if bool((target[idx] >= 0.0).all()):
-            x = target
-            grad = q @ x + c
-            mu = float(grad[idx].mean()) if (simplex and n) else 0.0
-            multipliers = grad - mu
-            multipliers[idx] = math.inf
-            j = int(torch.argmin(multipliers))
-            if float(multipliers[j]) >= -tol:
-                break
-            free[j] = True
-        else:
+        kept = torch.cat([free, border], dim=1)
+        system = torch.where(kept[:, :, None] & kept[:, None, :], bordered, 0.0) + torch.diag_embed((~kept).to(_F64))
+        target = torch.linalg.solve(system, torch.where(kept, rhs, 0.0))[:, :k]
+        feasible = ((target >= 0.0) | ~free).all(dim=1) & ~done
+        blocked = ~feasible & ~done
+        # Rows whose target is feasible move to it; optimal if no fixed variable wants to enter.
+        x = torch.where(feasible[:, None], target, x)
+        grad = x @ q + c
+        mu = (grad * free).sum(dim=1) / free.sum(dim=1).clamp_min(1) if simplex else torch.zeros_like(tol)
+        multipliers = torch.where(free, math.inf, grad - mu[:, None])
+        lowest, entering = multipliers.min(dim=1)
+        done |= feasible & (lowest >= -tol)
+        grow = feasible & ~done
+        free[grow, entering[grow]] = True
+        # Rows whose target is not: step towards it until the first free variable reaches 0.
+        if bool(blocked.any()):
             step = target - x
-            blocking = free & (step < 0.0)
-            ratios = torch.full((k,), math.inf, dtype=_F64)
-            ratios[blocking] = x[blocking] / (-step[blocking])
-            j = int(torch.argmin(ratios))
-            t = float(ratios[j].clamp(0.0, 1.0))
-            x = x + t * step
-            x[j] = 0.0
-            free[j] = False
-            leaving = free & (x <= 0.0)
-            x[leaving] = 0.0
-            free &= ~leaving
-            if simplex and not bool(free.any()):  # cannot happen in exact arithmetic; restart at a vertex
-                j = int(torch.argmin(0.5 * q.diagonal() + c))
-                x = torch.zeros(k, dtype=_F64)
-                x[j] = 1.0
-                free[j] = True
+            ratios = torch.where(free & (step < 0.0), x / (-step), math.inf)
+            ratio, leaving = ratios.min(dim=1)
+            x = torch.where(blocked[:, None], x + ratio.clamp(0.0, 1.0)[:, None] * step, x)
+            x[blocked, leaving[blocked]] = 0.0
+            free[blocked, leaving[blocked]] = False
+            drop = blocked[:, None] & free & (x <= 0.0)
+            x = torch.where(drop, 0.0, x)
+            free &= ~drop
+            if simplex:  # an empty free set cannot happen in exact arithmetic; restart at a vertex
+                empty = ~free.any(dim=1)
+                if bool(empty.any()):
+                    x[empty] = _starting_points(q, c[empty], simplex, None)
+                    free[empty] = x[empty] > 0.0
+        if bool(done.all()):
+            break
     x = x.clamp_min(0.0)
     if simplex:
-        x = x / x.sum()
-    return x
+        x = x / x.sum(dim=1, keepdim=True)
+    return x[0] if single else x
 
 
-def simplex_qp(gramian: Tensor, linear: Tensor | None = None, ridge: float = RIDGE) -> Tensor:
+def simplex_qp(
+    gramian: Tensor, linear: Tensor | None = None, ridge: float = RIDGE, start: Tensor | None = None
+) -> Tensor:
     """``argmin_{w ∈ Δ} ½wᵀGw + bᵀw`` over the simplex ``Δ = {w ≥ 0, Σw = 1}``, exactly.
 
     With ``b = 0`` this is the minimum-norm point ``Jᵀw`` of the convex hull of the task
     gradients (MGDA). Among several minimisers (a singular ``G``) the ridge picks the one of
-    smallest ``‖w‖``.
+    smallest ``‖w‖``. ``start``: a warm start (e.g. the previous step's solution), for speed only.
     """
     k = gramian.shape[0]
     if k == 1:
         return torch.ones(1, dtype=_F64)
     c = torch.zeros(k, dtype=_F64) if linear is None else linear.to(_F64)
-    return _active_set(regularize(gramian, ridge), c, simplex=True, max_iter=20 * k + 100)
+    return _active_set(regularize(gramian, ridge), c, simplex=True, max_iter=20 * k + 100, start=start)
 
 
-def nonneg_qp(gramian: Tensor, linear: Tensor, ridge: float = RIDGE) -> Tensor:
-    """``argmin_{x ≥ 0} ½xᵀGx + cᵀx``, exactly (active set on the ridge-regularised ``G``)."""
+def nonneg_qp(gramian: Tensor, linear: Tensor, ridge: float = RIDGE, start: Tensor | None = None) -> Tensor:
+    """``argmin_{x ≥ 0} ½xᵀGx + cᵀx``, exactly (active set on the ridge-regularised ``G``; ``start``: a warm start)."""
     k = gramian.shape[0]
-    return _active_set(regularize(gramian, ridge), linear.to(_F64), simplex=False, max_iter=20 * k + 100)
+    return _active_set(regularize(gramian, ridge), linear.to(_F64), simplex=False, max_iter=20 * k + 100, start=start)
 
 
 def box_qp(gramian: Tensor, lower: Tensor, ridge: float = RIDGE) -> Tensor:
     """``argmin_{v ≥ u} vᵀGv``: the dual of the projection of ``Jᵀu`` onto the dual cone of the rows of ``J``.
 
-    Solved as ``v = u + x`` with ``x = argmin_{x ≥ 0} ½xᵀGx + (Gu)ᵀx``.
+    Solved as ``v = u + x`` with ``x = argmin_{x ≥ 0} ½xᵀGx + (Gu)ᵀx``. ``lower`` of shape
+    ``(m, K)``: ``m`` such problems at once (one row of the result each).
     """
     g = regularize(gramian, ridge)
     lower = lower.to(_F64)
-    return lower + _active_set(g, g @ lower, simplex=False, max_iter=20 * gramian.shape[0] + 100)
+    return lower + _active_set(g, lower @ g, simplex=False, max_iter=20 * gramian.shape[0] + 100)
 
 
 def simplex_min_linear_plus_norm(
-    gramian: Tensor, linear: Tensor, rho: float, rtol: float = 1e-12, bisection_only: bool = False
+    gramian: Tensor,
+    linear: Tensor,
+    rho: float,
+    rtol: float = 1e-12,
+    bisection_only: bool = False,
+    start: Tensor | None = None,
 ) -> Tensor:
     """``argmin_{w ∈ Δ} bᵀw + ρ·sqrt(wᵀGw)`` (the inner problem of CAGrad).
 
@@ -202,7 +236,8 @@ def simplex_min_linear_plus_norm(
     ``t`` with ``F'(t) = ρ/2·(1 − q(w(t))/t²)``, so ``t* = ‖Jᵀw*‖`` solves ``t² = q(w(t))``. On
     a fixed support of ``w``, ``w(t)`` is affine in ``t`` and that equation is a quadratic, solved
     in closed form; the support is updated until it is stable (a few QPs). If that does not
-    settle, bisection on ``log t`` (``bisection_only=True`` forces it) finds ``t*``.
+    settle, bisection on ``log t`` (``bisection_only=True`` forces it) finds ``t*``. Each QP
+    warm-starts from the one before (the first from ``start``, e.g. the previous step's ``w``).
     """
     k = gramian.shape[0]
     if k == 1:
@@ -213,8 +248,11 @@ def simplex_min_linear_plus_norm(
         w[j] = 1.0
         return w
 
+    previous: list[Tensor] = []  # each QP warm-starts from the last one: nearby t, nearby solution
+
     def solve(t: float) -> tuple[Tensor, float]:
-        w = simplex_qp(gramian, linear * (t / rho))
+        w = simplex_qp(gramian, linear * (t / rho), start=previous[-1] if previous else start)
+        previous.append(w)
         return w, float(w @ gramian @ w)
 
     hi = math.sqrt(max(float(gramian.diagonal().max()), 0.0))

@@ -60,12 +60,17 @@ class CAGrad(GramianWeighting):
         self.c = check_positive(self.name, "c", c, allow_zero=True)
         require(self.name, rescale in (0, 1, 2) and not isinstance(rescale, bool), "rescale must be 0, 1 or 2", rescale)
         self.rescale = int(rescale)
+        # The last inner solution, a warm start for the next step's QPs: speed only, not state
+        # (the minimiser is unique, so a resumed run without it gets the same weights to rounding).
+        self._previous_inner: Tensor | None = None
 
     def solve_inner(self, gramian: Tensor) -> Tensor:
         """:math:`w^*`, the solution of the inner problem, for a float64 Gramian."""
         k = gramian.shape[0]
         rho = self.c * math.sqrt(max(float(gramian.mean()), 0.0))
-        return simplex_min_linear_plus_norm(gramian, gramian.sum(dim=1) / k, rho)
+        inner = simplex_min_linear_plus_norm(gramian, gramian.sum(dim=1) / k, rho, start=self._previous_inner)
+        self._previous_inner = inner
+        return inner
 
     def weights_from_gramian(self, gramian: Tensor, losses: Tensor) -> Tensor:
         g, _ = prepare(self.name, gramian, losses, self.num_tasks)

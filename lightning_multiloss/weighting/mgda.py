@@ -62,6 +62,9 @@ class MGDA(GramianWeighting):
             normalization,
         )
         self.normalization: Normalization = normalization
+        # The last simplex solution, a warm start for the next step's QP: speed only, not state
+        # (the minimiser is unique, so a resumed run without it gets the same weights to rounding).
+        self._previous_solution: Tensor | None = None
 
     def normalizers(self, gramian: Tensor, losses: Tensor) -> Tensor:
         """The ``(K,)`` normalisers :math:`n_i` (float64)."""
@@ -89,5 +92,6 @@ class MGDA(GramianWeighting):
                 gamma = min(max(float(g[1, 1] - g[0, 1]) / denominator, 0.0), 1.0)
             w = torch.tensor([gamma, 1.0 - gamma], dtype=torch.float64)
         else:
-            w = simplex_qp(g)
+            w = simplex_qp(g, start=self._previous_solution)
+            self._previous_solution = w
         return finish(w / n, gramian)

@@ -59,5 +59,5 @@ class UPGrad(GramianWeighting):
             return finish(uniform(k), gramian)
         g = g / trace + self.reg_eps * torch.eye(k, dtype=torch.float64)
         eye = torch.eye(k, dtype=torch.float64) / k
-        w = torch.stack([box_qp(g, eye[i]) for i in range(k)]).sum(dim=0)
+        w = box_qp(g, eye).sum(dim=0)  # the K projections, solved together
         return finish(w, gramian)
