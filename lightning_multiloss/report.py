@@ -159,10 +159,6 @@ class ExperimentReport:
     """With two tasks: every run with both metrics finite (the points of the Pareto plot)."""
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def has_delta_m(self) -> bool:
-        return any(row.delta_m is not None for row in self.rows)
-
 
 @dataclass
 class Report:

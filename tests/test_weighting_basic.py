@@ -387,6 +387,23 @@ def test_learnable_warns_once_when_alpha_sits_on_a_bound(caplog):
         assert len([r for r in caplog.records if r.name == LEARNABLE_LOGGER]) == 1
 
 
+def test_learnable_counts_optimizer_steps_from_the_trainer_progress(caplog):
+    """After a resume at step 98 the check of step 100 comes two steps later, and says 100."""
+    w = bound(Learnable(init=0.5, check_every=50), ["a", "b"])
+    with caplog.at_level(logging.WARNING, logger=LEARNABLE_LOGGER):
+        with torch.no_grad():
+            w.alpha.fill_(-0.3)
+        w.set_progress(Progress(98, 3))
+        w.set_progress(Progress(98, 3))  # two micro-batches of gradient accumulation, one step
+        w.after_optimizer_step()
+        assert w.alpha.item() == 0.0 and not caplog.records  # 99 optimizer steps done: not a check step
+        w.set_progress(Progress(99, 3))
+        w.after_optimizer_step()
+    messages = [r.getMessage() for r in caplog.records if r.name == LEARNABLE_LOGGER]
+    assert len(messages) == 1
+    assert "reached a bound ([0.0])" in messages[0] and "after 100 optimizer steps" in messages[0]
+
+
 def test_learnable_no_warning_inside_the_interval(caplog):
     w = bound(Learnable(init=0.5, check_every=1), ["a", "b"])
     with caplog.at_level(logging.WARNING, logger=LEARNABLE_LOGGER):

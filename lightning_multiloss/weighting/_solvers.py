@@ -204,12 +204,6 @@ def simplex_qp(
     return _active_set(regularize(gramian, ridge), c, simplex=True, max_iter=20 * k + 100, start=start)
 
 
-def nonneg_qp(gramian: Tensor, linear: Tensor, ridge: float = RIDGE, start: Tensor | None = None) -> Tensor:
-    """``argmin_{x ≥ 0} ½xᵀGx + cᵀx``, exactly (active set on the ridge-regularised ``G``; ``start``: a warm start)."""
-    k = gramian.shape[0]
-    return _active_set(regularize(gramian, ridge), linear.to(_F64), simplex=False, max_iter=20 * k + 100, start=start)
-
-
 def box_qp(gramian: Tensor, lower: Tensor, ridge: float = RIDGE) -> Tensor:
     """``argmin_{v ≥ u} vᵀGv``: the dual of the projection of ``Jᵀu`` onto the dual cone of the rows of ``J``.
 

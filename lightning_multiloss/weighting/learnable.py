@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from lightning_multiloss._dist import is_rank_zero
 from lightning_multiloss.errors import MultiLossError
-from lightning_multiloss.weighting._base import WeightedLoss, Weighting, weighted_sum
+from lightning_multiloss.weighting._base import Progress, WeightedLoss, Weighting, weighted_sum
 from lightning_multiloss.weighting._registry import register
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,11 @@ class Learnable(Weighting):
             loss = alpha * losses[0] + (1.0 - alpha) * losses[1]
             return WeightedLoss(loss, weights.detach())
         return weighted_sum(alpha, losses)
+
+    def set_progress(self, progress: Progress) -> None:
+        # The optimizer steps done so far (restored by Lightning on resume), so that the bound
+        # checks keep their cadence and the warning its count across a resumed run.
+        self._steps = progress.step
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
