@@ -24,8 +24,8 @@ class LossWeightingHooks:
       (optimizer steps, epochs, planned steps), which sets scheduled weights;
     - after each optimizer step (not each batch: gradient accumulation is respected): the
       strategy's constraints and post-step updates (``learnable`` clips alpha here);
-    - at each training epoch's end: the epoch-mean task losses, averaged over all processes,
-      for the strategies that use them;
+    - at each training epoch's end: the epoch-mean task losses over all processes, each task's
+      over the batches that had a label for it, for the strategies that use them;
     - records the weights used at every ``every_n_steps``-th optimizer step without waiting
       for the device (the values are read only when a checkpoint or the plot is written); past
       ``max_points`` records it keeps every other one and doubles the interval, so a week-long
@@ -154,8 +154,9 @@ class LossWeightingHooks:
             return
         total = all_reduce_sum(pl_module._mt_epoch_loss_sum)
         count = all_reduce_sum(pl_module._mt_epoch_loss_count)
-        if float(count) > 0:
-            weighting.on_epoch_losses(total / count)
+        if float(count.max()) > 0:
+            # Each task's mean over the batches that labelled it (0 for a task never labelled).
+            weighting.on_epoch_losses(total / count.clamp_min(1.0))
         pl_module._mt_epoch_loss_sum.zero_()
         pl_module._mt_epoch_loss_count.zero_()
 

@@ -120,6 +120,7 @@ class MultiTaskMixin(_Base):
         self.weighting = weighting
         self._mt_tasks = tuple(tasks)
         self._mt_names = frozenset(names)
+        self._mt_unlabelled: list[int] = []  # filled by task_losses: tasks without a labelled sample
         self._mt_input_key = input_key
         self._mt_on_nonfinite: OnNonFinite = on_nonfinite
         self._mt_keys = {
@@ -147,8 +148,9 @@ class MultiTaskMixin(_Base):
         )
         if weighting.uses_epoch_losses:
             # Persistent, so a run resumed mid-epoch keeps the epoch's running sums.
+            # Per task: a batch without any labelled sample of a task does not count in its mean.
             self.register_buffer("_mt_epoch_loss_sum", torch.zeros(len(tasks)))
-            self.register_buffer("_mt_epoch_loss_count", torch.zeros(()))
+            self.register_buffer("_mt_epoch_loss_count", torch.zeros(len(tasks)))
 
     # -- what users may override --------------------------------------------------------
     @property
@@ -198,6 +200,7 @@ class MultiTaskMixin(_Base):
                 if output.shape[0] == 0:
                     # No labelled sample: zero, but in the graph (DDP expects every parameter used).
                     losses.append(outputs[task.name].sum() * 0.0)
+                    self._mt_unlabelled.append(len(losses) - 1)
                     continue
             loss = task.loss(output, target)
             if not isinstance(loss, Tensor) or loss.ndim != 0:
@@ -252,7 +255,12 @@ class MultiTaskMixin(_Base):
         self._mt_last_weights = result.weights
         if self.weighting.uses_epoch_losses:
             self._mt_epoch_loss_sum += losses.detach()
-            self._mt_epoch_loss_count += 1
+            if self._mt_unlabelled:  # only then a copy to the device
+                labelled = torch.ones(len(self._mt_tasks))
+                labelled[self._mt_unlabelled] = 0.0
+                self._mt_epoch_loss_count += labelled.to(self._mt_epoch_loss_count.device)
+            else:
+                self._mt_epoch_loss_count += 1
         self._mt_log("train", losses, result.weights, result.loss, batch_size)
         return result.loss
 
@@ -292,6 +300,7 @@ class MultiTaskMixin(_Base):
                 f"forward must return one output per task: missing {missing}, extra {extra}; "
                 f"the tasks are {[t.name for t in self._mt_tasks]}"
             )
+        self._mt_unlabelled = []
         losses = self.task_losses(outputs, targets)
         first = outputs[self._mt_tasks[0].name]
         batch_size = int(first.shape[0]) if first.ndim > 0 else 1

@@ -22,7 +22,15 @@ from torch.utils.data import DataLoader, Dataset
 from lightning_multiloss import MultiTaskMixin, Task
 from lightning_multiloss.callback import LossWeightingCallback
 from lightning_multiloss.schedules import Linear
-from lightning_multiloss.weighting import WEIGHTINGS, GramianWeighting, Progress, Weighting, create_weighting
+from lightning_multiloss.weighting import (
+    WEIGHTINGS,
+    GramianWeighting,
+    Progress,
+    WeightedLoss,
+    Weighting,
+    create_weighting,
+    weighted_sum,
+)
 from tests._ddp import run_ddp_script
 from tests._models import HEAD_SIZES, ToyDataset, quiet_trainer, toy_tasks
 
@@ -295,3 +303,50 @@ def test_ddp_all_weightings_agree_across_ranks(tmp_path):
         for key, value in a["params"].items():
             assert_finite(value)
             torch.testing.assert_close(value, b["params"][key], rtol=0, atol=0, msg=f"{name}: {key} differs")
+
+
+# -- epoch means: per task, over the batches that labelled it --------------------------------------
+class RecordEpochMeans(Weighting):
+    """An equal-weight sum that keeps what the Callback hands over at each epoch end."""
+
+    uses_epoch_losses = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[Tensor] = []
+
+    def forward(self, losses: Tensor) -> WeightedLoss:
+        return weighted_sum(torch.ones_like(losses), losses)
+
+    def on_epoch_losses(self, epoch_losses: Tensor) -> None:
+        self.received.append(epoch_losses.clone())
+
+
+def test_epoch_means_leave_out_batches_without_a_label():
+    """Three batches of 4; ``reg`` has no label in the whole first batch and half the second.
+
+    With a learning rate of 0 the losses of both epochs are those of the initial model, replayed
+    here in plain PyTorch: cls over 3 batches, reg over the 2 batches that have a label (a batch
+    without any would pull the mean towards 0).
+    """
+
+    class Frozen(PropNet):
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    model = Frozen(RecordEpochMeans())
+    data = loader(n=12, batch_size=4, unlabelled=[0, 1, 2, 3, 4, 5])
+    with torch.no_grad():
+        cls, reg = [], []
+        for batch in data:
+            out = model(batch["x"])
+            cls.append(nn.functional.cross_entropy(out["cls"], batch["cls"]))
+            keep = batch["reg_mask"]
+            if keep.any():
+                reg.append(nn.functional.mse_loss(out["reg"][keep], batch["reg"][keep]))
+    assert len(reg) == 2
+    expected = torch.stack([torch.stack(cls).mean(), torch.stack(reg).mean()])
+    fit(model, data, max_epochs=2)
+    assert len(model.weighting.received) == 2
+    for means in model.weighting.received:
+        torch.testing.assert_close(means, expected, rtol=1e-6, atol=0)

@@ -137,7 +137,8 @@ class Weighting(nn.Module, ABC):
         """Called at each training epoch's end with the ``(K,)`` epoch-mean task losses.
 
         Only for strategies with ``uses_epoch_losses = True``; the means are over all
-        processes, so every rank receives the same values.
+        processes, so every rank receives the same values. A task's mean leaves out the batches
+        without any labelled sample of it (0 if it had none in the epoch).
         """
 
     @property
