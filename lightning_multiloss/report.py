@@ -15,7 +15,8 @@ of the single-task baseline (runs with ``baseline_of`` set, same experiment) and
 reported as mean ± std over seeds (its mean equals Δm% of the metric means).
 
 Runs that failed, were interrupted, are still running, or left no ``result.json`` (a Hydra job
-folder with ``.hydra/`` only) are listed in their own section and counted in the header. With
+folder with ``.hydra/`` only) are listed in their own section and counted in the header; a
+"running" run whose process on this machine no longer exists counts as interrupted. With
 two tasks, ``pareto.png`` shows every run of the sweep in the plane of the two primary metrics,
 the non-dominated runs highlighted and connected.
 
@@ -39,6 +40,7 @@ import csv
 import json
 import math
 import os
+import socket
 import statistics
 import sys
 import time
@@ -235,6 +237,21 @@ def _check_str_map(path: str, data: Mapping[str, Any], key: str) -> dict[str, An
     return dict(value)
 
 
+def _process_gone(host: Any, pid: Any) -> bool:
+    """Whether a run's process ran on this machine and no longer exists (a PID reused since counts as alive)."""
+    if os.name != "posix":  # elsewhere os.kill(pid, 0) would end the process
+        return False
+    if host != socket.gethostname() or isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # e.g. no permission: it exists
+        return False
+    return False
+
+
 def parse_result(path: str, data: Any, folder: str) -> Run:
     """Check one ``result.json`` (already decoded) and turn it into a :class:`Run`."""
     if not isinstance(data, Mapping):
@@ -263,6 +280,9 @@ def parse_result(path: str, data: Any, folder: str) -> Run:
         overrides=list(overrides),
         config_key=str(data.get("config_key") or ""),
     )
+    if status == "running" and _process_gone(data.get("host"), data.get("pid")):
+        run.status = "interrupted"
+        run.error = f"its process ({data['pid']} on {data['host']}) is gone: killed before it could record its end"
     if status != "completed":
         return run
     if not run.config_key:

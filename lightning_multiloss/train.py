@@ -35,6 +35,8 @@ metrics, and ``loss_weights.csv`` / ``loss_weights.png``: the weight trajectory)
       "evaluated_on": "test" | "val",                  # where "metrics" come from
       "world_size": int,  # the number of training processes
       "output_dir": str,
+      "host": str, "pid": int,     # where rank 0 ran: the report tells a killed run from a
+                                   # running one on the same machine
     }
 """
 
@@ -43,6 +45,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -250,6 +253,8 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
         "weights": {},
         "val_metrics": {},
         "output_dir": output_dir,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
     }
     rank_zero = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
     threads = torch.get_num_threads()  # build() may change it (torch_threads): restored at the end

@@ -14,6 +14,7 @@ import math
 import os
 import random
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -442,3 +443,20 @@ def test_a_diverged_run_shows_nan_and_leaves_the_pareto_plot(tmp_path: Path) -> 
     text = (tmp_path / "out" / "report.md").read_text()
     assert "| 1 | learnable | — | 2 | nan ± nan | 0.5 ± 0 |  |" in text
     assert "1 run(s) without finite values of both metrics are left out of the Pareto plot" in text
+
+
+def test_a_running_run_whose_process_is_gone_counts_as_interrupted(tmp_path: Path) -> None:
+    """``result.json`` says running: still running if its process lives (or ran elsewhere), else interrupted."""
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(finished.stdout)
+    host = socket.gethostname()
+    cases = {"alive": (host, os.getpid()), "gone": (host, dead_pid), "elsewhere": (host + "-other", dead_pid)}
+    for name, (where, pid) in cases.items():
+        result = {"status": "running", "experiment": "toy", "weighting": "fixed", "seed": 0, "overrides": []}
+        write_job(tmp_path / "multirun" / name, ["seed=0"], {**result, "host": where, "pid": pid})
+    report = make_report([str(tmp_path / "multirun")], out=str(tmp_path / "out"))
+    status = {Path(run.folder).name: run.status for run in report.problems}
+    assert status == {"alive": "running", "gone": "interrupted", "elsewhere": "running"}
+    (gone,) = [run for run in report.problems if run.status == "interrupted"]
+    assert f"its process ({dead_pid} on {host}) is gone" in (gone.error or "")
+    assert (report.counts["running"], report.counts["interrupted"]) == (2, 1)
