@@ -256,7 +256,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
         "host": socket.gethostname(),
         "pid": os.getpid(),
     }
-    rank_zero = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    rank_zero = all(os.environ.get(key, "0") == "0" for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"))
     threads = torch.get_num_threads()  # build() may change it (torch_threads): restored at the end
     try:
         ckpt_path = check_checkpoint(cfg.get("ckpt_path"))
@@ -342,6 +342,36 @@ def ddp_child_argv(environ: Mapping[str, str] = os.environ) -> list[str] | None:
     return [*overrides, *extra]
 
 
+def external_launch_argv(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> list[str]:
+    """Extra arguments when an outside launcher started this process as one of several, else ``[]``.
+
+    Under SLURM (``srun``, one task per device) or ``torchrun`` every process runs the command
+    line, and each would create its own time-stamped Hydra folder. They agree instead on one
+    folder named by the launch (``slurm-<job>.<step>`` or ``torchrun-<run id>``), unless the
+    command line chooses the folder itself; the processes other than global rank 0 write no
+    Hydra files (config copy, log file) there.
+    """
+    if int(environ.get("SLURM_NTASKS") or 1) > 1 and environ.get("SLURM_JOB_ID") and "SLURM_PROCID" in environ:
+        launch = f"slurm-{environ['SLURM_JOB_ID']}.{environ.get('SLURM_STEP_ID', '0')}"
+        rank = environ["SLURM_PROCID"]
+    elif int(environ.get("WORLD_SIZE") or 1) > 1 and environ.get("TORCHELASTIC_RUN_ID") and "RANK" in environ:
+        launch = f"torchrun-{environ['TORCHELASTIC_RUN_ID']}"
+        rank = environ["RANK"]
+    else:
+        return []
+    given = " ".join(argv)
+    extra = []
+    if "hydra.run.dir=" not in given:
+        extra.append(f"hydra.run.dir=outputs/${{name}}/{launch}")
+    if "hydra.sweep.dir=" not in given:
+        extra.append(f"hydra.sweep.dir=multirun/${{name}}/{launch}")
+    if rank != "0":
+        extra.append("hydra.output_subdir=null")
+        if "hydra/job_logging=" not in given:
+            extra.append("hydra/job_logging=disabled")
+    return extra
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def _app(cfg: DictConfig) -> float | None:
     global _task_started
@@ -367,6 +397,8 @@ def main() -> None:
     child = ddp_child_argv()
     if child is not None:
         sys.argv = [sys.argv[0], *child]
+    else:
+        sys.argv += external_launch_argv(sys.argv[1:])
     try:
         _app()
     except SystemExit as exit_:

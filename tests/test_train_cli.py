@@ -11,8 +11,10 @@ import json
 import math
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ from torch import nn
 
 from lightning_multiloss import MultiLossError
 from lightning_multiloss.config import config_dir
-from lightning_multiloss.train import RUN_DIR_ENV, build, config_key, ddp_child_argv, run
+from lightning_multiloss.train import RUN_DIR_ENV, build, config_key, ddp_child_argv, external_launch_argv, run
 from lightning_multiloss.weighting import Progress, Scheduled
 
 QUIET = ("trainer=debug", "trainer.enable_progress_bar=false")
@@ -44,11 +46,18 @@ def run_here(out: Path, *overrides: str) -> dict:
 def cli(args: list[str], cwd: Path, module: bool = False, timeout: float = 240) -> subprocess.CompletedProcess:
     script = Path(sys.executable).parent / "multiloss-train"
     command = [sys.executable, "-m", "lightning_multiloss.train"] if module else [str(script)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIGHTNING_MULTILOSS_")}
+    env = clean_env()
+    return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def clean_env() -> dict[str, str]:
+    """This environment without any launcher's variables (DDP, SLURM, torchrun, a run of this app)."""
+    launchers = ("LIGHTNING_MULTILOSS_", "SLURM_", "TORCHELASTIC_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(launchers)}
     for var in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RANK"):
         env.pop(var, None)
     env.setdefault("OMP_NUM_THREADS", "1")
-    return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return env
 
 
 # -- overrides, composed ----------------------------------------------------------------------
@@ -177,6 +186,26 @@ def test_ddp_child_arguments():
     assert ddp_child_argv({"LOCAL_RANK": "1"}) is None  # ranks started by someone else (torchrun, SLURM)
 
 
+def test_external_launch_arguments():
+    slurm = {"SLURM_NTASKS": "2", "SLURM_JOB_ID": "77", "SLURM_STEP_ID": "3", "SLURM_PROCID": "1"}
+    assert external_launch_argv(["seed=1"], slurm) == [
+        "hydra.run.dir=outputs/${name}/slurm-77.3",
+        "hydra.sweep.dir=multirun/${name}/slurm-77.3",
+        "hydra.output_subdir=null",
+        "hydra/job_logging=disabled",
+    ]
+    rank0 = external_launch_argv(["hydra.run.dir=mine"], {**slurm, "SLURM_PROCID": "0"})
+    assert rank0 == ["hydra.sweep.dir=multirun/${name}/slurm-77.3"]  # the user's folder is kept
+    torchrun = {"WORLD_SIZE": "4", "RANK": "2", "LOCAL_RANK": "0", "TORCHELASTIC_RUN_ID": "abc"}
+    assert external_launch_argv([], torchrun)[:2] == [
+        "hydra.run.dir=outputs/${name}/torchrun-abc",
+        "hydra.sweep.dir=multirun/${name}/torchrun-abc",
+    ]
+    assert external_launch_argv([], {**slurm, "SLURM_NTASKS": "1"}) == []  # one task: nothing to share
+    assert external_launch_argv([], {"SLURM_JOB_ID": "77"}) == []  # an allocation, not a launch
+    assert external_launch_argv([], {}) == []
+
+
 # -- the real command line --------------------------------------------------------------------------
 @pytest.mark.slow
 def test_cli_default_run(tmp_path):
@@ -259,3 +288,42 @@ def test_cli_ddp_multirun_runs_each_job_once(tmp_path):
     assert seeds == [1, 2]
     assert proc.stdout.count("* primary metric") == 2
     assert shutil.which("multiloss-train", path=str(Path(sys.executable).parent))
+
+
+@pytest.mark.slow
+def test_cli_under_srun_shares_one_folder(tmp_path):
+    """Two processes started as SLURM's srun starts them (one task per device), 2 s apart.
+
+    With time-stamped folders each would make its own; they share ``outputs/digits/slurm-<job>.<step>``,
+    rank 0 writes the run's files, and rank 1 no log file or config copy of its own.
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    tiny = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
+    args = ["trainer=ddp_cpu", *tiny, "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false"]
+    script = Path(sys.executable).parent / "multiloss-train"
+    procs = []
+    for rank in (0, 1):
+        env = clean_env()
+        env.update(
+            SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="2", SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank),
+            SLURM_NODEID="0", SLURM_JOB_ID="77", SLURM_STEP_ID="3", SLURM_JOB_NAME="train",
+            SLURM_NODELIST="localhost", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+        )  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                [str(script), *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+        time.sleep(2.0)
+    outputs = [proc.communicate(timeout=240) for proc in procs]
+    for proc, (_, stderr) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, stderr[-4000:]
+    assert [p.name for p in (tmp_path / "outputs" / "digits").iterdir()] == ["slurm-77.3"]
+    run_dir = tmp_path / "outputs" / "digits" / "slurm-77.3"
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] == "completed" and result["world_size"] == 2
+    assert outputs[0][0].count("* primary metric") == 1 and "* primary metric" not in outputs[1][0]
+    log = (run_dir / "train.log").read_text()
+    assert "GLOBAL_RANK: 0" in log and "GLOBAL_RANK: 1" not in log
