@@ -137,7 +137,7 @@ class LossWeightingHooks:
         if step == self._last_step:  # an accumulation batch: no optimizer step yet
             return
         self._last_step = step
-        if pl_module._mt_step_skipped:
+        if pl_module._mt_step_was_skipped(step):
             return
         self._weighting(pl_module).after_optimizer_step()
         used = pl_module._mt_last_weights

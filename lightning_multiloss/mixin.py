@@ -92,7 +92,9 @@ class MultiTaskMixin(_Base):
             input_key: the batch key of the network's input, for dict batches.
             on_nonfinite: what to do with a NaN or infinite task loss: ``"raise"`` stops with
                 the task's name and the step; ``"skip"`` skips that optimizer step on every
-                process (no backward, parameters and optimizer state untouched).
+                process (no backward, parameters and optimizer state untouched; with gradient
+                accumulation, the whole accumulated step). The step still counts in
+                ``global_step``, as Lightning counts it.
         """
         check_mixin_order(self)
         if not isinstance(self, nn.Module) or "_parameters" not in self.__dict__:
@@ -132,7 +134,7 @@ class MultiTaskMixin(_Base):
             for stage in ("train", "val", "test")
         }
         self._mt_callback_attached = False
-        self._mt_step_skipped = False
+        self._mt_skip_step: int | None = None  # the optimizer step to skip (a non-finite loss), if any
         self._mt_last_weights: Tensor | None = None
         self._mt_metrics = nn.ModuleDict(
             {
@@ -243,8 +245,10 @@ class MultiTaskMixin(_Base):
                 "configure_callbacks() (or call super().configure_callbacks()), or pass the callback to the Trainer"
             )
         _, _, losses, batch_size = self._mt_forward(batch)
-        self._mt_step_skipped = not self._mt_check_finite(losses, "train", batch_idx)
-        if self._mt_step_skipped:
+        if not self._mt_check_finite(losses, "train", batch_idx):
+            # The coming optimizer step is skipped: with gradient accumulation one bad micro-batch
+            # skips the whole step (the others' gradients are dropped too, not applied as half a step).
+            self._mt_skip_step = self._mt_global_step()
             # Lightning refuses None under DDP. A zero that reaches every parameter keeps DDP's
             # gradient all-reduce in step on all processes; on_before_optimizer_step drops it.
             return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), losses.new_zeros(()))
@@ -275,9 +279,18 @@ class MultiTaskMixin(_Base):
 
     def on_before_optimizer_step(self, optimizer: Any) -> None:
         super().on_before_optimizer_step(optimizer)  # type: ignore[misc]
-        if self._mt_step_skipped:
+        if self._mt_skip_step is not None and self._mt_skip_step == self._mt_global_step():
             # No gradients: the optimizer leaves the parameters and its state (moments, step) alone.
             optimizer.zero_grad(set_to_none=True)
+
+    def _mt_global_step(self) -> int:
+        """Optimizer steps done so far (-1 outside a Trainer)."""
+        trainer = getattr(self, "_trainer", None)
+        return int(trainer.global_step) if trainer is not None else -1
+
+    def _mt_step_was_skipped(self, steps_done: int) -> bool:
+        """Whether the optimizer step that brought ``global_step`` to ``steps_done`` was skipped."""
+        return self._mt_skip_step is not None and self._mt_skip_step == steps_done - 1
 
     def configure_callbacks(self) -> Any:
         callbacks = list(super().configure_callbacks())  # type: ignore[misc]

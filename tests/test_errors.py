@@ -264,6 +264,24 @@ def test_skip_nonfinite_step_equals_never_seeing_that_batch(tmp_path):
         assert float(state_a[index]["step"]) == 6.0  # 3 good batches x 2 epochs
 
 
+@pytest.mark.parametrize("poisoned_batch", [0, 1])
+def test_skip_with_accumulation_drops_the_whole_optimizer_step(tmp_path, poisoned_batch):
+    """Accumulating 2 batches: a non-finite first or last micro-batch skips that whole step.
+
+    So the run equals one that never saw that step's two batches (no half-step from the finite one).
+    """
+    clean = samples(32)
+    bad = range(8 * poisoned_batch, 8 * poisoned_batch + 8)  # in the first window (batches 0 and 1)
+    skipped = ToyNet(optimizer="adam", on_nonfinite="skip")
+    trainer_a = fit(skipped, poisoned(clean, bad, NAN), tmp_path / "a", max_epochs=2, accumulate_grad_batches=2)
+    reference = ToyNet(optimizer="adam", on_nonfinite="skip")
+    trainer_b = fit(reference, clean[16:], tmp_path / "b", max_epochs=2, accumulate_grad_batches=2)
+    for (name, a), b in zip(skipped.named_parameters(), reference.parameters(), strict=True):
+        assert torch.equal(a, b), name
+    steps = [float(s["step"]) for t in (trainer_a, trainer_b) for s in t.optimizers[0].state_dict()["state"].values()]
+    assert set(steps) == {2.0}  # one good window x 2 epochs, in both runs
+
+
 # ---------------------------------------------------------------------------------------------
 # How the module is written
 # ---------------------------------------------------------------------------------------------
