@@ -376,7 +376,9 @@ def call(node: Any, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate(node, **kwargs)``, letting a :class:`MultiLossError` through unwrapped.
 
     Hydra wraps whatever the target raises in an ``InstantiationException``; the library's own
-    errors already name the key, task or value, so they reach the user as they are.
+    errors already name the key, task or value, so they reach the user as they are, and
+    Lightning's ``MisconfigurationException`` (e.g. ``trainer=gpu`` without a GPU) becomes one,
+    naming the target.
     """
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
@@ -389,6 +391,9 @@ def call(node: Any, **kwargs: Any) -> Any:
             cause = cause.__cause__
         if isinstance(cause, MultiLossError):
             raise cause from None
+        if type(cause).__name__ == "MisconfigurationException":  # Lightning's (either package)
+            target = node.get("_target_") if isinstance(node, Mapping | DictConfig) else None
+            raise MultiLossError(f"{target or 'config'}: {cause}") from None
         raise
 
 

@@ -338,7 +338,12 @@ class MultiTaskMixin(_Base):
         if stage == "train" and self._mt_on_nonfinite == "skip":
             return False
         detail = f"task loss(es) {culprits}" if culprits else "a task loss on another process"
-        raise NonFiniteLossError(f"non-finite {detail} at {stage} {where}; pass on_nonfinite='skip' to skip such steps")
+        hint = (
+            "; configure_multitask(on_nonfinite='skip') (multiloss-train: model.on_nonfinite=skip) skips such steps"
+            if stage == "train"
+            else " (evaluation is not skipped: a NaN there means the model itself has diverged)"
+        )
+        raise NonFiniteLossError(f"non-finite {detail} at {stage} {where}{hint}")
 
     def _mt_log(self, stage: Stage, losses: Tensor, weights: Tensor, total: Tensor, batch_size: int) -> None:
         total_key, loss_keys, weight_keys = self._mt_keys[stage]

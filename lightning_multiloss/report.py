@@ -285,8 +285,6 @@ def parse_result(path: str, data: Any, folder: str) -> Run:
         run.error = f"its process ({data['pid']} on {data['host']}) is gone: killed before it could record its end"
     if status != "completed":
         return run
-    if not run.config_key:
-        raise _bad(path, "a completed run needs a non-empty 'config_key'")
     metrics = _check_str_map(path, data, "metrics")
     directions = _check_str_map(path, data, "directions")
     primary = _check_str_map(path, data, "primary")
@@ -457,7 +455,7 @@ def _summarise_experiment(name: str, swept: list[Run], baseline_runs: list[Run])
     labels = [row.label for row in rows]
     for row in rows:
         if labels.count(row.label) > 1:
-            row.overrides.append(f"[{row.config_key}]")
+            row.overrides.append(f"[{row.config_key or 'defaults'}]")
 
     baselines: dict[str, Baseline] = {}
     for task in tasks:
@@ -594,9 +592,14 @@ def _header(report: Report) -> str:
     c = report.counts
     bad = [f"{c[s]} {s}" for s in ("failed", "interrupted", "running", NO_RESULT)]
     return (
-        f"{c['runs']} runs read: {c['completed']} completed ({c['swept']} swept in {c['configurations']} "
-        f"configurations, {c['baselines']} single-task baselines); {', '.join(bad)}."
+        f"{_count(c['runs'], 'run')} read: {c['completed']} completed ({c['swept']} swept in "
+        f"{_count(c['configurations'], 'configuration')}, {_count(c['baselines'], 'single-task baseline')}); "
+        f"{', '.join(bad)}."
     )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def render_markdown(report: Report) -> str:

@@ -43,16 +43,21 @@ metrics, and ``loss_weights.csv`` / ``loss_weights.png``: the weight trajectory)
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import socket
 import sys
+import warnings
+import zipfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -67,6 +72,9 @@ _DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE
 _EXCLUDED_FROM_KEY = ("seed", "ckpt_path", "hydra.", "hydra/", "output_dir")
 
 _task_started = False
+_failed_jobs: list[str] = []
+"""The jobs of a sweep (``-m``) that failed: the sweep runs the others, then exits with status 1."""
+log = logging.getLogger(__name__)
 
 
 # -- result.json --------------------------------------------------------------------------------
@@ -146,21 +154,59 @@ def format_table(result: Mapping[str, Any]) -> str:
 
 
 # -- building ------------------------------------------------------------------------------------
-def check_checkpoint(path: str | None) -> str | None:
-    """``path`` if it is a readable Lightning checkpoint, else an error naming it."""
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A checked Lightning checkpoint: its absolute path and how far its training went."""
+
+    path: str
+    epochs: int
+    """Training epochs completed."""
+    steps: int
+    """Optimizer steps completed (``global_step``)."""
+
+
+def check_checkpoint(path: str | None) -> CheckpointInfo | None:
+    """``path`` and its progress if it is a readable Lightning checkpoint, else an error naming it."""
     if path is None:
         return None
     path = os.path.abspath(os.path.expanduser(str(path)))
+    if os.path.isdir(path):
+        raise MultiLossError(f"ckpt_path {path!r} is a folder; give the checkpoint file (e.g. checkpoints/last.ckpt)")
     if not os.path.isfile(path):
         raise MultiLossError(f"ckpt_path {path!r}: no such file")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise MultiLossError(f"ckpt_path {path!r} is not a readable checkpoint: {first}") from None
+        text = str(error).strip()
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; torch's error is cryptic then
+            reason = "the file is not in torch.save's format"
+        elif "weights_only" in text or "Weights only load failed" in text:
+            # torch's own message suggests weights_only=False, which would run code from the file.
+            reason = "it holds more than plain values (torch.load with weights_only=True refused it)"
+        else:
+            reason = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+        raise MultiLossError(f"ckpt_path {path!r} is not a readable PyTorch checkpoint: {reason}") from None
     if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
         raise MultiLossError(f"ckpt_path {path!r} is not a Lightning checkpoint (no 'state_dict')")
-    return path
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    epochs = progress.get("completed", checkpoint.get("epoch", 0))
+    return CheckpointInfo(path, int(epochs), int(checkpoint.get("global_step", 0)))
+
+
+def check_resumable(checkpoint: CheckpointInfo, max_epochs: int | None, max_steps: int) -> None:
+    """An error when the Trainer's limits leave nothing to train after ``checkpoint``."""
+    if max_epochs is not None and max_epochs >= 0 and checkpoint.epochs >= max_epochs:
+        raise MultiLossError(
+            f"ckpt_path {checkpoint.path!r} has trained {checkpoint.epochs} epochs already and "
+            f"trainer.max_epochs={max_epochs} leaves nothing to train: set trainer.max_epochs above "
+            f"{checkpoint.epochs} to continue"
+        )
+    if max_steps >= 0 and checkpoint.steps >= max_steps:
+        raise MultiLossError(
+            f"ckpt_path {checkpoint.path!r} has trained {checkpoint.steps} optimizer steps already and "
+            f"trainer.max_steps={max_steps} leaves nothing to train: set trainer.max_steps above "
+            f"{checkpoint.steps} to continue"
+        )
 
 
 def _resolved(cfg: DictConfig) -> DictConfig:
@@ -193,6 +239,13 @@ def build(cfg: DictConfig) -> tuple[Any, Any, Any]:
     validate_config(cfg)
     cfg = _resolved(cfg)
     if cfg.get("baseline_of") is not None:
+        chosen = _weighting_name(cfg.get("weighting"))
+        if chosen not in (None, "fixed"):
+            log.warning(
+                "single-task baseline of task %r: weighting %r does not apply (one task, weight 1)",
+                cfg.baseline_of,
+                chosen,
+            )
         cfg = single_task(cfg, cfg.baseline_of)
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
@@ -259,8 +312,11 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
     rank_zero = all(os.environ.get(key, "0") == "0" for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"))
     threads = torch.get_num_threads()  # build() may change it (torch_threads): restored at the end
     try:
-        ckpt_path = check_checkpoint(cfg.get("ckpt_path"))
+        checkpoint = check_checkpoint(cfg.get("ckpt_path"))
         datamodule, model, trainer = build(cfg)
+        if checkpoint is not None:
+            check_resumable(checkpoint, trainer.max_epochs, trainer.max_steps)
+        ckpt_path = None if checkpoint is None else checkpoint.path
     except BaseException as error:
         if rank_zero:
             result["status"] = "failed"
@@ -301,7 +357,8 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
             result["weights"] = {t: float(w) for t, w in zip(tasks, last.tolist(), strict=True)}
         result["status"] = "completed"
     except BaseException as error:
-        interrupted = isinstance(error, KeyboardInterrupt | SystemExit) or trainer.interrupted
+        # Not trainer.interrupted: Lightning sets that for any exception raised inside fit.
+        interrupted = isinstance(error, KeyboardInterrupt | SystemExit)
         result["status"] = "interrupted" if interrupted else "failed"
         if not interrupted:
             result["error"] = f"{type(error).__name__}: {error}"
@@ -376,11 +433,20 @@ def external_launch_argv(argv: Sequence[str], environ: Mapping[str, str] = os.en
 def _app(cfg: DictConfig) -> float | None:
     global _task_started
     _task_started = True
-    overrides = list(HydraConfig.get().overrides.task)
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         result = run(cfg, overrides)
-    except MultiLossError as error:
+    except Exception as error:
+        if not isinstance(error, MultiLossError) and type(error).__name__ != "MisconfigurationException":
+            if not in_sweep:
+                raise
+            log.exception("job %s failed", hydra_cfg.job.num)  # the traceback, in the job's train.log too
         print(f"error: {error}", file=sys.stderr, flush=True)
+        if in_sweep:  # result.json says "failed"; the sweep goes on with its next job
+            _failed_jobs.append(f"#{hydra_cfg.job.num} ({' '.join(overrides) or 'defaults'}): {error}")
+            return None
         raise SystemExit(2) from None
     # The value of the sweep objective (a sweeper can minimise it): the first task's primary test metric.
     first = next(iter(result["primary"]))
@@ -388,23 +454,54 @@ def _app(cfg: DictConfig) -> float | None:
     return value if value is None or math.isfinite(value) else None
 
 
+class _DropMessages(logging.Filter):
+    def __init__(self, *fragments: str) -> None:
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(fragment in record.getMessage() for fragment in self.fragments)
+
+
+def _quiet_lightning() -> None:
+    """Hide what would alarm or distract a user of this app and says nothing about the run.
+
+    A deprecation inside Lightning's own code (with recent torch), the note that best-model
+    bookkeeping is not carried over when a run resumes into its new folder (expected: each run
+    has its own), and an advertisement.
+    """
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+    warnings.filterwarnings("ignore", message=r"The dirpath has changed from .* won't be reloaded")
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropMessages("litlogger"))
+
+
 def main() -> None:
     """The ``multiloss-train`` console script.
 
     Exit status: 0 on success; 2 for a configuration that cannot be composed or that the library
-    rejects (the message names the key, task, strategy or file); 1 for any other failure.
+    or Lightning rejects (the message names the key, task, strategy or file); 1 for any other
+    failure. Under ``-m`` a failed job does not stop the sweep: its ``result.json`` says
+    ``"failed"`` with the error, the other jobs run, and the exit status is 1 if any job failed.
     """
     child = ddp_child_argv()
     if child is not None:
         sys.argv = [sys.argv[0], *child]
     else:
         sys.argv += external_launch_argv(sys.argv[1:])
+    _failed_jobs.clear()
+    _quiet_lightning()
     try:
         _app()
     except SystemExit as exit_:
         if exit_.code == 1 and not _task_started:  # Hydra could not compose the config
             raise SystemExit(2) from None
         raise
+    if _failed_jobs:
+        print(f"error: {len(_failed_jobs)} job(s) of the sweep failed:", file=sys.stderr)
+        for line in _failed_jobs:
+            print(f"  {line}", file=sys.stderr)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -321,3 +321,21 @@ def test_configs_compose_from_another_hydra_app(tmp_path):
     net = instantiate(cfg.model, input_shape=list(dm.input_shape), weighting=cfg.weighting, _recursive_=False)
     assert [t.name for t in net.tasks] == ["digit", "centre"]
     assert float(net.weighting.alpha.detach()) == 0.25
+
+
+def refuse_setup(reason: str) -> None:
+    """A target that Lightning would raise from: its configuration error."""
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+    raise MisconfigurationException(reason)
+
+
+def test_lightning_configuration_errors_become_one_message():
+    """``trainer=gpu`` without a GPU: Lightning's MisconfigurationException, naming the target, no Hydra wrapping."""
+    from lightning_multiloss.config import call
+
+    node = OmegaConf.create({"_target_": f"{__name__}.refuse_setup", "reason": "No supported gpu backend found!"})
+    with pytest.raises(MultiLossError, match=rf"^{re.escape(__name__)}.refuse_setup: No supported gpu backend found!$"):
+        call(node)
+    with pytest.raises(InstantiationException):  # other errors keep Hydra's message (target and key)
+        call(OmegaConf.create({"_target_": "math.sqrt", "x": "not a number"}))

@@ -216,7 +216,9 @@ def poisoned(data: list[dict[str, Tensor]], rows: range, value: float) -> list[d
 def test_nonfinite_loss_raises_naming_task_and_step(tmp_path, value, shown):
     data = poisoned(samples(24), range(16, 24), value)  # the third batch of 8
     with pytest.raises(
-        NonFiniteLossError, match=rf"non-finite task loss\(es\) \{{'reg': {shown}\}} at train step 2, epoch 0, batch 2"
+        NonFiniteLossError,
+        match=rf"non-finite task loss\(es\) \{{'reg': {shown}\}} at train step 2, epoch 0, batch 2; "
+        r"configure_multitask\(on_nonfinite='skip'\) \(multiloss-train: model.on_nonfinite=skip\) skips such steps",
     ):
         fit(ToyNet(), data, tmp_path)
 
@@ -230,8 +232,9 @@ def test_nonfinite_validation_loss_raises_even_when_training_skips(tmp_path):
     model = ToyNet(on_nonfinite="skip")
     trainer = quiet_trainer(default_root_dir=tmp_path)
     loader = DataLoader(poisoned(samples(8), range(0, 8), NAN), batch_size=8)
-    with pytest.raises(NonFiniteLossError, match=r"\{'reg': nan\} at val"):
+    with pytest.raises(NonFiniteLossError, match=r"\{'reg': nan\} at val .*evaluation is not skipped") as info:
         trainer.validate(model, loader, verbose=False)
+    assert "on_nonfinite" not in str(info.value)  # no advice to set what is set already
 
 
 def test_skip_nonfinite_step_equals_never_seeing_that_batch(tmp_path):

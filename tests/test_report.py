@@ -460,3 +460,17 @@ def test_a_running_run_whose_process_is_gone_counts_as_interrupted(tmp_path: Pat
     (gone,) = [run for run in report.problems if run.status == "interrupted"]
     assert f"its process ({dead_pid} on {host}) is gone" in (gone.error or "")
     assert (report.counts["running"], report.counts["interrupted"]) == (2, 1)
+
+
+def test_runs_of_the_defaults_have_an_empty_key_and_are_one_configuration(tmp_path: Path) -> None:
+    """``multiloss-train -m seed=0,1``: no override but the seed, so ``config_key`` is empty."""
+    for seed, (acc, mse) in {0: (0.8, 0.3), 1: (0.9, 0.2)}.items():
+        result = completed("fixed", seed, [f"seed={seed}"], {"cls": {"acc": acc}, "reg": {"mse": mse}})
+        write_job(tmp_path / "multirun" / str(seed), [f"seed={seed}"], {**result, "config_key": ""})
+    report = make_report([str(tmp_path / "multirun")], out=str(tmp_path / "out"))
+    (exp,) = report.experiments
+    (row,) = exp.rows
+    assert row.seeds == [0, 1] and row.config_key == ""
+    assert row.metrics["cls"].mean == pytest.approx(0.85) and row.metrics["reg"].mean == pytest.approx(0.25)
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "2 runs read: 2 completed (2 swept in 1 configuration, 0 single-task baselines)" in text

@@ -23,7 +23,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from torch import nn
 
-from lightning_multiloss import MultiLossError
+from lightning_multiloss import MultiLossError, NonFiniteLossError
 from lightning_multiloss.config import config_dir
 from lightning_multiloss.train import RUN_DIR_ENV, build, config_key, ddp_child_argv, external_launch_argv, run
 from lightning_multiloss.weighting import Progress, Scheduled
@@ -152,6 +152,13 @@ def test_result_json_and_resume(tmp_path):
     resumed = torch.load(tmp_path / "second/checkpoints/last.ckpt", weights_only=True)
     assert resumed["global_step"] == 9 and resumed["epoch"] == before["epoch"] + 1  # one more epoch of 3 batches
     assert resumed["callbacks"]["LossWeightingCallback"]["steps"][:6] == [1, 2, 3, 4, 5, 6]
+    # A checkpoint at (or past) the Trainer's limits: one clear error, not an empty "completed" run.
+    for limit, done in (("trainer.max_epochs=2", "2 epochs"), ("trainer.max_epochs=1", "2 epochs")):
+        with pytest.raises(MultiLossError, match=rf"has trained {done} already and {limit} leaves nothing to train"):
+            run_here(tmp_path / "again", "weighting=learnable", f"ckpt_path={ckpt}", limit)
+    with pytest.raises(MultiLossError, match=r"has trained 6 optimizer steps already and trainer.max_steps=5 leaves"):
+        run_here(tmp_path / "again", f"ckpt_path={ckpt}", "trainer.max_epochs=9", "trainer.max_steps=5")
+    assert json.loads((tmp_path / "again/result.json").read_text())["status"] == "failed"
 
 
 def test_missing_or_corrupt_checkpoint_names_the_path(tmp_path):
@@ -162,8 +169,24 @@ def test_missing_or_corrupt_checkpoint_names_the_path(tmp_path):
     assert failed["status"] == "failed" and str(missing) in failed["error"]
     corrupt = tmp_path / "corrupt.ckpt"
     corrupt.write_bytes(b"not a checkpoint")
-    with pytest.raises(MultiLossError, match=f"ckpt_path '{corrupt}' is not a readable checkpoint"):
+    with pytest.raises(
+        MultiLossError,
+        match=f"ckpt_path '{corrupt}' is not a readable PyTorch checkpoint: the file is not in torch.save",
+    ):
         run_here(tmp_path / "b", f"ckpt_path={corrupt}")
+    with pytest.raises(MultiLossError, match=f"ckpt_path '{tmp_path}' is a folder; give the checkpoint file"):
+        run_here(tmp_path / "c", f"ckpt_path={tmp_path}")
+    code = tmp_path / "code.ckpt"
+    torch.save({"state_dict": {}, "hook": print}, code)  # unpickling it would need arbitrary code
+    with pytest.raises(MultiLossError, match=r"holds more than plain values \(torch.load with weights_only=True"):
+        run_here(tmp_path / "d", f"ckpt_path={code}")
+
+
+def test_a_failure_inside_fit_is_recorded_as_failed_not_interrupted(tmp_path):
+    with pytest.raises(NonFiniteLossError):
+        run_here(tmp_path, "model.optimizer.lr=1e12")
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["status"] == "failed" and result["error"].startswith("NonFiniteLossError: non-finite task loss")
 
 
 def test_single_task_baseline(tmp_path):
@@ -327,3 +350,16 @@ def test_cli_under_srun_shares_one_folder(tmp_path):
     assert outputs[0][0].count("* primary metric") == 1 and "* primary metric" not in outputs[1][0]
     log = (run_dir / "train.log").read_text()
     assert "GLOBAL_RANK: 0" in log and "GLOBAL_RANK: 1" not in log
+
+
+@pytest.mark.slow
+def test_cli_sweep_goes_on_after_a_failed_job(tmp_path):
+    """Job 0 is rejected (two weights for three tasks), job 1 runs; the sweep ends with status 1."""
+    args = ["-m", "weighting.weights=[1,2],[1,1,1]", "trainer=debug", "trainer.enable_progress_bar=false"]
+    proc = cli([*args, "hydra.sweep.dir=sweep"], cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    status = {job: json.loads((tmp_path / "sweep" / job / "result.json").read_text()) for job in ("0", "1")}
+    assert status["0"]["status"] == "failed" and "weights has 2 values for 3 tasks" in status["0"]["error"]
+    assert status["1"]["status"] == "completed"
+    assert "error: 1 job(s) of the sweep failed:" in proc.stderr
+    assert "#0 (weighting.weights=[1,2]" in proc.stderr and "Traceback" not in proc.stderr
