@@ -59,3 +59,5 @@ def test_readme_hydra_app_runs(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, f"my_app.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     assert "max_epochs=10" in proc.stderr + proc.stdout, "the app did not train to the end"
+    assert (tmp_path / "run" / "lightning_logs").is_dir()  # the app's logs went into Hydra's run folder
+    assert not (tmp_path / "lightning_logs").exists()
