@@ -134,7 +134,9 @@ class MultiTaskMixin(_Base):
             for stage in ("train", "val", "test")
         }
         self._mt_callback_attached = False
-        self._mt_skip_step: int | None = None  # the optimizer step to skip (a non-finite loss), if any
+        # The optimizer step to skip after a non-finite loss, as (Trainer, global_step): a later fit
+        # with another Trainer restarts its count, and must not skip its own step of that number.
+        self._mt_skip_step: tuple[int, int] | None = None
         self._mt_last_weights: Tensor | None = None
         self._mt_metrics = nn.ModuleDict(
             {
@@ -248,7 +250,7 @@ class MultiTaskMixin(_Base):
         if not self._mt_check_finite(losses, "train", batch_idx):
             # The coming optimizer step is skipped: with gradient accumulation one bad micro-batch
             # skips the whole step (the others' gradients are dropped too, not applied as half a step).
-            self._mt_skip_step = self._mt_global_step()
+            self._mt_skip_step = self._mt_step_id()
             # Lightning refuses None under DDP. A zero that reaches every parameter keeps DDP's
             # gradient all-reduce in step on all processes; on_before_optimizer_step drops it.
             return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), losses.new_zeros(()))
@@ -279,18 +281,20 @@ class MultiTaskMixin(_Base):
 
     def on_before_optimizer_step(self, optimizer: Any) -> None:
         super().on_before_optimizer_step(optimizer)  # type: ignore[misc]
-        if self._mt_skip_step is not None and self._mt_skip_step == self._mt_global_step():
+        if self._mt_skip_step == self._mt_step_id():
             # No gradients: the optimizer leaves the parameters and its state (moments, step) alone.
             optimizer.zero_grad(set_to_none=True)
 
-    def _mt_global_step(self) -> int:
-        """Optimizer steps done so far (-1 outside a Trainer)."""
+    def _mt_step_id(self, steps_done: int | None = None) -> tuple[int, int]:
+        """(the Trainer, the optimizer steps done so far, or ``steps_done``); (0, -1) outside a Trainer."""
         trainer = getattr(self, "_trainer", None)
-        return int(trainer.global_step) if trainer is not None else -1
+        if trainer is None:
+            return (0, -1)
+        return (id(trainer), int(trainer.global_step) if steps_done is None else steps_done)
 
     def _mt_step_was_skipped(self, steps_done: int) -> bool:
         """Whether the optimizer step that brought ``global_step`` to ``steps_done`` was skipped."""
-        return self._mt_skip_step is not None and self._mt_skip_step == steps_done - 1
+        return self._mt_skip_step == self._mt_step_id(steps_done - 1)
 
     def configure_callbacks(self) -> Any:
         callbacks = list(super().configure_callbacks())  # type: ignore[misc]

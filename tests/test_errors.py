@@ -267,6 +267,14 @@ def test_skip_nonfinite_step_equals_never_seeing_that_batch(tmp_path):
         assert float(state_a[index]["step"]) == 6.0  # 3 good batches x 2 epochs
 
 
+def test_a_skip_in_one_fit_does_not_skip_the_same_step_number_of_the_next(tmp_path):
+    model = ToyNet(optimizer="adam", on_nonfinite="skip")
+    first = fit(model, poisoned(samples(32), range(8, 16), NAN), tmp_path / "a")  # step 1 of 4 skipped
+    assert {float(s["step"]) for s in first.optimizers[0].state_dict()["state"].values()} == {3.0}
+    second = fit(model, samples(32), tmp_path / "b")  # a new Trainer counts from 0 again: no skip
+    assert {float(s["step"]) for s in second.optimizers[0].state_dict()["state"].values()} == {4.0}
+
+
 @pytest.mark.parametrize("poisoned_batch", [0, 1])
 def test_skip_with_accumulation_drops_the_whole_optimizer_step(tmp_path, poisoned_batch):
     """Accumulating 2 batches: a non-finite first or last micro-batch skips that whole step.
