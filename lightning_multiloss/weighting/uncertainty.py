@@ -76,7 +76,7 @@ class Uncertainty(Weighting):
 
     def __init__(self, init: float | Sequence[float] | Mapping[str, float] = 0.0) -> None:
         super().__init__()
-        self._init = check_log_variance_init("uncertainty", init)
+        self._init = check_log_variance_init(self.name, init)
         self.log_var: nn.Parameter
 
     def build(self, num_tasks: int) -> None:
@@ -85,5 +85,10 @@ class Uncertainty(Weighting):
     def forward(self, losses: Tensor) -> WeightedLoss:
         s = self.log_var.to(losses.dtype)
         weights = 0.5 * torch.exp(-s)
-        loss = (weights * losses + 0.5 * s).sum()
+        loss = (weights * losses + self.regulariser(s)).sum()
         return WeightedLoss(loss, weights.detach())
+
+    @staticmethod
+    def regulariser(s: Tensor) -> Tensor:
+        r""":math:`\log\sigma_i = \tfrac12 s_i`."""
+        return 0.5 * s

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
-import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from lightning_multiloss.weighting._base import WeightedLoss, Weighting
 from lightning_multiloss.weighting._registry import register
-from lightning_multiloss.weighting.uncertainty import check_log_variance_init, initial_values
+from lightning_multiloss.weighting.uncertainty import Uncertainty
 
 
 @register("uncertainty_revised")
-class UncertaintyRevised(Weighting):
+class UncertaintyRevised(Uncertainty):
     r"""Uncertainty weighting with the regulariser :math:`\log(1 + \sigma^2)` (Liebel & Körner 2018).
 
     "Auxiliary Tasks in Multi-task Learning", arXiv:1805.06334. Kendall's regulariser
@@ -46,18 +42,7 @@ class UncertaintyRevised(Weighting):
         tensor([0.5000, 0.5000])
     """
 
-    min_tasks = 2
-
-    def __init__(self, init: float | Sequence[float] | Mapping[str, float] = 0.0) -> None:
-        super().__init__()
-        self._init = check_log_variance_init("uncertainty_revised", init)
-        self.log_var: nn.Parameter
-
-    def build(self, num_tasks: int) -> None:
-        self.log_var = nn.Parameter(initial_values(self, self._init, num_tasks))
-
-    def forward(self, losses: Tensor) -> WeightedLoss:
-        s = self.log_var.to(losses.dtype)
-        weights = 0.5 * torch.exp(-s)
-        loss = (weights * losses + F.softplus(s)).sum()
-        return WeightedLoss(loss, weights.detach())
+    @staticmethod
+    def regulariser(s: Tensor) -> Tensor:
+        r""":math:`\log(1 + \sigma_i^2) = \mathrm{softplus}(s_i)`, stable for any :math:`s_i`."""
+        return F.softplus(s)
