@@ -5,10 +5,11 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 
 from lightning_multiloss._dist import any_across_ranks
 from lightning_multiloss._lightning import callback_class_for, check_mixin_order
@@ -149,6 +150,11 @@ class MultiTaskMixin(_Base):
                 )
                 for stage in ("val", "test")
             }
+        )
+        # The evaluation epoch means of the total, the task losses and the weights (in _mt_keys
+        # order), kept by torchmetrics: see _mt_log.
+        self._mt_eval_means = nn.ModuleDict(
+            {stage: nn.ModuleList(MeanMetric() for _ in range(1 + 2 * len(tasks))) for stage in ("val", "test")}
         )
         if weighting.uses_epoch_losses:
             # Persistent, so a run resumed mid-epoch keeps the epoch's running sums.
@@ -351,23 +357,25 @@ class MultiTaskMixin(_Base):
 
     def _mt_log(self, stage: Stage, losses: Tensor, weights: Tensor, total: Tensor, batch_size: int) -> None:
         total_key, loss_keys, weight_keys = self._mt_keys[stage]
-        train = stage == "train"
-        self.log(
-            total_key,
-            total.detach(),
-            on_step=train,
-            on_epoch=not train,
-            sync_dist=not train,
-            batch_size=batch_size,
-            prog_bar=True,
-        )
+        if stage != "train":
+            # Batch-size-weighted epoch means whose sums torchmetrics adds up over processes: exact
+            # under DDP also when the processes evaluate different numbers of samples, where
+            # Lightning's sync_dist would take an integer mean of the processes' sample counts.
+            values = [total.detach(), *losses.detach().unbind(), *weights.unbind()]
+            keys = [total_key, *loss_keys, *weight_keys]
+            means = cast("Sequence[MeanMetric]", self._mt_eval_means[stage])
+            for key, mean, value in zip(keys, means, values, strict=True):
+                mean.update(value, batch_size)
+                self.log(key, mean, on_step=False, on_epoch=True, prog_bar=key == total_key, batch_size=batch_size)
+            return
+        self.log(total_key, total.detach(), on_step=True, on_epoch=False, batch_size=batch_size, prog_bar=True)
         # Each logged key costs Lightning a fixed amount per call, and the loggers write step values
         # only on their logging steps, so per-task training values are logged on those steps alone.
-        if train and not self._mt_is_logging_step():
+        if not self._mt_is_logging_step():
             return
-        values = dict(zip(loss_keys, losses.detach().unbind(), strict=True))
-        values.update(zip(weight_keys, weights.unbind(), strict=True))
-        self.log_dict(values, on_step=train, on_epoch=not train, sync_dist=not train, batch_size=batch_size)
+        values_by_key = dict(zip(loss_keys, losses.detach().unbind(), strict=True))
+        values_by_key.update(zip(weight_keys, weights.unbind(), strict=True))
+        self.log_dict(values_by_key, on_step=True, on_epoch=False, batch_size=batch_size)
 
     def _mt_is_logging_step(self) -> bool:
         """Whether the Trainer writes this training step's values to its loggers."""

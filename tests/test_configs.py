@@ -10,6 +10,7 @@ import inspect
 import math
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
@@ -23,6 +24,7 @@ from torch import nn
 
 from lightning_multiloss import MultiLossError
 from lightning_multiloss.config import TrainerConf, build_weighting, config_dir, validate_config
+from lightning_multiloss.data import DigitsDataModule, ShardSampler
 from lightning_multiloss.models import MultiTaskNet
 from lightning_multiloss.schedules import Schedule
 from lightning_multiloss.train import build
@@ -149,6 +151,29 @@ def test_data_option(tmp_path, name):
     assert batch["x"].shape == (5, *dm.input_shape)
     total = sum(len(ds) for ds in dm.datasets.values())
     assert len(dm.datasets["test"]) == round(total * cfg.data.test_fraction)
+
+
+def test_evaluation_shares_under_ddp_cover_each_sample_once():
+    """Under DDP the val/test loaders shard the split (no padding); train is left to Lightning."""
+    dm = DigitsDataModule(batch_size=7, val_fraction=0.045, test_fraction=0.025)  # 81 and 45 samples
+    dm.setup()
+    for split, size in (("val", 81), ("test", 45)):
+        seen = []
+        for rank in range(4):
+            dm.trainer = SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 4, "rank": rank})  # type: ignore[assignment]
+            loader = dm.val_dataloader() if split == "val" else dm.test_dataloader()
+            assert isinstance(loader.sampler, ShardSampler) and len(loader.sampler) in (size // 4, size // 4 + 1)
+            seen += [int(i) for i in loader.sampler]
+            assert sum(len(b["x"]) for b in loader) == len(loader.sampler)
+        assert sorted(seen) == list(range(size))
+    assert not isinstance(dm.train_dataloader().sampler, ShardSampler)
+    dm.trainer = SimpleNamespace(distributed_sampler_kwargs=None)  # type: ignore[assignment]
+    assert not isinstance(dm.val_dataloader().sampler, ShardSampler)  # one process: Lightning's default
+    tiny = DigitsDataModule(val_fraction=0.001)  # 2 validation samples
+    tiny.setup()
+    tiny.trainer = SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 4, "rank": 0})  # type: ignore[assignment]
+    with pytest.raises(MultiLossError, match=r"DigitsDataModule: the val split has 2 sample\(s\) for 4 processes"):
+        tiny.val_dataloader()
 
 
 @pytest.mark.parametrize("name", options("trainer"))

@@ -363,3 +363,41 @@ def test_cli_sweep_goes_on_after_a_failed_job(tmp_path):
     assert status["1"]["status"] == "completed"
     assert "error: 1 job(s) of the sweep failed:" in proc.stderr
     assert "#0 (weighting.weights=[1,2]" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_ddp_evaluation_counts_every_sample_once(tmp_path):
+    """2-process validate and test equal a plain-PyTorch evaluation of the whole splits (odd sizes)."""
+    from tests._ddp import run_ddp_script
+    from tests.scripts.ddp_eval import OVERRIDES
+
+    r0, r1 = run_ddp_script("ddp_eval.py", tmp_path)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=[*OVERRIDES, f"output_dir={tmp_path}"])
+    datamodule, model, _ = build(cfg)
+    model.load_state_dict(r0["state_dict"])
+    model.eval()
+    datamodule.setup()
+    for stage, split in (("val", "val"), ("test", "test")):
+        data = datamodule.datasets[split].tensors
+        n = len(data["x"])
+        assert n % 2 == 1 and r0["shares"][stage] + r1["shares"][stage] == n  # no sample twice
+        with torch.no_grad():
+            out = model(data["x"])
+        losses = {
+            "digit": nn.functional.cross_entropy(out["digit"], data["digit"]),
+            "recon": nn.functional.mse_loss(out["recon"], data["x"]),
+            "centre": nn.functional.mse_loss(out["centre"], data["centre"]),
+        }
+        expected = {
+            f"{stage}/acc/digit": (out["digit"].argmax(1) == data["digit"]).float().mean(),
+            f"{stage}/mse/recon": losses["recon"],
+            f"{stage}/mae/centre": (out["centre"] - data["centre"]).abs().mean(),
+            f"{stage}/loss": sum(losses.values()),
+            **{f"{stage}/loss/{task}": loss for task, loss in losses.items()},
+        }
+        for rank in (r0, r1):
+            assert expected.keys() <= rank[stage].keys()
+            for key, value in expected.items():
+                assert rank[stage][key] == pytest.approx(float(value), rel=1e-5, abs=1e-7), key

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightning_multiloss.errors import MultiLossError
 
@@ -28,6 +28,25 @@ class TensorDictDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         return {key: value[index] for key, value in self.tensors.items()}
+
+
+class ShardSampler(DistributedSampler):
+    """Process ``rank`` of ``num_replicas`` reads samples ``rank, rank + num_replicas, ...``: no padding.
+
+    Lightning's default ``DistributedSampler`` repeats samples so that every process gets as
+    many; under DDP the validation and test metrics would then count some samples twice. With
+    this sampler each sample is evaluated exactly once (the shares differ by at most one sample;
+    Lightning's epoch means and torchmetrics' states are summed over processes, so the results
+    equal one process reading the whole split). Evaluation only: DDP training needs equal shares.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.total_size = len(dataset)  # type: ignore[arg-type]
+        self.num_samples = len(range(rank, self.total_size, num_replicas))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.total_size, self.num_replicas))
 
 
 class SplitDataModule(pl.LightningDataModule):
@@ -97,15 +116,33 @@ class SplitDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
             self.setup()
-        if len(self.datasets[split]) == 0:
+        dataset = self.datasets[split]
+        if len(dataset) == 0:
             raise MultiLossError(f"{type(self).__name__}: the {split} split is empty; raise its fraction")
+        sampler = None if split == "train" else self._evaluation_sampler(split)
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+    def _evaluation_sampler(self, split: str) -> ShardSampler | None:
+        """Under DDP, each process's share of ``split``, every sample once (None: Lightning's default)."""
+        trainer = self.trainer
+        kwargs = trainer.distributed_sampler_kwargs if trainer is not None else None
+        if not kwargs or kwargs.get("num_replicas", 1) <= 1:
+            return None
+        replicas, size = int(kwargs["num_replicas"]), len(self.datasets[split])
+        if size < replicas:
+            # A process without a batch would leave the others waiting in DDP's first forward.
+            raise MultiLossError(
+                f"{type(self).__name__}: the {split} split has {size} sample(s) for {replicas} processes; "
+                "raise its fraction"
+            )
+        return ShardSampler(self.datasets[split], num_replicas=replicas, rank=int(kwargs["rank"]))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
