@@ -36,8 +36,9 @@ class ShardSampler(DistributedSampler):
     Lightning's default ``DistributedSampler`` repeats samples so that every process gets as
     many; under DDP the validation and test metrics would then count some samples twice. With
     this sampler each sample is evaluated exactly once (the shares differ by at most one sample;
-    Lightning's epoch means and torchmetrics' states are summed over processes, so the results
-    equal one process reading the whole split). Evaluation only: DDP training needs equal shares.
+    the mixin's evaluation means and metrics are torchmetrics states summed over processes, so
+    the results equal one process reading the whole split). Evaluation only: DDP training needs
+    equal shares.
     """
 
     def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
