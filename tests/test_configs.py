@@ -160,18 +160,18 @@ def test_evaluation_shares_under_ddp_cover_each_sample_once():
     for split, size in (("val", 81), ("test", 45)):
         seen = []
         for rank in range(4):
-            dm.trainer = SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 4, "rank": rank})  # type: ignore[assignment]
+            dm.trainer = SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 4, "rank": rank})
             loader = dm.val_dataloader() if split == "val" else dm.test_dataloader()
             assert isinstance(loader.sampler, ShardSampler) and len(loader.sampler) in (size // 4, size // 4 + 1)
             seen += [int(i) for i in loader.sampler]
             assert sum(len(b["x"]) for b in loader) == len(loader.sampler)
         assert sorted(seen) == list(range(size))
     assert not isinstance(dm.train_dataloader().sampler, ShardSampler)
-    dm.trainer = SimpleNamespace(distributed_sampler_kwargs=None)  # type: ignore[assignment]
+    dm.trainer = SimpleNamespace(distributed_sampler_kwargs=None)
     assert not isinstance(dm.val_dataloader().sampler, ShardSampler)  # one process: Lightning's default
     tiny = DigitsDataModule(val_fraction=0.001)  # 2 validation samples
     tiny.setup()
-    tiny.trainer = SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 4, "rank": 0})  # type: ignore[assignment]
+    tiny.trainer = SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 4, "rank": 0})
     with pytest.raises(MultiLossError, match=r"DigitsDataModule: the val split has 2 sample\(s\) for 4 processes"):
         tiny.val_dataloader()
 

@@ -379,8 +379,8 @@ def test_ddp_evaluation_counts_every_sample_once(tmp_path):
     model.load_state_dict(r0["state_dict"])
     model.eval()
     datamodule.setup()
-    for stage, split in (("val", "val"), ("test", "test")):
-        data = datamodule.datasets[split].tensors
+    for stage in ("val", "test"):
+        data = datamodule.datasets[stage].tensors
         n = len(data["x"])
         assert n % 2 == 1 and r0["shares"][stage] + r1["shares"][stage] == n  # no sample twice
         with torch.no_grad():
@@ -396,6 +396,7 @@ def test_ddp_evaluation_counts_every_sample_once(tmp_path):
             f"{stage}/mae/centre": (out["centre"] - data["centre"]).abs().mean(),
             f"{stage}/loss": sum(losses.values()),
             **{f"{stage}/loss/{task}": loss for task, loss in losses.items()},
+            **{f"{stage}/weight/{task}": torch.tensor(1.0) for task in losses},  # fixed, all 1
         }
         for rank in (r0, r1):
             assert expected.keys() <= rank[stage].keys()

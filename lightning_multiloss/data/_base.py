@@ -120,7 +120,7 @@ class SplitDataModule(pl.LightningDataModule):
         dataset = self.datasets[split]
         if len(dataset) == 0:
             raise MultiLossError(f"{type(self).__name__}: the {split} split is empty; raise its fraction")
-        sampler = None if split == "train" else self._evaluation_sampler(split)
+        sampler = None if split == "train" else self._evaluation_sampler(split, dataset)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -130,20 +130,20 @@ class SplitDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def _evaluation_sampler(self, split: str) -> ShardSampler | None:
+    def _evaluation_sampler(self, split: str, dataset: TensorDictDataset) -> ShardSampler | None:
         """Under DDP, each process's share of ``split``, every sample once (None: Lightning's default)."""
         trainer = self.trainer
         kwargs = trainer.distributed_sampler_kwargs if trainer is not None else None
         if not kwargs or kwargs.get("num_replicas", 1) <= 1:
             return None
-        replicas, size = int(kwargs["num_replicas"]), len(self.datasets[split])
+        replicas, size = int(kwargs["num_replicas"]), len(dataset)
         if size < replicas:
             # A process without a batch would leave the others waiting in DDP's first forward.
             raise MultiLossError(
                 f"{type(self).__name__}: the {split} split has {size} sample(s) for {replicas} processes; "
                 "raise its fraction"
             )
-        return ShardSampler(self.datasets[split], num_replicas=replicas, rank=int(kwargs["rank"]))
+        return ShardSampler(dataset, num_replicas=replicas, rank=int(kwargs["rank"]))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
