@@ -16,7 +16,7 @@ The same network, a shared MLP trunk with a 10-class head and a 64-value reconst
 - the same network through ``MultiTaskMixin`` with ``fixed`` [0.5, 0.3], ``scheduled`` (a
   cosine alpha that changes every step), ``learnable``, and every other registered strategy
   that ``create_weighting(name)`` builds without arguments and that does not need the task
-  gradients (``needs_gradients = True``; those have their own benchmark).
+  gradients (``GradientWeighting``; those have their own benchmark).
 
 A step's time is the time from one ``on_train_batch_start`` to the next: the whole loop
 iteration (fetching a pre-collated batch, the hooks, ``training_step``, backward, the
@@ -61,7 +61,7 @@ import lightning_multiloss.weighting as weighting_package
 from lightning_multiloss import MultiTaskMixin, Task
 from lightning_multiloss.callback import LossWeightingCallback
 from lightning_multiloss.schedules import Cosine
-from lightning_multiloss.weighting import WEIGHTINGS, Fixed, Scheduled, Weighting, create_weighting
+from lightning_multiloss.weighting import WEIGHTINGS, Fixed, GradientWeighting, Scheduled, Weighting, create_weighting
 
 INPUTS, CLASSES = 64, 10
 TARGET_CORE = 1.03  # fixed, scheduled, learnable
@@ -237,7 +237,7 @@ def build_variants(args: argparse.Namespace, total_steps: int) -> tuple[list[Var
     for name in sorted(WEIGHTINGS):
         if name in ("fixed", "scheduled", "learnable"):
             continue
-        if getattr(WEIGHTINGS[name], "needs_gradients", False):
+        if issubclass(WEIGHTINGS[name], GradientWeighting):
             continue  # gradient strategies have their own benchmark
         try:
             WithMixin(hidden, create_weighting(name))  # built once now, so that a failure is reported here

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_multiloss._dist import all_reduce_sum
+from lightning_multiloss._lightning import lightning_package
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.weighting import Progress, Weighting
 
@@ -24,13 +24,19 @@ class LossWeightingHooks:
       (optimizer steps, epochs, planned steps), which sets scheduled weights;
     - after each optimizer step (not each batch: gradient accumulation is respected): the
       strategy's constraints and post-step updates (``learnable`` clips alpha here);
-    - at each training epoch's end: the epoch-mean task losses over all processes, each task's
-      over the batches that had a label for it, for the strategies that use them;
+    - at each training epoch's end: the module's non-finite check
+      (``check_finite_losses()``), the strategy's epoch hook (``end_training_epoch()``: DWA and
+      STCH take their epoch-mean losses there), and the module's epoch-mean task losses
+      (``end_training_epoch()``);
     - records the weights used at every ``every_n_steps``-th optimizer step without waiting
       for the device (the values are read only when a checkpoint or the plot is written); past
       ``max_points`` records it keeps every other one and doubles the interval, so a week-long
       run keeps a bounded, evenly spaced record. The record goes into checkpoints as plain lists,
       and at the end of fit into ``<filename>.csv`` and ``<filename>.png`` in the logger's folder.
+
+    It talks to the module through the mixin's documented members only: ``weighting``,
+    ``optimizer_step_skipped``, ``check_finite_losses`` and ``end_training_epoch``, and records
+    the strategy's ``last_weights``.
 
     Args:
         every_n_steps: record the weights every this many optimizer steps (to start with).
@@ -77,29 +83,21 @@ class LossWeightingHooks:
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         weighting = self._weighting(pl_module)
         self._check_one_of_the_right_package(trainer, pl_module)
-        pl_module._mt_callback_attached = True
         if self.task_names and self.task_names != list(weighting.task_names):
             raise MultiLossError(
                 f"LossWeightingCallback recorded tasks {self.task_names}, the model has {list(weighting.task_names)}"
             )
         self.task_names = list(weighting.task_names)
 
-    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        # A later fit of the same module without this callback must not pass the check in training_step.
-        pl_module._mt_callback_attached = False
-
     @staticmethod
     def _check_one_of_the_right_package(trainer: Any, pl_module: Any) -> None:
         # A Trainer calls the hooks of the other package's callback too, and the mixin adds one of
         # the module's package beside it: the weighting would be stepped twice per optimizer step.
         # (Two callbacks of one package are refused by Lightning: they share a state key.)
-        from lightning_multiloss._lightning import callback_class_for, lightning_package
-
         ours = [cb for cb in trainer.callbacks if isinstance(cb, LossWeightingHooks)]
-        expected = callback_class_for(pl_module)
         package = lightning_package(pl_module)
         for cb in ours:
-            if not isinstance(cb, expected):
+            if lightning_package(cb) != package:
                 where = "lightning_multiloss.lightning" if package == "lightning.pytorch" else "lightning_multiloss"
                 raise MultiLossError(
                     f"{type(pl_module).__name__} is a {package} module, but the Trainer has the LossWeightingCallback "
@@ -137,28 +135,22 @@ class LossWeightingHooks:
         if step == self._last_step:  # an accumulation batch: no optimizer step yet
             return
         self._last_step = step
-        if pl_module._mt_step_was_skipped(step):
+        if pl_module.optimizer_step_skipped(step):
             return
-        self._weighting(pl_module).after_optimizer_step()
-        used = pl_module._mt_last_weights
-        if used is not None and (step % self._stride == 0 or step == 1):
-            # A copy: some strategies update their weight buffer in place.
-            self._records.append((step, trainer.current_epoch, used.detach().clone()))
+        weighting = self._weighting(pl_module)
+        weighting.after_optimizer_step()
+        if step % self._stride == 0 or step == 1:
+            # A copy on the device (no wait): the strategy overwrites its weights next step.
+            self._records.append((step, trainer.current_epoch, weighting.last_weights.detach().clone()))
             if len(self._records) > self.max_points:
                 self._stride *= 2
                 self._records = [r for r in self._records if r[0] % self._stride == 0 or r[0] == 1]
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         weighting = self._weighting(pl_module)
-        if not weighting.uses_epoch_losses:
-            return
-        total = all_reduce_sum(pl_module._mt_epoch_loss_sum)
-        count = all_reduce_sum(pl_module._mt_epoch_loss_count)
-        if float(count.max()) > 0:
-            # Each task's mean over the batches that labelled it (0 for a task never labelled).
-            weighting.on_epoch_losses(total / count.clamp_min(1.0))
-        pl_module._mt_epoch_loss_sum.zero_()
-        pl_module._mt_epoch_loss_count.zero_()
+        pl_module.check_finite_losses()
+        weighting.end_training_epoch()
+        pl_module.end_training_epoch()
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         # `trainer.log_dir` broadcasts under DDP: every rank must ask for it, not only rank 0.

@@ -1,22 +1,25 @@
-"""Which Lightning package a module comes from: ``pytorch_lightning`` or ``lightning.pytorch``.
+"""The one place where lightning-multiloss reaches into Lightning beyond its documented API.
 
-The two are separate copies, and a Trainer refuses callbacks of the other one, so the mixin
-hands each module the callback class of its own package. Nothing here imports Lightning
-until a callback class is asked for.
+Each function here reads something Lightning does not document for users; each is covered by
+``tests/test_lightning_reach.py``, which fails when a Lightning release changes what it reads.
+Nothing here imports Lightning: the functions work for ``pytorch_lightning`` and
+``lightning.pytorch`` alike.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from lightning_multiloss.errors import MultiLossError
-
 _PACKAGES = ("pytorch_lightning", "lightning.pytorch", "lightning")
 
 
-def lightning_package(module: Any) -> str:
-    """``"pytorch_lightning"`` or ``"lightning.pytorch"``, from the module's base classes."""
-    for cls in type(module).__mro__:
+def lightning_package(obj: Any) -> str:
+    """``"pytorch_lightning"`` or ``"lightning.pytorch"``: the package of a module's or callback's classes.
+
+    The two packages are separate copies, and a Trainer of one refuses modules and callbacks of
+    the other.
+    """
+    for cls in type(obj).__mro__:
         root = cls.__module__
         if root == "pytorch_lightning" or root.startswith("pytorch_lightning."):
             return "pytorch_lightning"
@@ -25,28 +28,26 @@ def lightning_package(module: Any) -> str:
     return "pytorch_lightning"
 
 
-def callback_class_for(module: Any) -> type:
-    """The ``LossWeightingCallback`` class of the module's Lightning package."""
-    if lightning_package(module) == "lightning.pytorch":
-        from lightning_multiloss.lightning import LossWeightingCallback as LightningCallback
-
-        return LightningCallback
-    from lightning_multiloss.callback import LossWeightingCallback
-
-    return LossWeightingCallback
+def is_lightning_module_class(cls: type) -> bool:
+    """Whether ``cls`` is the ``LightningModule`` class of either package."""
+    return cls.__name__ == "LightningModule" and cls.__module__.startswith(_PACKAGES)
 
 
-def check_mixin_order(module: Any) -> None:
-    """The mixin must precede the LightningModule among the bases, or Lightning's steps win."""
-    from lightning_multiloss.mixin import MultiTaskMixin
+def trainer_of(module: Any) -> Any | None:
+    """The Trainer a LightningModule is attached to, or ``None`` (``module.trainer`` raises then)."""
+    return getattr(module, "_trainer", None)
 
-    mro = type(module).__mro__
-    mixin_at = mro.index(MultiTaskMixin)
-    for at, cls in enumerate(mro):
-        if cls.__name__ == "LightningModule" and cls.__module__.startswith(_PACKAGES):
-            if at < mixin_at:
-                raise MultiLossError(
-                    f"{type(module).__name__}: list MultiTaskMixin before LightningModule among the base classes, "
-                    f"as in `class {type(module).__name__}(MultiTaskMixin, LightningModule)`"
-                )
-            return
+
+def is_logging_step(trainer: Any | None) -> bool:
+    """Whether the Trainer writes this training step's logged values to its loggers.
+
+    Lightning decides it in its logger connector (``log_every_n_steps``, the last batch, a
+    stopping run); ``True`` outside a Trainer or where a Lightning version lacks the property.
+    """
+    connector = getattr(trainer, "_logger_connector", None)
+    if trainer is None or connector is None:
+        return True
+    try:
+        return bool(connector.should_update_logs or trainer.fast_dev_run)
+    except (AttributeError, NotImplementedError):  # another Lightning version: log every step
+        return True

@@ -28,7 +28,7 @@ gradient of the single-process run on the global batch.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import torch
@@ -187,31 +187,3 @@ def find_shared_parameters(losses: Tensor, named_parameters: Sequence[tuple[str,
                 counts[i] += 1
     needed = min(2, losses.numel())
     return [p for p, c in zip(params, counts, strict=True) if c >= needed]
-
-
-def gradient_inputs(module: Any, losses: Tensor) -> Mapping[str, Any]:
-    """What a gradient strategy's ``forward`` needs besides the losses, from a ``MultiTaskMixin`` module.
-
-    The marked representation for the representation route (taken, so that the module keeps no
-    reference to the graph), or the module's :meth:`shared_parameters` for the parameter route
-    (the default ones are found by autograd on the first training step).
-    """
-    weighting = module.weighting
-    route = getattr(weighting, "route", "parameters")
-    if route == "representation":
-        representation = getattr(module, "_mt_representation", None)
-        module._mt_representation = None
-        return {"representation": representation}
-    from lightning_multiloss.mixin import MultiTaskMixin
-
-    uses_default = type(module).shared_parameters is MultiTaskMixin.shared_parameters
-    if uses_default and getattr(module, "_mt_shared_params", None) is None:
-        candidates = [(n, p) for n, p in module.named_parameters() if not n.startswith("weighting.")]
-        found = find_shared_parameters(losses, candidates)
-        if not found:
-            raise MultiLossError(
-                f"weighting {weighting.name!r} uses route='parameters', but no parameter is used by two or more "
-                "task losses: override shared_parameters() to return the shared ones, or use route='representation'"
-            )
-        module._mt_shared_params = found
-    return {"parameters": list(module.shared_parameters())}

@@ -11,14 +11,17 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from lightning_multiloss._dist import any_across_ranks
-from lightning_multiloss._lightning import callback_class_for, check_mixin_order
+from lightning_multiloss._callback_hooks import LossWeightingHooks
+from lightning_multiloss._dist import any_across_ranks, is_distributed
+from lightning_multiloss._lightning import is_lightning_module_class, is_logging_step, lightning_package, trainer_of
 from lightning_multiloss.errors import MultiLossError, NonFiniteLossError
-from lightning_multiloss.gradients import gradient_inputs
+from lightning_multiloss.gradients import find_shared_parameters
 from lightning_multiloss.task import Task
-from lightning_multiloss.weighting import Fixed, Weighting, create_weighting
+from lightning_multiloss.weighting import Fixed, GradientWeighting, TaskEpochMean, Weighting, create_weighting
 
 Stage = Literal["train", "val", "test"]
+_MAX_PENDING = 1024
+"""The most training steps whose losses wait for the non-finite check (it runs at least this often)."""
 OnNonFinite = Literal["raise", "skip"]
 
 if TYPE_CHECKING:  # the mixin is used with a LightningModule; type-check against nn.Module only
@@ -39,6 +42,25 @@ class MultiTaskMixin(_Base):
 
     Every piece can be overridden: :meth:`split_batch` (how a batch splits into the input and
     the targets), :meth:`predict_inputs`, :meth:`task_losses`, or the steps themselves.
+
+    What the mixin shares with the rest of the package, all of it documented here:
+
+    - :attr:`weighting`: the strategy (its :attr:`~Weighting.last_weights` are the weights of the
+      last training step);
+    - :meth:`shared_representation` and :meth:`shared_parameters`: what the gradient strategies
+      differentiate;
+    - :meth:`optimizer_step_skipped`: whether an optimizer step was skipped
+      (``on_nonfinite="skip"``), for the Callback, which must not step the strategy then;
+    - :meth:`check_finite_losses` and :meth:`end_training_epoch`: called by the Callback at each
+      training epoch's end (the non-finite check, the epoch-mean task losses).
+
+    Its own state is in attributes that start with ``_mt_``; no other object reads them.
+
+    The training step waits for the device in only two cases: a gradient strategy (one copy of
+    the K×K Gramian and the K losses to the host), and ``on_nonfinite="skip"`` (one read of the
+    K losses, to know whether to skip). Otherwise a non-finite task loss is recorded on the
+    device, with its step, and checked on the Trainer's logging steps and at each epoch's end:
+    training then stops, on every process, naming the task and the step where it first appeared.
 
     Example:
         >>> import torch
@@ -68,8 +90,7 @@ class MultiTaskMixin(_Base):
     weighting: Weighting
     _mt_tasks: tuple[Task, ...]
     _mt_metrics: nn.ModuleDict
-    _mt_epoch_loss_sum: Tensor
-    _mt_epoch_loss_count: Tensor
+    _mt_train_means: TaskEpochMean
 
     if TYPE_CHECKING:  # provided by the LightningModule
 
@@ -97,7 +118,7 @@ class MultiTaskMixin(_Base):
                 accumulation, the whole accumulated step). The step still counts in
                 ``global_step``, as Lightning counts it.
         """
-        check_mixin_order(self)
+        _check_mixin_order(self)
         if not isinstance(self, nn.Module) or "_parameters" not in self.__dict__:
             raise MultiLossError("call super().__init__() before configure_multitask()")
         tasks = list(tasks)
@@ -134,11 +155,15 @@ class MultiTaskMixin(_Base):
             )
             for stage in ("train", "val", "test")
         }
-        self._mt_callback_attached = False
+        self._mt_checked_trainer: int | None = None  # the Trainer whose callbacks were checked
         # The optimizer step to skip after a non-finite loss, as (Trainer, global_step): a later fit
         # with another Trainer restarts its count, and must not skip its own step of that number.
         self._mt_skip_step: tuple[int, int] | None = None
-        self._mt_last_weights: Tensor | None = None
+        self._mt_representation: Tensor | None = None  # marked in forward, taken by the step
+        self._mt_shared_params: list[nn.Parameter] | None = None  # found on the first step
+        # (step, epoch, batch index, detached losses) of the training steps not yet checked for
+        # non-finite losses: see check_finite_losses.
+        self._mt_pending: list[tuple[int, int, int, Tensor]] = []
         self._mt_metrics = nn.ModuleDict(
             {
                 stage: nn.ModuleDict(
@@ -156,11 +181,10 @@ class MultiTaskMixin(_Base):
         self._mt_eval_means = nn.ModuleDict(
             {stage: nn.ModuleList(MeanMetric() for _ in range(1 + 2 * len(tasks))) for stage in ("val", "test")}
         )
-        if weighting.uses_epoch_losses:
-            # Persistent, so a run resumed mid-epoch keeps the epoch's running sums.
-            # Per task: a batch without any labelled sample of a task does not count in its mean.
-            self.register_buffer("_mt_epoch_loss_sum", torch.zeros(len(tasks)))
-            self.register_buffer("_mt_epoch_loss_count", torch.zeros(len(tasks)))
+        # The epoch means of the training task losses (logged as train/loss/<task>_epoch at each
+        # epoch's end): device additions each step, reduced over processes once per epoch; for
+        # logging only, so not in checkpoints.
+        self._mt_train_means = TaskEpochMean(len(tasks), persistent=False)
 
     # -- what users may override --------------------------------------------------------
     @property
@@ -229,7 +253,12 @@ class MultiTaskMixin(_Base):
         respect to ``z`` (batch first). Free otherwise: it only keeps a reference during training.
         """
         weighting = getattr(self, "weighting", None)
-        if self.training and torch.is_grad_enabled() and getattr(weighting, "route", None) == "representation":
+        if (
+            self.training
+            and torch.is_grad_enabled()
+            and isinstance(weighting, GradientWeighting)
+            and weighting.route == "representation"
+        ):
             self._mt_representation = z
         return z
 
@@ -240,40 +269,41 @@ class MultiTaskMixin(_Base):
         found by autograd on the first training step (so the task heads are left out). Override
         it to choose them, e.g. ``return list(self.trunk.parameters())``.
         """
-        found: list[nn.Parameter] | None = getattr(self, "_mt_shared_params", None)
-        if found is None:
+        if self._mt_shared_params is None:
             raise MultiLossError("the default shared_parameters() are found by autograd on the first training step")
-        return found
+        return self._mt_shared_params
 
     # -- the steps ----------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        if not self._mt_callback_attached and self.weighting.needs_callback:
-            raise MultiLossError(
-                f"weighting {self.weighting.name!r} needs LossWeightingCallback: keep the mixin's "
-                "configure_callbacks() (or call super().configure_callbacks()), or pass the callback to the Trainer"
-            )
+        trainer = trainer_of(self)
+        self._mt_check_callback(trainer)
         _, _, losses, batch_size = self._mt_forward(batch)
-        if not self._mt_check_finite(losses, "train", batch_idx):
-            # The coming optimizer step is skipped: with gradient accumulation one bad micro-batch
-            # skips the whole step (the others' gradients are dropped too, not applied as half a step).
-            self._mt_skip_step = self._mt_step_id()
-            # Lightning refuses None under DDP. A zero that reaches every parameter keeps DDP's
-            # gradient all-reduce in step on all processes; on_before_optimizer_step drops it.
-            return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), losses.new_zeros(()))
-        if getattr(self.weighting, "needs_gradients", False):  # gradient strategies: see gradients.py
-            result = self.weighting(losses, **gradient_inputs(self, losses))
+        if self._mt_on_nonfinite == "skip":
+            if not self._mt_all_finite(losses, "train", batch_idx):
+                # The coming optimizer step is skipped: with gradient accumulation one bad micro-batch
+                # skips the whole step (the others' gradients are dropped too, not applied as half a step).
+                self._mt_skip_step = self._mt_step_id()
+                # Lightning refuses None under DDP. A zero that reaches every parameter keeps DDP's
+                # gradient all-reduce in step on all processes; on_before_optimizer_step drops it.
+                return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), losses.new_zeros(()))
+        else:
+            self._mt_record_nonfinite(losses, trainer, batch_idx)
+        if isinstance(self.weighting, GradientWeighting):
+            try:
+                result = self.weighting(losses, **self._mt_gradient_inputs(losses))
+            except NonFiniteLossError:
+                self.check_finite_losses()  # names the task and the step, if a task loss is the cause
+                raise
         else:
             result = self.weighting(losses)
-        self._mt_last_weights = result.weights
+        labelled = self._mt_labelled(losses)
+        self._mt_train_means.update(losses, labelled)
         if self.weighting.uses_epoch_losses:
-            self._mt_epoch_loss_sum += losses.detach()
-            if self._mt_unlabelled:  # only then a copy to the device
-                labelled = torch.ones(len(self._mt_tasks))
-                labelled[self._mt_unlabelled] = 0.0
-                self._mt_epoch_loss_count += labelled.to(self._mt_epoch_loss_count.device)
-            else:
-                self._mt_epoch_loss_count += 1
-        self._mt_log("train", losses, result.weights, result.loss, batch_size)
+            self.weighting.epoch_losses.update(losses, labelled)
+        logging_step = is_logging_step(trainer)
+        self._mt_log("train", losses, result.weights, result.loss, batch_size, logging_step)
+        if logging_step and self._mt_on_nonfinite == "raise":
+            self.check_finite_losses()
         return result.loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -293,19 +323,73 @@ class MultiTaskMixin(_Base):
 
     def _mt_step_id(self, steps_done: int | None = None) -> tuple[int, int]:
         """(the Trainer, the optimizer steps done so far, or ``steps_done``); (0, -1) outside a Trainer."""
-        trainer = getattr(self, "_trainer", None)
+        trainer = trainer_of(self)
         if trainer is None:
             return (0, -1)
         return (id(trainer), int(trainer.global_step) if steps_done is None else steps_done)
 
-    def _mt_step_was_skipped(self, steps_done: int) -> bool:
-        """Whether the optimizer step that brought ``global_step`` to ``steps_done`` was skipped."""
+    def optimizer_step_skipped(self, steps_done: int) -> bool:
+        """Whether the optimizer step that brought ``global_step`` to ``steps_done`` was skipped.
+
+        Only ``on_nonfinite="skip"`` skips steps; the Callback asks, so as not to step the
+        strategy's constraints and post-step updates after a step that did not happen.
+        """
         return self._mt_skip_step == self._mt_step_id(steps_done - 1)
+
+    def check_finite_losses(self) -> None:
+        """Raise :class:`NonFiniteLossError` if a training task loss was NaN or infinite.
+
+        The training steps keep their detached task losses (references, no copy) until this check
+        reads them all at once: on the Trainer's logging steps, at each training epoch's end (the
+        Callback calls it) and every ``1024`` steps in between, so a step never waits for the
+        device. Under DDP one all-reduce makes every process raise together, naming the earliest
+        step on any process.
+        """
+        pending, self._mt_pending = self._mt_pending, []
+        if not pending:  # the same on every process: they run the same number of steps
+            return
+        losses = torch.stack([entry[3] for entry in pending]).to(torch.float64)
+        index = torch.arange(len(pending), device=losses.device, dtype=torch.float64)[:, None]
+        first = torch.where(torch.isfinite(losses), float(len(pending)), index).amin(dim=0)
+        if is_distributed():
+            import torch.distributed as dist
+
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        first_bad = [int(i) for i in first.tolist()]
+        if min(first_bad) == len(pending):
+            return
+        at = min(first_bad)
+        step, epoch, batch, values = pending[at]
+        names = [task.name for task in self._mt_tasks]
+        local = values.tolist()
+        culprits = {
+            name: value if not math.isfinite(value) else "non-finite on another process"
+            for name, value, i in zip(names, local, first_bad, strict=True)
+            if i == at
+        }
+        where = f"step {step}, epoch {epoch}, batch {batch}" if step >= 0 else f"batch {batch}"
+        raise NonFiniteLossError(
+            f"non-finite task loss(es) {culprits} at train {where}; configure_multitask(on_nonfinite='skip') "
+            "(multiloss-train: model.on_nonfinite=skip) skips such steps"
+        )
+
+    def end_training_epoch(self) -> None:
+        """Log each task's epoch-mean training loss as ``train/loss/<task>_epoch``, then start anew.
+
+        Called by the Callback at each training epoch's end, on every process (the means are over
+        all processes and, per task, over the batches that had a label for it).
+        """
+        if self._mt_train_means.seen_any():
+            means = self._mt_train_means.means()
+            for task, value in zip(self._mt_tasks, means.unbind(), strict=True):
+                self.log(f"train/loss/{task.name}_epoch", value, on_step=False, on_epoch=True)
+        self._mt_train_means.reset()
 
     def configure_callbacks(self) -> Any:
         callbacks = list(super().configure_callbacks())  # type: ignore[misc]
-        callback_cls = callback_class_for(self)
-        trainer_callbacks = getattr(getattr(self, "_trainer", None), "callbacks", [])
+        callback_cls = _callback_class_for(self)
+        trainer = trainer_of(self)
+        trainer_callbacks = getattr(trainer, "callbacks", []) if trainer is not None else []
         if not any(isinstance(cb, callback_cls) for cb in [*callbacks, *trainer_callbacks]):
             callbacks.append(callback_cls())
         return callbacks
@@ -329,8 +413,58 @@ class MultiTaskMixin(_Base):
         batch_size = int(first.shape[0]) if first.ndim > 0 else 1
         return outputs, targets, losses, batch_size
 
-    def _mt_check_finite(self, losses: Tensor, stage: Stage, batch_idx: int) -> bool:
-        # One copy of the K values to the host (the step's only wait for the device) and no kernel.
+    def _mt_check_callback(self, trainer: Any | None) -> None:
+        """The strategy's hooks need the Callback: check once per Trainer that it has one."""
+        if trainer is None or self._mt_checked_trainer == id(trainer):
+            return
+        if self.weighting.needs_callback and not any(isinstance(cb, LossWeightingHooks) for cb in trainer.callbacks):
+            raise MultiLossError(
+                f"weighting {self.weighting.name!r} needs LossWeightingCallback: keep the mixin's "
+                "configure_callbacks() (or call super().configure_callbacks()), or pass the callback to the Trainer"
+            )
+        self._mt_checked_trainer = id(trainer)
+
+    def _mt_record_nonfinite(self, losses: Tensor, trainer: Any | None, batch_idx: int) -> None:
+        """Keep this step's losses for :meth:`check_finite_losses` (a reference: no copy, no wait)."""
+        step = int(trainer.global_step) if trainer is not None else -1
+        epoch = int(trainer.current_epoch) if trainer is not None else -1
+        self._mt_pending.append((step, epoch, batch_idx, losses.detach()))
+        if len(self._mt_pending) >= _MAX_PENDING:
+            self.check_finite_losses()
+
+    def _mt_labelled(self, losses: Tensor) -> Tensor | None:
+        """``(K,)``: 1 for the tasks with a labelled sample in this batch (``None``: all of them)."""
+        if not self._mt_unlabelled:
+            return None
+        labelled = torch.ones(len(self._mt_tasks))
+        labelled[self._mt_unlabelled] = 0.0
+        return labelled.to(losses.device, non_blocking=True)
+
+    def _mt_gradient_inputs(self, losses: Tensor) -> dict[str, Any]:
+        """What the gradient strategy's ``forward`` takes besides the losses.
+
+        The marked representation (taken, so that the module keeps no reference to the graph), or
+        the :meth:`shared_parameters` (the default ones are found by autograd on the first step).
+        """
+        weighting = self.weighting
+        assert isinstance(weighting, GradientWeighting)
+        if weighting.route == "representation":
+            representation, self._mt_representation = self._mt_representation, None
+            return {"representation": representation}
+        uses_default = type(self).shared_parameters is MultiTaskMixin.shared_parameters
+        if uses_default and self._mt_shared_params is None:
+            candidates = [(n, p) for n, p in self.named_parameters() if not n.startswith("weighting.")]
+            found = find_shared_parameters(losses, candidates)
+            if not found:
+                raise MultiLossError(
+                    f"weighting {weighting.name!r} uses route='parameters', but no parameter is used by two or more "
+                    "task losses: override shared_parameters() to return the shared ones, or use route='representation'"
+                )
+            self._mt_shared_params = found
+        return {"parameters": list(self.shared_parameters())}
+
+    def _mt_all_finite(self, losses: Tensor, stage: Stage, batch_idx: int) -> bool:
+        """Read the losses now (one wait): ``False`` to skip the step, or raise naming the task."""
         values = losses.detach().tolist()
         bad = not all(map(math.isfinite, values))
         if stage == "train":
@@ -339,7 +473,7 @@ class MultiTaskMixin(_Base):
             return True
         names = [t.name for t in self._mt_tasks]
         culprits = {n: v for n, v in zip(names, values, strict=True) if not math.isfinite(v)}
-        trainer = getattr(self, "_trainer", None)
+        trainer = trainer_of(self)
         where = (
             f"step {trainer.global_step}, epoch {trainer.current_epoch}, batch {batch_idx}"
             if trainer is not None
@@ -355,7 +489,9 @@ class MultiTaskMixin(_Base):
         )
         raise NonFiniteLossError(f"non-finite {detail} at {stage} {where}{hint}")
 
-    def _mt_log(self, stage: Stage, losses: Tensor, weights: Tensor, total: Tensor, batch_size: int) -> None:
+    def _mt_log(
+        self, stage: Stage, losses: Tensor, weights: Tensor, total: Tensor, batch_size: int, logging_step: bool = True
+    ) -> None:
         total_key, loss_keys, weight_keys = self._mt_keys[stage]
         if stage != "train":
             # Batch-size-weighted epoch means whose sums torchmetrics adds up over processes: exact
@@ -371,26 +507,15 @@ class MultiTaskMixin(_Base):
         self.log(total_key, total.detach(), on_step=True, on_epoch=False, batch_size=batch_size, prog_bar=True)
         # Each logged key costs Lightning a fixed amount per call, and the loggers write step values
         # only on their logging steps, so per-task training values are logged on those steps alone.
-        if not self._mt_is_logging_step():
+        if not logging_step:
             return
         values_by_key = dict(zip(loss_keys, losses.detach().unbind(), strict=True))
         values_by_key.update(zip(weight_keys, weights.unbind(), strict=True))
         self.log_dict(values_by_key, on_step=True, on_epoch=False, batch_size=batch_size)
 
-    def _mt_is_logging_step(self) -> bool:
-        """Whether the Trainer writes this training step's values to its loggers."""
-        trainer = getattr(self, "_trainer", None)
-        connector = getattr(trainer, "_logger_connector", None)
-        if trainer is None or connector is None:
-            return True
-        try:
-            return bool(connector.should_update_logs or trainer.fast_dev_run)
-        except (AttributeError, NotImplementedError):  # another Lightning version: log every step
-            return True
-
     def _mt_eval_step(self, batch: Any, batch_idx: int, stage: Literal["val", "test"]) -> Tensor:
         outputs, targets, losses, batch_size = self._mt_forward(batch)
-        self._mt_check_finite(losses, stage, batch_idx)
+        self._mt_all_finite(losses, stage, batch_idx)
         result = self.weighting(losses)
         self._mt_log(stage, losses, result.weights, result.loss, batch_size)
         metrics: Any = self._mt_metrics[stage]
@@ -407,3 +532,28 @@ class MultiTaskMixin(_Base):
                     metric.update(output.detach(), target)
                     self.log(f"{stage}/{metric_name}/{task.name}", metric, on_epoch=True)
         return result.loss
+
+
+def _check_mixin_order(module: Any) -> None:
+    """The mixin must precede the LightningModule among the bases, or Lightning's steps win."""
+    mro = type(module).__mro__
+    mixin_at = mro.index(MultiTaskMixin)
+    for at, cls in enumerate(mro):
+        if is_lightning_module_class(cls):
+            if at < mixin_at:
+                raise MultiLossError(
+                    f"{type(module).__name__}: list MultiTaskMixin before LightningModule among the base classes, "
+                    f"as in `class {type(module).__name__}(MultiTaskMixin, LightningModule)`"
+                )
+            return
+
+
+def _callback_class_for(module: Any) -> type[LossWeightingHooks]:
+    """The ``LossWeightingCallback`` of the module's Lightning package (imported only when needed)."""
+    if lightning_package(module) == "lightning.pytorch":
+        from lightning_multiloss.lightning import LossWeightingCallback as LightningCallback
+
+        return LightningCallback
+    from lightning_multiloss.callback import LossWeightingCallback
+
+    return LossWeightingCallback

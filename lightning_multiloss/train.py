@@ -352,9 +352,8 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
         else:
             result["metrics"] = result["val_metrics"]
             result["evaluated_on"] = "val"
-        last = model._mt_last_weights
-        if last is not None:
-            result["weights"] = {t: float(w) for t, w in zip(tasks, last.tolist(), strict=True)}
+        last = model.weighting.last_weights
+        result["weights"] = {t: float(w) for t, w in zip(tasks, last.tolist(), strict=True)}
         result["status"] = "completed"
     except BaseException as error:
         # Not trainer.interrupted: Lightning sets that for any exception raised inside fit.

@@ -82,8 +82,9 @@ def test_negative_nan_or_infinite_weight(value, shown):
         MultiLossError, match=rf"weighting 'fixed': weight for task 'reg' must be finite and >= 0, got {shown}"
     ):
         Fixed({"cls": 1.0, "reg": value})
-    with pytest.raises(MultiLossError, match=rf"weight for task '#1' must be finite and >= 0, got {shown}"):
-        Fixed([1.0, value])
+    # A list is checked where the task names are known, so the message names the task, not '#1'.
+    with pytest.raises(MultiLossError, match=rf"weight for task 'reg' must be finite and >= 0, got {shown}"):
+        Fixed([1.0, value]).bind(["cls", "reg"])
     with pytest.raises(
         MultiLossError, match=rf"scheduled weight at t=0.0 for task 'reg' must be finite and >= 0, got {shown}"
     ):

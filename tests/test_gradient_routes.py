@@ -47,7 +47,7 @@ class MGDA2(GramianWeighting):
     min_tasks: ClassVar[int] = 2
     max_tasks: ClassVar[int | None] = 2
 
-    def weights_from_gramian(self, gramian: Tensor, losses: Tensor) -> Tensor:
+    def compute_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
         return mgda2(gramian)
 
 
@@ -57,7 +57,7 @@ class LossOverNorm(GramianWeighting):
 
     name: ClassVar[str] = "test-loss-over-norm"
 
-    def weights_from_gramian(self, gramian: Tensor, losses: Tensor) -> Tensor:
+    def compute_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
         return loss_over_norm(gramian.diagonal().sqrt(), losses)
 
 
@@ -78,7 +78,7 @@ def registered_gradient_strategies() -> list[str]:
     return sorted(
         name
         for name, cls in WEIGHTINGS.items()
-        if getattr(cls, "needs_gradients", False) and issubclass(cls, GramianWeighting)
+        if issubclass(cls, GramianWeighting)
     )
 
 
@@ -257,8 +257,8 @@ def test_lightning_steps_equal_replay_for_every_strategy(tmp_path: Path, route: 
         weighting = model.weighting
         assert isinstance(weighting, GramianWeighting)
         # The logged weights are the last training step's.
-        assert model._mt_last_weights is not None
-        torch.testing.assert_close(weighting.last_weights, model._mt_last_weights)
+        assert model.weighting.last_weights is not None
+        torch.testing.assert_close(weighting.last_weights, model.weighting.last_weights)
         checked.append(name)
     assert "test-mgda2" in checked and "test-loss-over-norm" in checked, checked
     assert not nondeterministic, f"weights depend on the global RNG: {nondeterministic}"
@@ -300,7 +300,7 @@ def test_bf16_mixed_runs_close_to_fp32(tmp_path: Path) -> None:
         fit(half, tmp_path / f"bf16-{route}", batches=4, max_steps=4, precision="bf16-mixed")
         got, want = params_of(half), params_of(full)
         assert all(torch.isfinite(v).all() for v in got.values())
-        assert half._mt_last_weights is not None and torch.isfinite(half._mt_last_weights).all()
+        assert half.weighting.last_weights is not None and torch.isfinite(half.weighting.last_weights).all()
         assert_params_close(got, want, atol=2e-2, what=f"bf16 {route}")
 
 
@@ -318,7 +318,7 @@ def test_checkpoint_resume_equals_straight_run(tmp_path: Path, strategy: str) ->
     if strategy == "graddrop":
         assert int(state["weighting.draws"]) == 2
     else:
-        torch.testing.assert_close(state["weighting.last_weights"], first._mt_last_weights)
+        torch.testing.assert_close(state["weighting.last_weights"], first.weighting.last_weights)
     resumed = net_for(route, make_strategy(strategy, route), seed=7)
     fit(resumed, tmp_path / "resumed", batches=2, max_epochs=2, ckpt_path=str(path))
     assert_params_close(params_of(resumed), params_of(straight), atol=1e-7, what="resume")
@@ -372,8 +372,8 @@ def test_graddrop_lightning_steps_equal_replay(tmp_path: Path) -> None:
     model = RepNet(GradDrop(seed=5), tasks=("cls", "reg", "aux"), lr=0.1)
     before = copy.deepcopy(model)
     fit(model, tmp_path, batches=3, max_steps=3)
-    assert model._mt_last_weights is not None
-    torch.testing.assert_close(model._mt_last_weights, torch.ones(3))
+    assert model.weighting.last_weights is not None
+    torch.testing.assert_close(model.weighting.last_weights, torch.ones(3))
     # Replay: trunk gets J_zᵀ g̃ (g̃ from the oracle), each head its own task's gradient.
     ref = copy.deepcopy(before)
     draws = GradDrop(seed=5)
@@ -447,7 +447,7 @@ def test_gradient_errors_name_strategy_and_fix() -> None:
     class Bad(GramianWeighting):
         name: ClassVar[str] = "test-bad"
 
-        def weights_from_gramian(self, gramian: Tensor, losses: Tensor) -> Tensor:
+        def compute_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
             return gramian.diagonal() * math.nan
 
     bad = Bad(route="parameters")
@@ -457,7 +457,7 @@ def test_gradient_errors_name_strategy_and_fix() -> None:
         bad(theta * 2.0, parameters=[theta])
 
     class Short(Bad):
-        def weights_from_gramian(self, gramian: Tensor, losses: Tensor) -> Tensor:
+        def compute_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
             return torch.ones(1)
 
     short = Short(route="parameters")
@@ -503,8 +503,8 @@ def test_overridden_shared_parameters_are_used(tmp_path: Path) -> None:
     jac = torch.stack(rows)
     losses = plain_losses(before, batch).detach()
     w = loss_over_norm((jac * jac).sum(1).sqrt(), losses)
-    assert model._mt_last_weights is not None
-    torch.testing.assert_close(model._mt_last_weights, w, rtol=1e-5, atol=1e-7)
+    assert model.weighting.last_weights is not None
+    torch.testing.assert_close(model.weighting.last_weights, w, rtol=1e-5, atol=1e-7)
 
 
 # -- DDP: one launch ----------------------------------------------------------------------------

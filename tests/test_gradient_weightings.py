@@ -32,7 +32,8 @@ from lightning_multiloss.weighting import (
     UPGrad,
     create_weighting,
 )
-from lightning_multiloss.weighting._solvers import box_qp, simplex_min_linear_plus_norm, simplex_qp, step_generator
+from lightning_multiloss.weighting._common import seeded_generator
+from lightning_multiloss.weighting._solvers import box_qp, simplex_min_linear_plus_norm, simplex_qp
 
 J0 = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
 NAMES = ["mgda", "pcgrad", "gradvac", "cagrad", "imtl_g", "nash_mtl", "aligned_mtl", "upgrad", "gradnorm", "db_mtl"]
@@ -252,7 +253,7 @@ def test_pcgrad_order_from_seed_and_step() -> None:
     k = jac.shape[0]
     strategy = PCGrad(seed=7)
     for step in range(3):
-        gen = step_generator(7, step)
+        gen = seeded_generator(7, step)
         orders = [torch.randperm(k, generator=gen).tolist() for _ in range(k)]
         d = weights(strategy, jac) @ jac
         torch.testing.assert_close(d, pcgrad_replay(jac, orders)[0], atol=1e-9, rtol=1e-9)
@@ -293,7 +294,7 @@ def test_gradvac_matches_vector_replay_over_steps() -> None:
     target = torch.zeros(3, 3, dtype=F64)
     for step in range(4):
         jac = jac_list[1 + 4 * (step % 2)]  # two different K = 3 Jacobians, alternating
-        gen = step_generator(1, step)
+        gen = seeded_generator(1, step)
         orders = [torch.randperm(3, generator=gen).tolist() for _ in range(3)]
         expected, target = gradvac_replay(jac, orders, target, 0.3)
         torch.testing.assert_close(weights(strategy, jac) @ jac, expected, atol=1e-9, rtol=1e-9)

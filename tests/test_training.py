@@ -59,7 +59,7 @@ class BatchRecorder(pl.Callback):
         self.global_steps: list[int] = []
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.weights.append(pl_module._mt_last_weights.tolist())
+        self.weights.append(pl_module.weighting.last_weights.tolist())
         self.global_steps.append(trainer.global_step)
 
 
@@ -107,6 +107,7 @@ def test_fit_validate_test_predict(tmp_path: Path, kind: str) -> None:
         expected.add(f"{stage}/loss")
         for t in TASKS:
             expected |= {f"{stage}/loss/{t}", f"{stage}/weight/{t}"}
+    expected |= {f"train/loss/{t}_epoch" for t in TASKS}  # Keras' per-epoch history
     for stage in ("val", "test"):
         expected |= {f"{stage}/acc/cls", f"{stage}/mse/reg"}
     assert set(rows[0]) == expected
@@ -119,6 +120,15 @@ def test_fit_validate_test_predict(tmp_path: Path, kind: str) -> None:
         losses = [float(r[f"train/loss/{t}"]) for t in TASKS]
         assert w == pytest.approx(_expected_train_weights(kind, int(r["step"]), r), abs=1e-6)
         assert float(r["train/loss"]) == pytest.approx(w[0] * losses[0] + w[1] * losses[1], rel=1e-6)
+
+    # Each epoch's mean training loss per task is the mean of that epoch's logged step values.
+    epoch_rows = rows_with(rows, f"train/loss/{TASKS[0]}_epoch")
+    assert [int(r["epoch"]) for r in epoch_rows] == [0, 1]
+    for r in epoch_rows:
+        steps = [x for x in train_rows if int(x["epoch"]) == int(r["epoch"])]
+        for t in TASKS:
+            mean = sum(float(x[f"train/loss/{t}"]) for x in steps) / len(steps)
+            assert float(r[f"train/loss/{t}_epoch"]) == pytest.approx(mean, rel=1e-6)
 
     # Validation / test: the weights in force at the end of training, the same weighted sum.
     final_alpha = float(model.weighting.alpha.detach()) if kind == "learnable" else None

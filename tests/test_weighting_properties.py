@@ -1,7 +1,7 @@
 """Properties every registered weighting strategy must have, checked over the whole registry.
 
 Each strategy is built by name (``create_weighting``); the few that need an argument get it
-from ``REQUIRED``. Strategies that need the task gradients (``needs_gradients``) are checked
+from ``REQUIRED``. Strategies that need the task gradients (``GradientWeighting``) are checked
 through a real Trainer run wherever a check would otherwise call them on the losses alone.
 """
 
@@ -24,6 +24,7 @@ from lightning_multiloss.callback import LossWeightingCallback
 from lightning_multiloss.schedules import Linear
 from lightning_multiloss.weighting import (
     WEIGHTINGS,
+    GradientWeighting,
     GramianWeighting,
     Progress,
     WeightedLoss,
@@ -49,7 +50,7 @@ def make_weighting(name: str, num_tasks: int = 2) -> Weighting:
 
 
 def needs_gradients(name: str) -> bool:
-    return bool(getattr(WEIGHTINGS[name], "needs_gradients", False))
+    return issubclass(WEIGHTINGS[name], GradientWeighting)
 
 
 class MaskedToyDataset(Dataset):
@@ -99,7 +100,7 @@ class RecordWeights(pl.Callback):
         self.losses: list[Tensor] = []
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.weights.append(pl_module._mt_last_weights.detach().clone())
+        self.weights.append(pl_module.weighting.last_weights.detach().clone())
         self.losses.append(outputs["loss"].detach().clone())
 
 

@@ -5,14 +5,23 @@
 Fixed()
 """
 
-from lightning_multiloss.weighting._base import Progress, WeightedLoss, Weighting, weighted_sum
+from lightning_multiloss.weighting._base import (
+    GradientOptions,
+    GradientWeighting,
+    Progress,
+    WeightedLoss,
+    Weighting,
+    weighted_sum,
+)
 from lightning_multiloss.weighting._gramian import GramianWeighting
 from lightning_multiloss.weighting._registry import (
     WEIGHTINGS,
     available_weightings,
     create_weighting,
+    hyperparameters,
     register,
 )
+from lightning_multiloss.weighting._state import TaskEpochMean
 from lightning_multiloss.weighting.aligned_mtl import AlignedMTL
 from lightning_multiloss.weighting.cagrad import CAGrad
 from lightning_multiloss.weighting.db_mtl import DBMTL
@@ -53,12 +62,15 @@ __all__ = [
     "GradDrop",
     "GradNorm",
     "GradVac",
+    "GradientOptions",
+    "GradientWeighting",
     "GramianWeighting",
     "Learnable",
     "NashMTL",
     "PCGrad",
     "Progress",
     "Scheduled",
+    "TaskEpochMean",
     "UPGrad",
     "Uncertainty",
     "UncertaintyRevised",
@@ -66,6 +78,7 @@ __all__ = [
     "Weighting",
     "available_weightings",
     "create_weighting",
+    "hyperparameters",
     "register",
     "weighted_sum",
 ]

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, TypedDict
 
 import torch
 from torch import Tensor, nn
 
 from lightning_multiloss.errors import MultiLossError
+from lightning_multiloss.gradients import DDPMode, Route
+from lightning_multiloss.weighting._state import TaskEpochMean
 
 
 class WeightedLoss(NamedTuple):
@@ -43,8 +44,19 @@ class Weighting(nn.Module, ABC):
     buffers. It is created with its hyper-parameters only, then :meth:`bind` gives it the task
     names (the mixin does that), which is when parameters sized by the number of tasks are built.
 
-    Subclasses implement :meth:`build` (optional) and :meth:`forward`; the Callback calls the
-    hooks :meth:`set_progress`, :meth:`after_optimizer_step` and :meth:`on_epoch_losses`.
+    The contract, all of it typed and public:
+
+    - subclasses implement :meth:`forward` (``(K,)`` losses to a :class:`WeightedLoss`) and,
+      optionally, :meth:`build`;
+    - :attr:`last_weights` (a buffer) holds the weights of the last training step: calling the
+      strategy records them, the Callback plots them, evaluation steps of the gradient
+      strategies reuse them; it is the one place where the current weights live;
+    - the Callback calls the hooks :meth:`set_progress` (before each training batch),
+      :meth:`after_optimizer_step` and :meth:`end_training_epoch`;
+    - a strategy with ``uses_epoch_losses = True`` owns :attr:`epoch_losses`, a
+      :class:`TaskEpochMean` that the mixin updates each training step and that reduces itself
+      over processes; :meth:`on_epoch_losses` receives its means at each epoch's end.
+
     ``self.training`` tells a training step from an evaluation one: evaluation must not change
     any state.
     """
@@ -54,7 +66,13 @@ class Weighting(nn.Module, ABC):
     min_tasks: ClassVar[int] = 1
     max_tasks: ClassVar[int | None] = None
     uses_epoch_losses: ClassVar[bool] = False
-    """Whether the mixin must accumulate each task's epoch-mean training loss for this strategy."""
+    """Whether the strategy needs each task's epoch-mean training loss (:attr:`epoch_losses`)."""
+    last_weights_are_state: ClassVar[bool] = False
+    """Whether :attr:`last_weights` goes into checkpoints (the gradient strategies reuse them in
+    evaluation; the others recompute their weights from their own state)."""
+
+    last_weights: Tensor
+    epoch_losses: TaskEpochMean
 
     def __init__(self) -> None:
         super().__init__()
@@ -90,41 +108,25 @@ class Weighting(nn.Module, ABC):
                 f"weighting {self.name!r} takes at most {self.max_tasks} tasks, got {k}: {list(names)}"
             )
         self._task_names = names
+        self.register_buffer("last_weights", torch.ones(k), persistent=self.last_weights_are_state)
+        if self.uses_epoch_losses:
+            self.epoch_losses = TaskEpochMean(k)
         self.build(k)
 
     def build(self, num_tasks: int) -> None:
         """Create parameters and buffers sized by ``num_tasks`` (called once, by :meth:`bind`)."""
 
-    def per_task(self, values: Sequence[float] | Mapping[str, float], what: str, default: float) -> list[float]:
-        """Values in task order from a list (task order) or a dict by task name.
-
-        A dict may leave tasks out (they get ``default``) but may not name a task the model
-        lacks; a list must have exactly one value per task.
-        """
-        names = self._task_names
-        if isinstance(values, Mapping):
-            unknown = [key for key in values if key not in names]
-            if unknown:
-                raise MultiLossError(
-                    f"weighting {self.name!r}: {what} names unknown task(s) {unknown}; the tasks are {list(names)}"
-                )
-            return [float(values.get(name, default)) for name in names]
-        values = list(values)
-        if len(values) != len(names):
-            raise MultiLossError(
-                f"weighting {self.name!r}: {what} has {len(values)} values for {len(names)} tasks {list(names)}"
-            )
-        return [float(v) for v in values]
-
-    def check_weights(self, values: Sequence[float], what: str) -> list[float]:
-        """Reject a negative, NaN or infinite weight, naming its task."""
-        names = self._task_names or tuple(str(i) for i in range(len(values)))
-        return [check_weight(self.name, name, value, what) for name, value in zip(names, values, strict=True)]
-
     # -- the step -------------------------------------------------------------------------
     @abstractmethod
     def forward(self, losses: Tensor) -> WeightedLoss:
         """Combine the ``(K,)`` task losses (in :attr:`task_names` order) into one loss."""
+
+    def __call__(self, losses: Tensor, *args: Any, **kwargs: Any) -> WeightedLoss:
+        result: WeightedLoss = super().__call__(losses, *args, **kwargs)
+        if self.training and self._task_names:
+            # A device copy, no wait: the weights stay where the step computed them.
+            self.last_weights.copy_(result.weights)
+        return result
 
     # -- hooks called by the Callback -----------------------------------------------------
     def set_progress(self, progress: Progress) -> None:
@@ -132,6 +134,18 @@ class Weighting(nn.Module, ABC):
 
     def after_optimizer_step(self) -> None:
         """Called after each optimizer step: constraints and post-step updates."""
+
+    def end_training_epoch(self) -> None:
+        """Called at each training epoch's end, on every process.
+
+        Strategies with ``uses_epoch_losses`` hand their epoch means (reduced over processes)
+        to :meth:`on_epoch_losses`, then start the next epoch's means afresh.
+        """
+        if not self.uses_epoch_losses:
+            return
+        if self.epoch_losses.seen_any():
+            self.on_epoch_losses(self.epoch_losses.means())
+        self.epoch_losses.reset()
 
     def on_epoch_losses(self, epoch_losses: Tensor) -> None:
         """Called at each training epoch's end with the ``(K,)`` epoch-mean task losses.
@@ -155,17 +169,54 @@ class Weighting(nn.Module, ABC):
         return f"tasks={list(self._task_names)}" if self._task_names else ""
 
 
-def check_weight(strategy: str, task: str, value: float, what: str = "weight") -> float:
-    """``value`` as a float, or an error naming the strategy and task if negative, NaN or infinite."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise MultiLossError(
-            f"weighting {strategy!r}: {what} for task {task!r} must be a number, got {value!r}"
-        ) from None
-    if not math.isfinite(value) or value < 0:
-        raise MultiLossError(f"weighting {strategy!r}: {what} for task {task!r} must be finite and >= 0, got {value}")
-    return value
+class GradientOptions(TypedDict, total=False):
+    """The options every gradient strategy takes (see :class:`GradientWeighting`)."""
+
+    route: Route
+    ddp: DDPMode
+
+
+class GradientWeighting(Weighting):
+    """Base class of the strategies that need per-task gradient information.
+
+    The mixin detects them with ``isinstance`` and passes :meth:`forward` the shared
+    representation (``route="representation"``: the tensor that ``forward`` marks with
+    ``z = self.shared_representation(z)``) or the shared parameters (``route="parameters"``).
+
+    Args:
+        route: where the per-task gradients are taken: ``"parameters"`` (the shared parameters:
+            one batched backward pass through the trunk) or ``"representation"`` (the shared
+            representation: backward passes through the heads only).
+        ddp: ``"exact"``: under DDP the gradient information is that of the global batch, so the
+            update equals the single-process one; ``"local"``: each process uses its own batch's
+            (no communication; the weights differ between processes).
+    """
+
+    last_weights_are_state: ClassVar[bool] = True
+
+    def __init__(self, route: Route = "parameters", ddp: DDPMode = "exact") -> None:
+        super().__init__()
+        if route not in ("parameters", "representation"):
+            raise MultiLossError(
+                f"weighting {self.name!r}: route must be 'parameters' or 'representation', got {route!r}"
+            )
+        if ddp not in ("exact", "local"):
+            raise MultiLossError(f"weighting {self.name!r}: ddp must be 'exact' or 'local', got {ddp!r}")
+        self.route: Route = route
+        self.ddp: DDPMode = ddp
+
+    @abstractmethod
+    def forward(
+        self,
+        losses: Tensor,
+        *,
+        representation: Tensor | None = None,
+        parameters: Sequence[Tensor] | None = None,
+    ) -> WeightedLoss:
+        """Combine the losses using the gradients at ``representation`` or ``parameters``.
+
+        The mixin passes the one that :attr:`route` names; evaluation steps pass neither.
+        """
 
 
 def weighted_sum(weights: Tensor, losses: Tensor) -> WeightedLoss:

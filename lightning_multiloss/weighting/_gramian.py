@@ -12,19 +12,21 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from lightning_multiloss.errors import MultiLossError
+from lightning_multiloss.errors import MultiLossError, NonFiniteLossError
 from lightning_multiloss.gradients import DDPMode, Route, gramian_and_losses
-from lightning_multiloss.weighting._base import WeightedLoss, Weighting, weighted_sum
+from lightning_multiloss.weighting._base import GradientWeighting, WeightedLoss, weighted_sum
 
 __all__ = ["DDPMode", "GramianWeighting", "Route"]
 
+_CPU = torch.device("cpu")
 
-class GramianWeighting(Weighting):
+
+class GramianWeighting(GradientWeighting):
     r"""A strategy whose weights are a function of the Gramian ``G = J Jᵀ`` and the losses.
 
     Each training step, :class:`~lightning_multiloss.MultiTaskMixin` hands the strategy the
@@ -35,17 +37,17 @@ class GramianWeighting(Weighting):
     .. math:: L = \sum_i \mathrm{sg}(w_i)\, L_i, \qquad w = f(G, L)
 
     whose gradient is :math:`J^\top w`, to Lightning's own backward. Evaluation steps reuse the
-    last training weights (buffer ``last_weights``) and take no gradient.
+    last training weights (:attr:`last_weights`) and take no gradient.
+
+    A subclass implements one pure map, :meth:`compute_weights`, from the Gramian and the losses
+    (and its own state) to the weights. The base does the rest once for all: it checks the
+    shapes, copies ``G`` and the losses to the host in one transfer (the step's only wait for the
+    device), symmetrises ``G`` in float64, rejects non-finite values, checks the weights that
+    come back and puts them on the Gramian's device and dtype.
 
     Args:
-        route: where the per-task gradients are taken: ``"parameters"`` (the shared parameters,
-            K backward passes through the trunk) or ``"representation"`` (the representation the
-            model marks with ``z = self.shared_representation(z)`` in ``forward``: K small
-            backward passes through the heads).
-        ddp: ``"exact"``: under DDP the Gramian and losses are those of the global batch, so the
-            update equals the single-process one (a K×K all-reduce for the representation route,
-            a K×P one for the parameter route); ``"local"``: each process uses its own batch's
-            (no communication; the weights differ between processes).
+        route: ``"parameters"`` or ``"representation"`` (see :class:`GradientWeighting`).
+        ddp: ``"exact"`` or ``"local"`` Gramian under DDP.
 
     Example:
         MGDA for two tasks in closed form, on the Jacobian ``[[-4, 1, 1], [6, 1, 1]]``:
@@ -53,7 +55,7 @@ class GramianWeighting(Weighting):
         >>> import torch
         >>> from lightning_multiloss.weighting import GramianWeighting
         >>> class MGDA2(GramianWeighting):
-        ...     def weights_from_gramian(self, gramian, losses):
+        ...     def compute_weights(self, gramian, losses):
         ...         g11, g12, g22 = gramian[0, 0], gramian[0, 1], gramian[1, 1]
         ...         gamma = ((g22 - g12) / (g11 + g22 - 2 * g12)).clamp(0, 1)
         ...         return torch.stack([gamma, 1 - gamma])
@@ -65,38 +67,119 @@ class GramianWeighting(Weighting):
         tensor([0.6000, 0.4000])
     """
 
-    needs_gradients: ClassVar[bool] = True
+    host_state: ClassVar[tuple[str, ...]] = ()
+    """The names of the strategy's state tensors, which live on the host beside the solver.
 
-    def __init__(self, route: Route = "parameters", ddp: DDPMode = "exact") -> None:
-        super().__init__()
-        if route not in ("parameters", "representation"):
-            raise MultiLossError(
-                f"weighting {self.name!r}: route must be 'parameters' or 'representation', got {route!r}"
-            )
-        if ddp not in ("exact", "local"):
-            raise MultiLossError(f"weighting {self.name!r}: ddp must be 'exact' or 'local', got {ddp!r}")
-        self.route: Route = route
-        self.ddp: DDPMode = ddp
-        self.last_weights: Tensor
+    ``compute_weights`` runs on the host copy of ``G``, so its state (step counts, running
+    averages, the last solution) stays there too: reading it costs no wait for the device, and
+    ``.to(device)`` leaves it where it is. Each goes into checkpoints as a plain entry of the
+    state dict under its own name (``weighting.<name>``), and is the same on every DDP process
+    because every process computes it from the same values.
+    """
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for name in self.host_state:
+            if hasattr(self, name):
+                destination[prefix + name] = getattr(self, name).clone()
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # Taken out before the base loads the rest, which would call them unexpected.
+        saved = {name: state_dict.pop(prefix + name, None) for name in self.host_state}
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        for name, value in saved.items():
+            key = prefix + name
+            if not hasattr(self, name):
+                if value is not None:
+                    unexpected_keys.append(key)
+                continue
+            host = getattr(self, name)
+            if value is None:
+                missing_keys.append(key)
+            elif not isinstance(value, Tensor) or value.shape != host.shape:
+                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                error_msgs.append(f"size mismatch for {key}: the checkpoint has {shape}, the model {tuple(host.shape)}")
+            else:
+                host.copy_(value)
 
     @abstractmethod
-    def weights_from_gramian(self, gramian: Tensor, losses: Tensor) -> Tensor:
-        """The ``(K,)`` task weights from the ``(K, K)`` Gramian and the ``(K,)`` detached losses.
+    def compute_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
+        """The ``(K,)`` task weights from the ``(K, K)`` Gramian and the ``(K,)`` losses.
 
-        The combined update direction is ``Jᵀw``. Called once per training step (only in
-        training mode), with the same ``gramian`` and ``losses`` on every DDP process, so a
-        stateful strategy stays identical across processes.
+        Both arrive as float64 CPU tensors, checked finite, ``gramian`` symmetric. The combined
+        update direction is ``Jᵀw``. In training it is called once per step with the same values
+        on every DDP process (``ddp="exact"``), so a stateful strategy stays identical across
+        processes; it must not change its state when ``self.training`` is false.
         """
 
-    def bind(self, task_names: Sequence[str]) -> None:
-        super().bind(task_names)
-        if "last_weights" not in self._buffers:
-            # The weights of the last training step: what evaluation steps report (in checkpoints).
-            self.register_buffer("last_weights", torch.ones(self.num_tasks))
+    def weights_from_gramian(self, gramian: Tensor, losses: Tensor) -> Tensor:
+        """The ``(K,)`` weights for a Gramian and losses of any floating dtype and device.
+
+        Returned on the Gramian's device, in its dtype.
+        """
+        g, values = self._to_host(gramian, losses)
+        weights = self.compute_weights(g, values)
+        if not isinstance(weights, Tensor) or weights.shape != (g.shape[0],):
+            shape = tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__
+            raise MultiLossError(
+                f"weighting {self.name!r}: compute_weights must return shape ({g.shape[0]},), got {shape}"
+            )
+        if not bool(torch.isfinite(weights).all()):  # on the host already: no wait
+            raise MultiLossError(
+                f"weighting {self.name!r}: non-finite task weights {weights.tolist()} from the Gramian "
+                f"{g.tolist()} (tasks {list(self.task_names)})"
+            )
+        dtype = gramian.dtype if gramian.is_floating_point() else torch.get_default_dtype()
+        return weights.to(device=gramian.device, dtype=dtype)
+
+    def _to_host(self, gramian: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
+        """``G`` (symmetrised) and the losses as float64 CPU tensors, checked, in one transfer."""
+        if gramian.ndim != 2 or gramian.shape[0] != gramian.shape[1]:
+            raise MultiLossError(
+                f"weighting {self.name!r}: the Gramian must be a square (K, K) matrix, got shape {tuple(gramian.shape)}"
+            )
+        k = gramian.shape[0]
+        if k == 0:
+            raise MultiLossError(f"weighting {self.name!r}: the Gramian is empty (no task)")
+        if losses.shape != (k,):
+            raise MultiLossError(
+                f"weighting {self.name!r}: losses must have shape ({k},) to match the Gramian, "
+                f"got {tuple(losses.shape)}"
+            )
+        if self.num_tasks and k != self.num_tasks:
+            raise MultiLossError(
+                f"weighting {self.name!r} is bound to {self.num_tasks} tasks but got a {k}×{k} Gramian"
+            )
+        dtype = torch.promote_types(gramian.dtype, torch.float32)
+        packed = torch.cat([gramian.detach().reshape(-1).to(dtype), losses.detach().to(dtype)])
+        host = packed.to(device=_CPU, dtype=torch.float64)
+        g = host[: k * k].reshape(k, k)
+        g = 0.5 * (g + g.T)
+        values = host[k * k :]
+        if not bool(torch.isfinite(g).all()):
+            raise NonFiniteLossError(
+                f"weighting {self.name!r}: the Gramian of the task gradients is not finite "
+                f"(diagonal {g.diagonal().tolist()})"
+            )
+        if not bool(torch.isfinite(values).all()):
+            raise NonFiniteLossError(f"weighting {self.name!r}: the task losses are not finite: {values.tolist()}")
+        return g, values
 
     def forward(
         self,
         losses: Tensor,
+        *,
         representation: Tensor | None = None,
         parameters: Sequence[Tensor] | None = None,
     ) -> WeightedLoss:
@@ -121,17 +204,4 @@ class GramianWeighting(Weighting):
             parameters=parameters,
             strategy=self.name,
         )
-        weights = self.weights_from_gramian(gramian, detached)
-        if not isinstance(weights, Tensor) or weights.shape != (self.num_tasks,):
-            shape = tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__
-            raise MultiLossError(
-                f"weighting {self.name!r}: weights_from_gramian must return shape ({self.num_tasks},), got {shape}"
-            )
-        weights = weights.detach()
-        if not bool(torch.isfinite(weights).all()):
-            raise MultiLossError(
-                f"weighting {self.name!r}: non-finite task weights {weights.tolist()} from the Gramian "
-                f"{gramian.tolist()} (tasks {list(self.task_names)})"
-            )
-        self.last_weights.copy_(weights)
-        return weighted_sum(weights, losses)
+        return weighted_sum(self.weights_from_gramian(gramian, detached), losses)

@@ -28,6 +28,32 @@ def register(name: str) -> Callable[[W], W]:
     return decorate
 
 
+def hyperparameters(cls: type[Weighting]) -> dict[str, inspect.Parameter]:
+    """The keyword arguments that ``cls(...)`` accepts, by name, in signature order.
+
+    A strategy that passes ``**options`` on to its base (the gradient strategies pass ``route``
+    and ``ddp``) accepts the base's arguments too.
+
+    >>> from lightning_multiloss.weighting import MGDA
+    >>> list(hyperparameters(MGDA))
+    ['normalization', 'route', 'ddp']
+    """
+    found: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        forwards = False
+        for p in inspect.signature(init).parameters.values():
+            if p.kind is p.VAR_KEYWORD:
+                forwards = True
+            elif p.name != "self" and p.kind is not p.VAR_POSITIONAL:
+                found.setdefault(p.name, p)
+        if not forwards:
+            break
+    return found
+
+
 def available_weightings() -> list[str]:
     """The registered names, sorted."""
     return sorted(WEIGHTINGS)
@@ -39,11 +65,7 @@ def create_weighting(name: str, **hparams: Any) -> Weighting:
         cls = WEIGHTINGS[name]
     except KeyError:
         raise MultiLossError(f"unknown weighting {name!r}; available: {', '.join(available_weightings())}") from None
-    accepted = [
-        p.name
-        for p in inspect.signature(cls.__init__).parameters.values()
-        if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    ]
+    accepted = list(hyperparameters(cls))
     unknown = sorted(set(hparams) - set(accepted))
     if unknown:
         raise MultiLossError(f"weighting {name!r} has no hyper-parameter(s) {unknown}; it accepts {accepted}")

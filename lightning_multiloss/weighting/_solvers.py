@@ -1,9 +1,8 @@
 """Small K×K solvers shared by the gradient strategies (plain torch, float64, on the CPU).
 
 The matrices are ``K × K`` with ``K`` the number of tasks, so exact active-set methods are cheap
-and need no external solver. Every function takes and returns float64 CPU tensors; the
-strategies convert the Gramian once with :func:`prepare` and convert the weights back with
-:func:`finish`.
+and need no external solver. Every function takes and returns float64 CPU tensors: the Gramian
+base (:class:`~lightning_multiloss.weighting.GramianWeighting`) converts the Gramian once.
 
 >>> import torch
 >>> G = torch.tensor([[18.0, -22.0], [-22.0, 38.0]], dtype=torch.float64)  # J = [[-4,1,1],[6,1,1]]
@@ -18,8 +17,6 @@ import math
 import torch
 from torch import Tensor
 
-from lightning_multiloss.errors import MultiLossError, NonFiniteLossError
-
 _CPU = torch.device("cpu")
 _F64 = torch.float64
 
@@ -29,55 +26,7 @@ when the Gramian is singular (identical or zero gradients, ``K`` larger than the
 changes ``wᵀGw`` by at most ``1e-10·trace(G)/K·‖w‖²``."""
 
 
-# -- conversion and checks ---------------------------------------------------------------------
-def prepare(strategy: str, gramian: Tensor, losses: Tensor, num_tasks: int = 0) -> tuple[Tensor, Tensor]:
-    """The Gramian (symmetrised) and the losses as float64 CPU tensors, after shape and finiteness checks."""
-    if gramian.ndim != 2 or gramian.shape[0] != gramian.shape[1]:
-        raise MultiLossError(
-            f"weighting {strategy!r}: the Gramian must be a square (K, K) matrix, got shape {tuple(gramian.shape)}"
-        )
-    k = gramian.shape[0]
-    if k == 0:
-        raise MultiLossError(f"weighting {strategy!r}: the Gramian is empty (no task)")
-    if losses.shape != (k,):
-        raise MultiLossError(
-            f"weighting {strategy!r}: losses must have shape ({k},) to match the Gramian, got {tuple(losses.shape)}"
-        )
-    if num_tasks and k != num_tasks:
-        raise MultiLossError(f"weighting {strategy!r} is bound to {num_tasks} tasks but got a {k}×{k} Gramian")
-    g = gramian.detach().to(device=_CPU, dtype=_F64)
-    g = 0.5 * (g + g.T)
-    values = losses.detach().to(device=_CPU, dtype=_F64)
-    if not bool(torch.isfinite(g).all()):
-        raise NonFiniteLossError(
-            f"weighting {strategy!r}: the Gramian of the task gradients is not finite "
-            f"(diagonal {g.diagonal().tolist()})"
-        )
-    if not bool(torch.isfinite(values).all()):
-        raise NonFiniteLossError(f"weighting {strategy!r}: the task losses are not finite: {values.tolist()}")
-    return g, values
-
-
-def finish(weights: Tensor, like: Tensor) -> Tensor:
-    """``weights`` on the device and in the floating dtype of ``like`` (the Gramian)."""
-    dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
-    return weights.to(device=like.device, dtype=dtype)
-
-
-def require(strategy: str, ok: bool, what: str, value: object) -> None:
-    """Raise a :class:`MultiLossError` naming the strategy and the value unless ``ok``."""
-    if not ok:
-        raise MultiLossError(f"weighting {strategy!r}: {what}, got {value!r}")
-
-
-def check_positive(strategy: str, name: str, value: float, allow_zero: bool = False) -> float:
-    """``value`` as a float if finite and positive (or >= 0), else an error naming it."""
-    number = float(value)
-    ok = math.isfinite(number) and (number >= 0.0 if allow_zero else number > 0.0)
-    require(strategy, ok, f"{name} must be finite and {'>= 0' if allow_zero else '> 0'}", value)
-    return number
-
-
+# -- small helpers ----------------------------------------------------------------------------
 def uniform(k: int) -> Tensor:
     return torch.full((k,), 1.0 / k, dtype=_F64)
 
@@ -357,9 +306,3 @@ def pinv_psd(gramian: Tensor) -> Tensor:
         return torch.zeros_like(gramian)
     v = vectors[:, :rank]
     return v @ torch.diag(1.0 / values[:rank]) @ v.T
-
-
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """A CPU generator seeded from ``(seed, step)``: the same on every process and after a resume."""
-    mixed = (int(seed) * 0x9E3779B97F4A7C15 + int(step) * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % (2**63 - 1)
-    return torch.Generator(device="cpu").manual_seed(mixed)

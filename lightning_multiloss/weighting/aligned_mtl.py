@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_multiloss.weighting._gramian import DDPMode, GramianWeighting, Route
+from lightning_multiloss.weighting._gramian import GramianWeighting
 from lightning_multiloss.weighting._registry import register
-from lightning_multiloss.weighting._solvers import eigh_psd, finish, prepare, uniform
+from lightning_multiloss.weighting._solvers import eigh_psd, uniform
 
 
 @register("aligned_mtl")
@@ -38,15 +38,11 @@ class AlignedMTL(GramianWeighting):
         tensor([0.2133, 0.9673, 0.9673])
     """
 
-    def __init__(self, route: Route = "parameters", ddp: DDPMode = "exact") -> None:
-        super().__init__(route=route, ddp=ddp)
-
-    def weights_from_gramian(self, gramian: Tensor, losses: Tensor) -> Tensor:
-        g, _ = prepare(self.name, gramian, losses, self.num_tasks)
+    def compute_weights(self, g: Tensor, losses: Tensor) -> Tensor:
         k = g.shape[0]
         values, vectors, rank = eigh_psd(g)
         if rank == 0:
-            return finish(uniform(k), gramian)
+            return uniform(k)
         lam, v = values[:rank], vectors[:, :rank]
         balance = lam[-1].sqrt() * v @ torch.diag(lam.rsqrt()) @ v.T
-        return finish(balance @ uniform(k), gramian)
+        return balance @ uniform(k)

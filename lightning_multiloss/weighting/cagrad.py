@@ -5,17 +5,13 @@ from __future__ import annotations
 import math
 
 from torch import Tensor
+from typing_extensions import Unpack
 
-from lightning_multiloss.weighting._gramian import DDPMode, GramianWeighting, Route
+from lightning_multiloss.weighting._base import GradientOptions
+from lightning_multiloss.weighting._common import check_positive, require
+from lightning_multiloss.weighting._gramian import GramianWeighting
 from lightning_multiloss.weighting._registry import register
-from lightning_multiloss.weighting._solvers import (
-    check_positive,
-    finish,
-    prepare,
-    require,
-    simplex_min_linear_plus_norm,
-    uniform,
-)
+from lightning_multiloss.weighting._solvers import simplex_min_linear_plus_norm, uniform
 
 
 @register("cagrad")
@@ -55,8 +51,8 @@ class CAGrad(GramianWeighting):
         tensor([0.1835, 1.2041, 1.2041])
     """
 
-    def __init__(self, c: float = 0.4, rescale: int = 1, route: Route = "parameters", ddp: DDPMode = "exact") -> None:
-        super().__init__(route=route, ddp=ddp)
+    def __init__(self, c: float = 0.4, rescale: int = 1, **options: Unpack[GradientOptions]) -> None:
+        super().__init__(**options)
         self.c = check_positive(self.name, "c", c, allow_zero=True)
         require(self.name, rescale in (0, 1, 2) and not isinstance(rescale, bool), "rescale must be 0, 1 or 2", rescale)
         self.rescale = int(rescale)
@@ -72,8 +68,7 @@ class CAGrad(GramianWeighting):
         self._previous_inner = inner
         return inner
 
-    def weights_from_gramian(self, gramian: Tensor, losses: Tensor) -> Tensor:
-        g, _ = prepare(self.name, gramian, losses, self.num_tasks)
+    def compute_weights(self, g: Tensor, losses: Tensor) -> Tensor:
         k = g.shape[0]
         w = uniform(k)
         g0_norm = math.sqrt(max(float(g.mean()), 0.0))
@@ -84,4 +79,4 @@ class CAGrad(GramianWeighting):
             if gw_norm > 1e-9 * top:
                 w = w + (self.c * g0_norm / gw_norm) * inner
         divisor = (1.0, 1.0 + self.c**2, 1.0 + self.c)[self.rescale]
-        return finish(w / divisor, gramian)
+        return w / divisor

@@ -6,10 +6,12 @@ import math
 
 import torch
 from torch import Tensor
+from typing_extensions import Unpack
 
-from lightning_multiloss.weighting._gramian import DDPMode, GramianWeighting, Route
+from lightning_multiloss.weighting._base import GradientOptions
+from lightning_multiloss.weighting._common import check_positive, require
+from lightning_multiloss.weighting._gramian import GramianWeighting
 from lightning_multiloss.weighting._registry import register
-from lightning_multiloss.weighting._solvers import check_positive, finish, prepare, require
 
 _EPS = 1e-8
 
@@ -53,29 +55,26 @@ class DBMTL(GramianWeighting):
         tensor([2., 4.])
     """
 
-    def __init__(
-        self, beta: float = 0.9, beta_sigma: float = 0.0, route: Route = "parameters", ddp: DDPMode = "exact"
-    ) -> None:
-        super().__init__(route=route, ddp=ddp)
+    host_state = ("num_steps", "norm_ema")
+
+    def __init__(self, beta: float = 0.9, beta_sigma: float = 0.0, **options: Unpack[GradientOptions]) -> None:
+        super().__init__(**options)
         beta = float(beta)
         require(self.name, math.isfinite(beta) and 0.0 <= beta < 1.0, "beta must be in [0, 1)", beta)
         self.beta = beta
         self.beta_sigma = check_positive(self.name, "beta_sigma", beta_sigma, allow_zero=True)
-        self.num_steps: Tensor
-        self.norm_ema: Tensor
-        self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
+        self.num_steps = torch.zeros((), dtype=torch.long)
 
     def build(self, num_tasks: int) -> None:
-        self.register_buffer("norm_ema", torch.zeros(num_tasks, dtype=torch.float64))
+        self.norm_ema = torch.zeros(num_tasks, dtype=torch.float64)
 
-    def weights_from_gramian(self, gramian: Tensor, losses: Tensor) -> Tensor:
-        g, values = prepare(self.name, gramian, losses, self.num_tasks)
+    def compute_weights(self, g: Tensor, values: Tensor) -> Tensor:
         shifted = values.clamp_min(0.0) + _EPS
         norms = g.diagonal().clamp_min(0.0).sqrt() / shifted
         step = int(self.num_steps) + 1
         if self.num_tasks:
             beta = self.beta / step**self.beta_sigma
-            ema = norms + beta * (self.norm_ema.detach().to(device="cpu", dtype=torch.float64) - norms)
+            ema = norms + beta * (self.norm_ema - norms)
         else:
             ema = norms
         if self.training and self.num_tasks:
@@ -84,4 +83,4 @@ class DBMTL(GramianWeighting):
         top = float(ema.max())
         usable = ema > 1e-12 * top
         balance = torch.where(usable, top / torch.where(usable, ema, torch.ones_like(ema)), torch.ones_like(ema))
-        return finish(balance / shifted, gramian)
+        return balance / shifted

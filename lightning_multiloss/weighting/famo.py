@@ -10,8 +10,8 @@ from torch import Tensor
 
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.weighting._base import WeightedLoss, Weighting
+from lightning_multiloss.weighting._common import linearised, process_mean
 from lightning_multiloss.weighting._registry import register
-from lightning_multiloss.weighting.gls import linearised, process_mean
 
 _BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 
 from lightning_multiloss.errors import MultiLossError
-from lightning_multiloss.weighting._base import WeightedLoss, Weighting, check_weight, weighted_sum
+from lightning_multiloss.weighting._base import WeightedLoss, Weighting, weighted_sum
+from lightning_multiloss.weighting._common import check_weight, per_task_values
 from lightning_multiloss.weighting._registry import register
 
 
@@ -46,14 +47,14 @@ class Fixed(Weighting):
         # Checked now, so that a bad value fails when the config is built, not at bind time.
         if isinstance(weights, Mapping):
             weights = {name: check_weight("fixed", name, value) for name, value in weights.items()}
-        elif weights is not None:
-            weights = [check_weight("fixed", f"#{i}", value) for i, value in enumerate(weights)]
+        # A list is checked in build, where the task names are known.
         self._spec = weights
         self.weights: Tensor
 
     def build(self, num_tasks: int) -> None:
-        values = [1.0] * num_tasks if self._spec is None else self.per_task(self._spec, "weights", 1.0)
-        self.check_weights(values, "weight")
+        spec = [1.0] * num_tasks if self._spec is None else self._spec
+        values = per_task_values(self.name, self.task_names, spec, "weights", 1.0)
+        values = [check_weight(self.name, name, v) for name, v in zip(self.task_names, values, strict=True)]
         # Not persistent: fixed weights are configuration, not training state.
         self.register_buffer("weights", torch.tensor(values), persistent=False)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_multiloss._dist import all_reduce_sum
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.weighting._base import WeightedLoss, Weighting
+from lightning_multiloss.weighting._common import linearised, process_mean
 from lightning_multiloss.weighting._registry import register
 
 
@@ -63,23 +63,3 @@ class GLS(Weighting):
         geometric = torch.where(present.any(), torch.exp(logs.sum() / count), 0.0)
         weights = torch.where(present, geometric / (count * torch.where(present, mean, 1.0)), 0.0)
         return linearised(geometric, weights, losses)
-
-
-def process_mean(losses: Tensor) -> Tensor:
-    """The ``(K,)`` mean of the detached losses over all DDP processes, in float32 (one all-reduce)."""
-    detached = losses.detach().float()
-    summed = all_reduce_sum(torch.cat([detached, detached.new_ones(1)]))
-    return summed[:-1] / summed[-1]
-
-
-def linearised(value: Tensor, weights: Tensor, losses: Tensor) -> WeightedLoss:
-    """A loss worth ``value`` whose gradient is ``Σ weights_i ∇L_i``.
-
-    For a scalarisation ``f`` of the losses, ``value = f(L̄)`` and ``weights = ∇f(L̄)`` at the
-    process-mean losses ``L̄``: each process backpropagates its own losses with the same
-    coefficients, so the averaged gradient is that of ``f`` at the mean losses (without DDP,
-    ``L̄ = L`` and this is exactly ``f(L)`` and its gradient).
-    """
-    weights = weights.to(losses.dtype)
-    loss = value.to(losses.dtype) + (weights * (losses - losses.detach())).sum()
-    return WeightedLoss(loss, weights.detach())

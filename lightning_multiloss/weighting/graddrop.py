@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from lightning_multiloss._dist import all_reduce_sum
 from lightning_multiloss.errors import MultiLossError
-from lightning_multiloss.gradients import DDPMode, Route, representation_gradients, world_size
-from lightning_multiloss.weighting._base import WeightedLoss, Weighting
+from lightning_multiloss.gradients import DDPMode, representation_gradients, world_size
+from lightning_multiloss.weighting._base import GradientWeighting, WeightedLoss
+from lightning_multiloss.weighting._common import check_seed, seeded_generator
 from lightning_multiloss.weighting._registry import register
 
 
@@ -41,7 +42,7 @@ def graddrop_gradient(task_grads: Tensor, uniform: Tensor, batch_sums: Tensor | 
 
 
 @register("graddrop")
-class GradDrop(Weighting):
+class GradDrop(GradientWeighting):
     r"""GradDrop (Chen et al., "Just Pick a Sign: Optimizing Deep Multitask Models with Gradient
     Sign Dropout", NeurIPS 2020).
 
@@ -89,18 +90,12 @@ class GradDrop(Weighting):
         tensor([[4., 6.]])
     """
 
-    needs_gradients: ClassVar[bool] = True
-    route: ClassVar[Route] = "representation"
     min_tasks: ClassVar[int] = 2
 
     def __init__(self, seed: int = 0, ddp: DDPMode = "exact") -> None:
-        super().__init__()
-        if ddp not in ("exact", "local"):
-            raise MultiLossError(f"weighting 'graddrop': ddp must be 'exact' or 'local', got {ddp!r}")
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise MultiLossError(f"weighting 'graddrop': seed must be an int, got {seed!r}")
-        self.seed = seed
-        self.ddp: DDPMode = ddp
+        super().__init__(route="representation", ddp=ddp)
+        self.seed = check_seed(self.name, seed)
+        self._draws = 0  # the host's copy of the buffer `draws`: read every step without a wait
         self.draws: Tensor
 
     def build(self, num_tasks: int) -> None:
@@ -109,12 +104,16 @@ class GradDrop(Weighting):
 
     def uniform(self, shape: Sequence[int], draw: int) -> Tensor:
         """The ``U(0, 1)`` draws of step ``draw`` (on the CPU, identical on every process and device)."""
-        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + draw) % (2**63 - 1))
-        return torch.rand(tuple(shape), generator=generator)
+        return torch.rand(tuple(shape), generator=seeded_generator(self.seed, draw))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._draws = int(self.draws)
 
     def forward(
         self,
         losses: Tensor,
+        *,
         representation: Tensor | None = None,
         parameters: Sequence[Tensor] | None = None,
     ) -> WeightedLoss:
@@ -132,10 +131,10 @@ class GradDrop(Weighting):
         sums = grads.sum(1)
         if self.ddp == "exact" and world_size() > 1:
             sums = all_reduce_sum(sums)
-        draw = int(self.draws.item())
-        uniform = self.uniform(representation.shape[1:], draw).to(representation.device)
+        uniform = self.uniform(representation.shape[1:], self._draws).to(representation.device)
         dropped = graddrop_gradient(grads, uniform, sums)
         correction = (dropped - grads.sum(0)).to(representation.dtype)
-        self.draws += 1
+        self._draws += 1
+        self.draws.fill_(self._draws)
         extra = (representation * correction).sum() - (representation.detach() * correction).sum()
         return WeightedLoss(losses.sum() + extra.to(losses.dtype), ones)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from typing_extensions import Unpack
 
-from lightning_multiloss.weighting._gramian import DDPMode, GramianWeighting, Route
+from lightning_multiloss.weighting._base import GradientOptions
+from lightning_multiloss.weighting._common import check_positive
+from lightning_multiloss.weighting._gramian import GramianWeighting
 from lightning_multiloss.weighting._registry import register
-from lightning_multiloss.weighting._solvers import check_positive, finish, prepare
 
 
 def gradnorm_loss(omega: Tensor, norms: Tensor, ratios: Tensor, alpha: float) -> Tensor:
@@ -56,30 +58,26 @@ class GradNorm(GramianWeighting):
         tensor([0.9625, 1.0375])
     """
 
-    def __init__(
-        self, alpha: float = 1.5, lr: float = 0.025, route: Route = "parameters", ddp: DDPMode = "exact"
-    ) -> None:
-        super().__init__(route=route, ddp=ddp)
+    host_state = ("num_steps", "omega", "initial_losses")
+
+    def __init__(self, alpha: float = 1.5, lr: float = 0.025, **options: Unpack[GradientOptions]) -> None:
+        super().__init__(**options)
         self.alpha = check_positive(self.name, "alpha", alpha, allow_zero=True)
         self.lr = check_positive(self.name, "lr", lr)
-        self.num_steps: Tensor
-        self.omega: Tensor
-        self.initial_losses: Tensor
-        self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
+        self.num_steps = torch.zeros((), dtype=torch.long)
 
     def build(self, num_tasks: int) -> None:
-        self.register_buffer("omega", torch.zeros(num_tasks, dtype=torch.float64))
-        self.register_buffer("initial_losses", torch.ones(num_tasks, dtype=torch.float64))
+        self.omega = torch.zeros(num_tasks, dtype=torch.float64)
+        self.initial_losses = torch.ones(num_tasks, dtype=torch.float64)
 
-    def weights_from_gramian(self, gramian: Tensor, losses: Tensor) -> Tensor:
-        g, values = prepare(self.name, gramian, losses, self.num_tasks)
+    def compute_weights(self, g: Tensor, values: Tensor) -> Tensor:
         k = g.shape[0]
-        omega = self.omega.detach().to(device="cpu", dtype=torch.float64) if self.num_tasks else torch.zeros(k)
+        omega = self.omega if self.num_tasks else torch.zeros(k)
         weights = k * torch.softmax(omega.to(torch.float64), dim=0)
         if self.training and self.num_tasks:
             if int(self.num_steps) == 0:
                 self.initial_losses.copy_(torch.where(values > 0.0, values, torch.ones_like(values)))
-            initial = self.initial_losses.detach().to(device="cpu", dtype=torch.float64)
+            initial = self.initial_losses
             relative = (values / initial).clamp_min(0.0)
             mean = float(relative.mean())
             ratios = relative / mean if mean > 0.0 else torch.ones_like(relative)
@@ -89,4 +87,4 @@ class GradNorm(GramianWeighting):
                 (grad,) = torch.autograd.grad(gradnorm_loss(leaf, norms, ratios, self.alpha), leaf)
             self.omega.copy_(omega - self.lr * grad)
             self.num_steps += 1
-        return finish(weights, gramian)
+        return weights

@@ -6,10 +6,12 @@ import math
 
 import torch
 from torch import Tensor
+from typing_extensions import Unpack
 
-from lightning_multiloss.weighting._gramian import DDPMode, GramianWeighting, Route
+from lightning_multiloss.weighting._base import GradientOptions
+from lightning_multiloss.weighting._common import require, seeded_generator
+from lightning_multiloss.weighting._gramian import GramianWeighting
 from lightning_multiloss.weighting._registry import register
-from lightning_multiloss.weighting._solvers import finish, prepare, require, step_generator
 
 
 @register("gradvac")
@@ -57,8 +59,10 @@ class GradVac(GramianWeighting):
                 [-0.0084,  0.0000]], dtype=torch.float64)
     """
 
-    def __init__(self, beta: float = 0.01, seed: int = 0, route: Route = "parameters", ddp: DDPMode = "exact") -> None:
-        super().__init__(route=route, ddp=ddp)
+    host_state = ("num_steps", "target")
+
+    def __init__(self, beta: float = 0.01, seed: int = 0, **options: Unpack[GradientOptions]) -> None:
+        super().__init__(**options)
         beta = float(beta)
         require(self.name, math.isfinite(beta) and 0.0 < beta <= 1.0, "beta must be in (0, 1]", beta)
         require(
@@ -69,23 +73,16 @@ class GradVac(GramianWeighting):
         )
         self.beta = beta
         self.seed = seed
-        self.num_steps: Tensor
-        self.target: Tensor
-        self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
+        self.num_steps = torch.zeros((), dtype=torch.long)
 
     def build(self, num_tasks: int) -> None:
-        self.register_buffer("target", torch.zeros(num_tasks, num_tasks, dtype=torch.float64))
+        self.target = torch.zeros(num_tasks, num_tasks, dtype=torch.float64)
 
-    def weights_from_gramian(self, gramian: Tensor, losses: Tensor) -> Tensor:
-        g, _ = prepare(self.name, gramian, losses, self.num_tasks)
+    def compute_weights(self, g: Tensor, losses: Tensor) -> Tensor:
         k = g.shape[0]
-        target = (
-            self.target.detach().to(device="cpu", dtype=torch.float64).clone()
-            if self.num_tasks
-            else torch.zeros(k, k, dtype=torch.float64)
-        )
+        target = self.target.clone() if self.num_tasks else torch.zeros(k, k, dtype=torch.float64)
         new_target = target.clone()
-        generator = step_generator(self.seed, int(self.num_steps))
+        generator = seeded_generator(self.seed, int(self.num_steps))
         diag = g.diagonal().clamp_min(0.0)
         tiny = 1e-12 * float(diag.max())
         norms = diag.sqrt()
@@ -112,4 +109,4 @@ class GradVac(GramianWeighting):
             self.num_steps += 1
             if self.num_tasks:
                 self.target.copy_(new_target)
-        return finish(total, gramian)
+        return total

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_multiloss.weighting._gramian import DDPMode, GramianWeighting, Route
+from lightning_multiloss.weighting._gramian import GramianWeighting
 from lightning_multiloss.weighting._registry import register
-from lightning_multiloss.weighting._solvers import finish, pinv_psd, prepare, uniform
+from lightning_multiloss.weighting._solvers import pinv_psd, uniform
 
 
 @register("imtl_g")
@@ -38,13 +38,9 @@ class IMTLG(GramianWeighting):
         tensor([0.0767, 1.0000, 1.0000])
     """
 
-    def __init__(self, route: Route = "parameters", ddp: DDPMode = "exact") -> None:
-        super().__init__(route=route, ddp=ddp)
-
-    def weights_from_gramian(self, gramian: Tensor, losses: Tensor) -> Tensor:
-        g, _ = prepare(self.name, gramian, losses, self.num_tasks)
+    def compute_weights(self, g: Tensor, losses: Tensor) -> Tensor:
         v = pinv_psd(g) @ g.diagonal().clamp_min(0.0).sqrt()
         total = float(v.sum())
         if abs(total) <= 1e-12 * float(v.abs().sum()) or not torch.isfinite(v).all():
-            return finish(uniform(g.shape[0]), gramian)
-        return finish(v / total, gramian)
+            return uniform(g.shape[0])
+        return v / total

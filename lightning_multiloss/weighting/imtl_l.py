@@ -8,8 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from lightning_multiloss.weighting._base import WeightedLoss, Weighting
+from lightning_multiloss.weighting._common import check_log_variance_init, initial_values
 from lightning_multiloss.weighting._registry import register
-from lightning_multiloss.weighting.uncertainty import check_log_variance_init, initial_values
 
 
 @register("imtl_l")
@@ -46,7 +46,7 @@ class IMTLL(Weighting):
         self.log_scale: nn.Parameter
 
     def build(self, num_tasks: int) -> None:
-        self.log_scale = nn.Parameter(initial_values(self, self._init, num_tasks))
+        self.log_scale = nn.Parameter(initial_values(self.name, self.task_names, self._init))
 
     def forward(self, losses: Tensor) -> WeightedLoss:
         s = self.log_scale.to(losses.dtype)

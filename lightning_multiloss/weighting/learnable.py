@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from lightning_multiloss._dist import is_rank_zero
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.weighting._base import Progress, WeightedLoss, Weighting, weighted_sum
+from lightning_multiloss.weighting._common import check_weight, per_task_values
 from lightning_multiloss.weighting._registry import register
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,9 @@ class Learnable(Weighting):
                 f"weighting 'learnable': {num_tasks} tasks take one initial weight per task (on the simplex), "
                 f"got init={init}"
             )
-        values = [1.0 / num_tasks] * num_tasks if init is None else self.per_task(init, "init", 0.0)
-        self.check_weights(values, "init")
+        spec = [1.0 / num_tasks] * num_tasks if init is None else init
+        values = per_task_values(self.name, self.task_names, spec, "init", 0.0)
+        values = [check_weight(self.name, name, v, "init") for name, v in zip(self.task_names, values, strict=True)]
         if abs(sum(values) - 1.0) > 1e-6:
             raise MultiLossError(f"weighting 'learnable': init must sum to 1 (the simplex), got {values}")
         self.alpha = nn.Parameter(torch.tensor(values))

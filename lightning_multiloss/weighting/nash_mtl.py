@@ -6,10 +6,13 @@ import math
 
 import torch
 from torch import Tensor
+from typing_extensions import Unpack
 
-from lightning_multiloss.weighting._gramian import DDPMode, GramianWeighting, Route
+from lightning_multiloss.weighting._base import GradientOptions
+from lightning_multiloss.weighting._common import check_positive, require
+from lightning_multiloss.weighting._gramian import GramianWeighting
 from lightning_multiloss.weighting._registry import register
-from lightning_multiloss.weighting._solvers import check_positive, finish, nash_solve, prepare, require, zero_rows
+from lightning_multiloss.weighting._solvers import nash_solve, zero_rows
 
 
 @register("nash_mtl")
@@ -53,15 +56,16 @@ class NashMTL(GramianWeighting):
         tensor([0.0542, 0.7061, 0.7061])
     """
 
+    host_state = ("num_steps", "alpha")
+
     def __init__(
         self,
         update_weights_every: int = 1,
         max_norm: float = 0.0,
         normalize: bool = True,
-        route: Route = "parameters",
-        ddp: DDPMode = "exact",
+        **options: Unpack[GradientOptions],
     ) -> None:
-        super().__init__(route=route, ddp=ddp)
+        super().__init__(**options)
         require(
             self.name,
             isinstance(update_weights_every, int)
@@ -74,13 +78,11 @@ class NashMTL(GramianWeighting):
         self.max_norm = check_positive(self.name, "max_norm", max_norm, allow_zero=True)
         require(self.name, isinstance(normalize, bool), "normalize must be true or false", normalize)
         self.normalize = normalize
-        self.num_steps: Tensor
-        self.alpha: Tensor
-        self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
+        self.num_steps = torch.zeros((), dtype=torch.long)
 
     def build(self, num_tasks: int) -> None:
         # The last solution (before max_norm), in units of the scaled Gramian: reused and warm start.
-        self.register_buffer("alpha", torch.ones(num_tasks, dtype=torch.float64))
+        self.alpha = torch.ones(num_tasks, dtype=torch.float64)
 
     def solve(self, gramian: Tensor, start: Tensor | None = None) -> Tensor:
         """The positive solution of ``Ĝα = 1/α`` for a float64 Gramian (zero-gradient tasks: mean of the others)."""
@@ -102,9 +104,8 @@ class NashMTL(GramianWeighting):
         alpha[zero] = alpha[keep].mean()
         return alpha
 
-    def weights_from_gramian(self, gramian: Tensor, losses: Tensor) -> Tensor:
-        g, _ = prepare(self.name, gramian, losses, self.num_tasks)
-        stored = self.alpha.detach().to(device="cpu", dtype=torch.float64) if self.num_tasks else None
+    def compute_weights(self, g: Tensor, losses: Tensor) -> Tensor:
+        stored = self.alpha if self.num_tasks else None
         step = int(self.num_steps)
         if self.training and step % self.update_weights_every != 0 and stored is not None:
             alpha = stored
@@ -118,4 +119,4 @@ class NashMTL(GramianWeighting):
             norm = math.sqrt(max(float(alpha @ g @ alpha), 0.0))
             if norm > self.max_norm:
                 alpha = alpha * (self.max_norm / norm)
-        return finish(alpha, gramian)
+        return alpha

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from typing_extensions import Unpack
 
-from lightning_multiloss.weighting._gramian import DDPMode, GramianWeighting, Route
+from lightning_multiloss.weighting._base import GradientOptions
+from lightning_multiloss.weighting._common import require, seeded_generator
+from lightning_multiloss.weighting._gramian import GramianWeighting
 from lightning_multiloss.weighting._registry import register
-from lightning_multiloss.weighting._solvers import finish, prepare, require, step_generator
 
 
 @register("pcgrad")
@@ -40,8 +42,10 @@ class PCGrad(GramianWeighting):
         tensor([0.5848, 3.8012, 3.8012])
     """
 
-    def __init__(self, seed: int = 0, route: Route = "parameters", ddp: DDPMode = "exact") -> None:
-        super().__init__(route=route, ddp=ddp)
+    host_state = ("num_steps",)
+
+    def __init__(self, seed: int = 0, **options: Unpack[GradientOptions]) -> None:
+        super().__init__(**options)
         require(
             self.name,
             isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0,
@@ -49,13 +53,11 @@ class PCGrad(GramianWeighting):
             seed,
         )
         self.seed = seed
-        self.num_steps: Tensor
-        self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
+        self.num_steps = torch.zeros((), dtype=torch.long)
 
-    def weights_from_gramian(self, gramian: Tensor, losses: Tensor) -> Tensor:
-        g, _ = prepare(self.name, gramian, losses, self.num_tasks)
+    def compute_weights(self, g: Tensor, losses: Tensor) -> Tensor:
         k = g.shape[0]
-        generator = step_generator(self.seed, int(self.num_steps))
+        generator = seeded_generator(self.seed, int(self.num_steps))
         diag = g.diagonal()
         usable = diag > 1e-12 * float(diag.max().clamp_min(0.0))
         total = torch.zeros(k, dtype=torch.float64)
@@ -71,4 +73,4 @@ class PCGrad(GramianWeighting):
             total += a
         if self.training:
             self.num_steps += 1
-        return finish(total, gramian)
+        return total

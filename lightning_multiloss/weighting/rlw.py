@@ -7,11 +7,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.weighting._base import Progress, WeightedLoss, Weighting, weighted_sum
+from lightning_multiloss.weighting._common import check_seed, seeded_generator
 from lightning_multiloss.weighting._registry import register
-
-_STRIDE = 1_000_003
 
 
 @register("rlw")
@@ -25,7 +23,7 @@ class RLW(Weighting):
               \qquad L = \sum_i w_i L_i
 
     The sample of optimizer step ``t`` is drawn from a private generator seeded with
-    ``seed * 1_000_003 + t``: it is reproducible, identical on every DDP process, the same for
+    ``(seed, t)``: it is reproducible, identical on every DDP process, the same for
     every micro-batch of a gradient-accumulation step, and a resumed run continues the same
     sequence (``t`` is the trainer's step, handed over before each batch; without a trainer the
     count advances by one per training call and is kept in a persistent buffer). The global
@@ -50,9 +48,7 @@ class RLW(Weighting):
 
     def __init__(self, seed: int = 0) -> None:
         super().__init__()
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise MultiLossError(f"weighting 'rlw': seed must be an integer >= 0, got {seed!r}")
-        self.seed = seed
+        self.seed = check_seed(self.name, seed)
         self._step = 0
         self.step: Tensor
 
@@ -61,7 +57,7 @@ class RLW(Weighting):
 
     def sample(self, step: int) -> Tensor:
         """The ``(K,)`` weights of optimizer step ``step`` (on the CPU)."""
-        generator = torch.Generator().manual_seed(self.seed * _STRIDE + step)
+        generator = seeded_generator(self.seed, step)
         return torch.softmax(torch.randn(self.num_tasks, generator=generator, dtype=torch.float64), dim=0).float()
 
     def set_progress(self, progress: Progress) -> None:

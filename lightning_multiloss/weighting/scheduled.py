@@ -12,6 +12,7 @@ from torch import Tensor
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.schedules import ScheduleLike, as_schedule
 from lightning_multiloss.weighting._base import Progress, WeightedLoss, Weighting, weighted_sum
+from lightning_multiloss.weighting._common import check_weight, per_task_values
 from lightning_multiloss.weighting._registry import register
 
 Unit = Literal["step", "epoch", "fraction"]
@@ -65,21 +66,10 @@ class Scheduled(Weighting):
 
     def build(self, num_tasks: int) -> None:
         spec = self._spec
-        if isinstance(spec, Mapping):
-            unknown = [key for key in spec if key not in self.task_names]
-            if unknown:
-                raise MultiLossError(
-                    f"weighting 'scheduled': schedule names unknown task(s) {unknown}; "
-                    f"the tasks are {list(self.task_names)}"
-                )
-            self._schedules = [as_schedule(spec.get(n, 1.0), f"schedule of task {n!r}") for n in self.task_names]
-        elif isinstance(spec, Sequence) and not isinstance(spec, str):
-            if len(spec) != num_tasks:
-                raise MultiLossError(
-                    f"weighting 'scheduled': {len(spec)} schedules for {num_tasks} tasks {list(self.task_names)}"
-                )
+        if isinstance(spec, Mapping) or (isinstance(spec, Sequence) and not isinstance(spec, str)):
+            per_task = per_task_values(self.name, self.task_names, spec, "schedule", 1.0, "schedules")
             self._schedules = [
-                as_schedule(s, f"schedule of task {n!r}") for s, n in zip(spec, self.task_names, strict=True)
+                as_schedule(s, f"schedule of task {n!r}") for s, n in zip(per_task, self.task_names, strict=True)
             ]
         else:
             if num_tasks != 2:
@@ -104,7 +94,8 @@ class Scheduled(Weighting):
                     f"must be in [0, 1], the schedule gave {alpha} at t={t}"
                 )
             return [alpha, 1.0 - alpha]
-        return self.check_weights([s(t) for s in self._schedules], f"the scheduled weight at t={t}")
+        what = f"the scheduled weight at t={t}"
+        return [check_weight(self.name, n, s(t), what) for s, n in zip(self._schedules, self.task_names, strict=True)]
 
     def progress_value(self, progress: Progress) -> float:
         """``t`` in this weighting's unit."""

@@ -10,9 +10,9 @@ import torch
 from torch import Tensor
 
 from lightning_multiloss.errors import MultiLossError
-from lightning_multiloss.weighting._base import WeightedLoss, Weighting, check_weight
+from lightning_multiloss.weighting._base import WeightedLoss, Weighting
+from lightning_multiloss.weighting._common import check_weight, linearised, per_task_values, process_mean
 from lightning_multiloss.weighting._registry import register
-from lightning_multiloss.weighting.gls import linearised, process_mean
 
 _TINY = 1e-20  # the official code's offset inside the log
 
@@ -102,7 +102,8 @@ class STCH(Weighting):
 
     def build(self, num_tasks: int) -> None:
         spec = self._preference_spec
-        values = [1.0] * num_tasks if spec is None else self.per_task(spec, "preference", 1.0)
+        spec = [1.0] * num_tasks if spec is None else spec
+        values = [float(v) for v in per_task_values(self.name, self.task_names, spec, "preference", 1.0)]
         self.register_buffer("preference", torch.tensor(values), persistent=False)
         self.register_buffer("nadir", torch.ones(num_tasks))
         self.register_buffer("epochs_seen", torch.zeros((), dtype=torch.long))

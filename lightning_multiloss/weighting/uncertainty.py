@@ -2,40 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.weighting._base import WeightedLoss, Weighting
+from lightning_multiloss.weighting._common import check_log_variance_init, initial_values
 from lightning_multiloss.weighting._registry import register
-
-
-def check_log_variance_init(
-    strategy: str, init: float | Sequence[float] | Mapping[str, float]
-) -> float | list[float] | dict[str, float]:
-    """The initial log-scales, checked finite (a number, a list in task order or a dict by task name)."""
-
-    def finite(value: float, where: str) -> float:
-        value = float(value)
-        if not math.isfinite(value):
-            raise MultiLossError(f"weighting {strategy!r}: init{where} must be finite, got {value}")
-        return value
-
-    if isinstance(init, Mapping):
-        return {name: finite(v, f" for task {name!r}") for name, v in init.items()}
-    if isinstance(init, Sequence) and not isinstance(init, str):
-        return [finite(v, f"[{i}]") for i, v in enumerate(init)]
-    return finite(init, "")
-
-
-def initial_values(weighting: Weighting, init: float | list[float] | dict[str, float], num_tasks: int) -> Tensor:
-    """``init`` as a ``(K,)`` tensor (tasks a dict leaves out start at 0)."""
-    if isinstance(init, float):
-        return torch.full((num_tasks,), init)
-    return torch.tensor(weighting.per_task(init, "init", 0.0))
 
 
 @register("uncertainty")
@@ -80,7 +54,7 @@ class Uncertainty(Weighting):
         self.log_var: nn.Parameter
 
     def build(self, num_tasks: int) -> None:
-        self.log_var = nn.Parameter(initial_values(self, self._init, num_tasks))
+        self.log_var = nn.Parameter(initial_values(self.name, self.task_names, self._init))
 
     def forward(self, losses: Tensor) -> WeightedLoss:
         s = self.log_var.to(losses.dtype)

@@ -6,10 +6,13 @@ import math
 
 import torch
 from torch import Tensor
+from typing_extensions import Unpack
 
-from lightning_multiloss.weighting._gramian import DDPMode, GramianWeighting, Route
+from lightning_multiloss.weighting._base import GradientOptions
+from lightning_multiloss.weighting._common import require
+from lightning_multiloss.weighting._gramian import GramianWeighting
 from lightning_multiloss.weighting._registry import register
-from lightning_multiloss.weighting._solvers import box_qp, finish, prepare, require, uniform
+from lightning_multiloss.weighting._solvers import box_qp, uniform
 
 
 @register("upgrad")
@@ -45,19 +48,18 @@ class UPGrad(GramianWeighting):
         tensor([0.2929, 1.9004, 1.9004])
     """
 
-    def __init__(self, reg_eps: float = 1e-4, route: Route = "parameters", ddp: DDPMode = "exact") -> None:
-        super().__init__(route=route, ddp=ddp)
+    def __init__(self, reg_eps: float = 1e-4, **options: Unpack[GradientOptions]) -> None:
+        super().__init__(**options)
         reg_eps = float(reg_eps)
         require(self.name, math.isfinite(reg_eps) and reg_eps >= 0.0, "reg_eps must be finite and >= 0", reg_eps)
         self.reg_eps = reg_eps
 
-    def weights_from_gramian(self, gramian: Tensor, losses: Tensor) -> Tensor:
-        g, _ = prepare(self.name, gramian, losses, self.num_tasks)
+    def compute_weights(self, g: Tensor, losses: Tensor) -> Tensor:
         k = g.shape[0]
         trace = float(g.diagonal().clamp_min(0.0).sum())
         if trace <= 0.0:
-            return finish(uniform(k), gramian)
+            return uniform(k)
         g = g / trace + self.reg_eps * torch.eye(k, dtype=torch.float64)
         eye = torch.eye(k, dtype=torch.float64) / k
         w = box_qp(g, eye).sum(dim=0)  # the K projections, solved together
-        return finish(w, gramian)
+        return w

@@ -71,7 +71,7 @@ def main() -> None:
         rank = trainer.global_rank
         results[f"{name}|{route}|{ddp}"] = {
             "params": {k: v.detach().clone() for k, v in model.named_parameters()},
-            "weights": model._mt_last_weights.clone(),
+            "weights": model.weighting.last_weights.clone(),
             "global_step": trainer.global_step,
             "tasks": list(tasks),
             "deterministic": name == "graddrop" or is_deterministic(name, tasks),

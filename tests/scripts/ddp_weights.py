@@ -37,7 +37,7 @@ def main() -> None:
         trainer.global_rank,
         {
             "params": {k: v.detach().clone() for k, v in model.state_dict().items()},
-            "weights": model._mt_last_weights.clone(),
+            "weights": model.weighting.last_weights.clone(),
             "global_step": trainer.global_step,
         },
     )
