@@ -23,8 +23,6 @@ from lightning_multiloss.weighting._base import GradientWeighting, WeightedLoss,
 
 __all__ = ["DDPMode", "GramianWeighting", "Route"]
 
-_CPU = torch.device("cpu")
-
 
 class GramianWeighting(GradientWeighting):
     r"""A strategy whose weights are a function of the Gramian ``G = J Jᵀ`` and the losses.
@@ -126,25 +124,19 @@ class GramianWeighting(GradientWeighting):
     def weights_from_gramian(self, gramian: Tensor, losses: Tensor) -> Tensor:
         """The ``(K,)`` weights for a Gramian and losses of any floating dtype and device.
 
-        Returned on the Gramian's device, in its dtype.
+        Returned on the Gramian's device, in its dtype. The Gramian and the losses reach the host
+        in one transfer, the only wait for the device in a training step of a Gramian strategy;
+        everything after it, up to the weights' copy back, runs on the host (:meth:`_solve_on_host`).
         """
-        g, values = self._to_host(gramian, losses)
-        weights = self.compute_weights(g, values)
-        if not isinstance(weights, Tensor) or weights.shape != (g.shape[0],):
-            shape = tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__
-            raise MultiLossError(
-                f"weighting {self.name!r}: compute_weights must return shape ({g.shape[0]},), got {shape}"
-            )
-        if not bool(torch.isfinite(weights).all()):  # on the host already: no wait
-            raise MultiLossError(
-                f"weighting {self.name!r}: non-finite task weights {weights.tolist()} from the Gramian "
-                f"{g.tolist()} (tasks {list(self.task_names)})"
-            )
-        dtype = gramian.dtype if gramian.is_floating_point() else torch.get_default_dtype()
-        return weights.to(device=gramian.device, dtype=dtype)
+        k = self._check_shapes(gramian, losses)
+        dtype = torch.promote_types(gramian.dtype, torch.float32)
+        packed = torch.cat([gramian.detach().reshape(-1).to(dtype), losses.detach().to(dtype)])
+        weights = self._solve_on_host(packed.cpu().to(torch.float64), k)
+        out_dtype = gramian.dtype if gramian.is_floating_point() else torch.get_default_dtype()
+        return weights.to(device=gramian.device, dtype=out_dtype)
 
-    def _to_host(self, gramian: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
-        """``G`` (symmetrised) and the losses as float64 CPU tensors, checked, in one transfer."""
+    def _check_shapes(self, gramian: Tensor, losses: Tensor) -> int:
+        """``K``, after checking that ``G`` is ``(K, K)`` and the losses ``(K,)``."""
         if gramian.ndim != 2 or gramian.shape[0] != gramian.shape[1]:
             raise MultiLossError(
                 f"weighting {self.name!r}: the Gramian must be a square (K, K) matrix, got shape {tuple(gramian.shape)}"
@@ -161,12 +153,13 @@ class GramianWeighting(GradientWeighting):
             raise MultiLossError(
                 f"weighting {self.name!r} is bound to {self.num_tasks} tasks but got a {k}×{k} Gramian"
             )
-        dtype = torch.promote_types(gramian.dtype, torch.float32)
-        packed = torch.cat([gramian.detach().reshape(-1).to(dtype), losses.detach().to(dtype)])
-        host = packed.to(device=_CPU, dtype=torch.float64)
-        g = host[: k * k].reshape(k, k)
+        return int(k)
+
+    def _solve_on_host(self, packed: Tensor, k: int) -> Tensor:
+        """The weights from the float64 host copy of ``G`` (flattened) followed by the losses."""
+        g = packed[: k * k].reshape(k, k)
         g = 0.5 * (g + g.T)
-        values = host[k * k :]
+        values = packed[k * k :]
         if not bool(torch.isfinite(g).all()):
             raise NonFiniteLossError(
                 f"weighting {self.name!r}: the Gramian of the task gradients is not finite "
@@ -174,7 +167,16 @@ class GramianWeighting(GradientWeighting):
             )
         if not bool(torch.isfinite(values).all()):
             raise NonFiniteLossError(f"weighting {self.name!r}: the task losses are not finite: {values.tolist()}")
-        return g, values
+        weights = self.compute_weights(g, values)
+        if not isinstance(weights, Tensor) or weights.shape != (k,):
+            shape = tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__
+            raise MultiLossError(f"weighting {self.name!r}: compute_weights must return shape ({k},), got {shape}")
+        if not bool(torch.isfinite(weights).all()):
+            raise MultiLossError(
+                f"weighting {self.name!r}: non-finite task weights {weights.tolist()} from the Gramian "
+                f"{g.tolist()} (tasks {list(self.task_names)})"
+            )
+        return weights
 
     def forward(
         self,

@@ -49,13 +49,20 @@ class GLS(Weighting):
 
     min_tasks = 2
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._checked_sign = False
+
     def forward(self, losses: Tensor) -> WeightedLoss:
         detached = losses.detach()
-        if bool((detached < 0).any()):
+        # Checked on the first training step and in evaluation only: a check every training step
+        # would make the step wait for the device. Later, a negative loss drops out of the product.
+        if (not self.training or not self._checked_sign) and bool((detached < 0).any()):
             raise MultiLossError(
                 f"weighting 'gls': the geometric mean needs non-negative losses, got "
                 f"{dict(zip(self.task_names, detached.tolist(), strict=True))}"
             )
+        self._checked_sign = self._checked_sign or self.training
         mean = process_mean(detached) if self.training else detached.float()
         present = mean > 0
         count = present.sum().clamp(min=1)
