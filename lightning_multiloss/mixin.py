@@ -156,6 +156,8 @@ class MultiTaskMixin(_Base):
             for stage in ("train", "val", "test")
         }
         self._mt_checked_trainer: int | None = None  # the Trainer whose callbacks were checked
+        # Per task, the (output shape, target shape, target dtype) last checked: see _mt_check_target.
+        self._mt_checked_targets: dict[str, tuple[Any, ...]] = {}
         # The optimizer step to skip after a non-finite loss, as (Trainer, global_step): a later fit
         # with another Trainer restarts its count, and must not skip its own step of that number.
         self._mt_skip_step: tuple[int, int] | None = None
@@ -236,7 +238,17 @@ class MultiTaskMixin(_Base):
                     losses.append(outputs[task.name].sum() * 0.0)
                     self._mt_unlabelled.append(len(losses) - 1)
                     continue
-            loss = task.loss(output, target)
+            self._mt_check_target(task, output, target)
+            try:
+                loss = task.loss(output, target)
+            except MultiLossError:
+                raise
+            except (RuntimeError, ValueError, IndexError, TypeError) as error:
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise MultiLossError(
+                    f"task {task.name!r}: its loss failed on output {tuple(output.shape)} {output.dtype} and target "
+                    f"{tuple(getattr(target, 'shape', ()))} {getattr(target, 'dtype', type(target).__name__)}: {reason}"
+                ) from error
             if not isinstance(loss, Tensor) or loss.ndim != 0:
                 shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
                 raise MultiLossError(
@@ -244,6 +256,19 @@ class MultiTaskMixin(_Base):
                 )
             losses.append(loss)
         return torch.stack(losses)
+
+    def _mt_check_target(self, task: Task, output: Tensor, target: Any) -> None:
+        """The target's shape and dtype for this task's loss, when they change (no wait for the device).
+
+        Class indices are checked against the head's size once per task (that reads the target).
+        """
+        signature = (tuple(output.shape), tuple(getattr(target, "shape", ())), getattr(target, "dtype", None))
+        if self._mt_checked_targets.get(task.name) == signature:
+            return
+        task.check_target(output, target)
+        if task.name not in self._mt_checked_targets:
+            task.check_class_range(output, target)
+        self._mt_checked_targets[task.name] = signature
 
     def shared_representation(self, z: Tensor) -> Tensor:
         """Mark ``z`` as the shared representation the task heads read; returns ``z`` unchanged.

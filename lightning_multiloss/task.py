@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchmetrics import Metric, MetricCollection
 
 from lightning_multiloss.errors import MultiLossError
 
@@ -57,9 +59,27 @@ class Task:
             raise MultiLossError(f"task {self.name!r}: loss must be callable, got {type(self.loss).__name__}")
         if self.target is None:
             self.target = self.name
-        for metric_name in self.metrics:
+        if not isinstance(self.metrics, Mapping):
+            raise MultiLossError(
+                f"task {self.name!r}: metrics must be a dict {{name: torchmetrics metric}}, "
+                f"got {type(self.metrics).__name__}"
+            )
+        for metric_name, metric in self.metrics.items():
             if not isinstance(metric_name, str) or not _NAME.fullmatch(metric_name):
                 raise MultiLossError(f"task {self.name!r}: metric name {metric_name!r} cannot be used in logging keys")
+            if not isinstance(metric, Metric | MetricCollection):
+                what = f"the class {metric.__name__}" if isinstance(metric, type) else type(metric).__name__
+                raise MultiLossError(
+                    f"task {self.name!r}: metric {metric_name!r} must be a torchmetrics Metric instance "
+                    f"(e.g. torchmetrics.Accuracy(...)), got {what}"
+                )
+        if self.ignore_value is not None and (
+            isinstance(self.ignore_value, bool) or not isinstance(self.ignore_value, int | float)
+        ):
+            raise MultiLossError(
+                f"task {self.name!r}: ignore_value must be a number (e.g. -100 or float('nan')) or None, "
+                f"got {self.ignore_value!r}"
+            )
 
     @property
     def target_key(self) -> str:
@@ -90,3 +110,95 @@ class Task:
         if keep is None:
             return output, target
         return output[keep], target[keep]
+
+    def check_target(self, output: Tensor, target: Any) -> None:
+        """Reject a target that this task's loss cannot use, or that would broadcast silently.
+
+        Shapes and dtypes only, so no wait for the device. For the class-index losses
+        (cross-entropy, NLL) the target holds one integer class per sample (the output's shape
+        without its class dimension) or class probabilities (the output's shape); for the
+        element-wise losses (MSE, L1, Huber, smooth L1, BCE) the target has the output's shape.
+        """
+        if not isinstance(target, Tensor):
+            raise MultiLossError(
+                f"task {self.name!r}: the target must be a tensor, got {type(target).__name__} "
+                f"(batch key {self.target_key!r})"
+            )
+        kind = _loss_kind(self.loss)
+        if kind is None or output.ndim == 0:
+            return
+        shapes = (
+            f"output {tuple(output.shape)} {_dtype(output)}, target {tuple(target.shape)} {_dtype(target)}, "
+            f"loss {_loss_name(self.loss)}"
+        )
+        if kind == "classes":
+            indices_shape = output.shape[:1] + output.shape[2:]
+            if target.shape == output.shape and target.is_floating_point():
+                return  # class probabilities
+            if target.shape != indices_shape:
+                raise MultiLossError(
+                    f"task {self.name!r}: the target must hold one class index per sample, shape "
+                    f"{tuple(indices_shape)} (or class probabilities of the output's shape); got {shapes}"
+                )
+            if target.is_floating_point() or target.dtype == torch.bool:
+                raise MultiLossError(
+                    f"task {self.name!r}: class indices must be integers (torch.long); got {shapes}: "
+                    "convert the target with .long()"
+                )
+            return
+        if target.shape != output.shape:
+            hint = "; it would broadcast to a wrong loss" if _broadcasts(output.shape, target.shape) else ""
+            raise MultiLossError(
+                f"task {self.name!r}: the target's shape must equal the output's; got {shapes}{hint}. "
+                "Reshape the target (or the head's output) to match"
+            )
+
+    def check_class_range(self, output: Tensor, target: Tensor) -> None:
+        """Class indices within the head's classes (reads the target: call it once, not every step)."""
+        if _loss_kind(self.loss) != "classes" or target.is_floating_point() or output.ndim < 2 or target.numel() == 0:
+            return
+        classes = output.shape[1]
+        ignore = getattr(self.loss, "ignore_index", -100)
+        valid = target[target != ignore]
+        if valid.numel() == 0:
+            return
+        low, high = (int(v) for v in torch.stack([valid.min(), valid.max()]).tolist())
+        if low < 0 or high >= classes:
+            raise MultiLossError(
+                f"task {self.name!r}: class indices must be in [0, {classes - 1}] for a head of {classes} outputs, "
+                f"the target has {low if low < 0 else high}; give the head as many outputs as there are classes"
+            )
+
+
+def _loss_kind(loss: Any) -> str | None:
+    """``"classes"`` for class-index losses, ``"elementwise"`` for losses of equal shapes, else ``None``."""
+    if isinstance(loss, nn.CrossEntropyLoss | nn.NLLLoss) or loss in (F.cross_entropy, F.nll_loss):
+        return "classes"
+    elementwise_modules = (nn.MSELoss, nn.L1Loss, nn.HuberLoss, nn.SmoothL1Loss, nn.BCELoss, nn.BCEWithLogitsLoss)
+    elementwise_functions = (
+        F.mse_loss,
+        F.l1_loss,
+        F.huber_loss,
+        F.smooth_l1_loss,
+        F.binary_cross_entropy,
+        F.binary_cross_entropy_with_logits,
+    )
+    if isinstance(loss, elementwise_modules) or loss in elementwise_functions:
+        return "elementwise"
+    return None
+
+
+def _loss_name(loss: Any) -> str:
+    return type(loss).__name__ if isinstance(loss, nn.Module) else getattr(loss, "__name__", type(loss).__name__)
+
+
+def _dtype(tensor: Tensor) -> str:
+    return str(tensor.dtype).replace("torch.", "")
+
+
+def _broadcasts(a: torch.Size, b: torch.Size) -> bool:
+    try:
+        torch.broadcast_shapes(a, b)
+    except RuntimeError:
+        return False
+    return True
