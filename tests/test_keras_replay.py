@@ -75,4 +75,4 @@ def test_learnable_is_the_keras_recipe(
     warnings = [r for r in caplog.records if "reached a bound" in r.getMessage()]
     assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
     assert warnings[0].levelno == logging.WARNING
-    assert f"after {first_bound} optimizer steps" in warnings[0].getMessage()
+    assert f"at optimizer step {first_bound} (seen at the check of step {first_bound})" in warnings[0].getMessage()

@@ -381,14 +381,14 @@ def test_learnable_warns_once_when_alpha_sits_on_a_bound(caplog):
         assert len(records) == 1
         assert records[0].levelno == logging.WARNING
         message = records[0].getMessage()
-        assert "reached a bound ([1.0])" in message and "after 2 optimizer steps" in message
+        assert "reached a bound ([1.0]) at optimizer step 1 (seen at the check of step 2)" in message
         w.after_optimizer_step()
         w.after_optimizer_step()  # step 4: still on the bound, no second message
         assert len([r for r in caplog.records if r.name == LEARNABLE_LOGGER]) == 1
 
 
 def test_learnable_counts_optimizer_steps_from_the_trainer_progress(caplog):
-    """After a resume at step 98 the check of step 100 comes two steps later, and says 100."""
+    """After a resume at step 98 the check of step 100 comes two steps later; alpha came to 0 at step 99."""
     w = bound(Learnable(init=0.5, check_every=50), ["a", "b"])
     with caplog.at_level(logging.WARNING, logger=LEARNABLE_LOGGER):
         with torch.no_grad():
@@ -401,7 +401,43 @@ def test_learnable_counts_optimizer_steps_from_the_trainer_progress(caplog):
         w.after_optimizer_step()
     messages = [r.getMessage() for r in caplog.records if r.name == LEARNABLE_LOGGER]
     assert len(messages) == 1
-    assert "reached a bound ([0.0])" in messages[0] and "after 100 optimizer steps" in messages[0]
+    assert "reached a bound ([0.0]) at optimizer step 99 (seen at the check of step 100)" in messages[0]
+
+
+def test_learnable_warning_names_the_step_alpha_reached_the_bound(caplog):
+    """Trained by SGD, alpha reaches 0 at step 4, leaves it, comes back at a later step: the check of
+    step 50 names the step of the last arrival, found by a plain replay of the clipped updates."""
+    gaps = [1.0] * 10 + [-1.0] * 3 + [2.0] * 37  # L₁ − L₂ at each step: ∂L/∂alpha
+    w = bound(Learnable(init=0.5, check_every=50), ["a", "b"])
+    optimizer = torch.optim.SGD(w.parameters(), lr=0.15)
+    alpha, arrivals = 0.5, []
+    for step, gap in enumerate(gaps, start=1):
+        moved = min(max(alpha - 0.15 * gap, 0.0), 1.0)
+        if moved == 0.0 and alpha != 0.0:
+            arrivals.append(step)
+        alpha = moved
+    assert arrivals == [4, 15]
+    with caplog.at_level(logging.WARNING, logger=LEARNABLE_LOGGER):
+        for gap in gaps:
+            optimizer.zero_grad()
+            w(torch.tensor([2.0 + gap, 2.0])).loss.backward()
+            optimizer.step()
+            w.after_optimizer_step()
+    messages = [r.getMessage() for r in caplog.records if r.name == LEARNABLE_LOGGER]
+    assert len(messages) == 1
+    assert "reached a bound ([0.0]) at optimizer step 15 (seen at the check of step 50)" in messages[0]
+
+    first = bound(Learnable(init=0.5, check_every=50), ["a", "b"])  # never leaves: the first arrival, 4
+    optimizer = torch.optim.SGD(first.parameters(), lr=0.15)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=LEARNABLE_LOGGER):
+        for _ in range(50):
+            optimizer.zero_grad()
+            first(torch.tensor([3.0, 2.0])).loss.backward()
+            optimizer.step()
+            first.after_optimizer_step()
+    messages = [r.getMessage() for r in caplog.records if r.name == LEARNABLE_LOGGER]
+    assert len(messages) == 1 and "at optimizer step 4 (seen at the check of step 50)" in messages[0]
 
 
 def test_learnable_no_warning_inside_the_interval(caplog):

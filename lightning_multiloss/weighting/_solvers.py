@@ -201,9 +201,14 @@ def simplex_min_linear_plus_norm(
     hi = math.sqrt(max(float(gramian.diagonal().max()), 0.0))
     if hi == 0.0:
         return uniform(k)
-    lo = hi * 1e-12
+    # Below t ≈ ρ·ridge/|b| the QP's linear term (t/ρ)·b is smaller than the ridge that
+    # regularize adds, and the ridge, not b, picks w(t) among the points with Jᵀw = 0: the test
+    # for t* = 0 is made well above that (else a hull containing 0 would always give t* = 0).
+    ridge = RIDGE * float(gramian.diagonal().clamp_min(0.0).sum()) / k
+    linear_size = float(linear.abs().max())
+    lo = min(max(hi * 1e-12, 1e4 * rho * ridge / linear_size if linear_size > 0.0 else 0.0), 0.5 * hi)
     w_lo, q_lo = solve(lo)
-    if q_lo <= lo * lo:  # t* is (numerically) 0: the hull contains 0, w* is the min-norm point
+    if q_lo <= lo * lo:  # t* is (numerically) 0: w* is the best point with Jᵀw* = 0
         return w_lo
     if not bisection_only:
         t = math.sqrt(q_lo)

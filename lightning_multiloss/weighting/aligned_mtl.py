@@ -25,6 +25,10 @@ class AlignedMTL(GramianWeighting):
     :math:`\lambda_{\min}` is the smallest kept one), as in the paper's code; an all-zero
     Gramian gives uniform weights.
 
+    Versus the peers: TorchJD exactly (:math:`B\mathbf 1/K`); the paper's code and LibMTL sum the
+    balanced matrix (:math:`B\mathbf 1`), so their weights are K times these (LibMTL also drops
+    eigenvalues with float32's eps).
+
     Args:
         route: where the task gradients are taken.
         ddp: ``"exact"`` or ``"local"`` Gramian under DDP.

@@ -39,6 +39,10 @@ class DBMTL(GramianWeighting):
     paper's code. A zero-gradient task gets :math:`w_i = 1/(L_i+\epsilon)`. Losses must be
     positive (negative ones are taken as 0).
 
+    Versus the peers: LibMTL's update when β = 0; with the EMA, LibMTL averages the gradient vectors
+    from zero, so its first step is (1 − β) = 0.1 times ours, and later steps differ by the
+    directions' average (ours is of the norms only); TorchJD does not have it.
+
     Args:
         beta: EMA factor :math:`\beta \in [0, 1)` (0.9, LibMTL's default).
         beta_sigma: decay exponent :math:`\sigma \ge 0` of :math:`\beta_t` (0, LibMTL's default).

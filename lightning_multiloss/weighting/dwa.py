@@ -30,6 +30,9 @@ class DWA(Weighting):
     If a task's mean was exactly 0 in epoch ``t-2`` (no labelled sample that epoch), its
     ratio is taken as 1 (no information) instead of dividing by zero.
 
+    Versus the peers: LibMTL's DWA exactly (w = 1 in epochs 0 and 1); a task whose epoch mean is 0
+    gets the ratio 1, where LibMTL divides by 0.
+
     Args:
         temperature: ``T`` > 0 (the paper uses 2); large values make the weights uniform.
 

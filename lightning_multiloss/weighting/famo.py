@@ -63,6 +63,9 @@ class FAMO(Weighting):
     code :math:`D_i = \epsilon` would take almost all the weight and stall the other tasks.)
     The official ``min_losses`` offset is 0 here.
 
+    Versus the peers: the official code and LibMTL, but with the next step's losses as the post-step
+    ones (no extra forward): the same weights and ξ given the same post-step losses.
+
     Args:
         lr: the learning rate of :math:`\xi`'s Adam (0.025 in the paper and code).
         weight_decay: :math:`\gamma`, Adam's L2 weight decay on :math:`\xi` (1e-3, the default of

@@ -22,6 +22,9 @@ class Fixed(Weighting):
     Each loss moves only the layers on its own path from the input: a head that task ``j``
     does not use receives no gradient from :math:`L_j`.
 
+    Versus the peers: Keras' ``loss_weights`` and TorchJD's ``Constant``/``Sum`` exactly (a task a
+    dict leaves out weighs 1, as in Keras).
+
     Args:
         weights: one weight per task in task order, or a dict by task name (tasks it leaves
             out get weight 1, as in Keras). ``None``: every weight is 1. Each weight must be

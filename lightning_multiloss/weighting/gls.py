@@ -37,6 +37,9 @@ class GLS(Weighting):
     gradient :math:`0/0` otherwise (NaN, and no training signal for any task). If every loss
     is 0, :math:`L = 0`, still in the graph.
 
+    Versus the peers: LibMTL's loss and gradient exactly; LibMTL reports :math:`L_i/(K\prod_j L_j)`
+    as the weights, we report the gradient coefficients; a zero loss is left out here.
+
     Example:
         >>> import torch
         >>> from lightning_multiloss.weighting import GLS

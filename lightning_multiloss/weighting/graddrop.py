@@ -72,6 +72,10 @@ class GradDrop(GradientWeighting):
     summed over the processes (one K×|F| all-reduce), so N processes × batch B make the same update
     as one process × batch N·B.
 
+    Versus the peers: TorchJD's ``GradDrop`` (leak 0) for one sample; LibMTL and the authors' code
+    multiply each sample's gradient by the sign of the representation before the batch sum and we do
+    not (the same after a ReLU); a coordinate whose sum is exactly 0 keeps its gradient.
+
     Args:
         seed: the seed of the uniform draws.
         ddp: ``"exact"`` (signs from the global batch) or ``"local"`` (from each process's batch).

@@ -40,6 +40,11 @@ class GradNorm(GramianWeighting):
     needed). The step returns the weights *before* the update (as LibMTL). :math:`L(0)` is the
     losses of the first training step (a buffer); losses must be positive.
 
+    Versus the peers: LibMTL's update given the same :math:`L(0)`; LibMTL starts in the second epoch
+    (a plain sum in the first), takes :math:`L(0)` from the first epoch's mean and steps ω with the
+    model's optimizer, we start at the first step with its losses and a plain gradient step of size
+    ``lr``.
+
     Args:
         alpha: the restoring force :math:`\alpha \ge 0` (1.5 in the paper's NYU-v2 runs).
         lr: step size :math:`\eta > 0` of :math:`\omega`.

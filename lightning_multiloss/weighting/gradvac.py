@@ -36,9 +36,13 @@ class GradVac(GramianWeighting):
 
     Differences from the paper: one similarity for the whole gradient (the paper also applies
     it per layer; a Gramian has no layers); :math:`\hat\phi` is updated at every step for every
-    pair, as in the paper's algorithm (LibMTL updates it only when the pair is corrected).
+    pair, as in the paper's algorithm and both peers.
     :math:`\hat\phi` (``target``, K×K) and the step counter are checkpointed buffers, updated in
     training mode only. The random orders come from ``(seed, step)``, as in :class:`PCGrad`.
+
+    Versus the peers: TorchJD and LibMTL (``whole_model``) given the same orders and β; β defaults
+    to the paper's 0.01 where both peers use 0.5; the orders are seeded by (seed, step); a zero
+    gradient is skipped (its φ̂ unchanged) where the peers add ε = 1e-8 to the divisors.
 
     Args:
         beta: EMA rate of the target similarity, in (0, 1]; the paper uses 1e-2.

@@ -25,6 +25,9 @@ class IMTLG(GramianWeighting):
     as in TorchJD). When :math:`\sum_i v_i` vanishes (e.g. all gradients zero) the weights are
     uniform (TorchJD returns zeros, which would also stop training the task heads).
 
+    Versus the peers: TorchJD exactly (pseudo-inverse), except uniform weights where it returns
+    zeros; LibMTL's closed form inverts :math:`DU^\top` (full-rank J only) and is equal there.
+
     Args:
         route: where the task gradients are taken.
         ddp: ``"exact"`` or ``"local"`` Gramian under DDP.

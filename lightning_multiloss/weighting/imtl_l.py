@@ -25,6 +25,8 @@ class IMTLL(Weighting):
     :math:`e^{s_i} L_i - 1` vanishes when the scaled loss :math:`e^{s_i} L_i` is 1, so for a
     fixed loss :math:`e^{s_i} \to 1/L_i`. The reported weights are :math:`e^{s_i}`.
 
+    Versus the peers: LibMTL's IMTL loss part exactly (the same initial 0).
+
     Args:
         init: the initial :math:`s_i`: one number, a list in task order or a dict by task name
             (tasks it leaves out start at 0). Default 0.

@@ -49,6 +49,8 @@ class Learnable(Weighting):
         within a few epochs, after which one task is no longer trained. A message is logged when
         it reaches a bound. For learned balancing use ``uncertainty``-style strategies.
 
+    Versus the peers: the Keras recipe exactly; LibMTL and TorchJD have no such strategy.
+
     Args:
         init: the initial alpha (two tasks, in [0, 1]) or the initial weights (K tasks, on the
             simplex). ``None``: 0.5, or uniform.
@@ -77,8 +79,14 @@ class Learnable(Weighting):
         self._steps = 0
         self._warned_bound = False
         self.alpha: nn.Parameter
+        self.on_bound_since: Tensor
 
     def build(self, num_tasks: int) -> None:
+        # The optimizer step at which the weights last came onto a bound (-1: not on one). It
+        # stays on the device, updated with torch.where after each step; only the periodic check
+        # reads it, so the warning can name that step without a host sync per step. Not
+        # checkpointed: after a resume it restarts from the first step seen on the bound.
+        self.register_buffer("on_bound_since", torch.tensor(-1, dtype=torch.long), persistent=False)
         init = self._init
         if num_tasks == 2:
             if init is None:
@@ -119,18 +127,22 @@ class Learnable(Weighting):
         else:
             self.alpha.copy_(project_to_simplex(self.alpha))
         self._steps += 1
+        weights = self.alpha.detach()
+        on_bound = ((weights == 0.0) | (weights == 1.0)).any()
+        since = self.on_bound_since
+        since.copy_(torch.where(on_bound, torch.where(since < 0, self._steps, since), -1))
         if self._steps % self.check_every == 0:
             self._check_bound()
 
     def _check_bound(self) -> None:
-        weights = self.alpha.detach()
-        at_bound = bool(((weights == 0.0) | (weights == 1.0)).any())
-        if at_bound and not self._warned_bound and is_rank_zero():
+        since = int(self.on_bound_since)  # read from the device here only: once per check_every steps
+        if since >= 0 and not self._warned_bound and is_rank_zero():
             log.warning(
-                "learnable alpha reached a bound (%s) after %d optimizer steps: the minimum of a convex "
-                "combination of losses is the smaller loss, so this recipe drives alpha to 0 or 1 and "
-                "stops training one task. Consider 'uncertainty' or a fixed or scheduled weighting.",
-                [round(v, 6) for v in weights.reshape(-1).tolist()],
+                "learnable alpha reached a bound (%s) at optimizer step %d (seen at the check of step %d): the "
+                "minimum of a convex combination of losses is the smaller loss, so this recipe drives alpha to "
+                "0 or 1 and stops training one task. Consider 'uncertainty' or a fixed or scheduled weighting.",
+                [round(v, 6) for v in self.alpha.detach().reshape(-1).tolist()],
+                since,
                 self._steps,
             )
-        self._warned_bound = at_bound
+        self._warned_bound = since >= 0

@@ -27,12 +27,19 @@ class NashMTL(GramianWeighting):
     The paper solves it by a sequence of convex programs (CCP, with cvxpy); here it is solved
     exactly as the minimiser of the self-concordant :math:`\tfrac12\alpha^\top\hat G\alpha - \sum_i \log\alpha_i`
     by damped Newton (warm-started from the previous solution, a checkpointed buffer).
-    ``normalize=True`` (default) divides :math:`G` by its Frobenius norm as the paper's code
-    does, so :math:`\|d\|^2 = K\|G\|_F` scales with the gradients; ``normalize=False`` gives
-    the solution for :math:`G` itself (same direction, :math:`\|d\|^2 = K`). ``max_norm > 0``
+    By default (``normalize=False``) :math:`\hat G = G`: these are the reference weights (the
+    paper's code and LibMTL divide :math:`G` by :math:`\|G\|_F` for their solver but put
+    :math:`\|G\|_F` back into its constraint, so their weights are those of :math:`G`), with
+    :math:`\|d\|^2 = K`. ``normalize=True`` is a named variant that solves for
+    :math:`G/\|G\|_F` instead: the same direction, weights :math:`\sqrt{\|G\|_F}` times the
+    reference ones (:math:`\|d\|^2 = K\|G\|_F`). ``max_norm > 0``
     rescales :math:`\alpha` so that :math:`\|J^\top\alpha\| \le` ``max_norm`` (TorchJD's
     ``max_norm``; the paper's code clips the shared parameters' gradient to 1 after the
     backward, for which ``Trainer(gradient_clip_val=...)`` is the Lightning equivalent).
+
+    Versus the peers (paper code, LibMTL, TorchJD): the same weights; where their CCP stops at
+    its tolerance, or keeps its previous :math:`\alpha` (1 at the first step) because its first
+    convex program is unbounded, this is the exact solution.
 
     A task whose gradient is zero has no finite Nash weight (:math:`0 = 1/\alpha_i`); it is left
     out of the bargain and gets the mean weight of the others (all zero: every weight is 1).
@@ -42,7 +49,7 @@ class NashMTL(GramianWeighting):
     Args:
         update_weights_every: solve every this many training steps (``>= 1``).
         max_norm: bound on :math:`\|J^\top\alpha\|` (``0``: none).
-        normalize: divide :math:`G` by :math:`\|G\|_F` first (the paper's code).
+        normalize: solve for :math:`G/\|G\|_F` (weights :math:`\sqrt{\|G\|_F}` times the reference's).
         route: where the task gradients are taken.
         ddp: ``"exact"`` or ``"local"`` Gramian under DDP.
 
@@ -62,7 +69,7 @@ class NashMTL(GramianWeighting):
         self,
         update_weights_every: int = 1,
         max_norm: float = 0.0,
-        normalize: bool = True,
+        normalize: bool = False,
         **options: Unpack[GradientOptions],
     ) -> None:
         super().__init__(**options)

@@ -28,6 +28,10 @@ class PCGrad(GramianWeighting):
     training calls, a checkpointed buffer): identical on every process and after a resume.
     For two tasks the order does not matter.
 
+    Versus the peers: TorchJD and LibMTL given the same orders; the orders come from (seed, step),
+    not the global random state; LibMTL also visits j = i (projecting :math:`g_i'` off :math:`g_i`
+    if they conflict), the paper and TorchJD do not.
+
     Args:
         seed: seed of the projection orders.
         route: where the task gradients are taken.

@@ -29,6 +29,10 @@ class RLW(Weighting):
     count advances by one per training call and is kept in a persistent buffer). The global
     random state is not touched. In evaluation the weights are their expectation ``1/K``.
 
+    Versus the peers: the distribution of LibMTL's RLW and TorchJD's ``Random``; the samples come
+    from a generator seeded by (seed, step) instead of the global one, and evaluation uses the
+    expectation 1/K.
+
     Args:
         seed: the seed of the weight sequence (an integer >= 0).
 

@@ -32,6 +32,8 @@ class Scheduled(Weighting):
     The Callback sets ``t`` before every training batch from the trainer's counters, so the
     weights are a function of progress alone and a resumed run continues them exactly.
 
+    Versus the peers: LibMTL and TorchJD have no scheduled weights; nothing to differ from.
+
     Args:
         schedule: a :mod:`~lightning_multiloss.schedules` schedule, any callable
             ``t -> value``, or a number (a constant); or a list / dict of those, one per task.

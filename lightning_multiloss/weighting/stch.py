@@ -48,6 +48,9 @@ class STCH(Weighting):
     The nadir point and the epoch count are persistent buffers (a resumed run continues
     exactly); evaluation changes nothing and uses the warm-up form until the nadir is known.
 
+    Versus the peers: LibMTL's STCH is the official code (see the differences above); TorchJD has no
+    loss-level strategy.
+
     Args:
         mu: the smoothing :math:`\mu > 0` (1.0, the reference multi-task code's default).
         warmup_epochs: epochs of log-loss warm-up before the nadir epoch (4, the same code's

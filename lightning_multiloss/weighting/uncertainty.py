@@ -30,6 +30,9 @@ class Uncertainty(Weighting):
     A task whose loss is 0 in a step (no labelled sample) only pulls its :math:`s_i` down by the
     regulariser's constant gradient :math:`\tfrac12`; nothing becomes infinite.
 
+    Versus the peers: LibMTL's UW exactly, except that ``s`` starts at 0 (the paper's σ = 1) where
+    LibMTL starts at −0.5 (``init=-0.5`` reproduces it); TorchJD has no loss-level strategy.
+
     Args:
         init: the initial :math:`s_i = \log\sigma_i^2`: one number, a list in task order or a
             dict by task name (tasks it leaves out start at 0). Default 0.

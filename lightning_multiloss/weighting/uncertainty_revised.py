@@ -26,6 +26,8 @@ class UncertaintyRevised(Uncertainty):
     :math:`u = \sigma_i^2`, i.e. :math:`\sigma_i^2 = (L_i + \sqrt{L_i^2 + 8 L_i})/4`.
     The reported weights are :math:`1/(2\sigma_i^2)`.
 
+    Versus the peers: LibMTL and TorchJD do not have it; the authors' formula, with σ² = e^s.
+
     Args:
         init: the initial :math:`s_i = \log\sigma_i^2`: one number, a list in task order or a
             dict by task name (tasks it leaves out start at 0). Default 0.
