@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
+from lightning_multiloss import ShardSampler
 from lightning_multiloss.errors import MultiLossError
 
 
@@ -28,26 +29,6 @@ class TensorDictDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         return {key: value[index] for key, value in self.tensors.items()}
-
-
-class ShardSampler(DistributedSampler):
-    """Process ``rank`` of ``num_replicas`` reads samples ``rank, rank + num_replicas, ...``: no padding.
-
-    Lightning's default ``DistributedSampler`` repeats samples so that every process gets as
-    many; under DDP the validation and test metrics would then count some samples twice. With
-    this sampler each sample is evaluated exactly once (the shares differ by at most one sample;
-    the mixin's evaluation means and metrics are torchmetrics states summed over processes, so
-    the results equal one process reading the whole split). Evaluation only: DDP training needs
-    equal shares.
-    """
-
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
-        self.total_size = len(dataset)  # type: ignore[arg-type]
-        self.num_samples = len(range(rank, self.total_size, num_replicas))
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.total_size, self.num_replicas))
 
 
 class SplitDataModule(pl.LightningDataModule):

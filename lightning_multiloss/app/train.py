@@ -1,4 +1,4 @@
-"""The training app: ``multiloss-train`` (or ``python -m lightning_multiloss.train``).
+"""The training app: ``multiloss-train`` (or ``python -m lightning_multiloss.app.train``).
 
 With no arguments it trains the default experiment (scikit-learn's digits: a 10-class head, a
 64-value reconstruction head, a 1-value regression head) with fixed weights, then prints a
@@ -12,32 +12,8 @@ Each run leaves in Hydra's run folder: ``checkpoints/`` (``last.ckpt``), ``csv/`
 metrics, and ``loss_weights.csv`` / ``loss_weights.png``: the weight trajectory), ``.hydra/``
 (the resolved config and the overrides) and ``result.json``.
 
-``result.json`` (written by global rank 0 only; one JSON object)::
-
-    {
-      "status": "running" | "completed" | "failed" | "interrupted",
-                          # "running" is written when training starts, the rest when it ends
-      "error": str,       # only when "failed": the exception's message
-      "experiment": str,  # the experiment's name (`name`); a single-task baseline carries the
-                          # name of the multi-task experiment it is the baseline for
-      "baseline_of": str | None,   # the task of a single-task baseline run, else null
-      "weighting": str,   # the weighting's registry name ("fixed", "scheduled", ...)
-      "seed": int,
-      "overrides": [str], # the run's command-line overrides (Hydra's task overrides)
-      "config_key": str,  # the overrides without seed= (and without ckpt_path=, hydra.*),
-                          # sorted and joined by " ": runs that differ only by seed share it
-      "metrics": {task: {metric: float}},   # final test metrics (validation if test=false),
-                          # each task's metrics plus "loss" (its unweighted loss)
-      "directions": {task: {metric: "max" | "min"}},   # which way is better
-      "primary": {task: metric},   # the metric for Δm% (the task's `primary`, else "loss")
-      "weights": {task: float},    # the weights of the last training step
-      "val_metrics": {task: {metric: float}},          # final validation metrics
-      "evaluated_on": "test" | "val",                  # where "metrics" come from
-      "world_size": int,  # the number of training processes
-      "output_dir": str,
-      "host": str, "pid": int,     # where rank 0 ran: the report tells a killed run from a
-                                   # running one on the same machine
-    }
+``result.json``: the run's status, metrics, weights and identity, one
+:class:`~lightning_multiloss.app.results.RunResult` (its fields are documented there).
 """
 
 from __future__ import annotations
@@ -61,7 +37,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lightning_multiloss.config import call, config_dir, validate_config
+from lightning_multiloss.app.config import call, config_dir, validate_config
+from lightning_multiloss.app.results import RESULT_FILE, RunResult
 from lightning_multiloss.errors import MultiLossError
 
 RUN_DIR_ENV = "LIGHTNING_MULTILOSS_RUN_DIR"
@@ -94,15 +71,6 @@ def config_key(overrides: Sequence[str]) -> str:
     return " ".join(sorted(kept))
 
 
-def write_result(path: str, result: Mapping[str, Any]) -> None:
-    """Write ``result`` as JSON, atomically (a reader never sees half a file)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def _float(value: Any) -> float:
     return float(value.item() if isinstance(value, torch.Tensor) else value)
 
@@ -123,21 +91,21 @@ def task_metrics(logged: Mapping[str, Any], stage: str, tasks: Sequence[str]) ->
     return metrics
 
 
-def format_table(result: Mapping[str, Any]) -> str:
+def format_table(result: RunResult) -> str:
     """The per-task table printed at the end of a run."""
     rows = [("task", "weight", "metric", "better", "val", "test")]
-    test = result["metrics"] if result.get("evaluated_on") == "test" else {}
-    for task, values in result["val_metrics"].items():
-        weight = result["weights"].get(task)
-        names = sorted(values, key=lambda m: (m != result["primary"].get(task), m == "loss", m))
+    test = result.metrics if result.evaluated_on == "test" else {}
+    for task, values in result.val_metrics.items():
+        weight = result.weights.get(task)
+        names = sorted(values, key=lambda m: (m != result.primary.get(task), m == "loss", m))
         for i, metric in enumerate(names):
             test_value = test.get(task, {}).get(metric)
             rows.append(
                 (
                     task if i == 0 else "",
                     f"{weight:.4f}" if i == 0 and weight is not None else "",
-                    metric + (" *" if metric == result["primary"].get(task) else ""),
-                    result["directions"][task].get(metric, ""),
+                    metric + (" *" if metric == result.primary.get(task) else ""),
+                    result.directions[task].get(metric, ""),
                     f"{values[metric]:.4f}",
                     "-" if test_value is None else f"{test_value:.4f}",
                 )
@@ -146,11 +114,11 @@ def format_table(result: Mapping[str, Any]) -> str:
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     title = (
-        f"{result['experiment']}"
-        + (f" (single-task baseline of {result['baseline_of']})" if result.get("baseline_of") else "")
-        + f", weighting={result['weighting']}, seed={result['seed']}"
+        f"{result.experiment}"
+        + (f" (single-task baseline of {result.baseline_of})" if result.baseline_of else "")
+        + f", weighting={result.weighting}, seed={result.seed}"
     )
-    return "\n".join([title, *lines, "* primary metric; better: max or min", f"outputs: {result['output_dir']}"])
+    return "\n".join([title, *lines, "* primary metric; better: max or min", f"outputs: {result.output_dir}"])
 
 
 # -- building ------------------------------------------------------------------------------------
@@ -287,28 +255,23 @@ def _restore_env(saved: Mapping[str, str | None]) -> None:
 def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Train, validate and test one configuration; write ``result.json`` into ``cfg.output_dir``.
 
-    Returns the result (see the module docstring). Raises :class:`MultiLossError` for a
-    configuration the library rejects (after writing ``"status": "failed"`` when the run had started).
+    Returns the result as written (the JSON object of :class:`RunResult`). Raises :class:`MultiLossError`
+    for a configuration the library rejects (after writing ``"status": "failed"`` when the run had started).
     """
     output_dir = str(_resolved(OmegaConf.masked_copy(cfg, ["output_dir"])).output_dir)
-    path = os.path.join(output_dir, "result.json")
-    result: dict[str, Any] = {
-        "status": "running",
-        "experiment": cfg.get("name"),
-        "baseline_of": cfg.get("baseline_of"),
-        "weighting": _weighting_name(cfg.get("weighting")),
-        "seed": cfg.get("seed"),
-        "overrides": list(overrides),
-        "config_key": config_key(overrides),
-        "metrics": {},
-        "directions": {},
-        "primary": {},
-        "weights": {},
-        "val_metrics": {},
-        "output_dir": output_dir,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-    }
+    path = os.path.join(output_dir, RESULT_FILE)
+    result = RunResult(
+        status="running",
+        experiment=cfg.get("name"),
+        baseline_of=cfg.get("baseline_of"),
+        weighting=_weighting_name(cfg.get("weighting")),
+        seed=cfg.get("seed"),
+        overrides=list(overrides),
+        config_key=config_key(overrides),
+        output_dir=output_dir,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+    )
     rank_zero = all(os.environ.get(key, "0") == "0" for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"))
     threads = torch.get_num_threads()  # build() may change it (torch_threads): restored at the end
     try:
@@ -319,22 +282,22 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
         ckpt_path = None if checkpoint is None else checkpoint.path
     except BaseException as error:
         if rank_zero:
-            result["status"] = "failed"
-            result["error"] = f"{type(error).__name__}: {error}"
+            result.status = "failed"
+            result.error = f"{type(error).__name__}: {error}"
             os.makedirs(output_dir, exist_ok=True)
-            write_result(path, result)
+            result.write(path)
         torch.set_num_threads(threads)
         raise
     tasks = [task.name for task in model.tasks]
-    result["weighting"] = model.weighting.name or type(model.weighting).__name__
-    result["seed"] = int(cfg.seed)
-    result["directions"] = {t: {**model.directions[t], "loss": "min"} for t in tasks}
-    result["primary"] = {t: model.primary[t] or "loss" for t in tasks}
-    result["world_size"] = int(trainer.world_size)
+    result.weighting = model.weighting.name or type(model.weighting).__name__
+    result.seed = int(cfg.seed)
+    result.directions = {t: {**model.directions[t], "loss": "min"} for t in tasks}
+    result.primary = {t: model.primary[t] or "loss" for t in tasks}
+    result.world_size = int(trainer.world_size)
     rank_zero = trainer.is_global_zero
     if rank_zero:
         os.makedirs(output_dir, exist_ok=True)
-        write_result(path, result)
+        result.write(path)
     saved_env = {key: os.environ.get(key) for key in _DDP_ENV}
     # The DDP processes that Lightning starts re-run this program: they must join this run.
     os.environ[RUN_DIR_ENV] = str(output_dir)
@@ -344,35 +307,35 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
         if trainer.interrupted:
             raise KeyboardInterrupt("training was interrupted")
         val = trainer.validate(model, datamodule=datamodule, verbose=False)[0]
-        result["val_metrics"] = task_metrics(val, "val", tasks)
+        result.val_metrics = task_metrics(val, "val", tasks)
         if cfg.get("test", True):
             test = trainer.test(model, datamodule=datamodule, verbose=False)[0]
-            result["metrics"] = task_metrics(test, "test", tasks)
-            result["evaluated_on"] = "test"
+            result.metrics = task_metrics(test, "test", tasks)
+            result.evaluated_on = "test"
         else:
-            result["metrics"] = result["val_metrics"]
-            result["evaluated_on"] = "val"
+            result.metrics = result.val_metrics
+            result.evaluated_on = "val"
         last = model._mt_last_weights
         if last is not None:
-            result["weights"] = {t: float(w) for t, w in zip(tasks, last.tolist(), strict=True)}
-        result["status"] = "completed"
+            result.weights = {t: float(w) for t, w in zip(tasks, last.tolist(), strict=True)}
+        result.status = "completed"
     except BaseException as error:
         # Not trainer.interrupted: Lightning sets that for any exception raised inside fit.
         interrupted = isinstance(error, KeyboardInterrupt | SystemExit)
-        result["status"] = "interrupted" if interrupted else "failed"
+        result.status = "interrupted" if interrupted else "failed"
         if not interrupted:
-            result["error"] = f"{type(error).__name__}: {error}"
+            result.error = f"{type(error).__name__}: {error}"
         raise
     finally:
         if rank_zero:
-            write_result(path, result)
+            result.write(path)
         _restore_env(saved_env)
         torch.set_num_threads(threads)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     if rank_zero:
         print("\n" + format_table(result), flush=True)
-    return result
+    return result.to_dict()
 
 
 # -- the command line ----------------------------------------------------------------------------
