@@ -16,6 +16,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from lightning_multiloss import MultiLossError
 from lightning_multiloss.app.config import config_dir
 from lightning_multiloss.app.data import DigitsDataModule
 from lightning_multiloss.app.train import run
@@ -130,3 +131,74 @@ def test_the_train_order_depends_only_on_the_seed_and_the_epoch(replicas: int) -
             assert shares[-1] == padded[rank::replicas]
         assert sorted(i for share in shares for i in share) == sorted(padded)
     assert train_order(dm, 0) != train_order(dm, 1)  # a new order each epoch
+
+
+# -- resuming another model: one line naming what the checkpoint holds and what the config asks for --------
+HELD = "tasks digit (10 outputs), recon (64 outputs), centre (1 output) and weighting 'fixed'"
+
+
+@pytest.fixture(scope="module")
+def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default experiment (fixed weights), 2 epochs."""
+    out = tmp_path_factory.mktemp("digits")
+    run_app(out, "trainer.max_epochs=2")
+    return out / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "asked", "detail"),
+    [
+        (
+            ("~model.tasks.centre",),
+            "tasks digit (10 outputs), recon (64 outputs) and weighting 'fixed'",
+            "the config's model lacks heads.centre.weight, heads.centre.bias",
+        ),
+        (
+            ("+task@model.tasks.parity=binary",),
+            "tasks digit (10 outputs), recon (64 outputs), centre (1 output), parity (1 output) and weighting 'fixed'",
+            "the checkpoint lacks heads.parity.weight, heads.parity.bias",
+        ),
+        (
+            ("model.tasks.digit.out_features=12",),
+            "tasks digit (12 outputs), recon (64 outputs), centre (1 output) and weighting 'fixed'",
+            "heads.digit.weight is [10, 64] in the checkpoint, [12, 64] in the config",
+        ),
+        (
+            ("weighting=uncertainty",),
+            "tasks digit (10 outputs), recon (64 outputs), centre (1 output) and weighting 'uncertainty'",
+            "the checkpoint lacks weighting.log_var",
+        ),
+        (
+            ("model.trunk.hidden=[32]",),
+            "tasks digit (10 outputs), recon (64 outputs), centre (1 output) and weighting 'fixed'",
+            "trunk.body.1.weight is [128, 64] in the checkpoint, [32, 64] in the config; "
+            "the config's model lacks trunk.body.3.weight, trunk.body.3.bias",
+        ),
+    ],
+    ids=["fewer-tasks", "more-tasks", "head-size", "weighting", "trunk"],
+)
+def test_resuming_another_model_names_both(
+    digits_checkpoint: Path, tmp_path: Path, overrides: tuple[str, ...], asked: str, detail: str
+) -> None:
+    expected = (
+        f"ckpt_path '{digits_checkpoint}' does not fit the configured model: the checkpoint holds {HELD}; "
+        f"the config asks for {asked} ({detail})"
+    )
+    with pytest.raises(MultiLossError) as info:
+        run_app(tmp_path, f"ckpt_path={digits_checkpoint}", "trainer.max_epochs=3", *overrides)
+    assert str(info.value) == expected
+
+
+def test_another_weighting_with_the_same_state_is_refused_too(digits_checkpoint: Path, tmp_path: Path) -> None:
+    """``fixed`` and ``gls`` keep no state: the checkpoint would load, but it trained another weighting."""
+    with pytest.raises(MultiLossError) as info:
+        run_app(tmp_path, f"ckpt_path={digits_checkpoint}", "trainer.max_epochs=3", "weighting=gls")
+    assert str(info.value) == (
+        f"ckpt_path '{digits_checkpoint}' does not fit the configured model: the checkpoint holds {HELD}; "
+        "the config asks for tasks digit (10 outputs), recon (64 outputs), centre (1 output) and weighting 'gls'"
+    )
+
+
+def test_the_same_model_resumes(digits_checkpoint: Path, tmp_path: Path) -> None:
+    result = run_app(tmp_path, f"ckpt_path={digits_checkpoint}", "trainer.max_epochs=3")
+    assert result["status"] == "completed" and checkpoint(tmp_path)["global_step"] == 9

@@ -123,14 +123,51 @@ def format_table(result: RunResult) -> str:
 
 # -- building ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class ModelSummary:
+    """What resuming needs to match of a model: its tasks in order, their head sizes, its weighting, its state."""
+
+    tasks: dict[str, int | None]
+    """Task → the size of its head (``out_features``; None: not known), in the loss vector's order."""
+    weighting: str | None
+    """The weighting's registry name (None: not known)."""
+    shapes: dict[str, tuple[int, ...]]
+    """The shape of every tensor of the module's ``state_dict``."""
+
+    @classmethod
+    def of(cls, hparams: Mapping[str, Any], state: Mapping[str, Any]) -> ModelSummary:
+        """The summary of a :class:`~lightning_multiloss.app.models.MultiTaskNet` from its hyper-parameters
+        and state (a checkpoint's, or a built model's). Without hyper-parameters: the ``heads.<task>`` of the state.
+        """
+        shapes = {key: tuple(value.shape) for key, value in state.items() if isinstance(value, torch.Tensor)}
+        specs = hparams.get("tasks")
+        if isinstance(specs, Mapping):
+            tasks = {
+                str(name): spec.get("out_features") if isinstance(spec, Mapping) else None
+                for name, spec in specs.items()
+            }
+        else:
+            tasks = {key.split(".")[1]: None for key in shapes if key.startswith("heads.")}
+        return cls(tasks, _weighting_name(hparams.get("weighting")), shapes)
+
+    def describe(self) -> str:
+        tasks = ", ".join(
+            name if size is None else f"{name} ({size} output{'' if size == 1 else 's'})"
+            for name, size in self.tasks.items()
+        )
+        return f"tasks {tasks or '(none)'} and weighting {self.weighting or 'not known'!r}"
+
+
+@dataclass(frozen=True)
 class CheckpointInfo:
-    """A checked Lightning checkpoint: its absolute path and how far its training went."""
+    """A checked Lightning checkpoint: its absolute path, how far its training went and what it trained."""
 
     path: str
     epochs: int
     """Training epochs completed."""
     steps: int
     """Optimizer steps completed (``global_step``)."""
+    model: ModelSummary
+    """The model it holds."""
 
 
 def check_checkpoint(path: str | None) -> CheckpointInfo | None:
@@ -158,7 +195,40 @@ def check_checkpoint(path: str | None) -> CheckpointInfo | None:
         raise MultiLossError(f"ckpt_path {path!r} is not a Lightning checkpoint (no 'state_dict')")
     progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
     epochs = progress.get("completed", checkpoint.get("epoch", 0))
-    return CheckpointInfo(path, int(epochs), int(checkpoint.get("global_step", 0)))
+    hparams = checkpoint.get("hyper_parameters")
+    model = ModelSummary.of(hparams if isinstance(hparams, Mapping) else {}, checkpoint["state_dict"])
+    return CheckpointInfo(path, int(epochs), int(checkpoint.get("global_step", 0)), model)
+
+
+def _names(keys: Sequence[str], most: int = 3) -> str:
+    return ", ".join(keys[:most]) + (f" and {len(keys) - most} more" if len(keys) > most else "")
+
+
+def check_same_model(checkpoint: CheckpointInfo, model: ModelSummary) -> None:
+    """An error naming what the checkpoint holds and what the config asks for, when they differ.
+
+    Resuming needs the same tasks in the same order (the weighting's per-task state follows that
+    order), the same weighting and a state of the same keys and shapes.
+    """
+    held, shapes = checkpoint.model, checkpoint.model.shapes
+    differences = []
+    reshaped = [key for key in model.shapes if key in shapes and shapes[key] != model.shapes[key]]
+    if reshaped:
+        key = reshaped[0]
+        differences.append(f"{key} is {list(shapes[key])} in the checkpoint, {list(model.shapes[key])} in the config")
+    missing = [key for key in model.shapes if key not in shapes]
+    if missing:
+        differences.append(f"the checkpoint lacks {_names(missing)}")
+    unexpected = [key for key in shapes if key not in model.shapes]
+    if unexpected:
+        differences.append(f"the config's model lacks {_names(unexpected)}")
+    if not differences and list(held.tasks.items()) == list(model.tasks.items()) and held.weighting == model.weighting:
+        return
+    detail = f" ({'; '.join(differences)})" if differences else ""
+    raise MultiLossError(
+        f"ckpt_path {checkpoint.path!r} does not fit the configured model: the checkpoint holds "
+        f"{held.describe()}; the config asks for {model.describe()}{detail}"
+    )
 
 
 def check_resumable(checkpoint: CheckpointInfo, max_epochs: int | None, max_steps: int) -> None:
@@ -278,6 +348,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
         checkpoint = check_checkpoint(cfg.get("ckpt_path"))
         datamodule, model, trainer = build(cfg)
         if checkpoint is not None:
+            check_same_model(checkpoint, ModelSummary.of(model.hparams, model.state_dict()))
             check_resumable(checkpoint, trainer.max_epochs, trainer.max_steps)
         ckpt_path = None if checkpoint is None else checkpoint.path
     except BaseException as error:
