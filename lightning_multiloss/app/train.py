@@ -348,8 +348,8 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
         checkpoint = check_checkpoint(cfg.get("ckpt_path"))
         datamodule, model, trainer = build(cfg)
         if checkpoint is not None:
-            check_same_model(checkpoint, ModelSummary.of(model.hparams, model.state_dict()))
             check_resumable(checkpoint, trainer.max_epochs, trainer.max_steps)
+            check_same_model(checkpoint, ModelSummary.of(model.hparams, model.state_dict()))
         ckpt_path = None if checkpoint is None else checkpoint.path
     except BaseException as error:
         if rank_zero:
