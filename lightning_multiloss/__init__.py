@@ -2,6 +2,7 @@
 
 from lightning_multiloss.errors import MultiLossError, NonFiniteLossError
 from lightning_multiloss.mixin import MultiTaskMixin
+from lightning_multiloss.sampling import ShardSampler
 from lightning_multiloss.task import Task
 from lightning_multiloss.weighting import (
     Fixed,
@@ -36,6 +37,7 @@ __all__ = [
     "NonFiniteLossError",
     "Progress",
     "Scheduled",
+    "ShardSampler",
     "Task",
     "WeightedLoss",
     "Weighting",

@@ -22,12 +22,12 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from lightning_multiloss import MultiLossError
-from lightning_multiloss.config import TrainerConf, build_weighting, config_dir, validate_config
-from lightning_multiloss.data import DigitsDataModule, ShardSampler
-from lightning_multiloss.models import MultiTaskNet
+from lightning_multiloss import MultiLossError, ShardSampler
+from lightning_multiloss.app.config import TrainerConf, build_weighting, config_dir, validate_config
+from lightning_multiloss.app.data import DigitsDataModule
+from lightning_multiloss.app.models import MultiTaskNet
+from lightning_multiloss.app.train import build
 from lightning_multiloss.schedules import Schedule
-from lightning_multiloss.train import build
 from lightning_multiloss.weighting import Progress, Weighting
 
 CONF = Path(config_dir())
@@ -120,7 +120,7 @@ def test_task_option(tmp_path, name):
     spec = OmegaConf.to_container(cfg.model.tasks.extra)
     if spec["out_features"] == "???":
         spec["out_features"] = 144 if spec["head"] == "heatmap" else 3
-    trunk = {"_target_": "lightning_multiloss.models.ConvTrunk", "channels": [4], "pool": [2]}
+    trunk = {"_target_": "lightning_multiloss.app.models.ConvTrunk", "channels": [4], "pool": [2]}
     cfg.model.tasks.extra.out_features = spec["out_features"]
     spec = OmegaConf.to_container(cfg.model.tasks.extra, resolve=True)
     net = MultiTaskNet(trunk=trunk, tasks={"extra": spec}, input_shape=[1, 24, 24])
@@ -357,7 +357,7 @@ def refuse_setup(reason: str) -> None:
 
 def test_lightning_configuration_errors_become_one_message():
     """``trainer=gpu`` without a GPU: Lightning's MisconfigurationException, naming the target, no Hydra wrapping."""
-    from lightning_multiloss.config import call
+    from lightning_multiloss.app.config import call
 
     node = OmegaConf.create({"_target_": f"{__name__}.refuse_setup", "reason": "No supported gpu backend found!"})
     with pytest.raises(MultiLossError, match=rf"^{re.escape(__name__)}.refuse_setup: No supported gpu backend found!$"):

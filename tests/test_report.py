@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from lightning_multiloss import MultiLossError
-from lightning_multiloss.report import collect_runs, main, make_report, pareto_front
+from lightning_multiloss.app.report import collect_runs, main, make_report, pareto_front
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,7 +165,7 @@ def expected_rows() -> dict[str, dict[str, float]]:
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "lightning_multiloss.report", *args],
+        [sys.executable, "-m", "lightning_multiloss.app.report", *args],
         cwd=cwd,
         env=env,
         capture_output=True,

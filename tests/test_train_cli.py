@@ -24,8 +24,9 @@ from hydra.core.global_hydra import GlobalHydra
 from torch import nn
 
 from lightning_multiloss import MultiLossError, NonFiniteLossError
-from lightning_multiloss.config import config_dir
-from lightning_multiloss.train import RUN_DIR_ENV, build, config_key, ddp_child_argv, external_launch_argv, run
+from lightning_multiloss.app.config import config_dir
+from lightning_multiloss.app.results import RunResult
+from lightning_multiloss.app.train import RUN_DIR_ENV, build, config_key, ddp_child_argv, external_launch_argv, run
 from lightning_multiloss.weighting import Progress, Scheduled
 
 QUIET = ("trainer=debug", "trainer.enable_progress_bar=false")
@@ -45,7 +46,7 @@ def run_here(out: Path, *overrides: str) -> dict:
 
 def cli(args: list[str], cwd: Path, module: bool = False, timeout: float = 240) -> subprocess.CompletedProcess:
     script = Path(sys.executable).parent / "multiloss-train"
-    command = [sys.executable, "-m", "lightning_multiloss.train"] if module else [str(script)]
+    command = [sys.executable, "-m", "lightning_multiloss.app.train"] if module else [str(script)]
     env = clean_env()
     return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -134,6 +135,7 @@ def test_result_json_and_resume(tmp_path):
     first = run_here(tmp_path / "first", "weighting=learnable", "seed=2")
     saved = json.loads((tmp_path / "first/result.json").read_text())
     assert saved == json.loads(json.dumps(first))
+    assert RunResult.read(str(tmp_path / "first/result.json")).to_dict() == saved  # the schema report reads
     assert saved["status"] == "completed" and saved["experiment"] == "digits" and saved["baseline_of"] is None
     assert saved["weighting"] == "learnable" and saved["seed"] == 2 and saved["world_size"] == 1
     assert saved["config_key"] == config_key(saved["overrides"])
@@ -260,7 +262,7 @@ def test_cli_default_run(tmp_path):
 )
 def test_cli_errors_are_one_clear_message(tmp_path, monkeypatch, capsys, args, message):
     """The console script's main(), in this process: exit status 2 and a message, no traceback."""
-    from lightning_multiloss import train
+    from lightning_multiloss.app import train
 
     monkeypatch.setattr(sys, "argv", ["multiloss-train", *args, f"hydra.run.dir={tmp_path / 'run'}"])
     monkeypatch.setattr(train, "_task_started", False)

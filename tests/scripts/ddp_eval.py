@@ -13,8 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from hydra import compose, initialize_config_dir
 
-from lightning_multiloss.config import config_dir
-from lightning_multiloss.train import build
+from lightning_multiloss.app.config import config_dir
+from lightning_multiloss.app.train import build
 from tests._ddp import save_rank_result
 from tests._models import quiet_trainer
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from lightning_multiloss import ShardSampler
 from lightning_multiloss.errors import MultiLossError
 
 
@@ -28,26 +29,6 @@ class TensorDictDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         return {key: value[index] for key, value in self.tensors.items()}
-
-
-class ShardSampler(DistributedSampler):
-    """Process ``rank`` of ``num_replicas`` reads samples ``rank, rank + num_replicas, ...``: no padding.
-
-    Lightning's default ``DistributedSampler`` repeats samples so that every process gets as
-    many; under DDP the validation and test metrics would then count some samples twice. With
-    this sampler each sample is evaluated exactly once (the shares differ by at most one sample;
-    the mixin's evaluation means and metrics are torchmetrics states summed over processes, so
-    the results equal one process reading the whole split). Evaluation only: DDP training needs
-    equal shares.
-    """
-
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
-        self.total_size = len(dataset)  # type: ignore[arg-type]
-        self.num_samples = len(range(rank, self.total_size, num_replicas))
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.total_size, self.num_replicas))
 
 
 class SplitDataModule(pl.LightningDataModule):
@@ -114,42 +95,58 @@ class SplitDataModule(pl.LightningDataModule):
         for split, index in self.splits.items():
             self.datasets[split] = TensorDictDataset({key: value[index] for key, value in tensors.items()})
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str) -> DataLoader:
         if split not in self.datasets:
             self.setup()
         dataset = self.datasets[split]
         if len(dataset) == 0:
             raise MultiLossError(f"{type(self).__name__}: the {split} split is empty; raise its fraction")
-        sampler = None if split == "train" else self._evaluation_sampler(split, dataset)
+        sampler = self._train_sampler(dataset) if split == "train" else self._evaluation_sampler(split, dataset)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
             sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 
-    def _evaluation_sampler(self, split: str, dataset: TensorDictDataset) -> ShardSampler | None:
-        """Under DDP, each process's share of ``split``, every sample once (None: Lightning's default)."""
+    def _processes(self) -> tuple[int, int]:
+        """``(number of processes, this process's rank)`` of the Trainer's distributed run; ``(1, 0)`` for one."""
         trainer = self.trainer
         kwargs = trainer.distributed_sampler_kwargs if trainer is not None else None
         if not kwargs or kwargs.get("num_replicas", 1) <= 1:
+            return 1, 0
+        return int(kwargs["num_replicas"]), int(kwargs["rank"])
+
+    def _train_sampler(self, dataset: TensorDictDataset) -> DistributedSampler:
+        """This process's share of the training samples, in an order that only ``seed`` and the epoch decide.
+
+        Lightning calls ``set_epoch`` on it before each epoch (in one process too), so a run
+        resumed from a checkpoint reads each epoch's batches in the order the uninterrupted run
+        read them; a loader shuffled from the global random state would replay the order of the
+        first epochs instead, since the seed resets that state when the run restarts.
+        """
+        replicas, rank = self._processes()
+        return DistributedSampler(dataset, num_replicas=replicas, rank=rank, shuffle=True, seed=self.seed)
+
+    def _evaluation_sampler(self, split: str, dataset: TensorDictDataset) -> ShardSampler | None:
+        """Under DDP, each process's share of ``split``, every sample once (None: in order, one process)."""
+        replicas, rank = self._processes()
+        if replicas == 1:
             return None
-        replicas, size = int(kwargs["num_replicas"]), len(dataset)
-        if size < replicas:
+        if len(dataset) < replicas:
             # A process without a batch would leave the others waiting in DDP's first forward.
             raise MultiLossError(
-                f"{type(self).__name__}: the {split} split has {size} sample(s) for {replicas} processes; "
+                f"{type(self).__name__}: the {split} split has {len(dataset)} sample(s) for {replicas} processes; "
                 "raise its fraction"
             )
-        return ShardSampler(dataset, num_replicas=replicas, rank=int(kwargs["rank"]))
+        return ShardSampler(dataset, num_replicas=replicas, rank=rank)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")

@@ -11,16 +11,15 @@
 Each yields dict batches (``x`` and one key per target) and splits train / val / test by ``seed``.
 """
 
-from lightning_multiloss.data._base import ShardSampler, SplitDataModule, TensorDictDataset
-from lightning_multiloss.data.digits import DigitsDataModule
-from lightning_multiloss.data.loc_cls import LocClsDataModule
-from lightning_multiloss.data.multimnist import MultiMNISTDataModule
+from lightning_multiloss.app.data._base import SplitDataModule, TensorDictDataset
+from lightning_multiloss.app.data.digits import DigitsDataModule
+from lightning_multiloss.app.data.loc_cls import LocClsDataModule
+from lightning_multiloss.app.data.multimnist import MultiMNISTDataModule
 
 __all__ = [
     "DigitsDataModule",
     "LocClsDataModule",
     "MultiMNISTDataModule",
-    "ShardSampler",
     "SplitDataModule",
     "TensorDictDataset",
 ]

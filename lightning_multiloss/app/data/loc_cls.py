@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_multiloss.data._base import SplitDataModule
-from lightning_multiloss.data.digits import load_digits_tensors
+from lightning_multiloss.app.data._base import SplitDataModule
+from lightning_multiloss.app.data.digits import load_digits_tensors
 from lightning_multiloss.errors import MultiLossError
 
 
@@ -23,7 +23,7 @@ class LocClsDataModule(SplitDataModule):
         grid: the side of the localisation grid; ``canvas`` must be a multiple of it (the
             default 12 on a 24-pixel canvas matches a conv trunk with one 2×2 pooling).
         copies: how many placements of each digit (more samples, same digits).
-        Other args: those of :class:`~lightning_multiloss.data.SplitDataModule`.
+        Other args: those of :class:`~lightning_multiloss.app.data.SplitDataModule`.
 
     Example:
         >>> dm = LocClsDataModule(batch_size=2)

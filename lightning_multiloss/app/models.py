@@ -17,7 +17,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 
-from lightning_multiloss.config import build_weighting, call
+from lightning_multiloss.app.config import build_weighting, call
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.mixin import MultiTaskMixin
 from lightning_multiloss.task import Task
@@ -201,7 +201,7 @@ class MultiTaskNet(MultiTaskMixin, pl.LightningModule):  # type: ignore[misc]
 
     Example:
         >>> net = MultiTaskNet(
-        ...     trunk={"_target_": "lightning_multiloss.models.MLPTrunk", "hidden": [16]},
+        ...     trunk={"_target_": "lightning_multiloss.app.models.MLPTrunk", "hidden": [16]},
         ...     tasks={
         ...         "digit": {"out_features": 10, "loss": {"_target_": "torch.nn.CrossEntropyLoss"}},
         ...         "centre": {"out_features": 1, "loss": {"_target_": "torch.nn.MSELoss"}},

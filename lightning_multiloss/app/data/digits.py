@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_multiloss.data._base import SplitDataModule
+from lightning_multiloss.app.data._base import SplitDataModule
 
 
 def load_digits_tensors() -> tuple[Tensor, Tensor]:
@@ -43,7 +43,7 @@ class DigitsDataModule(SplitDataModule):
     intensity, in [0, 1]) and ``parity`` (0.0: even digit, 1.0: odd; a float of shape (1,),
     the target of a ``binary`` task).
 
-    Args: those of :class:`~lightning_multiloss.data.SplitDataModule`.
+    Args: those of :class:`~lightning_multiloss.app.data.SplitDataModule`.
 
     Example:
         >>> dm = DigitsDataModule(batch_size=4)

@@ -40,12 +40,15 @@ from lightning_multiloss.weighting import Scheduled, Weighting
 
 
 def config_dir() -> str:
-    """The folder of the shipped Hydra configs (``lightning_multiloss/conf`` once installed)."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    for candidate in (os.path.join(here, "conf"), os.path.join(os.path.dirname(here), "conf")):
+    """The folder of the shipped Hydra configs (``lightning_multiloss/conf`` once installed).
+
+    From a source checkout, ``conf/`` beside the package folder.
+    """
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # lightning_multiloss/
+    for candidate in (os.path.join(package, "conf"), os.path.join(os.path.dirname(package), "conf")):
         if os.path.isfile(os.path.join(candidate, "train.yaml")):
             return candidate
-    raise MultiLossError(f"the Hydra configs of lightning_multiloss are missing (looked in {here}/conf)")
+    raise MultiLossError(f"the Hydra configs of lightning_multiloss are missing (looked in {package}/conf)")
 
 
 def _expose_source_configs() -> None:
@@ -125,7 +128,7 @@ class TrainerConf:
 
 @dataclass
 class DataConf:
-    """The split and loader settings every datamodule of ``lightning_multiloss.data`` takes."""
+    """The split and loader settings every datamodule of ``lightning_multiloss.app.data`` takes."""
 
     _target_: str = MISSING
     batch_size: int = 64
@@ -137,12 +140,12 @@ class DataConf:
 
 @dataclass
 class DigitsDataConf(DataConf):
-    _target_: str = "lightning_multiloss.data.DigitsDataModule"
+    _target_: str = "lightning_multiloss.app.data.DigitsDataModule"
 
 
 @dataclass
 class LocClsDataConf(DataConf):
-    _target_: str = "lightning_multiloss.data.LocClsDataModule"
+    _target_: str = "lightning_multiloss.app.data.LocClsDataModule"
     canvas: int = 24
     grid: int = 12
     copies: int = 1
@@ -150,7 +153,7 @@ class LocClsDataConf(DataConf):
 
 @dataclass
 class MultiMNISTDataConf(DataConf):
-    _target_: str = "lightning_multiloss.data.MultiMNISTDataModule"
+    _target_: str = "lightning_multiloss.app.data.MultiMNISTDataModule"
     size: int = 28
     shift: int = 4
     copies: int = 1
@@ -173,7 +176,7 @@ class TaskConf:
 
 @dataclass
 class MLPTrunkConf:
-    _target_: str = "lightning_multiloss.models.MLPTrunk"
+    _target_: str = "lightning_multiloss.app.models.MLPTrunk"
     hidden: List[int] = field(default_factory=lambda: [128, 64])
     activation: str = "relu"
     dropout: float = 0.0
@@ -181,7 +184,7 @@ class MLPTrunkConf:
 
 @dataclass
 class ConvTrunkConf:
-    _target_: str = "lightning_multiloss.models.ConvTrunk"
+    _target_: str = "lightning_multiloss.app.models.ConvTrunk"
     channels: List[int] = field(default_factory=lambda: [16, 32])
     kernel_size: int = 3
     padding: str = "same"
@@ -195,7 +198,7 @@ class ConvTrunkConf:
 
 @dataclass
 class ModelConf:
-    _target_: str = "lightning_multiloss.models.MultiTaskNet"
+    _target_: str = "lightning_multiloss.app.models.MultiTaskNet"
     trunk: Any = MISSING
     tasks: Dict[str, TaskConf] = field(default_factory=dict)
     optimizer: Any = field(default_factory=lambda: {"_target_": "torch.optim.Adam", "lr": 1e-3})
@@ -236,12 +239,12 @@ class TrainConf:
 
 SCHEMAS: dict[str, type] = {
     "pytorch_lightning.Trainer": TrainerConf,
-    "lightning_multiloss.data.DigitsDataModule": DigitsDataConf,
-    "lightning_multiloss.data.LocClsDataModule": LocClsDataConf,
-    "lightning_multiloss.data.MultiMNISTDataModule": MultiMNISTDataConf,
-    "lightning_multiloss.models.MultiTaskNet": ModelConf,
-    "lightning_multiloss.models.MLPTrunk": MLPTrunkConf,
-    "lightning_multiloss.models.ConvTrunk": ConvTrunkConf,
+    "lightning_multiloss.app.data.DigitsDataModule": DigitsDataConf,
+    "lightning_multiloss.app.data.LocClsDataModule": LocClsDataConf,
+    "lightning_multiloss.app.data.MultiMNISTDataModule": MultiMNISTDataConf,
+    "lightning_multiloss.app.models.MultiTaskNet": ModelConf,
+    "lightning_multiloss.app.models.MLPTrunk": MLPTrunkConf,
+    "lightning_multiloss.app.models.ConvTrunk": ConvTrunkConf,
 }
 """The dataclass that checks a node, by the node's ``_target_``."""
 

@@ -1,4 +1,4 @@
-"""The training app: ``multiloss-train`` (or ``python -m lightning_multiloss.train``).
+"""The training app: ``multiloss-train`` (or ``python -m lightning_multiloss.app.train``).
 
 With no arguments it trains the default experiment (scikit-learn's digits: a 10-class head, a
 64-value reconstruction head, a 1-value regression head) with fixed weights, then prints a
@@ -12,32 +12,8 @@ Each run leaves in Hydra's run folder: ``checkpoints/`` (``last.ckpt``), ``csv/`
 metrics, and ``loss_weights.csv`` / ``loss_weights.png``: the weight trajectory), ``.hydra/``
 (the resolved config and the overrides) and ``result.json``.
 
-``result.json`` (written by global rank 0 only; one JSON object)::
-
-    {
-      "status": "running" | "completed" | "failed" | "interrupted",
-                          # "running" is written when training starts, the rest when it ends
-      "error": str,       # only when "failed": the exception's message
-      "experiment": str,  # the experiment's name (`name`); a single-task baseline carries the
-                          # name of the multi-task experiment it is the baseline for
-      "baseline_of": str | None,   # the task of a single-task baseline run, else null
-      "weighting": str,   # the weighting's registry name ("fixed", "scheduled", ...)
-      "seed": int,
-      "overrides": [str], # the run's command-line overrides (Hydra's task overrides)
-      "config_key": str,  # the overrides without seed= (and without ckpt_path=, hydra.*),
-                          # sorted and joined by " ": runs that differ only by seed share it
-      "metrics": {task: {metric: float}},   # final test metrics (validation if test=false),
-                          # each task's metrics plus "loss" (its unweighted loss)
-      "directions": {task: {metric: "max" | "min"}},   # which way is better
-      "primary": {task: metric},   # the metric for Δm% (the task's `primary`, else "loss")
-      "weights": {task: float},    # the weights of the last training step
-      "val_metrics": {task: {metric: float}},          # final validation metrics
-      "evaluated_on": "test" | "val",                  # where "metrics" come from
-      "world_size": int,  # the number of training processes
-      "output_dir": str,
-      "host": str, "pid": int,     # where rank 0 ran: the report tells a killed run from a
-                                   # running one on the same machine
-    }
+``result.json``: the run's status, metrics, weights and identity, one
+:class:`~lightning_multiloss.app.results.RunResult` (its fields are documented there).
 """
 
 from __future__ import annotations
@@ -61,7 +37,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lightning_multiloss.config import call, config_dir, validate_config
+from lightning_multiloss.app.config import call, config_dir, validate_config
+from lightning_multiloss.app.results import RESULT_FILE, RunResult
 from lightning_multiloss.errors import MultiLossError
 
 RUN_DIR_ENV = "LIGHTNING_MULTILOSS_RUN_DIR"
@@ -94,15 +71,6 @@ def config_key(overrides: Sequence[str]) -> str:
     return " ".join(sorted(kept))
 
 
-def write_result(path: str, result: Mapping[str, Any]) -> None:
-    """Write ``result`` as JSON, atomically (a reader never sees half a file)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def _float(value: Any) -> float:
     return float(value.item() if isinstance(value, torch.Tensor) else value)
 
@@ -123,21 +91,21 @@ def task_metrics(logged: Mapping[str, Any], stage: str, tasks: Sequence[str]) ->
     return metrics
 
 
-def format_table(result: Mapping[str, Any]) -> str:
+def format_table(result: RunResult) -> str:
     """The per-task table printed at the end of a run."""
     rows = [("task", "weight", "metric", "better", "val", "test")]
-    test = result["metrics"] if result.get("evaluated_on") == "test" else {}
-    for task, values in result["val_metrics"].items():
-        weight = result["weights"].get(task)
-        names = sorted(values, key=lambda m: (m != result["primary"].get(task), m == "loss", m))
+    test = result.metrics if result.evaluated_on == "test" else {}
+    for task, values in result.val_metrics.items():
+        weight = result.weights.get(task)
+        names = sorted(values, key=lambda m: (m != result.primary.get(task), m == "loss", m))
         for i, metric in enumerate(names):
             test_value = test.get(task, {}).get(metric)
             rows.append(
                 (
                     task if i == 0 else "",
                     f"{weight:.4f}" if i == 0 and weight is not None else "",
-                    metric + (" *" if metric == result["primary"].get(task) else ""),
-                    result["directions"][task].get(metric, ""),
+                    metric + (" *" if metric == result.primary.get(task) else ""),
+                    result.directions[task].get(metric, ""),
                     f"{values[metric]:.4f}",
                     "-" if test_value is None else f"{test_value:.4f}",
                 )
@@ -146,23 +114,60 @@ def format_table(result: Mapping[str, Any]) -> str:
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     title = (
-        f"{result['experiment']}"
-        + (f" (single-task baseline of {result['baseline_of']})" if result.get("baseline_of") else "")
-        + f", weighting={result['weighting']}, seed={result['seed']}"
+        f"{result.experiment}"
+        + (f" (single-task baseline of {result.baseline_of})" if result.baseline_of else "")
+        + f", weighting={result.weighting}, seed={result.seed}"
     )
-    return "\n".join([title, *lines, "* primary metric; better: max or min", f"outputs: {result['output_dir']}"])
+    return "\n".join([title, *lines, "* primary metric; better: max or min", f"outputs: {result.output_dir}"])
 
 
 # -- building ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class ModelSummary:
+    """What resuming needs to match of a model: its tasks in order, their head sizes, its weighting, its state."""
+
+    tasks: dict[str, int | None]
+    """Task → the size of its head (``out_features``; None: not known), in the loss vector's order."""
+    weighting: str | None
+    """The weighting's registry name (None: not known)."""
+    shapes: dict[str, tuple[int, ...]]
+    """The shape of every tensor of the module's ``state_dict``."""
+
+    @classmethod
+    def of(cls, hparams: Mapping[str, Any], state: Mapping[str, Any]) -> ModelSummary:
+        """The summary of a :class:`~lightning_multiloss.app.models.MultiTaskNet` from its hyper-parameters
+        and state (a checkpoint's, or a built model's). Without hyper-parameters: the ``heads.<task>`` of the state.
+        """
+        shapes = {key: tuple(value.shape) for key, value in state.items() if isinstance(value, torch.Tensor)}
+        specs = hparams.get("tasks")
+        if isinstance(specs, Mapping):
+            tasks = {
+                str(name): spec.get("out_features") if isinstance(spec, Mapping) else None
+                for name, spec in specs.items()
+            }
+        else:
+            tasks = {key.split(".")[1]: None for key in shapes if key.startswith("heads.")}
+        return cls(tasks, _weighting_name(hparams.get("weighting")), shapes)
+
+    def describe(self) -> str:
+        tasks = ", ".join(
+            name if size is None else f"{name} ({size} output{'' if size == 1 else 's'})"
+            for name, size in self.tasks.items()
+        )
+        return f"tasks {tasks or '(none)'} and weighting {self.weighting or 'not known'!r}"
+
+
+@dataclass(frozen=True)
 class CheckpointInfo:
-    """A checked Lightning checkpoint: its absolute path and how far its training went."""
+    """A checked Lightning checkpoint: its absolute path, how far its training went and what it trained."""
 
     path: str
     epochs: int
     """Training epochs completed."""
     steps: int
     """Optimizer steps completed (``global_step``)."""
+    model: ModelSummary
+    """The model it holds."""
 
 
 def check_checkpoint(path: str | None) -> CheckpointInfo | None:
@@ -190,7 +195,40 @@ def check_checkpoint(path: str | None) -> CheckpointInfo | None:
         raise MultiLossError(f"ckpt_path {path!r} is not a Lightning checkpoint (no 'state_dict')")
     progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
     epochs = progress.get("completed", checkpoint.get("epoch", 0))
-    return CheckpointInfo(path, int(epochs), int(checkpoint.get("global_step", 0)))
+    hparams = checkpoint.get("hyper_parameters")
+    model = ModelSummary.of(hparams if isinstance(hparams, Mapping) else {}, checkpoint["state_dict"])
+    return CheckpointInfo(path, int(epochs), int(checkpoint.get("global_step", 0)), model)
+
+
+def _names(keys: Sequence[str], most: int = 3) -> str:
+    return ", ".join(keys[:most]) + (f" and {len(keys) - most} more" if len(keys) > most else "")
+
+
+def check_same_model(checkpoint: CheckpointInfo, model: ModelSummary) -> None:
+    """An error naming what the checkpoint holds and what the config asks for, when they differ.
+
+    Resuming needs the same tasks in the same order (the weighting's per-task state follows that
+    order), the same weighting and a state of the same keys and shapes.
+    """
+    held, shapes = checkpoint.model, checkpoint.model.shapes
+    differences = []
+    reshaped = [key for key in model.shapes if key in shapes and shapes[key] != model.shapes[key]]
+    if reshaped:
+        key = reshaped[0]
+        differences.append(f"{key} is {list(shapes[key])} in the checkpoint, {list(model.shapes[key])} in the config")
+    missing = [key for key in model.shapes if key not in shapes]
+    if missing:
+        differences.append(f"the checkpoint lacks {_names(missing)}")
+    unexpected = [key for key in shapes if key not in model.shapes]
+    if unexpected:
+        differences.append(f"the config's model lacks {_names(unexpected)}")
+    if not differences and list(held.tasks.items()) == list(model.tasks.items()) and held.weighting == model.weighting:
+        return
+    detail = f" ({'; '.join(differences)})" if differences else ""
+    raise MultiLossError(
+        f"ckpt_path {checkpoint.path!r} does not fit the configured model: the checkpoint holds "
+        f"{held.describe()}; the config asks for {model.describe()}{detail}"
+    )
 
 
 def check_resumable(checkpoint: CheckpointInfo, max_epochs: int | None, max_steps: int) -> None:
@@ -287,28 +325,23 @@ def _restore_env(saved: Mapping[str, str | None]) -> None:
 def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Train, validate and test one configuration; write ``result.json`` into ``cfg.output_dir``.
 
-    Returns the result (see the module docstring). Raises :class:`MultiLossError` for a
-    configuration the library rejects (after writing ``"status": "failed"`` when the run had started).
+    Returns the result as written (the JSON object of :class:`RunResult`). Raises :class:`MultiLossError`
+    for a configuration the library rejects (after writing ``"status": "failed"`` when the run had started).
     """
     output_dir = str(_resolved(OmegaConf.masked_copy(cfg, ["output_dir"])).output_dir)
-    path = os.path.join(output_dir, "result.json")
-    result: dict[str, Any] = {
-        "status": "running",
-        "experiment": cfg.get("name"),
-        "baseline_of": cfg.get("baseline_of"),
-        "weighting": _weighting_name(cfg.get("weighting")),
-        "seed": cfg.get("seed"),
-        "overrides": list(overrides),
-        "config_key": config_key(overrides),
-        "metrics": {},
-        "directions": {},
-        "primary": {},
-        "weights": {},
-        "val_metrics": {},
-        "output_dir": output_dir,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-    }
+    path = os.path.join(output_dir, RESULT_FILE)
+    result = RunResult(
+        status="running",
+        experiment=cfg.get("name"),
+        baseline_of=cfg.get("baseline_of"),
+        weighting=_weighting_name(cfg.get("weighting")),
+        seed=cfg.get("seed"),
+        overrides=list(overrides),
+        config_key=config_key(overrides),
+        output_dir=output_dir,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+    )
     rank_zero = all(os.environ.get(key, "0") == "0" for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"))
     threads = torch.get_num_threads()  # build() may change it (torch_threads): restored at the end
     try:
@@ -316,25 +349,26 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
         datamodule, model, trainer = build(cfg)
         if checkpoint is not None:
             check_resumable(checkpoint, trainer.max_epochs, trainer.max_steps)
+            check_same_model(checkpoint, ModelSummary.of(model.hparams, model.state_dict()))
         ckpt_path = None if checkpoint is None else checkpoint.path
     except BaseException as error:
         if rank_zero:
-            result["status"] = "failed"
-            result["error"] = f"{type(error).__name__}: {error}"
+            result.status = "failed"
+            result.error = f"{type(error).__name__}: {error}"
             os.makedirs(output_dir, exist_ok=True)
-            write_result(path, result)
+            result.write(path)
         torch.set_num_threads(threads)
         raise
     tasks = [task.name for task in model.tasks]
-    result["weighting"] = model.weighting.name or type(model.weighting).__name__
-    result["seed"] = int(cfg.seed)
-    result["directions"] = {t: {**model.directions[t], "loss": "min"} for t in tasks}
-    result["primary"] = {t: model.primary[t] or "loss" for t in tasks}
-    result["world_size"] = int(trainer.world_size)
+    result.weighting = model.weighting.name or type(model.weighting).__name__
+    result.seed = int(cfg.seed)
+    result.directions = {t: {**model.directions[t], "loss": "min"} for t in tasks}
+    result.primary = {t: model.primary[t] or "loss" for t in tasks}
+    result.world_size = int(trainer.world_size)
     rank_zero = trainer.is_global_zero
     if rank_zero:
         os.makedirs(output_dir, exist_ok=True)
-        write_result(path, result)
+        result.write(path)
     saved_env = {key: os.environ.get(key) for key in _DDP_ENV}
     # The DDP processes that Lightning starts re-run this program: they must join this run.
     os.environ[RUN_DIR_ENV] = str(output_dir)
@@ -344,34 +378,34 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
         if trainer.interrupted:
             raise KeyboardInterrupt("training was interrupted")
         val = trainer.validate(model, datamodule=datamodule, verbose=False)[0]
-        result["val_metrics"] = task_metrics(val, "val", tasks)
+        result.val_metrics = task_metrics(val, "val", tasks)
         if cfg.get("test", True):
             test = trainer.test(model, datamodule=datamodule, verbose=False)[0]
-            result["metrics"] = task_metrics(test, "test", tasks)
-            result["evaluated_on"] = "test"
+            result.metrics = task_metrics(test, "test", tasks)
+            result.evaluated_on = "test"
         else:
-            result["metrics"] = result["val_metrics"]
-            result["evaluated_on"] = "val"
+            result.metrics = result.val_metrics
+            result.evaluated_on = "val"
         last = model.weighting.last_weights
-        result["weights"] = {t: float(w) for t, w in zip(tasks, last.tolist(), strict=True)}
-        result["status"] = "completed"
+        result.weights = {t: float(w) for t, w in zip(tasks, last.tolist(), strict=True)}
+        result.status = "completed"
     except BaseException as error:
         # Not trainer.interrupted: Lightning sets that for any exception raised inside fit.
         interrupted = isinstance(error, KeyboardInterrupt | SystemExit)
-        result["status"] = "interrupted" if interrupted else "failed"
+        result.status = "interrupted" if interrupted else "failed"
         if not interrupted:
-            result["error"] = f"{type(error).__name__}: {error}"
+            result.error = f"{type(error).__name__}: {error}"
         raise
     finally:
         if rank_zero:
-            write_result(path, result)
+            result.write(path)
         _restore_env(saved_env)
         torch.set_num_threads(threads)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     if rank_zero:
         print("\n" + format_table(result), flush=True)
-    return result
+    return result.to_dict()
 
 
 # -- the command line ----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_multiloss.data._base import SplitDataModule
+from lightning_multiloss.app.data._base import SplitDataModule
 from lightning_multiloss.errors import MultiLossError
 
 
@@ -47,7 +47,7 @@ class MultiMNISTDataModule(SplitDataModule):
         size: the side of the resized image (28 as in the paper; 36 keeps the canvas as is).
         shift: the largest shift of each digit, in pixels (0-4).
         copies: samples per digit.
-        Other args: those of :class:`~lightning_multiloss.data.SplitDataModule`.
+        Other args: those of :class:`~lightning_multiloss.app.data.SplitDataModule`.
     """
 
     def __init__(self, size: int = 28, shift: int = 4, copies: int = 1, **split: object) -> None:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import os
 import socket
@@ -46,14 +45,12 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TextIO
 
+from lightning_multiloss.app.results import RESULT_FILE, STATUSES, RunResult
 from lightning_multiloss.errors import MultiLossError
 
-RESULT_FILE = "result.json"
-STATUSES = ("completed", "failed", "interrupted", "running")
 NO_RESULT = "no result"
-DIRECTIONS = ("max", "min")
 CITATION = "Maninis et al. 2019"
 
 
@@ -226,22 +223,11 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 
 # -- reading ------------------------------------------------------------------------------------
-def _bad(path: str, what: str) -> MultiLossError:
-    return MultiLossError(f"corrupt {path}: {what}")
-
-
-def _check_str_map(path: str, data: Mapping[str, Any], key: str) -> dict[str, Any]:
-    value = data.get(key)
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        raise _bad(path, f"{key!r} must be an object keyed by task name, got {value!r}")
-    return dict(value)
-
-
-def _process_gone(host: Any, pid: Any) -> bool:
+def _process_gone(host: str | None, pid: int | None) -> bool:
     """Whether a run's process ran on this machine and no longer exists (a PID reused since counts as alive)."""
     if os.name != "posix":  # elsewhere os.kill(pid, 0) would end the process
         return False
-    if host != socket.gethostname() or isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+    if host != socket.gethostname() or pid is None or pid <= 0:
         return False
     try:
         os.kill(pid, 0)
@@ -252,66 +238,29 @@ def _process_gone(host: Any, pid: Any) -> bool:
     return False
 
 
-def parse_result(path: str, data: Any, folder: str) -> Run:
-    """Check one ``result.json`` (already decoded) and turn it into a :class:`Run`."""
-    if not isinstance(data, Mapping):
-        raise _bad(path, f"expected a JSON object, got {type(data).__name__}")
-    status = data.get("status")
-    if status not in STATUSES:
-        raise _bad(path, f"'status' must be one of {list(STATUSES)}, got {status!r}")
-    overrides = data.get("overrides") or []
-    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
-        raise _bad(path, f"'overrides' must be a list of strings, got {overrides!r}")
-    seed = data.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise _bad(path, f"'seed' must be an integer, got {seed!r}")
-    baseline_of = data.get("baseline_of")
-    if baseline_of is not None and not isinstance(baseline_of, str):
-        raise _bad(path, f"'baseline_of' must be a task name or null, got {baseline_of!r}")
-    error = data.get("error")
+def run_of(result: RunResult, folder: str) -> Run:
+    """The :class:`Run` of one checked ``result.json`` (a "running" run whose process is gone: interrupted)."""
     run = Run(
         folder=folder,
-        status=status,
-        error=None if error is None else str(error),
-        experiment=str(data.get("experiment") or ""),
-        baseline_of=baseline_of,
-        weighting=str(data.get("weighting") or ""),
-        seed=seed,
-        overrides=list(overrides),
-        config_key=str(data.get("config_key") or ""),
+        status=result.status,
+        error=result.error,
+        experiment=result.experiment or "",
+        baseline_of=result.baseline_of,
+        weighting=result.weighting or "",
+        seed=result.seed,
+        overrides=result.overrides,
+        config_key=result.config_key,
     )
-    if status == "running" and _process_gone(data.get("host"), data.get("pid")):
+    if result.status == "running" and _process_gone(result.host, result.pid):
         run.status = "interrupted"
-        run.error = f"its process ({data['pid']} on {data['host']}) is gone: killed before it could record its end"
-    if status != "completed":
+        run.error = f"its process ({result.pid} on {result.host}) is gone: killed before it could record its end"
+    if result.status != "completed":
         return run
-    metrics = _check_str_map(path, data, "metrics")
-    directions = _check_str_map(path, data, "directions")
-    primary = _check_str_map(path, data, "primary")
-    if not primary:
-        raise _bad(path, "'primary' names no task")
-    for task, task_metrics in metrics.items():
-        if not isinstance(task_metrics, Mapping):
-            raise _bad(path, f"metrics of task {task!r} must be an object, got {task_metrics!r}")
-        for name, value in task_metrics.items():
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise _bad(path, f"metric {name!r} of task {task!r} must be a number, got {value!r}")
-        run.metrics[task] = {name: float(value) for name, value in task_metrics.items()}
-    for task, metric in primary.items():
-        if not isinstance(metric, str) or metric not in run.metrics.get(task, {}):
-            raise _bad(path, f"the primary metric {metric!r} of task {task!r} is not in 'metrics'")
-        direction = directions.get(task, {}).get(metric) if isinstance(directions.get(task), Mapping) else None
-        if direction not in DIRECTIONS:
-            raise _bad(
-                path, f"'directions' of task {task!r}, metric {metric!r} must be 'max' or 'min', got {direction!r}"
-            )
-        run.primary[task] = metric
-        run.directions.setdefault(task, {})[metric] = direction
-    evaluated_on = data.get("evaluated_on")
-    run.evaluated_on = evaluated_on if isinstance(evaluated_on, str) else None
-    weights = data.get("weights") or {}
-    if isinstance(weights, Mapping):
-        run.weights = {str(k): float(v) for k, v in weights.items() if isinstance(v, int | float)}
+    run.metrics = result.metrics
+    run.primary = result.primary
+    run.directions = {task: {metric: result.directions[task][metric]} for task, metric in result.primary.items()}
+    run.evaluated_on = result.evaluated_on
+    run.weights = result.weights
     return run
 
 
@@ -371,12 +320,7 @@ def collect_runs(folder: str, progress: TextIO | None = None) -> list[Run]:
         shown = os.path.normpath(root)
         if RESULT_FILE in files:
             path = os.path.join(root, RESULT_FILE)
-            try:
-                with open(path) as f:
-                    data = json.load(f)
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise MultiLossError(f"corrupt {path}: cannot read it as JSON ({exc})") from exc
-            runs.append(parse_result(path, data, shown))
+            runs.append(run_of(RunResult.read(path), shown))
             dirs[:] = []  # a run's own folders (logs, checkpoints) hold no other run
         elif ".hydra" in dirs:
             runs.append(Run(folder=shown, status=NO_RESULT, overrides=_hydra_overrides(root)))

@@ -1,0 +1,204 @@
+"""``multiloss-train`` resumes exactly: 2 epochs + ``ckpt_path=.../last.ckpt`` end where 4 straight epochs end.
+
+The training order of every epoch depends only on the seed and the epoch (the data modules'
+train sampler), so a resumed run reads the batches the uninterrupted run read. Runs are tiny
+(``trainer=debug``: 3 batches an epoch) and in this process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from lightning_multiloss import MultiLossError
+from lightning_multiloss.app.config import config_dir
+from lightning_multiloss.app.data import DigitsDataModule
+from lightning_multiloss.app.train import run
+
+QUIET = ("trainer=debug", "trainer.enable_progress_bar=false", "test=false")
+
+
+class StopAfterEpochs(pl.Callback):
+    """Ends training after ``epochs`` epochs, as a preempted job would (the run planned more)."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+def run_app(out: Path, *overrides: str) -> dict[str, Any]:
+    overrides = (*QUIET, *overrides)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, f"output_dir={out}"])
+    return run(cfg, overrides)
+
+
+def checkpoint(folder: Path) -> dict[str, Any]:
+    return torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+def assert_same_tensors(a: Any, b: Any, where: str) -> None:
+    """``a`` and ``b`` hold the same structure and exactly the same tensors (optimizer states are nested)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), f"{where} differs"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: keys differ"
+        for key in a:
+            assert_same_tensors(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, list | tuple):
+        assert isinstance(b, list | tuple) and len(a) == len(b), f"{where}: lengths differ"
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_tensors(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def assert_resumed_exactly(straight: dict[str, Any], resumed: dict[str, Any]) -> None:
+    assert straight["global_step"] == resumed["global_step"] == 12  # 4 epochs of 3 batches
+    assert_same_tensors(straight["state_dict"], resumed["state_dict"], "state_dict")
+    assert_same_tensors(straight["optimizer_states"], resumed["optimizer_states"], "optimizer_states")
+
+
+@pytest.mark.parametrize(
+    "weighting",
+    [
+        ("weighting=fixed",),
+        ("weighting=scheduled", "schedule=linear", "weighting.unit=step", "schedule.duration=12"),
+        ("weighting=scheduled", "schedule=linear", "weighting.unit=epoch", "schedule.duration=4"),
+    ],
+    ids=["fixed", "scheduled-step", "scheduled-epoch"],
+)
+def test_two_epochs_then_resume_to_four_equals_four_straight(tmp_path: Path, weighting: tuple[str, ...]) -> None:
+    run_app(tmp_path / "straight", *weighting, "trainer.max_epochs=4")
+    run_app(tmp_path / "first", *weighting, "trainer.max_epochs=2")
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    run_app(tmp_path / "resumed", *weighting, f"ckpt_path={last}", "trainer.max_epochs=4")
+    assert checkpoint(tmp_path / "first")["global_step"] == 6
+    assert_resumed_exactly(checkpoint(tmp_path / "straight"), checkpoint(tmp_path / "resumed"))
+
+
+def test_a_preempted_scheduled_run_resumes_exactly(tmp_path: Path) -> None:
+    """``weighting=scheduled`` counts in fractions of the planned steps: a run planned for 4 epochs,
+    stopped after 2 and resumed, ends where the uninterrupted run ends."""
+    weighting = ("weighting=scheduled", "schedule=linear", "trainer.max_epochs=4")
+    stop = f"+callbacks.stop._target_={__name__}.StopAfterEpochs"
+    run_app(tmp_path / "straight", *weighting)
+    run_app(tmp_path / "first", *weighting, stop, "+callbacks.stop.epochs=2")
+    assert checkpoint(tmp_path / "first")["global_step"] == 6
+    run_app(tmp_path / "resumed", *weighting, f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}")
+    assert_resumed_exactly(checkpoint(tmp_path / "straight"), checkpoint(tmp_path / "resumed"))
+
+
+class FakeTrainer:
+    """What the data module reads of its Trainer: the distributed sampler's arguments."""
+
+    def __init__(self, num_replicas: int, rank: int) -> None:
+        self.distributed_sampler_kwargs = {"num_replicas": num_replicas, "rank": rank}
+
+
+def train_order(dm: DigitsDataModule, epoch: int) -> list[int]:
+    """The indices (into the train split) that the train loader yields in ``epoch``."""
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]  # what Lightning's loop calls each epoch
+    return list(loader.sampler)
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_the_train_order_depends_only_on_the_seed_and_the_epoch(replicas: int) -> None:
+    dm = DigitsDataModule(batch_size=32, seed=3)
+    dm.setup()
+    n = len(dm.datasets["train"])
+    per_process = -(-n // replicas)  # DistributedSampler pads to equal shares
+    for epoch in (0, 1, 5):
+        # By hand: a permutation drawn from a generator seeded with seed + epoch, padded, then strided.
+        permutation = torch.randperm(n, generator=torch.Generator().manual_seed(3 + epoch)).tolist()
+        padded = (permutation + permutation)[: per_process * replicas]
+        shares = []
+        for rank in range(replicas):
+            dm.trainer = FakeTrainer(replicas, rank) if replicas > 1 else None  # type: ignore[assignment]
+            torch.manual_seed(1000 + rank + epoch)  # the global random state plays no part
+            shares.append(train_order(dm, epoch))
+            assert shares[-1] == padded[rank::replicas]
+        assert sorted(i for share in shares for i in share) == sorted(padded)
+    assert train_order(dm, 0) != train_order(dm, 1)  # a new order each epoch
+
+
+# -- resuming another model: one line naming what the checkpoint holds and what the config asks for --------
+HELD = "tasks digit (10 outputs), recon (64 outputs), centre (1 output) and weighting 'fixed'"
+
+
+@pytest.fixture(scope="module")
+def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default experiment (fixed weights), 2 epochs."""
+    out = tmp_path_factory.mktemp("digits")
+    run_app(out, "trainer.max_epochs=2")
+    return out / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "asked", "detail"),
+    [
+        (
+            ("~model.tasks.centre",),
+            "tasks digit (10 outputs), recon (64 outputs) and weighting 'fixed'",
+            "the config's model lacks heads.centre.weight, heads.centre.bias",
+        ),
+        (
+            ("+task@model.tasks.parity=binary",),
+            "tasks digit (10 outputs), recon (64 outputs), centre (1 output), parity (1 output) and weighting 'fixed'",
+            "the checkpoint lacks heads.parity.weight, heads.parity.bias",
+        ),
+        (
+            ("model.tasks.digit.out_features=12",),
+            "tasks digit (12 outputs), recon (64 outputs), centre (1 output) and weighting 'fixed'",
+            "heads.digit.weight is [10, 64] in the checkpoint, [12, 64] in the config",
+        ),
+        (
+            ("weighting=uncertainty",),
+            "tasks digit (10 outputs), recon (64 outputs), centre (1 output) and weighting 'uncertainty'",
+            "the checkpoint lacks weighting.log_var",
+        ),
+        (
+            ("model.trunk.hidden=[32]",),
+            "tasks digit (10 outputs), recon (64 outputs), centre (1 output) and weighting 'fixed'",
+            "trunk.body.1.weight is [128, 64] in the checkpoint, [32, 64] in the config; "
+            "the config's model lacks trunk.body.3.weight, trunk.body.3.bias",
+        ),
+    ],
+    ids=["fewer-tasks", "more-tasks", "head-size", "weighting", "trunk"],
+)
+def test_resuming_another_model_names_both(
+    digits_checkpoint: Path, tmp_path: Path, overrides: tuple[str, ...], asked: str, detail: str
+) -> None:
+    expected = (
+        f"ckpt_path '{digits_checkpoint}' does not fit the configured model: the checkpoint holds {HELD}; "
+        f"the config asks for {asked} ({detail})"
+    )
+    with pytest.raises(MultiLossError) as info:
+        run_app(tmp_path, f"ckpt_path={digits_checkpoint}", "trainer.max_epochs=3", *overrides)
+    assert str(info.value) == expected
+
+
+def test_another_weighting_with_the_same_state_is_refused_too(digits_checkpoint: Path, tmp_path: Path) -> None:
+    """``fixed`` and ``gls`` keep no state: the checkpoint would load, but it trained another weighting."""
+    with pytest.raises(MultiLossError) as info:
+        run_app(tmp_path, f"ckpt_path={digits_checkpoint}", "trainer.max_epochs=3", "weighting=gls")
+    assert str(info.value) == (
+        f"ckpt_path '{digits_checkpoint}' does not fit the configured model: the checkpoint holds {HELD}; "
+        "the config asks for tasks digit (10 outputs), recon (64 outputs), centre (1 output) and weighting 'gls'"
+    )
+
+
+def test_the_same_model_resumes(digits_checkpoint: Path, tmp_path: Path) -> None:
+    result = run_app(tmp_path, f"ckpt_path={digits_checkpoint}", "trainer.max_epochs=3")
+    assert result["status"] == "completed" and checkpoint(tmp_path)["global_step"] == 9
