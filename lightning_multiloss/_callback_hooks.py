@@ -33,6 +33,15 @@ class LossWeightingHooks:
       ``max_points`` records it keeps every other one and doubles the interval, so a week-long
       run keeps a bounded, evenly spaced record. The record goes into checkpoints as plain lists,
       and at the end of fit into ``<filename>.csv`` and ``<filename>.png`` in the logger's folder.
+      The files end with one more row, numbered one step past the last, that holds the weights
+      in force when training ended (:attr:`end_weights`: what a further step would use, e.g. the
+      learnable alpha after its last update);
+    - before the first step, the planned length of training (optimizer steps, epochs) is handed
+      to the strategy's ``check_plan``: a schedule that leaves its range anywhere in the run
+      fails then, not when training reaches it. A resumed run keeps the planned number of steps
+      that training started with (it is in the checkpoint), so that ``unit="fraction"``
+      schedules continue without a jump when ``max_epochs`` grows; ``replan_on_resume=True``
+      plans anew from the resumed Trainer instead. Either way a change is logged.
 
     It talks to the module through the mixin's documented members only: ``weighting``,
     ``optimizer_step_skipped``, ``check_finite_losses`` and ``end_training_epoch``, and records
@@ -43,10 +52,17 @@ class LossWeightingHooks:
         max_points: the most records kept (at least 2).
         plot: write the PNG plot (the CSV is always written).
         filename: the stem of the files written at the end of fit.
+        replan_on_resume: on resume, plan the schedules over the resumed Trainer's length
+            instead of the length training started with.
     """
 
     def __init__(
-        self, every_n_steps: int = 1, max_points: int = 2000, plot: bool = True, filename: str = "loss_weights"
+        self,
+        every_n_steps: int = 1,
+        max_points: int = 2000,
+        plot: bool = True,
+        filename: str = "loss_weights",
+        replan_on_resume: bool = False,
     ) -> None:
         if every_n_steps < 1:
             raise MultiLossError(f"LossWeightingCallback: every_n_steps must be >= 1, got {every_n_steps}")
@@ -62,8 +78,11 @@ class LossWeightingHooks:
         self.task_names: list[str] = []
         # (optimizer step, epoch, weights used at that step); weights stay tensors until read.
         self._records: list[tuple[int, int, Tensor]] = []
+        self.replan_on_resume = bool(replan_on_resume)
         self._last_step = 0
         self._total_steps: int | None = None
+        self._restored_plan: int | None = None  # the planned steps of a checkpoint being resumed
+        self._end: tuple[int, int, Tensor] | None = None  # the weights in force when training ended
 
     # Lightning names the state by class; both packages' classes share this key.
     @property
@@ -122,8 +141,29 @@ class LossWeightingHooks:
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # Synchronise with the (possibly restored) step counter; this resets no schedule state.
         self._last_step = trainer.global_step
+        self._end = None
         total = trainer.estimated_stepping_batches
-        self._total_steps = int(total) if isinstance(total, int | float) and math.isfinite(total) else None
+        planned = int(total) if isinstance(total, int | float) and math.isfinite(total) else None
+        restored, self._restored_plan = self._restored_plan, None
+        if restored is not None and planned != restored:
+            keep = not self.replan_on_resume
+            log.warning(
+                "LossWeightingCallback: training started with %s optimizer steps planned, the resumed Trainer plans "
+                "%s; scheduled weights %s",
+                restored,
+                planned,
+                f"keep the planned {restored} (fractions of training past 1 hold the schedules' end values; "
+                "LossWeightingCallback(replan_on_resume=True) plans anew)"
+                if keep
+                else f"follow the new plan of {planned} steps (a fraction-based schedule jumps)",
+            )
+            if keep:
+                planned = restored
+        self._total_steps = planned
+        max_epochs = trainer.max_epochs if isinstance(trainer.max_epochs, int) and trainer.max_epochs >= 0 else None
+        self._weighting(pl_module).check_plan(
+            Progress(trainer.global_step, trainer.current_epoch, planned, total_epochs=max_epochs)
+        )
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         weighting = self._weighting(pl_module)
@@ -155,14 +195,28 @@ class LossWeightingHooks:
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         # `trainer.log_dir` broadcasts under DDP: every rank must ask for it, not only rank 0.
         folder = trainer.log_dir or trainer.default_root_dir
+        if self._records:
+            # What a further step would use: the strategy is told the progress, as before a batch.
+            weighting = self._weighting(pl_module)
+            if type(weighting).set_progress is not Weighting.set_progress:
+                weighting.set_progress(Progress(trainer.global_step, trainer.current_epoch, self._total_steps))
+            self._end = (trainer.global_step + 1, trainer.current_epoch, weighting.current_weights().detach().clone())
         if not trainer.is_global_zero or not self._records:
             return
         from lightning_multiloss._trajectory import write_trajectory
 
-        paths = write_trajectory(
-            os.path.join(folder, self.filename), self.task_names, self.steps, self.epochs, self.weights, self.plot
-        )
+        steps, epochs, weights = self.steps, self.epochs, self.weights
+        if self._end is not None:
+            steps, epochs = [*steps, self._end[0]], [*epochs, self._end[1]]
+            weights = [*weights, self._end[2].float().cpu().tolist()]
+        stem = os.path.join(folder, self.filename)
+        paths = write_trajectory(stem, self.task_names, steps, epochs, weights, self.plot)
         log.info("loss-weight trajectory written to %s", ", ".join(paths))
+
+    @property
+    def end_weights(self) -> list[float] | None:
+        """The weights in force when the last fit ended (``None`` before), as the files' last row."""
+        return None if self._end is None else self._end[2].float().cpu().tolist()
 
     @property
     def steps(self) -> list[int]:
@@ -188,11 +242,14 @@ class LossWeightingHooks:
             "epochs": self.epochs,
             "weights": self.weights,
             "stride": self._stride,
+            "planned_steps": self._total_steps,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.task_names = list(state_dict["task_names"])
         self._stride = int(state_dict.get("stride", self.every_n_steps))
+        planned = state_dict.get("planned_steps")
+        self._restored_plan = int(planned) if planned is not None else None
         self._records = [
             (int(step), int(epoch), torch.tensor(row))
             for step, epoch, row in zip(state_dict["steps"], state_dict["epochs"], state_dict["weights"], strict=True)

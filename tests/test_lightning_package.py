@@ -143,6 +143,8 @@ def test_the_mixin_attaches_its_own_packages_callback(
     # Its trajectory files, in the logger's folder.
     assert os.path.isfile(os.path.join(run["log_dir"], "loss_weights.png"))
     rows = read_trajectory(run["log_dir"])
+    assert int(rows[-1]["step"]) == steps + 1  # the weights in force at the end
+    rows = rows[:-1]
     assert [int(r["step"]) for r in rows] == list(range(1, steps + 1))
     assert [int(r["epoch"]) for r in rows] == [(s - 1) // STEPS_PER_EPOCH for s in range(1, steps + 1)]
     alphas = [float(r["cls"]) for r in rows]
@@ -190,7 +192,7 @@ def test_a_checkpoint_resumes_where_it_stopped(
     assert resumed["callback"].steps == full["callback"].steps
     assert resumed["callback"].weights == full["callback"].weights
     rows = read_trajectory(resumed["log_dir"])
-    assert [int(r["step"]) for r in rows] == list(range(1, STEPS_PER_EPOCH * EPOCHS + 1))
+    assert [int(r["step"]) for r in rows] == list(range(1, STEPS_PER_EPOCH * EPOCHS + 2))  # + the end
 
 
 def test_a_pytorch_lightning_checkpoint_resumes_under_lightning(

@@ -76,7 +76,7 @@ def test_scheduled_cosine_run_follows_the_schedule(tmp_path):
     assert result["status"] == "completed" and result["weighting"] == "scheduled"
     with open(tmp_path / "csv" / "loss_weights.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]  # 2 epochs x 3 batches
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6, 7]  # 2 epochs x 3 batches, then the end
     for row in rows:  # the weights used at optimizer step s were set at progress (s - 1) / 6
         p = (int(row["step"]) - 1) / 6
         assert float(row["recon"]) == pytest.approx((1 + math.cos(math.pi * p)) / 2, abs=1e-6)

@@ -156,16 +156,24 @@ def test_fit_validate_test_predict(tmp_path: Path, kind: str) -> None:
     assert (log_dir / "loss_weights.png").stat().st_size > 0
     traj = read_csv(log_dir / "loss_weights.csv")
     assert list(traj[0]) == ["step", "epoch", *TASKS]
-    assert [int(r["step"]) for r in traj] == list(range(1, 9))
-    assert [int(r["epoch"]) for r in traj] == [0] * 4 + [1] * 4
+    # One row per optimizer step, then one numbered one past the last: the weights in force at
+    # the end (for learnable, alpha after its last update: the value the replay ends with).
+    assert [int(r["step"]) for r in traj] == list(range(1, 10))
+    assert [int(r["epoch"]) for r in traj] == [0] * 4 + [1] * 4 + [2]  # the end: after 2 epochs
+    end = [float(traj[-1][t]) for t in TASKS]
+    if kind == "learnable":
+        assert end == pytest.approx([final_alpha, 1.0 - final_alpha], abs=1e-6)
+    else:
+        assert end == pytest.approx(_expected_train_weights(kind, 8, traj[-1]), abs=1e-6)
     logged_by_step = {int(r["step"]): r for r in train_rows}
-    for r in traj:
+    for r in traj[:-1]:
         logged = logged_by_step[int(r["step"]) - 1]
         for t in TASKS:
             assert float(r[t]) == pytest.approx(float(logged[f"train/weight/{t}"]), abs=1e-7)
     cb = callback_of(trainer)
-    assert cb.steps == [int(r["step"]) for r in traj]
-    assert_rows_close(cb.weights, [[float(r[t]) for t in TASKS] for r in traj], atol=1e-7)
+    assert cb.steps == [int(r["step"]) for r in traj[:-1]]
+    assert_rows_close(cb.weights, [[float(r[t]) for t in TASKS] for r in traj[:-1]], atol=1e-7)
+    assert cb.end_weights == pytest.approx(end, abs=1e-7)
 
     # Prediction needs no targets: dict batches with only the input, bare tensors, 1-tuples.
     x = torch.randn(12, 8, generator=torch.Generator().manual_seed(5))
@@ -215,7 +223,7 @@ def test_trajectory_every_n_steps_and_bounded(tmp_path: Path) -> None:
         assert cb.epochs == [(s - 1) // 8 for s in expected]  # 8 batches per epoch
         assert_rows_close(cb.weights, [[1 - (s - 1) / 10, (s - 1) / 10] for s in expected])
         written = read_csv(tmp_path / cb.filename / f"{cb.filename}.csv")
-        assert [int(r["step"]) for r in written] == expected
+        assert [int(r["step"]) for r in written] == [*expected, 11]  # and the weights in force at the end
 
 
 # -- schedules count optimizer steps ----------------------------------------------------------

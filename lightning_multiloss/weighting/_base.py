@@ -34,6 +34,8 @@ class Progress:
     """Epochs completed (``trainer.current_epoch``)."""
     total_steps: int | None = None
     """The planned number of optimizer steps, when known."""
+    total_epochs: int | None = None
+    """The planned number of epochs, when known."""
 
 
 class Weighting(nn.Module, ABC):
@@ -128,7 +130,38 @@ class Weighting(nn.Module, ABC):
             self.last_weights.copy_(result.weights)
         return result
 
+    # -- reading the weights --------------------------------------------------------------
+    def current_weights(self) -> Tensor:
+        """The ``(K,)`` weights in force now: those the next training step would use.
+
+        For strategies whose weights are their own state (fixed, scheduled, learnable,
+        uncertainty, DWA, ...) they are computed from that state, so they include the updates
+        of the last optimizer step; for strategies whose weights depend on the step's losses or
+        gradients, they are the weights of the last training step (:attr:`last_weights`).
+        A device tensor: reading it waits for the device, so not in the training step.
+        """
+        return self.last_weights.detach()
+
+    def weights_by_task(self) -> dict[str, float]:
+        """:meth:`current_weights` by task name, as plain floats (reads the device).
+
+        >>> from lightning_multiloss.weighting import Fixed
+        >>> w = Fixed({"digit": 0.5, "recon": 0.3})
+        >>> w.bind(["digit", "recon"])
+        >>> w.weights_by_task()
+        {'digit': 0.5, 'recon': 0.30000001192092896}
+        """
+        return dict(zip(self.task_names, self.current_weights().float().cpu().tolist(), strict=True))
+
     # -- hooks called by the Callback -----------------------------------------------------
+    def check_plan(self, progress: Progress) -> None:
+        """Called once before the first training step of a fit, with the planned length.
+
+        ``progress.total_steps`` and ``progress.total_epochs`` say how long training will run
+        (``None`` when unknown). A strategy whose behaviour is planned ahead (a schedule) checks
+        here that it is valid over the whole run, so that a mistake fails before training.
+        """
+
     def set_progress(self, progress: Progress) -> None:
         """Called before each training batch with the current :class:`Progress`."""
 

@@ -67,6 +67,10 @@ class DWA(Weighting):
         self.register_buffer("previous_means", torch.zeros(num_tasks))  # L̄(t-2)
         self.register_buffer("epochs_seen", torch.zeros((), dtype=torch.long))
 
+    def current_weights(self) -> Tensor:
+        """The weights the next step uses (the strategy's ``weights`` buffer)."""
+        return self.weights.detach().clone()
+
     def forward(self, losses: Tensor) -> WeightedLoss:
         return weighted_sum(self.weights, losses)
 

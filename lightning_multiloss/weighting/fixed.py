@@ -61,5 +61,9 @@ class Fixed(Weighting):
         # Not persistent: fixed weights are configuration, not training state.
         self.register_buffer("weights", torch.tensor(values), persistent=False)
 
+    def current_weights(self) -> Tensor:
+        """The weights the next step uses (the strategy's ``weights`` buffer)."""
+        return self.weights.detach().clone()
+
     def forward(self, losses: Tensor) -> WeightedLoss:
         return weighted_sum(self.weights, losses)

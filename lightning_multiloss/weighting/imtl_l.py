@@ -50,6 +50,10 @@ class IMTLL(Weighting):
     def build(self, num_tasks: int) -> None:
         self.log_scale = nn.Parameter(initial_values(self.name, self.task_names, self._init))
 
+    def current_weights(self) -> Tensor:
+        """``e^{s}`` of the current log-scales ``s``."""
+        return torch.exp(self.log_scale.detach())
+
     def forward(self, losses: Tensor) -> WeightedLoss:
         s = self.log_scale.to(losses.dtype)
         weights = torch.exp(s)

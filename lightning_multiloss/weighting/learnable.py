@@ -107,6 +107,11 @@ class Learnable(Weighting):
             raise MultiLossError(f"weighting 'learnable': init must sum to 1 (the simplex), got {values}")
         self.alpha = nn.Parameter(torch.tensor(values))
 
+    def current_weights(self) -> Tensor:
+        """``[alpha, 1 - alpha]`` for two tasks, else ``alpha`` (the simplex point), after the last step."""
+        alpha = self.alpha.detach()
+        return torch.stack([alpha, 1.0 - alpha]) if alpha.ndim == 0 else alpha.clone()
+
     def forward(self, losses: Tensor) -> WeightedLoss:
         alpha = self.alpha
         if alpha.ndim == 0:

@@ -112,6 +112,28 @@ class Scheduled(Weighting):
             )
         return progress.step / progress.total_steps
 
+    def check_plan(self, progress: Progress) -> None:
+        """Check the weights over the whole planned run (``[t now, t at the end]``), before the first step.
+
+        The schedules are sampled at 2001 evenly spaced points and at the run's ends; a value
+        out of range (negative, non-finite, alpha outside [0, 1]) fails now with its task and
+        ``t``, not when training reaches it. Without a known end (no ``max_steps`` or
+        ``max_epochs``) nothing is checked beyond the start.
+        """
+        start = self.progress_value(progress)  # fails now for unit="fraction" without a planned length
+        end: float | None
+        if self.unit == "step":
+            end = progress.total_steps
+        elif self.unit == "epoch":
+            end = progress.total_epochs - 1 if progress.total_epochs else None
+        else:
+            end = 1.0
+        points = [start]
+        if end is not None and end > start:
+            points += [start + (end - start) * i / 2000 for i in range(1, 2001)]
+        for t in points:
+            self.values_at(t)
+
     def set_progress(self, progress: Progress) -> None:
         values = self.values_at(self.progress_value(progress))
         if values != self._last:  # copy to the device only when a value changes
@@ -121,6 +143,10 @@ class Scheduled(Weighting):
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
         self._last = None  # the loaded buffer may differ from what this config computes
+
+    def current_weights(self) -> Tensor:
+        """The weights the next step uses (the strategy's ``weights`` buffer)."""
+        return self.weights.detach().clone()
 
     def forward(self, losses: Tensor) -> WeightedLoss:
         return weighted_sum(self.weights, losses)

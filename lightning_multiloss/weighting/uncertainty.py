@@ -59,6 +59,10 @@ class Uncertainty(Weighting):
     def build(self, num_tasks: int) -> None:
         self.log_var = nn.Parameter(initial_values(self.name, self.task_names, self._init))
 
+    def current_weights(self) -> Tensor:
+        """``½·e^{-s}`` of the current log-variances ``s`` (the regulariser is not a weight)."""
+        return 0.5 * torch.exp(-self.log_var.detach())
+
     def forward(self, losses: Tensor) -> WeightedLoss:
         s = self.log_var.to(losses.dtype)
         weights = 0.5 * torch.exp(-s)
