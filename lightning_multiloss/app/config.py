@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -324,7 +325,8 @@ def check_node(node: Any, where: str, schema: type | None = None) -> None:
             try:
                 obj = get_object(target)
             except Exception as error:
-                raise MultiLossError(f"config key '{where}._target_': cannot import {target!r} ({error})") from None
+                reason = str(error.__cause__ or error).strip().splitlines()[0]  # Hydra's own text spans lines
+                raise MultiLossError(f"config key '{where}._target_': cannot import {target!r} ({reason})") from None
             schema, var_keyword = signature_schema(obj)
     if schema is None:
         return
@@ -375,13 +377,49 @@ def validate_config(cfg: DictConfig, *parts: str) -> None:
                 check_node(value, f"{part}.{key}")
 
 
-def call(node: Any, **kwargs: Any) -> Any:
+def refused_key(node: Mapping[str, Any], message: str) -> str | None:
+    """The argument of ``node`` that a target's error ``message`` is about, if it can tell: the one
+    whose name and value the message quotes (or, failing a unique such key, its name or its value).
+
+    Example:
+        >>> refused_key({"lr": -1, "weight_decay": 0.0}, "Invalid learning rate: -1")
+        'lr'
+        >>> refused_key({"precision": 17, "strategy": "auto"}, "Precision 17 is invalid. Allowed: 16, 32")
+        'precision'
+    """
+    scores: dict[str, int] = {}
+    for key, value in node.items():
+        key = str(key)
+        if key.startswith("_") and key.endswith("_"):
+            continue
+        score = int(re.search(rf"(?<![\w]){re.escape(key)}(?![\w])", message, re.IGNORECASE) is not None)
+        if isinstance(value, int | float | str) and not isinstance(value, bool) and str(value):
+            score += re.search(rf"(?<![\w.]){re.escape(str(value))}(?![\w.])", message) is not None
+        if score:
+            scores[key] = score
+    best = max(scores.values(), default=0)
+    chosen = [key for key, score in scores.items() if score == best]
+    return chosen[0] if best and len(chosen) == 1 else None
+
+
+def refusal(node: Mapping[str, Any], where: str, error: BaseException) -> str:
+    """One line for a value that ``node``'s target refused: ``config key '<key>': <the target's reason>``."""
+    key = refused_key(node, str(error))
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reason = lines[0] if lines else type(error).__name__
+    return f"config key '{where}.{key}': {reason}" if key else f"config key '{where}': {reason}"
+
+
+def call(node: Any, node_key: str | None = None, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate(node, **kwargs)``, letting a :class:`MultiLossError` through unwrapped.
 
     Hydra wraps whatever the target raises in an ``InstantiationException``; the library's own
-    errors already name the key, task or value, so they reach the user as they are, and
-    Lightning's ``MisconfigurationException`` (e.g. ``trainer=gpu`` without a GPU) becomes one,
-    naming the target.
+    errors already name the key, task or value, so they reach the user as they are. With
+    ``node_key`` (the node's place in the config, e.g. ``"trainer"``), a value that a target
+    outside this package refuses (its ``ValueError`` or ``TypeError``, or Lightning's
+    ``MisconfigurationException``, e.g. ``trainer.precision=17``) becomes a
+    :class:`MultiLossError` naming the key (see :func:`refusal`); without it, Lightning's
+    ``MisconfigurationException`` becomes one naming the target.
     """
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
@@ -394,8 +432,13 @@ def call(node: Any, **kwargs: Any) -> Any:
             cause = cause.__cause__
         if isinstance(cause, MultiLossError):
             raise cause from None
-        if type(cause).__name__ == "MisconfigurationException":  # Lightning's (either package)
-            target = node.get("_target_") if isinstance(node, Mapping | DictConfig) else None
+        target = node.get("_target_") if isinstance(node, Mapping | DictConfig) else None
+        misconfigured = type(cause).__name__ == "MisconfigurationException"  # Lightning's (either package)
+        # This package's own targets raise MultiLossError for a bad value: any other error of theirs is a bug.
+        refused = isinstance(cause, ValueError | TypeError) and not str(target).startswith("lightning_multiloss.")
+        if node_key is not None and cause is not None and (misconfigured or refused):
+            raise MultiLossError(refusal(_plain(node), node_key, cause)) from None
+        if misconfigured:
             raise MultiLossError(f"{target or 'config'}: {cause}") from None
         raise
 
@@ -416,7 +459,7 @@ def build_weighting(cfg: Any) -> Weighting:
     if not isinstance(cfg, DictConfig | Mapping) or "_target_" not in cfg:
         raise MultiLossError(f"weighting: expected a config with a _target_, got {_plain(cfg)!r}")
     check_node(cfg, "weighting")
-    weighting = call(cfg, _convert_="all")
+    weighting = call(cfg, "weighting", _convert_="all")
     if not isinstance(weighting, Weighting):
         raise MultiLossError(f"weighting: {cfg['_target_']!r} built a {type(weighting).__name__}, not a Weighting")
     return weighting

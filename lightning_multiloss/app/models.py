@@ -17,7 +17,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 
-from lightning_multiloss.app.config import build_weighting, call
+from lightning_multiloss.app.config import build_weighting, call, refusal
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.mixin import MultiTaskMixin
 from lightning_multiloss.task import Task
@@ -243,7 +243,7 @@ class MultiTaskNet(MultiTaskMixin, pl.LightningModule):  # type: ignore[misc]
             }
         )
         self.optimizer_cfg = optimizer
-        self.trunk: MLPTrunk | ConvTrunk = call(trunk, input_shape=input_shape, _convert_="all")
+        self.trunk: MLPTrunk | ConvTrunk = call(trunk, "model.trunk", input_shape=input_shape, _convert_="all")
         self.heads = nn.ModuleDict()
         task_list: list[Task] = []
         self.primary: dict[str, str | None] = {}
@@ -278,8 +278,8 @@ class MultiTaskNet(MultiTaskMixin, pl.LightningModule):  # type: ignore[misc]
         loss_cfg = spec.get("loss")
         if not isinstance(loss_cfg, Mapping) or "_target_" not in loss_cfg:
             raise MultiLossError(f"{where}.loss: expected a loss config with a _target_, got {loss_cfg!r}")
-        loss = call(loss_cfg, _convert_="all")
-        metrics = {m: call(c, _convert_="all") for m, c in (spec.get("metrics") or {}).items()}
+        loss = call(loss_cfg, f"{where}.loss", _convert_="all")
+        metrics = {m: call(c, f"{where}.metrics.{m}", _convert_="all") for m, c in (spec.get("metrics") or {}).items()}
         primary = spec.get("primary")
         if primary is not None and primary not in metrics:
             raise MultiLossError(f"{where}.primary {primary!r} is not one of its metrics {sorted(metrics)}")
@@ -333,4 +333,7 @@ class MultiTaskNet(MultiTaskMixin, pl.LightningModule):  # type: ignore[misc]
             groups.append({"params": list(self.weighting.parameters()), "weight_decay": 0.0})
         options = {k: v for k, v in self.optimizer_cfg.items() if not (k.startswith("_") and k.endswith("_"))}
         optimizer_cls = get_object(self.optimizer_cfg["_target_"])
-        return optimizer_cls(groups, **options)
+        try:
+            return optimizer_cls(groups, **options)
+        except (ValueError, TypeError) as error:  # e.g. torch's "Invalid learning rate: -1"
+            raise MultiLossError(refusal(self.optimizer_cfg, "model.optimizer", error)) from None

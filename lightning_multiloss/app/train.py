@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import sys
 import warnings
@@ -33,6 +34,7 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -288,11 +290,16 @@ def build(cfg: DictConfig) -> tuple[Any, Any, Any]:
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = call(cfg.data)
-    model = call(cfg.model, input_shape=list(datamodule.input_shape), weighting=cfg.weighting, _recursive_=False)
-    callbacks = [call(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
-    loggers = [call(node) for node in (cfg.get("logger") or {}).values() if node is not None]
-    trainer = call(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    datamodule = call(cfg.data, "data")
+    model = call(
+        cfg.model, "model", input_shape=list(datamodule.input_shape), weighting=cfg.weighting, _recursive_=False
+    )
+    model.configure_optimizers()  # the optimizer's arguments are checked now, not when training starts
+    callbacks = [
+        call(node, f"callbacks.{key}") for key, node in (cfg.get("callbacks") or {}).items() if node is not None
+    ]
+    loggers = [call(node, f"logger.{key}") for key, node in (cfg.get("logger") or {}).items() if node is not None]
+    trainer = call(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
     return datamodule, model, trainer
 
 
@@ -462,10 +469,65 @@ def external_launch_argv(argv: Sequence[str], environ: Mapping[str, str] = os.en
     return extra
 
 
+_FULL_ERROR = "HYDRA_FULL_ERROR"
+_users_full_error: str | None = None
+"""The user's own ``HYDRA_FULL_ERROR``: :func:`main` sets it while Hydra composes the config."""
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def _dotted_task_name(overrides: Sequence[str]) -> str | None:
+    """The error for a task added under a name with a dot (``+task@model.tasks.a.b=...``), else None."""
+    for override in overrides:
+        match = re.match(r"^\+{0,2}/?task@model\.tasks\.([^=]+)=", override)
+        if match and "." in match.group(1):
+            name = match.group(1)
+            return (
+                f"config key 'model.tasks.{name}': a task name cannot contain '.' (it would nest the task in "
+                f"'model.tasks.{name.split('.')[0]}'); name it without a dot, e.g. {name.replace('.', '_')!r}"
+            )
+    return None
+
+
+def composition_error(error: BaseException, overrides: Sequence[str]) -> str:
+    """One line for an error Hydra raised before the app ran (composing the config, parsing an override).
+
+    Example:
+        >>> from hydra.errors import OverrideParseException
+        >>> composition_error(OverrideParseException("seed=[1", "no viable alternative at input '[1'\\nSee ..."), [])
+        "config key 'seed': cannot parse the override 'seed=[1': no viable alternative at input '[1'"
+    """
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    dotted = _dotted_task_name(overrides)
+    if dotted is not None:
+        return dotted
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file:
+        group, _, option = error.missing_cfg_file.rpartition("/")
+        # The override that chose it, e.g. loss@model.tasks.recon.loss=l2: its key says where.
+        chosen = [o.lstrip("+~").split("=", 1) for o in overrides]
+        keys = [k for k, *v in chosen if v == [option] and (k == group or k.startswith((f"{group}@", f"/{group}@")))]
+        options = f". Available options: {', '.join(error.options)}" if error.options else ""
+        return f"config key '{keys[0] if keys else group}': Could not find '{error.missing_cfg_file}'{options}"
+    cause: BaseException | None = error
+    while cause is not None:  # OmegaConf's error names the full key: a wrong type, an unknown key
+        key = getattr(cause, "full_key", None)
+        if isinstance(cause, OmegaConfBaseException) and key:
+            return f"config key '{key}': {_first_line(getattr(cause, 'msg', None) or str(cause))}"
+        cause = cause.__cause__
+    if isinstance(error, OverrideParseException):
+        key = error.override.lstrip("+~").split("=", 1)[0]
+        return f"config key '{key}': cannot parse the override {error.override!r}: {_first_line(error.message)}"
+    return f"config: {_first_line(str(error))}"
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def _app(cfg: DictConfig) -> float | None:
     global _task_started
     _task_started = True
+    _restore_env({_FULL_ERROR: _users_full_error})  # errors of the run itself: Hydra reports them its own way
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
@@ -522,14 +584,26 @@ def main() -> None:
         sys.argv = [sys.argv[0], *child]
     else:
         sys.argv += external_launch_argv(sys.argv[1:])
+    global _users_full_error
     _failed_jobs.clear()
     _quiet_lightning()
+    # Hydra prints the errors of composing the config in several lines, unless HYDRA_FULL_ERROR is
+    # set: then it raises them, and they become one line here (the user's own setting wins).
+    _users_full_error = os.environ.get(_FULL_ERROR)
+    os.environ[_FULL_ERROR] = "1"
     try:
         _app()
     except SystemExit as exit_:
         if exit_.code == 1 and not _task_started:  # Hydra could not compose the config
             raise SystemExit(2) from None
         raise
+    except (HydraException, OmegaConfBaseException) as error:
+        if _task_started or _users_full_error == "1":
+            raise
+        print(f"error: {composition_error(error, sys.argv[1:])}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    finally:
+        _restore_env({_FULL_ERROR: _users_full_error})
     if _failed_jobs:
         print(f"error: {len(_failed_jobs)} job(s) of the sweep failed:", file=sys.stderr)
         for line in _failed_jobs:

@@ -1,0 +1,327 @@
+"""Every bad input that gets one clear line, in one place: a table for the command line, a table for the API.
+
+A new case is one row. CLI rows run ``multiloss-train``'s ``main()`` in this process (the same
+code as the console script; ``tests/test_train_cli.py`` runs the script itself) and check the
+exit status and that stderr holds exactly one ``error:`` line, matching the row's pattern, and no
+traceback. API rows call a function and check the exception's type and its one-line message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+
+from lightning_multiloss import MultiLossError, create_weighting
+from lightning_multiloss.app import train
+from lightning_multiloss.app.results import RunResult
+
+TINY = ("trainer=debug", "trainer.enable_progress_bar=false", "test=false")
+TASKS = r"tasks digit \(10 outputs\), recon \(64 outputs\), centre \(1 output\)"
+
+
+@dataclass(frozen=True)
+class CliCase:
+    """``multiloss-train <argv>``: exit ``status`` and the one ``error:`` line, matching ``line`` (a regex).
+
+    In ``argv``, ``{ckpt}`` is a 2-epoch checkpoint of the default experiment and ``{tmp}`` the
+    test's own folder.
+    """
+
+    id: str
+    argv: tuple[str, ...]
+    line: str
+    status: int = 2
+
+
+CLI_CASES = [
+    # -- config keys and values (issue 14) --------------------------------------------------------
+    CliCase(
+        "wrong-type",
+        ("trainer.max_epochs=three",),
+        r"error: config key 'trainer\.max_epochs': Value 'three' of type 'str' could not be converted to Integer",
+    ),
+    CliCase(
+        "wrong-type-top-level",
+        ("seed=abc",),
+        r"error: config key 'seed': Value 'abc' of type 'str' could not be converted to Integer",
+    ),
+    CliCase(
+        "unknown-key",
+        ("trainer.max_epoch=3",),
+        r"error: config key 'trainer\.max_epoch': Key 'max_epoch' not in 'TrainerConf'",
+    ),
+    CliCase(
+        "unknown-key-added",
+        ("+trainer.max_epoch=3",),
+        r"error: config key 'trainer\.max_epoch': Key 'max_epoch' not in 'TrainerConf'",
+    ),
+    CliCase(
+        "unknown-nested-key",
+        ("model.trunk.hiden=[8]",),
+        r"error: config key 'model\.trunk\.hiden': Key 'hiden' not in 'MLPTrunkConf'",
+    ),
+    CliCase(
+        "unknown-nested-key-added",
+        ("+model.trunk.hiden=[8]",),
+        r"error: config key 'model\.trunk\.hiden': Key 'hiden' not in 'MLPTrunkConf'",
+    ),
+    CliCase(
+        "task-name-with-a-dot",
+        ("+task@model.tasks.a.b=regression",),
+        r"error: config key 'model\.tasks\.a\.b': a task name cannot contain '\.' \(it would nest the task in "
+        r"'model\.tasks\.a'\); name it without a dot, e\.g\. 'a_b'",
+    ),
+    CliCase(
+        "negative-learning-rate",
+        ("model.optimizer.lr=-1",),
+        r"error: config key 'model\.optimizer\.lr': Invalid learning rate: -1(\.0)?",
+    ),
+    CliCase(
+        "unknown-precision",
+        ("trainer.precision=17",),
+        r"error: config key 'trainer\.precision': Precision '?17'? is invalid\. Allowed precision values: .*",
+    ),
+    CliCase(
+        "unknown-strategy",
+        ("trainer.strategy=foo",),
+        r"error: config key 'trainer\.strategy': You selected an invalid strategy name: `strategy='foo'`.*",
+    ),
+    CliCase(
+        "metric-argument-refused",
+        ("model.tasks.digit.metrics.acc.num_classes=-3",),
+        r"error: config key 'model\.tasks\.digit\.metrics\.acc\.num_classes': Expected argument `num_classes` to be an "
+        r"integer larger than 1, but got -3",
+    ),
+    CliCase(
+        "override-syntax",
+        ("seed=[1",),
+        r"error: config key 'seed': cannot parse the override 'seed=\[1': no viable alternative at input '\[1'",
+    ),
+    # -- resuming (issue 14) ------------------------------------------------------------------------
+    CliCase(
+        "resume-other-tasks",
+        ("ckpt_path={ckpt}", "trainer.max_epochs=3", "~model.tasks.centre"),
+        rf"error: ckpt_path '.*last\.ckpt' does not fit the configured model: the checkpoint holds {TASKS} and "
+        r"weighting 'fixed'; the config asks for tasks digit \(10 outputs\), recon \(64 outputs\) and weighting "
+        r"'fixed' \(the config's model lacks heads\.centre\.weight, heads\.centre\.bias\)",
+    ),
+    CliCase(
+        "resume-other-weighting",
+        ("ckpt_path={ckpt}", "trainer.max_epochs=3", "weighting=uncertainty"),
+        rf"error: ckpt_path '.*last\.ckpt' does not fit the configured model: the checkpoint holds {TASKS} and "
+        rf"weighting 'fixed'; the config asks for {TASKS} and weighting 'uncertainty' "
+        r"\(the checkpoint lacks weighting\.log_var\)",
+    ),
+    CliCase(
+        "resume-other-head-size",
+        ("ckpt_path={ckpt}", "trainer.max_epochs=3", "model.tasks.digit.out_features=12"),
+        r"error: ckpt_path '.*' does not fit the configured model: .*; the config asks for tasks digit \(12 outputs\), "
+        r"recon \(64 outputs\), centre \(1 output\) and weighting 'fixed' \(heads\.digit\.weight is \[10, 64\] in the "
+        r"checkpoint, \[12, 64\] in the config\)",
+    ),
+    # -- earlier issues ------------------------------------------------------------------------------
+    CliCase(
+        "unknown-task-in-weights",
+        ("+weighting.weights={digit:1.0,colour:2.0}",),
+        r"error: weighting 'fixed': weights names unknown task\(s\) \['colour'\]; "
+        r"the tasks are \['digit', 'recon', 'centre'\]",
+    ),
+    CliCase(
+        "weights-of-the-wrong-length",
+        ("weighting.weights=[1,2]",),
+        r"error: weighting 'fixed': weights has 2 values for 3 tasks \['digit', 'recon', 'centre'\]",
+    ),
+    CliCase(
+        "unknown-option",
+        ("weighting=fixd",),
+        r"error: config key 'weighting': Could not find 'weighting/fixd'\. "
+        r"Available options: .*\bfixed\b.*\blearnable\b.*",
+    ),
+    CliCase(
+        "unknown-option-of-a-placed-group",
+        ("loss@model.tasks.recon.loss=l2",),
+        r"error: config key 'loss@model\.tasks\.recon\.loss': Could not find 'loss/l2'\. "
+        r"Available options: .*\bmse\b.*",
+    ),
+    CliCase(
+        "wrong-type-many",
+        ("trainer.max_epochs=many",),
+        r"error: config key 'trainer\.max_epochs': Value 'many' of type 'str' could not be converted to Integer",
+    ),
+    CliCase("missing-checkpoint", ("ckpt_path={tmp}/nope.ckpt",), r"error: ckpt_path '.*nope\.ckpt': no such file"),
+    CliCase(
+        "checkpoint-folder",
+        ("ckpt_path={tmp}",),
+        r"error: ckpt_path '.*' is a folder; give the checkpoint file \(e\.g\. checkpoints/last\.ckpt\)",
+    ),
+    CliCase(
+        "corrupt-checkpoint",
+        ("ckpt_path={tmp}/corrupt.ckpt",),
+        r"error: ckpt_path '.*corrupt\.ckpt' is not a readable PyTorch checkpoint: the file is not in torch\.save's "
+        r"format",
+    ),
+    CliCase(
+        "nothing-left-to-train",
+        ("ckpt_path={ckpt}", "trainer.max_epochs=2"),
+        r"error: ckpt_path '.*last\.ckpt' has trained 2 epochs already and trainer\.max_epochs=2 leaves nothing to "
+        r"train: set trainer\.max_epochs above 2 to continue",
+    ),
+    CliCase(
+        "baseline-of-an-unknown-task",
+        ("baseline_of=colour",),
+        r"error: baseline_of='colour': the model has no such task; its tasks are \['digit', 'recon', 'centre'\]",
+    ),
+    CliCase(
+        "primary-metric-not-a-metric",
+        ("model.tasks.digit.primary=f1",),
+        r"error: model\.tasks\.digit\.primary 'f1' is not one of its metrics \['acc'\]",
+    ),
+    CliCase(
+        "unknown-head",
+        ("model.tasks.digit.head=conv",),
+        r"error: model\.tasks\.digit\.head must be 'linear' or 'heatmap', got 'conv'",
+    ),
+    CliCase(
+        "unknown-activation",
+        ("model.trunk.activation=swish",),
+        r"error: model\.trunk: unknown activation 'swish'; available: gelu, relu, silu, tanh",
+    ),
+    CliCase(
+        "batch-size",
+        ("data.batch_size=0",),
+        r"error: DigitsDataModule: batch_size must be >= 1, got 0",
+    ),
+    CliCase(
+        "unimportable-target",
+        ("+callbacks.extra._target_=nowhere.Callback",),
+        r"error: config key 'callbacks\.extra\._target_': cannot import 'nowhere\.Callback' "
+        r"\(No module named 'nowhere'\)",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default experiment, 2 epochs of ``trainer=debug``: the checkpoint of the resume rows."""
+    out = tmp_path_factory.mktemp("digits")
+    code, err = run_main([*TINY, "trainer.max_epochs=2", f"hydra.run.dir={out}"])
+    assert code == 0, err
+    return out / "checkpoints" / "last.ckpt"
+
+
+def run_main(argv: list[str]) -> tuple[int, str]:
+    """``multiloss-train argv`` in this process: its exit status and what it wrote to stderr."""
+    saved = sys.argv
+    sys.argv = ["multiloss-train", *argv]
+    train._task_started = False
+    GlobalHydra.instance().clear()
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        try:
+            train.main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        finally:
+            sys.argv = saved
+            GlobalHydra.instance().clear()
+    return code, err.getvalue()
+
+
+def check_cli(case: CliCase, tmp_path: Path, checkpoint: Path | None) -> None:
+    (tmp_path / "corrupt.ckpt").write_bytes(b"not a checkpoint")
+    argv = [arg.replace("{tmp}", str(tmp_path)).replace("{ckpt}", str(checkpoint)) for arg in case.argv]
+    full_error = os.environ.get("HYDRA_FULL_ERROR")
+    code, err = run_main([*TINY, *argv, f"hydra.run.dir={tmp_path / 'run'}"])
+    assert os.environ.get("HYDRA_FULL_ERROR") == full_error  # main() sets it while composing, then puts it back
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, f"expected one error: line, got {errors}\n{err[-3000:]}"
+    assert re.fullmatch(case.line, errors[0]), f"{errors[0]!r} does not match {case.line!r}"
+    assert code == case.status, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=[case.id for case in CLI_CASES])
+def test_cli(case: CliCase, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    checkpoint = request.getfixturevalue("digits_checkpoint") if any("{ckpt}" in a for a in case.argv) else None
+    check_cli(case, tmp_path, checkpoint)
+
+
+def test_the_console_script_prints_the_same_one_line(tmp_path: Path) -> None:
+    """The rows above run ``main()`` in this process; the installed script behaves the same."""
+    script = Path(sys.executable).parent / "multiloss-train"
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "LOCAL_RANK", "WORLD_SIZE", "RANK")}
+    proc = subprocess.run(
+        [str(script), "trainer.max_epoch=3", "hydra.run.dir=run"],
+        cwd=tmp_path,
+        env={**env, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr == "error: config key 'trainer.max_epoch': Key 'max_epoch' not in 'TrainerConf'\n"
+
+
+def test_the_cli_ids_are_unique() -> None:
+    assert len({case.id for case in CLI_CASES}) == len(CLI_CASES)
+
+
+@dataclass(frozen=True)
+class ApiCase:
+    """``call()`` raises ``error`` whose message is one line matching ``message`` (a regex)."""
+
+    id: str
+    call: Callable[[], object]
+    message: str
+    error: type[BaseException] = MultiLossError
+
+
+API_CASES = [
+    ApiCase(
+        "unknown-weighting",
+        lambda: create_weighting("fixd"),
+        r"unknown weighting 'fixd'; available: .*\bfixed\b.*",
+    ),
+    ApiCase(
+        "unknown-weighting-argument",
+        lambda: create_weighting("fixed", weight=[1.0]),
+        r"weighting 'fixed' has no hyper-parameter\(s\) \['weight'\]; it accepts \['weights'\]",
+    ),
+    ApiCase(
+        "corrupt-run-result",
+        lambda: RunResult.from_dict({"status": "completed", "metrics": {"cls": {"acc": "high"}}}, "runs/0/result.json"),
+        r"corrupt runs/0/result\.json: 'metrics': metric 'acc' of task 'cls' must be a number, got 'high'",
+    ),
+    ApiCase(
+        "checkpoint-folder",
+        lambda: train.check_checkpoint("."),
+        r"ckpt_path '.*' is a folder; give the checkpoint file \(e\.g\. checkpoints/last\.ckpt\)",
+    ),
+]
+
+
+def check_api(case: ApiCase) -> None:
+    with pytest.raises(case.error) as info:
+        case.call()
+    message = str(info.value)
+    assert "\n" not in message, message
+    assert re.fullmatch(case.message, message), f"{message!r} does not match {case.message!r}"
+
+
+@pytest.mark.parametrize("case", API_CASES, ids=[case.id for case in API_CASES])
+def test_api(case: ApiCase) -> None:
+    check_api(case)
+
+
+def test_the_api_ids_are_unique() -> None:
+    assert len({case.id for case in API_CASES}) == len(API_CASES)
