@@ -19,11 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
+import torchmetrics
 from hydra.core.global_hydra import GlobalHydra
+from torch import Tensor, nn
 
-from lightning_multiloss import MultiLossError, create_weighting
+from lightning_multiloss import MultiLossError, Task, create_weighting
 from lightning_multiloss.app import train
 from lightning_multiloss.app.results import RunResult
+from lightning_multiloss.schedules import Linear
+from lightning_multiloss.weighting import Fixed, Progress, Scheduled, Weighting
+from tests._models import ToyNet
 
 TINY = ("trainer=debug", "trainer.enable_progress_bar=false", "test=false")
 TASKS = r"tasks digit \(10 outputs\), recon \(64 outputs\), centre \(1 output\)"
@@ -196,6 +202,19 @@ CLI_CASES = [
         ("model.trunk.activation=swish",),
         r"error: model\.trunk: unknown activation 'swish'; available: gelu, relu, silu, tanh",
     ),
+    # -- found by the core before or at the first step (issue 14) ---------------------------------
+    CliCase(
+        "head-smaller-than-the-classes",
+        ("trainer=debug", "model.tasks.digit.out_features=5"),
+        r"error: task 'digit': class indices must be in \[0, 4\] for a head of 5 outputs, the target has \d; "
+        r"give the head as many outputs as there are classes",
+    ),
+    CliCase(
+        "schedule-out-of-range",
+        ("trainer=debug", "weighting=scheduled", "schedule=linear", "schedule.end=-0.5"),
+        r"error: weighting 'scheduled': the scheduled weight at t=[0-9.]+ for task 'recon' must be finite and >= 0, "
+        r"got -[0-9.e-]+ \(checked over the planned run, before the first step\)",
+    ),
     CliCase(
         "batch-size",
         ("data.batch_size=0",),
@@ -303,11 +322,82 @@ API_CASES = [
         r"corrupt runs/0/result\.json: 'metrics': metric 'acc' of task 'cls' must be a number, got 'high'",
     ),
     ApiCase(
+        "metric-function",
+        lambda: Task("reg", nn.MSELoss(), metrics={"mae": lambda output, target: 0.0}),
+        r"task 'reg': metric 'mae' must be a torchmetrics Metric instance \(e\.g\. torchmetrics\.Accuracy\(\.\.\.\)\), "
+        r"got function",
+    ),
+    ApiCase(
+        "metric-class",
+        lambda: Task("reg", nn.MSELoss(), metrics={"mae": torchmetrics.MeanAbsoluteError}),
+        r"task 'reg': metric 'mae' must be a torchmetrics Metric instance .*, got the class MeanAbsoluteError",
+    ),
+    ApiCase(
+        "ignore-value-string",
+        lambda: Task("reg", nn.MSELoss(), ignore_value="none"),  # type: ignore[arg-type]
+        r"task 'reg': ignore_value must be a number \(e\.g\. -100 or float\('nan'\)\) or None, got 'none'",
+    ),
+    ApiCase(
+        "fixed-list-weight-names-the-task",
+        lambda: Fixed([1.0, -1.0]).bind(["cls", "reg"]),
+        r"weighting 'fixed': weight for task 'reg' must be finite and >= 0, got -1\.0",
+    ),
+    ApiCase(
+        "schedule-out-of-range-before-training",
+        lambda: planned(Scheduled({"reg": Linear(1.0, -0.5, duration=1.0)}, unit="fraction"), total_steps=10),
+        r"weighting 'scheduled': the scheduled weight at t=0\.667 for task 'reg' must be finite and >= 0, got .*"
+        r" \(checked over the planned run, before the first step\)",
+    ),
+    ApiCase(
+        "float-class-indices",
+        lambda: losses_of(targets={"cls": torch.zeros(4)}),
+        r"task 'cls': class indices must be integers \(torch\.long\); got output \(4, 3\) float32, "
+        r"target \(4,\) float32, loss CrossEntropyLoss: convert the target with \.long\(\)",
+    ),
+    ApiCase(
+        "class-target-with-a-column",
+        lambda: losses_of(targets={"cls": torch.zeros(4, 1, dtype=torch.long)}),
+        r"task 'cls': the target must hold one class index per sample, shape \(4,\) \(or class probabilities "
+        r"of the output's shape\); got output \(4, 3\) float32, target \(4, 1\) int64, loss CrossEntropyLoss",
+    ),
+    ApiCase(
+        "regression-target-too-wide",
+        lambda: losses_of(targets={"reg": torch.zeros(4, 3)}),
+        r"task 'reg': the target's shape must equal the output's; got output \(4, 2\) float32, target \(4, 3\) "
+        r"float32, loss MSELoss\. Reshape the target \(or the head's output\) to match",
+    ),
+    ApiCase(
+        "regression-target-that-broadcasts",
+        lambda: losses_of(targets={"reg": torch.zeros(4, 1)}),
+        r"task 'reg': the target's shape must equal the output's; got output \(4, 2\) float32, target \(4, 1\) "
+        r"float32, loss MSELoss; it would broadcast to a wrong loss\. "
+        r"Reshape the target \(or the head's output\) to match",
+    ),
+    ApiCase(
+        "class-index-outside-the-head",
+        lambda: losses_of(targets={"cls": torch.tensor([0, 1, 2, 7])}),
+        r"task 'cls': class indices must be in \[0, 2\] for a head of 3 outputs, the target has 7; "
+        r"give the head as many outputs as there are classes",
+    ),
+    ApiCase(
         "checkpoint-folder",
         lambda: train.check_checkpoint("."),
         r"ckpt_path '.*' is a folder; give the checkpoint file \(e\.g\. checkpoints/last\.ckpt\)",
     ),
 ]
+
+
+def planned(weighting: Weighting, total_steps: int) -> None:
+    """Bind a two-task weighting and show it the planned run, as the Callback does before step 1."""
+    weighting.bind(["cls", "reg"])
+    weighting.check_plan(Progress(step=0, epoch=0, total_steps=total_steps))
+
+
+def losses_of(targets: dict[str, Tensor]) -> Tensor:
+    """The task losses of ToyNet (cls: 3 classes, reg: 2 values) on 4 samples, with these targets."""
+    model = ToyNet()
+    batch = {"x": torch.zeros(4, 8), "cls": torch.zeros(4, dtype=torch.long), "reg": torch.zeros(4, 2), **targets}
+    return model.task_losses(model(batch["x"]), batch)
 
 
 def check_api(case: ApiCase) -> None:

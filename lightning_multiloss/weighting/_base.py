@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -237,6 +238,17 @@ class GradientWeighting(Weighting):
             raise MultiLossError(f"weighting {self.name!r}: ddp must be 'exact' or 'local', got {ddp!r}")
         self.route: Route = route
         self.ddp: DDPMode = ddp
+
+    def bind(self, task_names: Sequence[str]) -> None:
+        first = not self._task_names
+        super().bind(task_names)
+        if first and self.num_tasks == 1:
+            warnings.warn(
+                f"weighting {self.name!r} with a single task ({self.task_names[0]!r}): there is nothing to balance, "
+                "its weight is 1 and the per-task gradients are computed for nothing; use weighting='fixed'",
+                UserWarning,
+                stacklevel=2,
+            )
 
     @abstractmethod
     def forward(

@@ -132,7 +132,10 @@ class Scheduled(Weighting):
         if end is not None and end > start:
             points += [start + (end - start) * i / 2000 for i in range(1, 2001)]
         for t in points:
-            self.values_at(t)
+            try:
+                self.values_at(t)
+            except MultiLossError as error:
+                raise MultiLossError(f"{error} (checked over the planned run, before the first step)") from None
 
     def set_progress(self, progress: Progress) -> None:
         values = self.values_at(self.progress_value(progress))
