@@ -11,7 +11,8 @@ The same network, a shared MLP trunk with a 10-class head and a 64-value reconst
 - ``hand-written, same logging``: the same, logging what the mixin logs the way it logs it:
   ``train/loss`` every step, the task losses and weights (``train/loss/<task>``,
   ``train/weight/<task>``) only on the Trainer's logging steps, the only steps whose values
-  reach the loggers. Each ``self.log`` key costs Lightning a fixed amount per call, so the
+  reach the loggers, and each task's epoch-mean training loss (``train/loss/<task>_epoch``)
+  at each epoch's end. Each ``self.log`` key costs Lightning a fixed amount per call, so the
   ratio against it ("same-logging ratio") is the cost of the mixin's code alone;
 - the same network through ``MultiTaskMixin`` with ``fixed`` [0.5, 0.3], ``scheduled`` (a
   cosine alpha that changes every step), ``learnable``, and every other registered strategy
@@ -111,12 +112,24 @@ class HandWrittenSameKeys(_Net):
         l2 = F.mse_loss(out["recon"], batch["x"])
         loss = 0.5 * l1 + 0.3 * l2
         self.log("train/loss", loss, prog_bar=True)
+        self.epoch_sums += torch.stack([l1, l2]).detach()
+        self.epoch_batches += 1
         if self.trainer._logger_connector.should_update_logs:
             self.log("train/loss/digit", l1)
             self.log("train/loss/recon", l2)
             self.log("train/weight/digit", 0.5)
             self.log("train/weight/recon", 0.3)
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self.epoch_sums = torch.zeros(2, device=self.device)
+        self.epoch_batches = 0
+
+    def on_train_epoch_end(self) -> None:
+        # Each task's epoch-mean training loss (Keras' per-epoch history), as the mixin logs it.
+        means = self.epoch_sums / max(self.epoch_batches, 1)
+        self.log("train/loss/digit_epoch", means[0], on_step=False, on_epoch=True)
+        self.log("train/loss/recon_epoch", means[1], on_step=False, on_epoch=True)
 
 
 class WithMixin(MultiTaskMixin, _Net):  # type: ignore[misc]

@@ -322,9 +322,9 @@ class MultiTaskMixin(_Base):
         else:
             result = self.weighting(losses)
         labelled = self._mt_labelled(losses)
-        self._mt_train_means.update(losses, labelled)
+        self._mt_train_means.add(losses, labelled)
         if self.weighting.uses_epoch_losses:
-            self.weighting.epoch_losses.update(losses, labelled)
+            self.weighting.epoch_losses.add(losses, labelled)
         logging_step = is_logging_step(trainer)
         self._mt_log("train", losses, result.weights, result.loss, batch_size, logging_step)
         if logging_step and self._mt_on_nonfinite == "raise":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 from torchmetrics import Metric
@@ -19,8 +21,8 @@ class TaskEpochMean(Metric):
     Example:
         >>> import torch
         >>> mean = TaskEpochMean(2)
-        >>> mean.update(torch.tensor([1.0, 4.0]))
-        >>> mean.update(torch.tensor([3.0, 0.0]), labelled=torch.tensor([1.0, 0.0]))
+        >>> mean.add(torch.tensor([1.0, 4.0]))
+        >>> mean.add(torch.tensor([3.0, 0.0]), labelled=torch.tensor([1.0, 0.0]))
         >>> mean.means()
         tensor([2., 4.])
     """
@@ -35,30 +37,55 @@ class TaskEpochMean(Metric):
         self.add_state("total", torch.zeros(num_tasks), dist_reduce_fx="sum", persistent=persistent)
         self.add_state("count", torch.zeros(num_tasks), dist_reduce_fx="sum", persistent=persistent)
         self.add_state("batches", torch.zeros(()), dist_reduce_fx="sum", persistent=persistent)
+        self._all_labelled = 0  # batches counted on the host since the states last took them in
 
     def update(self, losses: Tensor, labelled: Tensor | None = None) -> None:
-        """Add one batch's ``(K,)`` detached losses; ``labelled`` (``(K,)``, 0 or 1) leaves tasks out."""
-        losses = losses.detach().to(self.total.dtype)
-        self.batches += 1.0
+        """torchmetrics' entry point: the same as :meth:`add`."""
+        self.add(losses, labelled)
+
+    def add(self, losses: Tensor, labelled: Tensor | None = None) -> None:
+        """Add one batch's ``(K,)`` losses; ``labelled`` (``(K,)``, 0 or 1) leaves tasks out.
+
+        The training step's entry point: one in-place addition on the device, without the
+        bookkeeping of torchmetrics' ``update`` wrapper (a batch with every task labelled is
+        counted on the host, and the count joins the states when they are read or saved).
+        """
         if labelled is None:
-            self.total += losses
-            self.count += 1.0
+            self.total.add_(losses.detach())
+            self._all_labelled += 1
         else:
             labelled = labelled.to(self.total)
-            self.total += losses * labelled
-            self.count += labelled
+            self.total.add_(losses.detach() * labelled)
+            self.count.add_(labelled)
+            self.batches.add_(1.0)
+
+    def _flush(self) -> None:
+        if self._all_labelled:
+            self.count.add_(float(self._all_labelled))
+            self.batches.add_(float(self._all_labelled))
+            self._all_labelled = 0
 
     def compute(self) -> Tensor:
-        """The ``(K,)`` epoch means over all processes (0 for a task without any labelled batch)."""
+        """The ``(K,)`` epoch means (0 for a task without any labelled batch)."""
         return self.total / self.count.clamp_min(1.0)
 
     def means(self) -> Tensor:
-        """:meth:`compute` as a ``(K,)`` vector (torchmetrics squeezes a one-task result to a scalar)."""
-        return self.compute().reshape(self.total.shape)
+        """The ``(K,)`` epoch means over all processes (reads the states: once per epoch)."""
+        self._flush()
+        with self.sync_context(should_sync=True):
+            return (self.total / self.count.clamp_min(1.0)).clone()
 
     def seen_any(self) -> bool:
         """Whether a batch was counted since the last reset (reads the device: off the hot path).
 
         DDP training processes run the same number of batches, so this is the same on every process.
         """
-        return bool(self.batches > 0)
+        return self._all_labelled > 0 or bool(self.batches > 0)
+
+    def reset(self) -> None:
+        super().reset()
+        self._all_labelled = 0
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        self._flush()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
