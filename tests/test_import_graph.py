@@ -103,3 +103,12 @@ def test_every_module_of_the_graph_is_a_real_module() -> None:
         if name == f"{PACKAGE}.lightning" and importlib.util.find_spec("lightning") is None:
             continue
         assert importlib.util.find_spec(name) is not None, name
+
+
+def test_every_strategy_file_is_registered_by_importing_the_package() -> None:
+    # A new strategy is one file: weighting/__init__ imports every file of its folder.
+    from lightning_multiloss.weighting import WEIGHTINGS
+
+    files = {path.stem for path in (ROOT / "weighting").glob("*.py") if not path.stem.startswith("_")}
+    registered_from = {cls.__module__.rsplit(".", 1)[1] for cls in WEIGHTINGS.values()}
+    assert files <= registered_from

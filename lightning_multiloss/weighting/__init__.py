@@ -5,6 +5,9 @@
 Fixed()
 """
 
+import importlib
+import pkgutil
+
 from lightning_multiloss.weighting._base import (
     GradientOptions,
     GradientWeighting,
@@ -82,3 +85,9 @@ __all__ = [
     "register",
     "weighted_sum",
 ]
+
+# Every strategy file registers itself when imported: import the ones not named above too, so
+# that a new strategy is one file (and its YAML), with no other file to touch.
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
