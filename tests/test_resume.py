@@ -24,6 +24,8 @@ def make_weighting(kind: str) -> Weighting:
         return Scheduled(Linear(1.0, 0.0, duration=12), unit="step")
     if kind == "epoch":
         return Scheduled(Linear(1.0, 0.2, duration=3), unit="epoch")
+    if kind == "fraction":
+        return Scheduled(Linear(1.0, 0.0, duration=1.0), unit="fraction")
     return Learnable()
 
 
@@ -34,7 +36,20 @@ def expected_alpha(kind: str, step: int) -> float | None:
     if kind == "epoch":
         epoch = (step - 1) // 4
         return 1.0 - 0.8 * min(epoch, 3) / 3
+    if kind == "fraction":  # planned for 2 * HALF steps, also by the interrupted run
+        return 1.0 - (step - 1) / (2 * HALF)
     return None
+
+
+class StopAt(pl.Callback):
+    """Stops training after ``step`` optimizer steps, as an interruption would (same planned length)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
 
 
 def fit(kind: str, tmp_path: Path, max_steps: int, ckpt_path: str | None = None, **kw: Any):
@@ -66,12 +81,13 @@ def optimizer_state(trainer: pl.Trainer) -> dict[int, dict[str, torch.Tensor]]:
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
-@pytest.mark.parametrize("kind", ["step", "epoch", "learnable"])
+@pytest.mark.parametrize("kind", ["step", "epoch", "fraction", "learnable"])
 def test_resume_equals_uninterrupted(tmp_path: Path, kind: str) -> None:
     full, full_trainer, full_record = fit(kind, tmp_path / "full", 2 * HALF)
 
     saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=HALF, save_top_k=-1)
-    fit(kind, tmp_path / "first", HALF, cbs=[saver], enable_checkpointing=True)
+    # Interrupted at HALF, with the same max_steps as the full run (the same planned length).
+    fit(kind, tmp_path / "first", 2 * HALF, cbs=[saver, StopAt(HALF)], enable_checkpointing=True)
     (ckpt,) = sorted((tmp_path / "ckpt").glob("*.ckpt"))
 
     checkpoint = torch.load(ckpt, weights_only=True)
