@@ -4,7 +4,8 @@
   and end where a run without that step's samples ends;
 - a task with no labelled sample on one rank does not stop DDP, and the update is the average
   of the ranks' gradients (a plain-PyTorch replay);
-- the weight trajectory is written once, by rank 0, into the logger's folder.
+- the weight trajectory is written once, by rank 0, into the logger's folder;
+- ``on_nonfinite="raise"`` with a NaN on one rank only: both ranks stop together, naming the step.
 """
 
 from __future__ import annotations
@@ -117,3 +118,16 @@ def test_trajectory_written_once_by_rank_zero(ranks: tuple[Path, list[dict[str, 
     # one message per fit on rank 0 (three fits), none on rank 1
     assert sum("trajectory written" in m for m in rank0["messages"]) == 3
     assert not any("trajectory written" in m for m in rank1["messages"])
+
+
+@pytest.mark.slow
+def test_a_nonfinite_loss_on_one_rank_stops_both_naming_the_step(ranks: tuple[Path, list[dict[str, Any]]]) -> None:
+    _, (rank0, rank1) = ranks
+    for rank in (rank0, rank1):
+        error = rank["raise"]["error"]
+        assert error is not None, "training went on past a NaN"
+        # Rank 1 saw the NaN; rank 0 learns of it through the all-reduce. Both name step 2.
+        assert f"at train step {SKIP_BATCH}, epoch 0, batch {SKIP_BATCH}" in error
+        assert rank["raise"]["global_step"] == 6  # found at the epoch's end, no step waited for it
+    assert "{'reg': nan}" in rank1["raise"]["error"]
+    assert "{'reg': 'non-finite on another process'}" in rank0["raise"]["error"]

@@ -4,6 +4,8 @@
   logs to a CSVLogger (the trajectory file must be written once, by rank 0).
 - ``reference``: the same model and data without the samples of that step (both ranks' batches).
 - ``masked``: the ``reg`` task has no labelled sample in rank 1's batch ``MASK_BATCH``.
+- ``raise``: ``on_nonfinite="raise"`` (the default), the NaN of ``skip`` on rank 1 only, checked at
+  the epoch's end: both processes must stop, together, naming the step (last: it ends in an error).
 
 Usage: python ddp_core.py OUT_DIR
 """
@@ -19,7 +21,7 @@ from pytorch_lightning.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from lightning_multiloss import LossWeightingCallback, Task
+from lightning_multiloss import LossWeightingCallback, NonFiniteLossError, Task
 from lightning_multiloss.weighting import Fixed, Learnable
 from tests._ddp import save_rank_result
 from tests._models import ToyDataset, ToyNet, quiet_trainer
@@ -123,6 +125,16 @@ def main() -> None:
     result["masked"] = snapshot(model, trainer, record)
 
     result["messages"] = list(messages.messages)
+
+    # raise: no logging step in the epoch, so the NaN of step SKIP_BATCH is found at its end
+    model = NaNOnRank1(Fixed(), lr=0.05)
+    record = LossWeightingCallback(plot=False)
+    trainer = ddp_trainer(record, default_root_dir=out_dir / "raise", log_every_n_steps=10_000)
+    try:
+        trainer.fit(model, ddp_loader(ToyDataset(N), rank))
+        result["raise"] = {"error": None}
+    except NonFiniteLossError as error:
+        result["raise"] = {"error": str(error), "global_step": trainer.global_step}
     save_rank_result(out_dir, rank, result)
 
 
