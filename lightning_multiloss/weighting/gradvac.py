@@ -9,7 +9,14 @@ from torch import Tensor
 
 from lightning_multiloss.weighting._gramian import DDPMode, GramianWeighting, Route
 from lightning_multiloss.weighting._registry import register
-from lightning_multiloss.weighting._solvers import finish, prepare, require, step_generator
+from lightning_multiloss.weighting._solvers import (
+    finish,
+    gradvac_weights,
+    prepare,
+    random_orders,
+    require,
+    step_generator,
+)
 
 
 @register("gradvac")
@@ -84,30 +91,8 @@ class GradVac(GramianWeighting):
             if self.num_tasks
             else torch.zeros(k, k, dtype=torch.float64)
         )
-        new_target = target.clone()
-        generator = step_generator(self.seed, int(self.num_steps))
-        diag = g.diagonal().clamp_min(0.0)
-        tiny = 1e-12 * float(diag.max())
-        norms = diag.sqrt()
-        total = torch.zeros(k, dtype=torch.float64)
-        for i in range(k):
-            a = torch.zeros(k, dtype=torch.float64)
-            a[i] = 1.0
-            for j in torch.randperm(k, generator=generator).tolist():
-                if j == i or float(diag[j]) <= tiny:
-                    continue
-                sq = float(a @ g @ a)
-                if sq <= tiny:
-                    continue
-                norm_i = math.sqrt(sq)
-                phi = min(max(float(g[j] @ a) / (norm_i * float(norms[j])), -1.0), 1.0)
-                phi_hat = float(target[i, j])
-                if phi < phi_hat:
-                    root_hat = math.sqrt(max(1.0 - phi_hat**2, 1e-12))
-                    root = math.sqrt(max(1.0 - phi**2, 0.0))
-                    a[j] += norm_i * (phi_hat * root - phi * root_hat) / (float(norms[j]) * root_hat)
-                new_target[i, j] = (1.0 - self.beta) * phi_hat + self.beta * phi
-            total += a
+        orders = random_orders(k, step_generator(self.seed, int(self.num_steps)))
+        total, new_target = gradvac_weights(g, orders, target, self.beta)
         if self.training:
             self.num_steps += 1
             if self.num_tasks:

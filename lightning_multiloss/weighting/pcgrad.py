@@ -7,7 +7,14 @@ from torch import Tensor
 
 from lightning_multiloss.weighting._gramian import DDPMode, GramianWeighting, Route
 from lightning_multiloss.weighting._registry import register
-from lightning_multiloss.weighting._solvers import finish, prepare, require, step_generator
+from lightning_multiloss.weighting._solvers import (
+    finish,
+    pcgrad_weights,
+    prepare,
+    random_orders,
+    require,
+    step_generator,
+)
 
 
 @register("pcgrad")
@@ -55,20 +62,8 @@ class PCGrad(GramianWeighting):
     def weights_from_gramian(self, gramian: Tensor, losses: Tensor) -> Tensor:
         g, _ = prepare(self.name, gramian, losses, self.num_tasks)
         k = g.shape[0]
-        generator = step_generator(self.seed, int(self.num_steps))
-        diag = g.diagonal()
-        usable = diag > 1e-12 * float(diag.max().clamp_min(0.0))
-        total = torch.zeros(k, dtype=torch.float64)
-        for i in range(k):
-            a = torch.zeros(k, dtype=torch.float64)
-            a[i] = 1.0
-            for j in torch.randperm(k, generator=generator).tolist():
-                if j == i or not bool(usable[j]):
-                    continue
-                inner = float(g[j] @ a)
-                if inner < 0.0:
-                    a[j] -= inner / float(g[j, j])
-            total += a
+        orders = random_orders(k, step_generator(self.seed, int(self.num_steps)))
+        total = pcgrad_weights(g, orders)
         if self.training:
             self.num_steps += 1
         return finish(total, gramian)
