@@ -25,9 +25,10 @@ How the K rows are taken (:func:`set_jacobian_mode`):
   Measured on CPU (one thread, batch 64, a conv trunk, K linear heads; ``benchmarks/peers.py``),
   the loop is the faster one: PyTorch's batching rule for the convolution and pooling backward
   runs the K rows one after another and then concatenates them, so the batched call does the
-  same arithmetic as the loop plus copies (about 1.5× its time at K = 8 and 40). Batching can
-  only win where the loop's cost is the K calls themselves (small models on a GPU, where each call
-  is a train of kernel launches): run ``benchmarks/peers.py --device cuda`` to see.
+  same arithmetic as the loop plus copies (1.5× its time at K = 8, 1.8× at K = 40) and needs
+  2.6× (K = 8) to 5.6× (K = 40) its peak memory. Batching can only win where the loop's cost is
+  the K calls themselves (small models on a GPU, where each call is a train of kernel launches):
+  run ``benchmarks/peers.py --device cuda`` to see.
 
 The representation route keeps one call per task: a batched call would send all K rows through
 every head (K² head passes instead of K) and measured 10× slower at K = 40 with linear heads,
@@ -45,8 +46,8 @@ gradient :math:`\sum_i w_i \partial L_i/\partial\phi` from the per-task passes t
 have to take and keep the per-task gradients of the whole model; (3) the backward Lightning
 runs would no longer be the model's own, which user code that hooks into it (tensor and module
 hooks, activation checkpointing, anything added to the returned loss that shares the graph)
-expects. The extra backward costs one pass, 1/K of the route's cost; it is the price of keeping
-mixed precision, accumulation, clipping and DDP exactly as Lightning does them.
+expects. The extra backward is one pass more than the K the route takes anyway; it is the price of
+keeping mixed precision, accumulation, clipping and DDP exactly as Lightning does them.
 
 Under DDP, with each process's task losses a mean over its B samples and DDP averaging the
 gradients over N processes, the global-batch gradient of task i on one sample is 1/N times the
