@@ -8,8 +8,46 @@ Two routes, chosen by the strategy's ``route``:
   backward pass through the heads). :math:`G_{ij} = \sum_s \langle \partial L_i/\partial z_s,
   \partial L_j/\partial z_s\rangle` over the samples :math:`s` of the batch.
 - ``"parameters"``: the rows of the Jacobian :math:`J` are :math:`\partial L_i/\partial\theta` over
-  the shared parameters :math:`\theta` (one backward pass through the trunk per task, so about
-  K times the cost of a backward, and a K×P matrix in memory); :math:`G = J J^\top`.
+  the shared parameters :math:`\theta` (about K times the cost of a backward pass through the
+  trunk, and a K×P matrix in memory); :math:`G = J J^\top`.
+
+How the K rows are taken (:func:`set_jacobian_mode`):
+
+- ``"loop"`` (the default): one ``torch.autograd.grad`` per task, each through its own head and
+  the trunk. Peak extra memory: the K×P Jacobian plus one backward pass's activation gradients.
+- ``"batched"``: one vectorised backward (``is_grads_batched=True``) of the K losses with the
+  identity as K stacked output gradients: one call instead of K, but it holds K backward
+  passes' activation gradients at once (and the K×P result twice while it is flattened), and
+  every head backpropagates all K rows (K−1 of them zero). Where an operation cannot be batched
+  (no batching rule, an in-place update or ``.item()`` in a custom backward) the step falls back
+  to the loop, warns once and keeps the loop from then on.
+
+  Measured on CPU (one thread, batch 64, a conv trunk, K linear heads; ``benchmarks/peers.py``),
+  the loop is the faster one: PyTorch's batching rule for the convolution and pooling backward
+  runs the K rows one after another and then concatenates them, so the batched call does the
+  same arithmetic as the loop plus copies (1.5× its time at K = 8, 1.8× at K = 40) and needs
+  2.6× (K = 8) to 5.6× (K = 40) its peak memory. Batching can only win where the loop's cost is
+  the K calls themselves (small models on a GPU, where each call is a train of kernel launches):
+  run ``benchmarks/peers.py --device cuda`` to see.
+
+The representation route keeps one call per task: a batched call would send all K rows through
+every head (K² head passes instead of K) and measured 10× slower at K = 40 with linear heads,
+while the K calls through one small head each cost little (about 35 µs each on that CPU).
+
+Lightning's backward stays. With the parameter route the rows of :math:`J` hold the trunk part of
+the gradient that Lightning's backward of :math:`\sum_i w_i L_i` computes again (K + 1 backward
+passes instead of the K of the LibMTL way). Returning instead a loss whose gradient on
+:math:`\theta` is the known :math:`J^\top w` (a linear term :math:`\langle\theta, J^\top w\rangle`
+minus its detached value, as GradDrop does for :math:`z`) would skip the trunk in that backward,
+but: (1) the per-task passes run on the unscaled losses, so under float16 mixed precision the
+applied update would lose the GradScaler's protection against underflow; (2) every other
+parameter (the heads, and any parameter outside ``shared_parameters()``) then needs its
+gradient :math:`\sum_i w_i \partial L_i/\partial\phi` from the per-task passes too, so those would
+have to take and keep the per-task gradients of the whole model; (3) the backward Lightning
+runs would no longer be the model's own, which user code that hooks into it (tensor and module
+hooks, activation checkpointing, anything added to the returned loss that shares the graph)
+expects. The extra backward is one pass more than the K the route takes anyway; it is the price of
+keeping mixed precision, accumulation, clipping and DDP exactly as Lightning does them.
 
 Under DDP, with each process's task losses a mean over its B samples and DDP averaging the
 gradients over N processes, the global-batch gradient of task i on one sample is 1/N times the
@@ -28,8 +66,9 @@ gradient of the single-process run on the global batch.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.distributed as dist
@@ -46,6 +85,11 @@ except ImportError:  # pragma: no cover - old torch: differentiate losses[i] (sl
 
 Route = Literal["parameters", "representation"]
 DDPMode = Literal["exact", "local"]
+JacobianMode = Literal["loop", "batched"]
+
+_jacobian_mode: JacobianMode = "loop"
+_batching_failure: str | None = None
+"""Why the batched Jacobian failed once (then the loop is used from there on), or ``None``."""
 
 
 def world_size() -> int:
@@ -104,20 +148,90 @@ def representation_gradients(losses: Tensor, representation: Tensor, strategy: s
     return torch.stack(rows)
 
 
-def parameter_gradients(losses: Tensor, parameters: Sequence[Tensor]) -> Tensor:
+def set_jacobian_mode(mode: JacobianMode) -> None:
+    """How :func:`parameter_gradients` takes the K rows of the Jacobian from now on (see the module docs).
+
+    ``"loop"`` (the default): one backward pass per task; ``"batched"``: one vectorised backward
+    pass for all K, falling back to the loop where an operation cannot be batched.
+    """
+    global _jacobian_mode
+    if mode not in get_args(JacobianMode):
+        raise MultiLossError(f"jacobian mode must be one of {list(get_args(JacobianMode))}, got {mode!r}")
+    _jacobian_mode = mode
+
+
+def jacobian_mode() -> JacobianMode:
+    """The mode set by :func:`set_jacobian_mode` (``"loop"`` unless changed)."""
+    return _jacobian_mode
+
+
+def parameter_gradients(losses: Tensor, parameters: Sequence[Tensor], mode: JacobianMode | None = None) -> Tensor:
     """``(K, P)``: the Jacobian of the task losses with respect to ``parameters``, flattened, float32 or wider.
 
-    One backward pass per task through the shared part of the network; a parameter that a
-    task does not use contributes zeros. Nothing is accumulated into ``.grad``.
+    ``mode``: ``"loop"`` or ``"batched"`` (default: :func:`jacobian_mode`); both give the same
+    values to rounding. A parameter that a task does not use contributes zeros. The graph is kept
+    (Lightning's backward follows); nothing is accumulated into ``.grad``.
     """
-    dtype = torch.promote_types(parameters[0].dtype, torch.float32)
+    chosen = _jacobian_mode if mode is None else mode
+    if chosen == "batched" and _batching_failure is None:
+        try:
+            return _batched_jacobian(losses, parameters)
+        except RuntimeError as error:
+            jacobian = _looped_jacobian(losses, parameters)  # an error that is not batching's is raised here
+            _remember_batching_failure(error)
+            return jacobian
+    return _looped_jacobian(losses, parameters)
+
+
+def _jacobian_dtype(parameters: Sequence[Tensor]) -> torch.dtype:
+    return torch.promote_types(parameters[0].dtype, torch.float32)
+
+
+def _looped_jacobian(losses: Tensor, parameters: Sequence[Tensor]) -> Tensor:
+    """One ``autograd.grad`` per task, each row written in place (one concatenation per task)."""
     sizes = [p.numel() for p in parameters]
-    jacobian = torch.zeros(losses.numel(), sum(sizes), dtype=dtype, device=parameters[0].device)
+    jacobian = torch.empty(losses.numel(), sum(sizes), dtype=_jacobian_dtype(parameters), device=parameters[0].device)
     for row, grads in zip(jacobian, task_grads(losses, parameters), strict=True):
+        if all(g is not None for g in grads):
+            torch.cat([g.reshape(-1) for g in grads if g is not None], out=row)
+            continue
         for piece, g in zip(row.split(sizes), grads, strict=True):
-            if g is not None:
+            if g is None:
+                piece.zero_()
+            else:
                 piece.copy_(g.reshape(-1))
     return jacobian
+
+
+def _batched_jacobian(losses: Tensor, parameters: Sequence[Tensor]) -> Tensor:
+    """One vectorised ``autograd.grad`` with the identity as the K output gradients."""
+    k = losses.numel()
+    dtype = _jacobian_dtype(parameters)
+    device = parameters[0].device
+    if losses.grad_fn is None:  # every loss is a constant
+        return torch.zeros(k, sum(p.numel() for p in parameters), dtype=dtype, device=device)
+    identity = torch.eye(k, dtype=losses.dtype, device=losses.device)
+    grads = torch.autograd.grad(
+        losses, list(parameters), grad_outputs=identity, retain_graph=True, allow_unused=True, is_grads_batched=True
+    )
+    return torch.cat(
+        [
+            torch.zeros(k, p.numel(), dtype=dtype, device=device) if g is None else g.reshape(k, -1).to(dtype)
+            for p, g in zip(parameters, grads, strict=True)
+        ],
+        dim=1,
+    )
+
+
+def _remember_batching_failure(error: RuntimeError) -> None:
+    global _batching_failure
+    _batching_failure = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    warnings.warn(
+        f"the batched Jacobian of the parameter route failed ({_batching_failure}); "
+        "using one backward pass per task from now on",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def gramian_of(rows: Tensor) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -38,3 +39,35 @@ def test_scaling_prints_time_and_memory_per_route(tmp_path: Path) -> None:
         rows = [line for line in out.splitlines() if line.startswith(label)]
         assert len(rows) == 2, (label, out)  # one time row, one memory row
         assert all(len(row.strip("|").split("|")) == 3 for row in rows), rows  # label + one cell per K
+
+
+@pytest.mark.slow
+def test_peers_prints_the_side_by_side_table_and_the_targets() -> None:
+    out = run_script(
+        "peers.py", "--tasks", "2", "8", "--steps", "1", "--warmup", "1", "--rounds", "1", "--min-time", "0",
+        "--batched", "--methods", "mgda", "pcgrad",
+    )
+    with_torchjd = importlib.util.find_spec("torchjd") is not None
+    families = ["LibMTL way", "package, parameters", "package, parameters, batched Jacobian", "package, representation"]
+    if with_torchjd:
+        families.insert(0, "torchjd")
+    else:
+        assert 'torchjd is not installed (pip install ".[bench]")' in out, out
+    headers = [line for line in out.splitlines() if line.startswith("| K |")]
+    assert len(headers) == 2, out  # the time table and the memory table
+    assert all(family in headers[0] for family in families), headers[0]
+    for k in ("2", "8"):
+        time_row, memory_row = [line for line in out.splitlines() if line.startswith(f"| {k} |")]
+        cells = [cell.strip() for cell in time_row.strip("|").split("|")]
+        assert len(cells) == 2 + len(families) and float(cells[1]) > 0, time_row  # K, summed (ms), families
+        for cell in cells[2:]:
+            assert all(float(value) > 0 for value in cell.split(" / ")) and cell.count(" / ") == 1, time_row
+        assert len(memory_row.strip("|").split("|")) == 4 + len(families), memory_row
+    targets = [line for line in out.splitlines() if line.startswith("- K=")]
+    assert all(line.endswith(("PASS", "FAIL")) for line in targets), targets
+    for method in ("mgda", "pcgrad"):
+        assert any(line.startswith(f"- K=2 {method}: parameter route / LibMTL way:") for line in targets), targets
+        assert any(line.startswith(f"- K=8 {method}: representation route / summed:") for line in targets), targets
+        assert any(line.startswith(f"- K=8 {method}: parameter route's memory") for line in targets), targets
+        has_torchjd_target = any(line.startswith(f"- K=8 {method}: parameter route / torchjd:") for line in targets)
+        assert has_torchjd_target == with_torchjd, targets

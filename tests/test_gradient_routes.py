@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,8 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_multiloss import MultiLossError, MultiTaskMixin, Task
-from lightning_multiloss.gradients import find_shared_parameters, gramian_and_losses
+from lightning_multiloss import MultiLossError, MultiTaskMixin, Task, gradients
+from lightning_multiloss.gradients import (
+    find_shared_parameters,
+    gramian_and_losses,
+    jacobian_mode,
+    parameter_gradients,
+    set_jacobian_mode,
+)
 from lightning_multiloss.weighting import WEIGHTINGS, Fixed, GradDrop, GramianWeighting, Progress, Weighting
 from lightning_multiloss.weighting.graddrop import graddrop_gradient
 from tests._ddp import run_ddp_script
@@ -225,6 +232,124 @@ def test_parameter_gramian_equals_jjt_and_shared_parameters_are_the_trunk() -> N
     gramian, _ = gramian_and_losses(losses, route="parameters", ddp="exact", parameters=shared)
     torch.testing.assert_close(gramian, brute_gramian(model, batch, "parameters"), rtol=1e-5, atol=1e-9)
     assert all(p.grad is None for p in model.parameters())
+
+
+class InPlaceBackward(torch.autograd.Function):
+    """Doubles its input; the backward writes into a fresh unbatched tensor in place, which a
+    vectorised backward cannot do (as some custom operators do)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        ctx.shape = x.shape
+        return 2.0 * x
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        out = torch.zeros(ctx.shape, dtype=grad.dtype)
+        out += 2.0 * grad
+        return out
+
+
+class ConvHeads(nn.Module):
+    """Conv trunk (conv, max-pool, linear), a layer only tasks a and b use, and three heads."""
+
+    def __init__(self, custom_op: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.trunk = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 4 * 4, 12), nn.Tanh()
+        )
+        self.ab = nn.Linear(12, 12)
+        self.heads = nn.ModuleDict({"a": nn.Linear(12, 1), "b": nn.Linear(12, 3), "c": nn.Linear(12, 2)})
+        self.custom_op = custom_op
+
+    def task_losses(self, x: Tensor, targets: dict[str, Tensor], only: str | None = None) -> Tensor:
+        z = self.trunk(x)
+        if self.custom_op:
+            z = InPlaceBackward.apply(z)
+        losses = []
+        for name, head in self.heads.items():
+            if only not in (None, name):
+                continue
+            h = torch.relu(self.ab(z)) if name in ("a", "b") else z
+            losses.append(F.mse_loss(head(h), targets[name]))
+        return torch.stack(losses)
+
+
+def conv_batch() -> tuple[Tensor, dict[str, Tensor]]:
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(6, 1, 8, 8, generator=g)
+    return x, {name: torch.randn(6, size, generator=g) for name, size in (("a", 1), ("b", 3), ("c", 2))}
+
+
+def per_task_jacobian(model: ConvHeads, x: Tensor, targets: dict[str, Tensor], params: list[nn.Parameter]) -> Tensor:
+    """Each row from its own forward pass and its own autograd call; zeros where a task does not reach."""
+    rows = []
+    for name in model.heads:
+        (loss,) = model.task_losses(x, targets, only=name)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        pieces = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
+        rows.append(torch.cat([piece.reshape(-1) for piece in pieces]))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("mode", ["loop", "batched"])
+def test_parameter_jacobian_equals_per_task_autograd(mode: str) -> None:
+    model = ConvHeads()
+    x, targets = conv_batch()
+    params = [*model.trunk.parameters(), *model.ab.parameters()]  # ab: unused by task c (zero row piece)
+    losses = model.task_losses(x, targets)
+    jacobian = parameter_gradients(losses, params, mode=mode)  # type: ignore[arg-type]
+    expected = per_task_jacobian(model, x, targets, params)
+    assert jacobian.shape == expected.shape == (3, sum(p.numel() for p in params))
+    torch.testing.assert_close(jacobian, expected, rtol=1e-6, atol=1e-7)
+    assert float(jacobian[2, -sum(p.numel() for p in model.ab.parameters()) :].abs().max()) == 0.0
+    assert all(p.grad is None for p in model.parameters())
+    losses.sum().backward()  # the graph is kept for Lightning's backward
+
+
+def test_batched_jacobian_falls_back_to_the_loop_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gradients, "_batching_failure", None)
+    model = ConvHeads(custom_op=True)
+    x, targets = conv_batch()
+    params = list(model.trunk.parameters())
+    expected = per_task_jacobian(model, x, targets, params)
+    with pytest.warns(RuntimeWarning, match="batched Jacobian of the parameter route failed .*one backward pass per"):
+        first = parameter_gradients(model.task_losses(x, targets), params, mode="batched")
+    torch.testing.assert_close(first, expected, rtol=1e-6, atol=1e-7)
+    assert gradients._batching_failure is not None and "vmap" in gradients._batching_failure
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # remembered: no second try, no second warning
+        second = parameter_gradients(model.task_losses(x, targets), params, mode="batched")
+    torch.testing.assert_close(second, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_batched_jacobian_mode_gives_the_same_lightning_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gradients, "_batching_failure", None)
+    calls: list[int] = []
+    batched_jacobian = gradients._batched_jacobian
+
+    def counted(losses: Tensor, parameters: Sequence[Tensor]) -> Tensor:
+        calls.append(losses.numel())
+        return batched_jacobian(losses, parameters)
+
+    monkeypatch.setattr(gradients, "_batched_jacobian", counted)
+    assert jacobian_mode() == "loop"
+    with pytest.raises(MultiLossError, match=r"jacobian mode must be one of \['loop', 'batched'\], got 'vmap'"):
+        set_jacobian_mode("vmap")  # type: ignore[arg-type]
+    looped = net_for("parameters", WEIGHTINGS["upgrad"](route="parameters"), ("cls", "reg", "aux"))
+    batched = copy.deepcopy(looped)
+    before = copy.deepcopy(looped)
+    fit(looped, tmp_path / "loop", batches=3, max_steps=3)
+    set_jacobian_mode("batched")
+    try:
+        fit(batched, tmp_path / "batched", batches=3, max_steps=3)
+    finally:
+        set_jacobian_mode("loop")
+    assert calls == [3, 3, 3] and gradients._batching_failure is None  # the batched call did the work
+    assert_params_close(params_of(batched), params_of(looped), atol=1e-6, what="batched vs loop")
+    want = replay(before, batches_of(3), "parameters", lr=0.1)
+    assert_params_close(params_of(batched), want, atol=1e-5, what="batched vs replay")
 
 
 def test_mgda2_oracle_matches_published_example() -> None:

@@ -33,7 +33,15 @@ from lightning_multiloss.weighting import (
     create_weighting,
 )
 from lightning_multiloss.weighting._common import seeded_generator
-from lightning_multiloss.weighting._solvers import box_qp, simplex_min_linear_plus_norm, simplex_qp
+from lightning_multiloss.weighting._solvers import (
+    _principal_pivoting,
+    box_qp,
+    gradvac_weights,
+    pcgrad_weights,
+    regularize,
+    simplex_min_linear_plus_norm,
+    simplex_qp,
+)
 
 J0 = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
 NAMES = ["mgda", "pcgrad", "gradvac", "cagrad", "imtl_g", "nash_mtl", "aligned_mtl", "upgrad", "gradnorm", "db_mtl"]
@@ -268,6 +276,59 @@ def test_pcgrad_order_from_seed_and_step() -> None:
     assert int(strategy.num_steps) == 4
 
 
+def pcgrad_gramian_loop(gram: Tensor, orders: Tensor) -> Tensor:
+    """Algorithm 1 of Yu et al. in Gramian form, one task and one other task at a time."""
+    k = gram.shape[0]
+    top = max(float(gram.diagonal().max()), 0.0)
+    total = torch.zeros(k, dtype=F64)
+    for i in range(k):
+        a = torch.zeros(k, dtype=F64)
+        a[i] = 1.0
+        for j in orders[i].tolist():
+            if j == i or float(gram[j, j]) <= 1e-12 * top:
+                continue
+            inner = float(a @ gram[:, j])  # g_i'·g_j
+            if inner < 0.0:
+                a[j] -= inner / float(gram[j, j])
+        total += a
+    return total
+
+
+def test_pcgrad_vectorised_matches_the_loop_of_algorithm_1() -> None:
+    g = torch.Generator().manual_seed(12)
+    for k, p in [(2, 5), (5, 3), (17, 40), (40, 30), (40, 200)]:
+        jac = torch.randn(k, p, generator=g, dtype=F64) * torch.rand(k, 1, generator=g, dtype=F64)
+        jac[k // 2] = 0.0  # a zero gradient: never projected onto
+        orders = torch.stack([torch.randperm(k, generator=g) for _ in range(k)])
+        gram = jac @ jac.T
+        w = pcgrad_weights(gram, orders)
+        torch.testing.assert_close(w, pcgrad_gramian_loop(gram, orders), atol=1e-10, rtol=1e-10)
+        expected = pcgrad_replay(jac, orders.tolist())[0]
+        torch.testing.assert_close(w @ jac, expected, atol=1e-9, rtol=1e-9)
+
+
+def test_box_qp_meets_the_optimality_conditions_at_forty_tasks() -> None:
+    # UPGrad's K problems at K = 40, some with a rank-deficient Gramian (K > P), where block
+    # pivoting stalls on some rows and the active-set method finishes them.
+    g = torch.Generator().manual_seed(13)
+    stalled = 0
+    for p in (8, 25, 60, 300):
+        jac = torch.randn(40, p, generator=g, dtype=F64) + 0.3 * torch.randn(1, p, generator=g, dtype=F64)
+        gram = jac @ jac.T
+        gram = gram / torch.trace(gram) + 1e-4 * torch.eye(40, dtype=F64)
+        lower = torch.eye(40, dtype=F64) / 40
+        v = box_qp(gram, lower)
+        q = gram + 1e-10 * torch.trace(gram) / 40 * torch.eye(40, dtype=F64)  # the solver's ridge
+        y = v @ q  # the gradient of ½vᵀQv; optimal: y ≥ 0, and y = 0 where v > lower
+        assert bool((v >= lower - 1e-15).all())
+        assert float(y.min()) >= -1e-10
+        assert float(((v - lower) * y).abs().max()) <= 1e-10
+        for row in (0, 17, 39):  # a row solved alone is the same
+            torch.testing.assert_close(box_qp(gram, lower[row]), v[row], atol=1e-12, rtol=0)
+        stalled += int((~_principal_pivoting(regularize(gram), lower @ regularize(gram), 90)[1]).sum())
+    assert stalled > 0  # the fallback was exercised
+
+
 def gradvac_replay(jac: Tensor, orders: list[list[int]], target: Tensor, beta: float) -> tuple[Tensor, Tensor]:
     """Wang et al.'s update on the gradient vectors (whole-model similarity)."""
     target = target.clone()
@@ -300,6 +361,17 @@ def test_gradvac_matches_vector_replay_over_steps() -> None:
         torch.testing.assert_close(weights(strategy, jac) @ jac, expected, atol=1e-9, rtol=1e-9)
         torch.testing.assert_close(strategy.target, target, atol=1e-12, rtol=0)
     assert bool((target[~torch.eye(3, dtype=torch.bool)] != 0).all())  # every pair's target moved
+
+
+def test_gradvac_vectorised_matches_vector_replay_at_ten_tasks() -> None:
+    g = torch.Generator().manual_seed(14)
+    jac = torch.randn(10, 7, generator=g, dtype=F64)
+    target = (torch.rand(10, 10, generator=g, dtype=F64) - 0.5) * (1 - torch.eye(10, dtype=F64))
+    orders = torch.stack([torch.randperm(10, generator=g) for _ in range(10)])
+    w, new_target = gradvac_weights(jac @ jac.T, orders, target, beta=0.2)
+    expected, expected_target = gradvac_replay(jac, orders.tolist(), target, 0.2)
+    torch.testing.assert_close(w @ jac, expected, atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(new_target, expected_target, atol=1e-12, rtol=0)
 
 
 def cagrad_objective(x: np.ndarray, g: np.ndarray, rho: float) -> float:

@@ -153,15 +153,68 @@ def simplex_qp(
     return _active_set(regularize(gramian, ridge), c, simplex=True, max_iter=20 * k + 100, start=start)
 
 
+def _principal_pivoting(q: Tensor, c: Tensor, max_iter: int) -> tuple[Tensor, Tensor]:
+    """Block principal pivoting for ``min ½xᵀQx + cᵀx`` s.t. ``x ≥ 0``, ``m`` problems (rows of ``c``) at once.
+
+    The optimality conditions are the linear complementarity problem ``x ≥ 0``, ``y = Qx + c ≥ 0``,
+    ``xᵢyᵢ = 0``. Each step guesses the free set ``F`` (``y_F = 0``, the rest ``x = 0``), solves
+    ``Q_FF x_F = −c_F`` and swaps *every* index that breaks a sign (``x_F < 0`` or ``y < 0`` off
+    ``F``) at once, so one step can change many variables where an active-set method changes one:
+    a few steps instead of about ``K`` (Júdice & Pires 1994). Block swaps can cycle, so a row whose
+    number of wrong signs has not fallen for three steps stops, unsolved. Each row keeps its own
+    free set and counters; the rows still running take one batched Cholesky solve per step
+    (``Q`` on the free set, identity rows and columns for the fixed variables).
+
+    Returns ``(x, solved)``: ``x`` of an unsolved row is its last guess, clipped to ``x ≥ 0``.
+    """
+    m, k = c.shape
+    tol = (1e-11 * (float(q.diagonal().abs().max()) + c.abs().amax(dim=1) + 1e-300))[:, None]
+    eye = torch.eye(k, dtype=_F64)
+    x = torch.zeros(m, k, dtype=_F64)
+    # The first guess, F = ∅, needs no solve: x = 0, y = c.
+    free = c < -tol
+    solved = ~free.any(dim=1)
+    running = ~solved
+    fewest_wrong = free.sum(dim=1)
+    tries_left = torch.full((m,), 3)
+    for _ in range(max_iter):
+        if not bool(running.any()):
+            break
+        rows = running.nonzero().flatten()
+        f, rhs = free[rows], c[rows]
+        factor = torch.linalg.cholesky(torch.where(f[:, :, None] & f[:, None, :], q, eye))
+        guess = torch.cholesky_solve(torch.where(f, -rhs, 0.0).unsqueeze(-1), factor).squeeze(-1)
+        x[rows] = guess
+        wrong = torch.where(f, guess < -tol[rows], guess @ q + rhs < -tol[rows])
+        count = wrong.sum(dim=1)
+        fewer = count < fewest_wrong[rows]
+        fewest_wrong[rows] = torch.where(fewer, count, fewest_wrong[rows])
+        tries_left[rows] = torch.where(fewer, 3, tries_left[rows] - 1)
+        free[rows] = f ^ wrong
+        solved[rows] = count == 0
+        running[rows] = (count > 0) & (tries_left[rows] > 0)
+    return x.clamp_min(0.0), solved
+
+
 def box_qp(gramian: Tensor, lower: Tensor, ridge: float = RIDGE) -> Tensor:
     """``argmin_{v ≥ u} vᵀGv``: the dual of the projection of ``Jᵀu`` onto the dual cone of the rows of ``J``.
 
     Solved as ``v = u + x`` with ``x = argmin_{x ≥ 0} ½xᵀGx + (Gu)ᵀx``. ``lower`` of shape
-    ``(m, K)``: ``m`` such problems at once (one row of the result each).
+    ``(m, K)``: ``m`` such problems at once (one row of the result each), by block principal
+    pivoting; a row where that stalls is finished by the active-set method, started from where
+    pivoting stopped.
     """
     g = regularize(gramian, ridge)
     lower = lower.to(_F64)
-    return lower + _active_set(g, lower @ g, simplex=False, max_iter=20 * gramian.shape[0] + 100)
+    single = lower.ndim == 1
+    lower = lower.reshape(-1, g.shape[0])
+    linear = lower @ g
+    x, solved = _principal_pivoting(g, linear, max_iter=2 * g.shape[0] + 10)
+    if not bool(solved.all()):
+        rest = ~solved
+        x[rest] = _active_set(g, linear[rest], simplex=False, max_iter=20 * g.shape[0] + 100, start=x[rest])
+    v = lower + x
+    return v[0] if single else v
 
 
 def simplex_min_linear_plus_norm(
@@ -311,3 +364,57 @@ def pinv_psd(gramian: Tensor) -> Tensor:
         return torch.zeros_like(gramian)
     v = vectors[:, :rank]
     return v @ torch.diag(1.0 / values[:rank]) @ v.T
+
+
+def random_orders(k: int, generator: torch.Generator) -> Tensor:
+    """``(K, K)``: row ``i`` is the order in which task ``i`` visits the tasks (one ``randperm`` per task, in turn)."""
+    return torch.stack([torch.randperm(k, generator=generator) for _ in range(k)])
+
+
+def pcgrad_weights(gramian: Tensor, orders: Tensor) -> Tensor:
+    r"""PCGrad's ``w`` (the update is ``Jᵀw``) from the Gramian and each task's order of the others.
+
+    Algorithm 1 of Yu et al. in Gramian form: ``g_i' = Σ_k A_ik g_k`` with ``A_i = e_i``; for each
+    ``j`` in row ``i`` of ``orders`` (``j ≠ i``, ``g_j ≠ 0``): if ``g_i'·g_j = (A_i G)_j < 0``, then
+    ``A_ij −= (A_i G)_j / G_jj``; ``w = Σ_i A_i``. The K tasks are independent of each other, so
+    step ``t`` projects every ``g_i'`` onto its own ``t``-th task at once: K vectorised steps
+    instead of K² scalar ones.
+    """
+    k = gramian.shape[0]
+    diag = gramian.diagonal()
+    usable = diag > 1e-12 * float(diag.max().clamp_min(0.0))  # a zero gradient is never projected onto
+    a = torch.eye(k, dtype=_F64)
+    tasks = torch.arange(k)
+    for j in orders.T:  # column t: the t-th task of every row
+        inner = (a * gramian[j]).sum(dim=1)  # g_i'·g_j = (A_i G)_j, G symmetric
+        project = (j != tasks) & usable[j] & (inner < 0.0)
+        a[tasks, j] -= torch.where(project, inner / diag[j], 0.0)
+    return a.sum(dim=0)
+
+
+def gradvac_weights(gramian: Tensor, orders: Tensor, target: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+    r"""GradVac's ``w`` and the updated target similarities ``φ̂`` (K×K), vectorised like :func:`pcgrad_weights`.
+
+    For each ``j`` in row ``i`` of ``orders`` (``j ≠ i``, ``g_j ≠ 0``, ``g_i' ≠ 0``), with
+    ``φ = cos(g_i', g_j)``: if ``φ < φ̂_ij``, ``A_ij += ‖g_i'‖(φ̂√(1−φ²) − φ√(1−φ̂²)) / (‖g_j‖√(1−φ̂²))``;
+    then ``φ̂_ij ← (1−β)φ̂_ij + βφ``. ``target`` is read, not written (the new one is returned).
+    """
+    k = gramian.shape[0]
+    diag = gramian.diagonal().clamp_min(0.0)
+    tiny = 1e-12 * float(diag.max())
+    norms = diag.sqrt()
+    new_target = target.clone()
+    a = torch.eye(k, dtype=_F64)
+    tasks = torch.arange(k)
+    for j in orders.T:
+        square = ((a @ gramian) * a).sum(dim=1)  # ‖g_i'‖²
+        active = (j != tasks) & (diag[j] > tiny) & (square > tiny)
+        norm = square.clamp_min(0.0).sqrt()
+        phi = ((a * gramian[j]).sum(dim=1) / (norm * norms[j])).clamp(-1.0, 1.0)
+        phi_hat = target[tasks, j]
+        root_hat = (1.0 - phi_hat**2).clamp_min(1e-12).sqrt()
+        root = (1.0 - phi**2).clamp_min(0.0).sqrt()
+        step = norm * (phi_hat * root - phi * root_hat) / (norms[j] * root_hat)
+        a[tasks, j] += torch.where(active & (phi < phi_hat), step, 0.0)
+        new_target[tasks, j] = torch.where(active, (1.0 - beta) * phi_hat + beta * phi, new_target[tasks, j])
+    return a.sum(dim=0), new_target

@@ -12,6 +12,7 @@ from lightning_multiloss.weighting._base import GradientOptions
 from lightning_multiloss.weighting._common import require, seeded_generator
 from lightning_multiloss.weighting._gramian import GramianWeighting
 from lightning_multiloss.weighting._registry import register
+from lightning_multiloss.weighting._solvers import gradvac_weights, random_orders
 
 
 @register("gradvac")
@@ -84,31 +85,13 @@ class GradVac(GramianWeighting):
 
     def compute_weights(self, g: Tensor, losses: Tensor) -> Tensor:
         k = g.shape[0]
-        target = self.target.clone() if self.num_tasks else torch.zeros(k, k, dtype=torch.float64)
-        new_target = target.clone()
-        generator = seeded_generator(self.seed, int(self.num_steps))
-        diag = g.diagonal().clamp_min(0.0)
-        tiny = 1e-12 * float(diag.max())
-        norms = diag.sqrt()
-        total = torch.zeros(k, dtype=torch.float64)
-        for i in range(k):
-            a = torch.zeros(k, dtype=torch.float64)
-            a[i] = 1.0
-            for j in torch.randperm(k, generator=generator).tolist():
-                if j == i or float(diag[j]) <= tiny:
-                    continue
-                sq = float(a @ g @ a)
-                if sq <= tiny:
-                    continue
-                norm_i = math.sqrt(sq)
-                phi = min(max(float(g[j] @ a) / (norm_i * float(norms[j])), -1.0), 1.0)
-                phi_hat = float(target[i, j])
-                if phi < phi_hat:
-                    root_hat = math.sqrt(max(1.0 - phi_hat**2, 1e-12))
-                    root = math.sqrt(max(1.0 - phi**2, 0.0))
-                    a[j] += norm_i * (phi_hat * root - phi * root_hat) / (float(norms[j]) * root_hat)
-                new_target[i, j] = (1.0 - self.beta) * phi_hat + self.beta * phi
-            total += a
+        target = (
+            self.target.clone()
+            if self.num_tasks
+            else torch.zeros(k, k, dtype=torch.float64)
+        )
+        orders = random_orders(k, seeded_generator(self.seed, int(self.num_steps)))
+        total, new_target = gradvac_weights(g, orders, target, self.beta)
         if self.training:
             self.num_steps += 1
             if self.num_tasks:

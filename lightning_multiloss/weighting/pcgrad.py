@@ -10,6 +10,7 @@ from lightning_multiloss.weighting._base import GradientOptions
 from lightning_multiloss.weighting._common import require, seeded_generator
 from lightning_multiloss.weighting._gramian import GramianWeighting
 from lightning_multiloss.weighting._registry import register
+from lightning_multiloss.weighting._solvers import pcgrad_weights, random_orders
 
 
 @register("pcgrad")
@@ -61,20 +62,8 @@ class PCGrad(GramianWeighting):
 
     def compute_weights(self, g: Tensor, losses: Tensor) -> Tensor:
         k = g.shape[0]
-        generator = seeded_generator(self.seed, int(self.num_steps))
-        diag = g.diagonal()
-        usable = diag > 1e-12 * float(diag.max().clamp_min(0.0))
-        total = torch.zeros(k, dtype=torch.float64)
-        for i in range(k):
-            a = torch.zeros(k, dtype=torch.float64)
-            a[i] = 1.0
-            for j in torch.randperm(k, generator=generator).tolist():
-                if j == i or not bool(usable[j]):
-                    continue
-                inner = float(g[j] @ a)
-                if inner < 0.0:
-                    a[j] -= inner / float(g[j, j])
-            total += a
+        orders = random_orders(k, seeded_generator(self.seed, int(self.num_steps)))
+        total = pcgrad_weights(g, orders)
         if self.training:
             self.num_steps += 1
         return total
