@@ -345,7 +345,8 @@ API_CASES = [
     ApiCase(
         "schedule-out-of-range-before-training",
         lambda: planned(Scheduled({"reg": Linear(1.0, -0.5, duration=1.0)}, unit="fraction"), total_steps=10),
-        r"weighting 'scheduled': the scheduled weight at t=0\.667 for task 'reg' must be finite and >= 0, got .*"
+        # 1 - 1.5 t < 0 from t = 2/3 on; of the 10 planned steps, step 7 (t = 0.7) is the first there.
+        r"weighting 'scheduled': the scheduled weight at t=0\.7 for task 'reg' must be finite and >= 0, got .*"
         r" \(checked over the planned run, before the first step\)",
     ),
     ApiCase(

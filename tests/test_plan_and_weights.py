@@ -71,9 +71,10 @@ def test_a_schedule_out_of_range_fails_before_the_first_step(tmp_path: Path) -> 
     # -0.5 is reached at the end only, yet the error comes before any step ...
     assert trainer.global_step == 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    # ... at the first t where the weight is negative: 1 - 1.5·t < 0 for t > 2/3.
+    # ... at the first planned step where the weight is negative: 1 - 1.5·s/12 < 0 (12 steps).
+    first_bad = next(step for step in range(13) if 1.0 - 1.5 * step / 12 < 0)
     t = float(str(info.value).split("at t=")[1].split(" ")[0])
-    assert 2 / 3 < t <= 2 / 3 + 1 / 2000 + 1e-3
+    assert t == pytest.approx(first_bad / 12, abs=1e-3)
 
 
 def test_current_weights_of_the_strategies_with_their_own_state(tmp_path: Path) -> None:

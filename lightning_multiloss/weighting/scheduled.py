@@ -113,27 +113,27 @@ class Scheduled(Weighting):
         return progress.step / progress.total_steps
 
     def check_plan(self, progress: Progress) -> None:
-        """Check the weights over the whole planned run (``[t now, t at the end]``), before the first step.
+        """Check the weights at every step of the planned run, before the first one.
 
-        The schedules are sampled at 2001 evenly spaced points and at the run's ends; a value
-        out of range (negative, non-finite, alpha outside [0, 1]) fails now with its task and
-        ``t``, not when training reaches it. Without a known end (no ``max_steps`` or
-        ``max_epochs``) nothing is checked beyond the start.
+        ``t`` takes the values training will give it: each optimizer step from now to the planned
+        end (at most 2001 of them, evenly spread, on a longer run), or each epoch for
+        ``unit="epoch"``. A value out of range (negative, non-finite, alpha outside [0, 1]) fails
+        now, naming the task and ``t``, not when training reaches it. Without a known end (no
+        ``max_steps`` or ``max_epochs``) only the start is checked.
         """
-        start = self.progress_value(progress)  # fails now for unit="fraction" without a planned length
-        end: float | None
-        if self.unit == "step":
-            end = progress.total_steps
-        elif self.unit == "epoch":
-            end = progress.total_epochs - 1 if progress.total_epochs else None
+        self.progress_value(progress)  # fails now for unit="fraction" without a planned length
+        if self.unit == "epoch":
+            first, last = progress.epoch, (progress.total_epochs or progress.epoch + 1) - 1
         else:
-            end = 1.0
-        points = [start]
-        if end is not None and end > start:
-            points += [start + (end - start) * i / 2000 for i in range(1, 2001)]
-        for t in points:
+            first, last = progress.step, progress.total_steps or progress.step
+        if last - first > 2000:
+            points = sorted({first + round((last - first) * i / 2000) for i in range(2001)})
+        else:
+            points = list(range(first, max(last, first) + 1))
+        for point in points:
+            at = Progress(step=point, epoch=point, total_steps=progress.total_steps, total_epochs=progress.total_epochs)
             try:
-                self.values_at(t)
+                self.values_at(self.progress_value(at))
             except MultiLossError as error:
                 raise MultiLossError(f"{error} (checked over the planned run, before the first step)") from None
 
