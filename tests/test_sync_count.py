@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -129,7 +130,12 @@ def syncs_per_step(model: pl.LightningModule) -> tuple[float, list[str]]:
     callbacks.append(Stop(counter))
     # Logging steps may read values (Lightning writes its loggers then): none fall in the run.
     trainer = quiet_trainer(
-        max_epochs=1, callbacks=callbacks, log_every_n_steps=10_000, accelerator=DEVICE, limit_val_batches=0
+        max_epochs=1,
+        callbacks=callbacks,
+        log_every_n_steps=10_000,
+        accelerator=DEVICE,
+        limit_val_batches=0,
+        default_root_dir=tempfile.mkdtemp(prefix="sync_count_"),
     )
     with counter.installed():
         trainer.fit(model, toy_loader(n=16 * STEPS, batch_size=16))
