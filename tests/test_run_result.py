@@ -8,6 +8,8 @@ makes of them.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from lightning_multiloss.app.report import make_report
 from lightning_multiloss.results import RunResult
 from lightning_multiloss.weighting import Fixed
 from tests._models import ToyDataset, ToyNet, quiet_trainer, toy_loader
+from tests.test_train_cli import clean_env
 
 WEIGHTS = [0.25, 2.0]  # cls, reg
 
@@ -74,9 +77,13 @@ def test_result_file_holds_the_final_metrics_weights_and_directions(tmp_path: Pa
 
 
 class FailingNet(ToyNet):
+    """Raises ``error`` in the second epoch."""
+
+    error: BaseException = RuntimeError("the data ran dry")
+
     def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
         if self.current_epoch == 1:
-            raise RuntimeError("the data ran dry")
+            raise self.error
         return super().training_step(batch, batch_idx)
 
 
@@ -89,6 +96,22 @@ def test_a_failure_inside_fit_is_recorded_with_its_error(tmp_path: Path) -> None
     result = RunResult.read(str(tmp_path / "run/result.json"))
     assert result.status == "failed" and result.error == "RuntimeError: the data ran dry"
     assert result.primary == {"cls": "acc", "reg": "mse"} and result.metrics == {}
+
+
+def test_ctrl_c_inside_fit_is_recorded_as_interrupted(tmp_path: Path) -> None:
+    model = FailingNet(Fixed(WEIGHTS), metrics=True)
+    model.error = KeyboardInterrupt()
+    trainer = quiet_trainer(
+        max_epochs=3, default_root_dir=str(tmp_path), callbacks=[LossWeightingCallback(result_file="result.json")]
+    )
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):  # Lightning's graceful shutdown ignores SIGINT, then exits
+            trainer.fit(model, toy_loader(32), toy_loader(16))
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    result = RunResult.read(str(tmp_path / "result.json"))
+    assert (result.status, result.error) == ("interrupted", None)
 
 
 def test_without_a_validation_the_missing_metric_is_named_until_a_test_logs_it(tmp_path: Path) -> None:
@@ -169,3 +192,27 @@ def test_hydra_callback_writes_each_job_of_a_sweep(
     assert row.metrics["cls"].mean == pytest.approx(sum(accs) / 2)
     (problem,) = report.problems
     assert problem.error == "ValueError: no data for seed 3"
+
+
+@pytest.mark.slow
+def test_under_ddp_rank_zero_writes_the_metrics_of_the_whole_split(tmp_path: Path) -> None:
+    """Two CPU processes (Lightning starts rank 1 by re-running the Hydra app): one result.json, global metrics."""
+    env = clean_env()
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    script = Path(__file__).parent / "scripts" / "hydra_result_ddp.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "hydra.run.dir=run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = RunResult.read(str(tmp_path / "run" / "result.json"))
+    assert (result.status, result.world_size, result.seed, result.experiment) == ("completed", 2, 5, "ddp_app")
+    plain = json.loads((tmp_path / "run" / "plain.json").read_text())
+    assert_close(result.metrics, plain["test"])
+    assert_close(result.val_metrics, plain["val"])
+    assert result.weights == {"cls": 0.25, "reg": 2.0}
+    assert result.pid == plain["pid"]  # written by rank 0 alone
