@@ -45,27 +45,34 @@ def metric_direction(metric: Any) -> Direction:
 def logged_task_metrics(logged: Mapping[str, Any], stage: str, tasks: Sequence[str]) -> TaskMetrics:
     """``{task: {metric: value}}`` from the values Lightning holds (``trainer.callback_metrics``).
 
-    Reads the package's keys ``<stage>/<metric>/<task>`` (``<stage>/<task>/<metric>`` too); the
-    task's ``loss`` is among them, the ``weight`` is not.
+    Reads the package's keys ``<stage>/<metric>/<task>`` (``<stage>/<task>/<metric>`` too, and for a
+    single task ``<stage>/<metric>`` where the task's own key is absent); the task's ``loss`` is
+    among them, the ``weight`` is not.
 
     Example:
         >>> logged_task_metrics({"val/acc/digit": 0.5, "val/loss/digit": 1.0, "val/weight/digit": 1.0,
-        ...                      "val/loss": 2.0, "train/loss/digit": 3.0}, "val", ["digit"])
-        {'digit': {'acc': 0.5, 'loss': 1.0}}
+        ...                      "val/loss": 2.0, "val/mae": 0.25, "train/loss/digit": 3.0}, "val", ["digit"])
+        {'digit': {'acc': 0.5, 'loss': 1.0, 'mae': 0.25}}
     """
     found: TaskMetrics = {task: {} for task in tasks}
+    alone: dict[str, float] = {}  # <stage>/<metric>: a single task's, unless it has its own key
     for key, value in logged.items():
         parts = key.split("/")
-        if len(parts) != 3 or parts[0] != stage:
+        if parts[0] != stage or len(parts) not in (2, 3):
             continue
-        if parts[2] in found:
+        if len(parts) == 2:
+            task, metric = (tasks[0], parts[1]) if len(tasks) == 1 else ("", "")
+        elif parts[2] in found:
             task, metric = parts[2], parts[1]
         elif parts[1] in found:
             task, metric = parts[1], parts[2]
         else:
             continue
-        if metric != "weight":
-            found[task][metric] = float(value)
+        if not task or metric == "weight":
+            continue
+        (alone if len(parts) == 2 else found[task])[metric] = float(value)
+    for metric, value in alone.items():
+        found[tasks[0]].setdefault(metric, value)
     return found
 
 

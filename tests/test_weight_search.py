@@ -14,8 +14,23 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 
+from lightning_multiloss.app.config import config_dir
 from tests.test_train_cli import clean_env, cli
+
+
+def test_the_search_config_tunes_one_fixed_weight_per_task() -> None:
+    """As composed: Optuna's sweeper, fixed weights, one `++weighting.weights.<task>` per task but the first."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=["+hparams_search=digits_weights"], return_hydra_config=True)
+    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.sweeper.direction == "maximize"
+    assert cfg.weighting._target_ == "lightning_multiloss.weighting.Fixed"
+    tasks = list(cfg.model.tasks)
+    assert list(cfg.hydra.sweeper.params) == [f"++weighting.weights.{task}" for task in tasks[1:]]
+    GlobalHydra.instance().clear()
 
 
 @pytest.mark.slow
