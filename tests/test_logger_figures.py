@@ -106,3 +106,30 @@ def test_the_loggers_of_both_lightning_packages_are_recognised(package: str) -> 
     }
     expected = {"TensorBoardLogger": "tensorboard", "MLFlowLogger": "mlflow", "WandbLogger": "wandb", "CSVLogger": None}
     assert kinds == expected
+
+
+@pytest.mark.slow
+def test_each_job_of_a_multiloss_train_sweep_gets_its_own_wandb_run(tmp_path: Path) -> None:
+    """Jobs of a sweep share one process: without ending its W&B run, job 1 would log into job 0's."""
+    import subprocess
+    import sys
+
+    from tests.test_train_cli import clean_env
+
+    env = clean_env()
+    env.update({var: str(tmp_path / "home") for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR")})
+    env["WANDB_SILENT"] = "true"
+    args = ["-m", "logger=[csv,wandb]", "seed=1,2", "trainer=debug", "trainer.enable_progress_bar=false"]
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "multiloss-train"), *args, "hydra.sweep.dir=sweep"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for job in ("0", "1"):
+        (run,) = (tmp_path / "sweep" / job / "wandb").glob("offline-run-*")
+        (png,) = (run / "files" / "media" / "images").glob("loss_weights_*.png")
+        assert_is_the_trajectory_plot(mpimg.imread(png), 4 * 120, 7 * 120)

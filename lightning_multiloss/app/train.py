@@ -297,6 +297,13 @@ def _weighting_name(node: Any) -> str | None:
     return obj.name if isinstance(obj, type) and issubclass(obj, Weighting) and obj.name else target
 
 
+def _finish_wandb_run() -> None:
+    """End the W&B run of a job that logged to W&B: the next job of a sweep would log into it otherwise."""
+    wandb = sys.modules.get("wandb")  # imported only where a WandbLogger was used
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
 def _restore_env(saved: Mapping[str, str | None]) -> None:
     for key, value in saved.items():
         if value is None:
@@ -384,6 +391,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
             result.write(path)
         _restore_env(saved_env)
         torch.set_num_threads(threads)
+        _finish_wandb_run()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     if rank_zero:
