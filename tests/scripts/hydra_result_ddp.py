@@ -23,19 +23,8 @@ from lightning_multiloss.weighting import Fixed
 from tests._models import ToyNet, quiet_trainer, toy_loader
 from tests.test_run_result import plain_metrics
 
-ConfigStore.instance().store(
-    name="app",
-    node={
-        "seed": 5,
-        "hydra": {
-            "job": {"name": "ddp_app"},
-            "callbacks": {"run_result": {"_target_": "lightning_multiloss.hydra_callbacks.RunResultCallback"}},
-        },
-    },
-)
 
-
-@hydra.main(version_base="1.3", config_path=None, config_name="app")
+@hydra.main(version_base="1.3", config_path=None, config_name="ddp_result_app")
 def main(cfg: DictConfig) -> None:
     torch.manual_seed(cfg.seed)
     model = ToyNet(Fixed([0.25, 2.0]), metrics=True, seed=cfg.seed)
@@ -50,4 +39,15 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    # Stored here, not on import: pytest imports this file to look for doctests.
+    ConfigStore.instance().store(
+        name="ddp_result_app",
+        node={
+            "seed": 5,
+            "hydra": {
+                "job": {"name": "ddp_app"},
+                "callbacks": {"run_result": {"_target_": "lightning_multiloss.hydra_callbacks.RunResultCallback"}},
+            },
+        },
+    )
     main()
