@@ -138,7 +138,7 @@ class BlobsDataModule(L.LightningDataModule):
     def test_dataloader(self):
         return self.loader(self.test_set)
 ''',
-    "src/models/multitask_module.py": '''\
+    "src/models/multitask_module.py": """\
 import lightning as L
 import torch
 import torchmetrics
@@ -168,8 +168,8 @@ class MultiTaskLitModule(MultiTaskMixin, L.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.lr)
-''',
-    "src/train.py": '''\
+""",
+    "src/train.py": """\
 import sys
 from pathlib import Path
 
@@ -197,7 +197,7 @@ def main(cfg):
 
 if __name__ == "__main__":
     main()
-''',
+""",
 }
 
 
