@@ -133,3 +133,27 @@ def test_each_job_of_a_multiloss_train_sweep_gets_its_own_wandb_run(tmp_path: Pa
         (run,) = (tmp_path / "sweep" / job / "wandb").glob("offline-run-*")
         (png,) = (run / "files" / "media" / "images").glob("loss_weights_*.png")
         assert_is_the_trajectory_plot(mpimg.imread(png), 4 * 120, 7 * 120)
+
+
+def test_a_logger_that_refuses_the_plot_is_named_and_the_run_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    class FullDiskLogger(TensorBoardLogger):
+        """Its writer fails on images only (a full disk, a broken tracking server)."""
+
+        @property
+        def experiment(self):  # type: ignore[no-untyped-def,override]
+            writer = super().experiment
+
+            def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
+                raise OSError("no space left on device")
+
+            writer.add_figure = refuse
+            return writer
+
+    with caplog.at_level("WARNING", logger="lightning_multiloss"):
+        fit(tmp_path, FullDiskLogger(str(tmp_path), name="tb", version=""))
+    assert "the loss-weight plot could not be logged to FullDiskLogger: no space left on device" in caplog.text
+    assert (tmp_path / "tb" / "loss_weights.png").is_file()  # the files are written all the same
