@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from lightning_multiloss._lightning import lightning_package
+from lightning_multiloss._run_recorder import RunRecorder, active_recorder
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.weighting import Progress, Weighting
 
@@ -35,13 +36,19 @@ class LossWeightingHooks:
       and at the end of fit into ``<filename>.csv`` and ``<filename>.png`` in the logger's folder.
       The files end with one more row, numbered one step past the last, that holds the weights
       in force when training ended (:attr:`end_weights`: what a further step would use, e.g. the
-      learnable alpha after its last update);
+      learnable alpha after its last update); the plot also goes to the TensorBoard, MLflow
+      and W&B loggers in use (as a figure, an artifact, an image);
     - before the first step, the planned length of training (optimizer steps, epochs) is handed
       to the strategy's ``check_plan``: a schedule that leaves its range anywhere in the run
       fails then, not when training reaches it. A resumed run keeps the planned number of steps
       that training started with (it is in the checkpoint), so that ``unit="fraction"``
       schedules continue without a jump when ``max_epochs`` grows; ``replan_on_resume=True``
-      plans anew from the resumed Trainer instead. Either way a change is logged.
+      plans anew from the resumed Trainer instead. Either way a change is logged;
+    - writes the run's ``result.json`` for ``multiloss-report`` (rank 0): with ``result_file``, or
+      in a Hydra job with :class:`~lightning_multiloss.hydra_callbacks.RunResultCallback`: the
+      tasks and their metric directions when the run starts, the final validation and test
+      metrics (``<stage>/<metric>/<task>`` of ``trainer.callback_metrics``) and the weights when
+      the fit and the test end, ``"failed"`` or ``"interrupted"`` when they stop on an error.
 
     It talks to the module through the mixin's documented members only: ``weighting``,
     ``optimizer_step_skipped``, ``check_finite_losses`` and ``end_training_epoch``, and records
@@ -54,6 +61,9 @@ class LossWeightingHooks:
         filename: the stem of the files written at the end of fit.
         replan_on_resume: on resume, plan the schedules over the resumed Trainer's length
             instead of the length training started with.
+        result_file: write the run result there (``result.json``): relative to the Hydra job's
+            output folder in a Hydra app, else to the Trainer's ``default_root_dir``. ``None``:
+            only when a ``RunResultCallback`` runs the Hydra job.
     """
 
     def __init__(
@@ -63,6 +73,7 @@ class LossWeightingHooks:
         plot: bool = True,
         filename: str = "loss_weights",
         replan_on_resume: bool = False,
+        result_file: str | None = None,
     ) -> None:
         if every_n_steps < 1:
             raise MultiLossError(f"LossWeightingCallback: every_n_steps must be >= 1, got {every_n_steps}")
@@ -75,6 +86,8 @@ class LossWeightingHooks:
         self._stride = every_n_steps
         self.plot = plot
         self.filename = filename
+        self.result_file = result_file
+        self._own_recorder: RunRecorder | None = None
         self.task_names: list[str] = []
         # (optimizer step, epoch, weights used at that step); weights stay tensors until read.
         self._records: list[tuple[int, int, Tensor]] = []
@@ -107,6 +120,33 @@ class LossWeightingHooks:
                 f"LossWeightingCallback recorded tasks {self.task_names}, the model has {list(weighting.task_names)}"
             )
         self.task_names = list(weighting.task_names)
+        recorder = self._recorder(trainer)
+        if recorder is not None:
+            recorder.writes = recorder.writes and trainer.is_global_zero
+            tasks = {task.name: list(task.metrics.items()) for task in pl_module.tasks}
+            recorder.set_model(tasks, weighting.name or type(weighting).__name__)
+            if recorder.result.status == "running":
+                recorder.write()
+
+    def _recorder(self, trainer: Any) -> RunRecorder | None:
+        """The run result to fill in: this callback's own (``result_file``), else the Hydra job's, else none."""
+        if self._own_recorder is not None:
+            return self._own_recorder
+        job = active_recorder()
+        if self.result_file is None:
+            return job
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            from lightning_multiloss.hydra_callbacks import job_recorder
+
+            own = job_recorder(self.result_file)
+        else:
+            own = RunRecorder(os.path.join(trainer.default_root_dir, os.path.expanduser(self.result_file)))
+        if job is not None and job.path == own.path:  # the Hydra callback writes the same file
+            return job
+        self._own_recorder = own
+        return own
 
     @staticmethod
     def _check_one_of_the_right_package(trainer: Any, pl_module: Any) -> None:
@@ -209,9 +249,50 @@ class LossWeightingHooks:
         if self._end is not None:
             steps, epochs = [*steps, self._end[0]], [*epochs, self._end[1]]
             weights = [*weights, self._end[2].float().cpu().tolist()]
-        stem = os.path.join(folder, self.filename)
-        paths = write_trajectory(stem, self.task_names, steps, epochs, weights, self.plot)
+        paths = write_trajectory(
+            os.path.join(folder, self.filename),
+            self.task_names,
+            steps,
+            epochs,
+            weights,
+            self.plot,
+            loggers=trainer.loggers,
+            step=trainer.global_step,
+        )
         log.info("loss-weight trajectory written to %s", ", ".join(paths))
+
+    # -- the run result --------------------------------------------------------------------
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        recorder = self._recorder(trainer)
+        if recorder is None:
+            return
+        recorder.evaluated("val", trainer.callback_metrics)  # the last validation's values
+        last = self._weighting(pl_module).last_weights.detach().float().cpu().tolist()
+        recorder.finished(dict(zip(self.task_names, last, strict=True)), int(trainer.world_size))
+        recorder.write()
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        # Inside fit, on_fit_end takes the last validation; here a validation of its own (trainer.validate).
+        recorder = self._recorder(trainer)
+        if recorder is None or trainer.sanity_checking or _stage(trainer) != "validate":
+            return
+        recorder.evaluated("val", trainer.callback_metrics)
+        recorder.finished()
+        recorder.write()
+
+    def on_test_end(self, trainer: Any, pl_module: Any) -> None:
+        recorder = self._recorder(trainer)
+        if recorder is None:
+            return
+        recorder.evaluated("test", trainer.callback_metrics)
+        recorder.finished()
+        recorder.write()
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        recorder = self._recorder(trainer)
+        if recorder is not None:
+            recorder.stopped(exception)
+            recorder.write()
 
     @property
     def end_weights(self) -> list[float] | None:
@@ -254,3 +335,9 @@ class LossWeightingHooks:
             (int(step), int(epoch), torch.tensor(row))
             for step, epoch, row in zip(state_dict["steps"], state_dict["epochs"], state_dict["weights"], strict=True)
         ]
+
+
+def _stage(trainer: Any) -> str:
+    """What the Trainer is running: ``"fit"``, ``"validate"``, ``"test"`` or ``"predict"``."""
+    fn = trainer.state.fn
+    return str(getattr(fn, "value", fn))

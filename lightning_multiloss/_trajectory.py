@@ -1,10 +1,17 @@
-"""The weight trajectory as a CSV file and a PNG plot."""
+"""The weight trajectory as a CSV file and a PNG plot, and the plot on the loggers in use."""
 
 from __future__ import annotations
 
 import csv
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+FIGURE_TAG = "loss_weights"
+"""The name of the plot on the loggers: TensorBoard's tag, W&B's key."""
 
 
 def write_trajectory(
@@ -14,15 +21,21 @@ def write_trajectory(
     epochs: Sequence[int],
     weights: Sequence[Sequence[float]],
     plot: bool = True,
+    loggers: Iterable[Any] = (),
+    step: int | None = None,
 ) -> list[str]:
-    """Write ``<stem>.csv`` (step, epoch, one column per task) and, if ``plot``, ``<stem>.png``."""
+    """Write ``<stem>.csv`` (step, epoch, one column per task) and, if ``plot``, ``<stem>.png``.
+
+    The plot also goes to each TensorBoard, MLflow and W&B logger among ``loggers`` (at ``step``):
+    see :func:`log_plot`.
+    """
     os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
     csv_path = f"{stem}.csv"
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["step", "epoch", *task_names])
-        for step, epoch, row in zip(steps, epochs, weights, strict=True):
-            writer.writerow([step, epoch, *row])
+        for row_step, epoch, row in zip(steps, epochs, weights, strict=True):
+            writer.writerow([row_step, epoch, *row])
     paths = [csv_path]
     if plot:
         import matplotlib
@@ -41,7 +54,48 @@ def write_trajectory(
         ax.legend()
         fig.tight_layout()
         png_path = f"{stem}.png"
-        fig.savefig(png_path, dpi=120)
-        plt.close(fig)
-        paths.append(png_path)
+        try:
+            fig.savefig(png_path, dpi=120)
+            paths.append(png_path)
+            for logger in loggers:
+                log_plot(logger, fig, png_path, csv_path, step)
+        finally:
+            plt.close(fig)
     return paths
+
+
+def logger_kind(logger: Any) -> str | None:
+    """``"tensorboard"``, ``"mlflow"`` or ``"wandb"`` for those Lightning loggers (either package), else ``None``.
+
+    Decided by the class names, so that neither the loggers' packages nor Lightning are imported here.
+    """
+    kinds = {"TensorBoardLogger": "tensorboard", "MLFlowLogger": "mlflow", "WandbLogger": "wandb"}
+    for cls in type(logger).__mro__:
+        if cls.__name__ in kinds and cls.__module__.startswith(("pytorch_lightning.", "lightning.")):
+            return kinds[cls.__name__]
+    return None
+
+
+def log_plot(logger: Any, figure: Any, png_path: str, csv_path: str, step: int | None) -> None:
+    """Put the trajectory plot where the logger's users look, through the logger's public API.
+
+    TensorBoard: ``SummaryWriter.add_figure`` (tag ``loss_weights``); MLflow: the PNG and the CSV
+    as artifacts of the logger's run; W&B: ``WandbLogger.log_image`` (key ``loss_weights``). Other
+    loggers get nothing. A logger that fails (a tracking server out of reach) is named in a
+    warning: the files on disk are written already, and the run goes on.
+    """
+    kind = logger_kind(logger)
+    if kind is None:
+        return
+    try:
+        if kind == "tensorboard":
+            writer = logger.experiment
+            writer.add_figure(FIGURE_TAG, figure, global_step=step, close=False)
+            writer.flush()
+        elif kind == "mlflow":
+            for path in (png_path, csv_path):
+                logger.experiment.log_artifact(logger.run_id, path)
+        else:
+            logger.log_image(key=FIGURE_TAG, images=[png_path], step=step)
+    except Exception as error:
+        log.warning("the loss-weight plot could not be logged to %s: %s", type(logger).__name__, error)

@@ -214,6 +214,9 @@ def test_logger_option(tmp_path, name):
                 instantiate(node)
             continue
         logger = instantiate(node)
+        if key == "mlflow":  # a SQLite store in the run folder, created with the logger
+            assert (tmp_path / "mlflow.db").is_file()
+            continue
         assert Path(logger.save_dir) == tmp_path
 
 

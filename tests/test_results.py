@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from lightning_multiloss import MultiLossError
-from lightning_multiloss.app import results
-from lightning_multiloss.app.results import RunResult
+from lightning_multiloss import MultiLossError, results
+from lightning_multiloss.results import RunResult
 
 COMPLETED: dict[str, Any] = {
     "status": "completed",

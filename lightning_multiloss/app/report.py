@@ -47,8 +47,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from lightning_multiloss.app.results import RESULT_FILE, STATUSES, RunResult
 from lightning_multiloss.errors import MultiLossError
+from lightning_multiloss.results import RESULT_FILE, STATUSES, RunResult
 
 NO_RESULT = "no result"
 CITATION = "Maninis et al. 2019"

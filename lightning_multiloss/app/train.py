@@ -13,7 +13,7 @@ metrics, and ``loss_weights.csv`` / ``loss_weights.png``: the weight trajectory)
 (the resolved config and the overrides) and ``result.json``.
 
 ``result.json``: the run's status, metrics, weights and identity, one
-:class:`~lightning_multiloss.app.results.RunResult` (its fields are documented there).
+:class:`~lightning_multiloss.results.RunResult` (its fields are documented there).
 """
 
 from __future__ import annotations
@@ -40,15 +40,14 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lightning_multiloss.app.config import call, config_dir, validate_config
-from lightning_multiloss.app.results import RESULT_FILE, RunResult
 from lightning_multiloss.errors import MultiLossError
+from lightning_multiloss.results import RESULT_FILE, RunResult, config_key
 
 RUN_DIR_ENV = "LIGHTNING_MULTILOSS_RUN_DIR"
 """Set by the training process for the DDP processes Lightning starts: the run folder to reuse."""
 OVERRIDES_ENV = "LIGHTNING_MULTILOSS_OVERRIDES"
 """Set with it: the job's own overrides (JSON), so that a DDP process runs one job, not a sweep."""
 _DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", RUN_DIR_ENV, OVERRIDES_ENV)
-_EXCLUDED_FROM_KEY = ("seed", "ckpt_path", "hydra.", "hydra/", "output_dir")
 
 _task_started = False
 _failed_jobs: list[str] = []
@@ -57,22 +56,6 @@ log = logging.getLogger(__name__)
 
 
 # -- result.json --------------------------------------------------------------------------------
-def config_key(overrides: Sequence[str]) -> str:
-    """The overrides that identify a configuration: all but ``seed=``, ``ckpt_path=``, ``hydra.*``.
-
-    Example:
-        >>> config_key(["weighting=learnable", "seed=3", "experiment=loc_cls"])
-        'experiment=loc_cls weighting=learnable'
-    """
-    kept = []
-    for override in overrides:
-        key = override.lstrip("+~").split("=", 1)[0]
-        if any(key == k or (k.endswith((".", "/")) and key.startswith(k)) for k in _EXCLUDED_FROM_KEY):
-            continue
-        kept.append(override)
-    return " ".join(sorted(kept))
-
-
 def _float(value: Any) -> float:
     return float(value.item() if isinstance(value, torch.Tensor) else value)
 
@@ -321,6 +304,13 @@ def _weighting_name(node: Any) -> str | None:
     return obj.name if isinstance(obj, type) and issubclass(obj, Weighting) and obj.name else target
 
 
+def _finish_wandb_run() -> None:
+    """End the W&B run of a job that logged to W&B: the next job of a sweep would log into it otherwise."""
+    wandb = sys.modules.get("wandb")  # imported only where a WandbLogger was used
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
 def _restore_env(saved: Mapping[str, str | None]) -> None:
     for key, value in saved.items():
         if value is None:
@@ -408,6 +398,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
             result.write(path)
         _restore_env(saved_env)
         torch.set_num_threads(threads)
+        _finish_wandb_run()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     if rank_zero:
@@ -543,9 +534,10 @@ def _app(cfg: DictConfig) -> float | None:
             _failed_jobs.append(f"#{hydra_cfg.job.num} ({' '.join(overrides) or 'defaults'}): {error}")
             return None
         raise SystemExit(2) from None
-    # The value of the sweep objective (a sweeper can minimise it): the first task's primary test metric.
+    # The sweep objective (for a sweeper such as Optuna's): the first task's primary metric on the
+    # validation split, so that tuning never looks at the test split.
     first = next(iter(result["primary"]))
-    value = result["metrics"].get(first, {}).get(result["primary"][first])
+    value = result["val_metrics"].get(first, {}).get(result["primary"][first])
     return value if value is None or math.isfinite(value) else None
 
 

@@ -1,0 +1,159 @@
+"""The weight-trajectory plot reaches TensorBoard, MLflow and W&B (offline), read back with each real package.
+
+Each test trains the toy model with fixed weights (so every row of the trajectory is known by
+hand) under one logger, then reads what the logger stored with that logger's own reader.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib import colors, rcParams
+from matplotlib import image as mpimg
+
+from lightning_multiloss.weighting import Fixed
+from tests._models import ToyNet, quiet_trainer, toy_loader
+
+WEIGHTS = [0.25, 2.0]
+STEPS = 2 * 4  # 2 epochs of 64 samples in batches of 16
+
+
+def fit(tmp_path: Path, logger: object) -> None:
+    trainer = quiet_trainer(max_epochs=2, logger=logger, default_root_dir=str(tmp_path), log_every_n_steps=1)
+    trainer.fit(ToyNet(Fixed(WEIGHTS)), toy_loader(64))
+
+
+def expected_csv_rows() -> list[list[str]]:
+    return [["step", "epoch", "cls", "reg"]] + [
+        [str(step), str((step - 1) // 4), "0.25", "2.0"] for step in range(1, STEPS + 1)
+    ]
+
+
+def has_colour(rgb: np.ndarray, colour: str) -> bool:
+    """Whether a pixel of ``rgb`` (floats in [0, 1]) has ``colour`` (a task's line in the plot)."""
+    target = np.array(colors.to_rgb(colour))
+    return bool((np.abs(rgb[..., :3] - target).max(axis=-1) < 0.02).any())
+
+
+def assert_is_the_trajectory_plot(rgb: np.ndarray, height: int, width: int) -> None:
+    assert rgb.shape[:2] == (height, width)
+    # The two tasks' lines, in matplotlib's first two colours (cls: C0, reg: C1).
+    assert has_colour(rgb, "C0") and has_colour(rgb, "C1")
+
+
+def test_tensorboard_gets_the_plot_as_an_image_summary(tmp_path: Path) -> None:
+    from pytorch_lightning.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    fit(tmp_path, TensorBoardLogger(str(tmp_path), name="tb", version=""))
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    assert "loss_weights" in events.Tags()["images"]
+    (image,) = events.Images("loss_weights")
+    assert image.step == STEPS
+    rgb = mpimg.imread(io.BytesIO(image.encoded_image_string), format="png")
+    # add_figure renders the 7 x 4 inch figure at the figure's own resolution.
+    dpi = rcParams["figure.dpi"]
+    assert_is_the_trajectory_plot(rgb, round(4 * dpi), round(7 * dpi))
+
+
+def test_mlflow_run_gets_the_plot_and_the_csv_as_artifacts(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    logger = MLFlowLogger(experiment_name="weights", tracking_uri=uri, artifact_location=str(tmp_path / "artifacts"))
+    fit(tmp_path, logger)
+    client = MlflowClient(uri)
+    assert sorted(a.path for a in client.list_artifacts(logger.run_id)) == ["loss_weights.csv", "loss_weights.png"]
+    folder = Path(client.download_artifacts(logger.run_id, "", str(tmp_path / "download")))
+    with open(folder / "loss_weights.csv", newline="") as f:
+        assert list(csv.reader(f)) == expected_csv_rows()
+    assert_is_the_trajectory_plot(mpimg.imread(folder / "loss_weights.png"), 4 * 120, 7 * 120)  # saved at 120 dpi
+
+
+def test_wandb_offline_run_gets_the_plot_as_an_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import wandb
+    from pytorch_lightning.loggers import WandbLogger
+
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "home"))  # nothing written outside the test's folder
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = WandbLogger(project="weights", save_dir=str(tmp_path), offline=True)
+    try:
+        fit(tmp_path, logger)
+    finally:
+        wandb.finish()
+    (run,) = (tmp_path / "wandb").glob("offline-run-*")
+    (png,) = (run / "files" / "media" / "images").glob("loss_weights_*.png")
+    assert_is_the_trajectory_plot(mpimg.imread(png), 4 * 120, 7 * 120)
+
+
+@pytest.mark.parametrize("package", ["pytorch_lightning", "lightning.pytorch"])
+def test_the_loggers_of_both_lightning_packages_are_recognised(package: str) -> None:
+    import importlib
+
+    from lightning_multiloss._trajectory import logger_kind
+
+    loggers = importlib.import_module(f"{package}.loggers")
+    kinds = {
+        name: logger_kind(object.__new__(getattr(loggers, name)))  # the class decides; nothing is started
+        for name in ("TensorBoardLogger", "MLFlowLogger", "WandbLogger", "CSVLogger")
+    }
+    expected = {"TensorBoardLogger": "tensorboard", "MLFlowLogger": "mlflow", "WandbLogger": "wandb", "CSVLogger": None}
+    assert kinds == expected
+
+
+@pytest.mark.slow
+def test_each_job_of_a_multiloss_train_sweep_gets_its_own_wandb_run(tmp_path: Path) -> None:
+    """Jobs of a sweep share one process: without ending its W&B run, job 1 would log into job 0's."""
+    import subprocess
+    import sys
+
+    from tests.test_train_cli import clean_env
+
+    env = clean_env()
+    env.update({var: str(tmp_path / "home") for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR")})
+    env["WANDB_SILENT"] = "true"
+    args = ["-m", "logger=[csv,wandb]", "seed=1,2", "trainer=debug", "trainer.enable_progress_bar=false"]
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "multiloss-train"), *args, "hydra.sweep.dir=sweep"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for job in ("0", "1"):
+        (run,) = (tmp_path / "sweep" / job / "wandb").glob("offline-run-*")
+        (png,) = (run / "files" / "media" / "images").glob("loss_weights_*.png")
+        assert_is_the_trajectory_plot(mpimg.imread(png), 4 * 120, 7 * 120)
+
+
+def test_a_logger_that_refuses_the_plot_is_named_and_the_run_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    class FullDiskLogger(TensorBoardLogger):
+        """Its writer fails on images only (a full disk, a broken tracking server)."""
+
+        @property
+        def experiment(self):  # type: ignore[no-untyped-def,override]
+            writer = super().experiment
+
+            def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
+                raise OSError("no space left on device")
+
+            writer.add_figure = refuse
+            return writer
+
+    with caplog.at_level("WARNING", logger="lightning_multiloss"):
+        fit(tmp_path, FullDiskLogger(str(tmp_path), name="tb", version=""))
+    assert "the loss-weight plot could not be logged to FullDiskLogger: no space left on device" in caplog.text
+    assert (tmp_path / "tb" / "loss_weights.png").is_file()  # the files are written all the same
