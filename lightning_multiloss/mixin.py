@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
+from torch._functorch import config as _functorch_config  # donated buffers: _graphs_kept_for_several_backwards
 from torchmetrics import MeanMetric
 
 from lightning_multiloss._callback_hooks import LossWeightingHooks
@@ -276,6 +278,8 @@ class MultiTaskMixin(_Base):
         Call it in ``forward`` (``z = self.shared_representation(z)``) for the gradient strategies
         with ``route="representation"`` and for GradDrop: their per-task gradients are taken with
         respect to ``z`` (batch first). Free otherwise: it only keeps a reference during training.
+        Under ``torch.compile`` of the whole ``forward`` it splits the compiled graph in two
+        (trunk, heads) for those strategies, so that ``z`` is a tensor the gradients can reach.
         """
         weighting = getattr(self, "weighting", None)
         if (
@@ -284,7 +288,10 @@ class MultiTaskMixin(_Base):
             and isinstance(weighting, GradientWeighting)
             and weighting.route == "representation"
         ):
-            self._mt_representation = z
+            if _is_compiling():
+                _keep_representation_eagerly(self, z)
+            else:
+                self._mt_representation = z
         return z
 
     def shared_parameters(self) -> list[nn.Parameter]:
@@ -300,8 +307,16 @@ class MultiTaskMixin(_Base):
 
     # -- the steps ----------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        if _is_compiling():  # torch.compile(model): Lightning compiles the steps; see _run_eagerly
+            return _run_eagerly(MultiTaskMixin.training_step, self, batch, batch_idx)
         trainer = trainer_of(self)
         self._mt_check_callback(trainer)
+        if isinstance(self.weighting, GradientWeighting):
+            with _graphs_kept_for_several_backwards():
+                return self._mt_training_step(batch, batch_idx, trainer)
+        return self._mt_training_step(batch, batch_idx, trainer)
+
+    def _mt_training_step(self, batch: Any, batch_idx: int, trainer: Any | None) -> Tensor:
         _, _, losses, batch_size = self._mt_forward(batch)
         if self._mt_on_nonfinite == "skip":
             if not self._mt_all_finite(losses, "train", batch_idx):
@@ -332,9 +347,13 @@ class MultiTaskMixin(_Base):
         return result.loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        if _is_compiling():
+            return _run_eagerly(MultiTaskMixin.validation_step, self, batch, batch_idx)
         return self._mt_eval_step(batch, batch_idx, "val")
 
     def test_step(self, batch: Any, batch_idx: int) -> Tensor:
+        if _is_compiling():
+            return _run_eagerly(MultiTaskMixin.test_step, self, batch, batch_idx)
         return self._mt_eval_step(batch, batch_idx, "test")
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
@@ -557,6 +576,53 @@ class MultiTaskMixin(_Base):
                     metric.update(output.detach(), target)
                     self.log(f"{stage}/{metric_name}/{task.name}", metric, on_epoch=True)
         return result.loss
+
+
+_is_compiling: Callable[[], bool] = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
+
+
+@torch.compiler.disable
+def _keep_representation_eagerly(module: MultiTaskMixin, z: Tensor) -> None:
+    """Keep ``z`` for the representation route, outside the compiled graph.
+
+    Under ``torch.compile`` of the whole ``forward`` this call is a graph break, so ``z`` is a real
+    tensor between two compiled graphs (trunk, heads): the per-task gradients with respect to it
+    run through the heads' graph. Inside one graph ``z`` would be an intermediate no gradient reaches.
+    """
+    module._mt_representation = z
+
+
+@torch.compiler.disable
+def _run_eagerly(step: Callable[..., Tensor], *args: Any) -> Tensor:
+    """Run a step of the mixin uncompiled; the module's ``forward`` inside it stays compiled.
+
+    ``trainer.fit(torch.compile(model))`` makes Lightning compile ``forward`` and the steps. The
+    steps are host-side bookkeeping (logging, checks, the strategy's host solvers) that dynamo
+    cannot trace (``self.log`` fails inside it); the work worth compiling is in ``forward``, which
+    Lightning compiles on its own.
+    """
+    return step(*args)
+
+
+@contextmanager
+def _graphs_kept_for_several_backwards() -> Iterator[None]:
+    """No donated buffers in ``torch.compile`` graphs: the gradient strategies backpropagate through them several times.
+
+    A compiled graph's backward may free its saved activations ("donated buffers", torch >= 2.5),
+    which needs ``retain_graph=False``; the gradient strategies take the per-task gradients with
+    ``retain_graph=True`` before Lightning's own backward. Torch reads the option when it compiles a
+    graph (in ``forward``) and again in each backward that keeps the graph, so it is off for the
+    whole training step of a gradient strategy and nowhere else (Lightning's backward keeps no graph).
+    """
+    if not hasattr(_functorch_config, "donated_buffer"):
+        yield
+        return
+    previous = _functorch_config.donated_buffer
+    _functorch_config.donated_buffer = False
+    try:
+        yield
+    finally:
+        _functorch_config.donated_buffer = previous
 
 
 def _check_mixin_order(module: Any) -> None:
