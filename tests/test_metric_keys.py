@@ -291,3 +291,51 @@ def test_training_metrics_do_not_wait_for_the_device() -> None:
     tasks = [cls_task(acc=accuracy(validate_args=False)), reg_task(mse=torchmetrics.MeanSquaredError())]
     per_step, where = syncs_per_step(MetricNet(tasks, train_metrics=True, best_metrics=True))
     assert per_step == 0, where[:5]
+
+
+# -- two processes ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_ddp_training_metrics_and_best_values_are_those_of_the_whole_data(tmp_path: Path) -> None:
+    from tests._ddp import run_ddp_script
+
+    ranks = run_ddp_script("ddp_metrics.py", tmp_path)
+    assert len(ranks) == 2
+    batches = {"train": 4, "val": 2}  # per rank and epoch: 32 training and 16 validation samples, batches of 8
+
+    def global_scores(stage: str, epoch: int) -> tuple[float, float]:
+        def cat(kind: str, task: str) -> Tensor:
+            return torch.cat([epoch_outputs(rank[kind][stage], batches[stage], epoch, task) for rank in ranks])
+
+        return hand_accuracy(cat("outputs", "cls"), cat("targets", "cls")), hand_mse(
+            cat("outputs", "reg"), cat("targets", "reg")
+        )
+
+    for rank in ranks:
+        assert len(rank["train"]) == len(rank["val"]) == 2
+        accs, mses = [], []
+        for epoch in range(2):
+            train_acc, train_mse = global_scores("train", epoch)
+            assert rank["train"][epoch]["train/acc/cls"] == pytest.approx(train_acc, abs=1e-6)
+            assert rank["train"][epoch]["train/mse/reg"] == pytest.approx(train_mse, rel=1e-5)
+            acc, mse = global_scores("val", epoch)
+            accs.append(acc)
+            mses.append(mse)
+            logged = rank["val"][epoch]
+            assert logged["val/acc/cls"] == pytest.approx(acc, abs=1e-6)
+            assert logged["val/acc_best/cls"] == pytest.approx(max(accs), abs=1e-6)
+            assert logged["val/mse_best/reg"] == pytest.approx(min(mses), rel=1e-5)
+            losses = [r["val/loss"] for r in rank["val"][: epoch + 1]]
+            assert logged["val/loss_best"] == pytest.approx(min(losses), rel=1e-6)
+    # One process's own share would have given other values (so the ones above are the global ones).
+    local = [
+        hand_mse(
+            epoch_outputs(ranks[0]["outputs"]["val"], 2, e, "reg"),
+            torch.cat([t["reg"] for t in ranks[0]["targets"]["val"][2 * e : 2 * e + 2]]),
+        )
+        for e in range(2)
+    ]
+    assert all(abs(a - b) > 1e-4 for a, b in zip(local, mses, strict=True))
+    # Both processes hold the same best values (the checkpoint is written by rank 0).
+    torch.testing.assert_close(ranks[0]["best"], ranks[1]["best"], rtol=0, atol=0)
