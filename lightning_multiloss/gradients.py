@@ -289,15 +289,39 @@ def find_shared_parameters(losses: Tensor, named_parameters: Sequence[tuple[str,
     """The parameters that at least two of the task losses depend on (all of them for a single task).
 
     Found by autograd (``allow_unused``): a parameter is used by a loss when it is in that loss's
-    graph, even where its gradient happens to be zero.
+    graph, even where its gradient happens to be zero. A ``torch.compile`` graph hides which of its
+    parameters each output uses (its backward gives every parameter a gradient, zeros included), so
+    through one, a parameter counts as used by a loss where that gradient is not all zero (read
+    once, on the first step).
     """
     params = [p for _, p in named_parameters if p.requires_grad]
     if not params:
         return []
+    through_compiled = passes_through_compiled_graph(losses)
     counts = [0] * len(params)
     for grads in task_grads(losses, params):
-        for i, g in enumerate(grads):
-            if g is not None:
-                counts[i] += 1
+        present = [g for g in grads if g is not None]
+        if through_compiled and present:
+            nonzero = iter(torch.stack([g.ne(0).any() for g in present]).tolist())
+            used = [g is not None and next(nonzero) for g in grads]
+        else:
+            used = [g is not None for g in grads]
+        for i, is_used in enumerate(used):
+            counts[i] += is_used
     needed = min(2, losses.numel())
     return [p for p, c in zip(params, counts, strict=True) if c >= needed]
+
+
+def passes_through_compiled_graph(losses: Tensor) -> bool:
+    """Whether the autograd graph of ``losses`` runs through a ``torch.compile`` graph."""
+    seen: set[Any] = set()
+    stack = [losses.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        if type(node).__name__ == "CompiledFunctionBackward":
+            return True
+        seen.add(node)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return False

@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torch._functorch import config as _functorch_config  # donated buffers: _graphs_kept_for_several_backwards
+from torchmetrics import MeanMetric, Metric
 
 from lightning_multiloss._callback_hooks import LossWeightingHooks
 from lightning_multiloss._dist import any_across_ranks, is_distributed
 from lightning_multiloss._lightning import is_lightning_module_class, is_logging_step, lightning_package, trainer_of
+from lightning_multiloss._metric_keys import (
+    METRIC_KEYS,
+    BestValues,
+    KeyScheme,
+    MetricKeys,
+    check_unique_keys,
+    metrics_by_task,
+)
 from lightning_multiloss.errors import MultiLossError, NonFiniteLossError
 from lightning_multiloss.gradients import find_shared_parameters
 from lightning_multiloss.task import Task
@@ -38,7 +48,13 @@ class MultiTaskMixin(_Base):
     ``training_step``, ``validation_step``, ``test_step`` and ``predict_step``. The training step
     returns the combined loss, so Lightning's own backward, gradient accumulation, clipping,
     precision and DDP stay in charge. It logs ``<stage>/loss/<task>``, ``<stage>/weight/<task>``,
-    ``<stage>/loss`` and, on validation and test, ``<stage>/<metric>/<task>``.
+    ``<stage>/loss`` and, on validation and test, ``<stage>/<metric>/<task>``; by option, in the
+    order ``<stage>/<task>/<metric>``, without the task part for a single task, training metrics
+    and best-so-far values (see :meth:`configure_multitask`).
+
+    ``torch.compile`` works with every strategy and route: of the trunk (e.g. in ``setup``), of
+    ``forward``, or of the whole module (``trainer.fit(torch.compile(model))``: the mixin's steps
+    then run uncompiled around the compiled ``forward``).
 
     Every piece can be overridden: :meth:`split_batch` (how a batch splits into the input and
     the targets), :meth:`predict_inputs`, :meth:`task_losses`, or the steps themselves.
@@ -104,6 +120,11 @@ class MultiTaskMixin(_Base):
         *,
         input_key: str = "x",
         on_nonfinite: OnNonFinite = "raise",
+        metrics: Any = None,
+        metric_keys: MetricKeys = "stage/metric/task",
+        single_task_keys: bool = False,
+        train_metrics: bool = False,
+        best_metrics: bool = False,
     ) -> None:
         """Declare the tasks and the weighting (call it in ``__init__``, after ``super().__init__()``).
 
@@ -117,6 +138,24 @@ class MultiTaskMixin(_Base):
                 process (no backward, parameters and optimizer state untouched; with gradient
                 accumulation, the whole accumulated step). The step still counts in
                 ``global_step``, as Lightning counts it.
+            metrics: more metrics, by task: a torchmetrics ``MultitaskWrapper`` or a dict
+                ``{task: metrics}`` (each value as :class:`Task` takes ``metrics``); they join the
+                tasks' own.
+            metric_keys: the order of each task's keys: ``"stage/metric/task"`` (``val/acc/digit``,
+                ``val/loss/digit``, ``val/weight/digit``) or ``"stage/task/metric"``
+                (``val/digit/acc``, ``val/digit/loss``, ...); the combined loss is ``<stage>/loss``.
+            single_task_keys: with one task, keys without the task part (``val/acc``,
+                ``val/acc_best``, ``train/acc``, ``val/weight``), as single-task Lightning code logs
+                them; the task's own loss keeps its task part, ``<stage>/loss`` being the combined
+                loss (the same value under a plain sum). Needs exactly one task.
+            train_metrics: also update the tasks' metrics on training steps and log their epoch
+                values (``train/<metric>/<task>``, computed at the epoch's end). An update is a
+                device operation; create classification metrics with ``validate_args=False`` for
+                a training step that does not wait for a GPU (their checks call ``torch.unique``).
+            best_metrics: log the best value so far of each metric whose ``higher_is_better`` is
+                set (``val/<metric>_best/<task>``: its largest or smallest validation epoch value)
+                and of the combined loss (``val/loss_best``: its smallest), updated at each
+                validation epoch's end (not in the sanity check) and kept in checkpoints.
         """
         _check_mixin_order(self)
         if not isinstance(self, nn.Module) or "_parameters" not in self.__dict__:
@@ -140,6 +179,14 @@ class MultiTaskMixin(_Base):
         if not isinstance(weighting, Weighting):
             raise MultiLossError(f"weighting must be a Weighting or a registered name, got {type(weighting).__name__}")
         weighting.bind(names)
+        if metric_keys not in METRIC_KEYS:
+            raise MultiLossError(f"metric_keys must be one of {list(METRIC_KEYS)}, got {metric_keys!r}")
+        if single_task_keys and len(tasks) != 1:
+            raise MultiLossError(
+                f"single_task_keys=True leaves the task out of the keys, so it needs exactly one task; got {names}"
+            )
+        task_metrics = metrics_by_task(tasks, metrics)
+        scheme = KeyScheme(metric_keys, single_task_keys)
 
         self.weighting = weighting
         self._mt_tasks = tuple(tasks)
@@ -150,11 +197,37 @@ class MultiTaskMixin(_Base):
         self._mt_keys = {
             stage: (
                 f"{stage}/loss",
-                [f"{stage}/loss/{n}" for n in names],
-                [f"{stage}/weight/{n}" for n in names],
+                [scheme.key(stage, "loss", n) for n in names],
+                [scheme.key(stage, "weight", n) for n in names],
             )
             for stage in ("train", "val", "test")
         }
+        metric_stages = ("train", "val", "test") if train_metrics else ("val", "test")
+        # Per stage, (task index, key) of each metric, in the order of _mt_metrics[stage].
+        named = [(i, m, metric) for i, n in enumerate(names) for m, metric in task_metrics[n].items()]
+        self._mt_metric_keys = {
+            stage: [(i, scheme.key(stage, m, names[i])) for i, m, _ in named] for stage in metric_stages
+        }
+        # (key, index of the validation metric or None for the combined loss) of each best-so-far
+        # value: see on_validation_epoch_end.
+        self._mt_best_keys: list[tuple[str, int | None]] = []
+        if best_metrics:
+            best = [("val/loss_best", None, False)] + [
+                (scheme.key("val", f"{m}_best", names[i]), at, bool(metric.higher_is_better))
+                for at, (i, m, metric) in enumerate(named)
+                if metric.higher_is_better is not None
+            ]
+            self._mt_best_keys = [(key, at) for key, at, _ in best]
+            self._mt_best = BestValues([higher for *_, higher in best])
+        self._mt_epoch_loss_keys = [f"{key}_epoch" for key in self._mt_keys["train"][1]]
+        check_unique_keys(
+            [
+                *(key for total, losses, weights in self._mt_keys.values() for key in (total, *losses, *weights)),
+                *(key for entries in self._mt_metric_keys.values() for _, key in entries),
+                *(key for key, _ in self._mt_best_keys),
+                *self._mt_epoch_loss_keys,
+            ]
+        )
         self._mt_checked_trainer: int | None = None  # the Trainer whose callbacks were checked
         # Per task, the (output shape, target shape, target dtype) last checked: see _mt_check_target.
         self._mt_checked_targets: dict[str, tuple[Any, ...]] = {}
@@ -166,17 +239,10 @@ class MultiTaskMixin(_Base):
         # (step, epoch, batch index, detached losses) of the training steps not yet checked for
         # non-finite losses: see check_finite_losses.
         self._mt_pending: list[tuple[int, int, int, Tensor]] = []
+        # One copy of each metric per stage (their states must not mix); keyed "<stage>_metrics"
+        # (a ModuleDict key must not be an attribute of it, such as ``train``).
         self._mt_metrics = nn.ModuleDict(
-            {
-                stage: nn.ModuleDict(
-                    {
-                        task.name: nn.ModuleDict({m: copy.deepcopy(metric) for m, metric in task.metrics.items()})
-                        for task in tasks
-                        if task.metrics
-                    }
-                )
-                for stage in ("val", "test")
-            }
+            {f"{stage}_metrics": nn.ModuleList(copy.deepcopy(m) for _, _, m in named) for stage in metric_stages}
         )
         # The evaluation epoch means of the total, the task losses and the weights (in _mt_keys
         # order), kept by torchmetrics: see _mt_log.
@@ -276,6 +342,8 @@ class MultiTaskMixin(_Base):
         Call it in ``forward`` (``z = self.shared_representation(z)``) for the gradient strategies
         with ``route="representation"`` and for GradDrop: their per-task gradients are taken with
         respect to ``z`` (batch first). Free otherwise: it only keeps a reference during training.
+        Under ``torch.compile`` of the whole ``forward`` it splits the compiled graph in two
+        (trunk, heads) for those strategies, so that ``z`` is a tensor the gradients can reach.
         """
         weighting = getattr(self, "weighting", None)
         if (
@@ -284,7 +352,10 @@ class MultiTaskMixin(_Base):
             and isinstance(weighting, GradientWeighting)
             and weighting.route == "representation"
         ):
-            self._mt_representation = z
+            if _is_compiling():
+                _keep_representation_eagerly(self, z)
+            else:
+                self._mt_representation = z
         return z
 
     def shared_parameters(self) -> list[nn.Parameter]:
@@ -300,9 +371,17 @@ class MultiTaskMixin(_Base):
 
     # -- the steps ----------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        if _is_compiling():  # torch.compile(model): Lightning compiles the steps; see _run_eagerly
+            return _run_eagerly(MultiTaskMixin.training_step, self, batch, batch_idx)
         trainer = trainer_of(self)
         self._mt_check_callback(trainer)
-        _, _, losses, batch_size = self._mt_forward(batch)
+        if isinstance(self.weighting, GradientWeighting):
+            with _graphs_kept_for_several_backwards():
+                return self._mt_training_step(batch, batch_idx, trainer)
+        return self._mt_training_step(batch, batch_idx, trainer)
+
+    def _mt_training_step(self, batch: Any, batch_idx: int, trainer: Any | None) -> Tensor:
+        outputs, targets, losses, batch_size = self._mt_forward(batch)
         if self._mt_on_nonfinite == "skip":
             if not self._mt_all_finite(losses, "train", batch_idx):
                 # The coming optimizer step is skipped: with gradient accumulation one bad micro-batch
@@ -327,14 +406,20 @@ class MultiTaskMixin(_Base):
             self.weighting.epoch_losses.add(losses, labelled)
         logging_step = is_logging_step(trainer)
         self._mt_log("train", losses, result.weights, result.loss, batch_size, logging_step)
+        if self._mt_metric_keys.get("train"):
+            self._mt_update_metrics("train", outputs, targets)
         if logging_step and self._mt_on_nonfinite == "raise":
             self.check_finite_losses()
         return result.loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        if _is_compiling():
+            return _run_eagerly(MultiTaskMixin.validation_step, self, batch, batch_idx)
         return self._mt_eval_step(batch, batch_idx, "val")
 
     def test_step(self, batch: Any, batch_idx: int) -> Tensor:
+        if _is_compiling():
+            return _run_eagerly(MultiTaskMixin.test_step, self, batch, batch_idx)
         return self._mt_eval_step(batch, batch_idx, "test")
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
@@ -401,14 +486,35 @@ class MultiTaskMixin(_Base):
     def end_training_epoch(self) -> None:
         """Log each task's epoch-mean training loss as ``train/loss/<task>_epoch``, then start anew.
 
+        (``train/<task>/loss_epoch`` with ``metric_keys="stage/task/metric"``.)
+
         Called by the Callback at each training epoch's end, on every process (the means are over
         all processes and, per task, over the batches that had a label for it).
         """
         if self._mt_train_means.seen_any():
             means = self._mt_train_means.means()
-            for task, value in zip(self._mt_tasks, means.unbind(), strict=True):
-                self.log(f"train/loss/{task.name}_epoch", value, on_step=False, on_epoch=True)
+            for key, value in zip(self._mt_epoch_loss_keys, means.unbind(), strict=True):
+                self.log(key, value, on_step=False, on_epoch=True)
         self._mt_train_means.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        """Update and log the best-so-far values (``best_metrics=True``); call ``super()`` if you override it.
+
+        The epoch's values are computed here, before Lightning logs them (torchmetrics keeps the
+        result, so nothing is computed twice); the sanity check is left out.
+        """
+        super().on_validation_epoch_end()  # type: ignore[misc]
+        trainer = trainer_of(self)
+        if not self._mt_best_keys or (trainer is not None and trainer.sanity_checking):
+            return
+        total = cast("Sequence[MeanMetric]", self._mt_eval_means["val"])[0]
+        metrics = cast("Sequence[Metric]", self._mt_metrics["val_metrics"])
+        for index, (key, at) in enumerate(self._mt_best_keys):
+            metric = total if at is None else metrics[at]
+            if metric.update_count == 0:  # nothing to score this epoch (e.g. no labelled sample)
+                continue
+            best = self._mt_best.update(index, metric.compute())
+            self.log(key, best, on_step=False, on_epoch=True, sync_dist=True)
 
     def configure_callbacks(self) -> Any:
         callbacks = list(super().configure_callbacks())  # type: ignore[misc]
@@ -538,25 +644,79 @@ class MultiTaskMixin(_Base):
         values_by_key.update(zip(weight_keys, weights.unbind(), strict=True))
         self.log_dict(values_by_key, on_step=True, on_epoch=False, batch_size=batch_size)
 
+    def _mt_update_metrics(self, stage: Stage, outputs: Mapping[str, Tensor], targets: Mapping[str, Any]) -> None:
+        """Update the tasks' metrics of ``stage`` (device operations) and log them as epoch values.
+
+        Lightning computes each logged metric at the epoch's end (over all processes) and resets it.
+        """
+        metrics = cast("Sequence[Metric]", self._mt_metrics[f"{stage}_metrics"])
+        selected: dict[int, tuple[Tensor, Any] | None] = {}  # per task: its labelled outputs and targets
+        for (at, key), metric in zip(self._mt_metric_keys[stage], metrics, strict=True):
+            if at not in selected:
+                task = self._mt_tasks[at]
+                output, target = outputs[task.name].detach(), targets[task.target_key]
+                if task.has_selection:
+                    output, target = task.select(output, target, targets)
+                selected[at] = (output, target) if output.shape[0] > 0 else None
+            pair = selected[at]
+            if pair is not None:
+                metric.update(*pair)
+                self.log(key, metric, on_step=False, on_epoch=True)
+
     def _mt_eval_step(self, batch: Any, batch_idx: int, stage: Literal["val", "test"]) -> Tensor:
         outputs, targets, losses, batch_size = self._mt_forward(batch)
         self._mt_all_finite(losses, stage, batch_idx)
         result = self.weighting(losses)
         self._mt_log(stage, losses, result.weights, result.loss, batch_size)
-        metrics: Any = self._mt_metrics[stage]
-        if len(metrics):
-            for task in self._mt_tasks:
-                if task.name not in metrics:
-                    continue
-                output, target = outputs[task.name], targets[task.target_key]
-                if task.has_selection:
-                    output, target = task.select(output, target, targets)
-                    if output.shape[0] == 0:
-                        continue
-                for metric_name, metric in metrics[task.name].items():
-                    metric.update(output.detach(), target)
-                    self.log(f"{stage}/{metric_name}/{task.name}", metric, on_epoch=True)
+        self._mt_update_metrics(stage, outputs, targets)
         return result.loss
+
+
+_is_compiling: Callable[[], bool] = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
+
+
+@torch.compiler.disable
+def _keep_representation_eagerly(module: MultiTaskMixin, z: Tensor) -> None:
+    """Keep ``z`` for the representation route, outside the compiled graph.
+
+    Under ``torch.compile`` of the whole ``forward`` this call is a graph break, so ``z`` is a real
+    tensor between two compiled graphs (trunk, heads): the per-task gradients with respect to it
+    run through the heads' graph. Inside one graph ``z`` would be an intermediate no gradient reaches.
+    """
+    module._mt_representation = z
+
+
+@torch.compiler.disable
+def _run_eagerly(step: Callable[..., Tensor], *args: Any) -> Tensor:
+    """Run a step of the mixin uncompiled; the module's ``forward`` inside it stays compiled.
+
+    ``trainer.fit(torch.compile(model))`` makes Lightning compile ``forward`` and the steps. The
+    steps are host-side bookkeeping (logging, checks, the strategy's host solvers) that dynamo
+    cannot trace (``self.log`` fails inside it); the work worth compiling is in ``forward``, which
+    Lightning compiles on its own.
+    """
+    return step(*args)
+
+
+@contextmanager
+def _graphs_kept_for_several_backwards() -> Iterator[None]:
+    """No donated buffers in ``torch.compile`` graphs: the gradient strategies backpropagate through them several times.
+
+    A compiled graph's backward may free its saved activations ("donated buffers", torch >= 2.5),
+    which needs ``retain_graph=False``; the gradient strategies take the per-task gradients with
+    ``retain_graph=True`` before Lightning's own backward. Torch reads the option when it compiles a
+    graph (in ``forward``) and again in each backward that keeps the graph, so it is off for the
+    whole training step of a gradient strategy and nowhere else (Lightning's backward keeps no graph).
+    """
+    if not hasattr(_functorch_config, "donated_buffer"):
+        yield
+        return
+    previous = _functorch_config.donated_buffer
+    _functorch_config.donated_buffer = False
+    try:
+        yield
+    finally:
+        _functorch_config.donated_buffer = previous
 
 
 def _check_mixin_order(module: Any) -> None:

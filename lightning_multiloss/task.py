@@ -31,8 +31,10 @@ class Task:
             ``nn.CrossEntropyLoss()`` or a function such as ``F.mse_loss``).
         target: the key of the target in the batch (default: the task's name). Several tasks
             may read the same key (a reconstruction task reads the input).
-        metrics: torchmetrics metrics by name, computed on validation and test
-            (logged as ``val/<metric>/<task>``).
+        metrics: torchmetrics metrics by name (a ``MetricCollection`` as a value contributes
+            its members under their own names), or one ``MetricCollection``; computed on
+            validation and test (logged as ``val/<metric>/<task>``), and on training steps with
+            ``configure_multitask(train_metrics=True)``. ``loss`` and ``weight`` are taken.
         mask: the key of a per-sample boolean mask in the batch: only samples where it is true
             count for this task's loss and metrics.
         ignore_value: a target value that marks a missing label (``-100``, ``float("nan")``):
@@ -45,7 +47,7 @@ class Task:
     name: str
     loss: LossFn
     target: str | None = None
-    metrics: Mapping[str, Any] = field(default_factory=dict)
+    metrics: Mapping[str, Any] | MetricCollection = field(default_factory=dict)
     mask: str | None = None
     ignore_value: float | None = None
 
@@ -59,20 +61,7 @@ class Task:
             raise MultiLossError(f"task {self.name!r}: loss must be callable, got {type(self.loss).__name__}")
         if self.target is None:
             self.target = self.name
-        if not isinstance(self.metrics, Mapping):
-            raise MultiLossError(
-                f"task {self.name!r}: metrics must be a dict {{name: torchmetrics metric}}, "
-                f"got {type(self.metrics).__name__}"
-            )
-        for metric_name, metric in self.metrics.items():
-            if not isinstance(metric_name, str) or not _NAME.fullmatch(metric_name):
-                raise MultiLossError(f"task {self.name!r}: metric name {metric_name!r} cannot be used in logging keys")
-            if not isinstance(metric, Metric | MetricCollection):
-                what = f"the class {metric.__name__}" if isinstance(metric, type) else type(metric).__name__
-                raise MultiLossError(
-                    f"task {self.name!r}: metric {metric_name!r} must be a torchmetrics Metric instance "
-                    f"(e.g. torchmetrics.Accuracy(...)), got {what}"
-                )
+        flatten_metrics(f"task {self.name!r}", self.metrics)  # checks the types and the names
         if self.ignore_value is not None and (
             isinstance(self.ignore_value, bool) or not isinstance(self.ignore_value, int | float)
         ):
@@ -80,6 +69,11 @@ class Task:
                 f"task {self.name!r}: ignore_value must be a number (e.g. -100 or float('nan')) or None, "
                 f"got {self.ignore_value!r}"
             )
+
+    @property
+    def named_metrics(self) -> dict[str, Metric]:
+        """The task's metrics by the name each is logged under (collections flattened)."""
+        return flatten_metrics(f"task {self.name!r}", self.metrics)
 
     @property
     def target_key(self) -> str:
@@ -168,6 +162,62 @@ class Task:
                 f"task {self.name!r}: class indices must be in [0, {classes - 1}] for a head of {classes} outputs, "
                 f"the target has {low if low < 0 else high}; give the head as many outputs as there are classes"
             )
+
+
+RESERVED_METRIC_NAMES = frozenset({"loss", "weight"})
+"""Names the mixin logs each task's loss and weight under, so no metric may take them."""
+
+
+def flatten_metrics(owner: str, metrics: Any) -> dict[str, Metric]:
+    """``{name: Metric}`` from a dict of metrics, one ``MetricCollection``, or one metric.
+
+    A ``MetricCollection`` contributes each member under the name torchmetrics gives it (its key,
+    with the collection's ``prefix`` and ``postfix``), as its own metric with its own state. A
+    lone metric is named by its class, as ``MetricCollection`` names unnamed ones. ``owner`` names
+    the task in the one-line errors.
+
+    Example:
+        >>> from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
+        >>> sorted(flatten_metrics("task 'reg'", {"err": MetricCollection({"mse": MeanSquaredError(),
+        ...                                                              "mae": MeanAbsoluteError()})}))
+        ['mae', 'mse']
+    """
+    if isinstance(metrics, Metric):
+        entries: list[tuple[Any, Any]] = [(type(metrics).__name__, metrics)]
+    elif isinstance(metrics, MetricCollection):
+        entries = list(metrics.items(keep_base=False, copy_state=False))
+    elif isinstance(metrics, Mapping):
+        entries = list(metrics.items())
+    else:
+        raise MultiLossError(
+            f"{owner}: metrics must be a dict {{name: torchmetrics metric}} or a MetricCollection, "
+            f"got {type(metrics).__name__}"
+        )
+    flat: dict[str, Metric] = {}
+    for name, metric in entries:
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise MultiLossError(f"{owner}: metric name {name!r} cannot be used in logging keys")
+        if isinstance(metric, MetricCollection):
+            members = list(metric.items(keep_base=False, copy_state=False))
+        elif isinstance(metric, Metric):
+            members = [(name, metric)]
+        else:
+            what = f"the class {metric.__name__}" if isinstance(metric, type) else type(metric).__name__
+            raise MultiLossError(
+                f"{owner}: metric {name!r} must be a torchmetrics Metric or MetricCollection instance "
+                f"(e.g. torchmetrics.Accuracy(...)), got {what}"
+            )
+        for member_name, member in members:
+            if not isinstance(member_name, str) or not _NAME.fullmatch(member_name):
+                raise MultiLossError(f"{owner}: metric name {member_name!r} cannot be used in logging keys")
+            if member_name in RESERVED_METRIC_NAMES:
+                raise MultiLossError(
+                    f"{owner}: a metric cannot be named {member_name!r}: the task's {member_name} is logged under it"
+                )
+            if member_name in flat:
+                raise MultiLossError(f"{owner}: two metrics are named {member_name!r}")
+            flat[member_name] = member
+    return flat
 
 
 def _loss_kind(loss: Any) -> str | None:

@@ -1,0 +1,119 @@
+"""``torch.compile`` with every route: the compiled run trains exactly as the eager one.
+
+Two ways users compile, each checked against the same model trained uncompiled (same seed,
+same batches): the trunk alone, compiled in ``setup`` as lightning-hydra-template does with
+``model.compile=true``; and the whole module, ``trainer.fit(torch.compile(model))``, where
+Lightning compiles ``forward`` and the steps. The routes: a loss-level strategy, the
+representation route and the parameter route. The data end with a smaller batch, so the trunk is
+compiled again with dynamic shapes, whose backward torch compiles at once with donated buffers:
+the parameter route's ``retain_graph=True`` gradients failed there before.
+
+``aot_eager`` runs AOTAutograd (where donated buffers live) without generating C++ kernels;
+one case uses the default backend, as the template does. Several seconds per compiled graph on
+CPU, hence ``slow``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from lightning_multiloss.weighting import create_weighting
+from tests._models import ToyNet, quiet_trainer, toy_loader
+
+pytestmark = pytest.mark.slow
+
+STEPS = 3  # batches of 16, 16 and 8 (a smaller last batch: a dynamic-shape recompile)
+
+
+class CompilableNet(ToyNet):
+    """A deeper trunk (its graph saves intermediates: donated buffers) and a switch to compile it in ``setup``."""
+
+    def __init__(self, weighting: Any, mark_representation: bool, compile_trunk: dict[str, Any] | None = None) -> None:
+        super().__init__(weighting)
+        torch.manual_seed(1)
+        self.trunk = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.Tanh())
+        self.mark_representation = mark_representation
+        self.compile_trunk = compile_trunk
+
+    def setup(self, stage: str) -> None:
+        if self.compile_trunk is not None and stage == "fit":  # as the template's `model.compile=true`
+            self.trunk = torch.compile(self.trunk, **self.compile_trunk)  # type: ignore[assignment]
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        z = self.trunk(x)
+        if self.mark_representation:
+            z = self.shared_representation(z)
+        return {name: head(z) for name, head in self.heads.items()}
+
+
+ROUTES = {
+    "loss-level": ("uncertainty", {}),
+    "representation": ("mgda", {"route": "representation"}),
+    "parameters": ("mgda", {"route": "parameters"}),
+}
+
+
+def build(route: str, compile_trunk: dict[str, Any] | None = None) -> CompilableNet:
+    name, options = ROUTES[route]
+    return CompilableNet(create_weighting(name, **options), route == "representation", compile_trunk)
+
+
+def train(model: Any, folder: Path, validate: bool = False) -> None:
+    trainer = quiet_trainer(max_epochs=1, limit_val_batches=1 if validate else 0, default_root_dir=folder)
+    trainer.fit(model, toy_loader(n=40), toy_loader(n=16) if validate else None)
+    assert trainer.global_step == STEPS
+
+
+def assert_same_training(compiled: CompilableNet, eager: CompilableNet) -> None:
+    compiled_state = {k.replace("._orig_mod", ""): v for k, v in compiled.state_dict().items()}
+    eager_state = eager.state_dict()
+    assert compiled_state.keys() == eager_state.keys()
+    for key, value in eager_state.items():
+        torch.testing.assert_close(compiled_state[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    torch.testing.assert_close(compiled.weighting.last_weights, eager.weighting.last_weights, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo() -> Any:
+    torch._dynamo.reset()  # each test compiles its own graphs (the cache limit counts per code object)
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("route", list(ROUTES))
+def test_trunk_compiled_in_setup_trains_as_eager(route: str, tmp_path: Path) -> None:
+    eager = build(route)
+    train(eager, tmp_path)
+    compiled = build(route, {"backend": "aot_eager"})
+    train(compiled, tmp_path)
+    assert_same_training(compiled, eager)
+
+
+def test_parameter_route_with_the_templates_compile(tmp_path: Path) -> None:
+    # The reported failure: the default backend, compiled in setup, a dynamic-shape recompile.
+    eager = build("parameters")
+    train(eager, tmp_path)
+    compiled = build("parameters", {})
+    train(compiled, tmp_path)
+    assert_same_training(compiled, eager)
+    assert torch._functorch.config.donated_buffer  # switched off only during the training steps
+
+
+@pytest.mark.parametrize("route", list(ROUTES))
+def test_whole_module_compiled_by_lightning_trains_as_eager(route: str, tmp_path: Path) -> None:
+    # Lightning compiles forward and the steps; the mixin's steps run eagerly, forward compiled.
+    eager = build(route)
+    train(eager, tmp_path, validate=True)
+    model = build(route)
+    train(torch.compile(model, backend="aot_eager"), tmp_path, validate=True)
+    # The default shared parameters of the parameter route are found through the compiled graph:
+    # the trunk's, not the heads' (which would change the Gramian and the weights).
+    assert_same_training(model, eager)
+    if route == "parameters":
+        trunk = {id(p) for p in model.trunk.parameters()}
+        assert {id(p) for p in model.shared_parameters()} == trunk
