@@ -324,13 +324,15 @@ API_CASES = [
     ApiCase(
         "metric-function",
         lambda: Task("reg", nn.MSELoss(), metrics={"mae": lambda output, target: 0.0}),
-        r"task 'reg': metric 'mae' must be a torchmetrics Metric instance \(e\.g\. torchmetrics\.Accuracy\(\.\.\.\)\), "
+        r"task 'reg': metric 'mae' must be a torchmetrics Metric or MetricCollection instance "
+        r"\(e\.g\. torchmetrics\.Accuracy\(\.\.\.\)\), "
         r"got function",
     ),
     ApiCase(
         "metric-class",
         lambda: Task("reg", nn.MSELoss(), metrics={"mae": torchmetrics.MeanAbsoluteError}),
-        r"task 'reg': metric 'mae' must be a torchmetrics Metric instance .*, got the class MeanAbsoluteError",
+        r"task 'reg': metric 'mae' must be a torchmetrics Metric or MetricCollection instance .*, "
+        r"got the class MeanAbsoluteError",
     ),
     ApiCase(
         "ignore-value-string",

@@ -209,10 +209,11 @@ def box_qp(gramian: Tensor, lower: Tensor, ridge: float = RIDGE) -> Tensor:
     single = lower.ndim == 1
     lower = lower.reshape(-1, g.shape[0])
     linear = lower @ g
-    x, solved = _principal_pivoting(g, linear, max_iter=2 * g.shape[0] + 10)
-    if not bool(solved.all()):
-        rest = ~solved
-        x[rest] = _active_set(g, linear[rest], simplex=False, max_iter=20 * g.shape[0] + 100, start=x[rest])
+    x, _ = _principal_pivoting(g, linear, max_iter=2 * g.shape[0] + 10)
+    # The active-set method finishes every row from where pivoting stopped: a row that pivoting
+    # solved is confirmed in one step, one where it stalled (or where a solve on an ill-conditioned
+    # free set lost digits, as on a near-singular G of scale 1e12) is completed.
+    x = _active_set(g, linear, simplex=False, max_iter=20 * g.shape[0] + 100, start=x)
     v = lower + x
     return v[0] if single else v
 
