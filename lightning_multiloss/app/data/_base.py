@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Mapping
+from importlib import resources
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
@@ -12,6 +14,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightning_multiloss import ShardSampler
 from lightning_multiloss.errors import MultiLossError
+
+
+def shipped_arrays(name: str) -> dict[str, np.ndarray]:
+    """The arrays of ``arrays/<name>.npz``, a data file shipped with the package (sources and licences:
+    ``arrays/README.md``)."""
+    with (resources.files(__package__) / "arrays" / f"{name}.npz").open("rb") as f, np.load(f) as arrays:
+        return {key: arrays[key] for key in arrays.files}
 
 
 class TensorDictDataset(Dataset):

@@ -11,7 +11,7 @@ from lightning_multiloss.errors import MultiLossError
 
 
 class LocClsDataModule(SplitDataModule):
-    """Each of scikit-learn's 8×8 digits pasted at a random position of a ``canvas``×``canvas`` image.
+    """Each of the 1797 8×8 digits pasted at a random position of a ``canvas``×``canvas`` image.
 
     Batch keys: ``x`` (``(1, canvas, canvas)`` in [0, 1]), ``loc`` (the cell of the digit's centre
     on a ``grid``×``grid`` grid over the canvas, as one index ``row * grid + col``: the target of
