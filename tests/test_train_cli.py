@@ -63,7 +63,7 @@ def clean_env() -> dict[str, str]:
 
 # -- overrides, composed ----------------------------------------------------------------------
 def test_scheduled_cosine(tmp_path):
-    cfg = compose_train(tmp_path, "weighting=scheduled", "schedule=cosine")
+    cfg = compose_train(tmp_path, "weighting=scheduled", "schedule@weighting.schedule=cosine")
     _, model, _ = build(cfg)
     assert isinstance(model.weighting, Scheduled) and model.weighting.unit == "fraction"
     model.weighting.set_progress(Progress(step=25, epoch=0, total_steps=100))
@@ -72,7 +72,7 @@ def test_scheduled_cosine(tmp_path):
 
 
 def test_scheduled_cosine_run_follows_the_schedule(tmp_path):
-    result = run_here(tmp_path, "weighting=scheduled", "schedule=cosine")
+    result = run_here(tmp_path, "weighting=scheduled", "schedule@weighting.schedule=cosine")
     assert result["status"] == "completed" and result["weighting"] == "scheduled"
     with open(tmp_path / "csv" / "loss_weights.csv") as f:
         rows = list(csv.DictReader(f))

@@ -9,17 +9,23 @@
   overlaid, one top-left and one bottom-right: the left and the right digit.
 
 Each yields dict batches (``x`` and one key per target) and splits train / val / test by ``seed``.
+These classes are ``lightning.pytorch`` data modules; :mod:`lightning_multiloss.app.pl` has the
+same ones on ``pytorch_lightning``, and the ``...Mixin`` classes hold their code, written once.
 """
 
-from lightning_multiloss.app.data._base import SplitDataModule, TensorDictDataset
-from lightning_multiloss.app.data.digits import DigitsDataModule
-from lightning_multiloss.app.data.loc_cls import LocClsDataModule
-from lightning_multiloss.app.data.multimnist import MultiMNISTDataModule
+from lightning_multiloss.app.data._base import SplitDataModule, SplitDataModuleMixin, TensorDictDataset
+from lightning_multiloss.app.data.digits import DigitsDataModule, DigitsDataModuleMixin
+from lightning_multiloss.app.data.loc_cls import LocClsDataModule, LocClsDataModuleMixin
+from lightning_multiloss.app.data.multimnist import MultiMNISTDataModule, MultiMNISTDataModuleMixin
 
 __all__ = [
     "DigitsDataModule",
+    "DigitsDataModuleMixin",
     "LocClsDataModule",
+    "LocClsDataModuleMixin",
     "MultiMNISTDataModule",
+    "MultiMNISTDataModuleMixin",
     "SplitDataModule",
+    "SplitDataModuleMixin",
     "TensorDictDataset",
 ]

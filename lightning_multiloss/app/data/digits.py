@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_multiloss.app.data._base import SplitDataModule, shipped_arrays
+from lightning_multiloss.app.data._base import SplitDataModule, SplitDataModuleMixin, shipped_arrays
 
 
 def load_digits_tensors() -> tuple[Tensor, Tensor]:
@@ -33,7 +33,7 @@ def vertical_centre(images: Tensor) -> Tensor:
     return (mass * rows).sum(dim=-1) / mass.sum(dim=-1).clamp_min(1e-8) - (images.shape[-2] - 1) / 2.0
 
 
-class DigitsDataModule(SplitDataModule):
+class DigitsDataModuleMixin(SplitDataModuleMixin):
     """The 1797 handwritten digits of scikit-learn's ``load_digits`` (8×8, shipped with this package).
 
     Batch keys: ``x`` (64 pixel values in [0, 1], the input and the reconstruction target),
@@ -43,6 +43,9 @@ class DigitsDataModule(SplitDataModule):
     the target of a ``binary`` task).
 
     Args: those of :class:`~lightning_multiloss.app.data.SplitDataModule`.
+
+    The code of :class:`DigitsDataModule` (``lightning.pytorch``) and of
+    ``lightning_multiloss.app.pl.DigitsDataModule`` (``pytorch_lightning``).
 
     Example:
         >>> dm = DigitsDataModule(batch_size=4)
@@ -63,3 +66,7 @@ class DigitsDataModule(SplitDataModule):
             "ink": images.mean(dim=(1, 2)).unsqueeze(1),
             "parity": (labels % 2).float().unsqueeze(1),
         }
+
+
+class DigitsDataModule(DigitsDataModuleMixin, SplitDataModule):
+    """:class:`DigitsDataModuleMixin` on ``lightning.pytorch``."""

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_multiloss.app.data._base import SplitDataModule, shipped_arrays
+from lightning_multiloss.app.data._base import SplitDataModule, SplitDataModuleMixin, shipped_arrays
 from lightning_multiloss.errors import MultiLossError
 
 
@@ -16,7 +16,7 @@ def load_mnist_5k() -> tuple[Tensor, Tensor]:
     return torch.from_numpy(arrays["images"]).float() / 255.0, torch.from_numpy(arrays["labels"]).long()
 
 
-class MultiMNISTDataModule(SplitDataModule):
+class MultiMNISTDataModuleMixin(SplitDataModuleMixin):
     """Two MNIST digits on one 36×36 canvas, resized to ``size``×``size`` (the MGDA construction).
 
     The left digit goes at the top-left corner and the right digit at the bottom-right, each
@@ -64,3 +64,7 @@ class MultiMNISTDataModule(SplitDataModule):
         if self.size != 36:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
         return {"x": x.clamp_(0.0, 1.0), "left": labels[first], "right": labels[second]}
+
+
+class MultiMNISTDataModule(MultiMNISTDataModuleMixin, SplitDataModule):
+    """:class:`MultiMNISTDataModuleMixin` on ``lightning.pytorch``."""
