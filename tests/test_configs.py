@@ -344,8 +344,31 @@ def test_every_subpackage_is_listed_in_pyproject():
     block = re.search(r"^packages = \[(.*?)\]", text, re.S | re.M)
     assert block, "pyproject.toml lists no packages"
     listed = set(re.findall(r'"([\w.]+)"', block.group(1)))
-    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "lightning_multiloss").rglob("__init__.py")}
-    assert found | {"lightning_multiloss.conf"} == listed
+    found = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for folder in ("lightning_multiloss", "hydra_plugins")
+        for p in (ROOT / folder).rglob("__init__.py")
+    }
+    assert found | {"lightning_multiloss.conf", "hydra_plugins"} == listed
+    assert not (ROOT / "hydra_plugins" / "__init__.py").exists()  # a namespace that other packages share
+
+
+def test_the_demo_search_path_plugin_acts_for_the_demo_only(tmp_path):
+    """Hydra lists in --help only the groups of its first search path: the plugin adds ours for the demo alone."""
+    from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.search_path_plugin import SearchPathPlugin
+
+    ours = [p for p in Plugins.instance().discover(SearchPathPlugin) if "lightning_multiloss" in p.__module__]
+    assert [p.__name__ for p in ours] == ["LightningMultilossDemoSearchPath"]  # found by Hydra's plugin scan
+    plugin_class = ours[0]
+    for main, expected in ((str(CONF), True), ("pkg://lightning_multiloss.app.conf", True), (str(tmp_path), False)):
+        search_path = ConfigSearchPathImpl()
+        search_path.append("hydra", "pkg://hydra.conf")
+        search_path.append("main", main)
+        plugin_class().manipulate_search_path(search_path)
+        paths = [element.path for element in search_path.get_path()]
+        assert ("pkg://lightning_multiloss.conf" in paths) is expected, main
 
 
 def test_demo_configs_compose_from_another_hydra_app(tmp_path):

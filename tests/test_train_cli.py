@@ -280,6 +280,28 @@ def test_cli_errors_are_one_clear_message(tmp_path, monkeypatch, capsys, args, m
         assert stderr.strip().splitlines()[-1] == message
 
 
+def test_cli_help_lists_every_group(monkeypatch, capsys):
+    """``multiloss-train --help``: the demo's groups and the plugin's, each with its options."""
+    from lightning_multiloss.app import train
+
+    monkeypatch.setattr(sys, "argv", ["multiloss-train", "--help"])
+    GlobalHydra.instance().clear()
+    with pytest.raises(SystemExit) as info:
+        train.main()
+    GlobalHydra.instance().clear()
+    assert info.value.code in (0, None)
+    listed = {
+        line.split(":")[0]: line.split(": ", 1)[1].split(", ")
+        for line in capsys.readouterr().out.splitlines()
+        if ": " in line and not line.startswith((" ", "schema/"))
+    }
+    demo = ("data", "model", "experiment", "trainer")
+    plugin = ("weighting", "schedule", "loss", "task", "callbacks", "logger")
+    for group in (*demo, *plugin):
+        assert group in listed, group
+    assert {"fixed", "scheduled", "learnable"} <= set(listed["weighting"]) and "cosine" in listed["schedule"]
+
+
 @pytest.mark.slow
 def test_cli_ddp_cpu(tmp_path):
     tiny = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
