@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl  # the app's default package
 import pytest
-import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -73,8 +73,8 @@ def assert_resumed_exactly(straight: dict[str, Any], resumed: dict[str, Any]) ->
     "weighting",
     [
         ("weighting=fixed",),
-        ("weighting=scheduled", "schedule=linear", "weighting.unit=step", "schedule.duration=12"),
-        ("weighting=scheduled", "schedule=linear", "weighting.unit=epoch", "schedule.duration=4"),
+        ("weighting=scheduled", "weighting.unit=step", "weighting.schedule.duration=12"),
+        ("weighting=scheduled", "weighting.unit=epoch", "weighting.schedule.duration=4"),
     ],
     ids=["fixed", "scheduled-step", "scheduled-epoch"],
 )
@@ -90,7 +90,7 @@ def test_two_epochs_then_resume_to_four_equals_four_straight(tmp_path: Path, wei
 def test_a_preempted_scheduled_run_resumes_exactly(tmp_path: Path) -> None:
     """``weighting=scheduled`` counts in fractions of the planned steps: a run planned for 4 epochs,
     stopped after 2 and resumed, ends where the uninterrupted run ends."""
-    weighting = ("weighting=scheduled", "schedule=linear", "trainer.max_epochs=4")
+    weighting = ("weighting=scheduled", "schedule@weighting.schedule=linear", "trainer.max_epochs=4")
     stop = f"+callbacks.stop._target_={__name__}.StopAfterEpochs"
     run_app(tmp_path / "straight", *weighting)
     run_app(tmp_path / "first", *weighting, stop, "+callbacks.stop.epochs=2")

@@ -1,7 +1,8 @@
 """Every option of every config group composes and instantiates; the schemas reject bad keys and types.
 
-The options are the YAML files found in ``conf/``, so a config added later (a new weighting) is
-covered without touching this file.
+The options are the YAML files found in the plugin's ``conf/`` and the demo's ``app/conf/``, so a
+config added later (a new weighting) is covered without touching this file. The Lightning objects
+of the ``trainer``, ``callbacks`` and ``logger`` options are built for both Lightning packages.
 """
 
 from __future__ import annotations
@@ -12,30 +13,43 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning.pytorch as lp
 import pytest
 import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.errors import ConfigCompositionException, InstantiationException
+from hydra.errors import ConfigCompositionException, InstantiationException, MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
 from lightning_multiloss import MultiLossError, ShardSampler
-from lightning_multiloss.app.config import TrainerConf, build_weighting, config_dir, validate_config
+from lightning_multiloss.app.config import TrainerConf, build_weighting, config_dir, plugin_config_dir, validate_config
 from lightning_multiloss.app.data import DigitsDataModule
 from lightning_multiloss.app.models import MultiTaskNet
 from lightning_multiloss.app.train import build
 from lightning_multiloss.schedules import Schedule
 from lightning_multiloss.weighting import Progress, Weighting
 
-CONF = Path(config_dir())
+CONF = Path(config_dir())  # the demo's
+PLUGIN = Path(plugin_config_dir())
 ROOT = Path(__file__).resolve().parent.parent
+PLUGIN_GROUPS = {"weighting", "schedule", "loss", "task", "callbacks", "logger"}
+DEMO_GROUPS = {"data", "model", "experiment", "trainer", "hydra"}
+PACKAGES = {"lightning.pytorch": lp, "pytorch_lightning": pl}
+
+
+def group_dir(group: str) -> Path:
+    return PLUGIN if group in PLUGIN_GROUPS else CONF
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    return sorted(p.stem for p in (group_dir(group) / group).glob("*.yaml"))
+
+
+def groups(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("__")}
 
 
 def compose_train(tmp_path: Path, *overrides: str):
@@ -46,16 +60,18 @@ def compose_train(tmp_path: Path, *overrides: str):
 
 
 def compose_group(group: str, name: str, *overrides: str):
-    """One group's option alone (faster than the whole config)."""
+    """One group's option alone, from the folder that holds it (faster than the whole config)."""
     GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONF), version_base="1.3"):
+    with initialize_config_dir(str(group_dir(group)), version_base="1.3"):
         return compose(overrides=[f"+{group}={name}", *overrides])
 
 
 def test_every_group_has_options():
-    groups = {p.name for p in CONF.iterdir() if p.is_dir() and not p.name.startswith("__")}
-    expected = {"weighting", "schedule", "loss", "task", "model", "data", "trainer", "callbacks", "logger"}
-    assert expected | {"experiment", "hydra"} <= groups
+    # A user's search path gets these and nothing else (hydra/callbacks: the run-result callback).
+    assert groups(PLUGIN) == PLUGIN_GROUPS | {"hydra"}
+    assert groups(PLUGIN / "hydra") == {"callbacks"}
+    assert groups(CONF) == DEMO_GROUPS
+    assert (CONF / "train.yaml").is_file() and not list(PLUGIN.glob("*.yaml"))
     assert {"fixed", "scheduled", "learnable"} <= set(options("weighting"))
     assert set(options("schedule")) == {
         "constant", "linear", "cosine", "exponential", "step", "warmup", "cyclic", "piecewise"
@@ -66,14 +82,14 @@ def test_every_group_has_options():
 
 
 def test_every_option_is_commented():
-    for path in CONF.rglob("*.yaml"):
+    for path in [*CONF.rglob("*.yaml"), *PLUGIN.rglob("*.yaml")]:
         assert any(line.lstrip().startswith("#") for line in path.read_text().splitlines()), f"{path}: no comment"
 
 
 # -- one test per option -----------------------------------------------------------------------
 @pytest.mark.parametrize("name", options("weighting"))
 def test_weighting_option(tmp_path, name):
-    cfg = compose_group("weighting", name, "+scheduled_task=recon")
+    cfg = compose_group("weighting", name, *(["weighting.task=recon"] if name == "scheduled" else []))
     weighting = build_weighting(cfg.weighting)
     assert isinstance(weighting, Weighting)
     assert weighting.name == name, f"conf/weighting/{name}.yaml builds the strategy registered as {weighting.name!r}"
@@ -86,8 +102,9 @@ def test_weighting_option(tmp_path, name):
 
 @pytest.mark.parametrize("name", options("schedule"))
 def test_schedule_option(tmp_path, name):
-    cfg = compose_group("weighting", "scheduled", f"schedule={name}", "+scheduled_task=recon")
-    schedule = instantiate(cfg.schedule, _convert_="all")
+    cfg = compose_group("weighting", "scheduled", f"schedule@weighting.schedule={name}", "weighting.task=recon")
+    assert set(cfg) == {"weighting"}  # the schedule lives inside the weighting
+    schedule = instantiate(cfg.weighting.schedule, _convert_="all")
     assert isinstance(schedule, Schedule)
     for t in (0.0, 0.3, 1.0):  # the defaults are valid alphas over the whole run (unit=fraction)
         value = schedule(t)
@@ -176,36 +193,48 @@ def test_evaluation_shares_under_ddp_cover_each_sample_once():
         tiny.val_dataloader()
 
 
+def package_overrides(package: str | None) -> list[str]:
+    """No ``lightning`` key (the configs' default, lightning.pytorch), or the key set to ``package``."""
+    return [] if package is None else [f"+lightning={package}"]
+
+
+@pytest.mark.parametrize("package", [None, "pytorch_lightning"])
 @pytest.mark.parametrize("name", options("trainer"))
-def test_trainer_option(tmp_path, name):
-    cfg = compose_group("trainer", name)
+def test_trainer_option(tmp_path, name, package):
+    cfg = compose_group("trainer", name, *package_overrides(package))
     validate_config(cfg, "trainer")
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     target = kwargs.pop("_target_")
-    assert target == "pytorch_lightning.Trainer"
-    inspect.signature(pl.Trainer).bind(**kwargs, logger=False)  # every key is a Trainer argument
+    lightning = PACKAGES[package or "lightning.pytorch"]
+    assert target == f"{lightning.__name__}.Trainer"
+    inspect.signature(lightning.Trainer).bind(**kwargs, logger=False)  # every key is a Trainer argument
     if kwargs["accelerator"] == "gpu" and not torch.cuda.is_available():
         assert name in ("gpu", "ddp")  # compose only on a machine without a GPU
         return
     trainer = instantiate(cfg.trainer, logger=False)
-    assert isinstance(trainer, pl.Trainer)
+    assert type(trainer) is lightning.Trainer
     assert trainer.num_devices == (kwargs["devices"] if isinstance(kwargs["devices"], int) else trainer.num_devices)
 
 
+@pytest.mark.parametrize("package", [None, "pytorch_lightning", "lightning.pytorch"])
 @pytest.mark.parametrize("name", options("callbacks"))
-def test_callbacks_option(tmp_path, name):
-    cfg = compose_group("callbacks", name, f"+output_dir={tmp_path}")
+def test_callbacks_option(tmp_path, name, package):
+    cfg = compose_group("callbacks", name, f"+output_dir={tmp_path}", *package_overrides(package))
     validate_config(cfg, "callbacks")
+    lightning, other = (lp, pl) if package in (None, "lightning.pytorch") else (pl, lp)
     for key, node in cfg.callbacks.items():
-        assert isinstance(instantiate(node), pl.Callback), key
+        callback = instantiate(node)
+        assert isinstance(callback, lightning.Callback) and not isinstance(callback, other.Callback), key
 
 
+@pytest.mark.parametrize("package", [None, "pytorch_lightning"])
 @pytest.mark.parametrize("name", options("logger"))
-def test_logger_option(tmp_path, name):
+def test_logger_option(tmp_path, name, package):
     import importlib.util
 
-    cfg = compose_group("logger", name, f"+output_dir={tmp_path}")
+    cfg = compose_group("logger", name, f"+output_dir={tmp_path}", *package_overrides(package))
     validate_config(cfg, "logger")
+    lightning = PACKAGES[package or "lightning.pytorch"]
     for key, node in cfg.logger.items():
         if key == "tensorboard" and not (
             importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")
@@ -214,6 +243,7 @@ def test_logger_option(tmp_path, name):
                 instantiate(node)
             continue
         logger = instantiate(node)
+        assert isinstance(logger, lightning.loggers.Logger), key
         if key == "mlflow":  # a SQLite store in the run folder, created with the logger
             assert (tmp_path / "mlflow.db").is_file()
             continue
@@ -231,7 +261,7 @@ def test_experiment_option(tmp_path, name):
     else:
         assert cfg.name == name and len(names) >= 2
     assert tuple(datamodule.input_shape) == tuple(model.hparams.input_shape)
-    assert isinstance(trainer, pl.Trainer)
+    assert isinstance(trainer, lp.Trainer)
 
 
 def test_loc_cls_is_the_keras_recipe(tmp_path):
@@ -251,8 +281,9 @@ def test_slurm_launcher_example_composes():
 
 
 # -- schemas --------------------------------------------------------------------------------------
-def test_trainer_schema_matches_the_trainer():
-    parameters = inspect.signature(pl.Trainer).parameters
+@pytest.mark.parametrize("lightning", [lp, pl], ids=["lightning.pytorch", "pytorch_lightning"])
+def test_trainer_schema_matches_the_trainer(lightning):
+    parameters = inspect.signature(lightning.Trainer).parameters
     for name, spec in TrainerConf.__dataclass_fields__.items():
         if name == "_target_":
             continue
@@ -318,12 +349,35 @@ def test_every_subpackage_is_listed_in_pyproject():
     block = re.search(r"^packages = \[(.*?)\]", text, re.S | re.M)
     assert block, "pyproject.toml lists no packages"
     listed = set(re.findall(r'"([\w.]+)"', block.group(1)))
-    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "lightning_multiloss").rglob("__init__.py")}
-    assert found | {"lightning_multiloss.conf"} == listed
+    found = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for folder in ("lightning_multiloss", "hydra_plugins")
+        for p in (ROOT / folder).rglob("__init__.py")
+    }
+    assert found | {"lightning_multiloss.conf", "hydra_plugins"} == listed
+    assert not (ROOT / "hydra_plugins" / "__init__.py").exists()  # a namespace that other packages share
 
 
-def test_configs_compose_from_another_hydra_app(tmp_path):
-    """A user's app adds `pkg://lightning_multiloss.conf` to its search path and picks our groups."""
+def test_the_demo_search_path_plugin_acts_for_the_demo_only(tmp_path):
+    """Hydra lists in --help only the groups of its first search path: the plugin adds ours for the demo alone."""
+    from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.search_path_plugin import SearchPathPlugin
+
+    ours = [p for p in Plugins.instance().discover(SearchPathPlugin) if "lightning_multiloss" in p.__module__]
+    assert [p.__name__ for p in ours] == ["LightningMultilossDemoSearchPath"]  # found by Hydra's plugin scan
+    plugin_class = ours[0]
+    for main, expected in ((str(CONF), True), ("pkg://lightning_multiloss.app.conf", True), (str(tmp_path), False)):
+        search_path = ConfigSearchPathImpl()
+        search_path.append("hydra", "pkg://hydra.conf")
+        search_path.append("main", main)
+        plugin_class().manipulate_search_path(search_path)
+        paths = [element.path for element in search_path.get_path()]
+        assert ("pkg://lightning_multiloss.conf" in paths) is expected, main
+
+
+def test_demo_configs_compose_from_another_hydra_app(tmp_path):
+    """A user's app that wants the demo's data and network too adds both search-path entries."""
     (tmp_path / "app.yaml").write_text(
         "defaults:\n"
         "  - weighting: learnable\n"
@@ -335,6 +389,7 @@ def test_configs_compose_from_another_hydra_app(tmp_path):
         "hydra:\n"
         "  searchpath:\n"
         "    - pkg://lightning_multiloss.conf\n"
+        "    - pkg://lightning_multiloss.app.conf\n"
         "seed: 3\n"
         "model:\n"
         "  tasks:\n"
@@ -349,6 +404,50 @@ def test_configs_compose_from_another_hydra_app(tmp_path):
     net = instantiate(cfg.model, input_shape=list(dm.input_shape), weighting=cfg.weighting, _recursive_=False)
     assert [t.name for t in net.tasks] == ["digit", "centre"]
     assert float(net.weighting.alpha.detach()) == 0.25
+    assert isinstance(dm, lp.LightningDataModule) and isinstance(net, lp.LightningModule)
+
+
+def test_the_plugin_search_path_brings_only_the_plugin_groups(tmp_path):
+    """``pkg://lightning_multiloss.conf`` alone: the plugin's groups; no demo option shadows the app's own."""
+    (tmp_path / "config.yaml").write_text(
+        "defaults:\n"
+        "  - weighting: fixed\n"
+        "  - _self_\n"
+        "hydra:\n"
+        "  searchpath:\n"
+        "    - pkg://lightning_multiloss.conf\n"
+        "scheduled_task: recon\n"  # a key of the demo's: the plugin's configs must not read it
+    )
+    demo = {
+        "data": "digits",
+        "model": "mlp",
+        "experiment": "digits",
+        "trainer": "debug",
+        "hydra/launcher": "submitit_slurm",
+    }
+    for group, option in demo.items():  # an app whose defaults list picks a demo option
+        (tmp_path / f"uses_{group.replace('/', '_')}.yaml").write_text(
+            f"defaults:\n  - {group}: {option}\n  - _self_\nhydra:\n  searchpath:\n    - pkg://lightning_multiloss.conf\n"
+        )
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(tmp_path), version_base="1.3"):
+        # Each plugin group is there (its folder holds nothing else: test_every_group_has_options) ...
+        for group in sorted(PLUGIN_GROUPS):
+            probe = compose("config", overrides=[f"+{group}@probe={options(group)[0]}"])
+            assert probe.probe, group
+        # ... and no option of the demo's groups, nor its train.yaml.
+        for group, option in demo.items():
+            with pytest.raises(MissingConfigException, match=f"Could not find '{group}/{option}'"):
+                compose(f"uses_{group.replace('/', '_')}")
+        with pytest.raises(MissingConfigException, match="Cannot find primary config 'train'"):
+            compose("train")
+        cfg = compose("config", overrides=["weighting=scheduled", "schedule@weighting.schedule=cosine"])
+    assert set(cfg) == {"weighting", "scheduled_task"}  # no top-level schedule
+    assert cfg.weighting.task is None and cfg.weighting.schedule._target_ == "lightning_multiloss.schedules.Cosine"
+    weighting = build_weighting(cfg.weighting)
+    weighting.bind(["a", "b"])  # no task named: the schedule is alpha of two tasks
+    weighting.set_progress(Progress(step=0, epoch=0, total_steps=10))
+    torch.testing.assert_close(weighting.weights, torch.tensor([1.0, 0.0]))
 
 
 def refuse_setup(reason: str) -> None:

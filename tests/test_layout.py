@@ -1,4 +1,5 @@
-"""The package's two parts: the plugin core imports nothing from the app; the app uses only public core names.
+"""The package's two parts: the plugin core imports nothing from the app; the app uses only public core names;
+each imports nothing beyond its dependencies.
 
 Checked by importing the modules (not by reading their text): what a module really pulls in is
 what ``sys.modules`` holds after the import, and what it really uses from the core is what its
@@ -7,6 +8,7 @@ globals hold.
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
 import json
@@ -129,3 +131,41 @@ def test_the_rules_can_fail() -> None:
         f"{APP}.fake.AnotherName (from {home.__name__})",
     ]
     assert app_modules_loaded_by([f"{APP}.results"]) == [APP, f"{APP}.results"]
+
+
+# -- what each part imports from outside the standard library ---------------------------------------
+CORE_IMPORTS = {"torch", "torchmetrics", "hydra", "omegaconf", "matplotlib", "lightning", "pytorch_lightning"}
+"""What the plugin core may import: its dependencies (omegaconf comes with hydra-core) and ``typing_extensions``
+(a dependency of torch, listed below)."""
+APP_IMPORTS = CORE_IMPORTS | {"numpy", "yaml"}
+"""The demo also reads its shipped ``.npz`` files with numpy (a dependency of matplotlib) and Hydra's files with
+yaml (PyYAML, a dependency of omegaconf); no scikit-learn, no mlxtend."""
+
+
+def third_party_imports(path: Path) -> set[str]:
+    """The top-level packages outside the standard library and this package that ``path`` imports, anywhere in it."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names = [node.module]
+        else:
+            continue
+        found |= {name.split(".")[0] for name in names}
+    return found - set(sys.stdlib_module_names) - {"__future__", PACKAGE}
+
+
+def test_each_part_imports_only_its_dependencies() -> None:
+    package = ROOT / PACKAGE
+    for path in sorted(package.rglob("*.py")):
+        is_app = (package / "app") in path.parents
+        allowed = (APP_IMPORTS if is_app else CORE_IMPORTS) | {"typing_extensions"}
+        extra = third_party_imports(path) - allowed
+        assert not extra, f"{path.relative_to(ROOT)} imports {sorted(extra)}"
+
+
+def test_the_import_check_can_fail(tmp_path: Path) -> None:
+    source = "import os\nfrom sklearn.datasets import load_digits\n\n\ndef f():\n    import mlxtend.data\n"
+    (tmp_path / "m.py").write_text(source)
+    assert third_party_imports(tmp_path / "m.py") == {"sklearn", "mlxtend"}

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import re
+import shlex
 import subprocess
 import sys
 import traceback
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
@@ -37,16 +41,39 @@ def test_readme_python_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
             )
 
 
-@pytest.mark.slow
-def test_readme_hydra_app_runs(tmp_path: Path) -> None:
-    """The "own Hydra app" example: its config.yaml and my_app.py, written out and run as a user would."""
+def write_hydra_app(folder: Path) -> None:
+    """The README's "own Hydra app" example, written out as a user would: ``conf/config.yaml`` and ``my_app.py``."""
     text = README.read_text(encoding="utf-8")
     yaml_block = re.search(r"^```yaml\n(# conf/config\.yaml of your app\n.*?)^```", text, re.MULTILINE | re.DOTALL)
     app_block = re.search(r"^```python my_app\.py\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
     assert yaml_block and app_block, "the README's own-Hydra-app example (config.yaml + my_app.py) is missing"
-    (tmp_path / "conf").mkdir()
-    (tmp_path / "conf" / "config.yaml").write_text(yaml_block.group(1), encoding="utf-8")
-    (tmp_path / "my_app.py").write_text(app_block.group(1), encoding="utf-8")
+    (folder / "conf").mkdir()
+    (folder / "conf" / "config.yaml").write_text(yaml_block.group(1), encoding="utf-8")
+    (folder / "my_app.py").write_text(app_block.group(1), encoding="utf-8")
+
+
+def test_readme_hydra_app_gets_only_the_plugin_groups(tmp_path: Path) -> None:
+    """Its one search-path entry brings the plugin's groups; ``data``, ``model``, ``experiment`` and
+    ``trainer`` are no groups there (``+data=digits`` adds a plain string, not the demo's config)."""
+    write_hydra_app(tmp_path)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(tmp_path / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["+data=digits", "+model=mlp", "+experiment=digits", "+trainer=debug"])
+        scheduled = compose("config", overrides=["weighting=scheduled", "schedule@weighting.schedule=cosine"])
+    GlobalHydra.instance().clear()
+    for group in ("data", "model", "experiment", "trainer"):
+        assert cfg[group] == {"data": "digits", "model": "mlp", "experiment": "digits", "trainer": "debug"}[group]
+    assert cfg.weighting._target_ == "lightning_multiloss.weighting.Uncertainty"
+    assert set(cfg.callbacks) == {"checkpoint", "loss_weighting"} and set(cfg.logger) == {"csv"}
+    assert set(cfg.losses) == {"digit", "parity"}
+    assert set(scheduled) == set(cfg) - {"data", "model", "experiment", "trainer"}  # no top-level schedule
+    assert scheduled.weighting.schedule._target_ == "lightning_multiloss.schedules.Cosine"
+
+
+@pytest.mark.slow
+def test_readme_hydra_app_runs(tmp_path: Path) -> None:
+    """The "own Hydra app" example runs as a user would run it, and writes into Hydra's run folder."""
+    write_hydra_app(tmp_path)
     env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "RANK")}
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(
@@ -58,6 +85,49 @@ def test_readme_hydra_app_runs(tmp_path: Path) -> None:
         timeout=300,
     )
     assert proc.returncode == 0, f"my_app.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    assert "max_epochs=10" in proc.stderr + proc.stdout, "the app did not train to the end"
-    assert (tmp_path / "run" / "lightning_logs").is_dir()  # the app's logs went into Hydra's run folder
-    assert not (tmp_path / "lightning_logs").exists()
+    assert "max_epochs=3" in proc.stderr + proc.stdout, "the app did not train to the end"
+    run = tmp_path / "run"
+    for name in ("checkpoints/last.ckpt", "csv/metrics.csv", "csv/loss_weights.csv", "csv/loss_weights.png"):
+        assert (run / name).is_file(), name
+    with open(run / "csv" / "loss_weights.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert int(rows[-1]["step"]) == 3 * 16  # 3 epochs of 512 / 32 batches, one record per optimizer step
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conf", "my_app.py", "run"]  # nothing outside it
+
+
+def demo_commands() -> list[list[str]]:
+    """The arguments of every ``multiloss-train`` line of the README's ```bash blocks (comments dropped)."""
+    text = README.read_text(encoding="utf-8")
+    commands = []
+    for block in re.findall(r"^```bash\n(.*?)^```", text, re.MULTILINE | re.DOTALL):
+        for line in block.splitlines():
+            if line.startswith("multiloss-train "):
+                args = shlex.split(line.split("  #")[0])[1:]
+                commands.append([a for a in args if a not in ("-m", "--help")])
+    return commands
+
+
+@pytest.mark.slow
+def test_readme_demo_commands_compose(tmp_path: Path) -> None:
+    """Every ``multiloss-train`` command of the README composes and passes the app's checks.
+
+    A sweep (``-m a=x,y``) is checked with its first value (tests/test_configs.py builds every option).
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from lightning_multiloss.app.config import config_dir, validate_config
+
+    commands = demo_commands()
+    assert len(commands) >= 20 and ["lightning=pytorch_lightning"] in commands
+    parser = OverridesParser.create()
+    for args in commands:
+        args = [re.sub(r"<[a-z ]+>", "run", arg) for arg in args]  # a placeholder: the user's run folder
+        overrides = [
+            f"{o.get_key_element()}={next(o.sweep_string_iterator())}" if o.is_sweep_override() else o.input_line
+            for o in parser.parse_overrides(args)
+        ]
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir(), version_base="1.3"):
+            cfg = compose("train", overrides=[*overrides, f"output_dir={tmp_path}"])
+        validate_config(cfg)
+    GlobalHydra.instance().clear()

@@ -63,7 +63,7 @@ def clean_env() -> dict[str, str]:
 
 # -- overrides, composed ----------------------------------------------------------------------
 def test_scheduled_cosine(tmp_path):
-    cfg = compose_train(tmp_path, "weighting=scheduled", "schedule=cosine")
+    cfg = compose_train(tmp_path, "weighting=scheduled", "schedule@weighting.schedule=cosine")
     _, model, _ = build(cfg)
     assert isinstance(model.weighting, Scheduled) and model.weighting.unit == "fraction"
     model.weighting.set_progress(Progress(step=25, epoch=0, total_steps=100))
@@ -72,7 +72,7 @@ def test_scheduled_cosine(tmp_path):
 
 
 def test_scheduled_cosine_run_follows_the_schedule(tmp_path):
-    result = run_here(tmp_path, "weighting=scheduled", "schedule=cosine")
+    result = run_here(tmp_path, "weighting=scheduled", "schedule@weighting.schedule=cosine")
     assert result["status"] == "completed" and result["weighting"] == "scheduled"
     with open(tmp_path / "csv" / "loss_weights.csv") as f:
         rows = list(csv.DictReader(f))
@@ -281,6 +281,28 @@ def test_cli_errors_are_one_clear_message(tmp_path, monkeypatch, capsys, args, m
         assert "Available options" in stderr and "learnable" in stderr
     elif message.startswith("error:"):
         assert stderr.strip().splitlines()[-1] == message
+
+
+def test_cli_help_lists_every_group(monkeypatch, capsys):
+    """``multiloss-train --help``: the demo's groups and the plugin's, each with its options."""
+    from lightning_multiloss.app import train
+
+    monkeypatch.setattr(sys, "argv", ["multiloss-train", "--help"])
+    GlobalHydra.instance().clear()
+    with pytest.raises(SystemExit) as info:
+        train.main()
+    GlobalHydra.instance().clear()
+    assert info.value.code in (0, None)
+    listed = {
+        line.split(":")[0]: line.split(": ", 1)[1].split(", ")
+        for line in capsys.readouterr().out.splitlines()
+        if ": " in line and not line.startswith((" ", "schema/"))
+    }
+    demo = ("data", "model", "experiment", "trainer")
+    plugin = ("weighting", "schedule", "loss", "task", "callbacks", "logger")
+    for group in (*demo, *plugin):
+        assert group in listed, group
+    assert {"fixed", "scheduled", "learnable"} <= set(listed["weighting"]) and "cosine" in listed["schedule"]
 
 
 @pytest.mark.slow

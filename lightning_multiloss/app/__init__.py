@@ -1,8 +1,10 @@
 """The demo Hydra app: ``multiloss-train`` and ``multiloss-report``.
 
 It trains a configurable multi-task network (:mod:`~lightning_multiloss.app.models`) on the data
-modules of :mod:`~lightning_multiloss.app.data`, composed from the Hydra configs of ``conf/``
-(schemas and checks in :mod:`~lightning_multiloss.app.config`), writes each run's
+modules of :mod:`~lightning_multiloss.app.data`, composed from its own Hydra configs
+(``app/conf``: ``train.yaml``, ``data``, ``model``, ``experiment``, ``trainer``) and the plugin's
+(``pkg://lightning_multiloss.conf``; schemas and checks in :mod:`~lightning_multiloss.app.config`),
+on either Lightning package (:mod:`~lightning_multiloss.app.namespace`), writes each run's
 ``result.json`` (:mod:`~lightning_multiloss.results`) and compares the runs of a sweep
 (:mod:`~lightning_multiloss.app.report`).
 

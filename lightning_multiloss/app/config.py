@@ -1,16 +1,16 @@
 """Structured-config schemas (registered in Hydra's ConfigStore) and config validation.
 
-The YAML files of ``conf/`` name these schemas in their defaults lists (``optional``, so that
-an app which has not imported this module still composes them), so a wrong type fails when the
-config is composed. Hydra lets ``+key=value`` add keys even to a schema, so :func:`validate_config`
-checks the composed config again before anything is built: an unknown key or a value of the
-wrong type fails at once, with the key's full name. Nodes without a dataclass here (weightings,
-schedules, losses, metrics, callbacks, loggers) are checked against the signature of their
-``_target_``, so a strategy added later is covered too.
+The YAML files of the demo (``app/conf/``) and of the plugin's ``task`` group name these schemas
+in their defaults lists (``optional``, so that an app which has not imported this module still
+composes them), so a wrong type fails when the config is composed. Hydra lets ``+key=value`` add
+keys even to a schema, so :func:`validate_config` checks the composed config again before anything
+is built: an unknown key or a value of the wrong type fails at once, with the key's full name.
+Nodes without a dataclass here (weightings, schedules, losses, metrics, callbacks, loggers) are
+checked against the signature of their ``_target_``, so a strategy added later is covered too.
 
 Example:
     >>> from omegaconf import OmegaConf
-    >>> trainer = {"_target_": "pytorch_lightning.Trainer", "max_epoch": 3}
+    >>> trainer = {"_target_": "lightning.pytorch.Trainer", "max_epoch": 3}
     >>> validate_config(OmegaConf.create({"trainer": trainer}), "trainer")
     Traceback (most recent call last):
     ...
@@ -33,21 +33,27 @@ from hydra.utils import get_object
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lightning_multiloss.app.namespace import DEFAULT_LIGHTNING, target_for
 from lightning_multiloss.errors import MultiLossError
-from lightning_multiloss.schedules import ScheduleLike
-from lightning_multiloss.weighting import Scheduled, Weighting
+from lightning_multiloss.factories import check_lightning_package
+from lightning_multiloss.weighting import Weighting
 
 # ruff: noqa: UP006, UP045  (OmegaConf reads these annotations at run time: typing forms only)
 
 
 def config_dir() -> str:
-    """The folder of the shipped Hydra configs (``lightning_multiloss/conf`` once installed).
+    """The folder of the demo app's Hydra configs, ``lightning_multiloss/app/conf`` (``train.yaml``)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
+
+
+def plugin_config_dir() -> str:
+    """The folder of the plugin's Hydra configs: ``lightning_multiloss/conf`` once installed.
 
     From a source checkout, ``conf/`` beside the package folder.
     """
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # lightning_multiloss/
     for candidate in (os.path.join(package, "conf"), os.path.join(os.path.dirname(package), "conf")):
-        if os.path.isfile(os.path.join(candidate, "train.yaml")):
+        if os.path.isdir(os.path.join(candidate, "weighting")):
             return candidate
     raise MultiLossError(f"the Hydra configs of lightning_multiloss are missing (looked in {package}/conf)")
 
@@ -56,7 +62,7 @@ def _expose_source_configs() -> None:
     """Make ``lightning_multiloss.conf`` importable when the package runs from a source checkout.
 
     An installed package holds ``lightning_multiloss/conf``; a checkout keeps ``conf/`` beside the
-    package folder, so ``pkg://lightning_multiloss.conf`` would not find it there.
+    package folder, so ``pkg://lightning_multiloss.conf`` (the demo's search path) would not find it there.
     """
     import importlib.util
     import sys
@@ -69,7 +75,7 @@ def _expose_source_configs() -> None:
             return
     except ImportError:
         pass
-    folder = config_dir()
+    folder = plugin_config_dir()
     init = os.path.join(folder, "__init__.py")
     spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[folder])
     if spec is None or spec.loader is None or not os.path.isfile(init):
@@ -85,9 +91,9 @@ _expose_source_configs()
 # -- schemas ----------------------------------------------------------------------------------
 @dataclass
 class TrainerConf:
-    """``pytorch_lightning.Trainer``'s arguments (``logger`` and ``callbacks`` come from their groups)."""
+    """The Trainer's arguments, of either package (``logger`` and ``callbacks`` come from their groups)."""
 
-    _target_: str = "pytorch_lightning.Trainer"
+    _target_: str = "lightning.pytorch.Trainer"
     accelerator: str = "auto"
     strategy: Any = "auto"
     devices: Any = "auto"
@@ -219,9 +225,10 @@ class ConvModelConf(ModelConf):
 
 @dataclass
 class TrainConf:
-    """The top level of ``conf/train.yaml``."""
+    """The top level of the demo's ``train.yaml``."""
 
     name: str = MISSING
+    lightning: str = "lightning.pytorch"
     baseline_of: Optional[str] = None
     seed: int = 0
     ckpt_path: Optional[str] = None
@@ -232,14 +239,13 @@ class TrainConf:
     data: Any = MISSING
     model: Any = MISSING
     weighting: Any = MISSING
-    schedule: Any = None
     trainer: Any = MISSING
     callbacks: Dict[str, Any] = field(default_factory=dict)
     logger: Dict[str, Any] = field(default_factory=dict)
 
 
 SCHEMAS: dict[str, type] = {
-    "pytorch_lightning.Trainer": TrainerConf,
+    "lightning.pytorch.Trainer": TrainerConf,
     "lightning_multiloss.app.data.DigitsDataModule": DigitsDataConf,
     "lightning_multiloss.app.data.LocClsDataModule": LocClsDataConf,
     "lightning_multiloss.app.data.MultiMNISTDataModule": MultiMNISTDataConf,
@@ -247,7 +253,8 @@ SCHEMAS: dict[str, type] = {
     "lightning_multiloss.app.models.MLPTrunk": MLPTrunkConf,
     "lightning_multiloss.app.models.ConvTrunk": ConvTrunkConf,
 }
-"""The dataclass that checks a node, by the node's ``_target_``."""
+"""The dataclass that checks a node, by the node's ``_target_`` (named for ``lightning.pytorch``; the classes of
+``pytorch_lightning`` are checked by the same dataclasses)."""
 
 
 def register_configs() -> None:
@@ -320,7 +327,7 @@ def check_node(node: Any, where: str, schema: type | None = None) -> None:
     target = node.get("_target_")
     var_keyword = False
     if schema is None and isinstance(target, str):
-        schema = SCHEMAS.get(target)
+        schema = SCHEMAS.get(target_for(target, DEFAULT_LIGHTNING))
         if schema is None:
             try:
                 obj = get_object(target)
@@ -347,7 +354,7 @@ def validate_config(cfg: DictConfig, *parts: str) -> None:
     """Check the composed config (or only ``parts`` of it) before anything is built.
 
     Every key of the top level, the trainer, data, model (trunk and each task, its loss and
-    metrics), weighting, schedule, callbacks and loggers.
+    metrics), weighting (and its schedule), callbacks and loggers.
     """
     selected = set(parts) if parts else None
 
@@ -356,9 +363,14 @@ def validate_config(cfg: DictConfig, *parts: str) -> None:
 
     if selected is None:
         check_node(OmegaConf.masked_copy(cfg, [str(k) for k in cfg]), "", TrainConf)
+        check_lightning_package(str(cfg.get("lightning", DEFAULT_LIGHTNING)))  # before the targets that name it
     for part in cfg:
         if part not in ("model", "callbacks", "logger") and wanted(str(part)) and isinstance(cfg[part], DictConfig):
-            check_node(cfg[part], str(part))  # trainer, data, weighting, schedule: by their _target_
+            check_node(cfg[part], str(part))  # trainer, data, weighting: by their _target_
+    if wanted("weighting") and isinstance(cfg.get("weighting"), DictConfig):
+        for key, value in cfg.weighting.items():
+            if isinstance(value, DictConfig) and "_target_" in value:  # weighting=scheduled: its schedule
+                check_node(value, f"weighting.{key}")
     if wanted("model") and cfg.get("model") is not None:
         model = cfg.model
         check_node(model, "model")
@@ -463,35 +475,3 @@ def build_weighting(cfg: Any) -> Weighting:
     if not isinstance(weighting, Weighting):
         raise MultiLossError(f"weighting: {cfg['_target_']!r} built a {type(weighting).__name__}, not a Weighting")
     return weighting
-
-
-def scheduled_weighting(
-    schedule: ScheduleLike | float | list[Any] | dict[str, Any],
-    unit: str = "step",
-    task: str | None = None,
-) -> Scheduled:
-    """The ``scheduled`` weighting of ``conf/weighting/scheduled.yaml``.
-
-    Args:
-        schedule: the schedule (or one per task, a list or a dict by task name).
-        unit: ``"step"``, ``"epoch"`` or ``"fraction"``.
-        task: ``None``: ``schedule`` is alpha, the weight of the first of two tasks (the second
-            gets ``1 - alpha``); a task name: ``schedule`` is that task's weight and the other
-            tasks keep weight 1 (the form for more than two tasks).
-
-    Example:
-        >>> from lightning_multiloss.schedules import Linear
-        >>> from lightning_multiloss.weighting import Progress
-        >>> w = scheduled_weighting(Linear(1.0, 0.0, duration=10), task="recon")
-        >>> w.bind(["digit", "recon", "centre"])
-        >>> w.set_progress(Progress(step=5, epoch=0))
-        >>> w.weights
-        tensor([1.0000, 0.5000, 1.0000])
-    """
-    if task is not None:
-        if isinstance(schedule, list | dict):
-            raise MultiLossError(
-                "weighting 'scheduled': give either task= and one schedule, or a list/dict of schedules"
-            )
-        return Scheduled({task: schedule}, unit=unit)  # type: ignore[arg-type]
-    return Scheduled(schedule, unit=unit)  # type: ignore[arg-type]

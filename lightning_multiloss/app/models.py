@@ -1,17 +1,19 @@
 """A configurable multi-task network: a shared trunk (MLP or conv) and one head per task.
 
 :class:`MultiTaskNet` is a :class:`~lightning_multiloss.MultiTaskMixin` LightningModule built
-from plain config values (the ``model`` node of ``conf/``), so its hyper-parameters, saved in
-checkpoints, are plain lists and dicts and ``MultiTaskNet.load_from_checkpoint`` rebuilds it.
+from plain config values (the ``model`` node of the demo's configs), so its hyper-parameters, saved
+in checkpoints, are plain lists and dicts and ``MultiTaskNet.load_from_checkpoint`` rebuilds it.
+Its code is :class:`MultiTaskNetMixin`, written once: :class:`MultiTaskNet` is built on
+``lightning.pytorch``, ``lightning_multiloss.app.pl.MultiTaskNet`` on ``pytorch_lightning``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
+import lightning.pytorch as lp
 import torch
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -182,8 +184,18 @@ def metric_direction(metric: Any) -> str:
     return "max" if getattr(metric, "higher_is_better", False) else "min"
 
 
-class MultiTaskNet(MultiTaskMixin, pl.LightningModule):  # type: ignore[misc]
+if TYPE_CHECKING:  # type-checked as a lightning.pytorch module; either package's LightningModule at run time
+    _LightningModule = lp.LightningModule
+else:
+    _LightningModule = object
+
+
+class MultiTaskNetMixin(MultiTaskMixin, _LightningModule):  # type: ignore[misc]
     """A shared trunk and one head per task, trained on a weighted combination of the task losses.
+
+    The code of :class:`MultiTaskNet` (``lightning.pytorch``) and of
+    ``lightning_multiloss.app.pl.MultiTaskNet`` (``pytorch_lightning``), mixed (first) into a
+    ``LightningModule``.
 
     Args:
         trunk: the trunk's config (``_target_``: :class:`MLPTrunk` or :class:`ConvTrunk`, and
@@ -337,3 +349,7 @@ class MultiTaskNet(MultiTaskMixin, pl.LightningModule):  # type: ignore[misc]
             return optimizer_cls(groups, **options)
         except (ValueError, TypeError) as error:  # e.g. torch's "Invalid learning rate: -1"
             raise MultiLossError(refusal(self.optimizer_cfg, "model.optimizer", error)) from None
+
+
+class MultiTaskNet(MultiTaskNetMixin, lp.LightningModule):  # type: ignore[misc]
+    """:class:`MultiTaskNetMixin` on ``lightning.pytorch``."""

@@ -1,10 +1,11 @@
 """The training app: ``multiloss-train`` (or ``python -m lightning_multiloss.app.train``).
 
-With no arguments it trains the default experiment (scikit-learn's digits: a 10-class head, a
-64-value reconstruction head, a 1-value regression head) with fixed weights, then prints a
-per-task table of validation and test metrics. Everything else is a Hydra override::
+With no arguments it trains the default experiment (the UCI digits: a 10-class head, a 64-value
+reconstruction head, a 1-value regression head) with fixed weights, then prints a per-task table
+of validation and test metrics. Everything else is a Hydra override::
 
-    multiloss-train weighting=scheduled schedule=cosine
+    multiloss-train weighting=scheduled schedule@weighting.schedule=cosine
+    multiloss-train lightning=pytorch_lightning
     multiloss-train experiment=loc_cls trainer=ddp_cpu
     multiloss-train -m seed=0,1,2 weighting=fixed,learnable
 
@@ -40,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lightning_multiloss.app.config import call, config_dir, validate_config
+from lightning_multiloss.app.namespace import DEFAULT_LIGHTNING, import_lightning, use_lightning
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.results import RESULT_FILE, RunResult, config_key
 
@@ -255,12 +257,34 @@ def single_task(cfg: DictConfig, task: str) -> DictConfig:
     return cfg
 
 
-def build(cfg: DictConfig) -> tuple[Any, Any, Any]:
-    """The datamodule, model and trainer of a composed config (validated, resolved)."""
-    import pytorch_lightning as pl
+def with_scheduled_task(cfg: DictConfig) -> DictConfig:
+    """``weighting=scheduled``: the experiment's ``scheduled_task`` as the weighting's ``task``, if it names none.
 
+    The plugin's ``weighting/scheduled.yaml`` knows nothing of the demo's experiments: a single
+    schedule is ``alpha`` (two tasks) unless ``weighting.task`` names the task it drives. Each
+    experiment of the demo names that task (``recon`` for digits), so ``weighting=scheduled``
+    works on every experiment as it is.
+    """
+    weighting = cfg.get("weighting")
+    task = cfg.get("scheduled_task")
+    if task is None or _weighting_name(weighting) != "scheduled" or weighting.get("task") is not None:
+        return cfg
+    cfg = cfg.copy()
+    cfg.weighting.task = task
+    return cfg
+
+
+def build(cfg: DictConfig) -> tuple[Any, Any, Any]:
+    """The datamodule, model and trainer of a composed config (validated, resolved).
+
+    All of them, the callbacks and the loggers come from the Lightning package of the config's
+    ``lightning`` key (:mod:`~lightning_multiloss.app.namespace`).
+    """
     validate_config(cfg)
     cfg = _resolved(cfg)
+    package = str(cfg.get("lightning", DEFAULT_LIGHTNING))
+    lightning = import_lightning(package)
+    use_lightning(cfg, package)
     if cfg.get("baseline_of") is not None:
         chosen = _weighting_name(cfg.get("weighting"))
         if chosen not in (None, "fixed"):
@@ -270,9 +294,10 @@ def build(cfg: DictConfig) -> tuple[Any, Any, Any]:
                 chosen,
             )
         cfg = single_task(cfg, cfg.baseline_of)
+    cfg = with_scheduled_task(cfg)
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    lightning.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = call(cfg.data, "data")
     model = call(
         cfg.model, "model", input_shape=list(datamodule.input_shape), weighting=cfg.weighting, _recursive_=False

@@ -18,8 +18,15 @@ from lightning_multiloss.app.train import build
 from tests._ddp import save_rank_result
 from tests._models import quiet_trainer
 
-# 1797 digits: 45 test samples and 81 validation samples, both odd.
-OVERRIDES = ["data.test_fraction=0.025", "data.val_fraction=0.045", "data.batch_size=16", "seed=3"]
+# 1797 digits: 45 test samples and 81 validation samples, both odd. The Trainer is the tests' own
+# (pytorch_lightning), so the model and the data module are built for that package too.
+OVERRIDES = [
+    "data.test_fraction=0.025",
+    "data.val_fraction=0.045",
+    "data.batch_size=16",
+    "seed=3",
+    "lightning=pytorch_lightning",
+]
 
 
 def main() -> None:

@@ -1,17 +1,33 @@
-"""A LightningDataModule over in-memory tensors, split into train / val / test by a seed."""
+"""A LightningDataModule over in-memory tensors, split into train / val / test by a seed.
+
+Each data module of the demo is written once, as a mixin that imports no Lightning package
+(:class:`SplitDataModuleMixin`, ...), and built on each package's ``LightningDataModule``: the
+classes of this package on ``lightning.pytorch``, those of :mod:`lightning_multiloss.app.pl` on
+``pytorch_lightning`` (a Trainer of one package refuses the data modules of the other).
+"""
 
 from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Mapping
+from importlib import resources
+from typing import Any
 
-import pytorch_lightning as pl
+import lightning.pytorch as lp
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightning_multiloss import ShardSampler
 from lightning_multiloss.errors import MultiLossError
+
+
+def shipped_arrays(name: str) -> dict[str, np.ndarray]:
+    """The arrays of ``arrays/<name>.npz``, a data file shipped with the package (sources and licences:
+    ``arrays/README.md``)."""
+    with (resources.files(__package__) / "arrays" / f"{name}.npz").open("rb") as f, np.load(f) as arrays:
+        return {key: arrays[key] for key in arrays.files}
 
 
 class TensorDictDataset(Dataset):
@@ -31,8 +47,12 @@ class TensorDictDataset(Dataset):
         return {key: value[index] for key, value in self.tensors.items()}
 
 
-class SplitDataModule(pl.LightningDataModule):
+class SplitDataModuleMixin:
     """Builds all samples once (:meth:`build`), then splits them by ``seed``.
+
+    The code of :class:`SplitDataModule`, for both Lightning packages: mix it (first) into a
+    ``LightningDataModule``. To use your own samples, subclass :class:`SplitDataModule` (or
+    ``lightning_multiloss.app.pl.SplitDataModule``) and write :meth:`build`.
 
     Args:
         batch_size: samples per batch (per process under DDP).
@@ -44,6 +64,8 @@ class SplitDataModule(pl.LightningDataModule):
 
     input_shape: tuple[int, ...] = ()
     """The shape of one input ``x``, known before the data is built (the model is sized from it)."""
+    trainer: Any
+    """The Trainer (the ``LightningDataModule``'s; None outside a Trainer)."""
 
     def __init__(
         self,
@@ -150,3 +172,7 @@ class SplitDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
+
+
+class SplitDataModule(SplitDataModuleMixin, lp.LightningDataModule):
+    """:class:`SplitDataModuleMixin` on ``lightning.pytorch``: subclass it and write :meth:`build`."""

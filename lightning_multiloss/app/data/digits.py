@@ -1,20 +1,19 @@
-"""scikit-learn's ``digits``: one 8×8 image, a class head, an image head and a regression head."""
+"""The UCI handwritten ``digits`` (as scikit-learn ships them): one 8×8 image, a class head, an image head and a
+regression head."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from lightning_multiloss.app.data._base import SplitDataModule
+from lightning_multiloss.app.data._base import SplitDataModule, SplitDataModuleMixin, shipped_arrays
 
 
 def load_digits_tensors() -> tuple[Tensor, Tensor]:
-    """The 1797 images as ``(N, 8, 8)`` floats in [0, 1] and their labels (bundled with scikit-learn)."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32) / 16.0
-    return images, torch.tensor(digits.target, dtype=torch.long)
+    """The 1797 images as ``(N, 8, 8)`` floats in [0, 1] and their labels (``arrays/digits.npz``)."""
+    arrays = shipped_arrays("digits")
+    images = torch.from_numpy(arrays["images"]).float() / 16.0
+    return images, torch.from_numpy(arrays["labels"]).long()
 
 
 def vertical_centre(images: Tensor) -> Tensor:
@@ -34,8 +33,8 @@ def vertical_centre(images: Tensor) -> Tensor:
     return (mass * rows).sum(dim=-1) / mass.sum(dim=-1).clamp_min(1e-8) - (images.shape[-2] - 1) / 2.0
 
 
-class DigitsDataModule(SplitDataModule):
-    """scikit-learn's 1797 handwritten digits (8×8, no download).
+class DigitsDataModuleMixin(SplitDataModuleMixin):
+    """The 1797 handwritten digits of scikit-learn's ``load_digits`` (8×8, shipped with this package).
 
     Batch keys: ``x`` (64 pixel values in [0, 1], the input and the reconstruction target),
     ``digit`` (the class, 0-9), ``centre`` (the vertical centre of mass of the ink, in pixels
@@ -44,6 +43,9 @@ class DigitsDataModule(SplitDataModule):
     the target of a ``binary`` task).
 
     Args: those of :class:`~lightning_multiloss.app.data.SplitDataModule`.
+
+    The code of :class:`DigitsDataModule` (``lightning.pytorch``) and of
+    ``lightning_multiloss.app.pl.DigitsDataModule`` (``pytorch_lightning``).
 
     Example:
         >>> dm = DigitsDataModule(batch_size=4)
@@ -64,3 +66,7 @@ class DigitsDataModule(SplitDataModule):
             "ink": images.mean(dim=(1, 2)).unsqueeze(1),
             "parity": (labels % 2).float().unsqueeze(1),
         }
+
+
+class DigitsDataModule(DigitsDataModuleMixin, SplitDataModule):
+    """:class:`DigitsDataModuleMixin` on ``lightning.pytorch``."""

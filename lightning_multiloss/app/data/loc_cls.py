@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_multiloss.app.data._base import SplitDataModule
+from lightning_multiloss.app.data._base import SplitDataModule, SplitDataModuleMixin
 from lightning_multiloss.app.data.digits import load_digits_tensors
 from lightning_multiloss.errors import MultiLossError
 
 
-class LocClsDataModule(SplitDataModule):
-    """Each of scikit-learn's 8×8 digits pasted at a random position of a ``canvas``×``canvas`` image.
+class LocClsDataModuleMixin(SplitDataModuleMixin):
+    """Each of the 1797 8×8 digits pasted at a random position of a ``canvas``×``canvas`` image.
 
     Batch keys: ``x`` (``(1, canvas, canvas)`` in [0, 1]), ``loc`` (the cell of the digit's centre
     on a ``grid``×``grid`` grid over the canvas, as one index ``row * grid + col``: the target of
@@ -64,3 +64,7 @@ class LocClsDataModule(SplitDataModule):
             "cls": (labels >= 5).long(),
             "digit": labels,
         }
+
+
+class LocClsDataModule(LocClsDataModuleMixin, SplitDataModule):
+    """:class:`LocClsDataModuleMixin` on ``lightning.pytorch``."""

