@@ -211,7 +211,7 @@ CLI_CASES = [
     ),
     CliCase(
         "schedule-out-of-range",
-        ("trainer=debug", "weighting=scheduled", "schedule=linear", "schedule.end=-0.5"),
+        ("trainer=debug", "weighting=scheduled", "schedule@weighting.schedule=linear", "weighting.schedule.end=-0.5"),
         r"error: weighting 'scheduled': the scheduled weight at t=[0-9.]+ for task 'recon' must be finite and >= 0, "
         r"got -[0-9.e-]+ \(checked over the planned run, before the first step\)",
     ),

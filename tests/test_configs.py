@@ -36,7 +36,7 @@ CONF = Path(config_dir())  # the demo's
 PLUGIN = Path(plugin_config_dir())
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_GROUPS = {"weighting", "schedule", "loss", "task", "callbacks", "logger"}
-DEMO_GROUPS = {"data", "model", "experiment", "trainer", "hydra"}
+DEMO_GROUPS = {"data", "model", "experiment", "trainer", "hydra", "hparams_search"}
 PACKAGES = {"lightning.pytorch": lp, "pytorch_lightning": pl}
 
 

@@ -91,7 +91,8 @@ def test_readme_hydra_app_runs(tmp_path: Path) -> None:
         assert (run / name).is_file(), name
     with open(run / "csv" / "loss_weights.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert int(rows[-1]["step"]) == 3 * 16  # 3 epochs of 512 / 32 batches, one record per optimizer step
+    # 3 epochs of 512 / 32 batches, one record per optimizer step, then the weights in force at the end
+    assert [int(r["step"]) for r in rows] == list(range(1, 3 * 16 + 2))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["conf", "my_app.py", "run"]  # nothing outside it
 
 
