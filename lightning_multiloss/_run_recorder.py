@@ -14,7 +14,7 @@ import socket
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from lightning_multiloss.results import Direction, RunResult, TaskMetrics, config_key
+from lightning_multiloss.results import RunResult, TaskMetrics, config_key, metric_direction
 
 _active: RunRecorder | None = None
 
@@ -35,11 +35,6 @@ def launched_as_rank_zero(environ: Mapping[str, str] = os.environ) -> bool:
     Lightning's DDP processes, ``torchrun`` and ``srun`` set these variables; a plain run sets none.
     """
     return all(environ.get(key, "0") == "0" for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"))
-
-
-def metric_direction(metric: Any) -> Direction:
-    """``"max"`` or ``"min"``: torchmetrics' ``higher_is_better`` (``"min"`` when the metric does not say)."""
-    return "max" if getattr(metric, "higher_is_better", False) else "min"
 
 
 def logged_task_metrics(logged: Mapping[str, Any], stage: str, tasks: Sequence[str]) -> TaskMetrics:

@@ -70,6 +70,11 @@ RESULT_FILE = "result.json"
 Status = Literal["completed", "failed", "interrupted", "running"]
 STATUSES: tuple[str, ...] = typing.get_args(Status)
 Direction = Literal["max", "min"]
+
+
+def metric_direction(metric: Any) -> Direction:
+    """``"max"`` or ``"min"``: torchmetrics' ``higher_is_better`` (``"min"`` when the metric does not say)."""
+    return "max" if getattr(metric, "higher_is_better", False) else "min"
 TaskMetrics = dict[str, dict[str, float]]
 """``{task: {metric: value}}``."""
 

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from lightning_multiloss.app.config import build_weighting, call, refusal
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.mixin import MultiTaskMixin
+from lightning_multiloss.results import metric_direction
 from lightning_multiloss.task import Task
 from lightning_multiloss.weighting import Weighting
 
@@ -177,11 +178,6 @@ class HeatmapHead(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         return self.conv(features).flatten(1)
-
-
-def metric_direction(metric: Any) -> str:
-    """``"max"`` or ``"min"``: torchmetrics' ``higher_is_better`` (``"min"`` when it does not say)."""
-    return "max" if getattr(metric, "higher_is_better", False) else "min"
 
 
 if TYPE_CHECKING:  # type-checked as a lightning.pytorch module; either package's LightningModule at run time
