@@ -220,8 +220,8 @@ class LossWeightingHooks:
         weighting = self._weighting(pl_module)
         weighting.after_optimizer_step()
         if step % self._stride == 0 or step == 1:
-            # A copy on the device (no wait): the strategy overwrites its weights next step.
-            self._records.append((step, trainer.current_epoch, weighting.last_weights.detach().clone()))
+            # A reference, no wait: each training step stores its weights in a new tensor.
+            self._records.append((step, trainer.current_epoch, weighting.last_weights))
             if len(self._records) > self.max_points:
                 self._stride *= 2
                 self._records = [r for r in self._records if r[0] % self._stride == 0 or r[0] == 1]

@@ -427,7 +427,7 @@ class MultiTaskMixin(_Base):
 
     def on_before_optimizer_step(self, optimizer: Any) -> None:
         super().on_before_optimizer_step(optimizer)  # type: ignore[misc]
-        if self._mt_skip_step == self._mt_step_id():
+        if self._mt_skip_step is not None and self._mt_skip_step == self._mt_step_id():
             # No gradients: the optimizer leaves the parameters and its state (moments, step) alone.
             optimizer.zero_grad(set_to_none=True)
 
@@ -444,7 +444,7 @@ class MultiTaskMixin(_Base):
         Only ``on_nonfinite="skip"`` skips steps; the Callback asks, so as not to step the
         strategy's constraints and post-step updates after a step that did not happen.
         """
-        return self._mt_skip_step == self._mt_step_id(steps_done - 1)
+        return self._mt_skip_step is not None and self._mt_skip_step == self._mt_step_id(steps_done - 1)
 
     def check_finite_losses(self) -> None:
         """Raise :class:`NonFiniteLossError` if a training task loss was NaN or infinite.

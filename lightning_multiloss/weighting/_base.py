@@ -127,8 +127,9 @@ class Weighting(nn.Module, ABC):
     def __call__(self, losses: Tensor, *args: Any, **kwargs: Any) -> WeightedLoss:
         result: WeightedLoss = super().__call__(losses, *args, **kwargs)
         if self.training and self._task_names:
-            # A device copy, no wait: the weights stay where the step computed them.
-            self.last_weights.copy_(result.weights)
+            # A fresh copy on the device (no wait), so that a reference kept from an earlier step
+            # (the Callback's record) keeps its values when a strategy updates its weights in place.
+            self.last_weights = result.weights.detach().clone()
         return result
 
     # -- reading the weights --------------------------------------------------------------
