@@ -35,6 +35,20 @@ def _activation(name: str, where: str) -> nn.Module:
     return _ACTIVATIONS[name]()
 
 
+def _dense_layers(size: int, widths: Sequence[int], activation: str, dropout: float) -> tuple[list[nn.Module], int]:
+    """Linear layers of ``widths`` after an input of ``size``, each with its activation (and dropout).
+
+    Returns the layers and the width of their output.
+    """
+    layers: list[nn.Module] = []
+    for width in widths:
+        layers += [nn.Linear(size, width), _activation(activation, "model.trunk")]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        size = width
+    return layers, size
+
+
 def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
 
@@ -56,14 +70,8 @@ class MLPTrunk(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        size = math.prod(input_shape)
-        layers: list[nn.Module] = [nn.Flatten()]
-        for width in hidden:
-            layers += [nn.Linear(size, width), _activation(activation, "model.trunk")]
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            size = width
-        self.body = nn.Sequential(*layers)
+        dense, size = _dense_layers(math.prod(input_shape), hidden, activation, dropout)
+        self.body = nn.Sequential(nn.Flatten(), *dense)
         self.out_features = size
 
     def forward(self, x: Tensor) -> Tensor:
@@ -145,13 +153,8 @@ class ConvTrunk(nn.Module):
         if fmap.numel() == 0:
             raise MultiLossError(f"model.trunk: the conv layers reduce a {shape} input to nothing")
         self.feature = feature
-        size = fmap.numel() if feature == "flatten" else fmap.shape[1]
-        head: list[nn.Module] = []
-        for width in fc:
-            head += [nn.Linear(size, width), _activation(activation, "model.trunk")]
-            if dropout > 0:
-                head.append(nn.Dropout(dropout))
-            size = width
+        features = int(fmap.numel() if feature == "flatten" else fmap.shape[1])
+        head, size = _dense_layers(features, fc, activation, dropout)
         self.fc = nn.Sequential(*head)
         self.out_channels = int(fmap.shape[1])
         self.out_features = size
