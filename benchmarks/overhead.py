@@ -26,8 +26,15 @@ optimizer step, the callbacks and Lightning's processing of the logged values). 
 on the machine count less; ``--clock wall`` uses ``time.perf_counter``. Each fit drops its
 first steps (warm-up). The variants are interleaved in rounds, in a new random order each round, so that
 slow phases of the machine hit them all alike; the ratio to a reference is computed within
-each round (median step time over median step time) and its median over the rounds is
-reported.
+each round (typical step time over typical step time) and its median over the rounds is
+reported. A fit's typical step time is the 10% quantile of its step times: the code's own cost
+is paid at every step, while interruptions by the machine (other processes, a busy hyperthread
+sibling) only add time, and on a shared 2-core machine they made the median of a fit move by
+±10% between identical fits, the 10% quantile by ±2% (the '(A/A)' row shows it).
+
+Targets: ``fixed``, ``scheduled`` and ``learnable`` at most 1.03× the hand-written module with
+three keys, every other loss-level strategy 1.05×; ``fixed`` at most 1.02× the hand-written
+module that logs the same values.
 
 Run: ``python benchmarks/overhead.py`` (``--help`` for the options).
 """
@@ -67,6 +74,8 @@ from lightning_multiloss.weighting import WEIGHTINGS, Fixed, GradientWeighting, 
 INPUTS, CLASSES = 64, 10
 TARGET_CORE = 1.03  # fixed, scheduled, learnable
 TARGET_OTHER = 1.05  # every other loss-level strategy
+TARGET_SAME_LOGGING = 1.02  # fixed, against the hand-written module that logs the same values
+TYPICAL_QUANTILE = 0.1  # a fit's typical step time: this quantile of its step times (see the docs)
 BASELINE = "hand-written (3 keys)"
 SAME_KEYS = "hand-written, same logging"
 
@@ -184,7 +193,14 @@ class Variant:
     build: Callable[[], pl.LightningModule]
     target: float | None  # None: a hand-written reference
     uses_mixin: bool
+    same_logging_target: float | None = None  # against SAME_KEYS, where it differs from ``target``
     rounds: list[list[float]] = field(default_factory=list)  # step times (s), one list per round
+
+
+def quantile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (the nearest rank below)."""
+    ordered = sorted(values)
+    return ordered[int(q * (len(ordered) - 1))]
 
 
 def fit(variant: Variant, args: argparse.Namespace, batches: list[dict[str, Tensor]], steps: int) -> list[float]:
@@ -237,7 +253,7 @@ def build_variants(args: argparse.Namespace, total_steps: int) -> tuple[list[Var
         Variant(BASELINE, lambda: HandWritten(hidden), None, False),
         Variant("hand-written (A/A)", lambda: HandWritten(hidden), None, False),
         Variant(SAME_KEYS, lambda: HandWrittenSameKeys(hidden), None, False),
-        Variant("fixed [0.5, 0.3]", mixin(lambda: Fixed([0.5, 0.3])), TARGET_CORE, True),
+        Variant("fixed [0.5, 0.3]", mixin(lambda: Fixed([0.5, 0.3])), TARGET_CORE, True, TARGET_SAME_LOGGING),
         Variant(
             "scheduled (cosine alpha)",
             mixin(lambda: Scheduled(Cosine(start=0.9, end=0.1, duration=total_steps))),
@@ -355,12 +371,12 @@ def main(argv: list[str] | None = None) -> int:
 
     by_label = {v.label: v for v in variants}
     references = [by_label[BASELINE], by_label.get(SAME_KEYS)]
-    medians = {v.label: [statistics.median(times) for times in v.rounds] for v in variants}
+    typical = {v.label: [quantile(times, TYPICAL_QUANTILE) for times in v.rounds] for v in variants}
 
     def ratios(variant: Variant, reference: Variant | None) -> list[float]:
         if reference is None:
             return []
-        pairs = zip(medians[variant.label], medians[reference.label], strict=True)
+        pairs = zip(typical[variant.label], typical[reference.label], strict=True)
         return sorted(a / b for a, b in pairs)  # one ratio per round
 
     def ratio(values: list[float]) -> float | None:
@@ -379,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
 
     header = (
         f"{'variant':<32} {'median step':>11}  {'ratio':>6} {'(IQR)':>10}  {'target':>7}  {'result':<6}  "
-        f"{'same-logging ratio':>15} {'(IQR)':>10}  {'result':<6}"
+        f"{'same-logging ratio':>15} {'(IQR)':>10}  {'target':>7}  {'result':<6}"
     )
     print(header)
     print("-" * len(header))
@@ -388,16 +404,20 @@ def main(argv: list[str] | None = None) -> int:
         pooled = statistics.median(t for times in variant.rounds for t in times)
         x1, x2 = (ratios(variant, ref) for ref in references)
         r1, r2 = ratio(x1), ratio(x2)
-        v1, v2 = verdict(r1, variant.target), verdict(r2, variant.target)
-        failed |= v1 == "FAIL"
+        v1 = verdict(r1, variant.target)
+        v2 = verdict(r2, variant.same_logging_target)
+        failed |= v1 == "FAIL" or (variant.same_logging_target is not None and v2 == "FAIL")
         target = f"<= {variant.target:.2f}" if variant.target is not None else ""
+        target2 = f"<= {variant.same_logging_target:.2f}" if variant.same_logging_target is not None else ""
         print(
             f"{variant.label:<32} {pooled * 1e6:>8.0f} us  {r1:>6.3f} {quartiles(x1):>10}  {target:>7}  {v1:<6}  "
-            f"{'' if r2 is None else f'{r2:.3f}':>15} {quartiles(x2):>10}  {v2:<6}"
+            f"{'' if r2 is None else f'{r2:.3f}':>15} {quartiles(x2):>10}  {target2:>7}  {v2:<6}"
         )
     print(
-        f"\nratio: median over the rounds of (median step time) / (that of '{BASELINE}' in the same round), "
+        f"\nratio: median over the rounds of (typical step time) / (that of '{BASELINE}' in the same round), "
         "with the quartiles of the rounds' ratios;\n"
+        f"typical step time: the {TYPICAL_QUANTILE:.0%} quantile of a fit's step times (a per-step cost shows in "
+        "every step; the machine's interruptions only add time); 'median step': over all rounds;\n"
         f"same-logging ratio: the same against '{SAME_KEYS}'."
     )
     for line in skipped:

@@ -51,3 +51,15 @@ def is_logging_step(trainer: Any | None) -> bool:
         return bool(connector.should_update_logs or trainer.fast_dev_run)
     except (AttributeError, NotImplementedError):  # another Lightning version: log every step
         return True
+
+
+def scales_float16_losses(trainer: Any | None) -> bool:
+    """Whether the Trainer's precision scales the loss before its backward (float16 mixed precision).
+
+    Read from the documented ``trainer.precision`` and the precision plugin's ``scaler`` (a
+    ``torch.amp.GradScaler`` under ``"16-mixed"``); ``False`` outside a Trainer.
+    """
+    if trainer is None:
+        return False
+    plugin = getattr(trainer, "precision_plugin", None)
+    return getattr(plugin, "scaler", None) is not None or str(getattr(trainer, "precision", "")) in ("16-mixed", "16")

@@ -34,20 +34,30 @@ The representation route keeps one call per task: a batched call would send all 
 every head (K² head passes instead of K) and measured 10× slower at K = 40 with linear heads,
 while the K calls through one small head each cost little (about 35 µs each on that CPU).
 
-Lightning's backward stays. With the parameter route the rows of :math:`J` hold the trunk part of
-the gradient that Lightning's backward of :math:`\sum_i w_i L_i` computes again (K + 1 backward
-passes instead of the K of the LibMTL way). Returning instead a loss whose gradient on
-:math:`\theta` is the known :math:`J^\top w` (a linear term :math:`\langle\theta, J^\top w\rangle`
-minus its detached value, as GradDrop does for :math:`z`) would skip the trunk in that backward,
-but: (1) the per-task passes run on the unscaled losses, so under float16 mixed precision the
-applied update would lose the GradScaler's protection against underflow; (2) every other
-parameter (the heads, and any parameter outside ``shared_parameters()``) then needs its
-gradient :math:`\sum_i w_i \partial L_i/\partial\phi` from the per-task passes too, so those would
-have to take and keep the per-task gradients of the whole model; (3) the backward Lightning
-runs would no longer be the model's own, which user code that hooks into it (tensor and module
-hooks, activation checkpointing, anything added to the returned loss that shares the graph)
-expects. The extra backward is one pass more than the K the route takes anyway; it is the price of
-keeping mixed precision, accumulation, clipping and DDP exactly as Lightning does them.
+The parameter route reuses its Jacobian for the update (``reuse_jacobian=True`` in
+:meth:`~lightning_multiloss.MultiTaskMixin.configure_multitask`, the default). The K per-task
+passes already hold everything the backward of :math:`\sum_i w_i L_i` would compute: the shared
+parameters' gradient is :math:`J^\top w`, and a parameter :math:`\phi` that only task i uses (its
+head) gets :math:`w_i\,\partial L_i/\partial\phi`, which the same pass takes with little more work.
+So the step returns a loss with the value :math:`\sum_i w_i L_i` whose backward hands each
+parameter that known gradient (times the incoming one, so that Lightning's division for
+gradient accumulation, clipping after it and DDP's all-reduce act as on any loss), without a pass
+through the model: K backward passes in all, as the LibMTL way takes, instead of K + 1.
+Lightning's own backward of :math:`\sum_i w_i L_i` through the model stays where the Jacobian
+cannot give the update:
+
+- under float16 mixed precision (a GradScaler): the per-task passes run on unscaled losses, so
+  the update must come from the scaled backward, which guards it against underflow;
+- where a trainable parameter outside ``shared_parameters()`` serves two or more tasks (shared
+  parameters chosen as a subset of the trunk, e.g. its last layer): its gradient would need the
+  per-task gradients of the whole trunk;
+- with ``reuse_jacobian=False``: for code that hooks into the backward (tensor or module hooks)
+  or a loss whose graph reaches leaf tensors that are not the module's parameters (they get no
+  gradient from the task losses otherwise).
+
+Which task uses which parameter is found by autograd once, on the first step. Measured on CPU
+(``benchmarks/peers.py``) the route then costs the same as the LibMTL way's K ``backward`` calls
+within a few per cent, and about half of torchjd's ``mtl_backward`` at K = 8.
 
 Under DDP, with each process's task losses a mean over its B samples and DDP averaging the
 gradients over N processes, the global-batch gradient of task i on one sample is 1/N times the
@@ -68,6 +78,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import torch
@@ -97,8 +108,10 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
-def task_grads(losses: Tensor, inputs: Sequence[Tensor]) -> Iterator[tuple[Tensor | None, ...]]:
-    """For each task in turn, ``torch.autograd.grad(loss_i, inputs)`` (``None`` where unused), graph kept.
+def task_grads(
+    losses: Tensor, inputs: Sequence[Tensor], task_inputs: Sequence[Sequence[Tensor]] | None = None
+) -> Iterator[tuple[Tensor | None, ...]]:
+    """For each task, ``torch.autograd.grad(loss_i, inputs + task_inputs[i])`` (``None`` where unused), graph kept.
 
     ``losses`` is usually ``torch.stack`` of the task losses: differentiating ``losses[i]`` would
     run back through the stack into every task's graph (all heads, with zero gradients), so the
@@ -114,11 +127,13 @@ def task_grads(losses: Tensor, inputs: Sequence[Tensor]) -> Iterator[tuple[Tenso
     ):
         outputs = [None if node is None else _GradientEdge(node, nr) for node, nr in grad_fn.next_functions]
     one = torch.ones((), dtype=losses.dtype, device=losses.device)
-    for output in outputs:
+    extra = task_inputs if task_inputs is not None else [()] * len(outputs)
+    for output, own in zip(outputs, extra, strict=True):
+        wanted = [*inputs, *own]
         if output is None:  # a constant loss
-            yield (None,) * len(inputs)
+            yield (None,) * len(wanted)
         else:
-            yield torch.autograd.grad(output, list(inputs), grad_outputs=one, retain_graph=True, allow_unused=True)
+            yield torch.autograd.grad(output, wanted, grad_outputs=one, retain_graph=True, allow_unused=True)
 
 
 def representation_gradients(losses: Tensor, representation: Tensor, strategy: str = "") -> Tensor:
@@ -172,26 +187,46 @@ def parameter_gradients(losses: Tensor, parameters: Sequence[Tensor], mode: Jaco
     values to rounding. A parameter that a task does not use contributes zeros. The graph is kept
     (Lightning's backward follows); nothing is accumulated into ``.grad``.
     """
+    return jacobian_and_task_gradients(losses, parameters, None, mode)[0]
+
+
+def jacobian_and_task_gradients(
+    losses: Tensor,
+    parameters: Sequence[Tensor],
+    task_parameters: Sequence[Sequence[Tensor]] | None,
+    mode: JacobianMode | None = None,
+) -> tuple[Tensor, list[list[Tensor | None]]]:
+    """The ``(K, P)`` Jacobian over ``parameters`` and, from the same backward passes, each task's
+    gradients with respect to its own ``task_parameters[i]`` (``None`` where unused; an empty list
+    per task when ``task_parameters`` is ``None``).
+    """
     chosen = _jacobian_mode if mode is None else mode
     if chosen == "batched" and _batching_failure is None:
         try:
-            return _batched_jacobian(losses, parameters)
+            return _batched_jacobian(losses, parameters, task_parameters)
         except RuntimeError as error:
-            jacobian = _looped_jacobian(losses, parameters)  # an error that is not batching's is raised here
+            result = _looped_jacobian(losses, parameters, task_parameters)  # an error not batching's is raised here
             _remember_batching_failure(error)
-            return jacobian
-    return _looped_jacobian(losses, parameters)
+            return result
+    return _looped_jacobian(losses, parameters, task_parameters)
 
 
 def _jacobian_dtype(parameters: Sequence[Tensor]) -> torch.dtype:
     return torch.promote_types(parameters[0].dtype, torch.float32)
 
 
-def _looped_jacobian(losses: Tensor, parameters: Sequence[Tensor]) -> Tensor:
+def _looped_jacobian(
+    losses: Tensor, parameters: Sequence[Tensor], task_parameters: Sequence[Sequence[Tensor]] | None
+) -> tuple[Tensor, list[list[Tensor | None]]]:
     """One ``autograd.grad`` per task, each row written in place (one concatenation per task)."""
     sizes = [p.numel() for p in parameters]
+    shared = len(parameters)
+    own = task_parameters if task_parameters is not None else [()] * losses.numel()
     jacobian = torch.empty(losses.numel(), sum(sizes), dtype=_jacobian_dtype(parameters), device=parameters[0].device)
-    for row, grads in zip(jacobian, task_grads(losses, parameters), strict=True):
+    task_gradients: list[list[Tensor | None]] = []
+    for row, grads in zip(jacobian, task_grads(losses, parameters, own), strict=True):
+        task_gradients.append(list(grads[shared:]))
+        grads = grads[:shared]
         if all(g is not None for g in grads):
             torch.cat([g.reshape(-1) for g in grads if g is not None], out=row)
             continue
@@ -200,27 +235,43 @@ def _looped_jacobian(losses: Tensor, parameters: Sequence[Tensor]) -> Tensor:
                 piece.zero_()
             else:
                 piece.copy_(g.reshape(-1))
-    return jacobian
+    return jacobian, task_gradients
 
 
-def _batched_jacobian(losses: Tensor, parameters: Sequence[Tensor]) -> Tensor:
+def _batched_jacobian(
+    losses: Tensor, parameters: Sequence[Tensor], task_parameters: Sequence[Sequence[Tensor]] | None
+) -> tuple[Tensor, list[list[Tensor | None]]]:
     """One vectorised ``autograd.grad`` with the identity as the K output gradients."""
     k = losses.numel()
     dtype = _jacobian_dtype(parameters)
     device = parameters[0].device
+    own = [list(p) for p in task_parameters] if task_parameters is not None else [[] for _ in range(k)]
     if losses.grad_fn is None:  # every loss is a constant
-        return torch.zeros(k, sum(p.numel() for p in parameters), dtype=dtype, device=device)
+        return torch.zeros(k, sum(p.numel() for p in parameters), dtype=dtype, device=device), [
+            [None] * len(p) for p in own
+        ]
     identity = torch.eye(k, dtype=losses.dtype, device=losses.device)
+    extra = [p for task in own for p in task]
     grads = torch.autograd.grad(
-        losses, list(parameters), grad_outputs=identity, retain_graph=True, allow_unused=True, is_grads_batched=True
+        losses,
+        [*parameters, *extra],
+        grad_outputs=identity,
+        retain_graph=True,
+        allow_unused=True,
+        is_grads_batched=True,
     )
-    return torch.cat(
+    jacobian = torch.cat(
         [
             torch.zeros(k, p.numel(), dtype=dtype, device=device) if g is None else g.reshape(k, -1).to(dtype)
-            for p, g in zip(parameters, grads, strict=True)
+            for p, g in zip(parameters, grads[: len(parameters)], strict=True)
         ],
         dim=1,
     )
+    rest = iter(grads[len(parameters) :])
+    task_gradients: list[list[Tensor | None]] = []
+    for i, task in enumerate(own):
+        task_gradients.append([None if g is None else g[i] for g in (next(rest) for _ in task)])
+    return jacobian, task_gradients
 
 
 def _remember_batching_failure(error: RuntimeError) -> None:
@@ -255,38 +306,111 @@ def gramian_and_losses(
     In exact mode under DDP both are those of the global batch (identical on every process);
     in local mode, or without DDP, those of this process's batch.
     """
+    if route == "parameters":
+        taken = parameter_route_gradients(losses, ddp=ddp, parameters=parameters, strategy=strategy)
+        return taken.gramian, taken.losses
+    if route != "representation":
+        raise MultiLossError(f"weighting {strategy!r}: route must be 'parameters' or 'representation', got {route!r}")
+    if representation is None:
+        raise MultiLossError(
+            f"weighting {strategy!r} uses route='representation': mark the shared representation in "
+            "forward with `z = self.shared_representation(z)` (the tensor the task heads read)"
+        )
+    gramian = gramian_of(representation_gradients(losses, representation, strategy))
+    n = world_size()
+    if ddp == "exact" and n > 1:
+        return all_reduce_sum(gramian) / (n * n), all_reduce_sum(losses.detach()) / n
+    return gramian, losses.detach()
+
+
+@dataclass(frozen=True)
+class ParameterGradients:
+    """What the parameter route takes in one step (see :func:`parameter_route_gradients`)."""
+
+    jacobian: Tensor
+    """``(K, P)`` over the shared parameters, flattened; the global batch's in exact DDP mode."""
+    gramian: Tensor
+    """``J Jᵀ``, ``(K, K)``."""
+    losses: Tensor
+    """The ``(K,)`` detached losses to weight from (global means in exact DDP mode)."""
+    task_gradients: list[list[Tensor | None]]
+    """Per task, its gradients with respect to its own parameters (this process's batch)."""
+
+
+def parameter_route_gradients(
+    losses: Tensor,
+    *,
+    ddp: DDPMode,
+    parameters: Sequence[Tensor] | None,
+    task_parameters: Sequence[Sequence[Tensor]] | None = None,
+    strategy: str = "",
+) -> ParameterGradients:
+    """The Jacobian over the shared ``parameters``, its Gramian and the losses, and (when
+    ``task_parameters`` is given) each task's gradients with respect to its own parameters, from
+    the same K backward passes.
+    """
+    if not parameters:
+        raise MultiLossError(
+            f"weighting {strategy!r} uses route='parameters' but there are no shared parameters: "
+            "override shared_parameters() to return them"
+        )
+    jacobian, task_gradients = jacobian_and_task_gradients(losses, parameters, task_parameters)
     detached = losses.detach()
     n = world_size()
-    exact = ddp == "exact" and n > 1
-    if route == "representation":
-        if representation is None:
-            raise MultiLossError(
-                f"weighting {strategy!r} uses route='representation': mark the shared representation in "
-                "forward with `z = self.shared_representation(z)` (the tensor the task heads read)"
-            )
-        gramian = gramian_of(representation_gradients(losses, representation, strategy))
-        if exact:
-            gramian = all_reduce_sum(gramian) / (n * n)
-    elif route == "parameters":
-        if not parameters:
-            raise MultiLossError(
-                f"weighting {strategy!r} uses route='parameters' but there are no shared parameters: "
-                "override shared_parameters() to return them"
-            )
-        jacobian = parameter_gradients(losses, parameters)
-        if exact:
-            dist.all_reduce(jacobian, op=dist.ReduceOp.SUM)  # in place: the K×P matrix is ours
-            jacobian /= n
-        gramian = jacobian @ jacobian.T
-    else:
-        raise MultiLossError(f"weighting {strategy!r}: route must be 'parameters' or 'representation', got {route!r}")
-    if exact:
+    if ddp == "exact" and n > 1:
+        dist.all_reduce(jacobian, op=dist.ReduceOp.SUM)  # in place: the K×P matrix is ours
+        jacobian /= n
         detached = all_reduce_sum(detached) / n
-    return gramian, detached
+    return ParameterGradients(jacobian, jacobian @ jacobian.T, detached, task_gradients)
 
 
-def find_shared_parameters(losses: Tensor, named_parameters: Sequence[tuple[str, nn.Parameter]]) -> list[nn.Parameter]:
-    """The parameters that at least two of the task losses depend on (all of them for a single task).
+class _GivenGradient(torch.autograd.Function):
+    """``value`` in the forward; in the backward, the given gradients (times the incoming one) on the parameters."""
+
+    @staticmethod
+    def forward(ctx: Any, value: Tensor, gradients: tuple[Tensor, ...], *parameters: Tensor) -> Tensor:
+        ctx.gradients = gradients
+        return value.detach().clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        gradients: tuple[Tensor, ...] = ctx.gradients
+        ctx.gradients = ()
+        return (None, None, *(g * grad_output.to(g.dtype) for g in gradients))
+
+
+def loss_with_combined_gradient(
+    losses: Tensor,
+    weights: Tensor,
+    taken: ParameterGradients,
+    parameters: Sequence[Tensor],
+    task_parameters: Sequence[Sequence[Tensor]],
+) -> Tensor:
+    r"""A scalar equal to :math:`\sum_i w_i L_i` whose backward gives each parameter its part of
+    :math:`\nabla \sum_i w_i L_i` from the gradients already taken, without a pass through the model.
+
+    The shared parameters get :math:`J^\top w`; a task's own parameter :math:`\phi` gets
+    :math:`w_i\,\partial L_i/\partial\phi`. The backward multiplies by the incoming gradient, so
+    Lightning's scaling of the loss (gradient accumulation) applies as to any loss.
+    """
+    combined = weights.to(taken.jacobian.dtype) @ taken.jacobian
+    targets: list[Tensor] = []
+    gradients: list[Tensor] = []
+    for p, piece in zip(parameters, combined.split([p.numel() for p in parameters]), strict=True):
+        targets.append(p)
+        gradients.append(piece.view_as(p).to(p.dtype))
+    for i, (own, grads) in enumerate(zip(task_parameters, taken.task_gradients, strict=True)):
+        for p, g in zip(own, grads, strict=True):
+            if g is not None:
+                targets.append(p)
+                gradients.append(g * weights[i].to(g.dtype))
+    value = torch.dot(weights.to(losses.dtype), losses.detach())
+    result: Tensor = _GivenGradient.apply(value, tuple(gradients), *targets)
+    return result
+
+
+def parameter_users(losses: Tensor, parameters: Sequence[Tensor]) -> list[list[int]]:
+    """For each parameter, the tasks (indices into ``losses``) whose loss depends on it.
 
     Found by autograd (``allow_unused``): a parameter is used by a loss when it is in that loss's
     graph, even where its gradient happens to be zero. A ``torch.compile`` graph hides which of its
@@ -294,12 +418,11 @@ def find_shared_parameters(losses: Tensor, named_parameters: Sequence[tuple[str,
     through one, a parameter counts as used by a loss where that gradient is not all zero (read
     once, on the first step).
     """
-    params = [p for _, p in named_parameters if p.requires_grad]
-    if not params:
-        return []
+    users: list[list[int]] = [[] for _ in parameters]
+    if not parameters:
+        return users
     through_compiled = passes_through_compiled_graph(losses)
-    counts = [0] * len(params)
-    for grads in task_grads(losses, params):
+    for task, grads in enumerate(task_grads(losses, parameters)):
         present = [g for g in grads if g is not None]
         if through_compiled and present:
             nonzero = iter(torch.stack([g.ne(0).any() for g in present]).tolist())
@@ -307,9 +430,19 @@ def find_shared_parameters(losses: Tensor, named_parameters: Sequence[tuple[str,
         else:
             used = [g is not None for g in grads]
         for i, is_used in enumerate(used):
-            counts[i] += is_used
+            if is_used:
+                users[i].append(task)
+    return users
+
+
+def find_shared_parameters(losses: Tensor, named_parameters: Sequence[tuple[str, nn.Parameter]]) -> list[nn.Parameter]:
+    """The parameters that at least two of the task losses depend on (all of them for a single task).
+
+    See :func:`parameter_users` for how use is found.
+    """
+    params = [p for _, p in named_parameters if p.requires_grad]
     needed = min(2, losses.numel())
-    return [p for p, c in zip(params, counts, strict=True) if c >= needed]
+    return [p for p, users in zip(params, parameter_users(losses, params), strict=True) if len(users) >= needed]
 
 
 def passes_through_compiled_graph(losses: Tensor) -> bool:

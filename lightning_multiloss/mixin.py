@@ -15,7 +15,13 @@ from torchmetrics import MeanMetric, Metric
 
 from lightning_multiloss._callback_hooks import LossWeightingHooks
 from lightning_multiloss._dist import any_across_ranks, is_distributed
-from lightning_multiloss._lightning import is_lightning_module_class, is_logging_step, lightning_package, trainer_of
+from lightning_multiloss._lightning import (
+    is_lightning_module_class,
+    is_logging_step,
+    lightning_package,
+    scales_float16_losses,
+    trainer_of,
+)
 from lightning_multiloss._metric_keys import (
     METRIC_KEYS,
     BestValues,
@@ -25,7 +31,7 @@ from lightning_multiloss._metric_keys import (
     metrics_by_task,
 )
 from lightning_multiloss.errors import MultiLossError, NonFiniteLossError
-from lightning_multiloss.gradients import find_shared_parameters
+from lightning_multiloss.gradients import parameter_users
 from lightning_multiloss.task import Task
 from lightning_multiloss.weighting import Fixed, GradientWeighting, TaskEpochMean, Weighting, create_weighting
 
@@ -125,6 +131,7 @@ class MultiTaskMixin(_Base):
         single_task_keys: bool = False,
         train_metrics: bool = False,
         best_metrics: bool = False,
+        reuse_jacobian: bool = True,
     ) -> None:
         """Declare the tasks and the weighting (call it in ``__init__``, after ``super().__init__()``).
 
@@ -156,6 +163,15 @@ class MultiTaskMixin(_Base):
                 set (``val/<metric>_best/<task>``: its largest or smallest validation epoch value)
                 and of the combined loss (``val/loss_best``: its smallest), updated at each
                 validation epoch's end (not in the sanity check) and kept in checkpoints.
+            reuse_jacobian: for the Gramian strategies with ``route="parameters"``: build the
+                gradient that Lightning's backward applies from the K per-task backward passes
+                the route takes anyway (K passes in all, not K + 1). It is used where every
+                trainable parameter outside :meth:`shared_parameters` belongs to at most one task
+                (the default shared parameters; a trunk's parameters with heads apart), and not
+                under float16 mixed precision (whose GradScaler must scale the backward that
+                produces the update). ``False``: Lightning backpropagates ``Σ wᵢLᵢ`` through the
+                model again, for code that hooks into that backward or a loss whose graph
+                reaches leaf tensors that are not the module's parameters.
         """
         _check_mixin_order(self)
         if not isinstance(self, nn.Module) or "_parameters" not in self.__dict__:
@@ -236,6 +252,10 @@ class MultiTaskMixin(_Base):
         self._mt_skip_step: tuple[int, int] | None = None
         self._mt_representation: Tensor | None = None  # marked in forward, taken by the step
         self._mt_shared_params: list[nn.Parameter] | None = None  # found on the first step
+        self._mt_reuse_jacobian = bool(reuse_jacobian)
+        # The ids of the shared parameters and, per task, the parameters only that task uses (None:
+        # some parameter outside the shared ones serves two tasks): see _mt_task_parameters.
+        self._mt_own_params: tuple[tuple[int, ...], list[list[nn.Parameter]] | None] | None = None
         # (step, epoch, batch index, detached losses) of the training steps not yet checked for
         # non-finite losses: see check_finite_losses.
         self._mt_pending: list[tuple[int, int, int, Tensor]] = []
@@ -328,7 +348,7 @@ class MultiTaskMixin(_Base):
 
         Class indices are checked against the head's size once per task (that reads the target).
         """
-        signature = (tuple(output.shape), tuple(getattr(target, "shape", ())), getattr(target, "dtype", None))
+        signature = (output.shape, getattr(target, "shape", ()), getattr(target, "dtype", None))
         if self._mt_checked_targets.get(task.name) == signature:
             return
         task.check_target(output, target)
@@ -392,18 +412,19 @@ class MultiTaskMixin(_Base):
                 return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), losses.new_zeros(()))
         else:
             self._mt_record_nonfinite(losses, trainer, batch_idx)
-        if isinstance(self.weighting, GradientWeighting):
+        weighting = self.weighting  # one look-up: a submodule's attribute access costs a microsecond
+        if isinstance(weighting, GradientWeighting):
             try:
-                result = self.weighting(losses, **self._mt_gradient_inputs(losses))
+                result = weighting(losses, **self._mt_gradient_inputs(losses, trainer))
             except NonFiniteLossError:
                 self.check_finite_losses()  # names the task and the step, if a task loss is the cause
                 raise
         else:
-            result = self.weighting(losses)
+            result = weighting(losses)
         labelled = self._mt_labelled(losses)
         self._mt_train_means.add(losses, labelled)
-        if self.weighting.uses_epoch_losses:
-            self.weighting.epoch_losses.add(losses, labelled)
+        if weighting.uses_epoch_losses:
+            weighting.epoch_losses.add(losses, labelled)
         logging_step = is_logging_step(trainer)
         self._mt_log("train", losses, result.weights, result.loss, batch_size, logging_step)
         if self._mt_metric_keys.get("train"):
@@ -538,7 +559,7 @@ class MultiTaskMixin(_Base):
                 f"forward must return one output per task: missing {missing}, extra {extra}; "
                 f"the tasks are {[t.name for t in self._mt_tasks]}"
             )
-        self._mt_unlabelled = []
+        self._mt_unlabelled.clear()  # in place: assigning an attribute of an nn.Module costs microseconds
         losses = self.task_losses(outputs, targets)
         first = outputs[self._mt_tasks[0].name]
         batch_size = int(first.shape[0]) if first.ndim > 0 else 1
@@ -571,11 +592,13 @@ class MultiTaskMixin(_Base):
         labelled[self._mt_unlabelled] = 0.0
         return labelled.to(losses.device, non_blocking=True)
 
-    def _mt_gradient_inputs(self, losses: Tensor) -> dict[str, Any]:
+    def _mt_gradient_inputs(self, losses: Tensor, trainer: Any | None) -> dict[str, Any]:
         """What the gradient strategy's ``forward`` takes besides the losses.
 
         The marked representation (taken, so that the module keeps no reference to the graph), or
-        the :meth:`shared_parameters` (the default ones are found by autograd on the first step).
+        the :meth:`shared_parameters` (the default ones are found by autograd on the first step)
+        and, where the strategy can give the combined gradient itself (``reuse_jacobian``), each
+        task's own parameters.
         """
         weighting = self.weighting
         assert isinstance(weighting, GradientWeighting)
@@ -584,15 +607,56 @@ class MultiTaskMixin(_Base):
             return {"representation": representation}
         uses_default = type(self).shared_parameters is MultiTaskMixin.shared_parameters
         if uses_default and self._mt_shared_params is None:
-            candidates = [(n, p) for n, p in self.named_parameters() if not n.startswith("weighting.")]
-            found = find_shared_parameters(losses, candidates)
+            candidates = self._mt_trainable_parameters()
+            users = parameter_users(losses, candidates)
+            needed = min(2, losses.numel())
+            found = [p for p, u in zip(candidates, users, strict=True) if len(u) >= needed]
             if not found:
                 raise MultiLossError(
                     f"weighting {weighting.name!r} uses route='parameters', but no parameter is used by two or more "
                     "task losses: override shared_parameters() to return the shared ones, or use route='representation'"
                 )
             self._mt_shared_params = found
-        return {"parameters": list(self.shared_parameters())}
+            shared_ids = {id(p) for p in found}
+            rest = [(p, u) for p, u in zip(candidates, users, strict=True) if id(p) not in shared_ids]
+            self._mt_own_params = (tuple(id(p) for p in found), self._mt_split_by_task(rest, losses.numel()))
+        inputs: dict[str, Any] = {"parameters": list(self.shared_parameters())}
+        if self._mt_reuse_jacobian and weighting.gives_combined_gradient and not scales_float16_losses(trainer):
+            own = self._mt_task_parameters(losses, inputs["parameters"])
+            if own is not None:
+                inputs["task_parameters"] = own
+        return inputs
+
+    def _mt_trainable_parameters(self) -> list[nn.Parameter]:
+        """The module's trainable parameters outside the weighting."""
+        return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("weighting.")]
+
+    def _mt_task_parameters(self, losses: Tensor, shared: list[nn.Parameter]) -> list[list[nn.Parameter]] | None:
+        """Per task, the trainable parameters outside ``shared`` that only its loss uses; ``None``
+        where one of them serves two tasks (then the combined gradient needs Lightning's backward).
+
+        Found by autograd once for a given set of shared parameters (K backward passes, on the
+        first step), and kept.
+        """
+        key = tuple(id(p) for p in shared)
+        if self._mt_own_params is None or self._mt_own_params[0] != key:
+            shared_ids = set(key)
+            rest = [p for p in self._mt_trainable_parameters() if id(p) not in shared_ids]
+            users = parameter_users(losses, rest)
+            self._mt_own_params = (key, self._mt_split_by_task(list(zip(rest, users, strict=True)), losses.numel()))
+        return self._mt_own_params[1]
+
+    @staticmethod
+    def _mt_split_by_task(
+        used: list[tuple[nn.Parameter, list[int]]], num_tasks: int
+    ) -> list[list[nn.Parameter]] | None:
+        if any(len(users) > 1 for _, users in used):
+            return None
+        own: list[list[nn.Parameter]] = [[] for _ in range(num_tasks)]
+        for p, users in used:
+            if users:
+                own[users[0]].append(p)
+        return own
 
     def _mt_all_finite(self, losses: Tensor, stage: Stage, batch_idx: int) -> bool:
         """Read the losses now (one wait): ``False`` to skip the step, or raise naming the task."""

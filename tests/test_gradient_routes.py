@@ -82,11 +82,7 @@ class RepNet(ToyNet):
 
 
 def registered_gradient_strategies() -> list[str]:
-    return sorted(
-        name
-        for name, cls in WEIGHTINGS.items()
-        if issubclass(cls, GramianWeighting)
-    )
+    return sorted(name for name, cls in WEIGHTINGS.items() if issubclass(cls, GramianWeighting))
 
 
 def make_strategy(name: str, route: str, ddp: str = "exact") -> Weighting:
@@ -329,9 +325,9 @@ def test_batched_jacobian_mode_gives_the_same_lightning_steps(tmp_path: Path, mo
     calls: list[int] = []
     batched_jacobian = gradients._batched_jacobian
 
-    def counted(losses: Tensor, parameters: Sequence[Tensor]) -> Tensor:
+    def counted(losses: Tensor, parameters: Sequence[Tensor], task_parameters: Any) -> Any:
         calls.append(losses.numel())
-        return batched_jacobian(losses, parameters)
+        return batched_jacobian(losses, parameters, task_parameters)
 
     monkeypatch.setattr(gradients, "_batched_jacobian", counted)
     assert jacobian_mode() == "loop"
@@ -630,6 +626,106 @@ def test_overridden_shared_parameters_are_used(tmp_path: Path) -> None:
     w = loss_over_norm((jac * jac).sum(1).sqrt(), losses)
     assert model.weighting.last_weights is not None
     torch.testing.assert_close(model.weighting.last_weights, w, rtol=1e-5, atol=1e-7)
+
+
+# -- the parameter route reuses its Jacobian for the applied gradient ---------------------------
+class _CountBackward(torch.autograd.Function):
+    """The identity; counts the backward passes that run through it."""
+
+    calls = 0
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor) -> Tensor:
+        return z.view_as(z)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        _CountBackward.calls += 1
+        return grad
+
+
+class CountingNet(ToyNet):
+    """ToyNet with three tasks whose trunk counts the backward passes through it (default shared parameters)."""
+
+    def __init__(self, weighting: Weighting, **kw: Any) -> None:
+        super().__init__(weighting, tasks=("cls", "reg", "aux"), lr=0.1, optimizer="adam", **kw)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        z = _CountBackward.apply(self.trunk(x))
+        return {name: head(z) for name, head in self.heads.items()}
+
+
+class TrunkShared(CountingNet):
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return list(self.trunk.parameters())
+
+
+class WeightShared(CountingNet):
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return [self.trunk[0].weight]  # the trunk's bias, left out, serves every task
+
+
+COUNTING_NETS = {"default": CountingNet, "trunk": TrunkShared, "weight": WeightShared}
+
+
+def fit_counting(model: CountingNet, tmp_path: Path, **trainer_kw: Any) -> tuple[list[int], list[float]]:
+    """Fit 4 micro-batches; per micro-batch, the backward passes through the trunk from the start
+    of its training step to the end of Lightning's backward, and the loss the step returned."""
+    passes: list[int] = []
+    returned: list[float] = []
+    started = [0]
+    step = model.training_step
+
+    def counted_step(batch: Any, batch_idx: int) -> Tensor:
+        started[0] = _CountBackward.calls
+        loss = step(batch, batch_idx)
+        returned.append(float(loss.detach()))
+        return loss
+
+    model.training_step = counted_step  # type: ignore[method-assign]
+    model.on_after_backward = lambda: passes.append(_CountBackward.calls - started[0])  # type: ignore[method-assign]
+    fit(model, tmp_path, batches=4, max_epochs=1, **trainer_kw)
+    return passes, returned
+
+
+@pytest.mark.parametrize("strategy", ["test-loss-over-norm", "upgrad", "nash_mtl"])
+def test_reused_jacobian_gives_lightnings_update_with_k_backward_passes(tmp_path: Path, strategy: str) -> None:
+    """K = 3 backward passes through the trunk per micro-batch instead of 4, and the same
+    parameters (Adam, accumulation of 2, clipping) and returned losses as Lightning's own backward."""
+    results = {}
+    for shared in ("default", "trunk"):
+        for reuse in (True, False):
+            model = COUNTING_NETS[shared](make_strategy(strategy, "parameters"), reuse_jacobian=reuse)
+            passes, returned = fit_counting(
+                model, tmp_path / f"{shared}-{reuse}", accumulate_grad_batches=2, gradient_clip_val=0.5
+            )
+            # After the first step (which also finds, by autograd, which task uses which parameter):
+            assert passes[1:] == [3 if reuse else 4] * 3, (shared, reuse, passes)
+            results[(shared, reuse)] = (params_of(model), returned)
+    want, want_returned = results[("default", False)]
+    moved = max(
+        (want[k] - v).abs().max().item()
+        for k, v in params_of(CountingNet(make_strategy(strategy, "parameters"))).items()
+    )
+    assert moved > 1e-3  # the steps did move the parameters
+    for key, (got, got_returned) in results.items():
+        assert_params_close(got, want, atol=1e-6, what=f"{strategy} {key}")
+        torch.testing.assert_close(torch.tensor(got_returned), torch.tensor(want_returned), rtol=1e-6, atol=1e-7)
+
+
+def test_lightnings_backward_stays_where_the_jacobian_cannot_give_the_update(tmp_path: Path) -> None:
+    """A parameter outside the shared ones that serves two tasks, or float16 mixed precision
+    (a GradScaler scales Lightning's backward): K + 1 passes, the update of the replay."""
+    model = WeightShared(LossOverNorm(route="parameters"))
+    passes, _ = fit_counting(model, tmp_path / "bias")
+    assert passes[1:] == [4] * 3
+    from pytorch_lightning.plugins import MixedPrecision
+
+    model = TrunkShared(LossOverNorm(route="parameters"))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    passes, _ = fit_counting(model, tmp_path / "fp16", plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+    assert passes[1:] == [4] * 3
+    assert scaler.get_scale() >= 2.0**10  # the scaler ran (and saw no overflow)
 
 
 # -- DDP: one launch ----------------------------------------------------------------------------

@@ -211,6 +211,7 @@ class ModelConf:
     optimizer: Any = field(default_factory=lambda: {"_target_": "torch.optim.Adam", "lr": 1e-3})
     input_key: str = "x"
     on_nonfinite: str = "raise"
+    reuse_jacobian: bool = True
 
 
 @dataclass

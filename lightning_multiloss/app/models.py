@@ -208,7 +208,8 @@ class MultiTaskNetMixin(MultiTaskMixin, _LightningModule):  # type: ignore[misc]
         weighting: a weighting config (``_target_`` + hyper-parameters: kept in the checkpoint)
             or a :class:`~lightning_multiloss.weighting.Weighting`; ``None``: a plain sum.
         input_shape: the shape of one input (from the datamodule).
-        input_key, on_nonfinite: as in :meth:`~lightning_multiloss.MultiTaskMixin.configure_multitask`.
+        input_key, on_nonfinite, reuse_jacobian: as in
+            :meth:`~lightning_multiloss.MultiTaskMixin.configure_multitask`.
 
     Example:
         >>> net = MultiTaskNet(
@@ -233,6 +234,7 @@ class MultiTaskNetMixin(MultiTaskMixin, _LightningModule):  # type: ignore[misc]
         input_shape: Sequence[int] = (64,),
         input_key: str = "x",
         on_nonfinite: str = "raise",
+        reuse_jacobian: bool = True,
     ) -> None:
         super().__init__()
         trunk, tasks, optimizer = _plain(trunk), _plain(tasks), _plain(optimizer)
@@ -251,6 +253,7 @@ class MultiTaskNetMixin(MultiTaskMixin, _LightningModule):  # type: ignore[misc]
                 "input_shape": input_shape,
                 "input_key": input_key,
                 "on_nonfinite": on_nonfinite,
+                "reuse_jacobian": reuse_jacobian,
             }
         )
         self.optimizer_cfg = optimizer
@@ -264,7 +267,13 @@ class MultiTaskNetMixin(MultiTaskMixin, _LightningModule):  # type: ignore[misc]
         self._check_heads(tasks, input_shape)
         if weighting is not None and not isinstance(weighting, Weighting):
             weighting = build_weighting(weighting)
-        self.configure_multitask(task_list, weighting, input_key=input_key, on_nonfinite=on_nonfinite)  # type: ignore[arg-type]
+        self.configure_multitask(
+            task_list,
+            weighting,
+            input_key=input_key,
+            on_nonfinite=on_nonfinite,  # type: ignore[arg-type]
+            reuse_jacobian=reuse_jacobian,
+        )
 
     def _build_task(self, name: str, spec: dict[str, Any]) -> Task:
         where = f"model.tasks.{name}"

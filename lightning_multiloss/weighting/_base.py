@@ -129,7 +129,9 @@ class Weighting(nn.Module, ABC):
         if self.training and self._task_names:
             # A fresh copy on the device (no wait), so that a reference kept from an earlier step
             # (the Callback's record) keeps its values when a strategy updates its weights in place.
-            self.last_weights = result.weights.detach().clone()
+            # Straight into the registered buffer: nn.Module's __setattr__ costs more than the step's
+            # arithmetic for a fixed sum.
+            self._buffers["last_weights"] = result.weights.detach().clone()
         return result
 
     # -- reading the weights --------------------------------------------------------------
@@ -228,6 +230,10 @@ class GradientWeighting(Weighting):
     """
 
     last_weights_are_state: ClassVar[bool] = True
+    gives_combined_gradient: ClassVar[bool] = False
+    """Whether :meth:`forward` takes ``task_parameters`` (route ``"parameters"``) and then returns a
+    loss whose backward gives the combined gradient without another pass through the model (see
+    :meth:`GramianWeighting.forward <lightning_multiloss.weighting.GramianWeighting.forward>`)."""
 
     def __init__(self, route: Route = "parameters", ddp: DDPMode = "exact") -> None:
         super().__init__()
@@ -267,4 +273,5 @@ class GradientWeighting(Weighting):
 
 def weighted_sum(weights: Tensor, losses: Tensor) -> WeightedLoss:
     """``Σ wᵢ Lᵢ`` with the weights reported detached."""
-    return WeightedLoss(torch.dot(weights.to(losses.dtype), losses), weights.detach())
+    factors = weights if weights.dtype == losses.dtype else weights.to(losses.dtype)
+    return WeightedLoss(torch.dot(factors, losses), weights.detach())

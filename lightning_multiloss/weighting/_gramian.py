@@ -5,7 +5,9 @@ UPGrad, GradNorm, ...) returns a combination ``Jᵀw`` of the per-task gradients
 ``w`` depend only on the Gramian ``G = J Jᵀ`` (K×K) and the losses. So the step computes ``G``
 (on the shared parameters, or on the shared representation), ``w = f(G, losses, state)``, and
 returns ``Σ wᵢ.detach()·Lᵢ`` to Lightning's normal backward: gradient accumulation, clipping,
-mixed precision, checkpointing and DDP keep working.
+mixed precision, checkpointing and DDP keep working. On the parameter route the returned loss
+carries the known gradient ``Jᵀw`` (and each head's ``wᵢ ∂Lᵢ/∂φ``) from the K per-task passes,
+so that backward does not run through the model again (see :mod:`lightning_multiloss.gradients`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,13 @@ import torch
 from torch import Tensor
 
 from lightning_multiloss.errors import MultiLossError, NonFiniteLossError
-from lightning_multiloss.gradients import DDPMode, Route, gramian_and_losses
+from lightning_multiloss.gradients import (
+    DDPMode,
+    Route,
+    gramian_and_losses,
+    loss_with_combined_gradient,
+    parameter_route_gradients,
+)
 from lightning_multiloss.weighting._base import GradientWeighting, WeightedLoss, weighted_sum
 
 __all__ = ["DDPMode", "GramianWeighting", "Route"]
@@ -65,6 +73,7 @@ class GramianWeighting(GradientWeighting):
         tensor([0.6000, 0.4000])
     """
 
+    gives_combined_gradient: ClassVar[bool] = True
     host_state: ClassVar[tuple[str, ...]] = ()
     """The names of the strategy's state tensors, which live on the host beside the solver.
 
@@ -184,12 +193,19 @@ class GramianWeighting(GradientWeighting):
         *,
         representation: Tensor | None = None,
         parameters: Sequence[Tensor] | None = None,
+        task_parameters: Sequence[Sequence[Tensor]] | None = None,
     ) -> WeightedLoss:
         """``Σ wᵢ.detach()·Lᵢ`` with ``w`` from the Gramian of this step's task gradients.
 
         The mixin passes ``representation`` (route ``"representation"``) or ``parameters``
         (route ``"parameters"``). In evaluation mode no gradient is taken: the weights of the
         last training step are used.
+
+        With ``task_parameters`` (route ``"parameters"``: for each task, the parameters only its
+        loss depends on), the K backward passes also take each task's gradients with respect to
+        its own parameters, and the returned loss has the value ``Σ wᵢLᵢ`` and the gradient
+        ``Jᵀw`` on ``parameters`` and ``wᵢ ∂Lᵢ/∂φ`` on a task's own ``φ``, given without another
+        pass through the model (see :mod:`lightning_multiloss.gradients`).
         """
         if not self.training:
             return weighted_sum(self.last_weights, losses)
@@ -198,6 +214,14 @@ class GramianWeighting(GradientWeighting):
                 f"weighting {self.name!r} needs the task gradients: use it through MultiTaskMixin's training_step "
                 "(which passes the shared parameters), not on the losses alone"
             )
+        if self.route == "parameters" and task_parameters is not None:
+            assert parameters is not None
+            taken = parameter_route_gradients(
+                losses, ddp=self.ddp, parameters=parameters, task_parameters=task_parameters, strategy=self.name
+            )
+            weights = self.weights_from_gramian(taken.gramian, taken.losses)
+            loss = loss_with_combined_gradient(losses, weights, taken, parameters, task_parameters)
+            return WeightedLoss(loss, weights.detach())
         gramian, detached = gramian_and_losses(
             losses,
             route=self.route,

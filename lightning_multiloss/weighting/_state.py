@@ -37,7 +37,9 @@ class TaskEpochMean(Metric):
         self.add_state("total", torch.zeros(num_tasks), dist_reduce_fx="sum", persistent=persistent)
         self.add_state("count", torch.zeros(num_tasks), dist_reduce_fx="sum", persistent=persistent)
         self.add_state("batches", torch.zeros(()), dist_reduce_fx="sum", persistent=persistent)
-        self._all_labelled = 0  # batches counted on the host since the states last took them in
+        # Batches counted on the host since the states last took them in; a one-element list,
+        # changed in place, because assigning an attribute of an nn.Module costs microseconds.
+        self._all_labelled = [0]
 
     def update(self, losses: Tensor, labelled: Tensor | None = None) -> None:
         """torchmetrics' entry point: the same as :meth:`add`."""
@@ -52,7 +54,7 @@ class TaskEpochMean(Metric):
         """
         if labelled is None:
             self.total.add_(losses.detach())
-            self._all_labelled += 1
+            self._all_labelled[0] += 1
         else:
             labelled = labelled.to(self.total)
             self.total.add_(losses.detach() * labelled)
@@ -60,10 +62,10 @@ class TaskEpochMean(Metric):
             self.batches.add_(1.0)
 
     def _flush(self) -> None:
-        if self._all_labelled:
-            self.count.add_(float(self._all_labelled))
-            self.batches.add_(float(self._all_labelled))
-            self._all_labelled = 0
+        if self._all_labelled[0]:
+            self.count.add_(float(self._all_labelled[0]))
+            self.batches.add_(float(self._all_labelled[0]))
+            self._all_labelled[0] = 0
 
     def compute(self) -> Tensor:
         """The ``(K,)`` epoch means (0 for a task without any labelled batch)."""
@@ -80,11 +82,11 @@ class TaskEpochMean(Metric):
 
         DDP training processes run the same number of batches, so this is the same on every process.
         """
-        return self._all_labelled > 0 or bool(self.batches > 0)
+        return self._all_labelled[0] > 0 or bool(self.batches > 0)
 
     def reset(self) -> None:
         super().reset()
-        self._all_labelled = 0
+        self._all_labelled[0] = 0
 
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
         self._flush()
