@@ -62,8 +62,9 @@ def test_peers_prints_the_side_by_side_table_and_the_targets() -> None:
     for k in ("2", "8"):
         time_row, memory_row = [line for line in out.splitlines() if line.startswith(f"| {k} |")]
         cells = [cell.strip() for cell in time_row.strip("|").split("|")]
-        assert len(cells) == 2 + len(families) and float(cells[1]) > 0, time_row  # K, summed (ms), families
-        for cell in cells[2:]:
+        # K, summed (ms), summed (A/A), families
+        assert len(cells) == 3 + len(families) and float(cells[1]) > 0 and float(cells[2]) > 0, time_row
+        for cell in cells[3:]:
             assert all(float(value) > 0 for value in cell.split(" / ")) and cell.count(" / ") == 1, time_row
         assert len(memory_row.strip("|").split("|")) == 4 + len(families), memory_row
     targets = [line for line in out.splitlines() if line.startswith("- K=")]

@@ -713,6 +713,29 @@ def test_reused_jacobian_gives_lightnings_update_with_k_backward_passes(tmp_path
         torch.testing.assert_close(torch.tensor(got_returned), torch.tensor(want_returned), rtol=1e-6, atol=1e-7)
 
 
+class WithPenalty(TrunkShared):
+    """Adds a term of its own to the mixin's loss, through the kept graph (the representation)."""
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        self.z = self.trunk(x)
+        return {name: head(self.z) for name, head in self.heads.items()}
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        loss = super().training_step(batch, batch_idx)
+        return loss + 0.1 * self.z.pow(2).mean() + 0.01 * self.trunk[0].weight.abs().sum()
+
+
+def test_a_term_added_to_the_returned_loss_gets_its_own_gradient(tmp_path: Path) -> None:
+    """The reused Jacobian gives the task part; the user's own term (through the kept graph and
+    on a parameter directly) still backpropagates: the same steps as Lightning's full backward."""
+    results = []
+    for reuse in (True, False):
+        model = WithPenalty(make_strategy("upgrad", "parameters"), reuse_jacobian=reuse)
+        fit(model, tmp_path / str(reuse), batches=3, max_epochs=1)
+        results.append(params_of(model))
+    assert_params_close(results[0], results[1], atol=1e-6, what="penalty")
+
+
 def test_lightnings_backward_stays_where_the_jacobian_cannot_give_the_update(tmp_path: Path) -> None:
     """A parameter outside the shared ones that serves two tasks, or float16 mixed precision
     (a GradScaler scales Lightning's backward): K + 1 passes, the update of the replay."""

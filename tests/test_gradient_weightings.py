@@ -224,6 +224,47 @@ def test_upgrad_is_the_mean_of_the_dual_cone_projections() -> None:
         np.testing.assert_allclose(d.numpy(), expected, atol=1e-6)
 
 
+def test_upgrad_warm_started_from_the_last_step_equals_a_cold_solve() -> None:
+    """One UPGrad over a drifting sequence of Gramians (each QP starts from the last step's
+    solutions), with a jump to unrelated gradients half-way, equals a fresh UPGrad per step, and
+    the dual-cone projections solved independently."""
+    gen = torch.Generator().manual_seed(7)
+    base = torch.randn(6, 9, generator=gen, dtype=F64)
+    warm = UPGrad(reg_eps=0.0)
+    for step in range(12):
+        jac = base + 0.05 * step * torch.randn(6, 9, generator=gen, dtype=F64)
+        if step == 6:
+            jac = torch.randn(6, 9, generator=gen, dtype=F64) * torch.tensor([1.0, 3.0, 0.2, 1.0, 5.0, 0.5])[:, None]
+        g, ones = jac @ jac.T, torch.ones(6, dtype=F64)
+        got = warm.weights_from_gramian(g, ones)
+        torch.testing.assert_close(got, UPGrad(reg_eps=0.0).weights_from_gramian(g, ones), rtol=1e-9, atol=1e-10)
+        if step in (0, 6, 11):
+            j = jac.numpy()
+            expected = np.mean([dual_cone_projection(row, j) for row in j], axis=0)
+            np.testing.assert_allclose((got @ jac).numpy(), expected, atol=1e-6)
+
+
+def test_host_solvers_run_on_one_intra_op_thread() -> None:
+    """The K×K solve runs with one intra-op thread (OpenMP backend), and the count is restored."""
+    from lightning_multiloss.weighting import _gramian
+
+    seen: list[int] = []
+
+    class Spy(GramianWeighting):
+        def compute_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
+            seen.append(torch.get_num_threads())
+            return torch.ones_like(losses)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        Spy().weights_from_gramian(torch.eye(3), torch.ones(3))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1 if _gramian._OPENMP_BACKEND else 2]
+
+
 def test_imtl_g_equal_projections() -> None:
     for jac in random_jacobians(24, seed=4):
         if jac.shape[0] > jac.shape[1]:

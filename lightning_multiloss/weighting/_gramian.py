@@ -13,7 +13,8 @@ so that backward does not run through the model again (see :mod:`lightning_multi
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
@@ -30,6 +31,30 @@ from lightning_multiloss.gradients import (
 from lightning_multiloss.weighting._base import GradientWeighting, WeightedLoss, weighted_sum
 
 __all__ = ["DDPMode", "GramianWeighting", "Route"]
+
+
+_OPENMP_BACKEND = "parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
+@contextmanager
+def _one_intra_op_thread() -> Iterator[None]:
+    """Run the host solvers on one thread: their K×K operations are far too small to share.
+
+    Torch may split even a tiny batched solve or reduction over its intra-op threads; when the
+    other cores are busy (data loading, other processes) each such operation then waits for a
+    thread, which measured 3-5× slower solves on a loaded 2-core machine. Restored on exit. Only
+    with the OpenMP backend, where the setting is the calling thread's own and cheap to change
+    (the native backend refuses a change once its pool has started).
+    """
+    threads = torch.get_num_threads()
+    if threads == 1 or not _OPENMP_BACKEND:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class GramianWeighting(GradientWeighting):
@@ -140,7 +165,8 @@ class GramianWeighting(GradientWeighting):
         k = self._check_shapes(gramian, losses)
         dtype = torch.promote_types(gramian.dtype, torch.float32)
         packed = torch.cat([gramian.detach().reshape(-1).to(dtype), losses.detach().to(dtype)])
-        weights = self._solve_on_host(packed.cpu().to(torch.float64), k)
+        with _one_intra_op_thread():
+            weights = self._solve_on_host(packed.cpu().to(torch.float64), k)
         out_dtype = gramian.dtype if gramian.is_floating_point() else torch.get_default_dtype()
         return weights.to(device=gramian.device, dtype=out_dtype)
 

@@ -196,24 +196,30 @@ def _principal_pivoting(q: Tensor, c: Tensor, max_iter: int) -> tuple[Tensor, Te
     return x.clamp_min(0.0), solved
 
 
-def box_qp(gramian: Tensor, lower: Tensor, ridge: float = RIDGE) -> Tensor:
+def box_qp(gramian: Tensor, lower: Tensor, ridge: float = RIDGE, start: Tensor | None = None) -> Tensor:
     """``argmin_{v ≥ u} vᵀGv``: the dual of the projection of ``Jᵀu`` onto the dual cone of the rows of ``J``.
 
     Solved as ``v = u + x`` with ``x = argmin_{x ≥ 0} ½xᵀGx + (Gu)ᵀx``. ``lower`` of shape
     ``(m, K)``: ``m`` such problems at once (one row of the result each), by block principal
     pivoting; a row where that stalls is finished by the active-set method, started from where
-    pivoting stopped.
+    pivoting stopped. ``start``: the ``x`` of nearby problems (the previous training step's
+    ``v − u``), for speed only: the active-set method then starts from it, and usually ends after
+    one solve where the free sets are unchanged (the minimiser is unique, so the result changes
+    only by rounding).
     """
     g = regularize(gramian, ridge)
     lower = lower.to(_F64)
     single = lower.ndim == 1
     lower = lower.reshape(-1, g.shape[0])
     linear = lower @ g
-    x, _ = _principal_pivoting(g, linear, max_iter=2 * g.shape[0] + 10)
-    # The active-set method finishes every row from where pivoting stopped: a row that pivoting
-    # solved is confirmed in one step, one where it stalled (or where a solve on an ill-conditioned
-    # free set lost digits, as on a near-singular G of scale 1e12) is completed.
-    x = _active_set(g, linear, simplex=False, max_iter=20 * g.shape[0] + 100, start=x)
+    if start is not None and start.shape == linear.shape:
+        x = _active_set(g, linear, simplex=False, max_iter=20 * g.shape[0] + 100, start=start)
+    else:
+        x, _ = _principal_pivoting(g, linear, max_iter=2 * g.shape[0] + 10)
+        # The active-set method finishes every row from where pivoting stopped: a row that pivoting
+        # solved is confirmed in one step, one where it stalled (or where a solve on an
+        # ill-conditioned free set lost digits, as on a near-singular G of scale 1e12) is completed.
+        x = _active_set(g, linear, simplex=False, max_iter=20 * g.shape[0] + 100, start=x)
     v = lower + x
     return v[0] if single else v
 

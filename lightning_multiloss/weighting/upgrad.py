@@ -56,6 +56,10 @@ class UPGrad(GramianWeighting):
         reg_eps = float(reg_eps)
         require(self.name, math.isfinite(reg_eps) and reg_eps >= 0.0, "reg_eps must be finite and >= 0", reg_eps)
         self.reg_eps = reg_eps
+        # The last step's K box-QP solutions (v − eᵢ/K), a warm start for the next step's: speed
+        # only, not state (each minimiser is unique, so a resumed run without it gets the same
+        # weights to rounding).
+        self._previous_solution: Tensor | None = None
 
     def compute_weights(self, g: Tensor, losses: Tensor) -> Tensor:
         k = g.shape[0]
@@ -64,5 +68,6 @@ class UPGrad(GramianWeighting):
             return uniform(k)
         g = g / trace + self.reg_eps * torch.eye(k, dtype=torch.float64)
         eye = torch.eye(k, dtype=torch.float64) / k
-        w = box_qp(g, eye).sum(dim=0)  # the K projections, solved together
-        return w
+        v = box_qp(g, eye, start=self._previous_solution)  # the K projections, solved together
+        self._previous_solution = v - eye
+        return v.sum(dim=0)
