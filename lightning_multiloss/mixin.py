@@ -255,7 +255,7 @@ class MultiTaskMixin(_Base):
         self._mt_reuse_jacobian = bool(reuse_jacobian)
         # The ids of the shared parameters and, per task, the parameters only that task uses (None:
         # some parameter outside the shared ones serves two tasks): see _mt_task_parameters.
-        self._mt_own_params: tuple[tuple[int, ...], list[list[nn.Parameter]] | None] | None = None
+        self._mt_own_params: tuple[tuple[tuple[int, ...], ...], list[list[nn.Parameter]] | None] | None = None
         # (step, epoch, batch index, detached losses) of the training steps not yet checked for
         # non-finite losses: see check_finite_losses.
         self._mt_pending: list[tuple[int, int, int, Tensor]] = []
@@ -619,8 +619,9 @@ class MultiTaskMixin(_Base):
             self._mt_shared_params = found
             shared_ids = {id(p) for p in found}
             rest = [(p, u) for p, u in zip(candidates, users, strict=True) if id(p) not in shared_ids]
-            self._mt_own_params = (tuple(id(p) for p in found), self._mt_split_by_task(rest, losses.numel()))
-        inputs: dict[str, Any] = {"parameters": list(self.shared_parameters())}
+            self._mt_own_params = (_usage_key(found, candidates), self._mt_split_by_task(rest, losses.numel()))
+        # Frozen ones left out (a trunk frozen for a while): autograd refuses them.
+        inputs: dict[str, Any] = {"parameters": [p for p in self.shared_parameters() if p.requires_grad]}
         if self._mt_reuse_jacobian and weighting.gives_combined_gradient and not scales_float16_losses(trainer):
             own = self._mt_task_parameters(losses, inputs["parameters"])
             if own is not None:
@@ -635,13 +636,14 @@ class MultiTaskMixin(_Base):
         """Per task, the trainable parameters outside ``shared`` that only its loss uses; ``None``
         where one of them serves two tasks (then the combined gradient needs Lightning's backward).
 
-        Found by autograd once for a given set of shared parameters (K backward passes, on the
-        first step), and kept.
+        Found by autograd (K backward passes) on the first step and again whenever the shared or
+        the trainable parameters change (a head frozen, then trained), and kept in between.
         """
-        key = tuple(id(p) for p in shared)
+        trainable = self._mt_trainable_parameters()
+        key = _usage_key(shared, trainable)
         if self._mt_own_params is None or self._mt_own_params[0] != key:
-            shared_ids = set(key)
-            rest = [p for p in self._mt_trainable_parameters() if id(p) not in shared_ids]
+            shared_ids = {id(p) for p in shared}
+            rest = [p for p in trainable if id(p) not in shared_ids]
             users = parameter_users(losses, rest)
             self._mt_own_params = (key, self._mt_split_by_task(list(zip(rest, users, strict=True)), losses.numel()))
         return self._mt_own_params[1]
@@ -737,6 +739,11 @@ class MultiTaskMixin(_Base):
 
 
 _is_compiling: Callable[[], bool] = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
+
+
+def _usage_key(shared: Sequence[nn.Parameter], trainable: Sequence[nn.Parameter]) -> tuple[tuple[int, ...], ...]:
+    """What the tasks' own parameters were found for: the shared and the trainable parameters."""
+    return tuple(id(p) for p in shared), tuple(id(p) for p in trainable)
 
 
 @torch.compiler.disable

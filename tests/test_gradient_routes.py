@@ -736,6 +736,29 @@ def test_a_term_added_to_the_returned_loss_gets_its_own_gradient(tmp_path: Path)
     assert_params_close(results[0], results[1], atol=1e-6, what="penalty")
 
 
+class Unfreezing(CountingNet):
+    """The ``aux`` head and the trunk's first weight are frozen for the first two steps."""
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        frozen = batch_idx < 2
+        self.heads["aux"].requires_grad_(not frozen)
+        self.trunk[0].weight.requires_grad_(not frozen)
+
+
+def test_parameters_frozen_then_trained_get_their_gradient(tmp_path: Path) -> None:
+    """The tasks' own parameters are found again when the trainable ones change: the same steps as
+    Lightning's full backward, and the unfrozen head and trunk weight do train."""
+    results = []
+    for reuse in (True, False):
+        model = Unfreezing(make_strategy("upgrad", "parameters"), reuse_jacobian=reuse)
+        start = params_of(model)
+        fit(model, tmp_path / str(reuse), batches=4, max_epochs=1)
+        results.append(params_of(model))
+    assert_params_close(results[0], results[1], atol=1e-6, what="unfreezing")
+    for key in ("heads.aux.weight", "trunk.0.weight"):
+        assert float((results[0][key] - start[key]).abs().max()) > 1e-3, key
+
+
 def test_lightnings_backward_stays_where_the_jacobian_cannot_give_the_update(tmp_path: Path) -> None:
     """A parameter outside the shared ones that serves two tasks, or float16 mixed precision
     (a GradScaler scales Lightning's backward): K + 1 passes, the update of the replay."""
