@@ -134,12 +134,12 @@ def test_the_rules_can_fail() -> None:
 
 
 # -- what each part imports from outside the standard library ---------------------------------------
-CORE_IMPORTS = {"torch", "torchmetrics", "hydra", "omegaconf", "matplotlib", "lightning", "pytorch_lightning"}
-"""What the plugin core may import: its dependencies (omegaconf comes with hydra-core) and ``typing_extensions``
-(a dependency of torch, listed below)."""
-APP_IMPORTS = CORE_IMPORTS | {"numpy", "yaml"}
-"""The demo also reads its shipped ``.npz`` files with numpy (a dependency of matplotlib) and Hydra's files with
-yaml (PyYAML, a dependency of omegaconf); no scikit-learn, no mlxtend."""
+CORE_IMPORTS = {"torch", "torchmetrics", "hydra", "omegaconf", "matplotlib", "lightning", "pytorch_lightning", "numpy"}
+"""What the plugin core may import: its dependencies (omegaconf comes with hydra-core; numpy for the K×K
+solvers) and ``typing_extensions`` (a dependency of torch, listed below)."""
+APP_IMPORTS = CORE_IMPORTS | {"yaml"}
+"""The demo also reads its shipped ``.npz`` files with numpy and Hydra's files with yaml (PyYAML, a dependency
+of omegaconf); no scikit-learn, no mlxtend."""
 
 
 def third_party_imports(path: Path) -> set[str]:

@@ -1,8 +1,11 @@
-"""Small K×K solvers shared by the gradient strategies (plain torch, float64, on the CPU).
+"""Small K×K solvers shared by the gradient strategies (float64, on the CPU).
 
 The matrices are ``K × K`` with ``K`` the number of tasks, so exact active-set methods are cheap
 and need no external solver. Every function takes and returns float64 CPU tensors: the Gramian
-base (:class:`~lightning_multiloss.weighting.GramianWeighting`) converts the Gramian once.
+base (:class:`~lightning_multiloss.weighting.GramianWeighting`) converts the Gramian once. The
+iterative loops (the active-set method, PCGrad's projections) run on NumPy views of them: each
+of their steps is a handful of operations on K×K arrays, where NumPy's fixed cost per operation
+is several times smaller than torch's.
 
 >>> import torch
 >>> G = torch.tensor([[18.0, -22.0], [-22.0, 38.0]], dtype=torch.float64)  # J = [[-4,1,1],[6,1,1]]
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -47,23 +51,23 @@ def regularize(gramian: Tensor, ridge: float = RIDGE) -> Tensor:
 
 
 # -- quadratic programs ------------------------------------------------------------------------
-def _starting_points(q: Tensor, c: Tensor, simplex: bool, start: Tensor | None) -> Tensor:
+def _starting_points(q: np.ndarray, c: np.ndarray, simplex: bool, start: Tensor | None) -> np.ndarray:
     """Feasible first iterates, one row per problem.
 
     ``start`` (projected onto the feasible set) where it is usable, else a vertex (simplex) or 0.
     """
     m, k = c.shape
-    x = torch.zeros(m, k, dtype=_F64)
+    x = np.zeros((m, k))
     if simplex:
-        x[torch.arange(m), torch.argmin(0.5 * q.diagonal() + c, dim=1)] = 1.0
+        x[np.arange(m), np.argmin(0.5 * np.diagonal(q) + c, axis=1)] = 1.0
     if start is None or start.shape[-1] != k:
         return x
-    warm = start.detach().to(device=_CPU, dtype=_F64).expand(m, k).clamp_min(0.0)
-    total = warm.sum(dim=1, keepdim=True)
-    usable = torch.isfinite(total) & (total > 0.0 if simplex else torch.ones_like(total, dtype=torch.bool))
+    warm = np.broadcast_to(start.detach().to(device=_CPU, dtype=_F64).numpy(), (m, k)).clip(min=0.0)
+    total = warm.sum(axis=1, keepdims=True)
+    usable = np.isfinite(total) & (total > 0.0 if simplex else True)
     if simplex:
-        warm = warm / torch.where(usable, total, torch.ones_like(total))
-    return torch.where(usable, warm, x)
+        warm = warm / np.where(usable, total, 1.0)
+    return np.where(usable, warm, x)
 
 
 def _active_set(q: Tensor, c: Tensor, simplex: bool, max_iter: int, start: Tensor | None = None) -> Tensor:
@@ -78,63 +82,72 @@ def _active_set(q: Tensor, c: Tensor, simplex: bool, max_iter: int, start: Tenso
     solution of a nearby problem (the previous training step's) usually has the right free set
     already, so a warm start ends after one or two solves instead of about ``K``. The minimiser
     is unique, so the start changes the result only by rounding.
+
+    The iterations run in NumPy on the host copies: a step is some twenty operations on K×K
+    arrays, each of which costs torch several times NumPy's fixed overhead (5× faster at K = 8).
     """
     single = c.ndim == 1
     k = q.shape[0]
-    c = c.reshape(-1, k)
-    m = c.shape[0]
-    tol = 1e-11 * (float(q.diagonal().abs().max()) + c.abs().amax(dim=1) + 1e-300)
-    x = _starting_points(q, c, simplex, start)
+    q_np = q.detach().to(_F64).numpy()
+    c_np = c.detach().to(_F64).reshape(-1, k).numpy()
+    m = c_np.shape[0]
+    tol = 1e-11 * (float(np.abs(np.diagonal(q_np)).max()) + np.abs(c_np).max(axis=1) + 1e-300)
+    x = _starting_points(q_np, c_np, simplex, start)
     free = x > 0.0
-    done = torch.zeros(m, dtype=torch.bool)
+    done = np.zeros(m, dtype=bool)
+    rows = np.arange(m)
     # Each step solves every row's equality-constrained problem on its free set in one batched
     # solve: Q restricted to the free set, identity rows (right-hand side 0) for the fixed
     # variables so that all systems have one size; for the simplex, bordered by the row and
     # column of ones of the constraint Σx = 1 (its multiplier is the extra unknown).
     n = k + 1 if simplex else k
-    bordered = torch.zeros(n, n, dtype=_F64)
-    bordered[:k, :k] = q
+    bordered = np.zeros((n, n))
+    bordered[:k, :k] = q_np
     bordered[:k, k:] = 1.0
     bordered[k:, :k] = 1.0
-    rhs = torch.cat([-c, torch.ones(m, n - k, dtype=_F64)], dim=1)
-    border = torch.ones(m, n - k, dtype=torch.bool)
+    identity = np.eye(n, dtype=bool)
+    rhs = np.concatenate([-c_np, np.ones((m, n - k))], axis=1)
+    border = np.ones((m, n - k), dtype=bool)
     for _ in range(max_iter):
-        kept = torch.cat([free, border], dim=1)
-        system = torch.where(kept[:, :, None] & kept[:, None, :], bordered, 0.0) + torch.diag_embed((~kept).to(_F64))
-        target = torch.linalg.solve(system, torch.where(kept, rhs, 0.0))[:, :k]
-        feasible = ((target >= 0.0) | ~free).all(dim=1) & ~done
+        kept = np.concatenate([free, border], axis=1)
+        system = np.where(kept[:, :, None] & kept[:, None, :], bordered, 0.0) + (identity & ~kept[:, :, None])
+        target = np.linalg.solve(system, np.where(kept, rhs, 0.0)[:, :, None])[:, :k, 0]
+        feasible = ((target >= 0.0) | ~free).all(axis=1) & ~done
         blocked = ~feasible & ~done
         # Rows whose target is feasible move to it; optimal if no fixed variable wants to enter.
-        x = torch.where(feasible[:, None], target, x)
-        grad = x @ q + c
-        mu = (grad * free).sum(dim=1) / free.sum(dim=1).clamp_min(1) if simplex else torch.zeros_like(tol)
-        multipliers = torch.where(free, math.inf, grad - mu[:, None])
-        lowest, entering = multipliers.min(dim=1)
-        done |= feasible & (lowest >= -tol)
+        x = np.where(feasible[:, None], target, x)
+        grad = x @ q_np + c_np
+        mu = (grad * free).sum(axis=1) / np.maximum(free.sum(axis=1), 1) if simplex else np.zeros(m)
+        multipliers = np.where(free, math.inf, grad - mu[:, None])
+        entering = multipliers.argmin(axis=1)
+        done |= feasible & (multipliers[rows, entering] >= -tol)
         grow = feasible & ~done
         free[grow, entering[grow]] = True
         # Rows whose target is not: step towards it until the first free variable reaches 0.
-        if bool(blocked.any()):
+        if blocked.any():
             step = target - x
-            ratios = torch.where(free & (step < 0.0), x / (-step), math.inf)
-            ratio, leaving = ratios.min(dim=1)
-            x = torch.where(blocked[:, None], x + ratio.clamp(0.0, 1.0)[:, None] * step, x)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratios = np.where(free & (step < 0.0), x / -step, math.inf)
+            leaving = ratios.argmin(axis=1)
+            ratio = ratios[rows, leaving]
+            x = np.where(blocked[:, None], x + np.clip(ratio, 0.0, 1.0)[:, None] * step, x)
             x[blocked, leaving[blocked]] = 0.0
             free[blocked, leaving[blocked]] = False
             drop = blocked[:, None] & free & (x <= 0.0)
-            x = torch.where(drop, 0.0, x)
+            x = np.where(drop, 0.0, x)
             free &= ~drop
             if simplex:  # an empty free set cannot happen in exact arithmetic; restart at a vertex
-                empty = ~free.any(dim=1)
-                if bool(empty.any()):
-                    x[empty] = _starting_points(q, c[empty], simplex, None)
+                empty = ~free.any(axis=1)
+                if empty.any():
+                    x[empty] = _starting_points(q_np, c_np[empty], simplex, None)
                     free[empty] = x[empty] > 0.0
-        if bool(done.all()):
+        if done.all():
             break
-    x = x.clamp_min(0.0)
+    x = x.clip(min=0.0)
     if simplex:
-        x = x / x.sum(dim=1, keepdim=True)
-    return x[0] if single else x
+        x = x / x.sum(axis=1, keepdims=True)
+    result = torch.from_numpy(np.ascontiguousarray(x))
+    return result[0] if single else result
 
 
 def simplex_qp(
@@ -387,16 +400,18 @@ def pcgrad_weights(gramian: Tensor, orders: Tensor) -> Tensor:
     step ``t`` projects every ``g_i'`` onto its own ``t``-th task at once: K vectorised steps
     instead of K² scalar ones.
     """
-    k = gramian.shape[0]
-    diag = gramian.diagonal()
-    usable = diag > 1e-12 * float(diag.max().clamp_min(0.0))  # a zero gradient is never projected onto
-    a = torch.eye(k, dtype=_F64)
-    tasks = torch.arange(k)
-    for j in orders.T:  # column t: the t-th task of every row
-        inner = (a * gramian[j]).sum(dim=1)  # g_i'·g_j = (A_i G)_j, G symmetric
-        project = (j != tasks) & usable[j] & (inner < 0.0)
-        a[tasks, j] -= torch.where(project, inner / diag[j], 0.0)
-    return a.sum(dim=0)
+    g = gramian.detach().to(_F64).numpy()
+    k = g.shape[0]
+    diag = np.diagonal(g)
+    usable = diag > 1e-12 * max(float(diag.max()), 0.0)  # a zero gradient is never projected onto
+    a = np.eye(k)
+    tasks = np.arange(k)
+    with np.errstate(divide="ignore", invalid="ignore"):  # inner / 0 where nothing is projected
+        for j in orders.detach().cpu().numpy().T:  # column t: the t-th task of every row (NumPy: see _active_set)
+            inner = (a * g[j]).sum(axis=1)  # g_i'·g_j = (A_i G)_j, G symmetric
+            project = (j != tasks) & usable[j] & (inner < 0.0)
+            a[tasks, j] -= np.where(project, inner / diag[j], 0.0)
+    return torch.from_numpy(a.sum(axis=0))
 
 
 def gradvac_weights(gramian: Tensor, orders: Tensor, target: Tensor, beta: float) -> tuple[Tensor, Tensor]:
