@@ -421,22 +421,25 @@ def gradvac_weights(gramian: Tensor, orders: Tensor, target: Tensor, beta: float
     ``φ = cos(g_i', g_j)``: if ``φ < φ̂_ij``, ``A_ij += ‖g_i'‖(φ̂√(1−φ²) − φ√(1−φ̂²)) / (‖g_j‖√(1−φ̂²))``;
     then ``φ̂_ij ← (1−β)φ̂_ij + βφ``. ``target`` is read, not written (the new one is returned).
     """
-    k = gramian.shape[0]
-    diag = gramian.diagonal().clamp_min(0.0)
+    g = gramian.detach().to(_F64).numpy()
+    k = g.shape[0]
+    diag = np.diagonal(g).clip(min=0.0)
     tiny = 1e-12 * float(diag.max())
-    norms = diag.sqrt()
-    new_target = target.clone()
-    a = torch.eye(k, dtype=_F64)
-    tasks = torch.arange(k)
-    for j in orders.T:
-        square = ((a @ gramian) * a).sum(dim=1)  # ‖g_i'‖²
-        active = (j != tasks) & (diag[j] > tiny) & (square > tiny)
-        norm = square.clamp_min(0.0).sqrt()
-        phi = ((a * gramian[j]).sum(dim=1) / (norm * norms[j])).clamp(-1.0, 1.0)
-        phi_hat = target[tasks, j]
-        root_hat = (1.0 - phi_hat**2).clamp_min(1e-12).sqrt()
-        root = (1.0 - phi**2).clamp_min(0.0).sqrt()
-        step = norm * (phi_hat * root - phi * root_hat) / (norms[j] * root_hat)
-        a[tasks, j] += torch.where(active & (phi < phi_hat), step, 0.0)
-        new_target[tasks, j] = torch.where(active, (1.0 - beta) * phi_hat + beta * phi, new_target[tasks, j])
-    return a.sum(dim=0), new_target
+    norms = np.sqrt(diag)
+    phi_target = target.detach().to(_F64).numpy()
+    new_target = phi_target.copy()
+    a = np.eye(k)
+    tasks = np.arange(k)
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 where a pair is left alone
+        for j in orders.detach().cpu().numpy().T:  # NumPy: see _active_set
+            square = ((a @ g) * a).sum(axis=1)  # ‖g_i'‖²
+            active = (j != tasks) & (diag[j] > tiny) & (square > tiny)
+            norm = np.sqrt(square.clip(min=0.0))
+            phi = ((a * g[j]).sum(axis=1) / (norm * norms[j])).clip(-1.0, 1.0)
+            phi_hat = phi_target[tasks, j]
+            root_hat = np.sqrt((1.0 - phi_hat**2).clip(min=1e-12))
+            root = np.sqrt((1.0 - phi**2).clip(min=0.0))
+            step = norm * (phi_hat * root - phi * root_hat) / (norms[j] * root_hat)
+            a[tasks, j] += np.where(active & (phi < phi_hat), step, 0.0)
+            new_target[tasks, j] = np.where(active, (1.0 - beta) * phi_hat + beta * phi, new_target[tasks, j])
+    return torch.from_numpy(a.sum(axis=0)), torch.from_numpy(new_target).to(target.dtype)
