@@ -80,7 +80,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 import torch
 import torch.distributed as dist
@@ -95,6 +95,7 @@ try:  # differentiating one input of a stack
 except ImportError:  # pragma: no cover - old torch: differentiate losses[i] (slower, same values)
     _GradientEdge = None
 
+_P = TypeVar("_P", bound=Tensor)  # a parameter, or any tensor
 Route = Literal["parameters", "representation"]
 DDPMode = Literal["exact", "local"]
 JacobianMode = Literal["loop", "batched"]
@@ -436,14 +437,37 @@ def parameter_users(losses: Tensor, parameters: Sequence[Tensor]) -> list[list[i
     return users
 
 
+def shared_by_use(parameters: Sequence[_P], users: Sequence[Sequence[int]], num_tasks: int) -> list[_P]:
+    """The parameters that at least two task losses use (every used one when there is a single task).
+
+    ``users``: for each parameter, the tasks that use it (:func:`parameter_users`).
+    """
+    needed = min(2, num_tasks)
+    return [p for p, tasks in zip(parameters, users, strict=True) if len(tasks) >= needed]
+
+
+def own_by_task(parameters: Sequence[_P], users: Sequence[Sequence[int]], num_tasks: int) -> list[list[_P]] | None:
+    """Per task, the parameters that only its loss uses; ``None`` where one serves two or more tasks.
+
+    ``users``: for each parameter, the tasks that use it (:func:`parameter_users`); a parameter
+    that no task uses is left out.
+    """
+    if any(len(tasks) > 1 for tasks in users):
+        return None
+    own: list[list[_P]] = [[] for _ in range(num_tasks)]
+    for p, tasks in zip(parameters, users, strict=True):
+        if tasks:
+            own[tasks[0]].append(p)
+    return own
+
+
 def find_shared_parameters(losses: Tensor, named_parameters: Sequence[tuple[str, nn.Parameter]]) -> list[nn.Parameter]:
-    """The parameters that at least two of the task losses depend on (all of them for a single task).
+    """The trainable parameters that at least two of the task losses depend on (all of them for a single task).
 
     See :func:`parameter_users` for how use is found.
     """
     params = [p for _, p in named_parameters if p.requires_grad]
-    needed = min(2, losses.numel())
-    return [p for p, users in zip(params, parameter_users(losses, params), strict=True) if len(users) >= needed]
+    return shared_by_use(params, parameter_users(losses, params), losses.numel())
 
 
 def passes_through_compiled_graph(losses: Tensor) -> bool:

@@ -31,7 +31,7 @@ from lightning_multiloss._metric_keys import (
     metrics_by_task,
 )
 from lightning_multiloss.errors import MultiLossError, NonFiniteLossError
-from lightning_multiloss.gradients import parameter_users
+from lightning_multiloss.gradients import own_by_task, parameter_users, shared_by_use
 from lightning_multiloss.task import Task
 from lightning_multiloss.weighting import Fixed, GradientWeighting, TaskEpochMean, Weighting, create_weighting
 
@@ -186,6 +186,8 @@ class MultiTaskMixin(_Base):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise MultiLossError(f"duplicate task names {duplicates}; each task needs its own name")
+        if not isinstance(reuse_jacobian, bool):
+            raise MultiLossError(f"reuse_jacobian must be True or False, got {reuse_jacobian!r}")
         if on_nonfinite not in ("raise", "skip"):
             raise MultiLossError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
         if weighting is None:
@@ -252,7 +254,7 @@ class MultiTaskMixin(_Base):
         self._mt_skip_step: tuple[int, int] | None = None
         self._mt_representation: Tensor | None = None  # marked in forward, taken by the step
         self._mt_shared_params: list[nn.Parameter] | None = None  # found on the first step
-        self._mt_reuse_jacobian = bool(reuse_jacobian)
+        self._mt_reuse_jacobian = reuse_jacobian
         # The ids of the shared parameters and, per task, the parameters only that task uses (None:
         # some parameter outside the shared ones serves two tasks): see _mt_task_parameters.
         self._mt_own_params: tuple[tuple[tuple[int, ...], ...], list[list[nn.Parameter]] | None] | None = None
@@ -608,9 +610,8 @@ class MultiTaskMixin(_Base):
         uses_default = type(self).shared_parameters is MultiTaskMixin.shared_parameters
         if uses_default and self._mt_shared_params is None:
             candidates = self._mt_trainable_parameters()
-            users = parameter_users(losses, candidates)
-            needed = min(2, losses.numel())
-            found = [p for p, u in zip(candidates, users, strict=True) if len(u) >= needed]
+            users = parameter_users(losses, candidates)  # once, for the shared and the tasks' own
+            found = shared_by_use(candidates, users, losses.numel())
             if not found:
                 raise MultiLossError(
                     f"weighting {weighting.name!r} uses route='parameters', but no parameter is used by two or more "
@@ -619,7 +620,8 @@ class MultiTaskMixin(_Base):
             self._mt_shared_params = found
             shared_ids = {id(p) for p in found}
             rest = [(p, u) for p, u in zip(candidates, users, strict=True) if id(p) not in shared_ids]
-            self._mt_own_params = (_usage_key(found, candidates), self._mt_split_by_task(rest, losses.numel()))
+            by_task = own_by_task([p for p, _ in rest], [u for _, u in rest], losses.numel())
+            self._mt_own_params = (_usage_key(found, candidates), by_task)
         # Frozen ones left out (a trunk frozen for a while): autograd refuses them.
         inputs: dict[str, Any] = {"parameters": [p for p in self.shared_parameters() if p.requires_grad]}
         if self._mt_reuse_jacobian and weighting.gives_combined_gradient and not scales_float16_losses(trainer):
@@ -644,21 +646,8 @@ class MultiTaskMixin(_Base):
         if self._mt_own_params is None or self._mt_own_params[0] != key:
             shared_ids = {id(p) for p in shared}
             rest = [p for p in trainable if id(p) not in shared_ids]
-            users = parameter_users(losses, rest)
-            self._mt_own_params = (key, self._mt_split_by_task(list(zip(rest, users, strict=True)), losses.numel()))
+            self._mt_own_params = (key, own_by_task(rest, parameter_users(losses, rest), losses.numel()))
         return self._mt_own_params[1]
-
-    @staticmethod
-    def _mt_split_by_task(
-        used: list[tuple[nn.Parameter, list[int]]], num_tasks: int
-    ) -> list[list[nn.Parameter]] | None:
-        if any(len(users) > 1 for _, users in used):
-            return None
-        own: list[list[nn.Parameter]] = [[] for _ in range(num_tasks)]
-        for p, users in used:
-            if users:
-                own[users[0]].append(p)
-        return own
 
     def _mt_all_finite(self, losses: Tensor, stage: Stage, batch_idx: int) -> bool:
         """Read the losses now (one wait): ``False`` to skip the step, or raise naming the task."""

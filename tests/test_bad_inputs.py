@@ -307,6 +307,11 @@ class ApiCase:
 
 API_CASES = [
     ApiCase(
+        "reuse-jacobian-not-a-bool",
+        lambda: ToyNet("upgrad", reuse_jacobian="no"),
+        r"reuse_jacobian must be True or False, got 'no'",
+    ),
+    ApiCase(
         "unknown-weighting",
         lambda: create_weighting("fixd"),
         r"unknown weighting 'fixd'; available: .*\bfixed\b.*",

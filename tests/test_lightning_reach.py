@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_multiloss._lightning import is_logging_step, lightning_package, trainer_of
+from lightning_multiloss._lightning import is_logging_step, lightning_package, scales_float16_losses, trainer_of
 
 PACKAGES = ["pytorch_lightning"] + (["lightning.pytorch"] if importlib.util.find_spec("lightning") else [])
 
@@ -77,3 +77,16 @@ def test_lightning_package_of_modules_and_callbacks(package: str) -> None:
     pl = importlib.import_module(package)
     assert lightning_package(plain_module(pl)) == package
     assert lightning_package(pl.Callback()) == package
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_scales_float16_losses_only_under_a_grad_scaler(package: str) -> None:
+    pl = importlib.import_module(package)
+    plugins = importlib.import_module(f"{package}.plugins")
+    quiet = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "enable_model_summary": False}
+    assert not scales_float16_losses(None)
+    for precision in ("32-true", "bf16-mixed", "64-true"):
+        assert not scales_float16_losses(pl.Trainer(precision=precision, **quiet)), precision
+    scaler = torch.amp.GradScaler("cpu")
+    trainer = pl.Trainer(plugins=[plugins.MixedPrecision("16-mixed", "cpu", scaler=scaler)], **quiet)
+    assert scales_float16_losses(trainer)

@@ -240,20 +240,17 @@ class GramianWeighting(GradientWeighting):
                 f"weighting {self.name!r} needs the task gradients: use it through MultiTaskMixin's training_step "
                 "(which passes the shared parameters), not on the losses alone"
             )
-        if self.route == "parameters" and task_parameters is not None:
+        if self.route == "parameters":
             assert parameters is not None
             taken = parameter_route_gradients(
                 losses, ddp=self.ddp, parameters=parameters, task_parameters=task_parameters, strategy=self.name
             )
             weights = self.weights_from_gramian(taken.gramian, taken.losses)
+            if task_parameters is None:
+                return weighted_sum(weights, losses)
             loss = loss_with_combined_gradient(losses, weights, taken, parameters, task_parameters)
             return WeightedLoss(loss, weights.detach())
         gramian, detached = gramian_and_losses(
-            losses,
-            route=self.route,
-            ddp=self.ddp,
-            representation=representation,
-            parameters=parameters,
-            strategy=self.name,
+            losses, route=self.route, ddp=self.ddp, representation=representation, strategy=self.name
         )
         return weighted_sum(self.weights_from_gramian(gramian, detached), losses)
