@@ -55,6 +55,17 @@ cannot give the update:
   or a loss whose graph reaches leaf tensors that are not the module's parameters (they get no
   gradient from the task losses otherwise).
 
+The representation route reuses its passes the same way: each task's pass through its head also
+takes the gradients of the head's own parameters, and the returned loss hands
+:math:`\sum_i w_i\,\partial L_i/\partial z` to the representation, from where the backward goes on
+through the trunk alone, and :math:`w_i\,\partial L_i/\partial\phi` to task i's head: one pass
+through each head and one through the trunk, as the summed loss takes, instead of two through each
+head. Which parameters are each head's is read from the autograd graph
+(:func:`own_above_representation`); Lightning's backward through the whole model stays where a
+layer above the representation serves two heads, where a head reads a trunk parameter (tied
+weights) or a leaf tensor that is not a parameter, under float16 mixed precision and with
+``reuse_jacobian=False``.
+
 Which task uses which parameter is found by autograd once, on the first step. Measured on CPU
 (``benchmarks/peers.py``, a conv trunk) the route then costs what the LibMTL way's K
 ``backward`` calls cost (0.88–1.19× over four runs: the same passes, different bookkeeping)
@@ -144,25 +155,31 @@ def representation_gradients(losses: Tensor, representation: Tensor, strategy: s
     A task whose loss does not depend on ``representation`` gets a zero row. The graph is kept
     (Lightning's backward follows); nothing is accumulated into ``.grad``.
     """
+    return _representation_rows(losses, representation, None, strategy)[0]
+
+
+def _representation_rows(
+    losses: Tensor, representation: Tensor, task_parameters: Sequence[Sequence[Tensor]] | None, strategy: str
+) -> tuple[Tensor, list[list[Tensor | None]]]:
+    """The ``(K, *z.shape)`` gradients at ``representation`` and, from the same K passes, each
+    task's gradients with respect to its own ``task_parameters[i]``."""
     if not representation.requires_grad:
         raise MultiLossError(
             f"weighting {strategy!r}: the shared representation does not require grad; "
             "mark a tensor computed from trainable layers with z = self.shared_representation(z)"
         )
-    rows = []
-    used = False
-    for (grad,) in task_grads(losses, [representation]):
-        if grad is None:
-            grad = torch.zeros_like(representation)
-        else:
-            used = True
+    rows: list[Tensor | None] = []
+    task_gradients: list[list[Tensor | None]] = []
+    for grad, *own in task_grads(losses, [representation], task_parameters):
         rows.append(grad)
-    if not used:
+        task_gradients.append(own)
+    if all(row is None for row in rows):
         raise MultiLossError(
             f"weighting {strategy!r}: no task loss depends on the marked shared representation; mark the "
             "tensor the heads read in this forward, with z = self.shared_representation(z)"
         )
-    return torch.stack(rows)
+    stacked = torch.stack([torch.zeros_like(representation) if row is None else row for row in rows])
+    return stacked, task_gradients
 
 
 def set_jacobian_mode(mode: JacobianMode) -> None:
@@ -313,24 +330,18 @@ def gramian_and_losses(
         return taken.gramian, taken.losses
     if route != "representation":
         raise MultiLossError(f"weighting {strategy!r}: route must be 'parameters' or 'representation', got {route!r}")
-    if representation is None:
-        raise MultiLossError(
-            f"weighting {strategy!r} uses route='representation': mark the shared representation in "
-            "forward with `z = self.shared_representation(z)` (the tensor the task heads read)"
-        )
-    gramian = gramian_of(representation_gradients(losses, representation, strategy))
-    n = world_size()
-    if ddp == "exact" and n > 1:
-        return all_reduce_sum(gramian) / (n * n), all_reduce_sum(losses.detach()) / n
-    return gramian, losses.detach()
+    taken = representation_route_gradients(losses, ddp=ddp, representation=representation, strategy=strategy)
+    return taken.gramian, taken.losses
 
 
 @dataclass(frozen=True)
-class ParameterGradients:
-    """What the parameter route takes in one step (see :func:`parameter_route_gradients`)."""
+class SharedGradients:
+    """What a route takes in one step (:func:`parameter_route_gradients`,
+    :func:`representation_route_gradients`)."""
 
     jacobian: Tensor
-    """``(K, P)`` over the shared parameters, flattened; the global batch's in exact DDP mode."""
+    """``(K, P)``: the Jacobian of the task losses over the shared tensors (the shared parameters,
+    or the representation), flattened; on the parameter route in exact DDP mode, the global batch's."""
     gramian: Tensor
     """``J Jᵀ``, ``(K, K)``."""
     losses: Tensor
@@ -346,7 +357,7 @@ def parameter_route_gradients(
     parameters: Sequence[Tensor] | None,
     task_parameters: Sequence[Sequence[Tensor]] | None = None,
     strategy: str = "",
-) -> ParameterGradients:
+) -> SharedGradients:
     """The Jacobian over the shared ``parameters``, its Gramian and the losses, and (when
     ``task_parameters`` is given) each task's gradients with respect to its own parameters, from
     the same K backward passes.
@@ -363,7 +374,38 @@ def parameter_route_gradients(
         dist.all_reduce(jacobian, op=dist.ReduceOp.SUM)  # in place: the K×P matrix is ours
         jacobian /= n
         detached = all_reduce_sum(detached) / n
-    return ParameterGradients(jacobian, jacobian @ jacobian.T, detached, task_gradients)
+    return SharedGradients(jacobian, jacobian @ jacobian.T, detached, task_gradients)
+
+
+def representation_route_gradients(
+    losses: Tensor,
+    *,
+    ddp: DDPMode,
+    representation: Tensor | None,
+    task_parameters: Sequence[Sequence[Tensor]] | None = None,
+    strategy: str = "",
+) -> SharedGradients:
+    """The gradients of the task losses at the shared ``representation``, their Gramian and the
+    losses (the global batch's in exact DDP mode) and (when ``task_parameters`` is given) each
+    task's gradients with respect to its own parameters, from the same K passes through the heads.
+
+    The rows stay this process's: the update they give (``Σ wᵢ ∂Lᵢ/∂z`` into the trunk) is
+    averaged over processes by DDP like any gradient.
+    """
+    if representation is None:
+        raise MultiLossError(
+            f"weighting {strategy!r} uses route='representation': mark the shared representation in "
+            "forward with `z = self.shared_representation(z)` (the tensor the task heads read)"
+        )
+    rows, task_gradients = _representation_rows(losses, representation, task_parameters, strategy)
+    flat = rows.reshape(rows.shape[0], -1)
+    gramian = gramian_of(flat)
+    detached = losses.detach()
+    n = world_size()
+    if ddp == "exact" and n > 1:
+        gramian = all_reduce_sum(gramian) / (n * n)
+        detached = all_reduce_sum(detached) / n
+    return SharedGradients(flat, gramian, detached, task_gradients)
 
 
 class _GivenGradient(torch.autograd.Function):
@@ -378,37 +420,109 @@ class _GivenGradient(torch.autograd.Function):
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         gradients: tuple[Tensor, ...] = ctx.gradients
         ctx.gradients = ()
-        return (None, None, *(g * grad_output.to(g.dtype) for g in gradients))
+        # One call for all of them: a multiplication per parameter costs more than the arithmetic.
+        return (None, None, *torch._foreach_mul(list(gradients), grad_output))
 
 
 def loss_with_combined_gradient(
     losses: Tensor,
     weights: Tensor,
-    taken: ParameterGradients,
-    parameters: Sequence[Tensor],
+    taken: SharedGradients,
+    shared: Sequence[Tensor],
     task_parameters: Sequence[Sequence[Tensor]],
 ) -> Tensor:
     r"""A scalar equal to :math:`\sum_i w_i L_i` whose backward gives each parameter its part of
-    :math:`\nabla \sum_i w_i L_i` from the gradients already taken, without a pass through the model.
+    :math:`\nabla \sum_i w_i L_i` from the gradients already taken, without another pass through
+    the heads (and, on the parameter route, the trunk).
 
-    The shared parameters get :math:`J^\top w`; a task's own parameter :math:`\phi` gets
-    :math:`w_i\,\partial L_i/\partial\phi`. The backward multiplies by the incoming gradient, so
-    Lightning's scaling of the loss (gradient accumulation) applies as to any loss.
+    ``shared``: the tensors the rows of ``taken.jacobian`` are over: the shared parameters, which
+    get :math:`J^\top w`, or the shared representation :math:`z`, which gets
+    :math:`\sum_i w_i\,\partial L_i/\partial z` and passes it on through the trunk. A task's own
+    parameter :math:`\phi` gets :math:`w_i\,\partial L_i/\partial\phi`. The backward multiplies
+    by the incoming gradient, so Lightning's scaling of the loss (gradient accumulation) applies as
+    to any loss.
     """
     combined = weights.to(taken.jacobian.dtype) @ taken.jacobian
     targets: list[Tensor] = []
     gradients: list[Tensor] = []
-    for p, piece in zip(parameters, combined.split([p.numel() for p in parameters]), strict=True):
-        targets.append(p)
-        gradients.append(piece.view_as(p).to(p.dtype))
+    for tensor, piece in zip(shared, combined.split([t.numel() for t in shared]), strict=True):
+        targets.append(tensor)
+        gradients.append(piece.view_as(tensor).to(tensor.dtype))
+    by_task = weights.to(losses.dtype).unbind()
+    own_targets: list[Tensor] = []
+    own_gradients: list[Tensor] = []
+    factors: list[Tensor] = []
     for i, (own, grads) in enumerate(zip(task_parameters, taken.task_gradients, strict=True)):
         for p, g in zip(own, grads, strict=True):
             if g is not None:
-                targets.append(p)
-                gradients.append(g * weights[i].to(g.dtype))
+                own_targets.append(p)
+                own_gradients.append(g)
+                factors.append(by_task[i])
+    if own_gradients:
+        targets += own_targets
+        gradients += torch._foreach_mul(own_gradients, factors)
     value = torch.dot(weights.to(losses.dtype), losses.detach())
     result: Tensor = _GivenGradient.apply(value, tuple(gradients), *targets)
     return result
+
+
+def own_above_representation(
+    losses: Tensor, representation: Tensor, parameters: Sequence[_P]
+) -> list[list[_P]] | None:
+    """Per task, the ``parameters`` its loss reaches without going through ``representation``
+    (its head); ``None`` where the per-task passes at the representation cannot give the update.
+
+    Read from the autograd graph (no backward pass). ``None`` where the losses are not one stack
+    of the task losses, where two tasks reach a parameter (or any leaf tensor) other than through
+    the representation (a layer above it that two heads share), where a task reaches a leaf tensor
+    outside ``parameters`` that way (it would get no gradient), or where a parameter is reached
+    both above and below the representation (tied weights): then the update needs Lightning's
+    backward through the model.
+    """
+    grad_fn = losses.grad_fn
+    node_of_z = representation.grad_fn
+    if (
+        grad_fn is None
+        or node_of_z is None
+        or type(grad_fn).__name__ != "StackBackward0"
+        or len(grad_fn.next_functions) != losses.numel()
+    ):
+        return None
+    edge_of_z = (node_of_z, representation.output_nr)
+    below = _leaves_reached([edge for edge in node_of_z.next_functions], stop=None)
+    reached_by: dict[int, int] = {}  # leaf id -> the task that reaches it above the representation
+    for task, edge in enumerate(grad_fn.next_functions):
+        for leaf in _leaves_reached([edge], stop=edge_of_z):
+            if reached_by.setdefault(leaf, task) != task or leaf in below:
+                return None
+    known = {id(p) for p in parameters}
+    if not known.issuperset(reached_by):
+        return None
+    own: list[list[_P]] = [[] for _ in range(losses.numel())]
+    for p in parameters:
+        if id(p) in reached_by:
+            own[reached_by[id(p)]].append(p)
+    return own
+
+
+def _leaves_reached(edges: Sequence[tuple[Any, int]], stop: tuple[Any, int] | None) -> set[int]:
+    """The ids of the leaf tensors (``AccumulateGrad`` nodes) reached from ``edges``, not going
+    through the edge ``stop`` (a tensor's ``(grad_fn, output_nr)``)."""
+    found: set[int] = set()
+    seen: set[Any] = set()
+    stack = list(edges)
+    while stack:
+        node, output_nr = stack.pop()
+        if node is None or (stop is not None and node is stop[0] and output_nr == stop[1]):
+            continue
+        if node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)
+        if variable is not None:
+            found.add(id(variable))
+        stack.extend(node.next_functions)
+    return found
 
 
 def parameter_users(losses: Tensor, parameters: Sequence[Tensor]) -> list[list[int]]:

@@ -31,7 +31,7 @@ from lightning_multiloss._metric_keys import (
     metrics_by_task,
 )
 from lightning_multiloss.errors import MultiLossError, NonFiniteLossError
-from lightning_multiloss.gradients import own_by_task, parameter_users, shared_by_use
+from lightning_multiloss.gradients import own_above_representation, own_by_task, parameter_users, shared_by_use
 from lightning_multiloss.task import Task
 from lightning_multiloss.weighting import Fixed, GradientWeighting, TaskEpochMean, Weighting, create_weighting
 
@@ -163,14 +163,17 @@ class MultiTaskMixin(_Base):
                 set (``val/<metric>_best/<task>``: its largest or smallest validation epoch value)
                 and of the combined loss (``val/loss_best``: its smallest), updated at each
                 validation epoch's end (not in the sanity check) and kept in checkpoints.
-            reuse_jacobian: for the Gramian strategies with ``route="parameters"``: build the
-                gradient that Lightning's backward applies from the K per-task backward passes
-                the route takes anyway (K passes in all, not K + 1). It is used where every
-                trainable parameter outside :meth:`shared_parameters` belongs to at most one task
-                (the default shared parameters; a trunk's parameters with heads apart), and not
-                under float16 mixed precision (whose GradScaler must scale the backward that
-                produces the update). ``False``: Lightning backpropagates ``Σ wᵢLᵢ`` through the
-                model again, for code that hooks into that backward or a loss whose graph
+            reuse_jacobian: for the Gramian strategies: build the gradient that Lightning's
+                backward applies from the K per-task backward passes the route takes anyway.
+                ``route="parameters"``: K passes through the model in all, not K + 1; used where
+                every trainable parameter outside :meth:`shared_parameters` belongs to at most one
+                task (the default shared parameters; a trunk's parameters with heads apart).
+                ``route="representation"``: the backward runs from the representation through
+                the trunk only, not through the heads again; used where each parameter above the
+                representation belongs to one task (no layer above it shared by two heads).
+                Neither under float16 mixed precision (whose GradScaler must scale the backward
+                that produces the update). ``False``: Lightning backpropagates ``Σ wᵢLᵢ`` through
+                the whole model, for code that hooks into that backward or a loss whose graph
                 reaches leaf tensors that are not the module's parameters.
         """
         _check_mixin_order(self)
@@ -255,8 +258,10 @@ class MultiTaskMixin(_Base):
         self._mt_representation: Tensor | None = None  # marked in forward, taken by the step
         self._mt_shared_params: list[nn.Parameter] | None = None  # found on the first step
         self._mt_reuse_jacobian = reuse_jacobian
-        # The ids of the shared parameters and, per task, the parameters only that task uses (None:
-        # some parameter outside the shared ones serves two tasks): see _mt_task_parameters.
+        self._mt_parameters: list[nn.Parameter] | None = None  # listed once per fit: _mt_trainable_parameters
+        # The ids of the shared and the trainable parameters and, per task, the parameters only that
+        # task uses (None: the update needs Lightning's backward): see _mt_task_parameters and
+        # _mt_heads_parameters.
         self._mt_own_params: tuple[tuple[tuple[int, ...], ...], list[list[nn.Parameter]] | None] | None = None
         # (step, epoch, batch index, detached losses) of the training steps not yet checked for
         # non-finite losses: see check_finite_losses.
@@ -577,6 +582,7 @@ class MultiTaskMixin(_Base):
                 "configure_callbacks() (or call super().configure_callbacks()), or pass the callback to the Trainer"
             )
         self._mt_checked_trainer = id(trainer)
+        self._mt_parameters = None  # a new fit may have added or replaced parameters
 
     def _mt_record_nonfinite(self, losses: Tensor, trainer: Any | None, batch_idx: int) -> None:
         """Keep this step's losses for :meth:`check_finite_losses` (a reference: no copy, no wait)."""
@@ -604,9 +610,15 @@ class MultiTaskMixin(_Base):
         """
         weighting = self.weighting
         assert isinstance(weighting, GradientWeighting)
+        reuse = self._mt_reuse_jacobian and weighting.gives_combined_gradient and not scales_float16_losses(trainer)
         if weighting.route == "representation":
             representation, self._mt_representation = self._mt_representation, None
-            return {"representation": representation}
+            inputs: dict[str, Any] = {"representation": representation}
+            if reuse and representation is not None:
+                own = self._mt_heads_parameters(losses, representation)
+                if own is not None:
+                    inputs["task_parameters"] = own
+            return inputs
         uses_default = type(self).shared_parameters is MultiTaskMixin.shared_parameters
         if uses_default and self._mt_shared_params is None:
             candidates = self._mt_trainable_parameters()
@@ -623,16 +635,22 @@ class MultiTaskMixin(_Base):
             by_task = own_by_task([p for p, _ in rest], [u for _, u in rest], losses.numel())
             self._mt_own_params = (_usage_key(found, candidates), by_task)
         # Frozen ones left out (a trunk frozen for a while): autograd refuses them.
-        inputs: dict[str, Any] = {"parameters": [p for p in self.shared_parameters() if p.requires_grad]}
-        if self._mt_reuse_jacobian and weighting.gives_combined_gradient and not scales_float16_losses(trainer):
+        inputs = {"parameters": [p for p in self.shared_parameters() if p.requires_grad]}
+        if reuse:
             own = self._mt_task_parameters(losses, inputs["parameters"])
             if own is not None:
                 inputs["task_parameters"] = own
         return inputs
 
     def _mt_trainable_parameters(self) -> list[nn.Parameter]:
-        """The module's trainable parameters outside the weighting."""
-        return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("weighting.")]
+        """The module's trainable parameters outside the weighting.
+
+        The module's parameters are listed once per fit (walking the modules costs about 80 µs
+        for a model of ten layers, every step); which of them require grad is read each time.
+        """
+        if self._mt_parameters is None:
+            self._mt_parameters = [p for n, p in self.named_parameters() if not n.startswith("weighting.")]
+        return [p for p in self._mt_parameters if p.requires_grad]
 
     def _mt_task_parameters(self, losses: Tensor, shared: list[nn.Parameter]) -> list[list[nn.Parameter]] | None:
         """Per task, the trainable parameters outside ``shared`` that only its loss uses; ``None``
@@ -647,6 +665,20 @@ class MultiTaskMixin(_Base):
             shared_ids = {id(p) for p in shared}
             rest = [p for p in trainable if id(p) not in shared_ids]
             self._mt_own_params = (key, own_by_task(rest, parameter_users(losses, rest), losses.numel()))
+        return self._mt_own_params[1]
+
+    def _mt_heads_parameters(self, losses: Tensor, representation: Tensor) -> list[list[nn.Parameter]] | None:
+        """Per task, the trainable parameters its loss reaches above the shared representation (its
+        head); ``None`` where the update needs Lightning's backward (see
+        :func:`~lightning_multiloss.gradients.own_above_representation`).
+
+        Read from the autograd graph on the first step and again whenever the trainable parameters
+        change (``requires_grad`` set or cleared, a new fit), and kept in between.
+        """
+        trainable = self._mt_trainable_parameters()
+        key = _usage_key((), trainable)
+        if self._mt_own_params is None or self._mt_own_params[0] != key:
+            self._mt_own_params = (key, own_above_representation(losses, representation, trainable))
         return self._mt_own_params[1]
 
     def _mt_all_finite(self, losses: Tensor, stage: Stage, batch_idx: int) -> bool:

@@ -231,8 +231,9 @@ class GradientWeighting(Weighting):
 
     last_weights_are_state: ClassVar[bool] = True
     gives_combined_gradient: ClassVar[bool] = False
-    """Whether :meth:`forward` takes ``task_parameters`` (route ``"parameters"``) and then returns a
-    loss whose backward gives the combined gradient without another pass through the model (see
+    """Whether :meth:`forward` takes ``task_parameters`` and then returns a loss whose backward
+    gives the combined gradient without another pass through the heads (nor, on the parameter
+    route, the trunk) (see
     :meth:`GramianWeighting.forward <lightning_multiloss.weighting.GramianWeighting.forward>`)."""
 
     def __init__(self, route: Route = "parameters", ddp: DDPMode = "exact") -> None:

@@ -5,9 +5,10 @@ UPGrad, GradNorm, ...) returns a combination ``Jᵀw`` of the per-task gradients
 ``w`` depend only on the Gramian ``G = J Jᵀ`` (K×K) and the losses. So the step computes ``G``
 (on the shared parameters, or on the shared representation), ``w = f(G, losses, state)``, and
 returns ``Σ wᵢ.detach()·Lᵢ`` to Lightning's normal backward: gradient accumulation, clipping,
-mixed precision, checkpointing and DDP keep working. On the parameter route the returned loss
-carries the known gradient ``Jᵀw`` (and each head's ``wᵢ ∂Lᵢ/∂φ``) from the K per-task passes,
-so that backward does not run through the model again (see :mod:`lightning_multiloss.gradients`).
+mixed precision, checkpointing and DDP keep working. The returned loss carries the gradients the
+K per-task passes already hold (each head's ``wᵢ ∂Lᵢ/∂φ``, and ``Jᵀw`` on the shared parameters or
+``Σ wᵢ ∂Lᵢ/∂z`` on the representation), so that backward does not run through the heads (nor,
+on the parameter route, the trunk) again (see :mod:`lightning_multiloss.gradients`).
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from lightning_multiloss.errors import MultiLossError, NonFiniteLossError
 from lightning_multiloss.gradients import (
     DDPMode,
     Route,
-    gramian_and_losses,
     loss_with_combined_gradient,
     parameter_route_gradients,
+    representation_route_gradients,
 )
 from lightning_multiloss.weighting._base import GradientWeighting, WeightedLoss, weighted_sum
 
@@ -227,11 +228,13 @@ class GramianWeighting(GradientWeighting):
         (route ``"parameters"``). In evaluation mode no gradient is taken: the weights of the
         last training step are used.
 
-        With ``task_parameters`` (route ``"parameters"``: for each task, the parameters only its
-        loss depends on), the K backward passes also take each task's gradients with respect to
-        its own parameters, and the returned loss has the value ``Σ wᵢLᵢ`` and the gradient
-        ``Jᵀw`` on ``parameters`` and ``wᵢ ∂Lᵢ/∂φ`` on a task's own ``φ``, given without another
-        pass through the model (see :mod:`lightning_multiloss.gradients`).
+        With ``task_parameters`` (for each task, the parameters only its loss depends on; on the
+        representation route, those above the representation), the K backward passes also take
+        each task's gradients with respect to its own parameters, and the returned loss has the
+        value ``Σ wᵢLᵢ`` and, without another pass through the heads, the gradient ``wᵢ ∂Lᵢ/∂φ`` on
+        a task's own ``φ`` and ``Jᵀw`` on the shared ``parameters`` (parameter route) or
+        ``Σ wᵢ ∂Lᵢ/∂z`` on the ``representation``, from where the backward goes on through the
+        trunk (see :mod:`lightning_multiloss.gradients`).
         """
         if not self.training:
             return weighted_sum(self.last_weights, losses)
@@ -245,12 +248,18 @@ class GramianWeighting(GradientWeighting):
             taken = parameter_route_gradients(
                 losses, ddp=self.ddp, parameters=parameters, task_parameters=task_parameters, strategy=self.name
             )
-            weights = self.weights_from_gramian(taken.gramian, taken.losses)
-            if task_parameters is None:
-                return weighted_sum(weights, losses)
-            loss = loss_with_combined_gradient(losses, weights, taken, parameters, task_parameters)
-            return WeightedLoss(loss, weights.detach())
-        gramian, detached = gramian_and_losses(
-            losses, route=self.route, ddp=self.ddp, representation=representation, strategy=self.name
-        )
-        return weighted_sum(self.weights_from_gramian(gramian, detached), losses)
+            shared: Sequence[Tensor] = parameters
+        else:
+            taken = representation_route_gradients(
+                losses,
+                ddp=self.ddp,
+                representation=representation,
+                task_parameters=task_parameters,
+                strategy=self.name,
+            )
+            shared = [] if representation is None else [representation]
+        weights = self.weights_from_gramian(taken.gramian, taken.losses)
+        if task_parameters is None:
+            return weighted_sum(weights, losses)
+        loss = loss_with_combined_gradient(losses, weights, taken, shared, task_parameters)
+        return WeightedLoss(loss, weights.detach())
