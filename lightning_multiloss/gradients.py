@@ -68,8 +68,8 @@ weights) or a leaf tensor that is not a parameter, under float16 mixed precision
 
 Which task uses which parameter is found by autograd once, on the first step. Measured on CPU
 (``benchmarks/peers.py``, a conv trunk) the route then costs what the LibMTL way's K
-``backward`` calls cost (0.88–1.19× over four runs: the same passes, different bookkeeping)
-and 0.49–0.67× of torchjd's ``mtl_backward`` at K = 8, 0.33–0.39× at K = 40.
+``backward`` calls cost (0.88–1.36× over six runs: the same passes, different bookkeeping)
+and 0.44–0.67× of torchjd's ``mtl_backward`` at K = 8, 0.24–0.39× at K = 40.
 
 Under DDP, with each process's task losses a mean over its B samples and DDP averaging the
 gradients over N processes, the global-batch gradient of task i on one sample is 1/N times the
