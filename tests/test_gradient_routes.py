@@ -924,3 +924,25 @@ def test_heads_found_from_the_graph() -> None:
     # not a stack of the task losses
     not_a_stack = torch.cat([a(z).mean(0), b(z).mean(0)])
     assert gradients.own_above_representation(not_a_stack, z, params) is None
+
+
+class HeadsWithPenalty(CountingHeads):
+    """Adds its own terms to the mixin's loss: on the representation and on a head's weight."""
+
+    def above(self, z: Tensor, name: str) -> Tensor:
+        self.z = z
+        return z
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        loss = super().training_step(batch, batch_idx)
+        return loss + 0.1 * self.z.pow(2).mean() + 0.01 * self.heads["cls"].weight.abs().sum()
+
+
+def test_representation_route_keeps_the_gradient_of_a_term_added_to_the_loss(tmp_path: Path) -> None:
+    results = []
+    for reuse in (True, False):
+        model = HeadsWithPenalty(make_strategy("upgrad", "representation"), reuse_jacobian=reuse)
+        passes, _ = fit_counting(model, tmp_path / str(reuse))
+        assert passes == [4 if reuse else 7] * 4
+        results.append(params_of(model))
+    assert_params_close(results[0], results[1], atol=1e-6, what="penalty")
