@@ -311,29 +311,6 @@ def gramian_of(rows: Tensor) -> Tensor:
     return flat @ flat.T
 
 
-def gramian_and_losses(
-    losses: Tensor,
-    *,
-    route: Route,
-    ddp: DDPMode,
-    representation: Tensor | None = None,
-    parameters: Sequence[Tensor] | None = None,
-    strategy: str = "",
-) -> tuple[Tensor, Tensor]:
-    """The ``(K, K)`` Gramian of the task gradients and the ``(K,)`` detached losses to weight from.
-
-    In exact mode under DDP both are those of the global batch (identical on every process);
-    in local mode, or without DDP, those of this process's batch.
-    """
-    if route == "parameters":
-        taken = parameter_route_gradients(losses, ddp=ddp, parameters=parameters, strategy=strategy)
-        return taken.gramian, taken.losses
-    if route != "representation":
-        raise MultiLossError(f"weighting {strategy!r}: route must be 'parameters' or 'representation', got {route!r}")
-    taken = representation_route_gradients(losses, ddp=ddp, representation=representation, strategy=strategy)
-    return taken.gramian, taken.losses
-
-
 @dataclass(frozen=True)
 class SharedGradients:
     """What a route takes in one step (:func:`parameter_route_gradients`,
@@ -489,7 +466,7 @@ def own_above_representation(
     ):
         return None
     edge_of_z = (node_of_z, representation.output_nr)
-    below = _leaves_reached([edge for edge in node_of_z.next_functions], stop=None)
+    below = _leaves_reached(node_of_z.next_functions, stop=None)
     reached_by: dict[int, int] = {}  # leaf id -> the task that reaches it above the representation
     for task, edge in enumerate(grad_fn.next_functions):
         for leaf in _leaves_reached([edge], stop=edge_of_z):

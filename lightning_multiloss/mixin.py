@@ -573,7 +573,8 @@ class MultiTaskMixin(_Base):
         return outputs, targets, losses, batch_size
 
     def _mt_check_callback(self, trainer: Any | None) -> None:
-        """The strategy's hooks need the Callback: check once per Trainer that it has one."""
+        """Once per Trainer: check that it has the Callback the strategy's hooks need, and forget
+        the parameter list (a new fit may have added or replaced parameters)."""
         if trainer is None or self._mt_checked_trainer == id(trainer):
             return
         if self.weighting.needs_callback and not any(isinstance(cb, LossWeightingHooks) for cb in trainer.callbacks):
@@ -582,7 +583,7 @@ class MultiTaskMixin(_Base):
                 "configure_callbacks() (or call super().configure_callbacks()), or pass the callback to the Trainer"
             )
         self._mt_checked_trainer = id(trainer)
-        self._mt_parameters = None  # a new fit may have added or replaced parameters
+        self._mt_parameters = None
 
     def _mt_record_nonfinite(self, losses: Tensor, trainer: Any | None, batch_idx: int) -> None:
         """Keep this step's losses for :meth:`check_finite_losses` (a reference: no copy, no wait)."""
@@ -660,12 +661,13 @@ class MultiTaskMixin(_Base):
         the trainable parameters change (a head frozen, then trained), and kept in between.
         """
         trainable = self._mt_trainable_parameters()
-        key = _usage_key(shared, trainable)
-        if self._mt_own_params is None or self._mt_own_params[0] != key:
+
+        def find() -> list[list[nn.Parameter]] | None:
             shared_ids = {id(p) for p in shared}
             rest = [p for p in trainable if id(p) not in shared_ids]
-            self._mt_own_params = (key, own_by_task(rest, parameter_users(losses, rest), losses.numel()))
-        return self._mt_own_params[1]
+            return own_by_task(rest, parameter_users(losses, rest), losses.numel())
+
+        return self._mt_kept_own_parameters(_usage_key(shared, trainable), find)
 
     def _mt_heads_parameters(self, losses: Tensor, representation: Tensor) -> list[list[nn.Parameter]] | None:
         """Per task, the trainable parameters its loss reaches above the shared representation (its
@@ -676,9 +678,17 @@ class MultiTaskMixin(_Base):
         change (``requires_grad`` set or cleared, a new fit), and kept in between.
         """
         trainable = self._mt_trainable_parameters()
-        key = _usage_key((), trainable)
+        return self._mt_kept_own_parameters(
+            _usage_key((), trainable), lambda: own_above_representation(losses, representation, trainable)
+        )
+
+    def _mt_kept_own_parameters(
+        self, key: tuple[tuple[int, ...], ...], find: Callable[[], list[list[nn.Parameter]] | None]
+    ) -> list[list[nn.Parameter]] | None:
+        """The tasks' own parameters found for ``key`` (the parameters they were found among),
+        found again with ``find`` when the key changed."""
         if self._mt_own_params is None or self._mt_own_params[0] != key:
-            self._mt_own_params = (key, own_above_representation(losses, representation, trainable))
+            self._mt_own_params = (key, find())
         return self._mt_own_params[1]
 
     def _mt_all_finite(self, losses: Tensor, stage: Stage, batch_idx: int) -> bool:

@@ -24,9 +24,10 @@ from torch import Tensor, nn
 from lightning_multiloss import MultiLossError, MultiTaskMixin, Task, gradients
 from lightning_multiloss.gradients import (
     find_shared_parameters,
-    gramian_and_losses,
     jacobian_mode,
     parameter_gradients,
+    parameter_route_gradients,
+    representation_route_gradients,
     set_jacobian_mode,
 )
 from lightning_multiloss.weighting import WEIGHTINGS, Fixed, GradDrop, GramianWeighting, Progress, Weighting
@@ -209,7 +210,8 @@ def test_representation_gramian_equals_brute_force() -> None:
     batch = batches_of(1)[0]
     z = model.trunk(batch["x"])
     losses = plain_losses(model, batch, z)
-    gramian, detached = gramian_and_losses(losses, route="representation", ddp="exact", representation=z)
+    taken = representation_route_gradients(losses, ddp="exact", representation=z)
+    gramian, detached = taken.gramian, taken.losses
     torch.testing.assert_close(gramian, brute_gramian(model, batch, "representation"), rtol=1e-5, atol=1e-9)
     torch.testing.assert_close(detached, losses.detach())
     assert not detached.requires_grad
@@ -225,7 +227,7 @@ def test_parameter_gramian_equals_jjt_and_shared_parameters_are_the_trunk() -> N
     named = [(n, p) for n, p in model.named_parameters() if not n.startswith("weighting.")]
     shared = find_shared_parameters(losses, named)
     assert [id(p) for p in shared] == [id(p) for p in model.trunk.parameters()]
-    gramian, _ = gramian_and_losses(losses, route="parameters", ddp="exact", parameters=shared)
+    gramian = parameter_route_gradients(losses, ddp="exact", parameters=shared).gramian
     torch.testing.assert_close(gramian, brute_gramian(model, batch, "parameters"), rtol=1e-5, atol=1e-9)
     assert all(p.grad is None for p in model.parameters())
 

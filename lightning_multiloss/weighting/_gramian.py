@@ -257,7 +257,8 @@ class GramianWeighting(GradientWeighting):
                 task_parameters=task_parameters,
                 strategy=self.name,
             )
-            shared = [] if representation is None else [representation]
+            assert representation is not None  # the route refuses a missing one, naming the call to add
+            shared = [representation]
         weights = self.weights_from_gramian(taken.gramian, taken.losses)
         if task_parameters is None:
             return weighted_sum(weights, losses)
