@@ -18,7 +18,10 @@ summed loss (``sum(losses).backward()``):
   Jacobian``: ``set_jacobian_mode("batched")``) and ``package, representation``: the strategy
   through ``MultiTaskMixin``'s real ``training_step``, then the backward of the returned loss and
   the optimizer step, as Lightning's automatic optimization runs them (the Trainer's own loop
-  costs the same for every variant and is left out, as in ``scaling.py``).
+  costs the same for every variant and is left out, as in ``scaling.py``). Without a Trainer
+  every step would count as a logging step, on which the mixin reads the task losses it kept
+  (a wait for the device); the module does that every 50th step, as on Lightning's default
+  logging steps.
 
 Each variant runs ``--warmup`` steps, then at least ``--steps`` timed steps (a cheap variant
 runs more, about ``--min-time`` seconds, up to ten times ``--steps``); its time in the round is
@@ -88,6 +91,7 @@ FAMILIES = {
     "repr": "package, representation",
 }
 TARGET_TORCHJD = {8: 0.7, 40: 0.4}
+LOG_EVERY_N_STEPS = 50  # Lightning's default: the mixin checks the kept losses on these steps
 TARGET_REPRESENTATION = {8: 1.2, 40: 2.0}
 
 Batch = tuple[Tensor, Tensor]
@@ -130,6 +134,7 @@ class MixinNet(MultiTaskMixin, pl.LightningModule):
         self.trunk = make_trunk()
         self.heads = nn.ModuleList(nn.Linear(128, 1) for _ in range(num_tasks))
         self.configure_multitask([Task(f"t{i}", F.mse_loss) for i in range(num_tasks)], weighting)
+        self.checks_asked = 0
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         z = self.shared_representation(self.trunk(x))
@@ -138,6 +143,13 @@ class MixinNet(MultiTaskMixin, pl.LightningModule):
     # Logging is Lightning's job, the same for every variant: no Trainer here.
     def log(self, *args: Any, **kwargs: Any) -> None:
         pass
+
+    def check_finite_losses(self) -> None:
+        # Outside a Trainer every step counts as a logging step, where the mixin reads the kept
+        # losses; in one, that happens on the logging steps alone (Lightning's default: every 50).
+        self.checks_asked += 1
+        if self.checks_asked % LOG_EVERY_N_STEPS == 0:
+            super().check_finite_losses()
 
     def log_dict(self, *args: Any, **kwargs: Any) -> None:
         pass

@@ -386,19 +386,46 @@ def representation_route_gradients(
 
 
 class _GivenGradient(torch.autograd.Function):
-    """``value`` in the forward; in the backward, the given gradients (times the incoming one) on the parameters."""
+    """``value`` in the forward; in the backward, the gradients of ``Σ wᵢLᵢ`` that the per-task
+    passes already took, times the incoming gradient, on the shared tensors and the tasks' own
+    parameters.
+
+    The weighted sums are formed in the backward: the incoming gradient (Lightning's scaling
+    for accumulation) folds into the K weights first, so each gradient is written once.
+    """
 
     @staticmethod
-    def forward(ctx: Any, value: Tensor, gradients: tuple[Tensor, ...], *parameters: Tensor) -> Tensor:
-        ctx.gradients = gradients
+    def forward(ctx: Any, value: Tensor, given: _Given, *targets: Tensor) -> Tensor:
+        ctx.given = given
         return value.detach().clone()
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        gradients: tuple[Tensor, ...] = ctx.gradients
-        ctx.gradients = ()
-        # One call for all of them: a multiplication per parameter costs more than the arithmetic.
-        return (None, None, *torch._foreach_mul(list(gradients), grad_output))
+        given: _Given = ctx.given
+        ctx.given = None  # the Jacobian is freed with the graph, not kept by a second backward
+        scaled = given.weights * grad_output.to(given.weights.dtype)
+        combined = scaled @ given.jacobian
+        shared = [
+            piece.view_as(t) if piece.dtype == t.dtype else piece.view_as(t).to(t.dtype)
+            for t, piece in zip(given.shared, combined.split(given.sizes), strict=True)
+        ]
+        own: list[Tensor] = []
+        if given.own_gradients:
+            by_task = scaled.to(given.own_gradients[0].dtype).unbind()
+            own = torch._foreach_mul(given.own_gradients, [by_task[i] for i in given.own_tasks])
+        return (None, None, *shared, *own)
+
+
+@dataclass(frozen=True)
+class _Given:
+    """What :class:`_GivenGradient` hands out in the backward."""
+
+    weights: Tensor  # (K,), in the Jacobian's dtype
+    jacobian: Tensor  # (K, P) over the shared tensors
+    shared: Sequence[Tensor]
+    sizes: list[int]
+    own_gradients: list[Tensor]  # ∂Lᵢ/∂φ for each task's own parameter φ that its pass reached
+    own_tasks: list[int]  # the task of each
 
 
 def loss_with_combined_gradient(
@@ -417,29 +444,27 @@ def loss_with_combined_gradient(
     :math:`\sum_i w_i\,\partial L_i/\partial z` and passes it on through the trunk. A task's own
     parameter :math:`\phi` gets :math:`w_i\,\partial L_i/\partial\phi`. The backward multiplies
     by the incoming gradient, so Lightning's scaling of the loss (gradient accumulation) applies as
-    to any loss.
+    to any loss. The Jacobian is kept until that backward (it runs right after the step).
     """
-    combined = weights.to(taken.jacobian.dtype) @ taken.jacobian
-    targets: list[Tensor] = []
-    gradients: list[Tensor] = []
-    for tensor, piece in zip(shared, combined.split([t.numel() for t in shared]), strict=True):
-        targets.append(tensor)
-        gradients.append(piece.view_as(tensor).to(tensor.dtype))
-    by_task = weights.to(losses.dtype).unbind()
     own_targets: list[Tensor] = []
     own_gradients: list[Tensor] = []
-    factors: list[Tensor] = []
+    own_tasks: list[int] = []
     for i, (own, grads) in enumerate(zip(task_parameters, taken.task_gradients, strict=True)):
         for p, g in zip(own, grads, strict=True):
             if g is not None:
                 own_targets.append(p)
                 own_gradients.append(g)
-                factors.append(by_task[i])
-    if own_gradients:
-        targets += own_targets
-        gradients += torch._foreach_mul(own_gradients, factors)
+                own_tasks.append(i)
+    given = _Given(
+        weights.detach().to(taken.jacobian.dtype),
+        taken.jacobian,
+        shared,
+        [t.numel() for t in shared],
+        own_gradients,
+        own_tasks,
+    )
     value = torch.dot(weights.to(losses.dtype), losses.detach())
-    result: Tensor = _GivenGradient.apply(value, tuple(gradients), *targets)
+    result: Tensor = _GivenGradient.apply(value, given, *shared, *own_targets)
     return result
 
 

@@ -13,6 +13,7 @@ on the parameter route, the trunk) again (see :mod:`lightning_multiloss.gradient
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -193,21 +194,24 @@ class GramianWeighting(GradientWeighting):
 
     def _solve_on_host(self, packed: Tensor, k: int) -> Tensor:
         """The weights from the float64 host copy of ``G`` (flattened) followed by the losses."""
+        # One check for both (each operation on these few values costs microseconds); which one
+        # failed is found only then.
+        finite = bool(torch.isfinite(packed).all())
         g = packed[: k * k].reshape(k, k)
-        g = 0.5 * (g + g.T)
         values = packed[k * k :]
-        if not bool(torch.isfinite(g).all()):
+        if not finite and not bool(torch.isfinite(g).all()):
             raise NonFiniteLossError(
                 f"weighting {self.name!r}: the Gramian of the task gradients is not finite "
                 f"(diagonal {g.diagonal().tolist()})"
             )
-        if not bool(torch.isfinite(values).all()):
+        if not finite:
             raise NonFiniteLossError(f"weighting {self.name!r}: the task losses are not finite: {values.tolist()}")
+        g = 0.5 * (g + g.T)
         weights = self.compute_weights(g, values)
         if not isinstance(weights, Tensor) or weights.shape != (k,):
             shape = tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__
             raise MultiLossError(f"weighting {self.name!r}: compute_weights must return shape ({k},), got {shape}")
-        if not bool(torch.isfinite(weights).all()):
+        if not all(map(math.isfinite, weights.tolist())):
             raise MultiLossError(
                 f"weighting {self.name!r}: non-finite task weights {weights.tolist()} from the Gramian "
                 f"{g.tolist()} (tasks {list(self.task_names)})"
