@@ -409,7 +409,7 @@ class _GivenGradient(torch.autograd.Function):
             piece.view_as(t) if piece.dtype == t.dtype else piece.view_as(t).to(t.dtype)
             for t, piece in zip(given.shared, combined.split(given.sizes), strict=True)
         ]
-        own: list[Tensor] = []
+        own: Sequence[Tensor] = ()
         if given.own_gradients:
             by_task = scaled.to(given.own_gradients[0].dtype).unbind()
             own = torch._foreach_mul(given.own_gradients, [by_task[i] for i in given.own_tasks])
