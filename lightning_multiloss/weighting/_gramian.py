@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -194,19 +195,17 @@ class GramianWeighting(GradientWeighting):
 
     def _solve_on_host(self, packed: Tensor, k: int) -> Tensor:
         """The weights from the float64 host copy of ``G`` (flattened) followed by the losses."""
-        # One check for both (each operation on these few values costs microseconds); which one
-        # failed is found only then.
-        finite = bool(torch.isfinite(packed).all())
-        g = packed[: k * k].reshape(k, k)
+        host = packed.numpy()  # NumPy for the checks: each operation costs torch several times more
+        gramian = host[: k * k].reshape(k, k)
         values = packed[k * k :]
-        if not finite and not bool(torch.isfinite(g).all()):
-            raise NonFiniteLossError(
-                f"weighting {self.name!r}: the Gramian of the task gradients is not finite "
-                f"(diagonal {g.diagonal().tolist()})"
-            )
-        if not finite:
+        if not np.isfinite(host).all():
+            if not np.isfinite(gramian).all():
+                raise NonFiniteLossError(
+                    f"weighting {self.name!r}: the Gramian of the task gradients is not finite "
+                    f"(diagonal {np.diagonal(gramian).tolist()})"
+                )
             raise NonFiniteLossError(f"weighting {self.name!r}: the task losses are not finite: {values.tolist()}")
-        g = 0.5 * (g + g.T)
+        g = torch.from_numpy(0.5 * (gramian + gramian.T))
         weights = self.compute_weights(g, values)
         if not isinstance(weights, Tensor) or weights.shape != (k,):
             shape = tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__

@@ -44,14 +44,25 @@ def zero_rows(gramian: Tensor, rtol: float = 1e-12) -> Tensor:
 
 def regularize(gramian: Tensor, ridge: float = RIDGE) -> Tensor:
     """``G + ridge·(trace(G)/K)·I`` (plus an absolute floor when ``G`` is zero)."""
+    return torch.from_numpy(_regularized(host_array(gramian), ridge))
+
+
+def host_array(tensor: Tensor) -> np.ndarray:
+    """A float64 NumPy array of ``tensor`` (a view where it already is a float64 CPU tensor: read only)."""
+    return tensor.detach().to(device=_CPU, dtype=_F64).numpy()
+
+
+def _regularized(gramian: np.ndarray, ridge: float = RIDGE) -> np.ndarray:
+    """:func:`regularize` on an array (a new one)."""
     k = gramian.shape[0]
-    scale = float(gramian.diagonal().clamp_min(0.0).sum()) / k
-    eps = ridge * scale if scale > 0.0 else 1e-30
-    return gramian + eps * torch.eye(k, dtype=gramian.dtype)
+    scale = float(np.diagonal(gramian).clip(min=0.0).sum()) / k
+    out = gramian.copy()
+    out[np.diag_indices(k)] += ridge * scale if scale > 0.0 else 1e-30
+    return out
 
 
 # -- quadratic programs ------------------------------------------------------------------------
-def _starting_points(q: np.ndarray, c: np.ndarray, simplex: bool, start: Tensor | None) -> np.ndarray:
+def _starting_points(q: np.ndarray, c: np.ndarray, simplex: bool, start: np.ndarray | None) -> np.ndarray:
     """Feasible first iterates, one row per problem.
 
     ``start`` (projected onto the feasible set) where it is usable, else a vertex (simplex) or 0.
@@ -62,7 +73,7 @@ def _starting_points(q: np.ndarray, c: np.ndarray, simplex: bool, start: Tensor 
         x[np.arange(m), np.argmin(0.5 * np.diagonal(q) + c, axis=1)] = 1.0
     if start is None or start.shape[-1] != k:
         return x
-    warm = np.broadcast_to(start.detach().to(device=_CPU, dtype=_F64).numpy(), (m, k)).clip(min=0.0)
+    warm = np.broadcast_to(start, (m, k)).clip(min=0.0)
     total = warm.sum(axis=1, keepdims=True)
     usable = np.isfinite(total) & (total > 0.0 if simplex else True)
     if simplex:
@@ -70,7 +81,9 @@ def _starting_points(q: np.ndarray, c: np.ndarray, simplex: bool, start: Tensor 
     return np.where(usable, warm, x)
 
 
-def _active_set(q: Tensor, c: Tensor, simplex: bool, max_iter: int, start: Tensor | None = None) -> Tensor:
+def _active_set_on_host(
+    q_np: np.ndarray, c_np: np.ndarray, simplex: bool, max_iter: int, start: np.ndarray | None = None
+) -> np.ndarray:
     """Primal active-set method for ``min ½xᵀQx + cᵀx`` s.t. ``x ≥ 0`` (and ``Σx = 1`` if ``simplex``).
 
     ``Q`` must be positive definite (see :func:`regularize`); the method is then exact and ends
@@ -86,11 +99,7 @@ def _active_set(q: Tensor, c: Tensor, simplex: bool, max_iter: int, start: Tenso
     The iterations run in NumPy on the host copies: a step is some twenty operations on K×K
     arrays, each of which costs torch several times NumPy's fixed overhead (5× faster at K = 8).
     """
-    single = c.ndim == 1
-    k = q.shape[0]
-    q_np = q.detach().to(_F64).numpy()
-    c_np = c.detach().to(_F64).reshape(-1, k).numpy()
-    m = c_np.shape[0]
+    m, k = c_np.shape
     tol = 1e-11 * (float(np.abs(np.diagonal(q_np)).max()) + np.abs(c_np).max(axis=1) + 1e-300)
     x = _starting_points(q_np, c_np, simplex, start)
     free = x > 0.0
@@ -146,8 +155,7 @@ def _active_set(q: Tensor, c: Tensor, simplex: bool, max_iter: int, start: Tenso
     x = x.clip(min=0.0)
     if simplex:
         x = x / x.sum(axis=1, keepdims=True)
-    result = torch.from_numpy(np.ascontiguousarray(x))
-    return result[0] if single else result
+    return np.ascontiguousarray(x)
 
 
 def simplex_qp(
@@ -162,8 +170,10 @@ def simplex_qp(
     k = gramian.shape[0]
     if k == 1:
         return torch.ones(1, dtype=_F64)
-    c = torch.zeros(k, dtype=_F64) if linear is None else linear.to(_F64)
-    return _active_set(regularize(gramian, ridge), c, simplex=True, max_iter=20 * k + 100, start=start)
+    q = _regularized(host_array(gramian), ridge)
+    c = np.zeros((1, k)) if linear is None else host_array(linear).reshape(1, k)
+    warm = None if start is None else host_array(start)
+    return torch.from_numpy(_active_set_on_host(q, c, simplex=True, max_iter=20 * k + 100, start=warm)[0])
 
 
 def _principal_pivoting(q: Tensor, c: Tensor, max_iter: int) -> tuple[Tensor, Tensor]:
@@ -220,20 +230,21 @@ def box_qp(gramian: Tensor, lower: Tensor, ridge: float = RIDGE, start: Tensor |
     one solve where the free sets are unchanged (the minimiser is unique, so the result changes
     only by rounding).
     """
-    g = regularize(gramian, ridge)
-    lower = lower.to(_F64)
+    g = _regularized(host_array(gramian), ridge)
+    k = g.shape[0]
     single = lower.ndim == 1
-    lower = lower.reshape(-1, g.shape[0])
-    linear = lower @ g
-    if start is not None and start.shape == linear.shape:
-        x = _active_set(g, linear, simplex=False, max_iter=20 * g.shape[0] + 100, start=start)
+    low = host_array(lower).reshape(-1, k)
+    linear = low @ g
+    max_iter = 20 * k + 100
+    if start is not None and tuple(start.shape) == linear.shape:
+        x = _active_set_on_host(g, linear, simplex=False, max_iter=max_iter, start=host_array(start))
     else:
-        x, _ = _principal_pivoting(g, linear, max_iter=2 * g.shape[0] + 10)
+        pivoted, _ = _principal_pivoting(torch.from_numpy(g), torch.from_numpy(linear), max_iter=2 * k + 10)
         # The active-set method finishes every row from where pivoting stopped: a row that pivoting
         # solved is confirmed in one step, one where it stalled (or where a solve on an
         # ill-conditioned free set lost digits, as on a near-singular G of scale 1e12) is completed.
-        x = _active_set(g, linear, simplex=False, max_iter=20 * g.shape[0] + 100, start=x)
-    v = lower + x
+        x = _active_set_on_host(g, linear, simplex=False, max_iter=max_iter, start=pivoted.numpy())
+    v = torch.from_numpy(low + x)
     return v[0] if single else v
 
 
@@ -407,7 +418,7 @@ def pcgrad_weights(gramian: Tensor, orders: Tensor) -> Tensor:
     a = np.eye(k)
     tasks = np.arange(k)
     with np.errstate(divide="ignore", invalid="ignore"):  # inner / 0 where nothing is projected
-        for j in orders.detach().cpu().numpy().T:  # column t: the t-th task of every row (NumPy: see _active_set)
+        for j in orders.detach().cpu().numpy().T:  # column t: each row's t-th task (NumPy: _active_set_on_host)
             inner = (a * g[j]).sum(axis=1)  # g_i'·g_j = (A_i G)_j, G symmetric
             project = (j != tasks) & usable[j] & (inner < 0.0)
             a[tasks, j] -= np.where(project, inner / diag[j], 0.0)
@@ -431,7 +442,7 @@ def gradvac_weights(gramian: Tensor, orders: Tensor, target: Tensor, beta: float
     a = np.eye(k)
     tasks = np.arange(k)
     with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 where a pair is left alone
-        for j in orders.detach().cpu().numpy().T:  # NumPy: see _active_set
+        for j in orders.detach().cpu().numpy().T:  # NumPy: see _active_set_on_host
             square = ((a @ g) * a).sum(axis=1)  # ‖g_i'‖²
             active = (j != tasks) & (diag[j] > tiny) & (square > tiny)
             norm = np.sqrt(square.clip(min=0.0))

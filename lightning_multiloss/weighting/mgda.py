@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 from typing_extensions import Unpack
@@ -12,7 +13,7 @@ from lightning_multiloss.weighting._base import GradientOptions
 from lightning_multiloss.weighting._common import require
 from lightning_multiloss.weighting._gramian import GramianWeighting
 from lightning_multiloss.weighting._registry import register
-from lightning_multiloss.weighting._solvers import simplex_qp
+from lightning_multiloss.weighting._solvers import host_array, simplex_qp
 
 Normalization = Literal["none", "loss", "l2", "loss+"]
 _NORMALIZATIONS = ("none", "loss", "l2", "loss+")
@@ -74,29 +75,28 @@ class MGDA(GramianWeighting):
 
     def normalizers(self, gramian: Tensor, losses: Tensor) -> Tensor:
         """The ``(K,)`` normalisers :math:`n_i` (float64)."""
-        norms = gramian.diagonal().clamp_min(0.0).sqrt()
-        if self.normalization == "l2":
-            n = norms
-        elif self.normalization == "loss":
-            n = losses
-        elif self.normalization == "loss+":
-            n = losses * norms
-        else:
-            n = torch.ones_like(losses)
-        return torch.where(n > 0.0, n, torch.ones_like(n))
+        return torch.from_numpy(self._normalizers(host_array(gramian), host_array(losses)))
+
+    def _normalizers(self, gramian: np.ndarray, losses: np.ndarray) -> np.ndarray:
+        if self.normalization == "none":
+            return np.ones_like(losses)
+        norms = np.sqrt(np.diagonal(gramian).clip(min=0.0))
+        n = norms if self.normalization == "l2" else losses if self.normalization == "loss" else losses * norms
+        return np.where(n > 0.0, n, 1.0)
 
     def compute_weights(self, g: Tensor, values: Tensor) -> Tensor:
-        n = self.normalizers(g, values)
-        g = g / (n[:, None] * n[None, :])
-        if g.shape[0] == 2:
-            denominator = float(g[0, 0] + g[1, 1] - 2.0 * g[0, 1])
-            scale = float(g[0, 0] + g[1, 1])
+        # NumPy from here: each operation on K×K values costs torch more.
+        n = self._normalizers(host_array(g), host_array(values))
+        gramian = host_array(g) / (n[:, None] * n[None, :])
+        if gramian.shape[0] == 2:
+            denominator = float(gramian[0, 0] + gramian[1, 1] - 2.0 * gramian[0, 1])
+            scale = float(gramian[0, 0] + gramian[1, 1])
             if denominator <= 1e-12 * scale or scale <= 0.0:
                 gamma = 0.5
             else:
-                gamma = min(max(float(g[1, 1] - g[0, 1]) / denominator, 0.0), 1.0)
+                gamma = min(max(float(gramian[1, 1] - gramian[0, 1]) / denominator, 0.0), 1.0)
             w = torch.tensor([gamma, 1.0 - gamma], dtype=torch.float64)
         else:
-            w = simplex_qp(g, start=self._previous_solution)
+            w = simplex_qp(torch.from_numpy(gramian), start=self._previous_solution)
             self._previous_solution = w
-        return w / n
+        return w / torch.from_numpy(n)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 from typing_extensions import Unpack
@@ -12,7 +13,7 @@ from lightning_multiloss.weighting._base import GradientOptions
 from lightning_multiloss.weighting._common import require
 from lightning_multiloss.weighting._gramian import GramianWeighting
 from lightning_multiloss.weighting._registry import register
-from lightning_multiloss.weighting._solvers import box_qp, uniform
+from lightning_multiloss.weighting._solvers import box_qp, host_array, uniform
 
 
 @register("upgrad")
@@ -63,11 +64,13 @@ class UPGrad(GramianWeighting):
 
     def compute_weights(self, g: Tensor, losses: Tensor) -> Tensor:
         k = g.shape[0]
-        trace = float(g.diagonal().clamp_min(0.0).sum())
+        gramian = host_array(g)  # NumPy from here: each operation on K×K values costs torch more
+        trace = float(np.diagonal(gramian).clip(min=0.0).sum())
         if trace <= 0.0:
             return uniform(k)
-        g = g / trace + self.reg_eps * torch.eye(k, dtype=torch.float64)
-        eye = torch.eye(k, dtype=torch.float64) / k
-        v = box_qp(g, eye, start=self._previous_solution)  # the K projections, solved together
-        self._previous_solution = v - eye
-        return v.sum(dim=0)
+        scaled = gramian / trace
+        scaled[np.diag_indices(k)] += self.reg_eps
+        eye = np.eye(k) / k
+        v = box_qp(torch.from_numpy(scaled), torch.from_numpy(eye), start=self._previous_solution).numpy()
+        self._previous_solution = torch.from_numpy(v - eye)  # the K projections are solved together
+        return torch.from_numpy(v.sum(axis=0))
