@@ -96,6 +96,7 @@ class LossWeightingHooks:
         self._total_steps: int | None = None
         self._restored_plan: int | None = None  # the planned steps of a checkpoint being resumed
         self._end: tuple[int, int, Tensor] | None = None  # the weights in force when training ended
+        self._sets_progress = True  # whether the strategy's set_progress does something (read in setup)
 
     # Lightning names the state by class; both packages' classes share this key.
     @property
@@ -120,6 +121,7 @@ class LossWeightingHooks:
                 f"LossWeightingCallback recorded tasks {self.task_names}, the model has {list(weighting.task_names)}"
             )
         self.task_names = list(weighting.task_names)
+        self._sets_progress = type(weighting).set_progress is not Weighting.set_progress  # the base's does nothing
         recorder = self._recorder(trainer)
         if recorder is not None:
             recorder.writes = recorder.writes and trainer.is_global_zero
@@ -206,9 +208,8 @@ class LossWeightingHooks:
         )
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        weighting = self._weighting(pl_module)
-        if type(weighting).set_progress is not Weighting.set_progress:  # the base hook does nothing
-            weighting.set_progress(Progress(trainer.global_step, trainer.current_epoch, self._total_steps))
+        if self._sets_progress:  # the module's weighting was checked in setup
+            pl_module.weighting.set_progress(Progress(trainer.global_step, trainer.current_epoch, self._total_steps))
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
@@ -217,7 +218,7 @@ class LossWeightingHooks:
         self._last_step = step
         if pl_module.optimizer_step_skipped(step):
             return
-        weighting = self._weighting(pl_module)
+        weighting: Weighting = pl_module.weighting  # checked in setup
         weighting.after_optimizer_step()
         if step % self._stride == 0 or step == 1:
             # A reference, no wait: each training step stores its weights in a new tensor.

@@ -402,12 +402,13 @@ class MultiTaskMixin(_Base):
             return _run_eagerly(MultiTaskMixin.training_step, self, batch, batch_idx)
         trainer = trainer_of(self)
         self._mt_check_callback(trainer)
-        if isinstance(self.weighting, GradientWeighting):
+        weighting = self.weighting  # one look-up: a submodule's attribute access costs a microsecond
+        if isinstance(weighting, GradientWeighting):
             with _graphs_kept_for_several_backwards():
-                return self._mt_training_step(batch, batch_idx, trainer)
-        return self._mt_training_step(batch, batch_idx, trainer)
+                return self._mt_training_step(batch, batch_idx, trainer, weighting)
+        return self._mt_training_step(batch, batch_idx, trainer, weighting)
 
-    def _mt_training_step(self, batch: Any, batch_idx: int, trainer: Any | None) -> Tensor:
+    def _mt_training_step(self, batch: Any, batch_idx: int, trainer: Any | None, weighting: Weighting) -> Tensor:
         outputs, targets, losses, batch_size = self._mt_forward(batch)
         if self._mt_on_nonfinite == "skip":
             if not self._mt_all_finite(losses, "train", batch_idx):
@@ -419,7 +420,6 @@ class MultiTaskMixin(_Base):
                 return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), losses.new_zeros(()))
         else:
             self._mt_record_nonfinite(losses, trainer, batch_idx)
-        weighting = self.weighting  # one look-up: a submodule's attribute access costs a microsecond
         if isinstance(weighting, GradientWeighting):
             try:
                 result = weighting(losses, **self._mt_gradient_inputs(losses, trainer))
@@ -587,9 +587,10 @@ class MultiTaskMixin(_Base):
 
     def _mt_record_nonfinite(self, losses: Tensor, trainer: Any | None, batch_idx: int) -> None:
         """Keep this step's losses for :meth:`check_finite_losses` (a reference: no copy, no wait)."""
-        step = int(trainer.global_step) if trainer is not None else -1
-        epoch = int(trainer.current_epoch) if trainer is not None else -1
-        self._mt_pending.append((step, epoch, batch_idx, losses.detach()))
+        if trainer is None:
+            self._mt_pending.append((-1, -1, batch_idx, losses.detach()))
+        else:
+            self._mt_pending.append((trainer.global_step, trainer.current_epoch, batch_idx, losses.detach()))
         if len(self._mt_pending) >= _MAX_PENDING:
             self.check_finite_losses()
 
