@@ -68,8 +68,9 @@ weights) or a leaf tensor that is not a parameter, under float16 mixed precision
 
 Which task uses which parameter is found by autograd once, on the first step. Measured on CPU
 (``benchmarks/peers.py``, a conv trunk) the route then costs what the LibMTL way's K
-``backward`` calls cost (0.88–1.36× over six runs: the same passes, different bookkeeping)
-and 0.44–0.67× of torchjd's ``mtl_backward`` at K = 8, 0.24–0.39× at K = 40.
+``backward`` calls cost (1.00–1.08× in the latest runs, 0.88–1.36× over earlier ones: the same
+passes, different bookkeeping) and 0.39–0.67× of torchjd's ``mtl_backward`` at K = 8,
+0.23–0.39× at K = 40.
 
 Under DDP, with each process's task losses a mean over its B samples and DDP averaging the
 gradients over N processes, the global-batch gradient of task i on one sample is 1/N times the
@@ -401,8 +402,13 @@ class _GivenGradient(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        given: _Given = ctx.given
-        ctx.given = None  # the Jacobian is freed with the graph, not kept by a second backward
+        given: _Given | None = ctx.given
+        if given is None:
+            raise MultiLossError(
+                "the loss a gradient strategy returns carries gradients taken for one backward: "
+                "it cannot be backpropagated twice (its Jacobian is freed by the first)"
+            )
+        ctx.given = None  # the Jacobian is freed by this backward, not kept with the graph
         scaled = given.weights * grad_output.to(given.weights.dtype)
         combined = scaled @ given.jacobian
         shared = [

@@ -232,6 +232,18 @@ def test_parameter_gramian_equals_jjt_and_shared_parameters_are_the_trunk() -> N
     assert all(p.grad is None for p in model.parameters())
 
 
+@pytest.mark.parametrize("route", ["parameters", "representation"])
+def test_the_returned_loss_refuses_a_second_backward_by_name(route: str) -> None:
+    # Its gradients come from this step's per-task passes, freed by the first backward: a second
+    # one must say so, not fail inside autograd on a count of gradients.
+    model = net_for(route, MGDA2(route=route))
+    loss = model.training_step(batches_of(1)[0], 0)
+    loss.backward(retain_graph=True)
+    assert all(p.grad is not None for p in model.trunk.parameters())
+    with pytest.raises(MultiLossError, match="cannot be backpropagated twice"):
+        loss.backward()
+
+
 class InPlaceBackward(torch.autograd.Function):
     """Doubles its input; the backward writes into a fresh unbatched tensor in place, which a
     vectorised backward cannot do (as some custom operators do)."""

@@ -3,9 +3,9 @@
 The matrices are ``K × K`` with ``K`` the number of tasks, so exact active-set methods are cheap
 and need no external solver. Every function takes and returns float64 CPU tensors: the Gramian
 base (:class:`~lightning_multiloss.weighting.GramianWeighting`) converts the Gramian once. The
-iterative loops (the active-set method, PCGrad's projections) run on NumPy views of them: each
-of their steps is a handful of operations on K×K arrays, where NumPy's fixed cost per operation
-is several times smaller than torch's.
+work (the ridge, the active-set method, PCGrad's projections) runs on NumPy views of them
+(:func:`host_array`): each step is a handful of operations on K×K arrays, where NumPy's fixed
+cost per operation is several times smaller than torch's.
 
 >>> import torch
 >>> G = torch.tensor([[18.0, -22.0], [-22.0, 38.0]], dtype=torch.float64)  # J = [[-4,1,1],[6,1,1]]
