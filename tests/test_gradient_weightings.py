@@ -32,6 +32,7 @@ from lightning_multiloss.weighting import (
     UPGrad,
     create_weighting,
 )
+from lightning_multiloss.weighting import _solvers as solvers
 from lightning_multiloss.weighting._common import seeded_generator
 from lightning_multiloss.weighting._solvers import (
     _principal_pivoting,
@@ -176,6 +177,53 @@ def test_warm_started_solves_equal_cold_solves() -> None:
     for lower, row in zip(lowers, together, strict=True):
         torch.testing.assert_close(row, box_qp(gram, lower), atol=1e-12, rtol=0)
         assert bool((row >= lower - 1e-15).all())
+
+
+def test_a_start_on_the_optimal_free_sets_ends_in_one_solve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Starts whose positive entries are the optimal free sets take the one-solve path; others
+    (a superset, a subset) the iterations; every start gives the cold solution."""
+    g = torch.Generator().manual_seed(8)
+    jac = torch.randn(6, 9, generator=g, dtype=F64) + 0.5
+    gram = jac @ jac.T
+    linear = torch.randn(6, generator=g, dtype=F64)
+    cold_qp = simplex_qp(gram, linear)
+    support = cold_qp > 0.0
+    assert 1 < int(support.sum()) < 6  # so that a subset and a superset exist
+    lowers = torch.eye(6, dtype=F64) / 6  # UPGrad's K problems
+    cold_box = box_qp(gram, lowers)
+    box_support = (cold_box - lowers) > 0.0
+    assert bool(box_support.any()) and not bool(box_support.all())
+
+    accepted: list[bool] = []
+    original = solvers._optimum_on_free_sets
+
+    def counting(*args: Any) -> Any:
+        result = original(*args)
+        accepted.append(result is not None)
+        return result
+
+    monkeypatch.setattr(solvers, "_optimum_on_free_sets", counting)
+    subset = support.clone()
+    subset[int(torch.nonzero(support)[0])] = False
+    simplex_starts = {
+        "optimal": (cold_qp, True),
+        "same support, other values": (support.to(F64) * torch.rand(6, generator=g, dtype=F64) + support * 0.1, True),
+        "superset": (torch.ones(6, dtype=F64), False),
+        "subset": (subset.to(F64), False),
+    }
+    for what, (start, one_solve) in simplex_starts.items():
+        accepted.clear()
+        torch.testing.assert_close(simplex_qp(gram, linear, start=start), cold_qp, atol=1e-12, rtol=0, msg=what)
+        assert accepted == [one_solve], what
+    box_starts = {
+        "optimal": (cold_box - lowers, True),
+        "superset": (torch.ones(6, 6, dtype=F64), False),
+        "none free": (torch.zeros(6, 6, dtype=F64), False),
+    }
+    for what, (start, one_solve) in box_starts.items():
+        accepted.clear()
+        torch.testing.assert_close(box_qp(gram, lowers, start=start), cold_box, atol=1e-12, rtol=0, msg=what)
+        assert accepted == [one_solve], what
 
 
 def test_mgda_normalizations() -> None:
