@@ -3,10 +3,13 @@ r"""Per-task gradients and their Gramian, for the gradient-level strategies.
 Two routes, chosen by the strategy's ``route``:
 
 - ``"representation"``: the gradients of each task loss with respect to the shared
-  representation :math:`z` that ``forward`` marks with ``z = self.shared_representation(z)``.
-  One ``torch.autograd.grad`` per task, through that task's head only (together about one extra
-  backward pass through the heads). :math:`G_{ij} = \sum_s \langle \partial L_i/\partial z_s,
-  \partial L_j/\partial z_s\rangle` over the samples :math:`s` of the batch.
+  representation :math:`z` that ``forward`` marks with ``z = self.shared_representation(z)``,
+  through the heads only (together about one backward pass through the heads). Where each head
+  is its own (no layer above :math:`z` serves two tasks), one backward through all the heads
+  takes them, a hook on each node that reads :math:`z` catching its task's gradient there before
+  the tasks' are summed; otherwise one ``torch.autograd.grad`` per task.
+  :math:`G_{ij} = \sum_s \langle \partial L_i/\partial z_s, \partial L_j/\partial z_s\rangle` over
+  the samples :math:`s` of the batch.
 - ``"parameters"``: the rows of the Jacobian :math:`J` are :math:`\partial L_i/\partial\theta` over
   the shared parameters :math:`\theta` (about K times the cost of a backward pass through the
   trunk, and a K×P matrix in memory); :math:`G = J J^\top`.
@@ -30,9 +33,10 @@ How the K rows are taken (:func:`set_jacobian_mode`):
   the K calls themselves (small models on a GPU, where each call is a train of kernel launches):
   run ``benchmarks/peers.py --device cuda`` to see.
 
-The representation route keeps one call per task: a batched call would send all K rows through
-every head (K² head passes instead of K) and measured 10× slower at K = 40 with linear heads,
-while the K calls through one small head each cost little (about 35 µs each on that CPU).
+The representation route does not batch its rows: a batched call would send all K rows through
+every head (K² head passes instead of K) and measured 10× slower at K = 40 with linear heads.
+One backward through the heads with a hook per task does K head passes in one engine run
+(about 35 µs of fixed cost each saved on that CPU: 0–12% of a step at K = 40).
 
 The parameter route reuses its Jacobian for the update (``reuse_jacobian=True`` in
 :meth:`~lightning_multiloss.MultiTaskMixin.configure_multitask`, the default). The K per-task
@@ -90,7 +94,7 @@ gradient of the single-process run on the global batch.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, get_args
 
@@ -171,9 +175,12 @@ def _representation_rows(
         )
     rows: list[Tensor | None] = []
     task_gradients: list[list[Tensor | None]] = []
-    for grad, *own in task_grads(losses, [representation], task_parameters):
-        rows.append(grad)
-        task_gradients.append(own)
+    if task_parameters is not None and _is_stack_of(losses):
+        rows, task_gradients = _rows_in_one_pass(losses, representation, task_parameters)
+    else:
+        for grad, *own in task_grads(losses, [representation], task_parameters):
+            rows.append(grad)
+            task_gradients.append(own)
     if all(row is None for row in rows):
         raise MultiLossError(
             f"weighting {strategy!r}: no task loss depends on the marked shared representation; mark the "
@@ -181,6 +188,73 @@ def _representation_rows(
         )
     stacked = torch.stack([torch.zeros_like(representation) if row is None else row for row in rows])
     return stacked, task_gradients
+
+
+def _is_stack_of(losses: Tensor) -> bool:
+    """Whether ``losses`` is ``torch.stack`` of the task losses (one graph edge per task)."""
+    grad_fn = losses.grad_fn
+    return (
+        grad_fn is not None
+        and type(grad_fn).__name__ == "StackBackward0"
+        and len(grad_fn.next_functions) == losses.numel()
+    )
+
+
+def _rows_in_one_pass(
+    losses: Tensor, representation: Tensor, task_parameters: Sequence[Sequence[Tensor]]
+) -> tuple[list[Tensor | None], list[list[Tensor | None]]]:
+    """:func:`_representation_rows`'s K passes as one backward through the heads.
+
+    Only where no graph node above the representation serves two tasks (the heads found by
+    :func:`own_above_representation`): each node that reads the representation then belongs to
+    one task, and a hook on it catches that task's gradient at the representation before the
+    engine sums the tasks' there. One engine run instead of K, the same arithmetic.
+    """
+    assert losses.grad_fn is not None and representation.grad_fn is not None
+    edge_of_z = (representation.grad_fn, representation.output_nr)
+    rows: list[Tensor | None] = [None] * losses.numel()
+    handles = []
+
+    def catch(task: int, index: int) -> Callable[[Sequence[Tensor | None], Sequence[Tensor | None]], None]:
+        def hook(grad_inputs: Sequence[Tensor | None], grad_outputs: Sequence[Tensor | None]) -> None:
+            grad = grad_inputs[index]
+            if grad is not None:
+                row = rows[task]
+                rows[task] = grad if row is None else row + grad
+
+        return hook
+
+    try:
+        for task, (node, _) in enumerate(losses.grad_fn.next_functions):
+            for reader, index in _readers_of(node, edge_of_z):
+                handles.append(reader.register_hook(catch(task, index)))
+        own = [p for task in task_parameters for p in task]
+        ones = torch.ones_like(losses)
+        grads = torch.autograd.grad(losses, [representation, *own], ones, retain_graph=True, allow_unused=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    rest = iter(grads[1:])
+    return rows, [[next(rest) for _ in task] for task in task_parameters]
+
+
+def _readers_of(node: Any, edge: tuple[Any, int]) -> list[tuple[Any, int]]:
+    """The ``(node, input index)`` pairs reached from ``node`` whose input is the graph edge ``edge``
+    (a tensor's ``(grad_fn, output_nr)``), not looking below it."""
+    found: list[tuple[Any, int]] = []
+    seen: set[Any] = set()
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if current is None or current in seen:
+            continue
+        seen.add(current)
+        for index, (child, output_nr) in enumerate(current.next_functions):
+            if child is edge[0] and output_nr == edge[1]:
+                found.append((current, index))
+            elif child is not None:
+                stack.append(child)
+    return found
 
 
 def set_jacobian_mode(mode: JacobianMode) -> None:

@@ -940,6 +940,39 @@ def test_heads_found_from_the_graph() -> None:
     assert gradients.own_above_representation(not_a_stack, z, params) is None
 
 
+def test_the_heads_rows_come_from_one_backward_equal_to_one_per_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The representation route's K rows and the heads' own gradients from one engine run, each
+    against its own ``autograd.grad``; heads that read z twice, through a view or not at all."""
+    torch.manual_seed(3)
+    trunk, a, b, c, d = nn.Linear(4, 6), nn.Linear(6, 2), nn.Linear(6, 1), nn.Linear(3, 1), nn.Linear(4, 1)
+    x = torch.randn(5, 4)
+    z = torch.tanh(trunk(x))
+    outputs = [a(z) * a(z).detach() + a(z), b(z * z), c(z[:, 1:4]), d(x)]  # the last does not read z
+    losses = torch.stack([o.square().mean() for o in outputs])
+    heads = [list(m.parameters()) for m in (a, b, c, d)]
+    calls = []
+    counted = torch.autograd.grad
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return counted(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counting)
+    taken = gradients.representation_route_gradients(losses, ddp="exact", representation=z, task_parameters=heads)
+    assert len(calls) == 1
+    monkeypatch.setattr(torch.autograd, "grad", counted)
+    for i, own in enumerate(heads):
+        expected = torch.autograd.grad(losses[i], [z, *own], retain_graph=True, allow_unused=True)
+        row = expected[0] if expected[0] is not None else torch.zeros_like(z)
+        torch.testing.assert_close(taken.jacobian[i], row.reshape(-1), rtol=1e-6, atol=1e-7)
+        for got, want in zip(taken.task_gradients[i], expected[1:], strict=True):
+            assert want is not None and got is not None
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    # Taken again from the same graph: the same rows.
+    again = gradients.representation_route_gradients(losses, ddp="exact", representation=z, task_parameters=heads)
+    torch.testing.assert_close(again.jacobian, taken.jacobian, rtol=0, atol=0)
+
+
 class HeadsWithPenalty(CountingHeads):
     """Adds its own terms to the mixin's loss: on the representation and on a head's weight."""
 
