@@ -96,7 +96,7 @@ def configurations() -> list[tuple[str, Callable[[], Weighting]]]:
     )
     for route in ("representation", "parameters"):
         for name in names:
-            configs.append((f"{name} ({route[:4]})", lambda n=name, r=route: WEIGHTINGS[n](route=r)))  # type: ignore[misc]
+            configs.append((f"{name} ({route[:4]})", lambda n=name, r=route: WEIGHTINGS[n](route=r)))  # type: ignore[misc,call-arg]
     configs.append(("graddrop (repr)", GradDrop))
     return configs
 
