@@ -40,10 +40,10 @@ CUDA: ``torch.cuda.max_memory_allocated``; CPU: the peak of live tensor memory r
 the peak of the summed loss's backward alone; the memory target is that the parameter route's
 step needs at most the K×P Jacobian plus one backward more than the summed step.
 
-The targets are printed with PASS or FAIL (the median over the rounds, and the rounds' range): the parameter route at most 0.7× torchjd's time for
-the same method at K = 8 and 0.4× at K = 40, and below the LibMTL way at every K; the
-representation route at most 1.2× the summed loss at K = 8 and 2× at K = 40; the memory bound
-above. ``--check`` exits with 1 when one fails.
+The targets are printed with PASS or FAIL (the median over the rounds, and the rounds' range):
+the parameter route at most 0.7× torchjd's time for the same method at K = 8 and 0.4× at K = 40,
+and below the LibMTL way at every K; the representation route at most 1.2× the summed loss at
+K = 8 and 2× at K = 40; the memory bound above. ``--check`` exits with 1 when one fails.
 
 TorchJD is optional (``pip install ".[bench]"``); without it its columns are left out.
 
