@@ -175,8 +175,11 @@ def _representation_rows(
         )
     rows: list[Tensor | None] = []
     task_gradients: list[list[Tensor | None]] = []
+    in_one_pass = None
     if task_parameters is not None and _is_stack_of(losses):
-        rows, task_gradients = _rows_in_one_pass(losses, representation, task_parameters)
+        in_one_pass = _rows_in_one_pass(losses, representation, task_parameters)
+    if in_one_pass is not None:
+        rows, task_gradients = in_one_pass
     else:
         for grad, *own in task_grads(losses, [representation], task_parameters):
             rows.append(grad)
@@ -202,18 +205,19 @@ def _is_stack_of(losses: Tensor) -> bool:
 
 def _rows_in_one_pass(
     losses: Tensor, representation: Tensor, task_parameters: Sequence[Sequence[Tensor]]
-) -> tuple[list[Tensor | None], list[list[Tensor | None]]]:
-    """:func:`_representation_rows`'s K passes as one backward through the heads.
+) -> tuple[list[Tensor | None], list[list[Tensor | None]]] | None:
+    """:func:`_representation_rows`'s K passes as one backward through the heads, or ``None``
+    where a graph node above the representation serves two tasks.
 
-    Only where no graph node above the representation serves two tasks (the heads found by
-    :func:`own_above_representation`): each node that reads the representation then belongs to
-    one task, and a hook on it catches that task's gradient at the representation before the
-    engine sums the tasks' there. One engine run instead of K, the same arithmetic.
+    Each node that reads the representation then belongs to one task, and a hook on it catches
+    that task's gradient at the representation before the engine sums the tasks' there. One
+    engine run instead of K, the same arithmetic.
     """
     assert losses.grad_fn is not None and representation.grad_fn is not None
-    edge_of_z = (representation.grad_fn, representation.output_nr)
+    readers = _readers_by_task(losses.grad_fn, (representation.grad_fn, representation.output_nr))
+    if readers is None:
+        return None
     rows: list[Tensor | None] = [None] * losses.numel()
-    handles = []
 
     def catch(task: int, index: int) -> Callable[[Sequence[Tensor | None], Sequence[Tensor | None]], None]:
         def hook(grad_inputs: Sequence[Tensor | None], grad_outputs: Sequence[Tensor | None]) -> None:
@@ -224,10 +228,10 @@ def _rows_in_one_pass(
 
         return hook
 
+    handles = []
     try:
-        for task, (node, _) in enumerate(losses.grad_fn.next_functions):
-            for reader, index in _readers_of(node, edge_of_z):
-                handles.append(reader.register_hook(catch(task, index)))
+        for task, found in enumerate(readers):
+            handles += [node.register_hook(catch(task, index)) for node, index in found]
         own = [p for task in task_parameters for p in task]
         ones = torch.ones_like(losses)
         grads = torch.autograd.grad(losses, [representation, *own], ones, retain_graph=True, allow_unused=True)
@@ -238,23 +242,31 @@ def _rows_in_one_pass(
     return rows, [[next(rest) for _ in task] for task in task_parameters]
 
 
-def _readers_of(node: Any, edge: tuple[Any, int]) -> list[tuple[Any, int]]:
-    """The ``(node, input index)`` pairs reached from ``node`` whose input is the graph edge ``edge``
-    (a tensor's ``(grad_fn, output_nr)``), not looking below it."""
-    found: list[tuple[Any, int]] = []
-    seen: set[Any] = set()
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        if current is None or current in seen:
-            continue
-        seen.add(current)
-        for index, (child, output_nr) in enumerate(current.next_functions):
-            if child is edge[0] and output_nr == edge[1]:
-                found.append((current, index))
-            elif child is not None:
-                stack.append(child)
-    return found
+def _readers_by_task(stack_node: Any, edge: tuple[Any, int]) -> list[list[tuple[Any, int]]] | None:
+    """Per task (an input of the losses' stack), the ``(node, input index)`` pairs above ``edge``
+    (a tensor's ``(grad_fn, output_nr)``) whose input is that edge; ``None`` where two tasks reach
+    one node above it (its gradient there would be theirs summed)."""
+    readers: list[list[tuple[Any, int]]] = []
+    reached: set[Any] = set()
+    for task_node, _ in stack_node.next_functions:
+        found: list[tuple[Any, int]] = []
+        seen: set[Any] = set()
+        stack = [task_node]
+        while stack:
+            current = stack.pop()
+            if current is None or current in seen:
+                continue
+            seen.add(current)
+            for index, (child, output_nr) in enumerate(current.next_functions):
+                if child is edge[0] and output_nr == edge[1]:
+                    found.append((current, index))
+                elif child is not None:
+                    stack.append(child)
+        if not reached.isdisjoint(seen):
+            return None
+        reached |= seen
+        readers.append(found)
+    return readers
 
 
 def set_jacobian_mode(mode: JacobianMode) -> None:

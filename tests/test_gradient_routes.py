@@ -973,6 +973,33 @@ def test_the_heads_rows_come_from_one_backward_equal_to_one_per_task(monkeypatch
     torch.testing.assert_close(again.jacobian, taken.jacobian, rtol=0, atol=0)
 
 
+def test_heads_sharing_an_operation_above_z_get_their_own_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A parameter-free operation above z that two heads read (own parameters still apart): a hook
+    there would see the two tasks' gradients summed, so each task takes its own backward."""
+    torch.manual_seed(4)
+    trunk, a, b = nn.Linear(4, 6), nn.Linear(6, 1), nn.Linear(6, 1)
+    z = trunk(torch.randn(5, 4))
+    shared = torch.relu(z) * 2.0
+    losses = torch.stack([a(shared).square().mean(), b(shared).abs().mean()])
+    heads = [list(a.parameters()), list(b.parameters())]
+    params = [*trunk.parameters(), *heads[0], *heads[1]]
+    assert gradients.own_above_representation(losses, z, params) == heads  # the update can still be reused
+    calls = []
+    counted = torch.autograd.grad
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return counted(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counting)
+    taken = gradients.representation_route_gradients(losses, ddp="exact", representation=z, task_parameters=heads)
+    assert len(calls) == 2
+    monkeypatch.setattr(torch.autograd, "grad", counted)
+    for i in range(2):
+        (row,) = torch.autograd.grad(losses[i], [z], retain_graph=True)
+        torch.testing.assert_close(taken.jacobian[i], row.reshape(-1), rtol=1e-6, atol=1e-7)
+
+
 class HeadsWithPenalty(CountingHeads):
     """Adds its own terms to the mixin's loss: on the representation and on a head's weight."""
 
