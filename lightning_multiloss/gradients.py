@@ -5,7 +5,7 @@ Two routes, chosen by the strategy's ``route``:
 - ``"representation"``: the gradients of each task loss with respect to the shared
   representation :math:`z` that ``forward`` marks with ``z = self.shared_representation(z)``,
   through the heads only (together about one backward pass through the heads). Where each head
-  is its own (no layer above :math:`z` serves two tasks), one backward through all the heads
+  is its own (no operation above :math:`z` serves two tasks), one backward through all the heads
   takes them, a hook on each node that reads :math:`z` catching its task's gradient there before
   the tasks' are summed; otherwise one ``torch.autograd.grad`` per task.
   :math:`G_{ij} = \sum_s \langle \partial L_i/\partial z_s, \partial L_j/\partial z_s\rangle` over
