@@ -166,10 +166,10 @@ class GramianWeighting(GradientWeighting):
         everything after it, up to the weights' copy back, runs on the host (:meth:`_solve_on_host`).
         """
         k = self._check_shapes(gramian, losses)
-        dtype = torch.promote_types(gramian.dtype, torch.float32)
-        packed = torch.cat([gramian.detach().reshape(-1).to(dtype), losses.detach().to(dtype)])
+        # One tensor (cat promotes the dtypes), one transfer (the step's one wait), then float64.
+        packed = torch.cat([gramian.reshape(-1), losses]).detach().cpu().to(torch.float64)
         with _one_intra_op_thread():
-            weights = self._solve_on_host(packed.cpu().to(torch.float64), k)
+            weights = self._solve_on_host(packed, k)
         out_dtype = gramian.dtype if gramian.is_floating_point() else torch.get_default_dtype()
         return weights.to(device=gramian.device, dtype=out_dtype)
 
