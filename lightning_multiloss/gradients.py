@@ -135,15 +135,10 @@ def task_grads(
     run back through the stack into every task's graph (all heads, with zero gradients), so the
     stack's inputs are differentiated instead, each through its own task's graph only.
     """
-    grad_fn = losses.grad_fn
     outputs: list[Any] = list(losses.unbind())
-    if (
-        _GradientEdge is not None
-        and grad_fn is not None
-        and type(grad_fn).__name__ == "StackBackward0"
-        and len(grad_fn.next_functions) == losses.numel()
-    ):
-        outputs = [None if node is None else _GradientEdge(node, nr) for node, nr in grad_fn.next_functions]
+    if _GradientEdge is not None and _is_stack_of(losses):
+        assert losses.grad_fn is not None
+        outputs = [None if node is None else _GradientEdge(node, nr) for node, nr in losses.grad_fn.next_functions]
     one = torch.ones((), dtype=losses.dtype, device=losses.device)
     extra = task_inputs if task_inputs is not None else [()] * len(outputs)
     for output, own in zip(outputs, extra, strict=True):
@@ -213,7 +208,8 @@ def _rows_in_one_pass(
     that task's gradient at the representation before the engine sums the tasks' there. One
     engine run instead of K, the same arithmetic.
     """
-    assert losses.grad_fn is not None and representation.grad_fn is not None
+    if losses.grad_fn is None or representation.grad_fn is None:
+        return None
     readers = _readers_by_task(losses.grad_fn, (representation.grad_fn, representation.output_nr))
     if readers is None:
         return None
@@ -248,25 +244,37 @@ def _readers_by_task(stack_node: Any, edge: tuple[Any, int]) -> list[list[tuple[
     one node above it (its gradient there would be theirs summed)."""
     readers: list[list[tuple[Any, int]]] = []
     reached: set[Any] = set()
-    for task_node, _ in stack_node.next_functions:
-        found: list[tuple[Any, int]] = []
-        seen: set[Any] = set()
-        stack = [task_node]
-        while stack:
-            current = stack.pop()
-            if current is None or current in seen:
-                continue
-            seen.add(current)
-            for index, (child, output_nr) in enumerate(current.next_functions):
-                if child is edge[0] and output_nr == edge[1]:
-                    found.append((current, index))
-                elif child is not None:
-                    stack.append(child)
+    for task_edge in stack_node.next_functions:
+        seen, found = _graph_above([task_edge], edge)
         if not reached.isdisjoint(seen):
             return None
         reached |= seen
         readers.append(found)
     return readers
+
+
+def _graph_above(
+    edges: Sequence[tuple[Any, int]], stop: tuple[Any, int] | None
+) -> tuple[set[Any], list[tuple[Any, int]]]:
+    """The graph nodes reached from ``edges`` without going through the edge ``stop`` (a tensor's
+    ``(grad_fn, output_nr)``; ``None``: all of them), and the ``(node, input index)`` pairs whose
+    input is ``stop``."""
+    seen: set[Any] = set()
+    readers: list[tuple[Any, int]] = []
+    stack = [node for node, output_nr in edges if node is not None and (node, output_nr) != stop]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        for index, (child, output_nr) in enumerate(node.next_functions):
+            if child is None:
+                continue
+            if stop is not None and child is stop[0] and output_nr == stop[1]:
+                readers.append((node, index))
+            else:
+                stack.append(child)
+    return seen, readers
 
 
 def set_jacobian_mode(mode: JacobianMode) -> None:
@@ -575,12 +583,7 @@ def own_above_representation(
     """
     grad_fn = losses.grad_fn
     node_of_z = representation.grad_fn
-    if (
-        grad_fn is None
-        or node_of_z is None
-        or type(grad_fn).__name__ != "StackBackward0"
-        or len(grad_fn.next_functions) != losses.numel()
-    ):
+    if grad_fn is None or node_of_z is None or not _is_stack_of(losses):
         return None
     edge_of_z = (node_of_z, representation.output_nr)
     below = _leaves_reached(node_of_z.next_functions, stop=None)
@@ -602,21 +605,8 @@ def own_above_representation(
 def _leaves_reached(edges: Sequence[tuple[Any, int]], stop: tuple[Any, int] | None) -> set[int]:
     """The ids of the leaf tensors (``AccumulateGrad`` nodes) reached from ``edges``, not going
     through the edge ``stop`` (a tensor's ``(grad_fn, output_nr)``)."""
-    found: set[int] = set()
-    seen: set[Any] = set()
-    stack = list(edges)
-    while stack:
-        node, output_nr = stack.pop()
-        if node is None or (stop is not None and node is stop[0] and output_nr == stop[1]):
-            continue
-        if node in seen:
-            continue
-        seen.add(node)
-        variable = getattr(node, "variable", None)
-        if variable is not None:
-            found.add(id(variable))
-        stack.extend(node.next_functions)
-    return found
+    seen, _ = _graph_above(edges, stop)
+    return {id(leaf) for leaf in (getattr(node, "variable", None) for node in seen) if leaf is not None}
 
 
 def parameter_users(losses: Tensor, parameters: Sequence[Tensor]) -> list[list[int]]:

@@ -189,9 +189,14 @@ def test_a_start_on_the_optimal_free_sets_ends_in_one_solve(monkeypatch: pytest.
     cold_qp = simplex_qp(gram, linear)
     support = cold_qp > 0.0
     assert 1 < int(support.sum()) < 6  # so that a subset and a superset exist
+    kkt = gram @ cold_qp + linear  # the reference is optimal: equal on the support, no smaller off it
+    assert float(kkt[support].max() - kkt[support].min()) <= 1e-9
+    assert float(kkt[~support].min()) >= float(kkt[support].max()) - 1e-9
     lowers = torch.eye(6, dtype=F64) / 6  # UPGrad's K problems
     cold_box = box_qp(gram, lowers)
     box_support = (cold_box - lowers) > 0.0
+    box_grad = cold_box @ gram  # optimal: 0 where above the bound, ≥ 0 where on it
+    assert float(box_grad[box_support].abs().max()) <= 1e-8 and float(box_grad[~box_support].min()) >= -1e-8
     assert bool(box_support.any()) and not bool(box_support.all())
 
     accepted: list[bool] = []

@@ -112,22 +112,8 @@ def _active_set_on_host(
     free = x > 0.0
     done = np.zeros(m, dtype=bool)
     rows = np.arange(m)
-    # Each step solves every row's equality-constrained problem on its free set in one batched
-    # solve: Q restricted to the free set, identity rows (right-hand side 0) for the fixed
-    # variables so that all systems have one size; for the simplex, bordered by the row and
-    # column of ones of the constraint Σx = 1 (its multiplier is the extra unknown).
-    n = k + 1 if simplex else k
-    bordered = np.zeros((n, n))
-    bordered[:k, :k] = q_np
-    bordered[:k, k:] = 1.0
-    bordered[k:, :k] = 1.0
-    identity = np.eye(n, dtype=bool)
-    rhs = np.concatenate([-c_np, np.ones((m, n - k))], axis=1)
-    border = np.ones((m, n - k), dtype=bool)
     for _ in range(max_iter):
-        kept = np.concatenate([free, border], axis=1)
-        system = np.where(kept[:, :, None] & kept[:, None, :], bordered, 0.0) + (identity & ~kept[:, :, None])
-        target = np.linalg.solve(system, np.where(kept, rhs, 0.0)[:, :, None])[:, :k, 0]
+        target = _solve_on_free_sets(q_np, c_np, simplex, free)[:, :k]
         feasible = ((target >= 0.0) | ~free).all(axis=1) & ~done
         blocked = ~feasible & ~done
         # Rows whose target is feasible move to it; optimal if no fixed variable wants to enter.
@@ -170,6 +156,30 @@ def _feasible(x: np.ndarray, simplex: bool) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
+def _solve_on_free_sets(q: np.ndarray, c: np.ndarray, simplex: bool, free: np.ndarray) -> np.ndarray:
+    """Each row's equality-constrained problem on its free set, in one batched solve: ``(m, n)``,
+    ``x`` in the first ``K`` columns (and, on the simplex, the multiplier ν of ``Σx = 1`` last).
+
+    ``Q`` restricted to the free set and identity rows (right-hand side 0) for the fixed
+    variables, so that all systems have one size; on the simplex, bordered by the constraint
+    ``Σ_F x = 1`` (a free set must not be empty there).
+    """
+    m, k = c.shape
+    n = k + 1 if simplex else k
+    diagonal = np.arange(k)
+    system = np.zeros((m, n, n))
+    system[:, :k, :k] = np.where(free[:, :, None] & free[:, None, :], q, 0.0)
+    system[:, diagonal, diagonal] += ~free  # x = 0 for a fixed variable
+    rhs = np.zeros((m, n, 1))
+    rhs[:, :k, 0] = np.where(free, -c, 0.0)
+    if simplex:
+        system[:, :k, k] = free
+        system[:, k, :k] = free
+        rhs[:, k, 0] = 1.0
+    solved: np.ndarray = np.linalg.solve(system, rhs)[:, :, 0]
+    return solved
+
+
 def _optimum_on_free_sets(
     q: np.ndarray, c: np.ndarray, simplex: bool, free: np.ndarray, tol: np.ndarray
 ) -> np.ndarray | None:
@@ -181,21 +191,10 @@ def _optimum_on_free_sets(
     fixed one has a multiplier below ``−tol`` (on the simplex, that of ``Σx = 1`` included). They
     are sufficient (``Q`` positive definite), so any guess of the free sets is safe.
     """
-    m, k = c.shape
+    k = c.shape[1]
     if simplex and not free.any(axis=1).all():
         return None
-    n = k + 1 if simplex else k
-    diagonal = np.arange(k)
-    system = np.zeros((m, n, n))
-    system[:, :k, :k] = np.where(free[:, :, None] & free[:, None, :], q, 0.0)
-    system[:, diagonal, diagonal] += ~free  # x = 0 for a fixed variable
-    rhs = np.zeros((m, n, 1))
-    rhs[:, :k, 0] = np.where(free, -c, 0.0)
-    if simplex:  # bordered by the constraint Σ_F x = 1; the extra unknown is its multiplier ν
-        system[:, :k, k] = free
-        system[:, k, :k] = free
-        rhs[:, k, 0] = 1.0
-    solution = np.linalg.solve(system, rhs)[:, :, 0]
+    solution = _solve_on_free_sets(q, c, simplex, free)
     x = solution[:, :k]
     if (x < 0.0)[free].any():
         return None

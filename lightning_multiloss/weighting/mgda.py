@@ -86,8 +86,9 @@ class MGDA(GramianWeighting):
 
     def compute_weights(self, g: Tensor, values: Tensor) -> Tensor:
         # NumPy from here: each operation on K×K values costs torch more.
-        n = self._normalizers(host_array(g), host_array(values))
-        gramian = host_array(g) / (n[:, None] * n[None, :])
+        gramian = host_array(g)
+        n = self._normalizers(gramian, host_array(values))
+        gramian = gramian / (n[:, None] * n[None, :])
         if gramian.shape[0] == 2:
             denominator = float(gramian[0, 0] + gramian[1, 1] - 2.0 * gramian[0, 1])
             scale = float(gramian[0, 0] + gramian[1, 1])
