@@ -521,8 +521,11 @@ class MultiTaskMixin(_Base):
         """
         if self._mt_train_means.seen_any():
             means = self._mt_train_means.means()
+            # Already the means over all processes, the same on each: sync_dist averages equal values
+            # (two small all-reduces per key and epoch) and keeps Lightning from warning under DDP
+            # that an epoch value is not synchronised.
             for key, value in zip(self._mt_epoch_loss_keys, means.unbind(), strict=True):
-                self.log(key, value, on_step=False, on_epoch=True)
+                self.log(key, value, on_step=False, on_epoch=True, sync_dist=True)
         self._mt_train_means.reset()
 
     def on_validation_epoch_end(self) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 import torchmetrics
 from pytorch_lightning.loggers import CSVLogger
 from torch import Tensor, nn
@@ -312,6 +313,17 @@ def test_ddp_training_metrics_and_best_values_are_those_of_the_whole_data(tmp_pa
             cat("outputs", "reg"), cat("targets", "reg")
         )
 
+    def batch_losses(rank: dict[str, Any], epoch: int) -> Tensor:
+        """``(batches, 2)``: each training batch's cross-entropy and MSE, from the recorded outputs."""
+        at = slice(epoch * batches["train"], (epoch + 1) * batches["train"])
+        pairs = zip(rank["outputs"]["train"][at], rank["targets"]["train"][at], strict=True)
+        return torch.tensor(
+            [
+                [F.cross_entropy(out["cls"].double(), tgt["cls"]).item(), hand_mse(out["reg"], tgt["reg"])]
+                for out, tgt in pairs
+            ]
+        )
+
     for rank in ranks:
         assert len(rank["train"]) == len(rank["val"]) == 2
         accs, mses = [], []
@@ -319,6 +331,12 @@ def test_ddp_training_metrics_and_best_values_are_those_of_the_whole_data(tmp_pa
             train_acc, train_mse = global_scores("train", epoch)
             assert rank["train"][epoch]["train/acc/cls"] == pytest.approx(train_acc, abs=1e-6)
             assert rank["train"][epoch]["train/mse/reg"] == pytest.approx(train_mse, rel=1e-5)
+            # Each task's epoch-mean training loss: the mean over both processes' batches.
+            global_means = torch.cat([batch_losses(r, epoch) for r in ranks]).mean(0)
+            own_means = batch_losses(rank, epoch).mean(0)
+            for task, expected, own in zip(("cls", "reg"), global_means, own_means, strict=True):
+                assert rank["train"][epoch][f"train/loss/{task}_epoch"] == pytest.approx(expected.item(), rel=1e-5)
+                assert abs(own.item() - expected.item()) > 1e-4  # one process's own mean would differ
             acc, mse = global_scores("val", epoch)
             accs.append(acc)
             mses.append(mse)
@@ -339,3 +357,6 @@ def test_ddp_training_metrics_and_best_values_are_those_of_the_whole_data(tmp_pa
     assert all(abs(a - b) > 1e-4 for a, b in zip(local, mses, strict=True))
     # Both processes hold the same best values (the checkpoint is written by rank 0).
     torch.testing.assert_close(ranks[0]["best"], ranks[1]["best"], rtol=0, atol=0)
+    # Every value the mixin logs for an epoch is the processes' common one: Lightning has nothing to warn of.
+    for rank in ranks:
+        assert not [w for w in rank["warnings"] if "sync_dist" in w], rank["warnings"]

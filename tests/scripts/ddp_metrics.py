@@ -1,13 +1,14 @@
 """Training metrics and best-so-far values on 2 DDP processes: 2 epochs, validation each epoch.
 
 Each rank saves the outputs its model made (training and validation), the targets of its
-batches, and the values logged at each validation end; the test computes the global values from
+batches, the values logged at each epoch's end and the warnings of its fit; the test computes the global values from
 both ranks' records.
 
 Usage: python ddp_metrics.py OUT_DIR
 """
 
 import sys
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -23,7 +24,7 @@ from tests._ddp import save_rank_result
 from tests._models import ToyDataset, quiet_trainer
 
 N_TRAIN, N_VAL, BATCH = 64, 32, 8
-TRAIN_KEYS = ("train/acc/cls", "train/mse/reg")
+TRAIN_KEYS = ("train/acc/cls", "train/mse/reg", "train/loss/cls_epoch", "train/loss/reg_epoch")
 VAL_KEYS = ("val/acc/cls", "val/mse/reg", "val/loss", "val/acc_best/cls", "val/mse_best/reg", "val/loss_best")
 
 
@@ -105,7 +106,9 @@ def main() -> None:
     )
     model = Net()
     rank = trainer.global_rank
-    trainer.fit(model, loader(ToyDataset(N_TRAIN), rank), loader(ToyDataset(N_VAL, seed=1), rank))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, loader(ToyDataset(N_TRAIN), rank), loader(ToyDataset(N_VAL, seed=1), rank))
     save_rank_result(
         out_dir,
         rank,
@@ -115,6 +118,7 @@ def main() -> None:
             "train": logged.train,
             "val": logged.val,
             "best": model.state_dict()["_mt_best.values"].clone(),
+            "warnings": [str(w.message) for w in caught],
         },
     )
 
