@@ -40,10 +40,12 @@ class LossWeightingHooks:
       and W&B loggers in use (as a figure, an artifact, an image);
     - before the first step, the planned length of training (optimizer steps, epochs) is handed
       to the strategy's ``check_plan``: a schedule that leaves its range anywhere in the run
-      fails then, not when training reaches it. A resumed run keeps the planned number of steps
-      that training started with (it is in the checkpoint), so that ``unit="fraction"``
-      schedules continue without a jump when ``max_epochs`` grows; ``replan_on_resume=True``
-      plans anew from the resumed Trainer instead. Either way a change is logged;
+      fails then, not when training reaches it. Where the weights depend on the planned length
+      (:attr:`~lightning_multiloss.weighting.Weighting.follows_planned_length`, e.g.
+      ``unit="fraction"`` schedules), a resumed run keeps the planned number of steps that
+      training started with (it is in the checkpoint), so that the schedule continues without a
+      jump when ``max_epochs`` grows; ``replan_on_resume=True`` plans anew from the resumed
+      Trainer instead; either way a change is logged. Other strategies take the new length;
     - writes the run's ``result.json`` for ``multiloss-report`` (rank 0): with ``result_file``, or
       in a Hydra job with :class:`~lightning_multiloss.hydra_callbacks.RunResultCallback`: the
       tasks and their metric directions when the run starts, the final validation and test
@@ -187,7 +189,8 @@ class LossWeightingHooks:
         total = trainer.estimated_stepping_batches
         planned = int(total) if isinstance(total, int | float) and math.isfinite(total) else None
         restored, self._restored_plan = self._restored_plan, None
-        if restored is not None and planned != restored:
+        follows_plan = self._weighting(pl_module).follows_planned_length
+        if restored is not None and planned != restored and follows_plan:
             keep = not self.replan_on_resume
             log.warning(
                 "LossWeightingCallback: training started with %s optimizer steps planned, the resumed Trainer plans "

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
+from torch import Tensor
 
 from lightning_multiloss.callback import LossWeightingCallback
 from lightning_multiloss.schedules import Linear
@@ -16,8 +19,10 @@ from lightning_multiloss.weighting import (
     Fixed,
     GradientWeighting,
     Learnable,
+    Progress,
     Scheduled,
     Uncertainty,
+    Weighting,
     create_weighting,
 )
 from tests._models import ToyNet, quiet_trainer, toy_loader
@@ -106,3 +111,73 @@ def test_a_gradient_strategy_with_one_task_says_so(name: str) -> None:
         return
     with pytest.warns(UserWarning, match=rf"weighting '{name}' with a single task \('only'\): there is nothing"):
         weighting.bind(["only"])
+
+
+
+# -- which strategies follow the planned length ----------------------------------------------
+
+UNITS = ("step", "epoch", "fraction")
+
+
+def built(name: str) -> list[Callable[[], Weighting]]:
+    """Ways to build the strategy ``name``: the registry's default, or a schedule in each unit."""
+    if name == "scheduled":
+        return [
+            partial(Scheduled, Linear(1.0, 0.0, duration=1.0 if unit == "fraction" else 40), unit=unit)
+            for unit in UNITS
+        ]
+    return [partial(create_weighting, name)]
+
+
+def weights_after_progress(make: Callable[[], Weighting], progress: Progress) -> Tensor:
+    weighting = make()
+    weighting.bind(["cls", "reg"])
+    weighting.train()
+    weighting.set_progress(progress)
+    return weighting(torch.tensor([0.7, 1.3])).weights
+
+
+@pytest.mark.parametrize("name", sorted(WEIGHTINGS))
+def test_follows_planned_length_says_whether_the_plan_changes_the_weights(name: str) -> None:
+    for make in built(name):
+        weighting = make()
+        if isinstance(weighting, GradientWeighting):
+            # No progress reaches their weights: they come from the task gradients alone.
+            assert type(weighting).set_progress is Weighting.set_progress
+            assert not weighting.follows_planned_length
+            continue
+        # The same step and epoch, two planned lengths.
+        short, long = (weights_after_progress(make, Progress(12, 3, total, total_epochs=20)) for total in (16, 400))
+        changed = not torch.allclose(short, long)
+        assert weighting.follows_planned_length == changed, (name, getattr(weighting, "unit", None), short, long)
+
+
+@pytest.mark.parametrize("make", [Fixed, Learnable, partial(Scheduled, Linear(1.0, 0.0, duration=40), unit="step")])
+def test_a_strategy_that_does_not_follow_the_plan_resumes_a_longer_run_quietly(
+    tmp_path: Path, make: Callable[[], Weighting], caplog: pytest.LogCaptureFixture
+) -> None:
+    model = ToyNet(make())
+    first = quiet_trainer(max_epochs=2, default_root_dir=tmp_path)
+    first.fit(model, toy_loader(n=64, batch_size=16))
+    checkpoint = tmp_path / "half.ckpt"
+    first.save_checkpoint(checkpoint)
+    second = quiet_trainer(max_epochs=4, default_root_dir=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="lightning_multiloss"):
+        second.fit(ToyNet(make()), toy_loader(n=64, batch_size=16), ckpt_path=checkpoint)
+    assert second.global_step == 4 * STEPS_PER_EPOCH
+    assert not [r.getMessage() for r in caplog.records if "planned" in r.getMessage()]
+
+
+def test_a_resumed_step_schedule_is_checked_over_the_new_length(tmp_path: Path) -> None:
+    # alpha = 1 - 1.5 s/12 for unit="step": fine for the first 8 steps, negative from step 9 on.
+    def make() -> Scheduled:
+        return Scheduled({"reg": Linear(1.0, -0.5, duration=12)}, unit="step")
+
+    first = quiet_trainer(max_epochs=2, default_root_dir=tmp_path)
+    first.fit(ToyNet(make()), toy_loader(n=64, batch_size=16))
+    checkpoint = tmp_path / "half.ckpt"
+    first.save_checkpoint(checkpoint)
+    second = quiet_trainer(max_epochs=4, default_root_dir=tmp_path)
+    with pytest.raises(Exception, match=r"before the first step"):
+        second.fit(ToyNet(make()), toy_loader(n=64, batch_size=16), ckpt_path=checkpoint)
+    assert second.global_step == 2 * STEPS_PER_EPOCH  # not one resumed step was taken

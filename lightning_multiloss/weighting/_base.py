@@ -202,6 +202,17 @@ class Weighting(nn.Module, ABC):
             or cls.uses_epoch_losses
         )
 
+    @property
+    def follows_planned_length(self) -> bool:
+        """Whether the weights depend on how long training is planned (``Progress.total_steps``).
+
+        The Callback keeps a resumed run on its first plan and warns when the resumed Trainer plans
+        another length, for these strategies only. Default: any strategy that takes the progress
+        (:meth:`set_progress`) may; one that reads only ``progress.step`` or ``progress.epoch``
+        says ``False``.
+        """
+        return type(self).set_progress is not Weighting.set_progress
+
     def extra_repr(self) -> str:
         return f"tasks={list(self._task_names)}" if self._task_names else ""
 

@@ -120,6 +120,10 @@ class Learnable(Weighting):
             return WeightedLoss(loss, weights.detach())
         return weighted_sum(alpha, losses)
 
+    @property
+    def follows_planned_length(self) -> bool:
+        return False  # it reads the step counter only
+
     def set_progress(self, progress: Progress) -> None:
         # The optimizer steps done so far (restored by Lightning on resume), so that the bound
         # checks keep their cadence and the warning its count across a resumed run.

@@ -64,6 +64,10 @@ class RLW(Weighting):
         generator = seeded_generator(self.seed, step)
         return torch.softmax(torch.randn(self.num_tasks, generator=generator, dtype=torch.float64), dim=0).float()
 
+    @property
+    def follows_planned_length(self) -> bool:
+        return False  # it reads the step counter only
+
     def set_progress(self, progress: Progress) -> None:
         self._set_step(progress.step)
 

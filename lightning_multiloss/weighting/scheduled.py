@@ -137,6 +137,11 @@ class Scheduled(Weighting):
             except MultiLossError as error:
                 raise MultiLossError(f"{error} (checked over the planned run, before the first step)") from None
 
+    @property
+    def follows_planned_length(self) -> bool:
+        """Only ``unit="fraction"`` divides by the planned number of steps."""
+        return self.unit == "fraction"
+
     def set_progress(self, progress: Progress) -> None:
         values = self.values_at(self.progress_value(progress))
         if values != self._last:  # copy to the device only when a value changes
