@@ -113,6 +113,12 @@ CLI_CASES = [
         ("seed=[1",),
         r"error: config key 'seed': cannot parse the override 'seed=\[1': no viable alternative at input '\[1'",
     ),
+    CliCase(
+        "group-not-in-defaults",  # Hydra's hint, on its second line, is kept
+        ("hparams_search=digits_weights",),
+        r"error: config: Could not override 'hparams_search'\. No match in the defaults list\. To append to your "
+        r"default list use \+hparams_search=digits_weights",
+    ),
     # -- resuming (issue 14) ------------------------------------------------------------------------
     CliCase(
         "resume-other-tasks",

@@ -536,7 +536,9 @@ def composition_error(error: BaseException, overrides: Sequence[str]) -> str:
     if isinstance(error, OverrideParseException):
         key = error.override.lstrip("+~").split("=", 1)[0]
         return f"config key '{key}': cannot parse the override {error.override!r}: {_first_line(error.message)}"
-    return f"config: {_first_line(str(error))}"
+    # Hydra's composition errors are short, and their later lines say what to do ("To append to your
+    # default list use +group=option"): all of it, on one line.
+    return f"config: {' '.join(line.strip() for line in str(error).splitlines() if line.strip())}"
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
