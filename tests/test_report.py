@@ -354,6 +354,15 @@ def test_missing_baseline_of_one_task_is_named(tmp_path: Path) -> None:
     assert sum(run.status == "no result" for run in report.problems) == 3  # two baselines + one sweep job
 
 
+def test_the_baselines_line_counts_each_tasks_seeds(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path)
+    write_baselines(tmp_path / "baselines")
+    (tmp_path / "baselines" / "1" / "result.json").unlink()  # cls keeps one seed, reg two
+    make_report([str(sweep)], [str(tmp_path / "baselines")], out=str(tmp_path / "out"))
+    line = next(x for x in (tmp_path / "out" / "report.md").read_text().splitlines() if x.startswith("Single-task"))
+    assert f"cls acc {BASE_ACC[0]:.4g} ± — (1 seed), reg mse " in line and " (2 seeds). " in line
+
+
 def test_single_seed_shows_a_dash_for_the_std(tmp_path: Path) -> None:
     overrides = ["weighting=fixed", "seed=3"]
     write_job(

@@ -575,7 +575,10 @@ def render_markdown(report: Report) -> str:
         lines.append("")
         lines.append("Mean ± standard deviation over seeds (n − 1); one seed: ± —.")
         if not exp.missing_baselines:
-            bases = ", ".join(f"{t} {b.metric} {fmt_stat(b.stat)} ({b.stat.n} seeds)" for t, b in exp.baselines.items())
+            bases = ", ".join(
+                f"{t} {b.metric} {fmt_stat(b.stat)} ({_count(b.stat.n, 'seed')})"
+                for t, b in exp.baselines.items()
+            )
             lines += [
                 "",
                 f"Single-task baselines: {bases}. Δm% = (1/T) Σ_t (−1)^l_t (M_t − M_b,t)/M_b,t × 100 on each "
