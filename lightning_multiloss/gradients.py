@@ -400,10 +400,16 @@ def _remember_batching_failure(error: RuntimeError) -> None:
 
 
 def gramian_of(rows: Tensor) -> Tensor:
-    """``rows rowsᵀ`` over the flattened rows, in float32 or wider."""
+    """``rows rowsᵀ`` over the flattened rows, in float32 or wider, also under mixed precision.
+
+    The training step runs under autocast, which would take the product in bfloat16 or float16:
+    a Gramian of about three significant digits (or one that overflows), and weights returned in
+    that dtype.
+    """
     flat = rows.reshape(rows.shape[0], -1)
     flat = flat.to(torch.promote_types(flat.dtype, torch.float32))
-    return flat @ flat.T
+    with torch.autocast(flat.device.type, enabled=False):
+        return flat @ flat.T
 
 
 @dataclass(frozen=True)
@@ -446,7 +452,7 @@ def parameter_route_gradients(
         dist.all_reduce(jacobian, op=dist.ReduceOp.SUM)  # in place: the K×P matrix is ours
         jacobian /= n
         detached = all_reduce_sum(detached) / n
-    return SharedGradients(jacobian, jacobian @ jacobian.T, detached, task_gradients)
+    return SharedGradients(jacobian, gramian_of(jacobian), detached, task_gradients)
 
 
 def representation_route_gradients(

@@ -439,6 +439,34 @@ def test_bf16_mixed_runs_close_to_fp32(tmp_path: Path) -> None:
         assert_params_close(got, want, atol=2e-2, what=f"bf16 {route}")
 
 
+@pytest.mark.parametrize("route", ["representation", "parameters"])
+def test_bf16_mixed_takes_the_gramian_and_the_weights_in_float32(
+    tmp_path: Path, route: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Autocast runs matrix products in bfloat16: a Gramian of three significant digits, and
+    # bfloat16 weights, unless the route takes the product outside it.
+    from lightning_multiloss.weighting import _gramian
+
+    name = "parameter_route_gradients" if route == "parameters" else "representation_route_gradients"
+    real = getattr(_gramian, name)
+    taken: list[Any] = []
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        taken.append(real(*args, **kwargs))
+        return taken[-1]
+
+    monkeypatch.setattr(_gramian, name, spy)
+    model = net_for(route, LossOverNorm(route=route), ("cls", "reg", "aux"))
+    fit(model, tmp_path, batches=3, max_steps=3, precision="bf16-mixed")
+    assert len(taken) == 3
+    for shared in taken:
+        assert shared.gramian.dtype == torch.float32
+        rows = shared.jacobian.double()  # float32 rows (parameters) or bfloat16 ones (representation)
+        exact = rows @ rows.T
+        torch.testing.assert_close(shared.gramian.double(), exact, rtol=1e-5, atol=1e-6 * exact.abs().max().item())
+    assert model.weighting.last_weights.dtype == torch.float32
+
+
 @pytest.mark.parametrize("strategy", ["test-loss-over-norm", "graddrop"])
 def test_checkpoint_resume_equals_straight_run(tmp_path: Path, strategy: str) -> None:
     route = "representation"
