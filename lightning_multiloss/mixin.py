@@ -631,8 +631,9 @@ class MultiTaskMixin(_Base):
             found = shared_by_use(candidates, users, losses.numel())
             if not found:
                 raise MultiLossError(
-                    f"weighting {weighting.name!r} uses route='parameters', but no parameter is used by two or more "
-                    "task losses: override shared_parameters() to return the shared ones, or use route='representation'"
+                    f"weighting {weighting.name!r} uses route='parameters', but no trainable parameter is used by two "
+                    "or more task losses (frozen ones are left out): override shared_parameters() to return the shared "
+                    "ones, or use route='representation'"
                 )
             self._mt_shared_params = found
             shared_ids = {id(p) for p in found}

@@ -644,10 +644,14 @@ def test_parameter_route_without_shared_parameters_says_so(tmp_path: Path) -> No
             return {"cls": self.heads["cls"](self.trunk(x)), "reg": self.heads["reg"](x.repeat(1, 2))}
 
     model = Separate(MGDA2(route="parameters"))
-    with pytest.raises(MultiLossError, match=r"test-mgda2.*no parameter is used by two or more"):
+    with pytest.raises(MultiLossError, match=r"test-mgda2.*no trainable parameter is used by two or more"):
         fit(model, tmp_path, batches=1, max_steps=1)
     with pytest.raises(MultiLossError, match="found by autograd on the first training step"):
         ToyNet(MGDA2()).shared_parameters()
+    frozen = ToyNet(MGDA2(route="parameters"))  # a shared trunk, frozen: nothing shared to compare
+    frozen.trunk.requires_grad_(False)
+    with pytest.raises(MultiLossError, match=r"no trainable parameter is used by two .*\(frozen ones are left out\)"):
+        fit(frozen, tmp_path / "frozen", batches=1, max_steps=1)
 
 
 def test_overridden_shared_parameters_are_used(tmp_path: Path) -> None:
