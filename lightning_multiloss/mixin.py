@@ -213,6 +213,7 @@ class MultiTaskMixin(_Base):
         self._mt_tasks = tuple(tasks)
         self._mt_names = frozenset(names)
         self._mt_unlabelled: list[int] = []  # filled by task_losses: tasks without a labelled sample
+        self._mt_labelled_counts: dict[int, int] = {}  # filled by task_losses: the masked tasks' labelled samples
         self._mt_input_key = input_key
         self._mt_on_nonfinite: OnNonFinite = on_nonfinite
         self._mt_keys = {
@@ -317,7 +318,7 @@ class MultiTaskMixin(_Base):
 
     def task_losses(self, outputs: Mapping[str, Tensor], batch: Mapping[str, Any]) -> Tensor:
         """The ``(K,)`` vector of task losses, checked (scalars, one per task, targets present)."""
-        losses = []
+        losses: list[Tensor] = []
         for task in self._mt_tasks:
             output = outputs[task.name]
             key = task.target_key
@@ -326,6 +327,7 @@ class MultiTaskMixin(_Base):
             target = batch[key]
             if task.has_selection:
                 output, target = task.select(output, target, batch)
+                self._mt_labelled_counts[len(losses)] = int(output.shape[0])
                 if output.shape[0] == 0:
                     # No labelled sample: zero, but in the graph (DDP expects every parameter used).
                     losses.append(outputs[task.name].sum() * 0.0)
@@ -528,6 +530,21 @@ class MultiTaskMixin(_Base):
                 self.log(key, value, on_step=False, on_epoch=True, sync_dist=True)
         self._mt_train_means.reset()
 
+    def on_validation_epoch_start(self) -> None:
+        """Start the epoch's evaluation means and metrics afresh if needed; call ``super()`` if you override it.
+
+        ``trainer.validate`` runs under ``torch.inference_mode`` and leaves the states of the
+        metrics it reset as inference tensors, which the validation of a later ``fit`` (under
+        ``no_grad``) may not update in place: they are made anew here, before the first update.
+        """
+        super().on_validation_epoch_start()  # type: ignore[misc]
+        self._mt_renew_inference_states("val")
+
+    def on_test_epoch_start(self) -> None:
+        """As :meth:`on_validation_epoch_start`, for the test metrics; call ``super()`` if you override it."""
+        super().on_test_epoch_start()  # type: ignore[misc]
+        self._mt_renew_inference_states("test")
+
     def on_validation_epoch_end(self) -> None:
         """Update and log the best-so-far values (``best_metrics=True``); call ``super()`` if you override it.
 
@@ -570,6 +587,7 @@ class MultiTaskMixin(_Base):
                 f"the tasks are {[t.name for t in self._mt_tasks]}"
             )
         self._mt_unlabelled.clear()  # in place: assigning an attribute of an nn.Module costs microseconds
+        self._mt_labelled_counts.clear()
         losses = self.task_losses(outputs, targets)
         first = outputs[self._mt_tasks[0].name]
         batch_size = int(first.shape[0]) if first.ndim > 0 else 1
@@ -727,14 +745,18 @@ class MultiTaskMixin(_Base):
     ) -> None:
         total_key, loss_keys, weight_keys = self._mt_keys[stage]
         if stage != "train":
-            # Batch-size-weighted epoch means whose sums torchmetrics adds up over processes: exact
-            # under DDP also when the processes evaluate different numbers of samples, where
-            # Lightning's sync_dist would take an integer mean of the processes' sample counts.
+            # Epoch means weighted by the samples they are over, whose sums torchmetrics adds up over
+            # processes: exact under DDP also when the processes evaluate different numbers of
+            # samples, where Lightning's sync_dist would take an integer mean of their counts. A
+            # masked task's loss is a mean over its labelled samples: weighted by their number (a
+            # batch without one adds nothing), so the epoch value is the mean over them all.
             values = [total.detach(), *losses.detach().unbind(), *weights.unbind()]
             keys = [total_key, *loss_keys, *weight_keys]
+            counts = [self._mt_labelled_counts.get(i, batch_size) for i in range(len(loss_keys))]
+            sizes = [batch_size, *counts, *[batch_size] * len(weight_keys)]
             means = cast("Sequence[MeanMetric]", self._mt_eval_means[stage])
-            for key, mean, value in zip(keys, means, values, strict=True):
-                mean.update(value, batch_size)
+            for key, mean, value, size in zip(keys, means, values, sizes, strict=True):
+                mean.update(value, size)
                 self.log(key, mean, on_step=False, on_epoch=True, prog_bar=key == total_key, batch_size=batch_size)
             return
         self.log(total_key, total.detach(), on_step=True, on_epoch=False, batch_size=batch_size, prog_bar=True)
@@ -745,6 +767,21 @@ class MultiTaskMixin(_Base):
         values_by_key = dict(zip(loss_keys, losses.detach().unbind(), strict=True))
         values_by_key.update(zip(weight_keys, weights.unbind(), strict=True))
         self.log_dict(values_by_key, on_step=True, on_epoch=False, batch_size=batch_size)
+
+    def _mt_renew_inference_states(self, stage: Literal["val", "test"]) -> None:
+        """Reset the ``stage`` means and metrics whose states are inference tensors, outside inference mode.
+
+        At an epoch's start they hold nothing yet (Lightning resets them at each epoch's end).
+        """
+        if torch.is_inference_mode_enabled():
+            return  # inference tensors may be updated in place here
+        metrics = [
+            *cast("Sequence[Metric]", self._mt_eval_means[stage]),
+            *cast("Sequence[Metric]", self._mt_metrics[f"{stage}_metrics"]),
+        ]
+        for metric in metrics:
+            if _holds_inference_tensors(metric):
+                metric.reset()
 
     def _mt_update_metrics(self, stage: Stage, outputs: Mapping[str, Tensor], targets: Mapping[str, Any]) -> None:
         """Update the tasks' metrics of ``stage`` (device operations) and log them as epoch values.
@@ -775,6 +812,16 @@ class MultiTaskMixin(_Base):
 
 
 _is_compiling: Callable[[], bool] = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
+
+
+def _holds_inference_tensors(metric: Metric) -> bool:
+    """Whether a state of ``metric`` (or of a metric it wraps) is an inference tensor."""
+    return any(
+        isinstance(state, Tensor) and state.is_inference()
+        for inner in metric.modules()
+        if isinstance(inner, Metric)
+        for state in inner.metric_state.values()
+    )
 
 
 def _usage_key(shared: Sequence[nn.Parameter], trainable: Sequence[nn.Parameter]) -> tuple[tuple[int, ...], ...]:

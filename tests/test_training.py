@@ -394,6 +394,36 @@ def test_masked_losses_count_only_labelled_samples() -> None:
         assert torch.count_nonzero(p.grad) == 0
 
 
+def _labelled_batch() -> dict[str, Tensor]:
+    """Eight samples with every label."""
+    data = ToyDataset(24, seed=3)
+    rows = slice(16, 24)
+    return {
+        "x": data.x[rows],
+        "cls": data.cls[rows],
+        "reg": data.reg[rows],
+        "reg_mask": torch.ones(8, dtype=torch.bool),
+        "aux": data.aux[rows],
+    }
+
+
+def test_masked_evaluation_means_are_over_the_labelled_samples(tmp_path: Path) -> None:
+    # Batches of 8: some labels, none, all. Each task's val/test loss is the mean over its labelled
+    # samples (a batch's loss weighted by how many it has); the total stays a mean over batches.
+    model = MaskedNet()
+    first, second, third = *_masked_batches(), _labelled_batch()
+    some, full = _hand_losses(model, first), _hand_losses(model, third)
+    labelled = [int((first["cls"] != -100).sum()), int(first["reg_mask"].sum()), int((~first["aux"].isnan()).sum())]
+    assert min(labelled) > 0 and max(labelled) < 8  # the weighting by counts matters
+    trainer = quiet_trainer(default_root_dir=tmp_path)
+    for stage, run in (("val", trainer.validate), ("test", trainer.test)):
+        (logged,) = run(model, DataLoader([first, second, third], batch_size=None), verbose=False)
+        for task, a, b, n in zip(("cls", "reg", "aux"), some, full, labelled, strict=True):
+            assert logged[f"{stage}/loss/{task}"] == pytest.approx((n * a + 8 * b) / (n + 8), rel=1e-6), task
+        totals = [sum(w * v for w, v in zip([1.0, 0.5, 0.25], losses, strict=True)) for losses in (some, full)]
+        assert logged[f"{stage}/loss"] == pytest.approx((totals[0] + 0.0 + totals[1]) / 3, rel=1e-6)
+
+
 @pytest.mark.slow
 def test_masked_training_run(tmp_path: Path) -> None:
     model = MaskedNet()
@@ -410,3 +440,35 @@ def test_masked_training_run(tmp_path: Path) -> None:
     assert [float(second[f"train/loss/{t}"]) for t in ("cls", "reg", "aux")] == [0.0, 0.0, 0.0]
     assert float(second["train/loss"]) == 0.0
     assert all(math.isfinite(float(v)) for v in model.state_dict()["trunk.0.weight"].flatten())
+
+
+# -- evaluation before, between and after fits ------------------------------------------------------
+
+
+def test_validate_and_test_before_and_between_fits(tmp_path: Path) -> None:
+    # trainer.validate and trainer.test run under inference mode and leave the metrics they reset
+    # holding inference tensors; a later fit's validation (under no_grad) updates the same metrics.
+    model = ToyNet(metrics=True)
+    val = toy_loader(n=32, batch_size=16, seed=1)
+    data = ToyDataset(32, seed=1)
+
+    def expected() -> dict[str, float]:
+        with torch.no_grad():
+            out = model(data.x)
+        return {
+            "loss/cls": F.cross_entropy(out["cls"], data.cls).item(),
+            "mse/reg": F.mse_loss(out["reg"], data.reg).item(),
+            "acc/cls": (out["cls"].argmax(1) == data.cls).float().mean().item(),
+        }
+
+    for epochs in (1, 2):  # validate, fit; validate, fit on
+        quiet_trainer(default_root_dir=tmp_path).validate(model, val, verbose=False)
+        trainer = quiet_trainer(max_epochs=epochs, default_root_dir=tmp_path)
+        trainer.fit(model, toy_loader(n=32, batch_size=16), val, ckpt_path=None)
+        for key, value in expected().items():
+            assert trainer.callback_metrics[f"val/{key}"].item() == pytest.approx(value, rel=1e-5), key
+    # The same for the test metrics: a test under inference mode, then one under no_grad.
+    quiet_trainer(default_root_dir=tmp_path).test(model, val, verbose=False)
+    (logged,) = quiet_trainer(default_root_dir=tmp_path, inference_mode=False).test(model, val, verbose=False)
+    for key, value in expected().items():
+        assert logged[f"test/{key}"] == pytest.approx(value, rel=1e-5), key
