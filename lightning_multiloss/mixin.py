@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -36,6 +37,7 @@ from lightning_multiloss.task import Task
 from lightning_multiloss.weighting import Fixed, GradientWeighting, TaskEpochMean, Weighting, create_weighting
 
 Stage = Literal["train", "val", "test"]
+log = logging.getLogger(__name__)
 _MAX_PENDING = 1024
 """The most training steps whose losses wait for the non-finite check (it runs at least this often)."""
 OnNonFinite = Literal["raise", "skip"]
@@ -730,9 +732,13 @@ class MultiTaskMixin(_Base):
             if trainer is not None
             else f"batch {batch_idx}"
         )
-        if stage == "train" and self._mt_on_nonfinite == "skip":
-            return False
         detail = f"task loss(es) {culprits}" if culprits else "a task loss on another process"
+        if stage == "train" and self._mt_on_nonfinite == "skip":
+            if culprits or trainer is None or trainer.global_rank == 0:  # each skip said once, by whoever saw it
+                log.warning(
+                    "on_nonfinite='skip': skipping the optimizer step of non-finite %s at train %s", detail, where
+                )
+            return False
         hint = (
             "; configure_multitask(on_nonfinite='skip') (multiloss-train: model.on_nonfinite=skip) skips such steps"
             if stage == "train"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -238,14 +239,22 @@ def test_nonfinite_validation_loss_raises_even_when_training_skips(tmp_path):
     assert "on_nonfinite" not in str(info.value)  # no advice to set what is set already
 
 
-def test_skip_nonfinite_step_equals_never_seeing_that_batch(tmp_path):
+def test_skip_nonfinite_step_equals_never_seeing_that_batch(tmp_path, caplog):
     """With Adam, a skipped step leaves parameters and optimizer state as if the batch were absent."""
     clean = samples(32)
     with_nan = poisoned(clean, range(16, 24), NAN)  # batch 2 of 4
     without = clean[:16] + clean[24:]
 
     skipped = ToyNet(optimizer="adam", on_nonfinite="skip")
-    trainer_a = fit(skipped, with_nan, tmp_path / "a", max_epochs=2)
+    with caplog.at_level(logging.WARNING, logger="lightning_multiloss"):
+        trainer_a = fit(skipped, with_nan, tmp_path / "a", max_epochs=2)
+    # Each skip is said, with the task and the step (Lightning's global_step counts the skipped steps too).
+    said = [r.getMessage() for r in caplog.records if "skipping the optimizer step" in r.getMessage()]
+    assert said == [
+        f"on_nonfinite='skip': skipping the optimizer step of non-finite task loss(es) {{'reg': nan}} at train "
+        f"step {step}, epoch {epoch}, batch 2"
+        for step, epoch in ((2, 0), (6, 1))
+    ]
     reference = ToyNet(optimizer="adam", on_nonfinite="skip")
     trainer_b = fit(reference, without, tmp_path / "b", max_epochs=2)
 

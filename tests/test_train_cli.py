@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -377,6 +378,34 @@ def test_cli_under_srun_shares_one_folder(tmp_path):
     assert outputs[0][0].count("* primary metric") == 1 and "* primary metric" not in outputs[1][0]
     log = (run_dir / "train.log").read_text()
     assert "GLOBAL_RANK: 0" in log and "GLOBAL_RANK: 1" not in log
+
+
+@pytest.mark.slow
+def test_a_run_terminated_by_sigterm_exits_143_and_is_recorded_as_interrupted(tmp_path):
+    """A scheduler's preemption (SIGTERM) is not a success: status 128 + 15, result.json "interrupted"."""
+    args = ["trainer.max_epochs=1000", "trainer.enable_progress_bar=false", "hydra.run.dir=run"]
+    script = Path(sys.executable).parent / "multiloss-train"
+    proc = subprocess.Popen(
+        [str(script), *args], cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    result = tmp_path / "run" / "result.json"
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not (result.is_file() and last.is_file()):  # a first epoch ended: its checkpoint is there
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert json.loads(result.read_text())["status"] == "interrupted"
+    assert 'error: the run was terminated (SIGTERM); its result.json says "interrupted"' in stderr
+    # The checkpoint of the last finished epoch stays, and the run resumes from it.
+    checkpoint = torch.load(last, weights_only=True)
+    assert 1 <= checkpoint["epoch"] + 1 < 1000 and checkpoint["global_step"] > 0
+    epochs = checkpoint["epoch"] + 2  # one more epoch than the checkpoint has
+    resumed = cli([f"ckpt_path={last}", f"trainer.max_epochs={epochs}", *args[1:2], "hydra.run.dir=resumed"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((tmp_path / "resumed" / "result.json").read_text())["status"] == "completed"
 
 
 @pytest.mark.slow

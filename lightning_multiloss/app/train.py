@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import re
+import signal
 import socket
 import sys
 import warnings
@@ -181,7 +182,9 @@ def check_checkpoint(path: str | None) -> CheckpointInfo | None:
     if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
         raise MultiLossError(f"ckpt_path {path!r} is not a Lightning checkpoint (no 'state_dict')")
     progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
-    epochs = progress.get("completed", checkpoint.get("epoch", 0))
+    # Epochs whose batches all ran: Lightning counts an epoch "processed" before on_train_epoch_end,
+    # where the checkpoints are written, and "completed" after; a resumed fit starts after it.
+    epochs = progress.get("processed", progress.get("completed", checkpoint.get("epoch", 0)))
     hparams = checkpoint.get("hyper_parameters")
     model = ModelSummary.of(hparams if isinstance(hparams, Mapping) else {}, checkpoint["state_dict"])
     return CheckpointInfo(path, int(epochs), int(checkpoint.get("global_step", 0)), model)
@@ -597,14 +600,17 @@ def main() -> None:
     or Lightning rejects (the message names the key, task, strategy or file); 1 for any other
     failure. Under ``-m`` a failed job does not stop the sweep: its ``result.json`` says
     ``"failed"`` with the error, the other jobs run, and the exit status is 1 if any job failed.
+    A run stopped by SIGTERM (a scheduler's preemption, ``kill``) exits with 143 (128 + SIGTERM),
+    its ``result.json`` saying ``"interrupted"``; under ``-m`` the jobs after it do not run.
     """
     child = ddp_child_argv()
     if child is not None:
         sys.argv = [sys.argv[0], *child]
     else:
         sys.argv += external_launch_argv(sys.argv[1:])
-    global _users_full_error
+    global _users_full_error, _task_started
     _failed_jobs.clear()
+    _task_started = False
     _quiet_lightning()
     # Hydra prints the errors of composing the config in several lines, unless HYDRA_FULL_ERROR is
     # set: then it raises them, and they become one line here (the user's own setting wins).
@@ -615,6 +621,11 @@ def main() -> None:
     except SystemExit as exit_:
         if exit_.code == 1 and not _task_started:  # Hydra could not compose the config
             raise SystemExit(2) from None
+        if type(exit_).__name__ == "SIGTERMException":
+            # Lightning stops on SIGTERM with this SystemExit, which has no code: exiting 0 would
+            # tell a scheduler or a script that the run succeeded.
+            print('error: the run was terminated (SIGTERM); its result.json says "interrupted"', file=sys.stderr)
+            raise SystemExit(128 + signal.SIGTERM) from None
         raise
     except (HydraException, OmegaConfBaseException) as error:
         if _task_started or _users_full_error == "1":
