@@ -164,17 +164,35 @@ class RunResult:
 def config_key(overrides: Sequence[str]) -> str:
     """The overrides that identify a configuration: all but ``seed=``, ``ckpt_path=``, ``hydra.*``.
 
+    Each in Hydra's canonical form, so that one configuration has one key however it was typed:
+    Hydra records a sweep job's overrides normalised (``False``, ``[1,2]``), a single run's as typed
+    (``false``, ``[1, 2]``).
+
     Example:
-        >>> config_key(["weighting=learnable", "seed=3", "experiment=loc_cls"])
-        'experiment=loc_cls weighting=learnable'
+        >>> config_key(["weighting=learnable", "seed=3", "experiment=loc_cls", "trainer.logger=false"])
+        'experiment=loc_cls trainer.logger=False weighting=learnable'
     """
     kept = []
     for override in overrides:
         key = override.lstrip("+~").split("=", 1)[0]
         if any(key == k or (k.endswith((".", "/")) and key.startswith(k)) for k in _EXCLUDED_FROM_KEY):
             continue
-        kept.append(override)
+        kept.append(_canonical_override(override))
     return " ".join(sorted(kept))
+
+
+def _canonical_override(override: str) -> str:
+    """``override`` as Hydra's parser reads it (as written if it does not parse)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        (parsed,) = OverridesParser.create().parse_overrides([override])
+    except HydraException:
+        return override
+    if parsed.is_delete() and parsed.value() is None:  # ``~key`` and ``~key=null`` delete alike
+        return parsed.get_key_element()
+    return f"{parsed.get_key_element()}={parsed.get_value_element_as_str()}"
 
 
 def _where(keys: list[str | int]) -> str:

@@ -363,6 +363,22 @@ def test_the_baselines_line_counts_each_tasks_seeds(tmp_path: Path) -> None:
     assert f"cls acc {BASE_ACC[0]:.4g} ± — (1 seed), reg mse " in line and " (2 seeds). " in line
 
 
+def test_one_configuration_is_one_row_however_its_overrides_were_typed(tmp_path: Path) -> None:
+    # A sweep records its jobs' overrides in Hydra's normalised form, a single run as typed.
+    metrics = {"cls": {"acc": 0.8}, "reg": {"mse": 0.3}}
+    typed = {
+        0: ["weighting=learnable", "trainer.enable_progress_bar=False", "weighting.weights=[1,2]", "~model.x=null"],
+        1: ["weighting=learnable", "trainer.enable_progress_bar=False", "weighting.weights=[1,2]", "~model.x=null"],
+        2: ["weighting=learnable", "trainer.enable_progress_bar=false", "weighting.weights=[1, 2]", "~model.x"],
+    }
+    for seed, overrides in typed.items():
+        with_seed = [*overrides, f"seed={seed}"]
+        write_job(tmp_path / "runs" / str(seed), with_seed, completed("learnable", seed, with_seed, metrics))
+    report = make_report([str(tmp_path / "runs")], out=str(tmp_path / "runs"))
+    (row,) = report.experiments[0].rows
+    assert row.seeds == [0, 1, 2]
+
+
 def test_single_seed_shows_a_dash_for_the_std(tmp_path: Path) -> None:
     overrides = ["weighting=fixed", "seed=3"]
     write_job(

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from lightning_multiloss.errors import MultiLossError
-from lightning_multiloss.results import RESULT_FILE, STATUSES, RunResult
+from lightning_multiloss.results import RESULT_FILE, STATUSES, RunResult, config_key
 
 NO_RESULT = "no result"
 CITATION = "Maninis et al. 2019"
@@ -249,7 +249,9 @@ def run_of(result: RunResult, folder: str) -> Run:
         weighting=result.weighting or "",
         seed=result.seed,
         overrides=result.overrides,
-        config_key=result.config_key,
+        # From the overrides, in Hydra's canonical form (results written before it was one, and any
+        # written elsewhere, group alike): a sweep's `false` is a single run's `False`.
+        config_key=config_key(result.overrides) if result.overrides else result.config_key,
     )
     if result.status == "running" and _process_gone(result.host, result.pid):
         run.status = "interrupted"
