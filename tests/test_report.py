@@ -363,6 +363,26 @@ def test_the_baselines_line_counts_each_tasks_seeds(tmp_path: Path) -> None:
     assert f"cls acc {BASE_ACC[0]:.4g} ± — (1 seed), reg mse " in line and " (2 seeds). " in line
 
 
+def test_delta_m_needs_the_runs_and_the_baselines_evaluated_on_one_split(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path)
+    write_baselines(tmp_path / "baselines")
+    for folder, split in ((sweep, "test"), (tmp_path / "baselines", "val")):  # baselines run with test=false
+        for path in folder.rglob("result.json"):
+            result = json.loads(path.read_text())
+            path.write_text(json.dumps({**result, "evaluated_on": split}))
+    report = make_report([str(sweep)], [str(tmp_path / "baselines")], out=str(tmp_path / "out"))
+    (exp,) = report.experiments
+    assert all(row.delta_m is None for row in exp.rows)
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "Δm% is left empty: the runs were evaluated on the test split(s), the single-task baselines on " in text
+    assert "(cls: val; reg: val)" in text
+    # Evaluated alike, Δm% is there.
+    for path in (tmp_path / "baselines").rglob("result.json"):
+        path.write_text(json.dumps({**json.loads(path.read_text()), "evaluated_on": "test"}))
+    (exp,) = make_report([str(sweep)], [str(tmp_path / "baselines")], out=str(tmp_path / "out")).experiments
+    assert all(row.delta_m is not None for row in exp.rows)
+
+
 def test_one_configuration_is_one_row_however_its_overrides_were_typed(tmp_path: Path) -> None:
     # A sweep records its jobs' overrides in Hydra's normalised form, a single run as typed.
     metrics = {"cls": {"acc": 0.8}, "reg": {"mse": 0.3}}

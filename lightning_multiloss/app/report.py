@@ -420,8 +420,23 @@ def _summarise_experiment(name: str, swept: list[Run], baseline_runs: list[Run])
     missing = [task for task in tasks if task not in baselines]
     if not missing:
         zero = [task for task in tasks if baselines[task].stat.mean == 0]
+        # Test metrics against validation baselines (test=false) would compare different data.
+        splits = {str(run.evaluated_on) for row in rows for run in row.runs if run.status == "completed"}
+        mixed = {}
+        for task in tasks:
+            own_splits = {str(r.evaluated_on) for r in baselines[task].runs if r.status == "completed"}
+            if own_splits != splits:
+                mixed[task] = sorted(own_splits)
         if zero:
             notes.append(f"Δm% is undefined: the baseline metric of task(s) {zero} is 0")
+        elif mixed or len(splits) > 1:
+            on = ", ".join(sorted(splits))
+            bases = "; ".join(f"{task}: {', '.join(own)}" for task, own in mixed.items())
+            notes.append(
+                f"Δm% is left empty: the runs were evaluated on the {on} split(s)"
+                + (f", the single-task baselines on other ones ({bases})" if bases else "")
+                + ": compare runs evaluated alike (test=true or test=false for all)"
+            )
         else:
             base = {task: baselines[task].stat.mean for task in tasks}
             for row in rows:
