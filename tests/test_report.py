@@ -462,6 +462,12 @@ def test_errors_name_the_folder_or_the_file(tmp_path: Path, capsys: pytest.Captu
     code, out, err = run_main("multirun", "--baselines", "truncated", cwd=tmp_path, capsys=capsys)
     assert code == 2 and out == ""
     assert err.replace(os.sep, "/").startswith("multiloss-report: error: corrupt truncated/0/result.json: ")
+    (tmp_path / "afile").write_text("")
+    code, out, err = run_main("multirun", "--out", "afile", cwd=tmp_path, capsys=capsys)
+    assert (code, out, err) == (2, "", "multiloss-report: error: --out 'afile' is a file, not a folder\n")
+    code, out, err = run_main("multirun", "--out", "afile/sub", cwd=tmp_path, capsys=capsys)
+    assert code == 2 and out == ""
+    assert err.startswith("multiloss-report: error: --out 'afile/sub': cannot create the folder (")
 
 
 def test_overlapping_folders_read_each_run_once(tmp_path: Path) -> None:

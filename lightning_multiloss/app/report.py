@@ -748,7 +748,12 @@ def plot_pareto(exp: ExperimentReport, path: str) -> None:
 
 def write_report(report: Report, out: str) -> list[str]:
     """Write ``report.md``, ``report.csv`` and, for two-task experiments, the Pareto plot(s)."""
-    os.makedirs(out, exist_ok=True)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise MultiLossError(f"--out {out!r} is a file, not a folder")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as error:
+        raise MultiLossError(f"--out {out!r}: cannot create the folder ({error.strerror or error})") from None
     files = [os.path.join(out, "report.md"), os.path.join(out, "report.csv")]
     two_task = [exp for exp in report.experiments if len(exp.tasks) == 2 and exp.points]
     for exp in two_task:
