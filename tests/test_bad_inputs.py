@@ -114,6 +114,12 @@ CLI_CASES = [
         r"error: config key 'seed': cannot parse the override 'seed=\[1': no viable alternative at input '\[1'",
     ),
     CliCase(
+        "class-loss-on-a-binary-head",
+        ("+task@model.tasks.parity=binary", "loss@model.tasks.parity.loss=cross_entropy"),
+        r"error: task 'parity': a loss over classes needs one output per class, the head has one \(output \(\d+, 1\) "
+        r"float32, target \(\d+, 1\) float32, loss CrossEntropyLoss\): .* use a binary loss on one logit .*",
+    ),
+    CliCase(
         "group-not-in-defaults",  # Hydra's hint, on its second line, is kept
         ("hparams_search=digits_weights",),
         r"error: config: Could not override 'hparams_search'\. No match in the defaults list\. To append to your "
@@ -386,6 +392,14 @@ API_CASES = [
         r"task 'reg': the target's shape must equal the output's; got output \(4, 2\) float32, target \(4, 1\) "
         r"float32, loss MSELoss; it would broadcast to a wrong loss\. "
         r"Reshape the target \(or the head's output\) to match",
+    ),
+    ApiCase(
+        "class-loss-on-one-output",  # always 0: the head would never learn
+        lambda: Task("parity", nn.CrossEntropyLoss()).check_target(torch.zeros(4, 1), torch.zeros(4, dtype=torch.long)),
+        r"task 'parity': a loss over classes needs one output per class, the head has one \(output \(4, 1\) "
+        r"float32, target \(4,\) int64, loss CrossEntropyLoss\): a softmax over one class is always 1, so the loss "
+        r"is always 0 and the head never learns; for a yes/no task use a binary loss on one logit "
+        r"\(BCEWithLogitsLoss; multiloss-train: loss=bce\)",
     ),
     ApiCase(
         "class-index-outside-the-head",
