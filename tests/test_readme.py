@@ -94,6 +94,15 @@ def test_readme_hydra_app_runs(tmp_path: Path) -> None:
     # 3 epochs of 512 / 32 batches, one record per optimizer step, then the weights in force at the end
     assert [int(r["step"]) for r in rows] == list(range(1, 3 * 16 + 2))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["conf", "my_app.py", "run"]  # nothing outside it
+    # The command the README gives for a gradient strategy on the representation.
+    args = ["weighting=mgda", "weighting.route=representation", "max_epochs=1", "hydra.run.dir=mgda"]
+    proc = subprocess.run(
+        [sys.executable, "my_app.py", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, f"my_app.py {' '.join(args)} failed:\n{proc.stderr[-6000:]}"
+    with open(tmp_path / "mgda" / "csv" / "loss_weights.csv", newline="") as f:
+        weights = [[float(v) for k, v in row.items() if k not in ("step", "epoch")] for row in csv.DictReader(f)]
+    assert len(weights) == 16 + 1 and all(abs(sum(w) - 1.0) < 1e-5 for w in weights)  # MGDA: on the simplex
 
 
 def demo_commands() -> list[list[str]]:
