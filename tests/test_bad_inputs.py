@@ -114,6 +114,13 @@ CLI_CASES = [
         r"error: config key 'seed': cannot parse the override 'seed=\[1': no viable alternative at input '\[1'",
     ),
     CliCase(
+        "scheduled-task-removed",
+        ("~model.tasks.recon", "weighting=scheduled"),
+        r"error: weighting=scheduled: the experiment's scheduled_task='recon' is not a task of the model "
+        r"\['digit', 'centre'\]; name the task the schedule drives with weighting\.task=<task> "
+        r"\(or scheduled_task=<task>\)",
+    ),
+    CliCase(
         "class-loss-on-a-binary-head",
         ("+task@model.tasks.parity=binary", "loss@model.tasks.parity.loss=cross_entropy"),
         r"error: task 'parity': a loss over classes needs one output per class, the head has one \(output \(\d+, 1\) "

@@ -272,6 +272,12 @@ def with_scheduled_task(cfg: DictConfig) -> DictConfig:
     task = cfg.get("scheduled_task")
     if task is None or _weighting_name(weighting) != "scheduled" or weighting.get("task") is not None:
         return cfg
+    tasks = list(cfg.model.get("tasks") or {})
+    if task not in tasks:  # e.g. the experiment's task was removed with ~model.tasks.<task>
+        raise MultiLossError(
+            f"weighting=scheduled: the experiment's scheduled_task={task!r} is not a task of the model {tasks}; "
+            f"name the task the schedule drives with weighting.task=<task> (or scheduled_task=<task>)"
+        )
     cfg = cfg.copy()
     cfg.weighting.task = task
     return cfg
