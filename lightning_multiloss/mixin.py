@@ -15,7 +15,7 @@ from torch._functorch import config as _functorch_config  # donated buffers: _gr
 from torchmetrics import MeanMetric, Metric
 
 from lightning_multiloss._callback_hooks import LossWeightingHooks
-from lightning_multiloss._dist import any_across_ranks, is_distributed
+from lightning_multiloss._dist import all_reduce_sum, any_across_ranks, is_distributed
 from lightning_multiloss._lightning import (
     is_lightning_module_class,
     is_logging_step,
@@ -559,9 +559,12 @@ class MultiTaskMixin(_Base):
             return
         total = cast("Sequence[MeanMetric]", self._mt_eval_means["val"])[0]
         metrics = cast("Sequence[Metric]", self._mt_metrics["val_metrics"])
-        for index, (key, at) in enumerate(self._mt_best_keys):
-            metric = total if at is None else metrics[at]
-            if metric.update_count == 0:  # nothing to score this epoch (e.g. no labelled sample)
+        scored = [total if at is None else metrics[at] for _, at in self._mt_best_keys]
+        # Updates on any process (one all-reduce an epoch): every process computes the same metrics
+        # (a collective each), and leaves out the same ones, those no process could score.
+        counts = all_reduce_sum(torch.tensor([m.update_count for m in scored], device=total.device)).tolist()
+        for index, ((key, _), metric, count) in enumerate(zip(self._mt_best_keys, scored, counts, strict=True)):
+            if count == 0:  # nothing to score this epoch (e.g. no labelled sample)
                 continue
             best = self._mt_best.update(index, metric.compute())
             self.log(key, best, on_step=False, on_epoch=True, sync_dist=True)
@@ -806,6 +809,10 @@ class MultiTaskMixin(_Base):
             pair = selected[at]
             if pair is not None:
                 metric.update(*pair)
+            # Under DDP every process logs every metric at every step, labelled or not: Lightning
+            # computes a logged metric at the epoch's end with a collective, which would wait
+            # forever for a process that never logged it (a task without labels in its shard).
+            if pair is not None or is_distributed():
                 self.log(key, metric, on_step=False, on_epoch=True)
 
     def _mt_eval_step(self, batch: Any, batch_idx: int, stage: Literal["val", "test"]) -> Tensor:

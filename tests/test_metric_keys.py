@@ -360,3 +360,23 @@ def test_ddp_training_metrics_and_best_values_are_those_of_the_whole_data(tmp_pa
     # Every value the mixin logs for an epoch is the processes' common one: Lightning has nothing to warn of.
     for rank in ranks:
         assert not [w for w in rank["warnings"] if "sync_dist" in w], rank["warnings"]
+
+
+@pytest.mark.slow
+def test_ddp_a_task_labelled_on_one_process_only(tmp_path: Path) -> None:
+    """Its metric is the whole data's (the labelled process's samples), and no process waits forever."""
+    from tests._ddp import run_ddp_script
+    from tests.scripts.ddp_sparse_labels import Net, ToyDataset
+
+    ranks = run_ddp_script("ddp_sparse_labels.py", tmp_path, timeout=120)
+    assert len(ranks) == 2
+    assert ranks[0]["logged"] == ranks[1]["logged"]
+    model = Net()
+    model.load_state_dict(ranks[0]["params"], strict=False)
+    labelled = ToyDataset(16, seed=10)  # rank 0's validation shard, the only one labelled for reg
+    with torch.no_grad():
+        mse = hand_mse(model(labelled.x)["reg"], labelled.reg)
+    logged = ranks[0]["logged"]
+    assert logged["val/mse/reg"] == pytest.approx(mse, rel=1e-5)
+    assert logged["val/loss/reg"] == pytest.approx(mse, rel=1e-5)  # an MSE over the same samples
+    assert logged["val/mse_best/reg"] <= logged["val/mse/reg"]
