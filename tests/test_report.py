@@ -383,6 +383,23 @@ def test_delta_m_needs_the_runs_and_the_baselines_evaluated_on_one_split(tmp_pat
     assert all(row.delta_m is not None for row in exp.rows)
 
 
+def test_a_configuration_without_a_task_of_the_experiment_is_named(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path)
+    write_baselines(sweep / "baselines")
+    overrides = ["weighting=fixed", "~model.tasks.reg", "seed=0"]  # the same experiment, one task fewer
+    write_job(sweep / "extra", overrides, completed("fixed", 0, overrides, {"cls": {"acc": 0.9}}))
+    report = make_report([str(sweep)], out=str(tmp_path / "out"))
+    (exp,) = report.experiments
+    (row,) = [row for row in exp.rows if "~model.tasks.reg" in row.label]
+    assert row.delta_m is None and set(row.metrics) == {"cls"}
+    assert [row.delta_m is not None for row in exp.rows].count(True) == len(exp.rows) - 1
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert (
+        "configuration 'fixed ~model.tasks.reg' has no mse for task(s) ['reg'] (the experiment's other runs have): "
+        "its cells are empty, and so is its Δm%" in text
+    )
+
+
 def test_one_configuration_is_one_row_however_its_overrides_were_typed(tmp_path: Path) -> None:
     # A sweep records its jobs' overrides in Hydra's normalised form, a single run as typed.
     metrics = {"cls": {"acc": 0.8}, "reg": {"mse": 0.3}}

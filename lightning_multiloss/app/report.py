@@ -402,6 +402,13 @@ def _summarise_experiment(name: str, swept: list[Run], baseline_runs: list[Run])
     for row in rows:
         if labels.count(row.label) > 1:
             row.overrides.append(f"[{row.config_key or 'defaults'}]")
+    for row in rows:
+        if len(row.metrics) < len(tasks):  # e.g. a run of the experiment with a task removed
+            lacking = [task for task in tasks if task not in row.metrics]
+            notes.append(
+                f"configuration {row.label!r} has no {', '.join(primary[t] for t in lacking)} for task(s) "
+                f"{lacking} (the experiment's other runs have): its cells are empty, and so is its Δm%"
+            )
 
     baselines: dict[str, Baseline] = {}
     for task in tasks:
