@@ -560,9 +560,11 @@ class MultiTaskMixin(_Base):
         total = cast("Sequence[MeanMetric]", self._mt_eval_means["val"])[0]
         metrics = cast("Sequence[Metric]", self._mt_metrics["val_metrics"])
         scored = [total if at is None else metrics[at] for _, at in self._mt_best_keys]
-        # Updates on any process (one all-reduce an epoch): every process computes the same metrics
-        # (a collective each), and leaves out the same ones, those no process could score.
-        counts = all_reduce_sum(torch.tensor([m.update_count for m in scored], device=total.device)).tolist()
+        counts = [m.update_count for m in scored]
+        if is_distributed():
+            # Updates on any process (one all-reduce an epoch): every process computes the same
+            # metrics (a collective each) and leaves out the same ones, those no process could score.
+            counts = all_reduce_sum(torch.tensor(counts, device=total.device)).tolist()
         for index, ((key, _), metric, count) in enumerate(zip(self._mt_best_keys, scored, counts, strict=True)):
             if count == 0:  # nothing to score this epoch (e.g. no labelled sample)
                 continue

@@ -5,7 +5,7 @@ The data is generated (a fixed seed), so the tests need no download and no data 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -38,15 +38,19 @@ class ToyDataset(Dataset):
 HEAD_SIZES = {"cls": 3, "reg": 2, "aux": 1}
 
 
-def toy_tasks(names: Sequence[str] = ("cls", "reg"), metrics: bool = False) -> list[Task]:
+def toy_tasks(
+    names: Sequence[str] = ("cls", "reg"), metrics: bool = False, masks: Mapping[str, str] | None = None
+) -> list[Task]:
+    """``cls`` (cross-entropy, accuracy) and the regression tasks (MSE); ``masks``: task → its mask's batch key."""
+    masks = masks or {}
     tasks = []
     for name in names:
         if name == "cls":
             m = {"acc": torchmetrics.Accuracy("multiclass", num_classes=3)} if metrics else {}
-            tasks.append(Task("cls", nn.CrossEntropyLoss(), metrics=m))
+            tasks.append(Task("cls", nn.CrossEntropyLoss(), metrics=m, mask=masks.get(name)))
         else:
             m = {"mse": torchmetrics.MeanSquaredError()} if metrics else {}
-            tasks.append(Task(name, nn.MSELoss(), metrics=m))
+            tasks.append(Task(name, nn.MSELoss(), metrics=m, mask=masks.get(name)))
     return tasks
 
 
@@ -62,6 +66,7 @@ class ToyNet(MultiTaskMixin, pl.LightningModule):
         optimizer: str = "sgd",
         seed: int = 0,
         metrics: bool = False,
+        masks: Mapping[str, str] | None = None,
         **multitask: Any,
     ) -> None:
         super().__init__()
@@ -70,7 +75,7 @@ class ToyNet(MultiTaskMixin, pl.LightningModule):
         self.heads = nn.ModuleDict({name: nn.Linear(hidden, HEAD_SIZES[name]) for name in tasks})
         self.lr = lr
         self.optimizer_name = optimizer
-        self.configure_multitask(toy_tasks(tasks, metrics), weighting, **multitask)
+        self.configure_multitask(toy_tasks(tasks, metrics, masks), weighting, **multitask)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         z = self.trunk(x)

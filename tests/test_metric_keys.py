@@ -366,12 +366,12 @@ def test_ddp_training_metrics_and_best_values_are_those_of_the_whole_data(tmp_pa
 def test_ddp_a_task_labelled_on_one_process_only(tmp_path: Path) -> None:
     """Its metric is the whole data's (the labelled process's samples), and no process waits forever."""
     from tests._ddp import run_ddp_script
-    from tests.scripts.ddp_sparse_labels import Net, ToyDataset
+    from tests.scripts.ddp_sparse_labels import ToyDataset, sparse_net
 
     ranks = run_ddp_script("ddp_sparse_labels.py", tmp_path, timeout=120)
     assert len(ranks) == 2
     assert ranks[0]["logged"] == ranks[1]["logged"]
-    model = Net()
+    model = sparse_net()
     model.load_state_dict(ranks[0]["params"], strict=False)
     labelled = ToyDataset(16, seed=10)  # rank 0's validation shard, the only one labelled for reg
     with torch.no_grad():

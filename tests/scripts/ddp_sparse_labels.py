@@ -12,41 +12,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import pytorch_lightning as pl
 import torch
-import torchmetrics
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_multiloss import MultiTaskMixin, Task
 from tests._ddp import save_rank_result
-from tests._models import ToyDataset, quiet_trainer
+from tests._models import ToyDataset, ToyNet, quiet_trainer
 
 N, BATCH = 16, 8
 KEYS = ("val/mse/reg", "val/loss/reg", "val/mse_best/reg", "val/acc/cls")
 
 
-class Net(MultiTaskMixin, pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.trunk = nn.Sequential(nn.Linear(8, 16), nn.Tanh())
-        self.heads = nn.ModuleDict({"cls": nn.Linear(16, 3), "reg": nn.Linear(16, 2)})
-        acc = torchmetrics.Accuracy("multiclass", num_classes=3)
-        self.configure_multitask(
-            [
-                Task("cls", nn.CrossEntropyLoss(), metrics={"acc": acc}),
-                Task("reg", nn.MSELoss(), mask="labelled", metrics={"mse": torchmetrics.MeanSquaredError()}),
-            ],
-            best_metrics=True,
-        )
-
-    def forward(self, x):
-        z = self.trunk(x)
-        return {name: head(z) for name, head in self.heads.items()}
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
+def sparse_net() -> ToyNet:
+    """The toy network with accuracy and MSE, and best values; ``reg`` counts where ``labelled`` is true."""
+    return ToyNet(lr=0.1, metrics=True, masks={"reg": "labelled"}, best_metrics=True)
 
 
 class Shard(Dataset):
@@ -66,7 +44,7 @@ def main() -> None:
     out_dir = Path(sys.argv[1])
     trainer = quiet_trainer(devices=2, strategy="ddp", max_epochs=2, use_distributed_sampler=False)
     rank = trainer.global_rank
-    model = Net()
+    model = sparse_net()
     train = DataLoader(Shard(rank, True), batch_size=BATCH)
     val = DataLoader(Shard(10 + rank, rank == 0), batch_size=BATCH)  # reg labelled on rank 0 only
     trainer.fit(model, train, val)
