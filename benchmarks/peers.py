@@ -437,9 +437,7 @@ def main() -> None:
     for k in args.tasks:
         for method in args.methods:
             if k in TARGET_TORCHJD and ("torchjd", method, k) in against:
-                target(
-                    f"K={k} {method}: parameter route / torchjd", against[("torchjd", method, k)], TARGET_TORCHJD[k]
-                )
+                target(f"K={k} {method}: parameter route / torchjd", against[("torchjd", method, k)], TARGET_TORCHJD[k])
             target(f"K={k} {method}: parameter route / LibMTL way", against[("libmtl", method, k)], 1.0, strict=True)
             if k in TARGET_REPRESENTATION:
                 values = ratio[(f"repr {method}", k)]

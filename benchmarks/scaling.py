@@ -91,9 +91,7 @@ def configurations() -> list[tuple[str, Callable[[], Weighting]]]:
         ("gramian only (repr)", lambda: EqualWeights(route="representation")),
         ("gramian only (para)", lambda: EqualWeights(route="parameters")),
     ]
-    names = sorted(
-        n for n, c in WEIGHTINGS.items() if issubclass(c, GramianWeighting)
-    )
+    names = sorted(n for n, c in WEIGHTINGS.items() if issubclass(c, GramianWeighting))
     for route in ("representation", "parameters"):
         for name in names:
             configs.append((f"{name} ({route[:4]})", lambda n=name, r=route: WEIGHTINGS[n](route=r)))  # type: ignore[misc,call-arg]

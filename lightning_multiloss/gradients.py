@@ -574,9 +574,7 @@ def loss_with_combined_gradient(
     return result
 
 
-def own_above_representation(
-    losses: Tensor, representation: Tensor, parameters: Sequence[_P]
-) -> list[list[_P]] | None:
+def own_above_representation(losses: Tensor, representation: Tensor, parameters: Sequence[_P]) -> list[list[_P]] | None:
     """Per task, the ``parameters`` its loss reaches without going through ``representation``
     (its head); ``None`` where the per-task passes at the representation cannot give the update.
 

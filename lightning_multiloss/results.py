@@ -75,6 +75,8 @@ Direction = Literal["max", "min"]
 def metric_direction(metric: Any) -> Direction:
     """``"max"`` or ``"min"``: torchmetrics' ``higher_is_better`` (``"min"`` when the metric does not say)."""
     return "max" if getattr(metric, "higher_is_better", False) else "min"
+
+
 TaskMetrics = dict[str, dict[str, float]]
 """``{task: {metric: value}}``."""
 

@@ -47,8 +47,22 @@ def test_scaling_prints_time_and_memory_per_route(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_peers_prints_the_side_by_side_table_and_the_targets() -> None:
     out = run_script(
-        "peers.py", "--tasks", "2", "8", "--steps", "1", "--warmup", "1", "--rounds", "1", "--min-time", "0",
-        "--batched", "--methods", "mgda", "pcgrad",
+        "peers.py",
+        "--tasks",
+        "2",
+        "8",
+        "--steps",
+        "1",
+        "--warmup",
+        "1",
+        "--rounds",
+        "1",
+        "--min-time",
+        "0",
+        "--batched",
+        "--methods",
+        "mgda",
+        "pcgrad",
     )
     with_torchjd = importlib.util.find_spec("torchjd") is not None
     families = ["LibMTL way", "package, parameters", "package, parameters, batched Jacobian", "package, representation"]

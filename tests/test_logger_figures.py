@@ -29,9 +29,11 @@ def fit(tmp_path: Path, logger: object) -> None:
 
 def expected_csv_rows() -> list[list[str]]:
     # One row per optimizer step, then the weights in force at the end (one step past the last).
-    return [["step", "epoch", "cls", "reg"]] + [
-        [str(step), str((step - 1) // 4), "0.25", "2.0"] for step in range(1, STEPS + 1)
-    ] + [[str(STEPS + 1), str(STEPS // 4), "0.25", "2.0"]]
+    return (
+        [["step", "epoch", "cls", "reg"]]
+        + [[str(step), str((step - 1) // 4), "0.25", "2.0"] for step in range(1, STEPS + 1)]
+        + [[str(STEPS + 1), str(STEPS // 4), "0.25", "2.0"]]
+    )
 
 
 def has_colour(rgb: np.ndarray, colour: str) -> bool:

@@ -113,7 +113,6 @@ def test_a_gradient_strategy_with_one_task_says_so(name: str) -> None:
         weighting.bind(["only"])
 
 
-
 # -- which strategies follow the planned length ----------------------------------------------
 
 UNITS = ("step", "epoch", "fraction")

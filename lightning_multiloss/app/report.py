@@ -600,8 +600,7 @@ def render_markdown(report: Report) -> str:
         lines.append("Mean ± standard deviation over seeds (n − 1); one seed: ± —.")
         if not exp.missing_baselines:
             bases = ", ".join(
-                f"{t} {b.metric} {fmt_stat(b.stat)} ({_count(b.stat.n, 'seed')})"
-                for t, b in exp.baselines.items()
+                f"{t} {b.metric} {fmt_stat(b.stat)} ({_count(b.stat.n, 'seed')})" for t, b in exp.baselines.items()
             )
             lines += [
                 "",

@@ -85,11 +85,7 @@ class GradVac(GramianWeighting):
 
     def compute_weights(self, g: Tensor, losses: Tensor) -> Tensor:
         k = g.shape[0]
-        target = (
-            self.target.clone()
-            if self.num_tasks
-            else torch.zeros(k, k, dtype=torch.float64)
-        )
+        target = self.target.clone() if self.num_tasks else torch.zeros(k, k, dtype=torch.float64)
         orders = random_orders(k, seeded_generator(self.seed, int(self.num_steps)))
         total, new_target = gradvac_weights(g, orders, target, self.beta)
         if self.training:
