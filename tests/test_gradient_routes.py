@@ -30,7 +30,7 @@ from lightning_multiloss.gradients import (
     representation_route_gradients,
     set_jacobian_mode,
 )
-from lightning_multiloss.weighting import WEIGHTINGS, Fixed, GradDrop, GramianWeighting, Progress, Weighting
+from lightning_multiloss.weighting import WEIGHTINGS, Fixed, GradDrop, GramianWeighting, Progress, Weighting, create_weighting
 from lightning_multiloss.weighting.graddrop import graddrop_gradient
 from tests._ddp import run_ddp_script
 from tests._models import ToyNet, quiet_trainer, toy_loader
@@ -1048,3 +1048,23 @@ def test_representation_route_keeps_the_gradient_of_a_term_added_to_the_loss(tmp
         assert passes == [4 if reuse else 7] * 4
         results.append(params_of(model))
     assert_params_close(results[0], results[1], atol=1e-6, what="penalty")
+
+
+@pytest.mark.parametrize("route", ["parameters", "representation"])
+def test_mgda_leaves_out_a_task_without_a_labelled_sample(tmp_path: Path, route: str) -> None:
+    # One batch where `reg` has no label: its loss is a zero in the graph, its gradient zero. MGDA's
+    # min-norm point was that zero gradient (weights [0, 1]): nothing moved. It now trains `cls`
+    # alone, as one SGD step on the cls loss does.
+    batch = {**batches_of(1, batch_size=8)[0], "reg_mask": torch.zeros(8, dtype=torch.bool)}
+    model = net_for(route, create_weighting("mgda", route=route), masks={"reg": "reg_mask"})
+    expected = copy.deepcopy(model)
+    before = params_of(model)
+    trainer = quiet_trainer(default_root_dir=str(tmp_path), max_epochs=1)
+    trainer.fit(model, torch.utils.data.DataLoader([batch], batch_size=None))
+    torch.testing.assert_close(model.weighting.last_weights, torch.tensor([1.0, 0.0]))
+    loss = F.cross_entropy(expected(batch["x"])["cls"], batch["cls"])
+    for p, g in zip(expected.parameters(), torch.autograd.grad(loss, list(expected.parameters()), allow_unused=True)):
+        if g is not None:
+            p.data -= 0.1 * g
+    assert_params_close(params_of(model), params_of(expected), atol=1e-6, what=f"mgda {route}")
+    assert float((model.trunk[0].weight.detach() - before["trunk.0.weight"]).abs().max()) > 1e-4

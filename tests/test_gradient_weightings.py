@@ -698,3 +698,95 @@ def test_every_strategy_is_registered_with_route_and_ddp() -> None:
         strategy = create_weighting(name, route="representation", ddp="local")
         assert type(strategy) is cls and cls.name == name
         assert (strategy.route, strategy.ddp) == ("representation", "local")
+
+
+# -- tasks whose gradients differ by orders of magnitude ---------------------------------------
+def brute_force_min_norm(jac: Tensor) -> Tensor:
+    """MGDA's min-norm weights by enumerating the supports (small K, well-scaled rows only)."""
+    k = jac.shape[0]
+    best, best_w = math.inf, None
+    for mask in range(1, 2**k):
+        support = [i for i in range(k) if mask >> i & 1]
+        rows = jac[support]
+        kkt = torch.zeros(len(support) + 1, len(support) + 1, dtype=F64)
+        kkt[:-1, :-1] = rows @ rows.T
+        kkt[:-1, -1] = kkt[-1, :-1] = 1.0
+        rhs = torch.zeros(len(support) + 1, dtype=F64)
+        rhs[-1] = 1.0
+        solution = torch.linalg.lstsq(kkt, rhs).solution[:-1]
+        if float(solution.min()) < -1e-12:
+            continue
+        w = torch.zeros(k, dtype=F64)
+        w[support] = solution
+        norm = float((w @ jac).norm())
+        if norm < best:
+            best, best_w = norm, w
+    assert best_w is not None
+    return best_w
+
+
+@pytest.mark.parametrize("big", [1e2, 1e6, 1e8])
+def test_mgda_exact_when_gradient_norms_differ_by_orders_of_magnitude(big: float) -> None:
+    # Three small tasks (norms ~1e-2 and ~1) and one of norm ~`big` that the min-norm point leaves
+    # out: the answer is the brute-force min-norm point of the three small ones alone.
+    g = torch.Generator().manual_seed(21)
+    small = torch.randn(3, 40, generator=g, dtype=F64) * torch.tensor([[1e-2], [1e-2], [1.0]], dtype=F64)
+    expected_small = brute_force_min_norm(small)
+    d = expected_small @ small
+    huge = big * torch.randn(40, generator=g, dtype=F64)
+    huge = huge + (1.0 - float(huge @ d) / float(d @ d)) * d  # g·d > ‖d‖²: it stays out of the optimum
+    jac = torch.cat([small, huge[None]])
+    w = weights(bound("mgda", 4), jac)
+    torch.testing.assert_close(w[:3], expected_small, atol=1e-7, rtol=0)
+    assert float(w[3]) == 0.0
+    torch.testing.assert_close((w @ jac).norm(), d.norm(), atol=0, rtol=1e-7)
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1e-6, 1e-8])
+def test_nash_mtl_is_invariant_to_the_scale_of_a_task_gradient(scale: float) -> None:
+    base = torch.tensor([[1.0, 0.2, 0.0], [0.1, 1.0, 0.3], [0.0, 0.2, 1.0]], dtype=F64)
+    jac = base * torch.tensor([[1.0], [1.0], [scale]], dtype=F64)
+    alpha = weights(bound("nash_mtl", 3), jac)
+    # The bargaining equation αᵢ(Gα)ᵢ = 1, read from its definition, and the direction of the unscaled problem.
+    torch.testing.assert_close(alpha * (jac @ jac.T @ alpha), torch.ones(3, dtype=F64), atol=1e-8, rtol=0)
+    unscaled = weights(bound("nash_mtl", 3), base)
+    torch.testing.assert_close(alpha @ jac, unscaled @ base, atol=1e-8, rtol=0)
+
+
+def test_nash_mtl_without_a_solution_keeps_the_previous_weights(caplog: pytest.LogCaptureFixture) -> None:
+    # Two opposite gradients: 0 is in their cone and αᵢ(Gα)ᵢ = 1 has no solution (the ridge's α was ~6e4).
+    opposite = torch.tensor([[1.0, 2.0, 0.5], [-1.0, -2.0, -0.5]], dtype=F64)
+    solvable = torch.tensor([[1.0, 0.0, 0.0], [0.5, 1.0, 0.0]], dtype=F64)
+    strategy = bound("nash_mtl", 2)
+    with caplog.at_level("WARNING"):
+        torch.testing.assert_close(weights(strategy, opposite), torch.ones(2, dtype=F64))  # first step: 1
+        good = weights(strategy, solvable)
+        torch.testing.assert_close(good * (solvable @ solvable.T @ good), torch.ones(2, dtype=F64), atol=1e-8, rtol=0)
+        torch.testing.assert_close(weights(strategy, opposite), good)  # then the previous step's
+    warnings = [r.getMessage() for r in caplog.records if "no Nash bargaining solution" in r.getMessage()]
+    assert len(warnings) == 1 and "at step 0" in warnings[0]
+
+
+def test_cagrad_at_a_pareto_stationary_point_takes_the_average_gradient() -> None:
+    # 0 is in the convex hull of [g, -g, g3]: the documented update is g0/s (weights 1/K), not
+    # g0 + ρ·(rounding noise)/‖noise‖ (the weights were ~3e5).
+    g = torch.Generator().manual_seed(3)
+    row, third = torch.randn(7, generator=g, dtype=F64), torch.randn(7, generator=g, dtype=F64)
+    jac = torch.stack([row, -row, third])
+    for rescale, divisor in [(0, 1.0), (1, 1 + 0.4**2)]:
+        w = weights(bound("cagrad", 3, c=0.4, rescale=rescale), jac)
+        torch.testing.assert_close(w, torch.full((3,), 1 / 3 / divisor, dtype=F64))
+
+
+@pytest.mark.parametrize("scale", [1e-7, 1e-9])
+def test_pcgrad_and_gradvac_project_onto_small_gradients(scale: float) -> None:
+    # The papers' rules depend on angles only: a gradient 1e-7 the size of another still conflicts.
+    # With two tasks each one's only other is the other: the order does not matter.
+    jac = torch.tensor([[1.0, 0.0], [-scale, scale]], dtype=F64)
+    orders = [[0, 1], [1, 0]]
+    # g₁' = g₁ − (g₁·g₂/‖g₂‖²)g₂ = [½, ½] and g₂' = g₂ − (g₂·g₁/‖g₁‖²)g₁ = [0, s], for every s.
+    torch.testing.assert_close(pcgrad_replay(jac, orders)[0], torch.tensor([0.5, 0.5 + scale], dtype=F64))
+    torch.testing.assert_close(weights(bound("pcgrad", 2), jac) @ jac, torch.tensor([0.5, 0.5 + scale], dtype=F64))
+    expected, _ = gradvac_replay(jac, orders, torch.zeros(2, 2, dtype=F64), 0.5)
+    assert float(expected[0]) < 0.99  # the small gradient's conflict changed the first task's
+    torch.testing.assert_close(weights(bound("gradvac", 2, beta=0.5), jac) @ jac, expected, atol=1e-12, rtol=1e-9)

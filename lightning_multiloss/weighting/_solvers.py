@@ -25,9 +25,15 @@ _CPU = torch.device("cpu")
 _F64 = torch.float64
 
 RIDGE = 1e-10
-"""Relative ridge added to the diagonal (times ``trace(G)/K``) so that every solve is well posed
-when the Gramian is singular (identical or zero gradients, ``K`` larger than the dimension). It
-changes ``wᵀGw`` by at most ``1e-10·trace(G)/K·‖w‖²``."""
+"""Relative ridge added to each diagonal entry (``G_ii ← G_ii (1 + 1e-10)``, a zero one gets
+``1e-10·ZERO_FLOOR·max G_jj``) so that every solve is well posed when the Gramian is singular
+(identical or zero gradients, ``K`` larger than the dimension). Relative to each task's own
+scale, so that a task whose gradient is 10⁶ times smaller than another's is not swamped by the
+ridge: it changes ``wᵀGw`` by at most ``1e-10·Σ wᵢ² G_ii`` (plus the floor's share)."""
+
+ZERO_FLOOR = 1e-20
+"""A diagonal entry below this times the largest one is regularised as if it were that large
+(so a zero gradient's row is not singular)."""
 
 
 # -- small helpers ----------------------------------------------------------------------------
@@ -35,15 +41,17 @@ def uniform(k: int) -> Tensor:
     return torch.full((k,), 1.0 / k, dtype=_F64)
 
 
-def zero_rows(gramian: Tensor, rtol: float = 1e-12) -> Tensor:
-    """Boolean mask of the tasks whose gradient is (numerically) zero."""
-    diag = gramian.diagonal().clamp_min(0.0)
-    top = float(diag.max())
-    return diag <= rtol * top if top > 0.0 else torch.ones_like(diag, dtype=torch.bool)
+def zero_rows(gramian: Tensor) -> Tensor:
+    """Boolean mask of the tasks whose gradient is zero (``G_ii = 0``).
+
+    Only an exact zero: a gradient 10⁻⁸ times the size of another is a gradient, and the
+    scale-invariant methods (Nash-MTL, PCGrad, ...) must treat it as one.
+    """
+    return gramian.diagonal() <= 0.0
 
 
 def regularize(gramian: Tensor, ridge: float = RIDGE) -> Tensor:
-    """``G + ridge·(trace(G)/K)·I`` (plus an absolute floor when ``G`` is zero)."""
+    """``G + ridge·diag(max(G_ii, ZERO_FLOOR·max G_jj))`` (an absolute floor when ``G`` is zero)."""
     return torch.from_numpy(_regularized(host_array(gramian), ridge))
 
 
@@ -55,9 +63,10 @@ def host_array(tensor: Tensor) -> np.ndarray:
 def _regularized(gramian: np.ndarray, ridge: float = RIDGE) -> np.ndarray:
     """:func:`regularize` on an array (a new one)."""
     k = gramian.shape[0]
-    scale = float(np.diagonal(gramian).clip(min=0.0).sum()) / k
+    diag = np.diagonal(gramian).clip(min=0.0)
+    top = float(diag.max())
     out = gramian.copy()
-    out[np.diag_indices(k)] += ridge * scale if scale > 0.0 else 1e-30
+    out[np.diag_indices(k)] += ridge * np.maximum(diag, ZERO_FLOOR * top) if top > 0.0 else 1e-30
     return out
 
 
@@ -81,6 +90,20 @@ def _starting_points(q: np.ndarray, c: np.ndarray, simplex: bool, start: np.ndar
     return np.where(usable, warm, x)
 
 
+def _multiplier_tolerance(q: np.ndarray, c: np.ndarray, x: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """``(m, K)``: how far below 0 the multiplier ``(Qx + c)_j + shift`` of each variable may fall
+    from rounding alone, ``1e-11`` times the size of its terms.
+
+    ``(Qx)_j = g_j·d`` with ``d = Jᵀx``, so its size is ``‖g_j‖‖d‖ = √(Q_jj·xᵀQx)``: each variable
+    is judged on its own scale. A tolerance on the largest scale of ``Q`` alone would call a vertex
+    optimal whenever a task's gradient is 10⁶ times smaller than another's.
+    """
+    norms = np.sqrt(np.einsum("mi,ij,mj->m", x, q, x).clip(min=0.0))
+    sizes = np.sqrt(np.diagonal(q).clip(min=0.0))[None, :] * norms[:, None] + np.abs(c) + np.abs(shift)[:, None]
+    tolerance: np.ndarray = 1e-11 * sizes + 1e-300
+    return tolerance
+
+
 def _active_set_on_host(
     q_np: np.ndarray, c_np: np.ndarray, simplex: bool, max_iter: int, start: np.ndarray | None = None
 ) -> np.ndarray:
@@ -100,12 +123,11 @@ def _active_set_on_host(
     arrays, each of which costs torch several times NumPy's fixed overhead (5× faster at K = 8).
     """
     m, k = c_np.shape
-    tol = 1e-11 * (float(np.abs(np.diagonal(q_np)).max()) + np.abs(c_np).max(axis=1) + 1e-300)
     if start is not None and start.shape[-1] == k:
         # Where the start's free sets are already the optimal ones (the common case from one
         # training step to the next), one solve and the optimality check end it, without the
         # bookkeeping of the iterations below (half the operations, each a fixed cost).
-        solved = _optimum_on_free_sets(q_np, c_np, simplex, np.broadcast_to(start > 0.0, (m, k)), tol)
+        solved = _optimum_on_free_sets(q_np, c_np, simplex, np.broadcast_to(start > 0.0, (m, k)))
         if solved is not None:
             return _feasible(solved, simplex)
     x = _starting_points(q_np, c_np, simplex, start)
@@ -120,9 +142,10 @@ def _active_set_on_host(
         x = np.where(feasible[:, None], target, x)
         grad = x @ q_np + c_np
         mu = (grad * free).sum(axis=1) / np.maximum(free.sum(axis=1), 1) if simplex else np.zeros(m)
-        multipliers = np.where(free, math.inf, grad - mu[:, None])
+        tol = _multiplier_tolerance(q_np, c_np, x, mu)
+        multipliers = np.where(free, math.inf, (grad - mu[:, None]) / tol)  # in units of each one's tolerance
         entering = multipliers.argmin(axis=1)
-        done |= feasible & (multipliers[rows, entering] >= -tol)
+        done |= feasible & (multipliers[rows, entering] >= -1.0)
         grow = feasible & ~done
         free[grow, entering[grow]] = True
         # Rows whose target is not: step towards it until the first free variable reaches 0.
@@ -181,14 +204,15 @@ def _solve_on_free_sets(q: np.ndarray, c: np.ndarray, simplex: bool, free: np.nd
 
 
 def _optimum_on_free_sets(
-    q: np.ndarray, c: np.ndarray, simplex: bool, free: np.ndarray, tol: np.ndarray
+    q: np.ndarray, c: np.ndarray, simplex: bool, free: np.ndarray
 ) -> np.ndarray | None:
     """The ``(m, K)`` minimisers of :func:`_active_set_on_host`'s problems if ``free`` holds each
     row's optimal free set, else ``None``.
 
     Solves each row's problem with its fixed variables at 0 and equality on the free ones (one
     batched solve), then checks the optimality conditions: the free variables are ``≥ 0`` and no
-    fixed one has a multiplier below ``−tol`` (on the simplex, that of ``Σx = 1`` included). They
+    fixed one has a multiplier below its rounding tolerance (on the simplex, that of ``Σx = 1``
+    included; :func:`_multiplier_tolerance`). They
     are sufficient (``Q`` positive definite), so any guess of the free sets is safe.
     """
     k = c.shape[1]
@@ -199,9 +223,9 @@ def _optimum_on_free_sets(
     if (x < 0.0)[free].any():
         return None
     multipliers = x @ q + c  # Qx + c (+ ν on the simplex) must be ≥ 0 off the free set
-    if simplex:
-        multipliers += solution[:, k:]
-    if (multipliers < -tol[:, None])[~free].any():
+    shift = solution[:, k] if simplex else np.zeros(len(x))
+    multipliers += shift[:, None]
+    if (multipliers < -_multiplier_tolerance(q, c, x, shift))[~free].any():
         return None
     return x
 
@@ -336,7 +360,7 @@ def simplex_min_linear_plus_norm(
     # Below t ≈ ρ·ridge/|b| the QP's linear term (t/ρ)·b is smaller than the ridge that
     # regularize adds, and the ridge, not b, picks w(t) among the points with Jᵀw = 0: the test
     # for t* = 0 is made well above that (else a hull containing 0 would always give t* = 0).
-    ridge = RIDGE * float(gramian.diagonal().clamp_min(0.0).sum()) / k
+    ridge = RIDGE * float(gramian.diagonal().clamp_min(0.0).mean())
     linear_size = float(linear.abs().max())
     lo = min(max(hi * 1e-12, 1e4 * rho * ridge / linear_size if linear_size > 0.0 else 0.0), 0.5 * hi)
     w_lo, q_lo = solve(lo)
@@ -462,7 +486,7 @@ def pcgrad_weights(gramian: Tensor, orders: Tensor) -> Tensor:
     g = gramian.detach().to(_F64).numpy()
     k = g.shape[0]
     diag = np.diagonal(g)
-    usable = diag > 1e-12 * max(float(diag.max()), 0.0)  # a zero gradient is never projected onto
+    usable = diag > 0.0  # a zero gradient is never projected onto; a small one is (projection is scale-free)
     a = np.eye(k)
     tasks = np.arange(k)
     with np.errstate(divide="ignore", invalid="ignore"):  # inner / 0 where nothing is projected
@@ -483,7 +507,6 @@ def gradvac_weights(gramian: Tensor, orders: Tensor, target: Tensor, beta: float
     g = gramian.detach().to(_F64).numpy()
     k = g.shape[0]
     diag = np.diagonal(g).clip(min=0.0)
-    tiny = 1e-12 * float(diag.max())
     norms = np.sqrt(diag)
     phi_target = target.detach().to(_F64).numpy()
     new_target = phi_target.copy()
@@ -492,7 +515,8 @@ def gradvac_weights(gramian: Tensor, orders: Tensor, target: Tensor, beta: float
     with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 where a pair is left alone
         for j in orders.detach().cpu().numpy().T:  # NumPy: see _active_set_on_host
             square = ((a @ g) * a).sum(axis=1)  # ‖g_i'‖²
-            active = (j != tasks) & (diag[j] > tiny) & (square > tiny)
+            # Zero gradients are left alone; small ones are not (the rule depends on angles only).
+            active = (j != tasks) & (diag[j] > 0.0) & (square > 0.0)
             norm = np.sqrt(square.clip(min=0.0))
             phi = ((a * g[j]).sum(axis=1) / (norm * norms[j])).clip(-1.0, 1.0)
             phi_hat = phi_target[tasks, j]

@@ -39,6 +39,10 @@ class MGDA(GramianWeighting):
     the *normalised* gradients (as in LibMTL; the original code instead puts :math:`w_i` on the
     raw losses, which for ``normalization != "none"`` is not a common descent direction).
 
+    A task whose gradient is exactly zero (no labelled sample in the batch, or a loss that does
+    not reach the shared tensors) is left out of the hull, with weight 0: its zero gradient would
+    otherwise be the min-norm point and stop every task for the step (unless all are zero).
+
     Versus the peers: exact, where LibMTL (the paper's solver, stop at 1e-5) and TorchJD
     (Frank-Wolfe, ε = 1e-3) stop early: their updates are about 1e-3 off for a few tasks, up to
     0.2 for ten tasks (equal at tight tolerances); at a vertex LibMTL's two-task rule returns
@@ -88,7 +92,19 @@ class MGDA(GramianWeighting):
         # NumPy from here: each operation on K×K values costs torch more.
         gramian = host_array(g)
         n = self._normalizers(gramian, host_array(values))
-        gramian = gramian / (n[:, None] * n[None, :])
+        present = np.diagonal(gramian) > 0.0
+        if present.any() and not present.all():
+            # A zero gradient (a task without a labelled sample in the batch, or one that does not
+            # reach the shared tensors) would be the min-norm point itself and stop every task.
+            w = np.zeros(len(n))
+            w[present] = self._min_norm_weights(gramian[np.ix_(present, present)] / np.outer(n[present], n[present]))
+            return torch.from_numpy(w / n)
+        return self._min_norm_weights(gramian / (n[:, None] * n[None, :])) / torch.from_numpy(n)
+
+    def _min_norm_weights(self, gramian: np.ndarray) -> Tensor:
+        """The min-norm point's weights on the simplex for a (normalised) Gramian."""
+        if gramian.shape[0] == 1:
+            return torch.ones(1, dtype=torch.float64)
         if gramian.shape[0] == 2:
             denominator = float(gramian[0, 0] + gramian[1, 1] - 2.0 * gramian[0, 1])
             scale = float(gramian[0, 0] + gramian[1, 1])
@@ -100,4 +116,4 @@ class MGDA(GramianWeighting):
         else:
             w = simplex_qp(torch.from_numpy(gramian), start=self._previous_solution)
             self._previous_solution = w
-        return w / torch.from_numpy(n)
+        return w

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 from torch import Tensor
 from typing_extensions import Unpack
 
+from lightning_multiloss._dist import is_rank_zero
 from lightning_multiloss.weighting._base import GradientOptions
 from lightning_multiloss.weighting._common import check_positive, require
 from lightning_multiloss.weighting._gramian import GramianWeighting
 from lightning_multiloss.weighting._registry import register
 from lightning_multiloss.weighting._solvers import nash_solve, zero_rows
+
+log = logging.getLogger(__name__)
+
+NO_SOLUTION = 1e-3
+"""The largest ``|αᵢ(Ĝα)ᵢ − 1|`` of a solution: above it, the ridge, not ``Ĝ``, set ``α``."""
 
 
 @register("nash_mtl")
@@ -42,7 +49,11 @@ class NashMTL(GramianWeighting):
     convex program is unbounded, this is the exact solution.
 
     A task whose gradient is zero has no finite Nash weight (:math:`0 = 1/\alpha_i`); it is left
-    out of the bargain and gets the mean weight of the others (all zero: every weight is 1).
+    out of the bargain and gets the mean weight of the others (all zero: every weight is 1). A
+    small gradient is not a zero one: the solution is invariant to the scale of each task's
+    gradient. Where no solution exists (0 in the convex cone of the gradients: two opposite
+    ones, or more tasks than dimensions), the previous step's weights are kept (1 at the first
+    step), as the paper's code does when its solver fails, with a warning (once).
     ``update_weights_every = n`` reuses the weights for ``n`` training steps, as in the paper
     (the Gramian is still computed each step; only the solve is skipped).
 
@@ -86,13 +97,15 @@ class NashMTL(GramianWeighting):
         require(self.name, isinstance(normalize, bool), "normalize must be true or false", normalize)
         self.normalize = normalize
         self.num_steps = torch.zeros((), dtype=torch.long)
+        self._warned_no_solution = False
 
     def build(self, num_tasks: int) -> None:
         # The last solution (before max_norm), in units of the scaled Gramian: reused and warm start.
         self.alpha = torch.ones(num_tasks, dtype=torch.float64)
 
-    def solve(self, gramian: Tensor, start: Tensor | None = None) -> Tensor:
-        """The positive solution of ``Ĝα = 1/α`` for a float64 Gramian (zero-gradient tasks: mean of the others)."""
+    def solve(self, gramian: Tensor, start: Tensor | None = None) -> Tensor | None:
+        """The positive solution of ``Ĝα = 1/α`` for a float64 Gramian (zero-gradient tasks: mean
+        of the others), or ``None`` where there is none."""
         k = gramian.shape[0]
         zero = zero_rows(gramian)
         if bool(zero.all()):
@@ -106,10 +119,29 @@ class NashMTL(GramianWeighting):
             first = start[keep] * math.sqrt(scale)
         else:
             first = (sub.diagonal() / scale).rsqrt()
+        solution = nash_solve(sub / scale, first)
+        # The ridge keeps the solve bounded; where Ĝα = 1/α has no solution (0 in the convex cone
+        # of the gradients: opposite ones, or more tasks than dimensions) it returns the ridge's
+        # α instead, huge, which the residual shows.
+        if float((solution * (sub / scale @ solution) - 1.0).abs().max()) > NO_SOLUTION:
+            return None
         alpha = torch.empty(k, dtype=torch.float64)
-        alpha[keep] = nash_solve(sub / scale, first) / math.sqrt(scale)
+        alpha[keep] = solution / math.sqrt(scale)
         alpha[zero] = alpha[keep].mean()
         return alpha
+
+    def _warn_no_solution(self, k: int) -> None:
+        if self._warned_no_solution or not is_rank_zero():
+            return
+        self._warned_no_solution = True
+        log.warning(
+            "weighting 'nash_mtl': the %d task gradients have no Nash bargaining solution at step %d "
+            "(0 is in their convex cone: e.g. two opposite gradients, or more tasks than independent "
+            "directions); the previous step's weights are kept (1 at the first step), as in the "
+            "paper's code. Said once; it happens again wherever the gradients stay so.",
+            k,
+            int(self.num_steps),
+        )
 
     def compute_weights(self, g: Tensor, losses: Tensor) -> Tensor:
         stored = self.alpha if self.num_tasks else None
@@ -117,7 +149,11 @@ class NashMTL(GramianWeighting):
         if self.training and step % self.update_weights_every != 0 and stored is not None:
             alpha = stored
         else:
-            alpha = self.solve(g, stored if step > 0 else None)
+            solved = self.solve(g, stored if step > 0 else None)
+            if solved is None:
+                self._warn_no_solution(g.shape[0])
+            # As the paper's code: where there is no solution, the previous one (1 at the first step).
+            alpha = solved if solved is not None else stored if stored is not None and step > 0 else g.new_ones(len(g))
         if self.training:
             self.num_steps += 1
             if self.num_tasks:
