@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 import torch.distributed as dist
 from torch import Tensor
 
@@ -21,12 +20,3 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
         tensor = tensor.clone()
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
-
-
-def any_across_ranks(flag: bool, device: torch.device) -> bool:
-    """Whether ``flag`` is true on any process (one tiny all-reduce under DDP)."""
-    if not is_distributed():
-        return flag
-    t = torch.tensor(1.0 if flag else 0.0, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)

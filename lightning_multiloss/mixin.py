@@ -15,7 +15,7 @@ from torch._functorch import config as _functorch_config  # donated buffers: _gr
 from torchmetrics import MeanMetric, Metric
 
 from lightning_multiloss._callback_hooks import LossWeightingHooks
-from lightning_multiloss._dist import all_reduce_sum, any_across_ranks, is_distributed
+from lightning_multiloss._dist import all_reduce_sum, is_distributed
 from lightning_multiloss._lightning import (
     is_lightning_module_class,
     is_logging_step,
@@ -46,6 +46,14 @@ if TYPE_CHECKING:  # the mixin is used with a LightningModule; type-check agains
     _Base = nn.Module
 else:
     _Base = object
+
+
+def _negative_loss_message(strategy: str, culprits: Mapping[str, object], where: str) -> str:
+    return (
+        f"negative task loss(es) {dict(culprits)} at {where}: weighting {strategy!r} needs losses >= 0 (it takes "
+        "their log, a ratio of them, or has no minimum below 0); shift such a loss by its lower bound "
+        "(e.g. a negative log-likelihood) or choose another weighting"
+    )
 
 
 class MultiTaskMixin(_Base):
@@ -492,7 +500,11 @@ class MultiTaskMixin(_Base):
             return
         losses = torch.stack([entry[3] for entry in pending]).to(torch.float64)
         index = torch.arange(len(pending), device=losses.device, dtype=torch.float64)[:, None]
-        first = torch.where(torch.isfinite(losses), float(len(pending)), index).amin(dim=0)
+        bad = ~torch.isfinite(losses)
+        nonnegative = self.weighting.needs_nonnegative_losses
+        if nonnegative:
+            bad |= losses < 0
+        first = torch.where(bad, index, float(len(pending))).amin(dim=0)
         if is_distributed():
             import torch.distributed as dist
 
@@ -505,11 +517,13 @@ class MultiTaskMixin(_Base):
         names = [task.name for task in self._mt_tasks]
         local = values.tolist()
         culprits = {
-            name: value if not math.isfinite(value) else "non-finite on another process"
+            name: value if not math.isfinite(value) or value < 0 else "non-finite or negative on another process"
             for name, value, i in zip(names, local, first_bad, strict=True)
             if i == at
         }
         where = f"step {step}, epoch {epoch}, batch {batch}" if step >= 0 else f"batch {batch}"
+        if nonnegative and all(isinstance(v, float) and math.isfinite(v) for v in culprits.values()):
+            raise MultiLossError(_negative_loss_message(self.weighting.name, culprits, f"train {where}"))
         raise NonFiniteLossError(
             f"non-finite task loss(es) {culprits} at train {where}; configure_multitask(on_nonfinite='skip') "
             "(multiloss-train: model.on_nonfinite=skip) skips such steps"
@@ -724,19 +738,27 @@ class MultiTaskMixin(_Base):
     def _mt_all_finite(self, losses: Tensor, stage: Stage, batch_idx: int) -> bool:
         """Read the losses now (one wait): ``False`` to skip the step, or raise naming the task."""
         values = losses.detach().tolist()
-        bad = not all(map(math.isfinite, values))
-        if stage == "train":
-            bad = any_across_ranks(bad, losses.device)  # every process skips, or none
-        if not bad:
-            return True
         names = [t.name for t in self._mt_tasks]
-        culprits = {n: v for n, v in zip(names, values, strict=True) if not math.isfinite(v)}
+        negative: dict[str, float] = {}
+        if stage == "train" and self.weighting.needs_nonnegative_losses:
+            negative = {n: v for n, v in zip(names, values, strict=True) if v < 0}
+        bad = not all(map(math.isfinite, values))
+        refuse = bool(negative)
+        if stage == "train" and is_distributed():  # every process skips or raises, or none (one all-reduce)
+            flags = all_reduce_sum(torch.tensor([float(bad), float(refuse)], device=losses.device)).tolist()
+            bad, refuse = flags[0] > 0, flags[1] > 0
+        if not bad and not refuse:
+            return True
         trainer = trainer_of(self)
         where = (
             f"step {trainer.global_step}, epoch {trainer.current_epoch}, batch {batch_idx}"
             if trainer is not None
             else f"batch {batch_idx}"
         )
+        if refuse:  # not a step to skip: every step of such a loss is wrong for the method
+            culprits: dict[str, object] = dict(negative) or {"a task": "negative on another process"}
+            raise MultiLossError(_negative_loss_message(self.weighting.name, culprits, f"train {where}"))
+        culprits = {n: v for n, v in zip(names, values, strict=True) if not math.isfinite(v)}
         detail = f"task loss(es) {culprits}" if culprits else "a task loss on another process"
         if stage == "train" and self._mt_on_nonfinite == "skip":
             if culprits or trainer is None or trainer.global_rank == 0:  # each skip said once, by whoever saw it

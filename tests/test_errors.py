@@ -364,3 +364,56 @@ def test_fixed_weighting_does_not_need_the_callback(tmp_path):
     trainer = fit(model, samples(8), tmp_path)
     assert trainer.global_step == 1
     assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Negative losses, for the strategies that need losses >= 0
+# ---------------------------------------------------------------------------------------------
+MARKER = 1e4  # a `reg` target this large makes the shifted loss below negative
+
+
+def shifted_mse(output: Tensor, target: Tensor) -> Tensor:
+    """An MSE, minus 500 on the batches that carry the marker: a loss that can be negative (an NLL)."""
+    marked = (target[:, 0] >= MARKER).float().mean()
+    return nn.functional.mse_loss(output, target.clamp(max=10.0)) - 500.0 * marked
+
+
+def nonnegative_strategies() -> list[str]:
+    from lightning_multiloss.weighting import WEIGHTINGS, create_weighting
+
+    names = sorted(n for n, c in WEIGHTINGS.items() if c.needs_nonnegative_losses)
+    assert {"famo", "gls", "uncertainty", "imtl_l", "dwa"} <= set(names)  # the flag is read from the registry
+    assert all(create_weighting(n).needs_nonnegative_losses for n in names)
+    return names
+
+
+@pytest.mark.parametrize("name", nonnegative_strategies())
+@pytest.mark.parametrize("on_nonfinite", ["raise", "skip"])
+def test_a_negative_loss_stops_training_naming_task_step_and_strategy(tmp_path, name, on_nonfinite):
+    data = poisoned(samples(24), range(16, 24), MARKER)  # the third batch of 8: reg's loss < 0
+    model = Net([Task("cls", nn.CrossEntropyLoss()), Task("reg", shifted_mse)], name, on_nonfinite=on_nonfinite)
+    expected = r"negative task loss\(es\) {'reg': -\d+\.\d+} at train step 2, epoch 0, batch 2: "
+    with pytest.raises(MultiLossError, match=expected) as info:
+        fit(model, data, tmp_path)
+    assert f"weighting {name!r} needs losses >= 0" in str(info.value)
+    assert not isinstance(info.value, NonFiniteLossError)
+
+
+def test_a_negative_loss_trains_with_a_strategy_that_takes_it(tmp_path):
+    data = poisoned(samples(24), range(16, 24), MARKER)
+    model = Net([Task("cls", nn.CrossEntropyLoss()), Task("reg", shifted_mse)], "fixed")
+    trainer = fit(model, data, tmp_path)
+    assert trainer.global_step == 3
+
+
+def test_famo_value_stays_finite_with_a_negative_loss():
+    from lightning_multiloss.weighting import FAMO
+
+    famo = FAMO()
+    famo.bind(["a", "b"])
+    out = famo(torch.tensor([-0.3, 1.9]))
+    # The negative task is out of the step (as a loss of 0 would be): the value is Σ (zᵢ/c)·log Dᵢ over
+    # b alone, with c = z_b/D_b, so D_b·log D_b, D_b = 1.9 + ε (it was NaN: 0·log of a negative).
+    d = torch.tensor(1.9) + 1e-8
+    torch.testing.assert_close(out.loss, d * torch.log(d))
+    torch.testing.assert_close(out.weights, torch.tensor([0.0, 1.0]))

@@ -30,7 +30,15 @@ from lightning_multiloss.gradients import (
     representation_route_gradients,
     set_jacobian_mode,
 )
-from lightning_multiloss.weighting import WEIGHTINGS, Fixed, GradDrop, GramianWeighting, Progress, Weighting, create_weighting
+from lightning_multiloss.weighting import (
+    WEIGHTINGS,
+    Fixed,
+    GradDrop,
+    GramianWeighting,
+    Progress,
+    Weighting,
+    create_weighting,
+)
 from lightning_multiloss.weighting.graddrop import graddrop_gradient
 from tests._ddp import run_ddp_script
 from tests._models import ToyNet, quiet_trainer, toy_loader
@@ -1063,7 +1071,8 @@ def test_mgda_leaves_out_a_task_without_a_labelled_sample(tmp_path: Path, route:
     trainer.fit(model, torch.utils.data.DataLoader([batch], batch_size=None))
     torch.testing.assert_close(model.weighting.last_weights, torch.tensor([1.0, 0.0]))
     loss = F.cross_entropy(expected(batch["x"])["cls"], batch["cls"])
-    for p, g in zip(expected.parameters(), torch.autograd.grad(loss, list(expected.parameters()), allow_unused=True)):
+    params = list(expected.parameters())
+    for p, g in zip(params, torch.autograd.grad(loss, params, allow_unused=True), strict=True):
         if g is not None:
             p.data -= 0.1 * g
     assert_params_close(params_of(model), params_of(expected), atol=1e-6, what=f"mgda {route}")

@@ -70,6 +70,11 @@ class Weighting(nn.Module, ABC):
     max_tasks: ClassVar[int | None] = None
     uses_epoch_losses: ClassVar[bool] = False
     """Whether the strategy needs each task's epoch-mean training loss (:attr:`epoch_losses`)."""
+    needs_nonnegative_losses: ClassVar[bool] = False
+    """Whether a negative task loss breaks the method (it takes the loss's log or a ratio of
+    losses, or its objective has no minimum below 0). The mixin then checks the training losses
+    with its finiteness check (no wait for the device at each step) and stops training with the
+    task, the step and the value."""
     last_weights_are_state: ClassVar[bool] = False
     """Whether :attr:`last_weights` goes into checkpoints (the gradient strategies reuse them in
     evaluation; the others recompute their weights from their own state)."""

@@ -203,9 +203,7 @@ def _solve_on_free_sets(q: np.ndarray, c: np.ndarray, simplex: bool, free: np.nd
     return solved
 
 
-def _optimum_on_free_sets(
-    q: np.ndarray, c: np.ndarray, simplex: bool, free: np.ndarray
-) -> np.ndarray | None:
+def _optimum_on_free_sets(q: np.ndarray, c: np.ndarray, simplex: bool, free: np.ndarray) -> np.ndarray | None:
     """The ``(m, K)`` minimisers of :func:`_active_set_on_host`'s problems if ``free`` holds each
     row's optimal free set, else ``None``.
 

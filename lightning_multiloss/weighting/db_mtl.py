@@ -59,6 +59,7 @@ class DBMTL(GramianWeighting):
         tensor([2., 4.])
     """
 
+    needs_nonnegative_losses = True  # a negative one has no log
     host_state = ("num_steps", "norm_ema")
 
     def __init__(self, beta: float = 0.9, beta_sigma: float = 0.0, **options: Unpack[GradientOptions]) -> None:

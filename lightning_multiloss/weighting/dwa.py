@@ -47,6 +47,7 @@ class DWA(Weighting):
         tensor([0.8756, 1.1244])
     """
 
+    needs_nonnegative_losses = True  # a ratio of negative losses is no rate of decrease
     min_tasks = 2
     uses_epoch_losses = True
 

@@ -85,6 +85,7 @@ class FAMO(Weighting):
         tensor([-0.0250,  0.0250])
     """
 
+    needs_nonnegative_losses = True  # a negative one has no log
     min_tasks = 2
 
     def __init__(self, lr: float = 0.025, weight_decay: float = 1e-3, eps: float = 1e-8) -> None:
@@ -133,7 +134,8 @@ class FAMO(Weighting):
         c = (z / d).sum()
         coefficient = torch.where(present, z / c.clamp(min=1e-30), 0.0)  # z_i / c
         # Value Σ z_i/c·log D̄_i, gradient Σ ω_i ∇L_i with ω_i = z_i/(c D̄_i) (D̄ = D without DDP).
-        return linearised((coefficient * torch.log(d)).sum(), coefficient / d, losses)
+        # The log of present tasks only: an absent one's 0·log(D) would be NaN where D < 0.
+        return linearised((coefficient * torch.log(torch.where(present, d, 1.0))).sum(), coefficient / d, losses)
 
     @torch.no_grad()
     def _update(self, before: Tensor, after: Tensor) -> None:

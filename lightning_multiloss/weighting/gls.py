@@ -50,6 +50,7 @@ class GLS(Weighting):
         (tensor(4.), tensor([1.0000, 0.2500]))
     """
 
+    needs_nonnegative_losses = True  # a negative one has no log
     min_tasks = 2
 
     def __init__(self) -> None:
@@ -58,8 +59,9 @@ class GLS(Weighting):
 
     def forward(self, losses: Tensor) -> WeightedLoss:
         detached = losses.detach()
-        # Checked on the first training step and in evaluation only: a check every training step
-        # would make the step wait for the device. Later, a negative loss drops out of the product.
+        # Checked here on the first training step and in evaluation only: a check every training
+        # step would make it wait for the device. Later ones are caught by the mixin's deferred
+        # check (needs_nonnegative_losses), which stops training at its next logging step.
         if (not self.training or not self._checked_sign) and bool((detached < 0).any()):
             raise MultiLossError(
                 f"weighting 'gls': the geometric mean needs non-negative losses, got "

@@ -40,6 +40,7 @@ class IMTLL(Weighting):
         tensor(6., grad_fn=<SumBackward0>)
     """
 
+    needs_nonnegative_losses = True  # below 0 the objective has no minimum
     min_tasks = 2
 
     def __init__(self, init: float | Sequence[float] | Mapping[str, float] = 0.0) -> None:

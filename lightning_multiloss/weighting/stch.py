@@ -69,6 +69,7 @@ class STCH(Weighting):
         0.8109
     """
 
+    needs_nonnegative_losses = True  # a negative one has no log
     min_tasks = 2
     uses_epoch_losses = True
 

@@ -49,6 +49,7 @@ class Uncertainty(Weighting):
         tensor([0.5000, 0.5000])
     """
 
+    needs_nonnegative_losses = True  # below 0 the objective has no minimum
     min_tasks = 2
 
     def __init__(self, init: float | Sequence[float] | Mapping[str, float] = 0.0) -> None:

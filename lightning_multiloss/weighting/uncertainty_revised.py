@@ -44,6 +44,8 @@ class UncertaintyRevised(Uncertainty):
         tensor([0.5000, 0.5000])
     """
 
+    needs_nonnegative_losses = True  # below 0 the objective has no minimum
+
     @staticmethod
     def regulariser(s: Tensor) -> Tensor:
         r""":math:`\log(1 + \sigma_i^2) = \mathrm{softplus}(s_i)`, stable for any :math:`s_i`."""
