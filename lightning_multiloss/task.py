@@ -229,7 +229,8 @@ def flatten_metrics(owner: str, metrics: Any) -> dict[str, Metric]:
 
 def _loss_kind(loss: Any) -> str | None:
     """``"classes"`` for class-index losses, ``"elementwise"`` for losses of equal shapes, else ``None``."""
-    if isinstance(loss, nn.CrossEntropyLoss | nn.NLLLoss) or loss in (F.cross_entropy, F.nll_loss):
+    # By identity: `in` compares with ==, which torchmetrics' Metric overloads (a truthy composite).
+    if isinstance(loss, nn.CrossEntropyLoss | nn.NLLLoss) or any(loss is f for f in (F.cross_entropy, F.nll_loss)):
         return "classes"
     elementwise_modules = (nn.MSELoss, nn.L1Loss, nn.HuberLoss, nn.SmoothL1Loss, nn.BCELoss, nn.BCEWithLogitsLoss)
     elementwise_functions = (
@@ -240,7 +241,7 @@ def _loss_kind(loss: Any) -> str | None:
         F.binary_cross_entropy,
         F.binary_cross_entropy_with_logits,
     )
-    if isinstance(loss, elementwise_modules) or loss in elementwise_functions:
+    if isinstance(loss, elementwise_modules) or any(loss is f for f in elementwise_functions):
         return "elementwise"
     return None
 

@@ -17,6 +17,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+import torchmetrics
 from pytorch_lightning.loggers import CSVLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -472,3 +473,23 @@ def test_validate_and_test_before_and_between_fits(tmp_path: Path) -> None:
     (logged,) = quiet_trainer(default_root_dir=tmp_path, inference_mode=False).test(model, val, verbose=False)
     for key, value in expected().items():
         assert logged[f"test/{key}"] == pytest.approx(value, rel=1e-5), key
+
+
+@pytest.mark.parametrize(
+    ("metric", "reference"),
+    [(torchmetrics.MeanSquaredError, F.mse_loss), (torchmetrics.MeanAbsoluteError, F.l1_loss)],
+)
+def test_a_torchmetrics_metric_as_the_loss_of_a_one_output_head(metric: Any, reference: Any) -> None:
+    # torchmetrics' Metric overloads ==, so `loss in (F.cross_entropy, ...)` took every metric for a
+    # class loss and refused a one-output head ("a loss over classes needs one output per class").
+    class AuxNet(ToyNet):
+        def __init__(self) -> None:
+            super().__init__(tasks=("cls", "aux"))
+            self.configure_multitask([Task("cls", nn.CrossEntropyLoss()), Task("aux", metric())], "fixed")
+
+    model = AuxNet()
+    batch = next(iter(toy_loader(n=16, batch_size=16)))
+    outputs = model(batch["x"])
+    assert outputs["aux"].shape == batch["aux"].shape == (16, 1)
+    losses = model.task_losses(outputs, batch)  # checks the target against the loss, as a training step
+    torch.testing.assert_close(losses[1], reference(outputs["aux"], batch["aux"]))
