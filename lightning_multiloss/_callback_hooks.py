@@ -118,6 +118,10 @@ class LossWeightingHooks:
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         weighting = self._weighting(pl_module)
         self._check_one_of_the_right_package(trainer, pl_module)
+        if stage == "fit" and trainer.global_step == 0:
+            # A fit from the start (a resumed one gets its records back from the checkpoint after
+            # this): one callback passed to several Trainers (a sweep's loop) records each run alone.
+            self._start_anew()
         if self.task_names and self.task_names != list(weighting.task_names):
             raise MultiLossError(
                 f"LossWeightingCallback recorded tasks {self.task_names}, the model has {list(weighting.task_names)}"
@@ -131,6 +135,15 @@ class LossWeightingHooks:
             recorder.set_model(tasks, weighting.name or type(weighting).__name__)
             if recorder.result.status == "running":
                 recorder.write()
+
+    def _start_anew(self) -> None:
+        self.task_names = []
+        self._records = []
+        self._stride = self.every_n_steps
+        self._last_step = 0
+        self._total_steps = None
+        self._restored_plan = None
+        self._end = None
 
     def _recorder(self, trainer: Any) -> RunRecorder | None:
         """The run result to fill in: this callback's own (``result_file``), else the Hydra job's, else none."""
@@ -189,11 +202,13 @@ class LossWeightingHooks:
         total = trainer.estimated_stepping_batches
         planned = int(total) if isinstance(total, int | float) and math.isfinite(total) else None
         restored, self._restored_plan = self._restored_plan, None
+        if restored is None and trainer.global_step > 0:
+            restored = self._total_steps  # the same Trainer fitting on (e.g. with a larger max_epochs): as a resume
         follows_plan = self._weighting(pl_module).follows_planned_length
         if restored is not None and planned != restored and follows_plan:
             keep = not self.replan_on_resume
             log.warning(
-                "LossWeightingCallback: training started with %s optimizer steps planned, the resumed Trainer plans "
+                "LossWeightingCallback: training started with %s optimizer steps planned, the resumed or continued fit plans "
                 "%s; scheduled weights %s",
                 restored,
                 planned,

@@ -56,7 +56,37 @@ def test_a_resumed_run_keeps_the_planned_length(tmp_path: Path, caplog: pytest.L
     expected = [max(0.0, 1.0 - (s - 1) / planned) for s in range(1, 4 * STEPS_PER_EPOCH + 1)]
     assert alphas == pytest.approx(expected, abs=1e-6)
     messages = [r.getMessage() for r in caplog.records if "planned" in r.getMessage()]
-    assert len(messages) == 1 and "started with 8 optimizer steps planned, the resumed Trainer plans 16" in messages[0]
+    assert len(messages) == 1 and "started with 8 optimizer steps planned, the resumed or continued fit plans 16" in messages[0]
+
+
+def test_the_same_trainer_fitting_on_keeps_the_planned_length(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # The same Trainer, max_epochs raised from 2 to 4, fit again: as a resume from a checkpoint,
+    # the schedule holds its end value past the first plan (alpha jumped back to 0.5 at step 13).
+    model = ToyNet(Scheduled(Linear(1.0, 0.0, duration=1.0), unit="fraction"))
+    callback = LossWeightingCallback()
+    trainer = quiet_trainer(max_epochs=2, callbacks=[callback], default_root_dir=tmp_path)
+    trainer.fit(model, toy_loader(n=64, batch_size=16))
+    trainer.fit_loop.max_epochs = 4
+    with caplog.at_level(logging.WARNING, logger="lightning_multiloss"):
+        trainer.fit(model, toy_loader(n=64, batch_size=16))
+    planned = 2 * STEPS_PER_EPOCH
+    expected = [max(0.0, 1.0 - (s - 1) / planned) for s in range(1, 4 * STEPS_PER_EPOCH + 1)]
+    assert [row[0] for row in callback.weights] == pytest.approx(expected, abs=1e-6)
+    assert callback.steps == list(range(1, 4 * STEPS_PER_EPOCH + 1))  # one history over both fits
+    assert any("started with 8 optimizer steps planned" in r.getMessage() for r in caplog.records)
+
+
+def test_one_callback_passed_to_two_trainers_records_each_run_alone(tmp_path: Path) -> None:
+    # A sweep's loop that builds the callback once: the second run's records held the first's too.
+    callback = LossWeightingCallback(plot=False)
+    for weights in ([0.9, 0.1], [0.2, 0.8]):
+        trainer = quiet_trainer(max_epochs=1, callbacks=[callback], default_root_dir=tmp_path / str(weights[0]))
+        trainer.fit(ToyNet(Fixed(weights)), toy_loader(n=48, batch_size=16))
+        assert callback.steps == [1, 2, 3]
+        torch.testing.assert_close(torch.tensor(callback.weights), torch.tensor([weights] * 3))
+        with open(tmp_path / str(weights[0]) / "loss_weights.csv") as f:
+            rows = f.read().splitlines()[1:]
+        assert [row.split(",")[0] for row in rows] == ["1", "2", "3", "4"]  # the three steps and the end row
 
 
 def test_replan_on_resume_plans_anew(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
