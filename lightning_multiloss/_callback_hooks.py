@@ -208,8 +208,8 @@ class LossWeightingHooks:
         if restored is not None and planned != restored and follows_plan:
             keep = not self.replan_on_resume
             log.warning(
-                "LossWeightingCallback: training started with %s optimizer steps planned, the resumed or continued fit plans "
-                "%s; scheduled weights %s",
+                "LossWeightingCallback: training started with %s optimizer steps planned, the resumed or continued "
+                "fit plans %s; scheduled weights %s",
                 restored,
                 planned,
                 f"keep the planned {restored} (fractions of training past 1 hold the schedules' end values; "

@@ -56,7 +56,8 @@ def test_a_resumed_run_keeps_the_planned_length(tmp_path: Path, caplog: pytest.L
     expected = [max(0.0, 1.0 - (s - 1) / planned) for s in range(1, 4 * STEPS_PER_EPOCH + 1)]
     assert alphas == pytest.approx(expected, abs=1e-6)
     messages = [r.getMessage() for r in caplog.records if "planned" in r.getMessage()]
-    assert len(messages) == 1 and "started with 8 optimizer steps planned, the resumed or continued fit plans 16" in messages[0]
+    assert len(messages) == 1
+    assert "started with 8 optimizer steps planned, the resumed or continued fit plans 16" in messages[0]
 
 
 def test_the_same_trainer_fitting_on_keeps_the_planned_length(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
