@@ -268,6 +268,7 @@ class MultiTaskMixin(_Base):
         self._mt_skip_step: tuple[int, int] | None = None
         self._mt_representation: Tensor | None = None  # marked in forward, taken by the step
         self._mt_shared_params: list[nn.Parameter] | None = None  # found on the first step
+        self._mt_shared_found_among: tuple[int, ...] = ()  # the ids of the trainable parameters then
         self._mt_reuse_jacobian = reuse_jacobian
         self._mt_parameters: list[nn.Parameter] | None = None  # listed once per fit: _mt_trainable_parameters
         # The ids of the shared and the trainable parameters and, per task, the parameters only that
@@ -400,9 +401,10 @@ class MultiTaskMixin(_Base):
     def shared_parameters(self) -> list[nn.Parameter]:
         """The shared parameters whose per-task gradients the ``route="parameters"`` strategies compare.
 
-        Default: every parameter (outside the weighting) that at least two task losses depend on,
-        found by autograd on the first training step (so the task heads are left out). Override
-        it to choose them, e.g. ``return list(self.trunk.parameters())``.
+        Default: every trainable parameter (outside the weighting) that at least two task losses
+        depend on, found by autograd on the first training step (so the task heads are left out)
+        and again whenever the trainable parameters change (a frozen layer trained from some
+        epoch on). Override it to choose them, e.g. ``return list(self.trunk.parameters())``.
         """
         if self._mt_shared_params is None:
             raise MultiLossError("the default shared_parameters() are found by autograd on the first training step")
@@ -664,8 +666,11 @@ class MultiTaskMixin(_Base):
                     inputs["task_parameters"] = own
             return inputs
         uses_default = type(self).shared_parameters is MultiTaskMixin.shared_parameters
-        if uses_default and self._mt_shared_params is None:
-            candidates = self._mt_trainable_parameters()
+        candidates = self._mt_trainable_parameters() if uses_default else []
+        trainable_ids = tuple(map(id, candidates))
+        if uses_default and (self._mt_shared_params is None or trainable_ids != self._mt_shared_found_among):
+            if self._mt_shared_params is not None:
+                log.info("the trainable parameters changed: the shared ones are found again")
             users = parameter_users(losses, candidates)  # once, for the shared and the tasks' own
             found = shared_by_use(candidates, users, losses.numel())
             if not found:
@@ -675,6 +680,7 @@ class MultiTaskMixin(_Base):
                     "ones, or use route='representation'"
                 )
             self._mt_shared_params = found
+            self._mt_shared_found_among = trainable_ids
             shared_ids = {id(p) for p in found}
             rest = [(p, u) for p, u in zip(candidates, users, strict=True) if id(p) not in shared_ids]
             by_task = own_by_task([p for p, _ in rest], [u for _, u in rest], losses.numel())

@@ -1077,3 +1077,30 @@ def test_mgda_leaves_out_a_task_without_a_labelled_sample(tmp_path: Path, route:
             p.data -= 0.1 * g
     assert_params_close(params_of(model), params_of(expected), atol=1e-6, what=f"mgda {route}")
     assert float((model.trunk[0].weight.detach() - before["trunk.0.weight"]).abs().max()) > 1e-4
+
+
+def test_default_shared_parameters_follow_a_layer_unfrozen_later(tmp_path: Path) -> None:
+    # Fine-tuning: the first trunk layer is frozen in epoch 0 and trained from epoch 1 on. The shared
+    # parameters were found once, on the first step, so its conflicts never reached the Gramian.
+    class TwoLayerTrunk(ToyNet):
+        def __init__(self) -> None:
+            super().__init__(create_weighting("mgda"))
+            self.trunk = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh())
+            self.trunk[0].requires_grad_(False)
+
+    class UnfreezeAtEpoch1(pl.Callback):
+        def __init__(self) -> None:
+            self.seen: list[list[str]] = []  # the shared parameters at each epoch's end
+
+        def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+            pl_module.trunk[0].requires_grad_(trainer.current_epoch >= 1)
+
+        def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+            names = {id(p): n for n, p in pl_module.named_parameters()}
+            self.seen.append([names[id(p)] for p in pl_module.shared_parameters()])
+
+    model, unfreeze = TwoLayerTrunk(), UnfreezeAtEpoch1()
+    trainer = quiet_trainer(default_root_dir=str(tmp_path), max_epochs=3, callbacks=[unfreeze])
+    trainer.fit(model, toy_loader(n=32, batch_size=16))
+    every = ["trunk.0.weight", "trunk.0.bias", "trunk.2.weight", "trunk.2.bias"]
+    assert unfreeze.seen == [every[2:], every, every]
