@@ -685,6 +685,22 @@ def test_bad_inputs_raise_clear_errors() -> None:
         ("imtl_g", {"route": "trunk"}, r"weighting 'imtl_g': route must be 'parameters' or 'representation'"),
         ("aligned_mtl", {"ddp": "global"}, r"weighting 'aligned_mtl': ddp must be 'exact' or 'local'"),
         ("mgda", {"gamma": 1.0}, r"weighting 'mgda' has no hyper-parameter\(s\) \['gamma'\]"),
+        # Strings, Hydra's null and bools are not numbers (float() raised a bare ValueError or TypeError,
+        # or quietly took '0.4' and 1.0).
+        ("cagrad", {"c": "0.4"}, r"weighting 'cagrad': c must be a number, got '0.4'"),
+        ("cagrad", {"rescale": 1.0}, r"weighting 'cagrad': rescale must be 0, 1 or 2, got 1.0"),
+        ("upgrad", {"reg_eps": None}, r"weighting 'upgrad': reg_eps must be a number, got None"),
+        ("gradvac", {"beta": None}, r"weighting 'gradvac': beta must be a number, got None"),
+        ("db_mtl", {"beta": "x"}, r"weighting 'db_mtl': beta must be a number, got 'x'"),
+        ("dwa", {"temperature": None}, r"weighting 'dwa': temperature must be a number, got None"),
+        ("famo", {"lr": "a"}, r"weighting 'famo': lr must be a number, got 'a'"),
+        ("stch", {"mu": True}, r"weighting 'stch': mu must be a number, got True"),
+        ("uncertainty", {"init": "x"}, r"weighting 'uncertainty': init must be a number, got 'x'"),
+        ("uncertainty", {"init": [0.0, None]}, r"weighting 'uncertainty': init\[1\] must be a number, got None"),
+        ("imtl_l", {"init": [0.0, 1e6]}, r"weighting 'imtl_l': init\[1\] must be finite and within ±80, got 1000000.0"),
+        ("learnable", {"check_every": "5"}, r"weighting 'learnable': check_every must be an integer >= 1, got '5'"),
+        ("learnable", {"check_every": 2.5}, r"weighting 'learnable': check_every must be an integer >= 1, got 2.5"),
+        ("learnable", {"init": "0.5"}, r"weighting 'learnable': init must be a number or a list of numbers, got '0.5'"),
     ],
 )
 def test_hyperparameter_errors(name: str, hparams: dict[str, Any], message: str) -> None:
@@ -790,3 +806,16 @@ def test_pcgrad_and_gradvac_project_onto_small_gradients(scale: float) -> None:
     expected, _ = gradvac_replay(jac, orders, torch.zeros(2, 2, dtype=F64), 0.5)
     assert float(expected[0]) < 0.99  # the small gradient's conflict changed the first task's
     torch.testing.assert_close(weights(bound("gradvac", 2, beta=0.5), jac) @ jac, expected, atol=1e-12, rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("name", "hparams", "message"),
+    [
+        ("fixed", {"weights": [True, 1.0]}, r"weighting 'fixed': weight for task 'a' must be a number, got True"),
+        ("fixed", {"weights": [0.0, 0.0]}, r"weighting 'fixed': every weight is 0 \({'a': 0.0, 'b': 0.0}\)"),
+        ("stch", {"preference": [1.0, -1.0]}, r"weighting 'stch': preference for task 'b' must be finite and >= 0"),
+    ],
+)
+def test_per_task_hyperparameter_errors_name_the_task(name: str, hparams: dict[str, Any], message: str) -> None:
+    with pytest.raises(MultiLossError, match=message):
+        create_weighting(name, **hparams).bind(["a", "b"])

@@ -460,7 +460,7 @@ def test_learnable_bad_init():
         bound(Learnable(init=[1.0, -0.5, 0.5]), ["a", "b", "c"])
     with pytest.raises(MultiLossError, match=r"3 tasks take one initial weight per task.*got init=0.3"):
         bound(Learnable(init=0.3), ["a", "b", "c"])
-    with pytest.raises(MultiLossError, match=r"check_every must be >= 1, got 0"):
+    with pytest.raises(MultiLossError, match=r"check_every must be an integer >= 1, got 0"):
         Learnable(check_every=0)
     with pytest.raises(MultiLossError, match=r"weighting 'learnable' needs at least 2 tasks, got 1"):
         bound(Learnable(), ["a"])

@@ -24,6 +24,9 @@ from lightning_multiloss.weighting._base import WeightedLoss
 
 T = TypeVar("T")
 
+MAX_LOG_SCALE = 80.0
+"""The largest initial log-scale (|s|) of uncertainty-type strategies: e^80 is near float32's limit."""
+
 
 # -- argument checks ---------------------------------------------------------------------------
 def require(strategy: str, ok: bool, what: str, value: object) -> None:
@@ -32,12 +35,20 @@ def require(strategy: str, ok: bool, what: str, value: object) -> None:
         raise MultiLossError(f"weighting {strategy!r}: {what}, got {value!r}")
 
 
+def as_number(strategy: str, name: str, value: object) -> float:
+    """``value`` as a float, or an error naming it: a number, not a string, ``None`` (Hydra's
+    ``null``) or a bool."""
+    if not isinstance(value, bool | str | bytes) and value is not None:
+        try:
+            return float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            pass
+    raise MultiLossError(f"weighting {strategy!r}: {name} must be a number, got {value!r}")
+
+
 def check_positive(strategy: str, name: str, value: float, allow_zero: bool = False) -> float:
     """``value`` as a float if finite and positive (or >= 0), else an error naming it."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
+    number = as_number(strategy, name, value)
     ok = math.isfinite(number) and (number >= 0.0 if allow_zero else number > 0.0)
     require(strategy, ok, f"{name} must be finite and {'>= 0' if allow_zero else '> 0'}", value)
     return number
@@ -53,12 +64,7 @@ def check_seed(strategy: str, seed: object) -> int:
 
 def check_weight(strategy: str, task: str, value: float, what: str = "weight") -> float:
     """``value`` as a float, or an error naming the strategy and task if negative, NaN or infinite."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise MultiLossError(
-            f"weighting {strategy!r}: {what} for task {task!r} must be a number, got {value!r}"
-        ) from None
+    value = as_number(strategy, f"{what} for task {task!r}", value)
     if not math.isfinite(value) or value < 0:
         raise MultiLossError(f"weighting {strategy!r}: {what} for task {task!r} must be finite and >= 0, got {value}")
     return value
@@ -98,9 +104,12 @@ def check_log_variance_init(
     """The initial log-scales, checked finite (a number, a list in task order or a dict by task name)."""
 
     def finite(value: float, where: str) -> float:
-        value = float(value)
-        if not math.isfinite(value):
-            raise MultiLossError(f"weighting {strategy!r}: init{where} must be finite, got {value}")
+        value = as_number(strategy, f"init{where}", value)
+        # exp(±init) scales a loss: beyond ±80 it overflows float32 (an infinite weight and loss).
+        if not math.isfinite(value) or abs(value) > MAX_LOG_SCALE:
+            raise MultiLossError(
+                f"weighting {strategy!r}: init{where} must be finite and within ±{MAX_LOG_SCALE:g}, got {value}"
+            )
         return value
 
     if isinstance(init, Mapping):

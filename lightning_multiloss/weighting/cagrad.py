@@ -63,7 +63,12 @@ class CAGrad(GramianWeighting):
     def __init__(self, c: float = 0.4, rescale: int = 1, **options: Unpack[GradientOptions]) -> None:
         super().__init__(**options)
         self.c = check_positive(self.name, "c", c, allow_zero=True)
-        require(self.name, rescale in (0, 1, 2) and not isinstance(rescale, bool), "rescale must be 0, 1 or 2", rescale)
+        require(
+            self.name,
+            isinstance(rescale, int) and not isinstance(rescale, bool) and rescale in (0, 1, 2),
+            "rescale must be 0, 1 or 2",
+            rescale,
+        )
         self.rescale = int(rescale)
         # The last inner solution, a warm start for the next step's QPs: speed only, not state
         # (the minimiser is unique, so a resumed run without it gets the same weights to rounding).

@@ -9,7 +9,7 @@ from torch import Tensor
 from typing_extensions import Unpack
 
 from lightning_multiloss.weighting._base import GradientOptions
-from lightning_multiloss.weighting._common import check_positive, require
+from lightning_multiloss.weighting._common import as_number, check_positive, require
 from lightning_multiloss.weighting._gramian import GramianWeighting
 from lightning_multiloss.weighting._registry import register
 
@@ -64,7 +64,7 @@ class DBMTL(GramianWeighting):
 
     def __init__(self, beta: float = 0.9, beta_sigma: float = 0.0, **options: Unpack[GradientOptions]) -> None:
         super().__init__(**options)
-        beta = float(beta)
+        beta = as_number(self.name, "beta", beta)
         require(self.name, math.isfinite(beta) and 0.0 <= beta < 1.0, "beta must be in [0, 1)", beta)
         self.beta = beta
         self.beta_sigma = check_positive(self.name, "beta_sigma", beta_sigma, allow_zero=True)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
-from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.weighting._base import WeightedLoss, Weighting, weighted_sum
+from lightning_multiloss.weighting._common import check_positive
 from lightning_multiloss.weighting._registry import register
 
 
@@ -53,10 +51,7 @@ class DWA(Weighting):
 
     def __init__(self, temperature: float = 2.0) -> None:
         super().__init__()
-        temperature = float(temperature)
-        if not (math.isfinite(temperature) and temperature > 0):
-            raise MultiLossError(f"weighting 'dwa': temperature must be finite and > 0, got {temperature}")
-        self.temperature = temperature
+        self.temperature = check_positive("dwa", "temperature", temperature)
         self.weights: Tensor
         self.last_means: Tensor
         self.previous_means: Tensor

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.weighting._base import WeightedLoss, Weighting
-from lightning_multiloss.weighting._common import linearised, process_mean
+from lightning_multiloss.weighting._common import check_positive, linearised, process_mean
 from lightning_multiloss.weighting._registry import register
 
 _BETAS = (0.9, 0.999)
@@ -90,14 +88,9 @@ class FAMO(Weighting):
 
     def __init__(self, lr: float = 0.025, weight_decay: float = 1e-3, eps: float = 1e-8) -> None:
         super().__init__()
-        for name, value, positive in (("lr", lr, True), ("weight_decay", weight_decay, False), ("eps", eps, True)):
-            value = float(value)
-            if not math.isfinite(value) or value < 0 or (positive and value == 0):
-                bound = "> 0" if positive else ">= 0"
-                raise MultiLossError(f"weighting 'famo': {name} must be finite and {bound}, got {value}")
-        self.lr = float(lr)
-        self.weight_decay = float(weight_decay)
-        self.eps = float(eps)
+        self.lr = check_positive("famo", "lr", lr)
+        self.weight_decay = check_positive("famo", "weight_decay", weight_decay, allow_zero=True)
+        self.eps = check_positive("famo", "eps", eps)
         self._pending = False
         self.logits: Tensor
         self.exp_avg: Tensor

@@ -58,6 +58,11 @@ class Fixed(Weighting):
         spec = [1.0] * num_tasks if self._spec is None else self._spec
         values = per_task_values(self.name, self.task_names, spec, "weights", 1.0)
         values = [check_weight(self.name, name, v) for name, v in zip(self.task_names, values, strict=True)]
+        if not any(values):
+            raise MultiLossError(
+                f"weighting 'fixed': every weight is 0 ({dict(zip(self.task_names, values, strict=True))}): "
+                "the loss would be 0 and nothing would train"
+            )
         # Not persistent: fixed weights are configuration, not training state.
         self.register_buffer("weights", torch.tensor(values), persistent=False)
 

@@ -131,7 +131,8 @@ class GradDrop(GradientWeighting):
             )
         if representation.ndim < 1:
             raise MultiLossError("weighting 'graddrop': the shared representation must have a batch dimension")
-        grads = representation_gradients(losses, representation, "graddrop").float()
+        grads = representation_gradients(losses, representation, "graddrop")
+        grads = grads.to(torch.promote_types(grads.dtype, torch.float32))  # float32 or wider (a float64 model keeps it)
         sums = grads.sum(1)
         if self.ddp == "exact" and world_size() > 1:
             sums = all_reduce_sum(sums)

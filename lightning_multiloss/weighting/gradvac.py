@@ -9,7 +9,7 @@ from torch import Tensor
 from typing_extensions import Unpack
 
 from lightning_multiloss.weighting._base import GradientOptions
-from lightning_multiloss.weighting._common import require, seeded_generator
+from lightning_multiloss.weighting._common import as_number, require, seeded_generator
 from lightning_multiloss.weighting._gramian import GramianWeighting
 from lightning_multiloss.weighting._registry import register
 from lightning_multiloss.weighting._solvers import gradvac_weights, random_orders
@@ -68,7 +68,7 @@ class GradVac(GramianWeighting):
 
     def __init__(self, beta: float = 0.01, seed: int = 0, **options: Unpack[GradientOptions]) -> None:
         super().__init__(**options)
-        beta = float(beta)
+        beta = as_number(self.name, "beta", beta)
         require(self.name, math.isfinite(beta) and 0.0 < beta <= 1.0, "beta must be in (0, 1]", beta)
         require(
             self.name,

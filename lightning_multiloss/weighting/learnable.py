@@ -70,10 +70,12 @@ class Learnable(Weighting):
 
     def __init__(self, init: float | Sequence[float] | None = None, check_every: int = 50) -> None:
         super().__init__()
-        if isinstance(init, int | float) and not isinstance(init, bool) and not 0.0 <= float(init) <= 1.0:
+        if isinstance(init, str | bytes | bool):
+            raise MultiLossError(f"weighting 'learnable': init must be a number or a list of numbers, got {init!r}")
+        if isinstance(init, int | float) and not 0.0 <= float(init) <= 1.0:
             raise MultiLossError(f"weighting 'learnable': alpha must be in [0, 1], got init={init}")
-        if check_every < 1:
-            raise MultiLossError(f"weighting 'learnable': check_every must be >= 1, got {check_every}")
+        if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
+            raise MultiLossError(f"weighting 'learnable': check_every must be an integer >= 1, got {check_every!r}")
         self._init = init
         self.check_every = check_every
         self._steps = 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -11,7 +10,13 @@ from torch import Tensor
 
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.weighting._base import WeightedLoss, Weighting
-from lightning_multiloss.weighting._common import check_weight, linearised, per_task_values, process_mean
+from lightning_multiloss.weighting._common import (
+    check_positive,
+    check_weight,
+    linearised,
+    per_task_values,
+    process_mean,
+)
 from lightning_multiloss.weighting._registry import register
 
 _TINY = 1e-20  # the official code's offset inside the log
@@ -80,15 +85,13 @@ class STCH(Weighting):
         preference: Sequence[float] | Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
-        mu = float(mu)
-        if not (math.isfinite(mu) and mu > 0):
-            raise MultiLossError(f"weighting 'stch': mu must be finite and > 0, got {mu}")
+        mu = check_positive("stch", "mu", mu)
         if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
             raise MultiLossError(f"weighting 'stch': warmup_epochs must be an integer >= 0, got {warmup_epochs!r}")
         if isinstance(preference, Mapping):
             preference = {n: self._check_preference(n, v) for n, v in preference.items()}
         elif preference is not None:
-            preference = [self._check_preference(f"#{i}", v) for i, v in enumerate(preference)]
+            preference = list(preference)  # checked in build, by task name
         self.mu = mu
         self.warmup_epochs = warmup_epochs
         self._preference_spec = preference
@@ -107,7 +110,12 @@ class STCH(Weighting):
     def build(self, num_tasks: int) -> None:
         spec = self._preference_spec
         spec = [1.0] * num_tasks if spec is None else spec
-        values = [float(v) for v in per_task_values(self.name, self.task_names, spec, "preference", 1.0)]
+        values = [
+            self._check_preference(name, v)
+            for name, v in zip(
+                self.task_names, per_task_values(self.name, self.task_names, spec, "preference", 1.0), strict=True
+            )
+        ]
         self.register_buffer("preference", torch.tensor(values), persistent=False)
         self.register_buffer("nadir", torch.ones(num_tasks))
         self.register_buffer("epochs_seen", torch.zeros((), dtype=torch.long))

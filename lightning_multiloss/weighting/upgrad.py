@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import Tensor
 from typing_extensions import Unpack
 
 from lightning_multiloss.weighting._base import GradientOptions
-from lightning_multiloss.weighting._common import require
+from lightning_multiloss.weighting._common import check_positive
 from lightning_multiloss.weighting._gramian import GramianWeighting
 from lightning_multiloss.weighting._registry import register
 from lightning_multiloss.weighting._solvers import box_qp, host_array, uniform
@@ -54,9 +52,7 @@ class UPGrad(GramianWeighting):
 
     def __init__(self, reg_eps: float = 1e-4, **options: Unpack[GradientOptions]) -> None:
         super().__init__(**options)
-        reg_eps = float(reg_eps)
-        require(self.name, math.isfinite(reg_eps) and reg_eps >= 0.0, "reg_eps must be finite and >= 0", reg_eps)
-        self.reg_eps = reg_eps
+        self.reg_eps = check_positive(self.name, "reg_eps", reg_eps, allow_zero=True)
         # The last step's K box-QP solutions (v − eᵢ/K), a warm start for the next step's: speed
         # only, not state (each minimiser is unique, so a resumed run without it gets the same
         # weights to rounding).
