@@ -292,6 +292,10 @@ class MultiTaskMixin(_Base):
         # epoch's end): device additions each step, reduced over processes once per epoch; for
         # logging only, so not in checkpoints.
         self._mt_train_means = TaskEpochMean(len(tasks), persistent=False)
+        # The means and metrics of the second and further evaluation dataloaders, made on their
+        # first batch ("<stage>_<index>": a ModuleDict of "means" and "metrics"): each loader's
+        # values are its own (Lightning logs them under "/dataloader_idx_<index>").
+        self._mt_other_loaders = nn.ModuleDict()
 
     # -- what users may override --------------------------------------------------------
     @property
@@ -454,15 +458,15 @@ class MultiTaskMixin(_Base):
             self.check_finite_losses()
         return result.loss
 
-    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         if _is_compiling():
-            return _run_eagerly(MultiTaskMixin.validation_step, self, batch, batch_idx)
-        return self._mt_eval_step(batch, batch_idx, "val")
+            return _run_eagerly(MultiTaskMixin.validation_step, self, batch, batch_idx, dataloader_idx)
+        return self._mt_eval_step(batch, batch_idx, "val", dataloader_idx)
 
-    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         if _is_compiling():
-            return _run_eagerly(MultiTaskMixin.test_step, self, batch, batch_idx)
-        return self._mt_eval_step(batch, batch_idx, "test")
+            return _run_eagerly(MultiTaskMixin.test_step, self, batch, batch_idx, dataloader_idx)
+        return self._mt_eval_step(batch, batch_idx, "test", dataloader_idx)
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
         return self(self.predict_inputs(batch))
@@ -780,7 +784,14 @@ class MultiTaskMixin(_Base):
         raise NonFiniteLossError(f"non-finite {detail} at {stage} {where}{hint}")
 
     def _mt_log(
-        self, stage: Stage, losses: Tensor, weights: Tensor, total: Tensor, batch_size: int, logging_step: bool = True
+        self,
+        stage: Stage,
+        losses: Tensor,
+        weights: Tensor,
+        total: Tensor,
+        batch_size: int,
+        logging_step: bool = True,
+        loader: int = 0,
     ) -> None:
         total_key, loss_keys, weight_keys = self._mt_keys[stage]
         if stage != "train":
@@ -793,10 +804,19 @@ class MultiTaskMixin(_Base):
             keys = [total_key, *loss_keys, *weight_keys]
             counts = [self._mt_labelled_counts.get(i, batch_size) for i in range(len(loss_keys))]
             sizes = [batch_size, *counts, *[batch_size] * len(weight_keys)]
-            means = cast("Sequence[MeanMetric]", self._mt_eval_means[stage])
-            for key, mean, value, size in zip(keys, means, values, sizes, strict=True):
+            means = self._mt_eval_metrics(stage, loader)[0]
+            names = self._mt_loader_attributes(stage, loader, "means", len(means))
+            for key, mean, value, size, name in zip(keys, means, values, sizes, names, strict=True):
                 mean.update(value, size)
-                self.log(key, mean, on_step=False, on_epoch=True, prog_bar=key == total_key, batch_size=batch_size)
+                self.log(
+                    key,
+                    mean,
+                    on_step=False,
+                    on_epoch=True,
+                    prog_bar=key == total_key,
+                    batch_size=batch_size,
+                    metric_attribute=name,
+                )
             return
         self.log(total_key, total.detach(), on_step=True, on_epoch=False, batch_size=batch_size, prog_bar=True)
         # Each logged key costs Lightning a fixed amount per call, and the loggers write step values
@@ -814,22 +834,61 @@ class MultiTaskMixin(_Base):
         """
         if torch.is_inference_mode_enabled():
             return  # inference tensors may be updated in place here
+        other_loaders = [key for key in self._mt_other_loaders if key.startswith(f"{stage}_")]
         metrics = [
-            *cast("Sequence[Metric]", self._mt_eval_means[stage]),
-            *cast("Sequence[Metric]", self._mt_metrics[f"{stage}_metrics"]),
+            metric
+            for loader in [0, *(int(key.rsplit("_", 1)[1]) for key in other_loaders)]
+            for group in self._mt_eval_metrics(stage, loader)
+            for metric in group
         ]
         for metric in metrics:
             if _holds_inference_tensors(metric):
                 metric.reset()
 
-    def _mt_update_metrics(self, stage: Stage, outputs: Mapping[str, Tensor], targets: Mapping[str, Any]) -> None:
+    def _mt_eval_metrics(self, stage: Stage, loader: int) -> tuple[Sequence[MeanMetric], Sequence[Metric]]:
+        """The evaluation means and the tasks' metrics of ``stage`` for dataloader ``loader``."""
+        means = cast("Sequence[MeanMetric]", self._mt_eval_means[stage]) if stage != "train" else []
+        metrics = (
+            cast("Sequence[Metric]", self._mt_metrics[f"{stage}_metrics"])
+            if f"{stage}_metrics" in self._mt_metrics
+            else []
+        )
+        if loader == 0:
+            return means, metrics
+        key = f"{stage}_{loader}"
+        if key not in self._mt_other_loaders:
+            copies = nn.ModuleDict(
+                {
+                    "means": nn.ModuleList(copy.deepcopy(list(means))),
+                    "metrics": nn.ModuleList(copy.deepcopy(list(metrics))),
+                }
+            )
+            for metric in copies.modules():
+                if isinstance(metric, Metric):
+                    metric.reset()  # copied from the first loader's, which may hold this epoch's values
+            self._mt_other_loaders[key] = copies
+        group = cast(nn.ModuleDict, self._mt_other_loaders[key])
+        return cast("Sequence[MeanMetric]", group["means"]), cast("Sequence[Metric]", group["metrics"])
+
+    @staticmethod
+    def _mt_loader_attributes(stage: Stage, loader: int, group: str, count: int) -> list[str | None]:
+        """The attribute names of a later loader's means or metrics, for ``self.log`` (Lightning
+        lists a module's metrics once, before these were made); ``None`` (found by Lightning) for the first."""
+        if loader == 0:
+            return [None] * count
+        return [f"_mt_other_loaders.{stage}_{loader}.{group}.{i}" for i in range(count)]
+
+    def _mt_update_metrics(
+        self, stage: Stage, outputs: Mapping[str, Tensor], targets: Mapping[str, Any], loader: int = 0
+    ) -> None:
         """Update the tasks' metrics of ``stage`` (device operations) and log them as epoch values.
 
         Lightning computes each logged metric at the epoch's end (over all processes) and resets it.
         """
-        metrics = cast("Sequence[Metric]", self._mt_metrics[f"{stage}_metrics"])
+        metrics = self._mt_eval_metrics(stage, loader)[1]
+        names = self._mt_loader_attributes(stage, loader, "metrics", len(metrics))
         selected: dict[int, tuple[Tensor, Any] | None] = {}  # per task: its labelled outputs and targets
-        for (at, key), metric in zip(self._mt_metric_keys[stage], metrics, strict=True):
+        for (at, key), metric, name in zip(self._mt_metric_keys[stage], metrics, names, strict=True):
             if at not in selected:
                 task = self._mt_tasks[at]
                 output, target = outputs[task.name].detach(), targets[task.target_key]
@@ -843,14 +902,14 @@ class MultiTaskMixin(_Base):
             # computes a logged metric at the epoch's end with a collective, which would wait
             # forever for a process that never logged it (a task without labels in its shard).
             if pair is not None or is_distributed():
-                self.log(key, metric, on_step=False, on_epoch=True)
+                self.log(key, metric, on_step=False, on_epoch=True, metric_attribute=name)
 
-    def _mt_eval_step(self, batch: Any, batch_idx: int, stage: Literal["val", "test"]) -> Tensor:
+    def _mt_eval_step(self, batch: Any, batch_idx: int, stage: Literal["val", "test"], loader: int = 0) -> Tensor:
         outputs, targets, losses, batch_size = self._mt_forward(batch)
         self._mt_all_finite(losses, stage, batch_idx)
         result = self.weighting(losses)
-        self._mt_log(stage, losses, result.weights, result.loss, batch_size)
-        self._mt_update_metrics(stage, outputs, targets)
+        self._mt_log(stage, losses, result.weights, result.loss, batch_size, loader=loader)
+        self._mt_update_metrics(stage, outputs, targets, loader)
         return result.loss
 
 

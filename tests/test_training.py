@@ -493,3 +493,31 @@ def test_a_torchmetrics_metric_as_the_loss_of_a_one_output_head(metric: Any, ref
     assert outputs["aux"].shape == batch["aux"].shape == (16, 1)
     losses = model.task_losses(outputs, batch)  # checks the target against the loss, as a training step
     torch.testing.assert_close(losses[1], reference(outputs["aux"], batch["aux"]))
+
+
+def test_two_evaluation_dataloaders_each_log_their_own_values(tmp_path: Path) -> None:
+    # The second loader's values were pooled with the first's: one set of means and metrics per stage.
+    model = ToyNet(metrics=True)
+    first, second = ToyDataset(16, seed=1), ToyDataset(24, seed=2)
+    trainer = quiet_trainer(default_root_dir=tmp_path)
+    with torch.no_grad():
+        expected = []
+        for data in (first, second):
+            out = model(data.x)
+            expected.append(
+                {
+                    "loss/cls": float(F.cross_entropy(out["cls"], data.cls)),
+                    "loss/reg": float(F.mse_loss(out["reg"], data.reg)),
+                    "acc/cls": float((out["cls"].argmax(1) == data.cls).float().mean()),
+                    "mse/reg": float(F.mse_loss(out["reg"], data.reg)),
+                }
+            )
+    for stage, run in (("val", trainer.validate), ("test", trainer.test)):
+        for _ in range(2):  # and again: each epoch starts afresh
+            loaders = [DataLoader(first, batch_size=16), DataLoader(second, batch_size=8)]
+            logged = run(model, loaders, verbose=False)
+            assert len(logged) == 2
+            for index, values in enumerate(expected):
+                for key, value in values.items():
+                    got = logged[index][f"{stage}/{key}/dataloader_idx_{index}"]
+                    assert got == pytest.approx(value, rel=1e-5), (stage, index, key)
