@@ -51,6 +51,22 @@ class CliCase:
 
 CLI_CASES = [
     # -- config keys and values (issue 14) --------------------------------------------------------
+    # Counts that Lightning and torch check late or not at all: 0 was a ZeroDivisionError traceback
+    # when training started, -1 a "completed" run that trained nothing; torch_threads=0 was ignored.
+    CliCase(
+        "accumulate-zero",
+        ("trainer.accumulate_grad_batches=0",),
+        r"error: config key 'trainer\.accumulate_grad_batches': must be an integer >= 1, got 0",
+    ),
+    CliCase(
+        "accumulate-negative",
+        ("trainer.accumulate_grad_batches=-1",),
+        r"error: config key 'trainer\.accumulate_grad_batches': must be an integer >= 1, got -1",
+    ),
+    CliCase(
+        "threads-negative", ("torch_threads=-2",), r"error: config key 'torch_threads': must be an integer >= 1, got -2"
+    ),
+    CliCase("threads-zero", ("torch_threads=0",), r"error: config key 'torch_threads': must be an integer >= 1, got 0"),
     CliCase(
         "wrong-type",
         ("trainer.max_epochs=three",),

@@ -458,3 +458,12 @@ def test_ddp_evaluation_counts_every_sample_once(tmp_path):
             assert expected.keys() <= rank[stage].keys()
             for key, value in expected.items():
                 assert rank[stage][key] == pytest.approx(float(value), rel=1e-5, abs=1e-7), key
+
+
+@pytest.mark.parametrize(("callbacks", "checkpoints"), [("none", False), ("early_stopping", False), ("default", True)])
+def test_a_callback_set_without_the_checkpoint_writes_no_checkpoint(tmp_path, callbacks, checkpoints):
+    # callbacks=none still got Lightning's own ModelCheckpoint (csv/checkpoints/epoch=...ckpt).
+    from lightning_multiloss.app.train import build
+
+    _, _, trainer = build(compose_train(tmp_path, *QUIET, f"callbacks={callbacks}"))
+    assert (trainer.checkpoint_callback is not None) == checkpoints

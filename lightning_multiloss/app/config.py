@@ -388,6 +388,24 @@ def validate_config(cfg: DictConfig, *parts: str) -> None:
         if wanted(part) and cfg.get(part):
             for key, value in cfg[part].items():
                 check_node(value, f"{part}.{key}")
+    check_counts(cfg, wanted)
+
+
+# Integer keys that must be >= 1 and that their consumers do not check themselves (Lightning divides
+# by accumulate_grad_batches only when training starts: 0 is a ZeroDivisionError, -1 trains nothing).
+POSITIVE_COUNTS = (("trainer", "accumulate_grad_batches"), ("", "torch_threads"))
+
+
+def check_counts(cfg: DictConfig, wanted: Any) -> None:
+    """Refuse a count below 1 (``null`` is left to its default), naming the key."""
+    for part, key in POSITIVE_COUNTS:
+        node = cfg.get(part) if part else cfg
+        if (part and not wanted(part)) or not isinstance(node, DictConfig) or node.get(key) is None:
+            continue
+        value = node.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            full = f"{part}.{key}" if part else key
+            raise MultiLossError(f"config key '{full}': must be an integer >= 1, got {value!r}")
 
 
 def refused_key(node: Mapping[str, Any], message: str) -> str | None:

@@ -304,7 +304,7 @@ def build(cfg: DictConfig) -> tuple[Any, Any, Any]:
             )
         cfg = single_task(cfg, cfg.baseline_of)
     cfg = with_scheduled_task(cfg)
-    if cfg.get("torch_threads"):
+    if cfg.get("torch_threads") is not None:  # checked >= 1 with the config
         torch.set_num_threads(int(cfg.torch_threads))
     lightning.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = call(cfg.data, "data")
@@ -316,7 +316,14 @@ def build(cfg: DictConfig) -> tuple[Any, Any, Any]:
         call(node, f"callbacks.{key}") for key, node in (cfg.get("callbacks") or {}).items() if node is not None
     ]
     loggers = [call(node, f"logger.{key}") for key, node in (cfg.get("logger") or {}).items() if node is not None]
-    trainer = call(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    options: dict[str, Any] = {}
+    if cfg.trainer.get("enable_checkpointing") is None and not any(
+        type(cb).__name__ == "ModelCheckpoint" for cb in callbacks
+    ):
+        # callbacks=none (or a set without the checkpoint): no checkpoints, as chosen, where Lightning
+        # would add its own ModelCheckpoint (writing into the logger's folder, not checkpoints/).
+        options["enable_checkpointing"] = False
+    trainer = call(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, **options)
     return datamodule, model, trainer
 
 
