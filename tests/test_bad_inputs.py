@@ -25,7 +25,7 @@ from hydra.core.global_hydra import GlobalHydra
 from torch import Tensor, nn
 
 from lightning_multiloss import MultiLossError, Task, create_weighting
-from lightning_multiloss.app import train
+from lightning_multiloss.app import config, train
 from lightning_multiloss.app.results import RunResult
 from lightning_multiloss.schedules import Linear
 from lightning_multiloss.weighting import Fixed, Progress, Scheduled, Weighting
@@ -340,7 +340,20 @@ class ApiCase:
     error: type[BaseException] = MultiLossError
 
 
+def logger_without_its_package(save_dir: str) -> object:
+    """Stands for a logger whose optional package is not installed (TensorBoardLogger without tensorboard)."""
+    raise ModuleNotFoundError("Neither `tensorboard` nor `tensorboardX` is available. Try `pip install`ing either.")
+
+
 API_CASES = [
+    ApiCase(
+        "logger-without-its-package",  # was Hydra's multi-line instantiation error
+        lambda: config.call(
+            {"_target_": f"{__name__}.logger_without_its_package", "save_dir": "."}, "logger.tensorboard"
+        ),
+        r"config key 'logger\.tensorboard': tests\.test_bad_inputs\.logger_without_its_package needs a package: "
+        r"Neither `tensorboard` nor `tensorboardX` is available\. Try `pip install`ing either\.",
+    ),
     ApiCase(
         "reuse-jacobian-not-a-bool",
         lambda: ToyNet("upgrad", reuse_jacobian="no"),

@@ -469,6 +469,11 @@ def call(node: Any, node_key: str | None = None, **kwargs: Any) -> Any:
         refused = isinstance(cause, ValueError | TypeError) and not str(target).startswith("lightning_multiloss.")
         if node_key is not None and cause is not None and (misconfigured or refused):
             raise MultiLossError(refusal(_plain(node), node_key, cause)) from None
+        if node_key is not None and isinstance(cause, ImportError):  # a logger's optional package, say
+            reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+            raise MultiLossError(
+                f"config key '{node_key}': {target or 'the target'} needs a package: {reason}"
+            ) from None
         if misconfigured:
             raise MultiLossError(f"{target or 'config'}: {cause}") from None
         raise
