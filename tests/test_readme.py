@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import shlex
@@ -91,8 +92,8 @@ def test_readme_hydra_app_runs(tmp_path: Path) -> None:
         assert (run / name).is_file(), name
     with open(run / "csv" / "loss_weights.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    # 3 epochs of 512 / 32 batches, one record per optimizer step, then the weights in force at the end
-    assert [int(r["step"]) for r in rows] == list(range(1, 3 * 16 + 2))
+    # 3 epochs of 448 / 32 batches (64 samples validate), one record per optimizer step, then the weights at the end
+    assert [int(r["step"]) for r in rows] == list(range(1, 3 * 14 + 2))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["conf", "my_app.py", "run"]  # nothing outside it
     # The command the README gives for a gradient strategy on the representation.
     args = ["weighting=mgda", "weighting.route=representation", "max_epochs=1", "hydra.run.dir=mgda"]
@@ -102,7 +103,25 @@ def test_readme_hydra_app_runs(tmp_path: Path) -> None:
     assert proc.returncode == 0, f"my_app.py {' '.join(args)} failed:\n{proc.stderr[-6000:]}"
     with open(tmp_path / "mgda" / "csv" / "loss_weights.csv", newline="") as f:
         weights = [[float(v) for k, v in row.items() if k not in ("step", "epoch")] for row in csv.DictReader(f)]
-    assert len(weights) == 16 + 1 and all(abs(sum(w) - 1.0) < 1e-5 for w in weights)  # MGDA: on the simplex
+    assert len(weights) == 14 + 1 and all(abs(sum(w) - 1.0) < 1e-5 for w in weights)  # MGDA: on the simplex
+    # With the run-result callback (multiloss-report for your own app), the run is recorded complete
+    # (it was "failed": without a validation set, no metric to compare) and the report reads it.
+    args = ["hydra/callbacks=run_result", "max_epochs=1", "hydra.run.dir=recorded"]
+    proc = subprocess.run(
+        [sys.executable, "my_app.py", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, f"my_app.py {' '.join(args)} failed:\n{proc.stderr[-6000:]}"
+    result = json.loads((tmp_path / "recorded" / "result.json").read_text(encoding="utf-8"))
+    assert result["status"] == "completed", result
+    report = subprocess.run(
+        [sys.executable, "-m", "lightning_multiloss.app.report", "recorded"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert report.returncode == 0 and "1 completed" in report.stdout, report.stdout + report.stderr
 
 
 def demo_commands() -> list[list[str]]:
