@@ -74,3 +74,30 @@ def test_optuna_tunes_one_weight_per_task_on_the_validation_metric(tmp_path: Pat
     )
     assert report.returncode == 0, report.stderr
     assert "2 runs read: 2 completed (2 swept in 2 configurations" in report.stdout
+
+
+@pytest.mark.slow
+def test_a_search_whose_trials_all_fail_lists_them_without_a_traceback(tmp_path: Path) -> None:
+    # The search's weights name the digits tasks; loc_cls has others: every trial fails at once.
+    # Optuna then raised "No trials are completed yet" from its sweeper, a traceback after the trials.
+    args = [
+        "experiment=loc_cls",
+        "+hparams_search=digits_weights",
+        "hydra.sweeper.n_trials=2",
+        "trainer=debug",
+        "trainer.enable_progress_bar=false",
+        "hydra.sweep.dir=sweep",
+    ]
+    proc = cli(args, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-4000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    unknown = (
+        "error: weighting 'fixed': weights names unknown task(s) ['recon', 'centre']; the tasks are ['loc', 'cls']"
+    )
+    assert lines == [
+        unknown,
+        unknown,
+        "error: the sweep ended after its jobs failed (No trials are completed yet.)",
+        "error: 2 job(s) of the sweep failed:",
+    ], proc.stderr[-4000:]

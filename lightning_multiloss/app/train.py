@@ -575,6 +575,8 @@ def _app(cfg: DictConfig) -> float | None:
         print(f"error: {error}", file=sys.stderr, flush=True)
         if in_sweep:  # result.json says "failed"; the sweep goes on with its next job
             _failed_jobs.append(f"#{hydra_cfg.job.num} ({' '.join(overrides) or 'defaults'}): {error}")
+            # What the sweeper raises after its jobs (Optuna, when every trial failed) reaches main().
+            os.environ[_FULL_ERROR] = "1"
             return None
         raise SystemExit(2) from None
     # The sweep objective (for a sweeper such as Optuna's): the first task's primary metric on the
@@ -643,8 +645,18 @@ def main() -> None:
     except (HydraException, OmegaConfBaseException) as error:
         if _task_started or _users_full_error == "1":
             raise
-        print(f"error: {composition_error(error, sys.argv[1:])}", file=sys.stderr, flush=True)
+        message = composition_error(error, sys.argv[1:])
+        if "'hydra/sweeper/optuna'" in message:  # +hparams_search without the sweeper installed
+            message += " (the Optuna sweeper is an extra package: pip install hydra-optuna-sweeper)"
+        print(f"error: {message}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    except Exception as error:
+        if not _failed_jobs:
+            raise
+        # The sweeper itself gave up after failed jobs (Optuna: "No trials are completed yet" when
+        # every trial failed): the jobs' errors are what the user needs, listed below.
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"error: the sweep ended after its jobs failed ({reason})", file=sys.stderr)
     finally:
         _restore_env({_FULL_ERROR: _users_full_error})
     if _failed_jobs:
