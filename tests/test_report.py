@@ -542,3 +542,40 @@ def test_runs_of_the_defaults_have_an_empty_key_and_are_one_configuration(tmp_pa
     assert row.metrics["cls"].mean == pytest.approx(0.85) and row.metrics["reg"].mean == pytest.approx(0.25)
     text = (tmp_path / "out" / "report.md").read_text()
     assert "2 runs read: 2 completed (2 swept in 1 configuration, 0 single-task baselines)" in text
+
+
+def test_baselines_trained_otherwise_than_the_runs_are_named(tmp_path: Path) -> None:
+    # Runs of 1 epoch against baselines of 2 gave a Δm% with no word about it.
+    sweep = make_sweep(tmp_path)
+    write_baselines(tmp_path / "baselines")
+    for path in (tmp_path / "baselines").rglob("result.json"):
+        result = json.loads(path.read_text())
+        path.write_text(json.dumps({**result, "overrides": [*result["overrides"], "trainer.max_epochs=2"]}))
+    report = make_report([str(sweep)], [str(tmp_path / "baselines")], out=str(tmp_path / "out"))
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert (
+        f"the single-task baselines were trained otherwise than the runs ({COMMON}): "
+        f"cls: trainer.max_epochs=2; reg: trainer.max_epochs=2; Δm% compares unlike training"
+    ) in text
+    # Alike (the runs' common trainer override given to the baselines too): no such note.
+    for path in (tmp_path / "baselines").rglob("result.json"):
+        result = json.loads(path.read_text())
+        overrides = [o for o in result["overrides"] if not o.startswith("trainer.")] + [COMMON]
+        path.write_text(json.dumps({**result, "overrides": overrides}))
+    make_report([str(sweep)], [str(tmp_path / "baselines")], out=str(tmp_path / "out"))
+    assert "trained otherwise" not in (tmp_path / "out" / "report.md").read_text()
+    assert report.counts["ignored"] == 0
+
+
+def test_the_header_counts_the_runs_ignored_under_baselines(tmp_path: Path) -> None:
+    # "27 runs read: 27 completed (9 swept ..., 9 single-task baselines)": the 9 others were not counted.
+    sweep = make_sweep(tmp_path)
+    report = make_report([str(sweep)], [str(sweep)], out=str(tmp_path / "out"))
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert report.counts["ignored"] == 0  # a folder given both ways counts as swept
+    other = make_sweep(tmp_path / "other")
+    report = make_report([str(sweep)], [str(other)], out=str(tmp_path / "out"))
+    text = (tmp_path / "out" / "report.md").read_text()
+    swept = report.counts["swept"]
+    assert report.counts["ignored"] == swept and report.counts["completed"] == 2 * swept
+    assert f"({swept} swept in " in text and f", {swept} under --baselines ignored (not baselines)); " in text

@@ -348,6 +348,56 @@ def _is_seed(override: str) -> bool:
     return key == "seed" or key.endswith(".seed")
 
 
+# Overrides that change how a model is trained (not what is compared): a baseline trained otherwise
+# than the runs (2 epochs against 1) makes Δm% compare unlike things.
+TRAINING_SETUP = ("trainer", "data", "model.trunk", "model.optimizer")
+NOT_TRAINING = frozenset(
+    f"trainer.{key}"
+    for key in (
+        "enable_progress_bar",
+        "enable_model_summary",
+        "enable_checkpointing",
+        "log_every_n_steps",
+        "num_sanity_val_steps",
+        "accelerator",
+        "profiler",
+    )
+)
+
+
+def _training_setup(run: Run) -> tuple[str, ...]:
+    """The run's overrides of its training setup (:data:`TRAINING_SETUP`), sorted."""
+    return tuple(
+        sorted(
+            o
+            for o in run.overrides
+            if _override_key(o) not in NOT_TRAINING
+            and any(_override_key(o) == p or _override_key(o).startswith(p + ".") for p in TRAINING_SETUP)
+        )
+    )
+
+
+def _setup_mismatch(swept: list[Run], baselines: dict[str, Baseline]) -> str | None:
+    """A note where the baselines were trained otherwise than the swept runs (all of which share one setup)."""
+    setups = {_training_setup(r) for r in swept}
+    if len(setups) != 1:
+        return None
+    (ours,) = setups
+    theirs = {
+        task: setup
+        for task, base in baselines.items()
+        for setup in sorted({_training_setup(r) for r in base.runs})
+        if setup != ours
+    }
+    if not theirs:
+        return None
+    shown = "; ".join(f"{task}: {' '.join(setup) or 'defaults'}" for task, setup in theirs.items())
+    return (
+        f"the single-task baselines were trained otherwise than the runs ({' '.join(ours) or 'defaults'}): "
+        f"{shown}; Δm% compares unlike training"
+    )
+
+
 def _distinguishing(rows: list[ConfigRow]) -> None:
     """Keep, in each row, the overrides that not every row of the experiment shares (seeds dropped)."""
     per_row = [[o for o in row.overrides if not _is_seed(o)] for row in rows]
@@ -426,6 +476,9 @@ def _summarise_experiment(name: str, swept: list[Run], baseline_runs: list[Run])
             baselines[task] = Baseline(task, metric, Stat.of(values), own)
     missing = [task for task in tasks if task not in baselines]
     if not missing:
+        mismatch = _setup_mismatch(swept, baselines)
+        if mismatch:
+            notes.append(mismatch)
         zero = [task for task in tasks if baselines[task].stat.mean == 0]
         # Test metrics against validation baselines (test=false) would compare different data.
         splits = {str(run.evaluated_on) for row in rows for run in row.runs if run.status == "completed"}
@@ -500,7 +553,7 @@ def build_report(
         os.path.realpath(r.folder) for r in runs
     }
     notes: list[str] = []
-    counts = {"runs": len(unique), "completed": 0, "swept": 0, "configurations": 0, "baselines": 0}
+    counts = {"runs": len(unique), "completed": 0, "swept": 0, "configurations": 0, "baselines": 0, "ignored": 0}
     counts.update({status: 0 for status in (*STATUSES[1:], NO_RESULT)})
     problems = [r for r in unique if r.status != "completed"]
     for run in problems:
@@ -515,6 +568,7 @@ def build_report(
         swept = [r for r in swept if r not in ignored]
     counts["baselines"] = len(baselines)
     counts["swept"] = len(swept)
+    counts["ignored"] = len(ignored)
     experiments: list[ExperimentReport] = []
     names = list(dict.fromkeys(r.experiment for r in swept))
     for name in names:
@@ -559,10 +613,11 @@ def _arrow(direction: str) -> str:
 def _header(report: Report) -> str:
     c = report.counts
     bad = [f"{c[s]} {s}" for s in ("failed", "interrupted", "running", NO_RESULT)]
+    ignored = f", {c['ignored']} under --baselines ignored (not baselines)" if c.get("ignored") else ""
     return (
         f"{_count(c['runs'], 'run')} read: {c['completed']} completed ({c['swept']} swept in "
-        f"{_count(c['configurations'], 'configuration')}, {_count(c['baselines'], 'single-task baseline')}); "
-        f"{', '.join(bad)}."
+        f"{_count(c['configurations'], 'configuration')}, {_count(c['baselines'], 'single-task baseline')}"
+        f"{ignored}); {', '.join(bad)}."
     )
 
 
