@@ -522,8 +522,9 @@ class MultiTaskMixin(_Base):
         step, epoch, batch, values = pending[at]
         names = [task.name for task in self._mt_tasks]
         local = values.tolist()
+        elsewhere = "non-finite or negative on another process" if nonnegative else "non-finite on another process"
         culprits = {
-            name: value if not math.isfinite(value) or value < 0 else "non-finite or negative on another process"
+            name: value if not math.isfinite(value) or (nonnegative and value < 0) else elsewhere
             for name, value, i in zip(names, local, first_bad, strict=True)
             if i == at
         }
@@ -625,6 +626,13 @@ class MultiTaskMixin(_Base):
         the parameter list (a new fit may have added or replaced parameters)."""
         if trainer is None or self._mt_checked_trainer == id(trainer):
             return
+        if not self.automatic_optimization and type(self).training_step is MultiTaskMixin.training_step:
+            # Lightning ignores the returned loss under manual optimization: nothing would train.
+            raise MultiLossError(
+                "automatic_optimization is False, so Lightning does not backpropagate the loss the mixin's "
+                "training_step returns: override training_step, take `loss = super().training_step(batch, "
+                "batch_idx)`, then call self.manual_backward(loss) and step your optimizers"
+            )
         if self.weighting.needs_callback and not any(isinstance(cb, LossWeightingHooks) for cb in trainer.callbacks):
             raise MultiLossError(
                 f"weighting {self.weighting.name!r} needs LossWeightingCallback: keep the mixin's "

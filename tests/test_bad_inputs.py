@@ -326,6 +326,25 @@ def test_the_console_script_prints_the_same_one_line(tmp_path: Path) -> None:
     assert proc.stderr == "error: config key 'trainer.max_epoch': Key 'max_epoch' not in 'TrainerConf'\n"
 
 
+def test_a_checkpoint_that_cannot_resume_is_the_only_output(tmp_path: Path, digits_checkpoint: Path) -> None:
+    # The Trainer was made before the checks, so Lightning's "GPU available: ..." lines came first.
+    script = Path(sys.executable).parent / "multiloss-train"
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "LOCAL_RANK", "WORLD_SIZE", "RANK")}
+    for extra in (["trainer.max_epochs=2"], ["trainer.max_epochs=3", "model.tasks.digit.out_features=12"]):
+        proc = subprocess.run(
+            [str(script), f"ckpt_path={digits_checkpoint}", *extra, "hydra.run.dir=run"],
+            cwd=tmp_path,
+            env={**env, "OMP_NUM_THREADS": "1"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert proc.stderr.startswith(f"error: ckpt_path '{digits_checkpoint}' ") and proc.stderr.count("\n") == 1, (
+            proc.stderr
+        )
+
+
 def test_the_cli_ids_are_unique() -> None:
     assert len({case.id for case in CLI_CASES}) == len(CLI_CASES)
 

@@ -417,3 +417,30 @@ def test_famo_value_stays_finite_with_a_negative_loss():
     d = torch.tensor(1.9) + 1e-8
     torch.testing.assert_close(out.loss, d * torch.log(d))
     torch.testing.assert_close(out.weights, torch.tensor([0.0, 1.0]))
+
+
+def test_manual_optimization_without_a_training_step_of_ones_own(tmp_path):
+    # Lightning ignores a returned loss under manual optimization: the mixin's step trained nothing, silently.
+    class Manual(ToyNet):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+
+    model = Manual()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(MultiLossError, match=r"automatic_optimization is False, .*self\.manual_backward\(loss\)"):
+        fit(model, samples(16), tmp_path)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+    class ManualWithItsStep(Manual):  # as the message says: trains
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            optimizer = self.optimizers()
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+            return loss
+
+    model = ManualWithItsStep()
+    fit(model, samples(16), tmp_path)
+    assert not torch.equal(model.trunk[0].weight.detach(), before["trunk.0.weight"])

@@ -241,7 +241,7 @@ def test_imtl_g_equals_libmtl(case: int) -> None:
     assert_same(update, libmtl_imtl_g(jac) @ jac, "update")
 
 
-@pytest.mark.parametrize("case", [i for i in range(len(JACOBIANS)) if i != RANK_DEFICIENT])
+@pytest.mark.parametrize("case", [i for i in range(len(JACOBIANS)) if i not in (RANK_DEFICIENT, ZERO_ROW)])
 def test_mgda_equals_libmtl_solved_tightly_and_is_no_worse_than_the_peers(case: int) -> None:
     jac = JACOBIANS[case]
     k = jac.shape[0]
@@ -256,6 +256,21 @@ def test_mgda_equals_libmtl_solved_tightly_and_is_no_worse_than_the_peers(case: 
     min_norm_gap(jac, weights, MGDAWeighting()(jac @ jac.T))
     if k == 2:  # Frank-Wolfe is exact on a segment
         assert_same(weights, MGDAWeighting(epsilon=1e-12, max_iters=1000)(jac @ jac.T), "weights vs TorchJD")
+
+
+def test_mgda_leaves_a_zero_gradient_out_where_the_peers_stop_on_it() -> None:
+    # A zero row (a task without a label in the batch) is the min-norm point of the hull: LibMTL and
+    # TorchJD put all the weight on it (no update for anyone). We leave it out: the min-norm point of
+    # the other rows, as LibMTL computes it for them alone, and weight 0 for the zero one.
+    jac = JACOBIANS[ZERO_ROW]
+    assert float(jac[2].abs().max()) == 0.0
+    weights, update = full_step(bound("mgda", 4), jac)
+    assert_same(libmtl_mgda(jac, stop=1e-13, max_iter=3000), torch.tensor([0.0, 0.0, 1.0, 0.0], dtype=F64), "LibMTL")
+    others = [0, 1, 3]
+    reference = libmtl_mgda(jac[others], stop=1e-13, max_iter=3000)
+    assert_same(weights[others], reference, "weights vs LibMTL on the non-zero rows")
+    assert float(weights[2]) == 0.0
+    assert_same(update, reference @ jac[others], "update")
 
 
 def test_mgda_rank_deficient_same_update_and_least_norm_weights() -> None:

@@ -29,7 +29,7 @@ import socket
 import sys
 import warnings
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -283,11 +283,12 @@ def with_scheduled_task(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def build(cfg: DictConfig) -> tuple[Any, Any, Any]:
+def build(cfg: DictConfig, check_model: Callable[[Any], None] | None = None) -> tuple[Any, Any, Any]:
     """The datamodule, model and trainer of a composed config (validated, resolved).
 
     All of them, the callbacks and the loggers come from the Lightning package of the config's
-    ``lightning`` key (:mod:`~lightning_multiloss.app.namespace`).
+    ``lightning`` key (:mod:`~lightning_multiloss.app.namespace`). ``check_model`` runs on the
+    model before the Trainer is made (which logs its devices): an error there is the only output.
     """
     validate_config(cfg)
     cfg = _resolved(cfg)
@@ -312,6 +313,8 @@ def build(cfg: DictConfig) -> tuple[Any, Any, Any]:
         cfg.model, "model", input_shape=list(datamodule.input_shape), weighting=cfg.weighting, _recursive_=False
     )
     model.configure_optimizers()  # the optimizer's arguments are checked now, not when training starts
+    if check_model is not None:
+        check_model(model)
     callbacks = [
         call(node, f"callbacks.{key}") for key, node in (cfg.get("callbacks") or {}).items() if node is not None
     ]
@@ -384,10 +387,14 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
     threads = torch.get_num_threads()  # build() may change it (torch_threads): restored at the end
     try:
         checkpoint = check_checkpoint(cfg.get("ckpt_path"))
-        datamodule, model, trainer = build(cfg)
-        if checkpoint is not None:
-            check_resumable(checkpoint, trainer.max_epochs, trainer.max_steps)
-            check_same_model(checkpoint, ModelSummary.of(model.hparams, model.state_dict()))
+
+        def resumable(model: Any) -> None:
+            if checkpoint is not None:
+                limits = _resolved(OmegaConf.masked_copy(cfg, ["trainer"])).trainer
+                check_resumable(checkpoint, limits.get("max_epochs"), int(limits.get("max_steps", -1)))
+                check_same_model(checkpoint, ModelSummary.of(model.hparams, model.state_dict()))
+
+        datamodule, model, trainer = build(cfg, check_model=resumable)
         ckpt_path = None if checkpoint is None else checkpoint.path
     except BaseException as error:
         if rank_zero:
