@@ -506,31 +506,40 @@ class MultiTaskMixin(_Base):
             return
         losses = torch.stack([entry[3] for entry in pending]).to(torch.float64)
         index = torch.arange(len(pending), device=losses.device, dtype=torch.float64)[:, None]
-        bad = ~torch.isfinite(losses)
-        nonnegative = self.weighting.needs_nonnegative_losses
-        if nonnegative:
-            bad |= losses < 0
-        first = torch.where(bad, index, float(len(pending))).amin(dim=0)
+        none = float(len(pending))
+        nonfinite = ~torch.isfinite(losses)
+        negative = losses < 0 if self.weighting.needs_nonnegative_losses else torch.zeros_like(nonfinite)
+        # Per task, the first step of each kind (K non-finite, then K negative): one all-reduce
+        # gives every process the same earliest step and the same kind of error to raise.
+        first = torch.cat(
+            [torch.where(nonfinite, index, none).amin(dim=0), torch.where(negative, index, none).amin(dim=0)]
+        )
         if is_distributed():
             import torch.distributed as dist
 
             dist.all_reduce(first, op=dist.ReduceOp.MIN)
-        first_bad = [int(i) for i in first.tolist()]
-        if min(first_bad) == len(pending):
+        k = len(self._mt_tasks)
+        firsts = [int(i) for i in first.tolist()]
+        first_nonfinite, first_negative = firsts[:k], firsts[k:]
+        at = min(firsts)
+        if at == len(pending):
             return
-        at = min(first_bad)
         step, epoch, batch, values = pending[at]
         names = [task.name for task in self._mt_tasks]
         local = values.tolist()
-        elsewhere = "non-finite or negative on another process" if nonnegative else "non-finite on another process"
+        where = f"step {step}, epoch {epoch}, batch {batch}" if step >= 0 else f"batch {batch}"
+        if at not in first_nonfinite:  # negative losses only, at that step
+            culprits: dict[str, object] = {
+                name: value if value < 0 else "negative on another process"
+                for name, value, i in zip(names, local, first_negative, strict=True)
+                if i == at
+            }
+            raise MultiLossError(_negative_loss_message(self.weighting.name, culprits, f"train {where}"))
         culprits = {
-            name: value if not math.isfinite(value) or (nonnegative and value < 0) else elsewhere
-            for name, value, i in zip(names, local, first_bad, strict=True)
+            name: value if not math.isfinite(value) else "non-finite on another process"
+            for name, value, i in zip(names, local, first_nonfinite, strict=True)
             if i == at
         }
-        where = f"step {step}, epoch {epoch}, batch {batch}" if step >= 0 else f"batch {batch}"
-        if nonnegative and all(isinstance(v, float) and math.isfinite(v) for v in culprits.values()):
-            raise MultiLossError(_negative_loss_message(self.weighting.name, culprits, f"train {where}"))
         raise NonFiniteLossError(
             f"non-finite task loss(es) {culprits} at train {where}; configure_multitask(on_nonfinite='skip') "
             "(multiloss-train: model.on_nonfinite=skip) skips such steps"
@@ -761,10 +770,12 @@ class MultiTaskMixin(_Base):
         if stage == "train" and self.weighting.needs_nonnegative_losses:
             negative = {n: v for n, v in zip(names, values, strict=True) if v < 0}
         bad = not all(map(math.isfinite, values))
-        refuse = bool(negative)
+        negative_anywhere = [name in negative for name in names]
         if stage == "train" and is_distributed():  # every process skips or raises, or none (one all-reduce)
-            flags = all_reduce_sum(torch.tensor([float(bad), float(refuse)], device=losses.device)).tolist()
-            bad, refuse = flags[0] > 0, flags[1] > 0
+            flags = [float(bad), *map(float, negative_anywhere)]
+            summed = all_reduce_sum(torch.tensor(flags, device=losses.device)).tolist()
+            bad, negative_anywhere = summed[0] > 0, [count > 0 for count in summed[1:]]
+        refuse = any(negative_anywhere)
         if not bad and not refuse:
             return True
         trainer = trainer_of(self)
@@ -774,7 +785,11 @@ class MultiTaskMixin(_Base):
             else f"batch {batch_idx}"
         )
         if refuse:  # not a step to skip: every step of such a loss is wrong for the method
-            culprits: dict[str, object] = dict(negative) or {"a task": "negative on another process"}
+            culprits: dict[str, object] = {
+                name: negative.get(name, "negative on another process")
+                for name, anywhere in zip(names, negative_anywhere, strict=True)
+                if anywhere
+            }
             raise MultiLossError(_negative_loss_message(self.weighting.name, culprits, f"train {where}"))
         culprits = {n: v for n, v in zip(names, values, strict=True) if not math.isfinite(v)}
         detail = f"task loss(es) {culprits}" if culprits else "a task loss on another process"

@@ -5,7 +5,8 @@
 - a task with no labelled sample on one rank does not stop DDP, and the update is the average
   of the ranks' gradients (a plain-PyTorch replay);
 - the weight trajectory is written once, by rank 0, into the logger's folder;
-- ``on_nonfinite="raise"`` with a NaN on one rank only: both ranks stop together, naming the step.
+- ``on_nonfinite="raise"`` with a NaN on one rank only: both ranks stop together, naming the step;
+- a negative loss on one rank only (FAMO needs losses >= 0): both ranks raise the same error.
 """
 
 from __future__ import annotations
@@ -131,3 +132,24 @@ def test_a_nonfinite_loss_on_one_rank_stops_both_naming_the_step(ranks: tuple[Pa
         assert rank["raise"]["global_step"] == 6  # found at the epoch's end, no step waited for it
     assert "{'reg': nan}" in rank1["raise"]["error"]
     assert "{'reg': 'non-finite on another process'}" in rank0["raise"]["error"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("mode", "stopped_at"), [("raise", 6), ("skip", SKIP_BATCH)])
+def test_a_negative_loss_on_one_rank_stops_both_with_the_same_error(
+    ranks: tuple[Path, list[dict[str, Any]]], mode: str, stopped_at: int
+) -> None:
+    # Rank 0 raised NonFiniteLossError ("non-finite or negative on another process", advising the skip
+    # option that does not skip such steps) while rank 1 raised the negative-loss error.
+    _, (rank0, rank1) = ranks
+    for rank in (rank0, rank1):
+        result = rank[f"negative_{mode}"]
+        assert result["error"] is not None, "training went on past a negative loss"
+        assert result["type"] == "MultiLossError"
+        assert (
+            f"at train step {SKIP_BATCH}, epoch 0, batch {SKIP_BATCH}: weighting 'famo' needs losses >= 0"
+            in (result["error"])
+        )
+        assert result["global_step"] == stopped_at  # raise: at the epoch's end; skip: at once
+    assert "{'reg': -4" in rank1[f"negative_{mode}"]["error"]
+    assert "{'reg': 'negative on another process'}" in rank0[f"negative_{mode}"]["error"]

@@ -5,7 +5,9 @@
 - ``reference``: the same model and data without the samples of that step (both ranks' batches).
 - ``masked``: the ``reg`` task has no labelled sample in rank 1's batch ``MASK_BATCH``.
 - ``raise``: ``on_nonfinite="raise"`` (the default), the NaN of ``skip`` on rank 1 only, checked at
-  the epoch's end: both processes must stop, together, naming the step (last: it ends in an error).
+  the epoch's end: both processes must stop, together, naming the step (it ends in an error).
+- ``negative_raise``, ``negative_skip``: FAMO (which needs losses >= 0) with a negative ``reg`` loss
+  on rank 1 only at step ``SKIP_BATCH``: both processes stop with the same error, naming the task.
 
 Usage: python ddp_core.py OUT_DIR
 """
@@ -21,8 +23,8 @@ from pytorch_lightning.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from lightning_multiloss import LossWeightingCallback, NonFiniteLossError, Task
-from lightning_multiloss.weighting import Fixed, Learnable
+from lightning_multiloss import LossWeightingCallback, MultiLossError, NonFiniteLossError, Task
+from lightning_multiloss.weighting import Fixed, Learnable, create_weighting
 from tests._ddp import save_rank_result
 from tests._models import ToyDataset, ToyNet, quiet_trainer
 
@@ -48,6 +50,16 @@ class NaNOnRank1(ToyNet):
             batch["reg"] = batch["reg"].clone()
             batch["reg"][0, 0] = float("nan")
         return super().training_step(batch, batch_idx)
+
+
+class NegativeOnRank1(ToyNet):
+    """Rank 1's ``reg`` loss is shifted below 0 at step ``SKIP_BATCH`` (as a negative log-likelihood can be)."""
+
+    def task_losses(self, outputs, batch):
+        losses = super().task_losses(outputs, batch)
+        if self.training and self.global_rank == 1 and self.trainer.global_step == SKIP_BATCH:
+            losses = losses - torch.tensor([0.0, 50.0])
+        return losses
 
 
 class WithMask(Dataset):
@@ -135,6 +147,20 @@ def main() -> None:
         result["raise"] = {"error": None}
     except NonFiniteLossError as error:
         result["raise"] = {"error": str(error), "global_step": trainer.global_step}
+
+    for mode in ("raise", "skip"):
+        model = NegativeOnRank1(create_weighting("famo"), lr=0.05, on_nonfinite=mode)
+        record = LossWeightingCallback(plot=False)
+        trainer = ddp_trainer(record, default_root_dir=out_dir / f"negative_{mode}", log_every_n_steps=10_000)
+        try:
+            trainer.fit(model, ddp_loader(ToyDataset(N), rank))
+            result[f"negative_{mode}"] = {"error": None}
+        except MultiLossError as error:
+            result[f"negative_{mode}"] = {
+                "error": str(error),
+                "type": type(error).__name__,
+                "global_step": trainer.global_step,
+            }
     save_rank_result(out_dir, rank, result)
 
 
