@@ -750,7 +750,7 @@ def test_mgda_exact_when_gradient_norms_differ_by_orders_of_magnitude(big: float
     expected_small = brute_force_min_norm(small)
     d = expected_small @ small
     huge = big * torch.randn(40, generator=g, dtype=F64)
-    huge = huge + (1.0 - float(huge @ d) / float(d @ d)) * d  # g·d > ‖d‖²: it stays out of the optimum
+    huge = huge + (2.0 - float(huge @ d) / float(d @ d)) * d  # g·d = 2‖d‖² > ‖d‖²: it stays out of the optimum
     jac = torch.cat([small, huge[None]])
     w = weights(bound("mgda", 4), jac)
     torch.testing.assert_close(w[:3], expected_small, atol=1e-7, rtol=0)
@@ -819,3 +819,30 @@ def test_pcgrad_and_gradvac_project_onto_small_gradients(scale: float) -> None:
 def test_per_task_hyperparameter_errors_name_the_task(name: str, hparams: dict[str, Any], message: str) -> None:
     with pytest.raises(MultiLossError, match=message):
         create_weighting(name, **hparams).bind(["a", "b"])
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        # Gradients on one line (rank 1), norms 1e-6 to 1e6: 0 is in the hull. A variable entered on a
+        # multiplier at the rounding level and left again, until the iteration limit (240 solves).
+        [[0.03694365281636229], [-0.47163389475103107], [0.15716335891925595], [1234829.1823519277],
+         [-141.33576872236003], [-6.388472697996831e-07], [0.009612034214536424]],
+        [[-1.7080451088837956, 0.0771961834376039], [0.0001617024624656097, 8.244064853887911e-05],
+         [0.0004567524105865101, -9.72999261103608e-06], [-0.212205342844648, -0.6900022532442217],
+         [458.63910921000195, -3501.345333862504]],
+    ],
+)  # fmt: skip
+def test_the_simplex_qp_ends_in_a_few_solves_on_badly_scaled_stationary_problems(
+    rows: list[list[float]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jac = torch.tensor(rows, dtype=F64)
+    k = jac.shape[0]
+    solves = []
+    original = solvers._solve_on_free_sets
+    monkeypatch.setattr(solvers, "_solve_on_free_sets", lambda *a: solves.append(1) or original(*a))
+    w = simplex_qp(jac @ jac.T)
+    assert len(solves) <= 2 * k
+    # As short as the brute-force min-norm point (0 is in the hull: both are ~0 on the gradients' scale).
+    best = brute_force_min_norm(jac)
+    assert float((w @ jac).norm()) <= float((best @ jac).norm()) + 1e-12 * float(jac.norm())

@@ -92,14 +92,14 @@ def _starting_points(q: np.ndarray, c: np.ndarray, simplex: bool, start: np.ndar
 
 def _multiplier_tolerance(q: np.ndarray, c: np.ndarray, x: np.ndarray, shift: np.ndarray) -> np.ndarray:
     """``(m, K)``: how far below 0 the multiplier ``(Qx + c)_j + shift`` of each variable may fall
-    from rounding alone, ``1e-11`` times the size of its terms.
+    from rounding alone: ``1e-11`` times the size of the terms summed, ``Σᵢ|Q_ji x_i| + |c_j| + |shift|``.
 
-    ``(Qx)_j = g_j·d`` with ``d = Jᵀx``, so its size is ``‖g_j‖‖d‖ = √(Q_jj·xᵀQx)``: each variable
-    is judged on its own scale. A tolerance on the largest scale of ``Q`` alone would call a vertex
-    optimal whenever a task's gradient is 10⁶ times smaller than another's.
+    Each variable is judged on its own scale: a tolerance on the largest scale of ``Q`` would call a
+    vertex optimal whenever a task's gradient is 10⁶ times smaller than another's. Summing the terms'
+    sizes (not the size of their sum) keeps the rounding of a cancelling sum, near a stationary
+    point, from reading as a negative multiplier (a variable would enter, then leave, in a cycle).
     """
-    norms = np.sqrt(np.einsum("mi,ij,mj->m", x, q, x).clip(min=0.0))
-    sizes = np.sqrt(np.diagonal(q).clip(min=0.0))[None, :] * norms[:, None] + np.abs(c) + np.abs(shift)[:, None]
+    sizes = np.abs(x) @ np.abs(q) + np.abs(c) + np.abs(shift)[:, None]
     tolerance: np.ndarray = 1e-11 * sizes + 1e-300
     return tolerance
 
@@ -134,19 +134,30 @@ def _active_set_on_host(
     free = x > 0.0
     done = np.zeros(m, dtype=bool)
     rows = np.arange(m)
+    # Per row, the free sets it has optimised on: a set met again means a cycle of rounding (a
+    # variable enters on a multiplier at the rounding level, then leaves), so the row stops there.
+    visited: list[set[bytes]] = [set() for _ in range(m)]
     for _ in range(max_iter):
-        target = _solve_on_free_sets(q_np, c_np, simplex, free)[:, :k]
+        solution = _solve_on_free_sets(q_np, c_np, simplex, free)
+        target = solution[:, :k]
         feasible = ((target >= 0.0) | ~free).all(axis=1) & ~done
         blocked = ~feasible & ~done
         # Rows whose target is feasible move to it; optimal if no fixed variable wants to enter.
         x = np.where(feasible[:, None], target, x)
         grad = x @ q_np + c_np
-        mu = (grad * free).sum(axis=1) / np.maximum(free.sum(axis=1), 1) if simplex else np.zeros(m)
+        # The multiplier ν of Σx = 1 from the same solve (Qx + c + ν = 0 on the free set).
+        mu = -solution[:, k] if simplex else np.zeros(m)
         tol = _multiplier_tolerance(q_np, c_np, x, mu)
         multipliers = np.where(free, math.inf, (grad - mu[:, None]) / tol)  # in units of each one's tolerance
         entering = multipliers.argmin(axis=1)
         done |= feasible & (multipliers[rows, entering] >= -1.0)
         grow = feasible & ~done
+        for row in np.flatnonzero(grow):
+            key = free[row].tobytes()
+            if key in visited[row]:  # the point of this free set is as good as any in the cycle
+                done[row] = True
+                grow[row] = False
+            visited[row].add(key)
         free[grow, entering[grow]] = True
         # Rows whose target is not: step towards it until the first free variable reaches 0.
         if blocked.any():
