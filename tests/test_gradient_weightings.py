@@ -846,3 +846,27 @@ def test_the_simplex_qp_ends_in_a_few_solves_on_badly_scaled_stationary_problems
     # As short as the brute-force min-norm point (0 is in the hull: both are ~0 on the gradients' scale).
     best = brute_force_min_norm(jac)
     assert float((w @ jac).norm()) <= float((best @ jac).norm()) + 1e-12 * float(jac.norm())
+
+
+@pytest.mark.parametrize("small", [1e-2, 1e-5, 1e-7])
+def test_cagrad_with_a_small_gradient_that_conflicts_with_nothing(small: float) -> None:
+    # Its inner solution is that small gradient: not a cancellation, so not a stationary point. The
+    # threshold was relative to the largest gradient and dropped the correction (d = g0/s).
+    from scipy.optimize import minimize_scalar
+
+    c = 0.4
+    jac = torch.tensor([[1.0, 0.2, 0.0], [-0.3 * small, small, 0.5 * small]], dtype=F64)
+    g0 = jac.mean(0)
+    rho = c * float(g0.norm())
+
+    def inner(t: float) -> float:  # the inner objective on the segment w = (1 - t, t), from the paper
+        gw = (1 - t) * jac[0] + t * jac[1]
+        return float(gw @ g0) + rho * float(gw.norm())
+
+    # Brent's bounded search never evaluates the ends, where the minimum is here (t = 1): compare them too.
+    interior = minimize_scalar(inner, bounds=(0.0, 1.0), method="bounded", options={"xatol": 1e-14}).x
+    t = min((0.0, 1.0, interior), key=inner)
+    gw = (1 - t) * jac[0] + t * jac[1]
+    expected = (g0 + rho / float(gw.norm()) * gw) / (1 + c * c)
+    got = weights(bound("cagrad", 2, c=c), jac) @ jac
+    torch.testing.assert_close(got, expected, atol=1e-9, rtol=1e-6)

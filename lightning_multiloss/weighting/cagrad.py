@@ -14,7 +14,8 @@ from lightning_multiloss.weighting._registry import register
 from lightning_multiloss.weighting._solvers import simplex_min_linear_plus_norm, uniform
 
 STATIONARY = 1e-4
-"""``‖Jᵀw*‖`` below this times the largest task gradient's norm counts as 0 (a Pareto-stationary point)."""
+"""``‖Jᵀw*‖`` below this times ``Σᵢ w*ᵢ‖gᵢ‖`` (the size of the gradients that cancel in it) counts
+as 0: a Pareto-stationary point."""
 
 
 @register("cagrad")
@@ -36,8 +37,8 @@ class CAGrad(GramianWeighting):
     optimal support (bisection on :math:`t` as a fallback); a few milliseconds for small K.
     ``rescale`` is the paper code's: ``0``: :math:`s = 1`; ``1`` (its default):
     :math:`s = 1 + c^2`; ``2``: :math:`s = 1 + c`. If :math:`J^\top w^* = 0` (a Pareto-stationary
-    point: in practice :math:`\|J^\top w^*\| \le 10^{-4} \max_i \|g_i\|`, the rounding of a float32
-    Gramian) or :math:`g_0 = 0`, the update is :math:`g_0 / s`.
+    point: in practice :math:`\|J^\top w^*\| \le 10^{-4} \sum_i w^*_i \|g_i\|`, the rounding of a
+    float32 Gramian) or :math:`g_0 = 0`, the update is :math:`g_0 / s`.
 
     Versus the peers: the inner problem is solved exactly, where LibMTL's SLSQP (ftol 1e-6) is about
     1e-4 off and TorchJD's Clarabel about 1e-5 (equal at tight tolerances); TorchJD has no rescale
@@ -90,9 +91,12 @@ class CAGrad(GramianWeighting):
         if g0_norm > 1e-12 * top and self.c > 0.0:
             inner = self.solve_inner(g)
             gw_norm = math.sqrt(max(float(inner @ g @ inner), 0.0))
-            # Below this, Jᵀw* is within the rounding of a float32 Gramian (relative 1e-7 on
-            # ‖Jᵀw‖², so about 3e-4 on ‖Jᵀw‖): its direction is noise, the point is stationary.
-            if gw_norm > STATIONARY * top:
+            # Below this, Jᵀw* is within the rounding of a float32 Gramian (relative 1e-7 on the
+            # terms of ‖Jᵀw‖², so about 3e-4 on ‖Jᵀw‖ against the terms that cancel): its direction
+            # is noise, the point is stationary. Relative to those terms, not to the largest
+            # gradient: a small gradient that conflicts with nothing is not a cancellation.
+            cancelled = float(inner @ g.diagonal().clamp_min(0.0).sqrt())
+            if gw_norm > STATIONARY * cancelled:
                 w = w + (self.c * g0_norm / gw_norm) * inner
         divisor = (1.0, 1.0 + self.c**2, 1.0 + self.c)[self.rescale]
         return w / divisor
