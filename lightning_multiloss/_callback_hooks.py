@@ -137,6 +137,7 @@ class LossWeightingHooks:
                 recorder.write()
 
     def _start_anew(self) -> None:
+        self._own_recorder = None  # its file is in the Trainer's folder: found again for this one
         self.task_names = []
         self._records = []
         self._stride = self.every_n_steps

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable
@@ -211,3 +212,15 @@ def test_a_resumed_step_schedule_is_checked_over_the_new_length(tmp_path: Path) 
     with pytest.raises(Exception, match=r"before the first step"):
         second.fit(ToyNet(make()), toy_loader(n=64, batch_size=16), ckpt_path=checkpoint)
     assert second.global_step == 2 * STEPS_PER_EPOCH  # not one resumed step was taken
+
+
+def test_one_callback_with_a_result_file_writes_each_runs_result_into_its_own_folder(tmp_path: Path) -> None:
+    # The second run's result.json went to the first Trainer's folder (its recorder was kept).
+    callback = LossWeightingCallback(plot=False, result_file="result.json")
+    for name, weights in (("a", [0.9, 0.1]), ("b", [0.2, 0.8])):
+        trainer = quiet_trainer(max_epochs=1, callbacks=[callback], default_root_dir=tmp_path / name)
+        trainer.fit(ToyNet(Fixed(weights)), toy_loader(n=32, batch_size=16), toy_loader(n=16, batch_size=16, seed=1))
+    for name, weights in (("a", [0.9, 0.1]), ("b", [0.2, 0.8])):
+        result = json.loads((tmp_path / name / "result.json").read_text())
+        assert result["status"] == "completed"
+        assert result["weights"] == pytest.approx(dict(zip(["cls", "reg"], weights, strict=True)))
