@@ -366,6 +366,12 @@ def logger_without_its_package(save_dir: str) -> object:
 
 API_CASES = [
     ApiCase(
+        "target-that-does-not-exist",  # an ImportError too, but Hydra's own: a typo, not a missing package
+        lambda: config.call({"_target_": "lightning.pytorch.loggers.TensorBoardLoggr"}, "logger.tb"),
+        r"config key 'logger\.tb\._target_': cannot import 'lightning\.pytorch\.loggers\.TensorBoardLoggr' "
+        r"\(Are you sure that 'TensorBoardLoggr' is importable from module 'lightning\.pytorch\.loggers'\?\)",
+    ),
+    ApiCase(
         "logger-without-its-package",  # was Hydra's multi-line instantiation error
         lambda: config.call(
             {"_target_": f"{__name__}.logger_without_its_package", "save_dir": "."}, "logger.tensorboard"

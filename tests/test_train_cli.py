@@ -22,6 +22,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from lightning_multiloss import MultiLossError, NonFiniteLossError
@@ -460,10 +461,22 @@ def test_ddp_evaluation_counts_every_sample_once(tmp_path):
                 assert rank[stage][key] == pytest.approx(float(value), rel=1e-5, abs=1e-7), key
 
 
-@pytest.mark.parametrize(("callbacks", "checkpoints"), [("none", False), ("early_stopping", False), ("default", True)])
-def test_a_callback_set_without_the_checkpoint_writes_no_checkpoint(tmp_path, callbacks, checkpoints):
+class LastOnly(ModelCheckpoint):
+    """A user's own checkpoint callback (a subclass): the Trainer keeps checkpointing."""
+
+
+@pytest.mark.parametrize(
+    ("overrides", "checkpoints"),
+    [
+        (["callbacks=none"], False),
+        (["callbacks=early_stopping"], False),
+        (["callbacks=default"], True),
+        ([f"callbacks.checkpoint._target_={__name__}.LastOnly"], True),  # was refused: not named ModelCheckpoint
+    ],
+)
+def test_a_callback_set_without_the_checkpoint_writes_no_checkpoint(tmp_path, overrides, checkpoints):
     # callbacks=none still got Lightning's own ModelCheckpoint (csv/checkpoints/epoch=...ckpt).
     from lightning_multiloss.app.train import build
 
-    _, _, trainer = build(compose_train(tmp_path, *QUIET, f"callbacks={callbacks}"))
+    _, _, trainer = build(compose_train(tmp_path, *QUIET, *overrides))
     assert (trainer.checkpoint_callback is not None) == checkpoints

@@ -469,10 +469,15 @@ def call(node: Any, node_key: str | None = None, **kwargs: Any) -> Any:
         refused = isinstance(cause, ValueError | TypeError) and not str(target).startswith("lightning_multiloss.")
         if node_key is not None and cause is not None and (misconfigured or refused):
             raise MultiLossError(refusal(_plain(node), node_key, cause)) from None
-        if node_key is not None and isinstance(cause, ImportError):  # a logger's optional package, say
-            reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        if node_key is not None and isinstance(cause, ImportError):
+            lines = [line.strip() for line in str(cause).splitlines() if line.strip()] or [type(cause).__name__]
+            if lines[0].startswith("Error loading"):  # Hydra could not import the _target_ itself (a typo)
+                raise MultiLossError(
+                    f"config key '{node_key}._target_': cannot import {target!r} ({lines[-1]})"
+                ) from None
+            # The target ran and lacks an optional package (TensorBoardLogger without tensorboard).
             raise MultiLossError(
-                f"config key '{node_key}': {target or 'the target'} needs a package: {reason}"
+                f"config key '{node_key}': {target or 'the target'} needs a package: {lines[0]}"
             ) from None
         if misconfigured:
             raise MultiLossError(f"{target or 'config'}: {cause}") from None

@@ -321,7 +321,7 @@ def build(cfg: DictConfig, check_model: Callable[[Any], None] | None = None) -> 
     loggers = [call(node, f"logger.{key}") for key, node in (cfg.get("logger") or {}).items() if node is not None]
     options: dict[str, Any] = {}
     if cfg.trainer.get("enable_checkpointing") is None and not any(
-        type(cb).__name__ == "ModelCheckpoint" for cb in callbacks
+        isinstance(cb, lightning.callbacks.Checkpoint) for cb in callbacks
     ):
         # callbacks=none (or a set without the checkpoint): no checkpoints, as chosen, where Lightning
         # would add its own ModelCheckpoint (writing into the logger's folder, not checkpoints/).
