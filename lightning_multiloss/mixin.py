@@ -889,6 +889,7 @@ class MultiTaskMixin(_Base):
             for metric in copies.modules():
                 if isinstance(metric, Metric):
                     metric.reset()  # copied from the first loader's, which may hold this epoch's values
+                    metric.persistent(False)  # made on the way: never in a checkpoint (a fresh model has none)
             self._mt_other_loaders[key] = copies
         group = cast(nn.ModuleDict, self._mt_other_loaders[key])
         return cast("Sequence[MeanMetric]", group["means"]), cast("Sequence[Metric]", group["metrics"])

@@ -521,3 +521,23 @@ def test_two_evaluation_dataloaders_each_log_their_own_values(tmp_path: Path) ->
                 for key, value in values.items():
                     got = logged[index][f"{stage}/{key}/dataloader_idx_{index}"]
                     assert got == pytest.approx(value, rel=1e-5), (stage, index, key)
+
+
+def test_a_second_evaluation_dataloader_adds_nothing_to_the_state_dict() -> None:
+    # Its metrics are copies made on its first batch: with a metric whose states are persistent they
+    # added keys, and a fresh model could no longer load the state strictly.
+    def model() -> ToyNet:
+        accuracy = torchmetrics.Accuracy("multiclass", num_classes=3)
+        accuracy.persistent(True)
+        net = ToyNet()
+        net.configure_multitask(
+            [Task("cls", nn.CrossEntropyLoss(), metrics={"acc": accuracy}), Task("reg", nn.MSELoss())], "fixed"
+        )
+        return net
+
+    net = model()
+    keys = set(net.state_dict())
+    loaders = [DataLoader(ToyDataset(16, seed=1), batch_size=8), DataLoader(ToyDataset(16, seed=2), batch_size=8)]
+    quiet_trainer().validate(net, loaders, verbose=False)
+    assert set(net.state_dict()) == keys
+    model().load_state_dict(net.state_dict())  # strict

@@ -391,7 +391,8 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
         def resumable(model: Any) -> None:
             if checkpoint is not None:
                 limits = _resolved(OmegaConf.masked_copy(cfg, ["trainer"])).trainer
-                check_resumable(checkpoint, limits.get("max_epochs"), int(limits.get("max_steps", -1)))
+                max_steps = limits.get("max_steps")
+                check_resumable(checkpoint, limits.get("max_epochs"), -1 if max_steps is None else int(max_steps))
                 check_same_model(checkpoint, ModelSummary.of(model.hparams, model.state_dict()))
 
         datamodule, model, trainer = build(cfg, check_model=resumable)

@@ -13,7 +13,7 @@ from lightning_multiloss.weighting._base import GradientOptions
 from lightning_multiloss.weighting._common import require
 from lightning_multiloss.weighting._gramian import GramianWeighting
 from lightning_multiloss.weighting._registry import register
-from lightning_multiloss.weighting._solvers import host_array, simplex_qp
+from lightning_multiloss.weighting._solvers import host_array, simplex_qp, zero_rows
 
 Normalization = Literal["none", "loss", "l2", "loss+"]
 _NORMALIZATIONS = ("none", "loss", "l2", "loss+")
@@ -92,7 +92,7 @@ class MGDA(GramianWeighting):
         # NumPy from here: each operation on K×K values costs torch more.
         gramian = host_array(g)
         n = self._normalizers(gramian, host_array(values))
-        present = np.diagonal(gramian) > 0.0
+        present = ~zero_rows(g).numpy()
         if present.any() and not present.all():
             # A zero gradient (a task without a labelled sample in the batch, or one that does not
             # reach the shared tensors) would be the min-norm point itself and stop every task.

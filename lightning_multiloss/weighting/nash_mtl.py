@@ -19,7 +19,9 @@ from lightning_multiloss.weighting._solvers import nash_solve, zero_rows
 log = logging.getLogger(__name__)
 
 NO_SOLUTION = 1e-3
-"""The largest ``|αᵢ(Ĝα)ᵢ − 1|`` of a solution: above it, the ridge, not ``Ĝ``, set ``α``."""
+"""The largest ``|αᵢ(Ĝα)ᵢ − 1|`` of a solution: above it, the ridge, not ``Ĝ``, set ``α``. With
+the ridge of 1e-10 (relative) this is an ``α`` above about 3e3 in units of the Gramian's scale: two
+gradients whose cosine is within ~1e-7 of −1, the rounding of a float32 Gramian."""
 
 
 @register("nash_mtl")
@@ -136,9 +138,9 @@ class NashMTL(GramianWeighting):
         self._warned_no_solution = True
         log.warning(
             "weighting 'nash_mtl': the %d task gradients have no Nash bargaining solution at step %d "
-            "(0 is in their convex cone: e.g. two opposite gradients, or more tasks than independent "
-            "directions); the previous step's weights are kept (1 at the first step), as in the "
-            "paper's code. Said once; it happens again wherever the gradients stay so.",
+            "(0 is in their convex cone, or within rounding of it: e.g. two opposite gradients, or more "
+            "tasks than independent directions); the previous step's weights are kept (1 at the first "
+            "step), as in the paper's code. Said once; it happens again wherever the gradients stay so.",
             k,
             int(self.num_steps),
         )
