@@ -365,37 +365,70 @@ NOT_TRAINING = frozenset(
 )
 
 
-def _training_setup(run: Run) -> tuple[str, ...]:
-    """The run's overrides of its training setup (:data:`TRAINING_SETUP`), sorted."""
-    return tuple(
-        sorted(
-            o
-            for o in run.overrides
-            if _override_key(o) not in NOT_TRAINING
-            and any(_override_key(o) == p or _override_key(o).startswith(p + ".") for p in TRAINING_SETUP)
-        )
-    )
+Setup = tuple[tuple[str, str], ...]
+
+
+def _composed_config(run: Run) -> dict[str, object] | None:
+    """The run's composed config as Hydra saved it (``.hydra/config.yaml``), or ``None``."""
+    import yaml
+
+    try:
+        with open(os.path.join(run.folder, ".hydra", "config.yaml"), encoding="utf-8") as f:
+            composed = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return None
+    return composed if isinstance(composed, dict) else None
+
+
+def _flatten(prefix: str, node: object, out: dict[str, str]) -> None:
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            _flatten(f"{prefix}.{key}", value, out)
+    else:
+        out[prefix] = str(node)
+
+
+def _training_setup(run: Run, composed: bool) -> Setup:
+    """The run's training setup (:data:`TRAINING_SETUP`) as sorted ``(key, value)`` pairs: from its
+    composed config (``composed``: a default written out equals it left out), else its overrides."""
+    pairs: dict[str, str] = {}
+    config = _composed_config(run) if composed else None
+    if config is not None:
+        for section in TRAINING_SETUP:
+            node: object = config
+            for part in section.split("."):
+                node = node.get(part) if isinstance(node, Mapping) else None
+            if node is not None:
+                _flatten(section, node, pairs)
+    else:
+        for override in run.overrides:
+            key = _override_key(override)
+            if any(key == p or key.startswith(p + ".") for p in TRAINING_SETUP):
+                pairs[key] = override.split("=", 1)[1] if "=" in override else ""
+    return tuple(sorted((key, value) for key, value in pairs.items() if key not in NOT_TRAINING))
 
 
 def _setup_mismatch(swept: list[Run], baselines: dict[str, Baseline]) -> str | None:
-    """A note where the baselines were trained otherwise than the swept runs (all of which share one setup)."""
-    setups = {_training_setup(r) for r in swept}
+    """A note naming each setting in which the baselines were trained otherwise than the swept runs
+    (which must share one setup), from the composed configs where every run has one."""
+    runs = [*swept, *(r for base in baselines.values() for r in base.runs)]
+    composed = all(_composed_config(r) is not None for r in runs)
+    setups = {_training_setup(r, composed) for r in swept}
     if len(setups) != 1:
         return None
-    (ours,) = setups
-    theirs = {
-        task: setup
-        for task, base in baselines.items()
-        for setup in sorted({_training_setup(r) for r in base.runs})
-        if setup != ours
-    }
-    if not theirs:
+    ours = dict(next(iter(setups)))
+    differences: list[str] = []
+    for task, base in baselines.items():
+        for setup in sorted({_training_setup(r, composed) for r in base.runs}):
+            theirs = dict(setup)
+            changed = sorted(key for key in {*ours, *theirs} if ours.get(key) != theirs.get(key))
+            if changed:
+                shown = ", ".join(f"{key}={theirs.get(key, '—')} (runs: {ours.get(key, '—')})" for key in changed)
+                differences.append(f"{task}: {shown}")
+    if not differences:
         return None
-    shown = "; ".join(f"{task}: {' '.join(setup) or 'defaults'}" for task, setup in theirs.items())
-    return (
-        f"the single-task baselines were trained otherwise than the runs ({' '.join(ours) or 'defaults'}): "
-        f"{shown}; Δm% compares unlike training"
-    )
+    listed = "; ".join(differences)
+    return f"the single-task baselines were trained otherwise than the runs: {listed}; Δm% compares unlike training"
 
 
 def _distinguishing(rows: list[ConfigRow]) -> None:
