@@ -15,7 +15,7 @@ from torch._functorch import config as _functorch_config  # donated buffers: _gr
 from torchmetrics import MeanMetric, Metric
 
 from lightning_multiloss._callback_hooks import LossWeightingHooks
-from lightning_multiloss._dist import all_reduce_sum, is_distributed
+from lightning_multiloss._dist import all_reduce_sum, is_distributed, is_rank_zero
 from lightning_multiloss._lightning import (
     is_lightning_module_class,
     is_logging_step,
@@ -692,6 +692,12 @@ class MultiTaskMixin(_Base):
         if uses_default and (self._mt_shared_params is None or trainable_ids != self._mt_shared_found_among):
             if self._mt_shared_params is not None:
                 log.info("the trainable parameters changed: the shared ones are found again")
+                if is_distributed() and is_rank_zero() and set(trainable_ids) - set(self._mt_shared_found_among):
+                    log.warning(
+                        "parameters became trainable after DDP wrapped the model: DDP does not average their "
+                        "gradients (it lists the parameters that require grad when it starts), so the processes "
+                        "drift apart; make them trainable before fit (freeze with a learning rate of 0 instead)"
+                    )
             users = parameter_users(losses, candidates)  # once, for the shared and the tasks' own
             found = shared_by_use(candidates, users, losses.numel())
             if not found:
@@ -709,7 +715,7 @@ class MultiTaskMixin(_Base):
         # Frozen ones left out (a trunk frozen for a while): autograd refuses them.
         inputs = {"parameters": [p for p in self.shared_parameters() if p.requires_grad]}
         if reuse:
-            own = self._mt_task_parameters(losses, inputs["parameters"])
+            own = self._mt_task_parameters(losses, inputs["parameters"], candidates if uses_default else None)
             if own is not None:
                 inputs["task_parameters"] = own
         return inputs
@@ -724,14 +730,18 @@ class MultiTaskMixin(_Base):
             self._mt_parameters = [p for n, p in self.named_parameters() if not n.startswith("weighting.")]
         return [p for p in self._mt_parameters if p.requires_grad]
 
-    def _mt_task_parameters(self, losses: Tensor, shared: list[nn.Parameter]) -> list[list[nn.Parameter]] | None:
+    def _mt_task_parameters(
+        self, losses: Tensor, shared: list[nn.Parameter], trainable: list[nn.Parameter] | None = None
+    ) -> list[list[nn.Parameter]] | None:
         """Per task, the trainable parameters outside ``shared`` that only its loss uses; ``None``
         where one of them serves two tasks (then the combined gradient needs Lightning's backward).
 
         Found by autograd (K backward passes) on the first step and again whenever the shared or
         the trainable parameters change (a head frozen, then trained), and kept in between.
+        ``trainable``: :meth:`_mt_trainable_parameters`, where the step has listed them already.
         """
-        trainable = self._mt_trainable_parameters()
+        if trainable is None:
+            trainable = self._mt_trainable_parameters()
 
         def find() -> list[list[nn.Parameter]] | None:
             shared_ids = {id(p) for p in shared}

@@ -6,7 +6,8 @@
   of the ranks' gradients (a plain-PyTorch replay);
 - the weight trajectory is written once, by rank 0, into the logger's folder;
 - ``on_nonfinite="raise"`` with a NaN on one rank only: both ranks stop together, naming the step;
-- a negative loss on one rank only (FAMO needs losses >= 0): both ranks raise the same error.
+- a negative loss on one rank only (FAMO needs losses >= 0): both ranks raise the same error;
+- a layer made trainable after DDP wrapped the model is warned about (rank 0).
 """
 
 from __future__ import annotations
@@ -116,8 +117,8 @@ def test_trajectory_written_once_by_rank_zero(ranks: tuple[Path, list[dict[str, 
     assert [int(r["step"]) for r in rows] == rank0["skip"]["steps"]
     written = torch.tensor([[float(r["cls"]), float(r["reg"])] for r in rows])
     torch.testing.assert_close(written, torch.tensor(rank0["skip"]["weights"]), rtol=0, atol=1e-7)
-    # one message per fit on rank 0 (three fits), none on rank 1
-    assert sum("trajectory written" in m for m in rank0["messages"]) == 3
+    # one message per fit on rank 0 (four fits before the messages are taken), none on rank 1
+    assert sum("trajectory written" in m for m in rank0["messages"]) == 4
     assert not any("trajectory written" in m for m in rank1["messages"])
 
 
@@ -153,3 +154,15 @@ def test_a_negative_loss_on_one_rank_stops_both_with_the_same_error(
         assert result["global_step"] == stopped_at  # raise: at the epoch's end; skip: at once
     assert "{'reg': -4" in rank1[f"negative_{mode}"]["error"]
     assert "{'reg': 'negative on another process'}" in rank0[f"negative_{mode}"]["error"]
+
+
+@pytest.mark.slow
+def test_a_layer_made_trainable_after_ddp_wrapped_the_model_is_warned_about(
+    ranks: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    # DDP never averages its gradients (its reducer lists the parameters when it starts): the
+    # processes drift apart silently. Rank 0 says so when the shared parameters are found again.
+    _, (rank0, rank1) = ranks
+    said = [m for m in rank0["messages"] if "parameters became trainable after DDP wrapped the model" in m]
+    assert len(said) == 1 and "freeze with a learning rate of 0 instead" in said[0]
+    assert not any("became trainable after DDP" in m for m in rank1["messages"])

@@ -108,8 +108,9 @@ class GramianWeighting(GradientWeighting):
     ``compute_weights`` runs on the host copy of ``G``, so its state (step counts, running
     averages, the last solution) stays there too: reading it costs no wait for the device, and
     ``.to(device)`` leaves it where it is. Each goes into checkpoints as a plain entry of the
-    state dict under its own name (``weighting.<name>``), and is the same on every DDP process
-    because every process computes it from the same values.
+    state dict under its own name (``weighting.<name>``). With ``ddp="exact"`` it is the same on
+    every DDP process, which computes it from the same values; with ``ddp="local"`` it is each
+    process's own (DDP copies buffers from rank 0, not this host state).
     """
 
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:

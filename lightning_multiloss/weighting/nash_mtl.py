@@ -6,10 +6,12 @@ import logging
 import math
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from typing_extensions import Unpack
 
 from lightning_multiloss._dist import is_rank_zero
+from lightning_multiloss.gradients import world_size
 from lightning_multiloss.weighting._base import GradientOptions
 from lightning_multiloss.weighting._common import check_positive, require
 from lightning_multiloss.weighting._gramian import GramianWeighting
@@ -133,14 +135,17 @@ class NashMTL(GramianWeighting):
         return alpha
 
     def _warn_no_solution(self, k: int) -> None:
-        if self._warned_no_solution or not is_rank_zero():
+        # With ddp="exact" every process meets the same Gramian: rank 0 speaks for all. With "local"
+        # each meets its own, so whichever process has no solution says so.
+        if self._warned_no_solution or (self.ddp == "exact" and not is_rank_zero()):
             return
         self._warned_no_solution = True
         log.warning(
-            "weighting 'nash_mtl': the %d task gradients have no Nash bargaining solution at step %d "
+            "weighting 'nash_mtl'%s: the %d task gradients have no Nash bargaining solution at step %d "
             "(0 is in their convex cone, or within rounding of it: e.g. two opposite gradients, or more "
             "tasks than independent directions); the previous step's weights are kept (1 at the first "
             "step), as in the paper's code. Said once; it happens again wherever the gradients stay so.",
+            "" if self.ddp == "exact" or world_size() == 1 else f" (process {dist.get_rank()})",
             k,
             int(self.num_steps),
         )

@@ -8,6 +8,8 @@
   the epoch's end: both processes must stop, together, naming the step (it ends in an error).
 - ``negative_raise``, ``negative_skip``: FAMO (which needs losses >= 0) with a negative ``reg`` loss
   on rank 1 only at step ``SKIP_BATCH``: both processes stop with the same error, naming the task.
+- ``unfrozen``: MGDA on the parameter route with a trunk layer frozen before fit and trained from
+  the second epoch: rank 0 warns that DDP does not average that layer's gradients.
 
 Usage: python ddp_core.py OUT_DIR
 """
@@ -62,6 +64,18 @@ class NegativeOnRank1(ToyNet):
         return losses
 
 
+class UnfrozenLater(ToyNet):
+    """A two-layer trunk whose first layer is frozen when DDP wraps the model and trained from epoch 1."""
+
+    def __init__(self) -> None:
+        super().__init__(create_weighting("mgda"), lr=0.05)
+        self.trunk = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh())
+        self.trunk[0].requires_grad_(False)
+
+    def on_train_epoch_start(self) -> None:
+        self.trunk[0].requires_grad_(self.current_epoch >= 1)
+
+
 class WithMask(Dataset):
     """ToyDataset plus ``reg_mask``: false for all of rank 1's batch ``MASK_BATCH``, and for a few other samples."""
 
@@ -82,7 +96,14 @@ def ddp_trainer(record, **kw):
     # Our own unshuffled DistributedSampler (Lightning's own shuffles training data under DDP),
     # so that which samples form each rank's batch is known.
     return quiet_trainer(
-        devices=2, strategy="ddp", max_epochs=1, callbacks=[record], use_distributed_sampler=False, **kw
+        **{
+            "devices": 2,
+            "strategy": "ddp",
+            "max_epochs": 1,
+            "callbacks": [record],
+            "use_distributed_sampler": False,
+            **kw,
+        }
     )
 
 
@@ -135,6 +156,11 @@ def main() -> None:
     trainer = ddp_trainer(record, default_root_dir=out_dir / "masked")
     trainer.fit(model, ddp_loader(WithMask(), rank))
     result["masked"] = snapshot(model, trainer, record)
+
+    model = UnfrozenLater()
+    record = LossWeightingCallback(plot=False)
+    trainer = ddp_trainer(record, default_root_dir=out_dir / "unfrozen", max_epochs=2)
+    trainer.fit(model, ddp_loader(ToyDataset(N // 2), rank))
 
     result["messages"] = list(messages.messages)
 
