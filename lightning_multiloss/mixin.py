@@ -778,7 +778,9 @@ class MultiTaskMixin(_Base):
         names = [t.name for t in self._mt_tasks]
         negative: dict[str, float] = {}
         if stage == "train" and self.weighting.needs_nonnegative_losses:
-            negative = {n: v for n, v in zip(names, values, strict=True) if v < 0}
+            negative = {
+                n: v for n, v in zip(names, values, strict=True) if math.isfinite(v) and v < 0
+            }  # -inf: non-finite
         bad = not all(map(math.isfinite, values))
         negative_anywhere = [name in negative for name in names]
         if stage == "train" and is_distributed():  # every process skips or raises, or none (one all-reduce)
