@@ -778,9 +778,8 @@ class MultiTaskMixin(_Base):
         names = [t.name for t in self._mt_tasks]
         negative: dict[str, float] = {}
         if stage == "train" and self.weighting.needs_nonnegative_losses:
-            negative = {
-                n: v for n, v in zip(names, values, strict=True) if math.isfinite(v) and v < 0
-            }  # -inf: non-finite
+            # A loss of -inf is non-finite (skipped), not a negative one (refused).
+            negative = {n: v for n, v in zip(names, values, strict=True) if math.isfinite(v) and v < 0}
         bad = not all(map(math.isfinite, values))
         negative_anywhere = [name in negative for name in names]
         if stage == "train" and is_distributed():  # every process skips or raises, or none (one all-reduce)

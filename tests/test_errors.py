@@ -444,3 +444,21 @@ def test_manual_optimization_without_a_training_step_of_ones_own(tmp_path):
     model = ManualWithItsStep()
     fit(model, samples(16), tmp_path)
     assert not torch.equal(model.trunk[0].weight.detach(), before["trunk.0.weight"])
+
+
+def test_a_loss_of_minus_infinity_is_skipped_as_non_finite_not_refused_as_negative(tmp_path, caplog):
+    def minus_infinity_when_marked(output: Tensor, target: Tensor) -> Tensor:
+        marked = (target[:, 0] >= MARKER).any()
+        return nn.functional.mse_loss(output, target.clamp(max=10.0)) - torch.where(marked, INF, 0.0)
+
+    data = poisoned(samples(24), range(16, 24), MARKER)
+    model = Net(
+        [Task("cls", nn.CrossEntropyLoss()), Task("reg", minus_infinity_when_marked)], "famo", on_nonfinite="skip"
+    )
+    with caplog.at_level(logging.WARNING, logger="lightning_multiloss"):
+        trainer = fit(model, data, tmp_path)
+    assert trainer.global_step == 3
+    assert any(
+        "skipping the optimizer step of non-finite task loss(es) {'reg': -inf}" in r.getMessage()
+        for r in caplog.records
+    )
