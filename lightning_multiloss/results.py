@@ -179,11 +179,11 @@ def config_key(overrides: Sequence[str]) -> str:
         key = override.lstrip("+~").split("=", 1)[0]
         if any(key == k or (k.endswith((".", "/")) and key.startswith(k)) for k in _EXCLUDED_FROM_KEY):
             continue
-        kept.append(_canonical_override(override))
+        kept.append(canonical_override(override))
     return " ".join(sorted(kept))
 
 
-def _canonical_override(override: str) -> str:
+def canonical_override(override: str) -> str:
     """``override`` as Hydra's parser reads it (as written if it does not parse)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException

@@ -575,3 +575,99 @@ def test_the_header_counts_the_runs_ignored_under_baselines(tmp_path: Path) -> N
     swept = report.counts["swept"]
     assert report.counts["ignored"] == swept and report.counts["completed"] == 2 * swept
     assert f"({swept} swept in " in text and f", {swept} under --baselines ignored (not baselines)); " in text
+
+
+# -- runs the report read wrong (a probe of its corner cases) ----------------------------------
+def result_file(folder: Path, result: dict[str, Any]) -> None:
+    """A ``result.json`` alone, as ``LossWeightingCallback(result_file=...)`` writes it without Hydra."""
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text(json.dumps(result))
+
+
+def test_runs_without_hydra_are_one_configuration_per_weighting(tmp_path: Path) -> None:
+    # No overrides, so one empty key: the fixed and learnable runs were averaged into one "fixed" row.
+    for weighting, values in (("fixed", (0.80, 0.84)), ("learnable", (0.90, 0.86))):
+        for seed, acc in enumerate(values):
+            metrics = {"cls": {"acc": acc}, "reg": {"mse": 0.3}}
+            result_file(tmp_path / "nh" / weighting / f"seed{seed}", completed(weighting, seed, [], metrics))
+    (exp,) = make_report([str(tmp_path / "nh")]).experiments
+    rows = {row.weighting: row for row in exp.rows}
+    assert set(rows) == {"fixed", "learnable"}
+    assert rows["fixed"].metrics["cls"].mean == pytest.approx(0.82)
+    assert rows["learnable"].metrics["cls"].mean == pytest.approx(0.88)
+
+
+def test_a_seed_without_a_task_metric_is_named(tmp_path: Path) -> None:
+    # Seed 2 lacks reg's mse: its mean is over 2 seeds while the row says 3, and nothing said so.
+    for seed in range(3):
+        metrics = {"cls": {"acc": 0.8}, **({"reg": {"mse": 0.3}} if seed < 2 else {})}
+        write_job(tmp_path / "s" / str(seed), [f"seed={seed}"], completed("fixed", seed, [f"seed={seed}"], metrics))
+    make_report([str(tmp_path / "s")], out=str(tmp_path / "out"))
+    assert "configuration 'fixed': seed(s) [2] have no mse for task 'reg': its mean is over 2 of 3 seeds" in (
+        tmp_path / "out" / "report.md"
+    ).read_text(encoding="utf-8")
+
+
+def test_plus_and_minus_infinity_in_one_configuration_do_not_crash(tmp_path: Path) -> None:
+    for seed, mse in enumerate((math.inf, -math.inf)):
+        metrics = {"cls": {"acc": 0.8}, "reg": {"mse": mse}}
+        write_job(tmp_path / "s" / str(seed), [f"seed={seed}"], completed("fixed", seed, [f"seed={seed}"], metrics))
+    (exp,) = make_report([str(tmp_path / "s")]).experiments
+    assert math.isnan(exp.rows[0].metrics["reg"].mean)  # was "ValueError: -inf + inf in fsum"
+
+
+def test_runs_below_a_folder_with_a_result_and_below_a_hydra_job_are_found(tmp_path: Path) -> None:
+    top = tmp_path / "top"
+    result_file(top, completed("fixed", 0, [], {"cls": {"acc": 0.8}, "reg": {"mse": 0.3}}))
+    result_file(top / "learnable", completed("learnable", 0, [], {"cls": {"acc": 0.9}, "reg": {"mse": 0.2}}))
+    # A Hydra job whose result_file is results/result.json: it was listed as "no result".
+    job = tmp_path / "top" / "job"
+    write_job(job, ["weighting=dwa", "seed=0"], None)
+    result_file(
+        job / "results", completed("dwa", 0, ["weighting=dwa", "seed=0"], {"cls": {"acc": 0.7}, "reg": {"mse": 0.4}})
+    )
+    runs = collect_runs(str(tmp_path / "top"))
+    assert sorted(run.weighting for run in runs) == ["dwa", "fixed", "learnable"]
+    assert all(run.status == "completed" for run in runs)
+
+
+def test_the_report_files_are_utf8_in_any_locale(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path)
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_multiloss.app.report", str(sweep), "--out", str(tmp_path / "out")],
+        env=env,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=120,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "Δm%" in (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+
+
+def test_an_out_folder_that_cannot_be_written_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sweep = make_sweep(tmp_path)
+    (tmp_path / "out" / "report.md").mkdir(parents=True)  # report.md cannot be written: a folder holds its name
+    code, _, err = run_main(str(sweep), "--out", str(tmp_path / "out"), cwd=tmp_path, capsys=capsys)
+    assert code == 2
+    assert (
+        err.startswith(f"multiloss-report: error: --out '{tmp_path / 'out'}': cannot write ") and err.count("\n") == 1
+    )
+    assert "(Is a directory)" in err
+
+
+def test_disagreeing_directions_and_shared_overrides_spelled_differently(tmp_path: Path) -> None:
+    for seed in range(2):
+        overrides = [f"seed={seed}", "trainer.logger=False" if seed == 0 else "trainer.logger=false", "weighting=dwa"]
+        result = completed("dwa", seed, overrides, {"cls": {"acc": 0.8}, "reg": {"mse": 0.3}})
+        if seed == 1:
+            result["directions"] = {"cls": {"acc": "min"}, "reg": {"mse": "min"}}
+        write_job(tmp_path / "s" / str(seed), overrides, result)
+    other = ["seed=0", "trainer.logger=false", "weighting=fixed"]
+    write_job(tmp_path / "s" / "2", other, completed("fixed", 0, other, {"cls": {"acc": 0.7}, "reg": {"mse": 0.4}}))
+    report = make_report([str(tmp_path / "s")], out=str(tmp_path / "out"))
+    (exp,) = report.experiments
+    assert sorted(row.label for row in exp.rows) == ["dwa", "fixed"]  # trainer.logger is shared by every row
+    text = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "says 'acc' of task 'cls' is better when lower; the report uses the first run's direction (max)" in text

@@ -39,6 +39,7 @@ import argparse
 import csv
 import math
 import os
+import re
 import socket
 import statistics
 import sys
@@ -48,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from lightning_multiloss.errors import MultiLossError
-from lightning_multiloss.results import RESULT_FILE, STATUSES, RunResult, config_key
+from lightning_multiloss.results import RESULT_FILE, STATUSES, RunResult, canonical_override, config_key
 
 NO_RESULT = "no result"
 CITATION = "Maninis et al. 2019"
@@ -94,8 +95,11 @@ class Stat:
         if len(values) == 1:
             return cls(values[0], None, 1)
         if not all(math.isfinite(v) for v in values):  # a diverged run: NaN or inf, not a crash
-            return cls(statistics.fmean(values), math.nan, len(values))
-        return cls(statistics.fmean(values), statistics.stdev(values), len(values))
+            return cls(sum(values) / len(values), math.nan, len(values))  # +inf and -inf: NaN
+        try:
+            return cls(statistics.fmean(values), statistics.stdev(values), len(values))
+        except OverflowError:  # values near float's limit: their sum overflows, their mean need not
+            return cls(math.fsum(v / len(values) for v in values), math.nan, len(values))
 
 
 @dataclass
@@ -323,8 +327,9 @@ def collect_runs(folder: str, progress: TextIO | None = None) -> list[Run]:
         if RESULT_FILE in files:
             path = os.path.join(root, RESULT_FILE)
             runs.append(run_of(RunResult.read(path), shown))
-            dirs[:] = []  # a run's own folders (logs, checkpoints) hold no other run
-        elif ".hydra" in dirs:
+            # Runs may lie below it: a Trainer's default_root_dir is often the parent of others'.
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+        elif ".hydra" in dirs and not _result_below(root):  # a result_file in a subfolder is found below
             runs.append(Run(folder=shown, status=NO_RESULT, overrides=_hydra_overrides(root)))
             dirs[:] = []
         else:
@@ -336,6 +341,15 @@ def collect_runs(folder: str, progress: TextIO | None = None) -> list[Run]:
             f"no runs under {folder!r}: no {RESULT_FILE} and no Hydra job folder (.hydra/) in it or below it"
         )
     return runs
+
+
+def _result_below(folder: str) -> bool:
+    """Whether a ``result.json`` lies in a (non-hidden) subfolder of ``folder``."""
+    for _, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if RESULT_FILE in files:
+            return True
+    return False
 
 
 # -- summarising --------------------------------------------------------------------------------
@@ -434,12 +448,14 @@ def _setup_mismatch(swept: list[Run], baselines: dict[str, Baseline]) -> str | N
 def _distinguishing(rows: list[ConfigRow]) -> None:
     """Keep, in each row, the overrides that not every row of the experiment shares (seeds dropped)."""
     per_row = [[o for o in row.overrides if not _is_seed(o)] for row in rows]
-    common = set.intersection(*(set(o) for o in per_row)) if len(rows) > 1 else set()
+    # Compared as Hydra reads them: `trainer.logger=False` and `=false` are one override.
+    common = set.intersection(*({canonical_override(o) for o in row} for row in per_row)) if len(rows) > 1 else set()
     for row, overrides in zip(rows, per_row, strict=True):
         row.overrides = [
             o
             for o in overrides
-            if o not in common and not (_override_key(o) == "weighting" and o.split("=", 1)[-1] == row.weighting)
+            if canonical_override(o) not in common
+            and not (_override_key(o) == "weighting" and o.split("=", 1)[-1] == row.weighting)
         ]
 
 
@@ -459,16 +475,24 @@ def _first_seen(runs: list[Run]) -> tuple[list[str], dict[str, str], dict[str, s
                     f"run {run.folder} takes {metric!r} as the primary metric of task {task!r}; "
                     f"the report uses {primary[task]!r}, as the first run does"
                 )
+            elif run.directions.get(task, {}).get(metric, directions[task]) != directions[task]:
+                notes.append(
+                    f"run {run.folder} says {metric!r} of task {task!r} is better when "
+                    f"{'higher' if run.directions[task][metric] == 'max' else 'lower'}; the report uses the "
+                    f"first run's direction ({directions[task]})"
+                )
     return tasks, primary, directions, notes
 
 
 def _summarise_experiment(name: str, swept: list[Run], baseline_runs: list[Run]) -> ExperimentReport:
     tasks, primary, directions, notes = _first_seen(swept)
-    groups: dict[str, list[Run]] = {}
+    # By overrides and by strategy: runs without Hydra have no overrides, and two of them with
+    # different weightings are two configurations.
+    groups: dict[tuple[str, str], list[Run]] = {}
     for run in swept:
-        groups.setdefault(run.config_key, []).append(run)
+        groups.setdefault((run.config_key, run.weighting), []).append(run)
     rows: list[ConfigRow] = []
-    for key, runs in groups.items():
+    for (key, _), runs in groups.items():
         runs.sort(key=lambda r: (r.seed is None, r.seed if r.seed is not None else 0, r.folder))
         seeds = [r.seed for r in runs]
         repeated = sorted({s for s in seeds if s is not None and seeds.count(s) > 1})
@@ -486,6 +510,14 @@ def _summarise_experiment(name: str, swept: list[Run], baseline_runs: list[Run])
         if labels.count(row.label) > 1:
             row.overrides.append(f"[{row.config_key or 'defaults'}]")
     for row in rows:
+        for task in row.metrics:
+            without = [r.seed for r in row.runs if r.value(task, primary[task]) is None]
+            if without:  # some seeds only: the mean and Δm% are over fewer seeds than the row counts
+                notes.append(
+                    f"configuration {row.label!r}: seed(s) {without} have no {primary[task]} for task {task!r}: "
+                    f"its mean is over {row.metrics[task].n} of {len(row.runs)} seeds, and Δm% over the seeds "
+                    "that have every task"
+                )
         if len(row.metrics) < len(tasks):  # e.g. a run of the experiment with a task removed
             lacking = [task for task in tasks if task not in row.metrics]
             notes.append(
@@ -758,7 +790,7 @@ def write_csv(report: Report, path: str) -> None:
                 name = f"{t}/{exp.primary[t]}/{suffix}"
                 if name not in columns:
                     columns.append(name)
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(
             [
@@ -850,15 +882,23 @@ def write_report(report: Report, out: str) -> list[str]:
         raise MultiLossError(f"--out {out!r}: cannot create the folder ({error.strerror or error})") from None
     files = [os.path.join(out, "report.md"), os.path.join(out, "report.csv")]
     two_task = [exp for exp in report.experiments if len(exp.tasks) == 2 and exp.points]
-    for exp in two_task:
-        name = "pareto.png" if len(two_task) == 1 else f"pareto_{exp.name or 'experiment'}.png"
-        path = os.path.join(out, name.replace(os.sep, "_"))
-        plot_pareto(exp, path)
-        files.append(path)
-    report.files = files
-    write_csv(report, files[1])
-    with open(files[0], "w") as f:
-        f.write(render_markdown(report))
+    try:
+        names: set[str] = set()
+        for index, exp in enumerate(two_task, 1):
+            name = "pareto" if len(two_task) == 1 else "pareto_" + re.sub(r"[^\w.-]", "_", exp.name or "experiment")
+            if name in names:  # names that differ only by characters a file name cannot hold ("a/b", "a_b")
+                name += f"_{index}"
+            names.add(name)
+            path = os.path.join(out, name + ".png")
+            plot_pareto(exp, path)
+            files.append(path)
+        report.files = files
+        write_csv(report, files[1])
+        with open(files[0], "w", encoding="utf-8") as f:  # Δ, ↑, ±: not in every locale's encoding
+            f.write(render_markdown(report))
+    except OSError as error:
+        where = getattr(error, "filename", None) or out
+        raise MultiLossError(f"--out {out!r}: cannot write {where!r} ({error.strerror or error})") from None
     return files
 
 
@@ -906,7 +946,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MultiLossError as exc:
         print(f"multiloss-report: error: {exc}", file=sys.stderr)
         return 2
-    sys.stdout.write(render_markdown(report))
+    text = render_markdown(report)
+    try:
+        sys.stdout.write(text)
+    except UnicodeEncodeError:  # a terminal whose encoding lacks Δ, ↑, ±: the files are UTF-8 anyway
+        sys.stdout.flush()
+        sys.stdout.buffer.write(text.encode(sys.stdout.encoding or "ascii", errors="replace"))
     return 0
 
 
