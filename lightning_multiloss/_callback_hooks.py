@@ -258,9 +258,15 @@ class LossWeightingHooks:
         if self._records:
             # What a further step would use: the strategy is told the progress, as before a batch.
             weighting = self._weighting(pl_module)
-            if type(weighting).set_progress is not Weighting.set_progress:
-                weighting.set_progress(Progress(trainer.global_step, trainer.current_epoch, self._total_steps))
-            self._end = (trainer.global_step + 1, trainer.current_epoch, weighting.current_weights().detach().clone())
+            try:
+                if type(weighting).set_progress is not Weighting.set_progress:
+                    weighting.set_progress(Progress(trainer.global_step, trainer.current_epoch, self._total_steps))
+                end = weighting.current_weights().detach().clone()
+            except MultiLossError:
+                # A schedule checked over the epochs that train may be invalid at the one after the
+                # last (unit="epoch": t = max_epochs): the run is done, so the last step's weights stand.
+                end = self._records[-1][2]
+            self._end = (trainer.global_step + 1, trainer.current_epoch, end)
         if not trainer.is_global_zero or not self._records:
             return
         from lightning_multiloss._trajectory import write_trajectory

@@ -224,3 +224,27 @@ def test_one_callback_with_a_result_file_writes_each_runs_result_into_its_own_fo
         result = json.loads((tmp_path / name / "result.json").read_text())
         assert result["status"] == "completed"
         assert result["weights"] == pytest.approx(dict(zip(["cls", "reg"], weights, strict=True)))
+
+
+def test_an_epoch_schedule_invalid_only_after_the_last_epoch_ends_the_run_normally(tmp_path: Path) -> None:
+    # Valid at epochs 0 and 1 (1.0, then 0.0), negative at t = 2, which never trains: the run failed
+    # after its last epoch, when the end row was computed at t = max_epochs.
+    callback = LossWeightingCallback(plot=False)
+    model = ToyNet(Scheduled({"cls": Linear(1.0, -1.0, duration=2)}, unit="epoch"))
+    trainer = quiet_trainer(max_epochs=2, callbacks=[callback], default_root_dir=tmp_path)
+    trainer.fit(model, toy_loader(n=64, batch_size=16))
+    assert [row[0] for row in callback.weights] == [1.0] * STEPS_PER_EPOCH + [0.0] * STEPS_PER_EPOCH
+    assert callback.end_weights == pytest.approx([0.0, 1.0])  # the last step's weights stand
+
+
+def test_learnable_says_it_sits_on_a_bound_in_a_run_shorter_than_check_every(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 8 optimizer steps with check_every=50: the check never ran, and alpha sat on a bound unsaid.
+    model = ToyNet(Learnable(init=0.02), lr=1.0)  # a large step drives alpha onto 0 or 1 at once
+    trainer = quiet_trainer(max_epochs=2, default_root_dir=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="lightning_multiloss"):
+        trainer.fit(model, toy_loader(n=64, batch_size=16))
+    alpha = float(model.weighting.alpha)
+    assert alpha in (0.0, 1.0)
+    assert sum("learnable alpha reached a bound" in r.getMessage() for r in caplog.records) == 1

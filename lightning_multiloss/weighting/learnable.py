@@ -145,6 +145,12 @@ class Learnable(Weighting):
         if self._steps % self.check_every == 0:
             self._check_bound()
 
+    def end_training_epoch(self) -> None:
+        super().end_training_epoch()
+        # Also at each epoch's end (one read an epoch): a run shorter than check_every steps, or one
+        # that ends between two checks, would otherwise never say that alpha sits on a bound.
+        self._check_bound()
+
     def _check_bound(self) -> None:
         since = int(self.on_bound_since)  # read from the device here only: once per check_every steps
         if since >= 0 and not self._warned_bound and is_rank_zero():
