@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Literal, TypeAlias
@@ -34,10 +35,28 @@ def _require(condition: bool, schedule: str, message: str) -> None:
         raise MultiLossError(f"{schedule} schedule: {message}")
 
 
-def _finite(value: float, schedule: str, name: str) -> float:
-    value = float(value)
-    _require(math.isfinite(value), schedule, f"{name} must be finite, got {value}")
-    return value
+def _finite(value: object, schedule: str, name: str) -> float:
+    # A number, not a string, Hydra's null or a bool (float() would take "0.5" and True).
+    _require(
+        not isinstance(value, bool | str | bytes) and isinstance(value, numbers.Real),
+        schedule,
+        f"{name} must be a number, got {value!r}",
+    )
+    assert isinstance(value, numbers.Real)
+    number = float(value)
+    _require(math.isfinite(number), schedule, f"{name} must be finite, got {number}")
+    return number
+
+
+def _sequence(values: object, schedule: str, name: str) -> list[object]:
+    """``values`` as a list: a list or tuple, not a string, ``None`` or a scalar."""
+    _require(
+        isinstance(values, Sequence) and not isinstance(values, str | bytes),
+        schedule,
+        f"{name} must be a list, got {values!r}",
+    )
+    assert isinstance(values, Sequence)
+    return list(values)
 
 
 def _positive(value: float, schedule: str, name: str) -> float:
@@ -144,8 +163,8 @@ class Step(Schedule):
     """
 
     def __init__(self, milestones: Sequence[float], values: Sequence[float]) -> None:
-        self.milestones = [_finite(m, "step", "milestone") for m in milestones]
-        self.values = [_finite(v, "step", "value") for v in values]
+        self.milestones = [_finite(m, "step", "milestone") for m in _sequence(milestones, "step", "milestones")]
+        self.values = [_finite(v, "step", "value") for v in _sequence(values, "step", "values")]
         _require(
             len(self.values) == len(self.milestones) + 1,
             "step",
@@ -203,12 +222,13 @@ class Piecewise(Schedule):
 
     def __init__(self, points: Sequence[Sequence[float]]) -> None:
         pairs: list[tuple[float, float]] = []
-        for point in points:
+        for point in _sequence(points, "piecewise", "points"):
             _require(
-                hasattr(point, "__len__") and len(point) == 2,
+                isinstance(point, Sequence) and not isinstance(point, str | bytes) and len(point) == 2,
                 "piecewise",
                 f"each point is a pair (t, value), got {point!r}",
             )
+            assert isinstance(point, Sequence)
             pairs.append((_finite(point[0], "piecewise", "t"), _finite(point[1], "piecewise", "value")))
         _require(len(pairs) >= 1, "piecewise", "needs at least one point")
         _require(

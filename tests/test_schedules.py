@@ -209,3 +209,32 @@ def test_plain_callable_through_scheduled():
 def test_bad_arguments(make, match):
     with pytest.raises(MultiLossError, match=match):
         make()
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        # float() raised a bare TypeError or ValueError, or took "0.5", True and "12" (as [1.0, 2.0]).
+        (lambda: Linear(None, 0.0, 10.0), r"linear schedule: start must be a number, got None"),
+        (lambda: Linear("abc", 0.0, 10.0), r"linear schedule: start must be a number, got 'abc'"),
+        (lambda: Linear(1.0, 0.0, True), r"linear schedule: duration must be a number, got True"),
+        (lambda: Constant("0.5"), r"constant schedule: value must be a number, got '0.5'"),
+        (lambda: Step(None, [1.0]), r"step schedule: milestones must be a list, got None"),
+        (lambda: Step("12", [1.0, 2.0, 3.0]), r"step schedule: milestones must be a list, got '12'"),
+        (lambda: Step([1.0], [None, 2.0]), r"step schedule: value must be a number, got None"),
+        (lambda: Piecewise(None), r"piecewise schedule: points must be a list, got None"),
+        (lambda: Piecewise([[0.0, "abc"]]), r"piecewise schedule: value must be a number, got 'abc'"),
+        (lambda: Piecewise(["ab"]), r"piecewise schedule: each point is a pair \(t, value\), got 'ab'"),
+    ],
+)
+def test_arguments_that_are_not_numbers_are_named(build, message):
+    with pytest.raises(MultiLossError, match=message):
+        build()
+
+
+@pytest.mark.parametrize("value", [None, "0.5", True])
+def test_an_alpha_schedule_that_gives_no_number_is_named(value):
+    # The per-task form refused these; the two-task alpha form took "0.5" and True, and None was a TypeError.
+    weighting = Scheduled(lambda t: value)
+    with pytest.raises(MultiLossError, match=r"the value of alpha's schedule at t=0.0 must be a number, got "):
+        weighting.bind(["a", "b"])

@@ -12,7 +12,7 @@ from torch import Tensor
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.schedules import ScheduleLike, as_schedule
 from lightning_multiloss.weighting._base import Progress, WeightedLoss, Weighting, weighted_sum
-from lightning_multiloss.weighting._common import check_weight, per_task_values
+from lightning_multiloss.weighting._common import as_number, check_weight, per_task_values
 from lightning_multiloss.weighting._registry import register
 
 Unit = Literal["step", "epoch", "fraction"]
@@ -88,7 +88,7 @@ class Scheduled(Weighting):
     def values_at(self, t: float) -> list[float]:
         """The task weights at progress ``t`` (checked: finite, non-negative, alpha in [0, 1])."""
         if self._alpha:
-            alpha = float(self._schedules[0](t))
+            alpha = as_number(self.name, f"the value of alpha's schedule at t={t}", self._schedules[0](t))
             if not (math.isfinite(alpha) and 0.0 <= alpha <= 1.0):
                 first, second = self.task_names
                 raise MultiLossError(
