@@ -221,9 +221,10 @@ class LossWeightingHooks:
             if keep:
                 planned = restored
         self._total_steps = planned
-        max_epochs = trainer.max_epochs if isinstance(trainer.max_epochs, int) and trainer.max_epochs >= 0 else None
         self._weighting(pl_module).check_plan(
-            Progress(trainer.global_step, trainer.current_epoch, planned, total_epochs=max_epochs)
+            Progress(
+                trainer.global_step, trainer.current_epoch, planned, total_epochs=_planned_epochs(trainer, planned)
+            )
         )
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
@@ -361,6 +362,18 @@ class LossWeightingHooks:
             (int(step), int(epoch), torch.tensor(row))
             for step, epoch, row in zip(state_dict["steps"], state_dict["epochs"], state_dict["weights"], strict=True)
         ]
+
+
+def _planned_epochs(trainer: Any, planned_steps: int | None) -> int | None:
+    """The number of epochs training will reach: ``max_epochs``, or fewer where ``max_steps`` ends
+    it sooner (``None`` where neither bounds it)."""
+    epochs = trainer.max_epochs if isinstance(trainer.max_epochs, int) and trainer.max_epochs >= 0 else None
+    batches = trainer.num_training_batches
+    if planned_steps is None or not isinstance(batches, int | float) or not math.isfinite(batches) or batches <= 0:
+        return epochs
+    steps_per_epoch = math.ceil(batches / max(int(trainer.accumulate_grad_batches), 1))
+    by_steps = math.ceil(planned_steps / steps_per_epoch)
+    return by_steps if epochs is None else min(epochs, by_steps)
 
 
 def _stage(trainer: Any) -> str:

@@ -248,3 +248,19 @@ def test_learnable_says_it_sits_on_a_bound_in_a_run_shorter_than_check_every(
     alpha = float(model.weighting.alpha)
     assert alpha in (0.0, 1.0)
     assert sum("learnable alpha reached a bound" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_an_epoch_schedule_is_checked_over_the_epochs_max_steps_plans() -> None:
+    # 4 optimizer steps an epoch. max_steps=20 (max_epochs unset) plans 5 epochs; the weight turns
+    # negative at epoch 3: refused before the first step (only epoch 0 was checked).
+    schedule = {"cls": Linear(1.0, -0.5, duration=2)}  # 1, 0.25, -0.5 at epochs 0, 1, 2
+    model = ToyNet(Scheduled(schedule, unit="epoch"))
+    trainer = quiet_trainer(max_epochs=-1, max_steps=20)
+    with pytest.raises(Exception, match=r"t=2\.0 .*before the first step"):
+        trainer.fit(model, toy_loader(n=64, batch_size=16))
+    assert trainer.global_step == 0
+    # max_steps=5 ends training in epoch 1, before the weight turns negative: no refusal (it
+    # checked all ten epochs of max_epochs).
+    trainer = quiet_trainer(max_epochs=10, max_steps=5)
+    trainer.fit(ToyNet(Scheduled(schedule, unit="epoch")), toy_loader(n=64, batch_size=16))
+    assert trainer.global_step == 5
