@@ -577,7 +577,7 @@ def test_the_header_counts_the_runs_ignored_under_baselines(tmp_path: Path) -> N
     assert f"({swept} swept in " in text and f", {swept} under --baselines ignored (not baselines)); " in text
 
 
-# -- runs the report read wrong (a probe of its corner cases) ----------------------------------
+# -- corner cases the report read wrong ---------------------------------------------------------
 def result_file(folder: Path, result: dict[str, Any]) -> None:
     """A ``result.json`` alone, as ``LossWeightingCallback(result_file=...)`` writes it without Hydra."""
     folder.mkdir(parents=True)
