@@ -868,14 +868,15 @@ class MultiTaskMixin(_Base):
         """
         if torch.is_inference_mode_enabled():
             return  # inference tensors may be updated in place here
-        other_loaders = [key for key in self._mt_other_loaders if key.startswith(f"{stage}_")]
-        metrics = [
+        means, metrics = self._mt_eval_metrics(stage, 0)
+        later = [
             metric
-            for loader in [0, *(int(key.rsplit("_", 1)[1]) for key in other_loaders)]
-            for group in self._mt_eval_metrics(stage, loader)
-            for metric in group
+            for key, group in self._mt_other_loaders.items()
+            if key.startswith(f"{stage}_")
+            for part in cast(nn.ModuleDict, group).values()
+            for metric in cast("Sequence[Metric]", part)
         ]
-        for metric in metrics:
+        for metric in [*means, *metrics, *later]:
             if _holds_inference_tensors(metric):
                 metric.reset()
 

@@ -33,16 +33,21 @@ def test_the_search_config_tunes_one_fixed_weight_per_task() -> None:
     GlobalHydra.instance().clear()
 
 
-@pytest.mark.slow
-def test_optuna_tunes_one_weight_per_task_on_the_validation_metric(tmp_path: Path) -> None:
-    args = [
+def two_trials(*overrides: str) -> list[str]:
+    """``multiloss-train`` arguments of a two-trial search of the fixed weights, in ``sweep/``."""
+    return [
+        *overrides,
         "+hparams_search=digits_weights",
         "hydra.sweeper.n_trials=2",
         "trainer=debug",
         "trainer.enable_progress_bar=false",
         "hydra.sweep.dir=sweep",
     ]
-    proc = cli(args, cwd=tmp_path)
+
+
+@pytest.mark.slow
+def test_optuna_tunes_one_weight_per_task_on_the_validation_metric(tmp_path: Path) -> None:
+    proc = cli(two_trials(), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     sweep = tmp_path / "sweep"
     trials = {}
@@ -80,15 +85,7 @@ def test_optuna_tunes_one_weight_per_task_on_the_validation_metric(tmp_path: Pat
 def test_a_search_whose_trials_all_fail_lists_them_without_a_traceback(tmp_path: Path) -> None:
     # The search's weights name the digits tasks; loc_cls has others: every trial fails at once.
     # Optuna then raised "No trials are completed yet" from its sweeper, a traceback after the trials.
-    args = [
-        "experiment=loc_cls",
-        "+hparams_search=digits_weights",
-        "hydra.sweeper.n_trials=2",
-        "trainer=debug",
-        "trainer.enable_progress_bar=false",
-        "hydra.sweep.dir=sweep",
-    ]
-    proc = cli(args, cwd=tmp_path)
+    proc = cli(two_trials("experiment=loc_cls"), cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr[-4000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]

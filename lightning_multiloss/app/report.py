@@ -270,17 +270,19 @@ def run_of(result: RunResult, folder: str) -> Run:
     return run
 
 
-def _hydra_overrides(job_dir: str) -> list[str]:
-    path = os.path.join(job_dir, ".hydra", "overrides.yaml")
-    if not os.path.isfile(path):
-        return []
-    try:
-        import yaml
+def _hydra_file(job_dir: str, name: str) -> object:
+    """The content of a job's ``.hydra/<name>`` (``None`` if missing or unreadable: the run is still listed)."""
+    import yaml
 
-        with open(path) as f:
-            data = yaml.safe_load(f)
-    except Exception:  # an unreadable overrides file does not hide the run: it is listed without them
-        return []
+    try:
+        with open(os.path.join(job_dir, ".hydra", name), encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+
+
+def _hydra_overrides(job_dir: str) -> list[str]:
+    data = _hydra_file(job_dir, "overrides.yaml")
     return [str(o) for o in data] if isinstance(data, list) else []
 
 
@@ -382,18 +384,6 @@ NOT_TRAINING = frozenset(
 Setup = tuple[tuple[str, str], ...]
 
 
-def _composed_config(run: Run) -> dict[str, object] | None:
-    """The run's composed config as Hydra saved it (``.hydra/config.yaml``), or ``None``."""
-    import yaml
-
-    try:
-        with open(os.path.join(run.folder, ".hydra", "config.yaml"), encoding="utf-8") as f:
-            composed = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError):
-        return None
-    return composed if isinstance(composed, dict) else None
-
-
 def _flatten(prefix: str, node: object, out: dict[str, str]) -> None:
     if isinstance(node, Mapping):
         for key, value in node.items():
@@ -402,11 +392,10 @@ def _flatten(prefix: str, node: object, out: dict[str, str]) -> None:
         out[prefix] = str(node)
 
 
-def _training_setup(run: Run, composed: bool) -> Setup:
+def _training_setup(run: Run, config: Mapping[str, object] | None) -> Setup:
     """The run's training setup (:data:`TRAINING_SETUP`) as sorted ``(key, value)`` pairs: from its
-    composed config (``composed``: a default written out equals it left out), else its overrides."""
+    composed ``config`` where given (a default written out equals it left out), else its overrides."""
     pairs: dict[str, str] = {}
-    config = _composed_config(run) if composed else None
     if config is not None:
         for section in TRAINING_SETUP:
             node: object = config
@@ -426,14 +415,20 @@ def _setup_mismatch(swept: list[Run], baselines: dict[str, Baseline]) -> str | N
     """A note naming each setting in which the baselines were trained otherwise than the swept runs
     (which must share one setup), from the composed configs where every run has one."""
     runs = [*swept, *(r for base in baselines.values() for r in base.runs)]
-    composed = all(_composed_config(r) is not None for r in runs)
-    setups = {_training_setup(r, composed) for r in swept}
+    configs = {r.folder: _hydra_file(r.folder, "config.yaml") for r in runs}  # each file read once
+    composed = all(isinstance(c, Mapping) for c in configs.values())
+
+    def setup_of(run: Run) -> Setup:
+        config = configs[run.folder]
+        return _training_setup(run, config if composed and isinstance(config, Mapping) else None)
+
+    setups = {setup_of(r) for r in swept}
     if len(setups) != 1:
         return None
     ours = dict(next(iter(setups)))
     differences: list[str] = []
     for task, base in baselines.items():
-        for setup in sorted({_training_setup(r, composed) for r in base.runs}):
+        for setup in sorted({setup_of(r) for r in base.runs}):
             theirs = dict(setup)
             changed = sorted(key for key in {*ours, *theirs} if ours.get(key) != theirs.get(key))
             if changed:

@@ -663,7 +663,7 @@ def main() -> None:
             raise
         # The sweeper itself gave up after failed jobs (Optuna: "No trials are completed yet" when
         # every trial failed): the jobs' errors are what the user needs, listed below.
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = _first_line(str(error)) or type(error).__name__
         print(f"error: the sweep ended after its jobs failed ({reason})", file=sys.stderr)
     finally:
         _restore_env({_FULL_ERROR: _users_full_error})
