@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-_PACKAGES = ("pytorch_lightning", "lightning.pytorch", "lightning")
-
 
 def lightning_package(obj: Any) -> str:
     """``"pytorch_lightning"`` or ``"lightning.pytorch"``: the package of a module's or callback's classes.
@@ -28,9 +26,14 @@ def lightning_package(obj: Any) -> str:
     return "pytorch_lightning"
 
 
+def is_lightning_class(cls: type) -> bool:
+    """Whether ``cls`` is defined by either Lightning package (not by a package named ``lightning_*``)."""
+    return cls.__module__.split(".", 1)[0] in ("pytorch_lightning", "lightning")
+
+
 def is_lightning_module_class(cls: type) -> bool:
     """Whether ``cls`` is the ``LightningModule`` class of either package."""
-    return cls.__name__ == "LightningModule" and cls.__module__.startswith(_PACKAGES)
+    return cls.__name__ == "LightningModule" and is_lightning_class(cls)
 
 
 def trainer_of(module: Any) -> Any | None:

@@ -541,3 +541,63 @@ def test_a_second_evaluation_dataloader_adds_nothing_to_the_state_dict() -> None
     quiet_trainer().validate(net, loaders, verbose=False)
     assert set(net.state_dict()) == keys
     model().load_state_dict(net.state_dict())  # strict
+
+
+class HookCounter(pl.profilers.Profiler):
+    """Counts the hooks the Trainer dispatches (each dispatch opens one profiler action)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.actions: dict[str, int] = {}
+
+    def start(self, action_name: str) -> None:
+        self.actions[action_name] = self.actions.get(action_name, 0) + 1
+
+    def stop(self, action_name: str) -> None:
+        pass
+
+
+CALLBACK_STEP_HOOKS = (
+    "on_train_batch_start",
+    "on_before_backward",
+    "on_after_backward",
+    "on_before_optimizer_step",
+    "on_before_zero_grad",
+    "on_train_batch_end",
+)
+
+
+class AfterBackwardCounter(LossWeightingCallback):
+    """A user's subclass with a per-step hook of its own."""
+
+    def __init__(self) -> None:
+        super().__init__(plot=False)
+        self.after_backward = 0
+
+    def on_after_backward(self, trainer: Any, pl_module: Any) -> None:
+        self.after_backward += 1
+
+
+def test_the_callback_is_dispatched_only_the_per_step_hooks_that_do_something() -> None:
+    # Lightning dispatches each hook to each callback at every step (a profiler action each, a few
+    # microseconds); a hook the callback leaves to Lightning's no-op, or one its strategy needs
+    # nothing from (a fixed sum is told no progress), is not dispatched.
+    def dispatched(callback: LossWeightingCallback, weighting: Weighting) -> tuple[dict[str, int], BatchRecorder]:
+        counter, recorder = HookCounter(), BatchRecorder()
+        trainer = quiet_trainer(max_epochs=1, profiler=counter, callbacks=[callback, recorder])
+        trainer.fit(ToyNet(weighting), toy_loader(n=64))  # 4 steps
+        return {hook: counter.actions.get(f"[Callback]{callback.state_key}.{hook}", 0) for hook in CALLBACK_STEP_HOOKS}, recorder
+
+    callback = LossWeightingCallback(plot=False)
+    counts, recorder = dispatched(callback, Fixed([0.5, 0.3]))
+    assert counts == {hook: 4 if hook == "on_train_batch_end" else 0 for hook in CALLBACK_STEP_HOOKS}
+    assert recorder.weights == [pytest.approx([0.5, 0.3])] * 4
+    # The same callback in a later fit whose strategy follows the progress: it is told it again.
+    counts, recorder = dispatched(callback, Scheduled(Linear(1.0, 0.0, duration=4), unit="step"))
+    assert counts["on_train_batch_start"] == 4
+    assert [w[0] for w in recorder.weights] == pytest.approx([1.0, 0.75, 0.5, 0.25])
+    # A subclass's own per-step hook is dispatched as any callback's.
+    mine = AfterBackwardCounter()
+    counts, _ = dispatched(mine, Fixed([0.5, 0.3]))
+    assert counts["on_after_backward"] == 4
+    assert mine.after_backward == 4
