@@ -586,7 +586,8 @@ def test_the_callback_is_dispatched_only_the_per_step_hooks_that_do_something() 
         counter, recorder = HookCounter(), BatchRecorder()
         trainer = quiet_trainer(max_epochs=1, profiler=counter, callbacks=[callback, recorder])
         trainer.fit(ToyNet(weighting), toy_loader(n=64))  # 4 steps
-        return {hook: counter.actions.get(f"[Callback]{callback.state_key}.{hook}", 0) for hook in CALLBACK_STEP_HOOKS}, recorder
+        prefix = f"[Callback]{callback.state_key}."
+        return {hook: counter.actions.get(prefix + hook, 0) for hook in CALLBACK_STEP_HOOKS}, recorder
 
     callback = LossWeightingCallback(plot=False)
     counts, recorder = dispatched(callback, Fixed([0.5, 0.3]))
