@@ -783,6 +783,21 @@ def test_nash_mtl_without_a_solution_keeps_the_previous_weights(caplog: pytest.L
     assert len(warnings) == 1 and "at step 0" in warnings[0]
 
 
+def test_nash_mtl_warm_started_from_gradients_of_other_norms_still_solves() -> None:
+    # Found in a batch-size-1 fit: after a step whose first gradient was tiny (α ≈ [82, 2.4]), the
+    # warm start was ~400 times too long for the next Gramian; 200 damped Newton steps did not get
+    # back, the step was declared without a solution and α stayed stale from then on.
+    before = torch.tensor([[1.9633e-4, -1.5617e-3], [-1.5617e-3, 0.22569]], dtype=F64)
+    gramian = torch.tensor([[29.8105, -0.48099], [-0.48099, 0.17033]], dtype=F64)
+    # K = 2 in closed form: αᵢ(Gα)ᵢ = 1 gives αᵢ = 1/√((1 + ρ)Gᵢᵢ), ρ the cosine of the two gradients.
+    rho = gramian[0, 1] / (gramian[0, 0] * gramian[1, 1]).sqrt()
+    exact = 1.0 / ((1.0 + rho) * gramian.diagonal()).sqrt()
+    strategy = bound("nash_mtl", 2, normalize=False)
+    strategy.weights_from_gramian(before, torch.ones(2, dtype=F64))
+    alpha = strategy.weights_from_gramian(gramian, torch.ones(2, dtype=F64))
+    torch.testing.assert_close(alpha, exact, rtol=1e-8, atol=0)
+
+
 def test_cagrad_at_a_pareto_stationary_point_takes_the_average_gradient() -> None:
     # 0 is in the convex hull of [g, -g, g3]: the documented update is g0/s (weights 1/K), not
     # g0 + ρ·(rounding noise)/‖noise‖ (the weights were ~3e5).

@@ -446,6 +446,10 @@ def nash_solve(gramian: Tensor, start: Tensor, tol: float = 1e-12, max_iter: int
     """
     g = regularize(gramian)
     alpha = start.to(_F64).clone()
+    # First the best multiple of the start (f(tα) is least at t² = K / αᵀGα): a warm start from a
+    # step whose gradients had other norms can be off by orders of magnitude, and the damped phase
+    # lowers f by a bounded amount per iteration, so it would not get back within max_iter.
+    alpha = alpha * math.sqrt(alpha.numel() / float(alpha @ g @ alpha))
     for _ in range(max_iter):
         grad = g @ alpha - 1.0 / alpha
         hess = g + torch.diag(1.0 / alpha**2)
