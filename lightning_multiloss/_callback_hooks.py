@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_multiloss._dist import is_distributed
 from lightning_multiloss._lightning import is_lightning_class, lightning_package
 from lightning_multiloss._run_recorder import RunRecorder, active_recorder
 from lightning_multiloss.errors import MultiLossError
@@ -103,6 +104,10 @@ class LossWeightingHooks:
         self._restored_plan: int | None = None  # the planned steps of a checkpoint being resumed
         self._end: tuple[int, int, Tensor] | None = None  # the weights in force when training ended
         self._sets_progress = True  # whether the strategy's set_progress does something (read in setup)
+        # The training epoch begun and not yet ended (its epoch-end hooks not run), and that of a
+        # checkpoint being resumed.
+        self._open_epoch: int | None = None
+        self._restored_open_epoch: int | None = None
         for hook in _IDLE_STEP_HOOKS:
             self._switch_off_if_idle(hook, True)
 
@@ -240,6 +245,13 @@ class LossWeightingHooks:
             if keep:
                 planned = restored
         self._total_steps = planned
+        open_epoch, self._restored_open_epoch = self._restored_open_epoch, None
+        if open_epoch is not None and open_epoch < trainer.current_epoch:
+            # A checkpoint written after the epoch's last batch and before its end (a step-interval
+            # checkpoint, or one at validation): Lightning resumes at the next epoch and does not run
+            # the epoch-end hooks it missed, so the strategy ends that epoch here (DWA and STCH take
+            # its restored mean losses; on every process, as at an epoch's end).
+            self._weighting(pl_module).end_training_epoch()
         self._weighting(pl_module).check_plan(
             Progress(
                 trainer.global_step, trainer.current_epoch, planned, total_epochs=_planned_epochs(trainer, planned)
@@ -266,11 +278,31 @@ class LossWeightingHooks:
                 self._stride *= 2
                 self._records = [r for r in self._records if r[0] % self._stride == 0 or r[0] == 1]
 
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._open_epoch = trainer.current_epoch
+
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         weighting = self._weighting(pl_module)
         pl_module.check_finite_losses()
         weighting.end_training_epoch()
         pl_module.end_training_epoch()
+        self._open_epoch = None
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        # Each DDP process holds its own part of the epoch's running sums (DWA, STCH), and the
+        # checkpoint is rank 0's state: it keeps their total instead (Lightning calls this on every
+        # process), which the first process alone takes back on resume (on_load_checkpoint).
+        weighting = self._weighting(pl_module)
+        if not weighting.uses_epoch_losses or not is_distributed():
+            return
+        prefix = next(name for name, module in pl_module.named_modules() if module is weighting.epoch_losses)
+        for name, total in weighting.epoch_losses.states_over_processes().items():
+            checkpoint["state_dict"][f"{prefix}.{name}"] = total
+
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        weighting = self._weighting(pl_module)
+        if weighting.uses_epoch_losses and trainer.global_rank != 0:
+            weighting.epoch_losses.reset()  # the sums over all processes are rank 0's (on_save_checkpoint)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         # `trainer.log_dir` broadcasts under DDP: every rank must ask for it, not only rank 0.
@@ -370,6 +402,7 @@ class LossWeightingHooks:
             "weights": self.weights,
             "stride": self._stride,
             "planned_steps": self._total_steps,
+            "open_epoch": self._open_epoch,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -377,6 +410,8 @@ class LossWeightingHooks:
         self._stride = int(state_dict.get("stride", self.every_n_steps))
         planned = state_dict.get("planned_steps")
         self._restored_plan = int(planned) if planned is not None else None
+        open_epoch = state_dict.get("open_epoch")
+        self._restored_open_epoch = int(open_epoch) if open_epoch is not None else None
         self._records = [
             (int(step), int(epoch), torch.tensor(row))
             for step, epoch, row in zip(state_dict["steps"], state_dict["epochs"], state_dict["weights"], strict=True)

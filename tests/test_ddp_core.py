@@ -7,7 +7,8 @@
 - the weight trajectory is written once, by rank 0, into the logger's folder;
 - ``on_nonfinite="raise"`` with a NaN on one rank only: both ranks stop together, naming the step;
 - a negative loss on one rank only (FAMO needs losses >= 0): both ranks raise the same error;
-- a layer made trainable after DDP wrapped the model is warned about (rank 0).
+- a layer made trainable after DDP wrapped the model is warned about (rank 0);
+- DWA checkpointed in the middle of an epoch keeps the running sums of every process.
 """
 
 from __future__ import annotations
@@ -166,3 +167,17 @@ def test_a_layer_made_trainable_after_ddp_wrapped_the_model_is_warned_about(
     said = [m for m in rank0["messages"] if "parameters became trainable after DDP wrapped the model" in m]
     assert len(said) == 1 and "freeze with a learning rate of 0 instead" in said[0]
     assert not any("became trainable after DDP" in m for m in rank1["messages"])
+
+
+@pytest.mark.slow
+def test_a_checkpoint_keeps_the_epoch_sums_of_every_process(ranks: tuple[Path, list[dict[str, Any]]]) -> None:
+    # The running sums of the epoch's losses are each process's own; the checkpoint held rank 0's
+    # alone and every process took them back, so DWA's epoch mean counted rank 0's batches twice
+    # and rank 1's not at all.
+    _, (rank0, rank1) = ranks
+    saved = torch.tensor(rank0["dwa_saved"]["sums"]) + torch.tensor(rank1["dwa_saved"]["sums"])
+    assert bool((torch.tensor(rank0["dwa_saved"]["sums"]) != torch.tensor(rank1["dwa_saved"]["sums"])).all())
+    stored = torch.load(rank0["dwa_saved"]["checkpoint"], weights_only=True)["state_dict"]
+    torch.testing.assert_close(stored["weighting.epoch_losses.total"], saved)
+    resumed = torch.tensor(rank0["dwa_resumed"]["sums"]) + torch.tensor(rank1["dwa_resumed"]["sums"])
+    torch.testing.assert_close(resumed, saved)

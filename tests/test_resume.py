@@ -13,7 +13,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from lightning_multiloss import LossWeightingCallback
 from lightning_multiloss.schedules import Linear
-from lightning_multiloss.weighting import Learnable, Scheduled, Weighting
+from lightning_multiloss.weighting import Learnable, Scheduled, Weighting, create_weighting
 from tests._models import ToyNet, quiet_trainer, toy_loader
 
 HALF = 8  # 64 samples in batches of 16: 4 steps per epoch, so the checkpoint is at an epoch's end
@@ -26,6 +26,8 @@ def make_weighting(kind: str) -> Weighting:
         return Scheduled(Linear(1.0, 0.2, duration=3), unit="epoch")
     if kind == "fraction":
         return Scheduled(Linear(1.0, 0.0, duration=1.0), unit="fraction")
+    if kind in ("dwa", "stch"):  # weights from the epochs' mean losses
+        return create_weighting(kind)
     return Learnable()
 
 
@@ -81,7 +83,7 @@ def optimizer_state(trainer: pl.Trainer) -> dict[int, dict[str, torch.Tensor]]:
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
-@pytest.mark.parametrize("kind", ["step", "epoch", "fraction", "learnable"])
+@pytest.mark.parametrize("kind", ["step", "epoch", "fraction", "learnable", "dwa", "stch"])
 def test_resume_equals_uninterrupted(tmp_path: Path, kind: str) -> None:
     full, full_trainer, full_record = fit(kind, tmp_path / "full", 2 * HALF)
 
@@ -125,6 +127,6 @@ def test_resume_equals_uninterrupted(tmp_path: Path, kind: str) -> None:
     assert resumed_record.epochs == full_record.epochs == [(s - 1) // 4 for s in range(1, 2 * HALF + 1)]
     got_w = torch.tensor(resumed_record.weights, dtype=torch.float64)
     torch.testing.assert_close(got_w, torch.tensor(full_record.weights, dtype=torch.float64), rtol=0, atol=1e-6)
-    if kind != "learnable":
+    if expected_alpha(kind, 1) is not None:
         by_hand = [expected_alpha(kind, s) for s in range(1, 2 * HALF + 1)]
         torch.testing.assert_close(got_w[:, 0], torch.tensor(by_hand, dtype=torch.float64), rtol=0, atol=1e-6)

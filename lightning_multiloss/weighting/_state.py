@@ -15,7 +15,8 @@ class TaskEpochMean(Metric):
     A torchmetrics :class:`~torchmetrics.Metric`: its two states (the ``(K,)`` sums and counts)
     are summed over the DDP processes by :meth:`compute` and nowhere else. With ``persistent``
     they are saved in checkpoints, so a run resumed in the middle of an epoch keeps the epoch's
-    running sums.
+    running sums (under DDP, the Callback writes their total over the processes,
+    :meth:`states_over_processes`, and the first process alone takes it back).
     :meth:`update` is a device operation: nothing waits for the device.
 
     Example:
@@ -76,6 +77,13 @@ class TaskEpochMean(Metric):
         self._flush()
         with self.sync_context(should_sync=True):
             return (self.total / self.count.clamp_min(1.0)).clone()
+
+    def states_over_processes(self) -> dict[str, Tensor]:
+        """The states as saved (sums and counts), summed over the DDP processes: a collective, so
+        every process must call it. The states themselves stay this process's."""
+        self._flush()
+        with self.sync_context(should_sync=True):
+            return {name: getattr(self, name).clone() for name in ("total", "count", "batches")}
 
     def seen_any(self) -> bool:
         """Whether a batch was counted since the last reset (reads the device: off the hot path).

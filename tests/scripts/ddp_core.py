@@ -10,6 +10,8 @@
   on rank 1 only at step ``SKIP_BATCH``: both processes stop with the same error, naming the task.
 - ``unfrozen``: MGDA on the parameter route with a trunk layer frozen before fit and trained from
   the second epoch: rank 0 warns that DDP does not average that layer's gradients.
+- ``dwa_saved``, ``dwa_resumed``: DWA checkpointed in the middle of an epoch (step ``DWA_SAVE_STEP``),
+  each rank's own running sums of the epoch's losses then, and after resuming from that checkpoint.
 
 Usage: python ddp_core.py OUT_DIR
 """
@@ -20,7 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
@@ -32,6 +36,7 @@ from tests._models import ToyDataset, ToyNet, quiet_trainer
 
 N, BATCH = 96, 8  # 2 ranks x 6 batches of 8; batch j of rank r holds samples 16 j + r + 2 i
 SKIP_BATCH, MASK_BATCH = 2, 3
+DWA_SAVE_STEP = 3  # of 6 steps in the epoch
 
 
 class Messages(logging.Handler):
@@ -90,6 +95,22 @@ class WithMask(Dataset):
 
     def __getitem__(self, i: int):
         return {**self.data[i], "reg_mask": self.mask[i]}
+
+
+class EpochSums(pl.Callback):
+    """This rank's running sums of the epoch's task losses (DWA's), after step ``DWA_SAVE_STEP`` and at
+    the start of training (after a checkpoint was restored)."""
+
+    def __init__(self) -> None:
+        self.saved: list[float] | None = None
+        self.at_start: list[float] | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.at_start = pl_module.weighting.epoch_losses.total.tolist()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == DWA_SAVE_STEP:
+            self.saved = pl_module.weighting.epoch_losses.total.tolist()
 
 
 def ddp_trainer(record, **kw):
@@ -163,6 +184,22 @@ def main() -> None:
     trainer.fit(model, ddp_loader(ToyDataset(N // 2), rank))
 
     result["messages"] = list(messages.messages)
+
+    # dwa: checkpointed in the middle of the epoch, then resumed from there
+    sums = EpochSums()
+    saver = ModelCheckpoint(out_dir / "dwa_ckpt", filename="{step}", every_n_train_steps=DWA_SAVE_STEP, save_top_k=-1)
+    trainer = ddp_trainer(
+        LossWeightingCallback(plot=False), default_root_dir=out_dir / "dwa", enable_checkpointing=True
+    )
+    trainer.callbacks.extend([sums, saver])
+    trainer.fit(ToyNet(create_weighting("dwa")), ddp_loader(ToyDataset(N), rank))
+    checkpoint = out_dir / "dwa_ckpt" / f"step={DWA_SAVE_STEP}.ckpt"
+    result["dwa_saved"] = {"sums": sums.saved, "checkpoint": str(checkpoint)}
+    sums = EpochSums()
+    trainer = ddp_trainer(LossWeightingCallback(plot=False), default_root_dir=out_dir / "dwa_resumed")
+    trainer.callbacks.append(sums)
+    trainer.fit(ToyNet(create_weighting("dwa")), ddp_loader(ToyDataset(N), rank), ckpt_path=str(checkpoint))
+    result["dwa_resumed"] = {"sums": sums.at_start}
 
     # raise: no logging step in the epoch, so the NaN of step SKIP_BATCH is found at its end
     model = NaNOnRank1(Fixed(), lr=0.05)
