@@ -275,6 +275,20 @@ def test_famo_no_update_without_an_optimizer_step_or_in_evaluation():
     torch.testing.assert_close(w.logits, official.w.detach(), rtol=0, atol=1e-6)
 
 
+def test_a_float64_model_keeps_its_precision_in_the_epoch_and_step_means():
+    # precision="64-true": DWA's epoch sums (torchmetrics states, which a module's .double() leaves
+    # float32) and FAMO's mean losses (cast to float32) rounded each loss to float32.
+    near_one = [1.0 + 2e-12, 1.0 - 3e-12]
+    dwa = bound(DWA()).double()
+    dwa.epoch_losses.add(torch.tensor(near_one, dtype=torch.float64))
+    dwa.epoch_losses.add(torch.tensor([3.0, 5.0], dtype=torch.float64))
+    dwa.end_training_epoch()
+    assert dwa.last_means.tolist() == [(near_one[0] + 3.0) / 2, (near_one[1] + 5.0) / 2]
+    famo = bound(FAMO()).double()
+    famo(torch.tensor(near_one, dtype=torch.float64))
+    assert famo.previous_losses.tolist() == near_one
+
+
 def test_famo_task_without_labels_gets_no_weight():
     w = bound(FAMO(), "abc")
     _, grad, _ = loss_and_grads(w, [0.0, 1.0, 3.0])

@@ -135,8 +135,8 @@ def seeded_generator(seed: int, step: int) -> torch.Generator:
 
 # -- losses over processes ---------------------------------------------------------------------
 def process_mean(losses: Tensor) -> Tensor:
-    """The ``(K,)`` mean of the detached losses over all DDP processes, in float32 (one all-reduce)."""
-    detached = losses.detach().float()
+    """The ``(K,)`` mean of the detached losses over all DDP processes, in float32 or wider (one all-reduce)."""
+    detached = losses.detach().to(torch.promote_types(losses.dtype, torch.float32))
     summed = all_reduce_sum(torch.cat([detached, detached.new_ones(1)]))
     return summed[:-1] / summed[-1]
 

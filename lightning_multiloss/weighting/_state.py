@@ -53,6 +53,10 @@ class TaskEpochMean(Metric):
         bookkeeping of torchmetrics' ``update`` wrapper (a batch with every task labelled is
         counted on the host, and the count joins the states when they are read or saved).
         """
+        if losses.dtype == torch.float64 and self.total.dtype != torch.float64:
+            # A float64 model (precision="64-true"): sums in its precision. torchmetrics keeps states
+            # float32 when the module is converted, and a float32 sum would round each loss.
+            self.set_dtype(torch.float64)
         if labelled is None:
             self.total.add_(losses.detach())
             self._all_labelled[0] += 1
