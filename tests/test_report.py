@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from lightning_multiloss import MultiLossError
 from lightning_multiloss.app.report import collect_runs, main, make_report, pareto_front
@@ -44,6 +45,32 @@ def config_key(experiment: str, overrides: list[str]) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
+def composed_config(overrides: list[str]) -> dict[str, Any]:
+    """The config Hydra would compose from ``overrides`` on a primary config of the two tasks, ``seed: 0``
+    and ``trainer.max_epochs: 5``: a group choice ``weighting=x`` picks ``weighting._target_: x``,
+    values are parsed (``false`` and ``False`` alike), ``~key`` deletes."""
+    tasks = {"cls": {"loss": "CrossEntropyLoss"}, "reg": {"loss": "MSELoss"}}
+    config: dict[str, Any] = {
+        "seed": 0,
+        "trainer": {"max_epochs": 5},
+        "model": {"tasks": tasks},
+        "weighting": {"_target_": "fixed"},
+    }
+    for override in overrides:
+        key, _, value = override.lstrip("+").partition("=")
+        parts = key.lstrip("~").split(".")
+        if parts == ["weighting"]:
+            parts = ["weighting", "_target_"]
+        node = config
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        if key.startswith("~"):
+            node.pop(parts[-1], None)
+        else:
+            node[parts[-1]] = yaml.safe_load(value)
+    return config
+
+
 def write_job(
     folder: Path,
     overrides: list[str],
@@ -52,7 +79,7 @@ def write_job(
     """A Hydra job folder: ``.hydra/{overrides,config}.yaml`` and, unless ``None``, ``result.json``."""
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-    (folder / ".hydra" / "config.yaml").write_text("seed: 0\ntrainer:\n  max_epochs: 5\n")
+    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(composed_config(overrides)))
     (folder / "lightning_logs" / "version_0").mkdir(parents=True)
     (folder / "lightning_logs" / "version_0" / "metrics.csv").write_text("step,train/loss\n0,1.0\n")
     if result is not None:
@@ -414,6 +441,34 @@ def test_one_configuration_is_one_row_however_its_overrides_were_typed(tmp_path:
     report = make_report([str(tmp_path / "runs")], out=str(tmp_path / "runs"))
     (row,) = report.experiments[0].rows
     assert row.seeds == [0, 1, 2]
+
+
+def test_runs_of_one_composed_config_are_one_row_whatever_their_overrides(tmp_path: Path) -> None:
+    # A default written out (weighting=fixed) or a display setting (the progress bar) made another
+    # row of what is one configuration; settings that train otherwise stay apart.
+    metrics = {0: 0.80, 1: 0.84, 2: 0.86, 3: 0.70, 4: 0.60}
+    jobs = {
+        0: ["seed=0"],
+        1: ["weighting=fixed", "seed=1"],
+        2: ["weighting=fixed", "trainer.enable_progress_bar=false", "seed=2"],
+        3: ["trainer.max_epochs=3", "seed=0"],
+        4: ["seed=1"],  # alike on the command line, but composed otherwise (another version's default)
+    }
+    for job, overrides in jobs.items():
+        result = completed("fixed", job % 3, overrides, {"cls": {"acc": metrics[job]}, "reg": {"mse": 0.3}})
+        write_job(tmp_path / "runs" / str(job), overrides, result)
+    (tmp_path / "runs" / "4" / ".hydra" / "config.yaml").write_text(
+        yaml.safe_dump({**composed_config(jobs[4]), "trainer": {"max_epochs": 4}})
+    )
+    rows = {
+        row.label: row for row in make_report([str(tmp_path / "runs")], out=str(tmp_path / "out")).experiments[0].rows
+    }
+    assert set(rows) == {"fixed [trainer.max_epochs=5]", "fixed trainer.max_epochs=3", "fixed [trainer.max_epochs=4]"}
+    same = rows["fixed [trainer.max_epochs=5]"]
+    assert same.seeds == [0, 1, 2]
+    assert same.metrics["cls"].mean == pytest.approx((0.80 + 0.84 + 0.86) / 3)
+    assert rows["fixed trainer.max_epochs=3"].metrics["cls"].mean == pytest.approx(0.70)
+    assert rows["fixed [trainer.max_epochs=4]"].metrics["cls"].mean == pytest.approx(0.60)
 
 
 def test_single_seed_shows_a_dash_for_the_std(tmp_path: Path) -> None:

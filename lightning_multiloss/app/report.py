@@ -1,7 +1,9 @@
 r"""``multiloss-report``: compare the runs of a sweep, mean ± std over seeds and Δm%.
 
 Reads every ``result.json`` under the given folders (the Hydra app writes one per run), groups
-the runs by configuration (``config_key``: the configuration without the seed) and writes one
+the runs by configuration (the composed ``.hydra/config.yaml`` without the seed, the checkpoint,
+the output folder, the loggers and the display settings; the overrides, ``config_key``, for runs
+without one) and writes one
 row per configuration: the weighting, the overrides that set it apart from the other rows, the
 number of seeds, each task's primary metric as mean ± standard deviation over seeds, and Δm%
 against the single-task baselines when they are there (Maninis et al., "Attentive Single-Tasking
@@ -383,6 +385,30 @@ NOT_TRAINING = frozenset(
 
 Setup = tuple[tuple[str, str], ...]
 
+# What in a composed config makes no other configuration: the seed and the checkpoint a run starts
+# from (as in config_key), where the job writes, and what only shows or records the run.
+NOT_CONFIGURATION = ("seed", "ckpt_path", "output_dir", "logger", *sorted(NOT_TRAINING))
+
+Configs = dict[str, Mapping[str, object] | None]  # each run folder's composed config
+
+
+def _composed_configs(runs: Sequence[Run]) -> Configs:
+    """Each run's ``.hydra/config.yaml`` (``None`` where it has none), each file read once."""
+    configs: Configs = {}
+    for run in runs:
+        if run.folder not in configs:
+            config = _hydra_file(run.folder, "config.yaml")
+            configs[run.folder] = config if isinstance(config, Mapping) else None
+    return configs
+
+
+def _settings(config: Mapping[str, object]) -> dict[str, str]:
+    """The flattened settings of a composed config that tell configurations apart."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        _flatten(str(key), value, flat)
+    return {k: v for k, v in flat.items() if not any(k == x or k.startswith(x + ".") for x in NOT_CONFIGURATION)}
+
 
 def _flatten(prefix: str, node: object, out: dict[str, str]) -> None:
     if isinstance(node, Mapping):
@@ -411,16 +437,14 @@ def _training_setup(run: Run, config: Mapping[str, object] | None) -> Setup:
     return tuple(sorted((key, value) for key, value in pairs.items() if key not in NOT_TRAINING))
 
 
-def _setup_mismatch(swept: list[Run], baselines: dict[str, Baseline]) -> str | None:
+def _setup_mismatch(swept: list[Run], baselines: dict[str, Baseline], configs: Configs) -> str | None:
     """A note naming each setting in which the baselines were trained otherwise than the swept runs
     (which must share one setup), from the composed configs where every run has one."""
     runs = [*swept, *(r for base in baselines.values() for r in base.runs)]
-    configs = {r.folder: _hydra_file(r.folder, "config.yaml") for r in runs}  # each file read once
-    composed = all(isinstance(c, Mapping) for c in configs.values())
+    composed = all(configs[r.folder] is not None for r in runs)
 
     def setup_of(run: Run) -> Setup:
-        config = configs[run.folder]
-        return _training_setup(run, config if composed and isinstance(config, Mapping) else None)
+        return _training_setup(run, configs[run.folder] if composed else None)
 
     setups = {setup_of(r) for r in swept}
     if len(setups) != 1:
@@ -454,6 +478,14 @@ def _distinguishing(rows: list[ConfigRow]) -> None:
         ]
 
 
+def _differences(row: ConfigRow, twins: Sequence[ConfigRow], settings: Mapping[str, Mapping[str, str]]) -> str:
+    """The settings of ``row``'s composed config that some of ``twins`` have otherwise."""
+    ours = settings[row.runs[0].folder]
+    theirs = [settings[twin.runs[0].folder] for twin in twins]
+    keys = sorted(k for k in {*ours, *(k for t in theirs for k in t)} if any(t.get(k) != ours.get(k) for t in theirs))
+    return " ".join(f"{k}={ours.get(k, '—')}" for k in keys)
+
+
 def _first_seen(runs: list[Run]) -> tuple[list[str], dict[str, str], dict[str, str], list[str]]:
     tasks: list[str] = []
     primary: dict[str, str] = {}
@@ -481,14 +513,20 @@ def _first_seen(runs: list[Run]) -> tuple[list[str], dict[str, str], dict[str, s
 
 def _summarise_experiment(name: str, swept: list[Run], baseline_runs: list[Run]) -> ExperimentReport:
     tasks, primary, directions, notes = _first_seen(swept)
-    # By overrides and by strategy: runs without Hydra have no overrides, and two of them with
-    # different weightings are two configurations.
+    configs = _composed_configs([*swept, *baseline_runs])
+    # By composed config where every run has one (a default written out on the command line is the
+    # same configuration as one left out), else by overrides; and by strategy: runs without Hydra
+    # have no overrides, and two of them with different weightings are two configurations.
+    settings = {r.folder: _settings(c) for r in swept if (c := configs[r.folder]) is not None}
+    composed = len(settings) == len({r.folder for r in swept})
     groups: dict[tuple[str, str], list[Run]] = {}
     for run in swept:
-        groups.setdefault((run.config_key, run.weighting), []).append(run)
+        identity = repr(sorted(settings[run.folder].items())) if composed else run.config_key
+        groups.setdefault((identity, run.weighting), []).append(run)
     rows: list[ConfigRow] = []
-    for (key, _), runs in groups.items():
+    for runs in groups.values():
         runs.sort(key=lambda r: (r.seed is None, r.seed if r.seed is not None else 0, r.folder))
+        key = runs[0].config_key
         seeds = [r.seed for r in runs]
         repeated = sorted({s for s in seeds if s is not None and seeds.count(s) > 1})
         if repeated:
@@ -501,9 +539,11 @@ def _summarise_experiment(name: str, swept: list[Run], baseline_runs: list[Run])
         rows.append(ConfigRow(name, key, runs[0].weighting, list(runs[0].overrides), runs, stats))
     _distinguishing(rows)
     labels = [row.label for row in rows]
-    for row in rows:
-        if labels.count(row.label) > 1:
-            row.overrides.append(f"[{row.config_key or 'defaults'}]")
+    for row, label in zip(rows, labels, strict=True):
+        if labels.count(label) > 1:  # alike on the command line, not in their composed configs
+            twins = [other for other, its in zip(rows, labels, strict=True) if its == label and other is not row]
+            told = _differences(row, twins, settings) if composed else row.config_key
+            row.overrides.append(f"[{told or 'defaults'}]")
     for row in rows:
         for task in row.metrics:
             without = [r.seed for r in row.runs if r.value(task, primary[task]) is None]
@@ -536,7 +576,7 @@ def _summarise_experiment(name: str, swept: list[Run], baseline_runs: list[Run])
             baselines[task] = Baseline(task, metric, Stat.of(values), own)
     missing = [task for task in tasks if task not in baselines]
     if not missing:
-        mismatch = _setup_mismatch(swept, baselines)
+        mismatch = _setup_mismatch(swept, baselines, configs)
         if mismatch:
             notes.append(mismatch)
         zero = [task for task in tasks if baselines[task].stat.mean == 0]
