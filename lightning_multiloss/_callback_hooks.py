@@ -57,6 +57,10 @@ class LossWeightingHooks:
       metrics (``<stage>/<metric>/<task>`` of ``trainer.callback_metrics``) and the weights when
       the fit and the test end, ``"failed"`` or ``"interrupted"`` when they stop on an error.
 
+    Lightning skips a callback's hook that is not callable: the per-step hooks this callback does
+    nothing in are ``None`` on the instance, so that they cost no dispatch (a subclass's own
+    override of one is kept). A subclass that overrides a hook calls ``super()`` in it.
+
     It talks to the module through the mixin's documented members only: ``weighting``,
     ``optimizer_step_skipped``, ``check_finite_losses`` and ``end_training_epoch``, and records
     the strategy's ``last_weights``.
@@ -109,19 +113,19 @@ class LossWeightingHooks:
         self._open_epoch: int | None = None
         self._restored_open_epoch: int | None = None
         for hook in _IDLE_STEP_HOOKS:
-            self._switch_off_if_idle(hook, True)
+            self._set_dispatched(hook, False)
 
-    def _switch_off_if_idle(self, hook: str, idle: bool) -> None:
+    def _set_dispatched(self, hook: str, dispatched: bool) -> None:
         """Lightning skips a callback's hook that is not callable: a hook that does nothing here
         (Lightning's own no-op, or ours while its strategy needs nothing from it) is shadowed by
         ``None`` on the instance, so that it costs no dispatch at each step. A hook a subclass
         overrides is left alone."""
-        owner = next(cls for cls in type(self).__mro__ if hook in vars(cls))
-        if is_lightning_class(owner) or owner is LossWeightingHooks:
-            if idle:
-                setattr(self, hook, None)
-            else:
+        owner = next((cls for cls in type(self).__mro__ if hook in vars(cls)), None)
+        if owner is not None and (is_lightning_class(owner) or owner is LossWeightingHooks):
+            if dispatched:
                 vars(self).pop(hook, None)
+            else:
+                setattr(self, hook, None)
 
     # Lightning names the state by class; both packages' classes share this key.
     @property
@@ -145,13 +149,16 @@ class LossWeightingHooks:
             # A fit from the start (a resumed one gets its records back from the checkpoint after
             # this): one callback passed to several Trainers (a sweep's loop) records each run alone.
             self._start_anew()
+            if weighting.uses_epoch_losses:
+                # Loaded weights may bring the running sums of an epoch of another run.
+                weighting.epoch_losses.clear()
         if self.task_names and self.task_names != list(weighting.task_names):
             raise MultiLossError(
                 f"LossWeightingCallback recorded tasks {self.task_names}, the model has {list(weighting.task_names)}"
             )
         self.task_names = list(weighting.task_names)
         self._sets_progress = type(weighting).set_progress is not Weighting.set_progress  # the base's does nothing
-        self._switch_off_if_idle("on_train_batch_start", not self._sets_progress)
+        self._set_dispatched("on_train_batch_start", self._sets_progress)
         recorder = self._recorder(trainer)
         if recorder is not None:
             recorder.writes = recorder.writes and trainer.is_global_zero
@@ -169,6 +176,8 @@ class LossWeightingHooks:
         self._total_steps = None
         self._restored_plan = None
         self._end = None
+        self._open_epoch = None
+        self._restored_open_epoch = None
 
     def _recorder(self, trainer: Any) -> RunRecorder | None:
         """The run result to fill in: this callback's own (``result_file``), else the Hydra job's, else none."""
@@ -252,6 +261,9 @@ class LossWeightingHooks:
             # the epoch-end hooks it missed, so the strategy ends that epoch here (DWA and STCH take
             # its restored mean losses; on every process, as at an epoch's end).
             self._weighting(pl_module).end_training_epoch()
+        # Open from here: a fit restarted in an epoch (or at its start, after a checkpoint at the
+        # previous epoch's last batch) runs no on_train_epoch_start for it.
+        self._open_epoch = trainer.current_epoch
         self._weighting(pl_module).check_plan(
             Progress(
                 trainer.global_step, trainer.current_epoch, planned, total_epochs=_planned_epochs(trainer, planned)
@@ -302,7 +314,7 @@ class LossWeightingHooks:
     def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         weighting = self._weighting(pl_module)
         if weighting.uses_epoch_losses and trainer.global_rank != 0:
-            weighting.epoch_losses.reset()  # the sums over all processes are rank 0's (on_save_checkpoint)
+            weighting.epoch_losses.clear()  # the sums over all processes are rank 0's (on_save_checkpoint)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         # `trainer.log_dir` broadcasts under DDP: every rank must ask for it, not only rank 0.

@@ -798,6 +798,14 @@ def test_nash_mtl_warm_started_from_gradients_of_other_norms_still_solves() -> N
     torch.testing.assert_close(alpha, exact, rtol=1e-8, atol=0)
 
 
+def test_nash_mtl_solves_from_a_start_beyond_float64s_range() -> None:
+    # The rescaled start was 0 (αᵀGα overflowed), the solve NaN.
+    gramian = torch.tensor([[1.0, 0.2], [0.2, 1.0]], dtype=F64)
+    alpha = bound("nash_mtl", 2, normalize=False).solve(gramian, torch.full((2,), 1e200, dtype=F64))
+    assert alpha is not None
+    torch.testing.assert_close(alpha, torch.full((2,), 1.2**-0.5, dtype=F64), rtol=1e-9, atol=0)  # K = 2 closed form
+
+
 def test_cagrad_at_a_pareto_stationary_point_takes_the_average_gradient() -> None:
     # 0 is in the convex hull of [g, -g, g3]: the documented update is g0/s (weights 1/K), not
     # g0 + ρ·(rounding noise)/‖noise‖ (the weights were ~3e5).

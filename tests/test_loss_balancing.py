@@ -22,6 +22,7 @@ from lightning_multiloss.weighting import (
     UncertaintyRevised,
     create_weighting,
 )
+from lightning_multiloss.weighting._state import TaskEpochMean
 
 MINE = ["uncertainty", "uncertainty_revised", "imtl_l", "dwa", "rlw", "gls", "famo", "stch"]
 
@@ -287,6 +288,26 @@ def test_a_float64_model_keeps_its_precision_in_the_epoch_and_step_means():
     famo = bound(FAMO()).double()
     famo(torch.tensor(near_one, dtype=torch.float64))
     assert famo.previous_losses.tolist() == near_one
+
+
+def test_a_float64_model_evaluates_gls_and_stch_in_float64():
+    near = [2.0 + 3e-12, 0.25 - 1e-12]  # each rounded in float32
+    losses = torch.tensor(near, dtype=torch.float64)
+    gls = bound(GLS()).double().eval()
+    assert float(gls(losses).loss) == pytest.approx(math.sqrt(near[0] * near[1]), rel=1e-14, abs=0)  # by hand
+    stch = bound(STCH()).double().eval()  # in its warm-up: Σ log Lᵢ
+    assert float(stch(losses).loss) == pytest.approx(
+        math.log(near[0] + 1e-20) + math.log(near[1] + 1e-20), rel=1e-14, abs=0
+    )
+
+
+def test_epoch_sums_of_a_half_precision_model_are_float32():
+    # precision="bf16-true" converts the module with .to(dtype), states included: a bfloat16 sum
+    # stops growing at 256, so 1000 losses of 1 had a mean of 0.256.
+    mean = TaskEpochMean(2).to(torch.bfloat16)
+    for _ in range(1000):
+        mean.add(torch.ones(2, dtype=torch.bfloat16))
+    assert mean.means().tolist() == [1.0, 1.0]
 
 
 def test_famo_task_without_labels_gets_no_weight():

@@ -10,11 +10,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
+from torch.utils.data import ConcatDataset, DataLoader
 
 from lightning_multiloss import LossWeightingCallback
 from lightning_multiloss.schedules import Linear
 from lightning_multiloss.weighting import Learnable, Scheduled, Weighting, create_weighting
-from tests._models import ToyNet, quiet_trainer, toy_loader
+from tests._models import ToyDataset, ToyNet, quiet_trainer, toy_loader
 
 HALF = 8  # 64 samples in batches of 16: 4 steps per epoch, so the checkpoint is at an epoch's end
 
@@ -130,3 +131,54 @@ def test_resume_equals_uninterrupted(tmp_path: Path, kind: str) -> None:
     if expected_alpha(kind, 1) is not None:
         by_hand = [expected_alpha(kind, s) for s in range(1, 2 * HALF + 1)]
         torch.testing.assert_close(got_w[:, 0], torch.tensor(by_hand, dtype=torch.float64), rtol=0, atol=1e-6)
+
+
+def same_batches(epochs_steps: int = 4) -> DataLoader:
+    """Every batch the same 16 samples: a fit restarted in an epoch replays the loader from its
+    first batch (Lightning's way with a plain DataLoader), which here reads what the uninterrupted
+    run reads."""
+    return DataLoader(ConcatDataset([ToyDataset(16)] * epochs_steps), batch_size=16)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
+@pytest.mark.parametrize("kind", ["dwa", "stch"])
+def test_resumed_twice_equals_uninterrupted(tmp_path: Path, kind: str) -> None:
+    # Interrupted in epoch 0 (step 2), resumed and interrupted again at its last batch (step 4),
+    # then resumed to the end: the first resume runs no on_train_epoch_start, and the epoch it
+    # restarted into was not known to be open at the second checkpoint, whose resume then left
+    # epoch 0 unended (DWA's means of epochs 0 and 1 in one).
+    def run(folder: str, ckpt: Path | None = None, stop: int | None = None) -> ToyNet:
+        model = ToyNet(make_weighting(kind), optimizer="adam", lr=0.05)
+        saver = ModelCheckpoint(dirpath=tmp_path / folder, every_n_train_steps=stop or 1, save_top_k=-1)
+        extra = [saver, StopAt(stop)] if stop else []
+        trainer = quiet_trainer(
+            max_epochs=3, default_root_dir=tmp_path, callbacks=extra, enable_checkpointing=bool(stop)
+        )
+        trainer.fit(model, same_batches(), ckpt_path=str(ckpt) if ckpt else None)
+        return model
+
+    full = run("full")
+    run("first", stop=2)
+    (first,) = (tmp_path / "first").glob("*step=2.ckpt")
+    run("second", first, stop=4)
+    (second,) = (tmp_path / "second").glob("*step=4.ckpt")
+    resumed = run("third", second)
+    want, got = full.state_dict(), resumed.state_dict()
+    assert int(got["weighting.epochs_seen"]) == int(want["weighting.epochs_seen"]) == 3
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6, msg=f"{key} differs after resume")
+
+
+def test_a_fit_from_step_0_starts_the_epoch_sums_afresh() -> None:
+    # Weights loaded from a checkpoint written in an epoch bring that epoch's running sums: a new
+    # fit added its own first epoch to them.
+    def fit(model: ToyNet) -> ToyNet:
+        quiet_trainer(max_epochs=1).fit(model, toy_loader(n=64, batch_size=16))
+        return model
+
+    loaded = ToyNet(make_weighting("dwa"))
+    loaded.weighting.epoch_losses.add(torch.tensor([100.0, 100.0]))
+    torch.testing.assert_close(
+        fit(loaded).weighting.last_means, fit(ToyNet(make_weighting("dwa"))).weighting.last_means
+    )

@@ -134,9 +134,14 @@ def seeded_generator(seed: int, step: int) -> torch.Generator:
 
 
 # -- losses over processes ---------------------------------------------------------------------
+def at_least_float32(values: Tensor) -> Tensor:
+    """``values`` in float32, or float64 where they are (a float64 model keeps its precision)."""
+    return values.to(torch.promote_types(values.dtype, torch.float32))
+
+
 def process_mean(losses: Tensor) -> Tensor:
     """The ``(K,)`` mean of the detached losses over all DDP processes, in float32 or wider (one all-reduce)."""
-    detached = losses.detach().to(torch.promote_types(losses.dtype, torch.float32))
+    detached = at_least_float32(losses.detach())
     summed = all_reduce_sum(torch.cat([detached, detached.new_ones(1)]))
     return summed[:-1] / summed[-1]
 

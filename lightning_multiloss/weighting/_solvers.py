@@ -449,7 +449,11 @@ def nash_solve(gramian: Tensor, start: Tensor, tol: float = 1e-12, max_iter: int
     # First the best multiple of the start (f(tα) is least at t² = K / αᵀGα): a warm start from a
     # step whose gradients had other norms can be off by orders of magnitude, and the damped phase
     # lowers f by a bounded amount per iteration, so it would not get back within max_iter.
-    alpha = alpha * math.sqrt(alpha.numel() / float(alpha @ g @ alpha))
+    quadratic = float(alpha @ g @ alpha)
+    if not (math.isfinite(quadratic) and quadratic > 0.0):  # a start beyond float64's range
+        alpha = g.diagonal().rsqrt()
+        quadratic = float(alpha @ g @ alpha)
+    alpha = alpha * math.sqrt(alpha.numel() / quadratic)
     for _ in range(max_iter):
         grad = g @ alpha - 1.0 / alpha
         hess = g + torch.diag(1.0 / alpha**2)

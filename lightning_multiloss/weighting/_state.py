@@ -8,6 +8,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from lightning_multiloss._dist import all_reduce_sum
+
 
 class TaskEpochMean(Metric):
     """Each task's mean training loss over an epoch, over the batches that had a label for it.
@@ -53,10 +55,13 @@ class TaskEpochMean(Metric):
         bookkeeping of torchmetrics' ``update`` wrapper (a batch with every task labelled is
         counted on the host, and the count joins the states when they are read or saved).
         """
-        if losses.dtype == torch.float64 and self.total.dtype != torch.float64:
-            # A float64 model (precision="64-true"): sums in its precision. torchmetrics keeps states
-            # float32 when the module is converted, and a float32 sum would round each loss.
-            self.set_dtype(torch.float64)
+        if self.total.dtype is not torch.float64 and (
+            self.total.dtype is not torch.float32 or losses.dtype is torch.float64
+        ):
+            # Sums in float32, or float64 for a float64 model (precision="64-true"): torchmetrics leaves
+            # the states float32 when the module is converted with .double(), and Lightning's half
+            # precisions convert them with .to(dtype), where a bfloat16 sum stops growing at 256.
+            self.set_dtype(torch.promote_types(losses.dtype, torch.float32))
         if labelled is None:
             self.total.add_(losses.detach())
             self._all_labelled[0] += 1
@@ -78,9 +83,8 @@ class TaskEpochMean(Metric):
 
     def means(self) -> Tensor:
         """The ``(K,)`` epoch means over all processes (reads the states: once per epoch)."""
-        self._flush()
-        with self.sync_context(should_sync=True):
-            return (self.total / self.count.clamp_min(1.0)).clone()
+        states = self.states_over_processes()
+        return states["total"] / states["count"].clamp_min(1.0)
 
     def states_over_processes(self) -> dict[str, Tensor]:
         """The states as saved (sums and counts), summed over the DDP processes: a collective, so
@@ -90,11 +94,18 @@ class TaskEpochMean(Metric):
             return {name: getattr(self, name).clone() for name in ("total", "count", "batches")}
 
     def seen_any(self) -> bool:
-        """Whether a batch was counted since the last reset (reads the device: off the hot path).
-
-        DDP training processes run the same number of batches, so this is the same on every process.
+        """Whether a batch was counted since the last reset, on any process: the same answer on
+        every process (a collective under DDP: every process must call it; it reads the device, so
+        off the hot path). A resumed run's running sums are on the first process only.
         """
-        return self._all_labelled[0] > 0 or bool(self.batches > 0)
+        return bool(all_reduce_sum(self.batches + float(self._all_labelled[0])) > 0)
+
+    def clear(self) -> None:
+        """Zero the sums and counts in place, keeping their dtype (:meth:`reset` restores the
+        float32 defaults)."""
+        for state in (self.total, self.count, self.batches):
+            state.zero_()
+        self._all_labelled[0] = 0
 
     def reset(self) -> None:
         super().reset()

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.weighting._base import WeightedLoss, Weighting
-from lightning_multiloss.weighting._common import linearised, process_mean
+from lightning_multiloss.weighting._common import at_least_float32, linearised, process_mean
 from lightning_multiloss.weighting._registry import register
 
 
@@ -68,7 +68,7 @@ class GLS(Weighting):
                 f"{dict(zip(self.task_names, detached.tolist(), strict=True))}"
             )
         self._checked_sign = self._checked_sign or self.training
-        mean = process_mean(detached) if self.training else detached.float()
+        mean = process_mean(detached) if self.training else at_least_float32(detached)
         present = mean > 0
         count = present.sum().clamp(min=1)
         logs = torch.where(present, torch.log(torch.where(present, mean, 1.0)), 0.0)

@@ -127,7 +127,7 @@ class NashMTL(GramianWeighting):
         # The ridge keeps the solve bounded; where Ĝα = 1/α has no solution (0 in the convex cone
         # of the gradients: opposite ones, or more tasks than dimensions) it returns the ridge's
         # α instead, huge, which the residual shows.
-        if float((solution * (sub / scale @ solution) - 1.0).abs().max()) > NO_SOLUTION:
+        if not float((solution * (sub / scale @ solution) - 1.0).abs().max()) <= NO_SOLUTION:  # NaN too
             return None
         alpha = torch.empty(k, dtype=torch.float64)
         alpha[keep] = solution / math.sqrt(scale)

@@ -11,6 +11,7 @@ from torch import Tensor
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.weighting._base import WeightedLoss, Weighting
 from lightning_multiloss.weighting._common import (
+    at_least_float32,
     check_positive,
     check_weight,
     linearised,
@@ -126,14 +127,14 @@ class STCH(Weighting):
         return self._has_nadir
 
     def forward(self, losses: Tensor) -> WeightedLoss:
-        mean = process_mean(losses) if self.training else losses.detach().float()
+        mean = process_mean(losses) if self.training else at_least_float32(losses.detach())
         present = mean > 0
         safe = torch.where(present, mean, 1.0)
         if not self._has_nadir:  # warm-up: Σ log L_i
             value = torch.where(present, torch.log(safe + _TINY), 0.0).sum()
             return linearised(value, torch.where(present, 1.0 / (safe + _TINY), 0.0), losses)
-        nadir = self.nadir.float()
-        preference = self.preference.float()
+        nadir = self.nadir.to(mean.dtype)
+        preference = self.preference.to(mean.dtype)
         scaled = preference * torch.log(safe / nadir + _TINY) / self.mu
         scaled = torch.where(present, scaled, torch.finfo(scaled.dtype).min / 2)  # absent: no term
         value = torch.where(present.any(), self.num_tasks * self.mu * torch.logsumexp(scaled, dim=0), 0.0)

@@ -10,8 +10,9 @@
   on rank 1 only at step ``SKIP_BATCH``: both processes stop with the same error, naming the task.
 - ``unfrozen``: MGDA on the parameter route with a trunk layer frozen before fit and trained from
   the second epoch: rank 0 warns that DDP does not average that layer's gradients.
-- ``dwa_saved``, ``dwa_resumed``: DWA checkpointed in the middle of an epoch (step ``DWA_SAVE_STEP``),
-  each rank's own running sums of the epoch's losses then, and after resuming from that checkpoint.
+- ``dwa_saved``, ``dwa_resumed``, ``dwa_resumed_at_epoch_end``: DWA in float64 over 2 epochs,
+  checkpointed in the middle of epoch 0 (step ``DWA_SAVE_STEP``) and at its last batch: each rank's
+  own running sums of the epoch's losses then, and after resuming from those checkpoints.
 
 Usage: python ddp_core.py OUT_DIR
 """
@@ -185,21 +186,31 @@ def main() -> None:
 
     result["messages"] = list(messages.messages)
 
-    # dwa: checkpointed in the middle of the epoch, then resumed from there
+    # dwa (float64): checkpoints every DWA_SAVE_STEP steps over 2 epochs; resumed from the middle of
+    # epoch 0 (its running sums) and from its last batch (resumed at epoch 1: the same run to the end)
     sums = EpochSums()
     saver = ModelCheckpoint(out_dir / "dwa_ckpt", filename="{step}", every_n_train_steps=DWA_SAVE_STEP, save_top_k=-1)
     trainer = ddp_trainer(
-        LossWeightingCallback(plot=False), default_root_dir=out_dir / "dwa", enable_checkpointing=True
+        LossWeightingCallback(plot=False),
+        default_root_dir=out_dir / "dwa",
+        enable_checkpointing=True,
+        max_epochs=2,
+        precision="64-true",
     )
     trainer.callbacks.extend([sums, saver])
-    trainer.fit(ToyNet(create_weighting("dwa")), ddp_loader(ToyDataset(N), rank))
+    model = ToyNet(create_weighting("dwa"))
+    trainer.fit(model, ddp_loader(ToyDataset(N), rank))
     checkpoint = out_dir / "dwa_ckpt" / f"step={DWA_SAVE_STEP}.ckpt"
-    result["dwa_saved"] = {"sums": sums.saved, "checkpoint": str(checkpoint)}
-    sums = EpochSums()
-    trainer = ddp_trainer(LossWeightingCallback(plot=False), default_root_dir=out_dir / "dwa_resumed")
-    trainer.callbacks.append(sums)
-    trainer.fit(ToyNet(create_weighting("dwa")), ddp_loader(ToyDataset(N), rank), ckpt_path=str(checkpoint))
-    result["dwa_resumed"] = {"sums": sums.at_start}
+    result["dwa_saved"] = {"sums": sums.saved, "checkpoint": str(checkpoint), "state": model.state_dict()}
+    for name, step in (("dwa_resumed", DWA_SAVE_STEP), ("dwa_resumed_at_epoch_end", 2 * DWA_SAVE_STEP)):
+        sums = EpochSums()
+        trainer = ddp_trainer(
+            LossWeightingCallback(plot=False), default_root_dir=out_dir / name, max_epochs=2, precision="64-true"
+        )
+        trainer.callbacks.append(sums)
+        model = ToyNet(create_weighting("dwa"))
+        trainer.fit(model, ddp_loader(ToyDataset(N), rank), ckpt_path=str(out_dir / "dwa_ckpt" / f"step={step}.ckpt"))
+        result[name] = {"sums": sums.at_start, "state": model.state_dict()}
 
     # raise: no logging step in the epoch, so the NaN of step SKIP_BATCH is found at its end
     model = NaNOnRank1(Fixed(), lr=0.05)
