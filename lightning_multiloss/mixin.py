@@ -419,7 +419,7 @@ class MultiTaskMixin(_Base):
         if _is_compiling():  # torch.compile(model): Lightning compiles the steps; see _run_eagerly
             return _run_eagerly(MultiTaskMixin.training_step, self, batch, batch_idx)
         trainer = trainer_of(self)
-        self._mt_check_callback(trainer)
+        self._mt_meet_trainer(trainer)
         weighting = self.weighting  # one look-up: a submodule's attribute access costs a microsecond
         if isinstance(weighting, GradientWeighting):
             with _graphs_kept_for_several_backwards():
@@ -562,6 +562,23 @@ class MultiTaskMixin(_Base):
                 self.log(key, value, on_step=False, on_epoch=True, sync_dist=True)
         self._mt_train_means.reset()
 
+    def on_fit_start(self) -> None:
+        """Check that the Trainer has the Callback the strategy's hooks need; call ``super()`` if you override it.
+
+        Here rather than at the first step: Lightning's tuners (``Tuner.scale_batch_size``,
+        ``lr_find``, their callbacks) run their trial steps earlier, with callbacks of their own,
+        and put the model back afterwards.
+        """
+        super().on_fit_start()  # type: ignore[misc]
+        trainer = trainer_of(self)
+        if trainer is None or not self.weighting.needs_callback:
+            return
+        if not any(isinstance(cb, LossWeightingHooks) for cb in trainer.callbacks):
+            raise MultiLossError(
+                f"weighting {self.weighting.name!r} needs LossWeightingCallback: keep the mixin's "
+                "configure_callbacks() (or call super().configure_callbacks()), or pass the callback to the Trainer"
+            )
+
     def on_validation_epoch_start(self) -> None:
         """Start the epoch's evaluation means and metrics afresh if needed; call ``super()`` if you override it.
 
@@ -630,9 +647,9 @@ class MultiTaskMixin(_Base):
         batch_size = int(first.shape[0]) if first.ndim > 0 else 1
         return outputs, targets, losses, batch_size
 
-    def _mt_check_callback(self, trainer: Any | None) -> None:
-        """Once per Trainer: check that it has the Callback the strategy's hooks need, and forget
-        the parameter list (a new fit may have added or replaced parameters)."""
+    def _mt_meet_trainer(self, trainer: Any | None) -> None:
+        """Once per Trainer: refuse manual optimization without a training step of the user's own,
+        and forget the parameter list (a new fit may have added or replaced parameters)."""
         if trainer is None or self._mt_checked_trainer == id(trainer):
             return
         if not self.automatic_optimization and type(self).training_step is MultiTaskMixin.training_step:
@@ -641,11 +658,6 @@ class MultiTaskMixin(_Base):
                 "automatic_optimization is False, so Lightning does not backpropagate the loss the mixin's "
                 "training_step returns: override training_step, take `loss = super().training_step(batch, "
                 "batch_idx)`, then call self.manual_backward(loss) and step your optimizers"
-            )
-        if self.weighting.needs_callback and not any(isinstance(cb, LossWeightingHooks) for cb in trainer.callbacks):
-            raise MultiLossError(
-                f"weighting {self.weighting.name!r} needs LossWeightingCallback: keep the mixin's "
-                "configure_callbacks() (or call super().configure_callbacks()), or pass the callback to the Trainer"
             )
         self._mt_checked_trainer = id(trainer)
         self._mt_parameters = None

@@ -90,3 +90,30 @@ def test_scales_float16_losses_only_under_a_grad_scaler(package: str) -> None:
     scaler = torch.amp.GradScaler("cpu")
     trainer = pl.Trainer(plugins=[plugins.MixedPrecision("16-mixed", "cpu", scaler=scaler)], **quiet)
     assert scales_float16_losses(trainer)
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_a_callback_hook_that_is_not_callable_is_skipped(package: str) -> None:
+    # LossWeightingCallback shadows the per-step hooks it does nothing in with None.
+    pl = importlib.import_module(package)
+
+    class Counting(pl.Callback):
+        def __init__(self) -> None:
+            self.calls = 0
+            self.on_after_backward = None
+
+        def on_train_batch_end(self, *args: Any) -> None:
+            self.calls += 1
+
+    counting = Counting()
+    trainer = pl.Trainer(
+        max_steps=3,
+        callbacks=[counting],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    data = DataLoader(TensorDataset(torch.randn(12, 2)), batch_size=4)
+    trainer.fit(plain_module(pl), data)
+    assert counting.calls == 3 and trainer.global_step == 3

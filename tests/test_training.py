@@ -602,3 +602,32 @@ def test_the_callback_is_dispatched_only_the_per_step_hooks_that_do_something() 
     counts, _ = dispatched(mine, Fixed([0.5, 0.3]))
     assert counts["on_after_backward"] == 4
     assert mine.after_backward == 4
+
+
+class Tunable(ToyNet):
+    """What Lightning's tuners need: a ``batch_size`` and ``lr`` to set, and the model's own loader."""
+
+    def __init__(self, weighting: Weighting) -> None:
+        super().__init__(weighting)
+        self.batch_size = 8
+
+    def train_dataloader(self) -> DataLoader:
+        return toy_loader(n=64, batch_size=self.batch_size)
+
+    val_dataloader = train_dataloader
+
+
+@pytest.mark.parametrize("make", [Learnable, lambda: Scheduled(Linear(1.0, 0.0, duration=4))])
+def test_lightnings_tuners_run_strategies_that_need_the_callback(make: Any) -> None:
+    # Their trial steps run with callbacks of their own: the mixin refused to train without its
+    # Callback there, though the fit that follows has it.
+    from pytorch_lightning.tuner import Tuner
+
+    model = Tunable(make())
+    tuner = Tuner(quiet_trainer(max_epochs=1))
+    size = tuner.scale_batch_size(model, max_trials=2, steps_per_trial=2)
+    assert size is not None and model.batch_size == size
+    assert tuner.lr_find(model, num_training=8) is not None
+    trainer = quiet_trainer(max_epochs=1, callbacks=[LossWeightingCallback(plot=False)])
+    trainer.fit(model)
+    assert trainer.global_step == math.ceil(64 / size)
