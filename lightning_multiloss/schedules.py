@@ -25,6 +25,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Literal, TypeAlias
 
+from lightning_multiloss._checkpoints import allow_in_checkpoints
 from lightning_multiloss.errors import MultiLossError
 
 ScheduleLike: TypeAlias = "Schedule | Callable[[float], float]"
@@ -73,6 +74,10 @@ def _non_negative(value: float, schedule: str, name: str) -> float:
 
 class Schedule(ABC):
     """A value as a function of training progress ``t`` (see the module docstring)."""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        allow_in_checkpoints(cls)  # a schedule among the arguments that save_hyperparameters() keeps
 
     @abstractmethod
     def __call__(self, t: float) -> float:

@@ -182,3 +182,26 @@ def test_a_fit_from_step_0_starts_the_epoch_sums_afresh() -> None:
     torch.testing.assert_close(
         fit(loaded).weighting.last_means, fit(ToyNet(make_weighting("dwa"))).weighting.last_means
     )
+
+
+class WithHyperparameters(ToyNet):
+    """Lightning's idiom: the arguments, a strategy object among them, saved in every checkpoint."""
+
+    def __init__(self, weighting: Weighting) -> None:
+        super().__init__(weighting)
+        self.save_hyperparameters()
+
+
+@pytest.mark.parametrize("kind", ["step", "dwa"])
+def test_a_module_that_saves_its_strategy_as_a_hyperparameter_loads_from_its_checkpoint(
+    tmp_path: Path, kind: str
+) -> None:
+    model = WithHyperparameters(make_weighting(kind))
+    trainer = quiet_trainer(max_epochs=2, default_root_dir=tmp_path)
+    trainer.fit(model, toy_loader(n=64, batch_size=16))
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    loaded = WithHyperparameters.load_from_checkpoint(tmp_path / "last.ckpt")  # weights_only, torch's default
+    assert type(loaded.weighting) is type(model.weighting)
+    want = model.state_dict()
+    for key, value in loaded.state_dict().items():
+        torch.testing.assert_close(value, want[key], rtol=0, atol=0, msg=key)

@@ -218,6 +218,26 @@ def test_state_dict_round_trip(name):
         torch.testing.assert_close(value, params_b[key], rtol=0, atol=0, msg=key)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_a_trained_strategy_pickled_with_the_hyperparameters_loads_weights_only(name):
+    """``save_hyperparameters()`` pickles a strategy passed to the module into every checkpoint:
+    torch's default loader (``weights_only=True``) refused its class."""
+    original = make_weighting(name)
+    if direct(name):
+        original.bind(TASKS[2])
+        run_direct(original, steps=7)
+    else:
+        fit(PropNet(original), loader(), max_epochs=1)
+    buffer = io.BytesIO()
+    torch.save({"hyper_parameters": {"weighting": original}}, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)["hyper_parameters"]["weighting"]
+    assert type(loaded) is type(original) and loaded.task_names == original.task_names
+    want = original.state_dict()
+    for key, value in loaded.state_dict().items():
+        torch.testing.assert_close(value, want[key], rtol=0, atol=0, msg=key)
+
+
 # -- evaluation changes nothing ----------------------------------------------------------------------
 @pytest.mark.parametrize("name", NAMES)
 def test_evaluation_changes_no_state(name):

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from lightning_multiloss._checkpoints import allow_in_checkpoints, state_functions
 from lightning_multiloss._dist import all_reduce_sum
 
 
@@ -114,3 +115,7 @@ class TaskEpochMean(Metric):
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
         self._flush()
         super()._save_to_state_dict(destination, prefix, keep_vars)
+
+
+# A strategy pickled by save_hyperparameters() holds its epoch means, and these their reductions.
+allow_in_checkpoints(TaskEpochMean, *state_functions(TaskEpochMean(1)))
