@@ -197,6 +197,8 @@ def test_state_dict_round_trip(name):
     fresh = make_weighting(name)
     fresh.bind(TASKS[2])
     fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    # What a loaded model reports: FAMO, GLS, STCH and RLW reported weights of 1.
+    torch.testing.assert_close(fresh.current_weights(), original.current_weights(), rtol=0, atol=0)
     if direct(name):
         for weighting in (original, fresh):
             weighting.set_progress(Progress(step=7, epoch=2, total_steps=10))
@@ -236,6 +238,16 @@ def test_a_trained_strategy_pickled_with_the_hyperparameters_loads_weights_only(
     want = original.state_dict()
     for key, value in loaded.state_dict().items():
         torch.testing.assert_close(value, want[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if WEIGHTINGS[n].last_weights_are_state])
+def test_a_state_without_the_last_weights_still_loads(name):
+    """Checkpoints of the versions that left them out of FAMO's, GLS', STCH's and RLW's state."""
+    saved, fresh = make_weighting(name), make_weighting(name)
+    for weighting in (saved, fresh):
+        weighting.bind(TASKS[2])
+    fresh.load_state_dict({k: v for k, v in saved.state_dict().items() if k != "last_weights"})  # strict
+    assert fresh.last_weights.tolist() == [1.0, 1.0]
 
 
 # -- evaluation changes nothing ----------------------------------------------------------------------

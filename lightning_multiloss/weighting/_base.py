@@ -76,8 +76,10 @@ class Weighting(nn.Module, ABC):
     with its finiteness check (no wait for the device at each step) and stops training with the
     task, the step and the value."""
     last_weights_are_state: ClassVar[bool] = False
-    """Whether :attr:`last_weights` goes into checkpoints (the gradient strategies reuse them in
-    evaluation; the others recompute their weights from their own state)."""
+    """Whether :attr:`last_weights` goes into checkpoints: where the weights are not a function of
+    the strategy's own state (the gradient strategies, which also reuse them in evaluation, and
+    those that weight each step's losses: FAMO, GLS, STCH, RLW), so that :meth:`current_weights`
+    of a loaded model is what training last used; the others recompute them from their state."""
 
     last_weights: Tensor
     epoch_losses: TaskEpochMean
@@ -123,6 +125,12 @@ class Weighting(nn.Module, ABC):
 
     def build(self, num_tasks: int) -> None:
         """Create parameters and buffers sized by ``num_tasks`` (called once, by :meth:`bind`)."""
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        key = prefix + "last_weights"
+        if self.last_weights_are_state and self._task_names and key not in state_dict:
+            state_dict[key] = self.last_weights.detach().clone()  # a checkpoint of a version that left them out
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- the step -------------------------------------------------------------------------
     @abstractmethod

@@ -85,6 +85,7 @@ class FAMO(Weighting):
 
     needs_nonnegative_losses = True  # a negative one has no log
     min_tasks = 2
+    last_weights_are_state = True  # the weights of the last step's losses: not a function of the state
 
     def __init__(self, lr: float = 0.025, weight_decay: float = 1e-3, eps: float = 1e-8) -> None:
         super().__init__()

@@ -52,6 +52,7 @@ class GLS(Weighting):
 
     needs_nonnegative_losses = True  # a negative one has no log
     min_tasks = 2
+    last_weights_are_state = True  # the weights of the last step's losses: not a function of the state
 
     def __init__(self) -> None:
         super().__init__()

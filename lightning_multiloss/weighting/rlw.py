@@ -49,6 +49,7 @@ class RLW(Weighting):
     """
 
     min_tasks = 2
+    last_weights_are_state = True  # each step's draw: not a function of the state
 
     def __init__(self, seed: int = 0) -> None:
         super().__init__()

@@ -78,6 +78,7 @@ class STCH(Weighting):
     needs_nonnegative_losses = True  # a negative one has no log
     min_tasks = 2
     uses_epoch_losses = True
+    last_weights_are_state = True  # the weights of the last step's losses: not a function of the state
 
     def __init__(
         self,
