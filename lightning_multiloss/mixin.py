@@ -341,6 +341,11 @@ class MultiTaskMixin(_Base):
                 raise MultiLossError(f"task {task.name!r}: the batch has no target key {key!r}; it has {sorted(batch)}")
             target = batch[key]
             if task.has_selection:
+                if not isinstance(output, Tensor):
+                    raise MultiLossError(
+                        f"task {task.name!r}: a mask or ignore_value selects samples of a tensor output "
+                        f"(batch first), got a {type(output).__name__}"
+                    )
                 output, target = task.select(output, target, batch)
                 self._mt_labelled_counts[len(losses)] = int(output.shape[0])
                 if output.shape[0] == 0:
@@ -348,7 +353,8 @@ class MultiTaskMixin(_Base):
                     losses.append(outputs[task.name].sum() * 0.0)
                     self._mt_unlabelled.append(len(losses) - 1)
                     continue
-            self._mt_check_target(task, output, target)
+            if isinstance(output, Tensor):  # a tuple of tensors (mean, log-variance) is the loss's to read
+                self._mt_check_target(task, output, target)
             try:
                 loss = task.loss(output, target)
             except MultiLossError:
@@ -356,8 +362,8 @@ class MultiTaskMixin(_Base):
             except (RuntimeError, ValueError, IndexError, TypeError) as error:
                 reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 raise MultiLossError(
-                    f"task {task.name!r}: its loss failed on output {tuple(output.shape)} {output.dtype} and target "
-                    f"{tuple(getattr(target, 'shape', ()))} {getattr(target, 'dtype', type(target).__name__)}: {reason}"
+                    f"task {task.name!r}: its loss failed on output {_described(output)} and target "
+                    f"{_described(target)}: {reason}"
                 ) from error
             if not isinstance(loss, Tensor) or loss.ndim != 0:
                 shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
@@ -643,8 +649,8 @@ class MultiTaskMixin(_Base):
         self._mt_unlabelled.clear()  # in place: assigning an attribute of an nn.Module costs microseconds
         self._mt_labelled_counts.clear()
         losses = self.task_losses(outputs, targets)
-        first = outputs[self._mt_tasks[0].name]
-        batch_size = int(first.shape[0]) if first.ndim > 0 else 1
+        first = _first_tensor(outputs[self._mt_tasks[0].name])
+        batch_size = int(first.shape[0]) if first is not None and first.ndim > 0 else 1
         return outputs, targets, losses, batch_size
 
     def _mt_meet_trainer(self, trainer: Any | None) -> None:
@@ -939,10 +945,12 @@ class MultiTaskMixin(_Base):
         for (at, key), metric, name in zip(self._mt_metric_keys[stage], metrics, names, strict=True):
             if at not in selected:
                 task = self._mt_tasks[at]
-                output, target = outputs[task.name].detach(), targets[task.target_key]
+                output, target = _detached(outputs[task.name]), targets[task.target_key]
                 if task.has_selection:
                     output, target = task.select(output, target, targets)
-                selected[at] = (output, target) if output.shape[0] > 0 else None
+                    selected[at] = (output, target) if output.shape[0] > 0 else None
+                else:
+                    selected[at] = (output, target)
             pair = selected[at]
             if pair is not None:
                 metric.update(*pair)
@@ -1046,3 +1054,35 @@ def _callback_class_for(module: Any) -> type[LossWeightingHooks]:
     from lightning_multiloss.callback import LossWeightingCallback
 
     return LossWeightingCallback
+
+
+def _first_tensor(output: Any) -> Tensor | None:
+    """The first tensor of a task's output: a tensor, or a tuple, list or dict of them."""
+    if isinstance(output, Tensor):
+        return output
+    items = output.values() if isinstance(output, Mapping) else output if isinstance(output, list | tuple) else ()
+    for item in items:
+        found = _first_tensor(item)
+        if found is not None:
+            return found
+    return None
+
+
+def _detached(output: Any) -> Any:
+    """A task's output with its tensors detached, in the same structure."""
+    if isinstance(output, Tensor):
+        return output.detach()
+    if isinstance(output, Mapping):
+        return {key: _detached(value) for key, value in output.items()}
+    if isinstance(output, list | tuple):
+        return type(output)(_detached(item) for item in output)
+    return output
+
+
+def _described(value: Any) -> str:
+    """``(64, 10) float32`` for a tensor, ``tuple[(64, 1) float32, (64, 1) float32]`` for a tuple of them."""
+    if isinstance(value, Tensor):
+        return f"{tuple(value.shape)} {value.dtype}"
+    if isinstance(value, list | tuple):
+        return f"{type(value).__name__}[{', '.join(_described(item) for item in value)}]"
+    return type(value).__name__

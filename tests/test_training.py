@@ -22,7 +22,7 @@ from pytorch_lightning.loggers import CSVLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_multiloss import LossWeightingCallback, MultiTaskMixin, Task
+from lightning_multiloss import LossWeightingCallback, MultiLossError, MultiTaskMixin, Task
 from lightning_multiloss.schedules import Linear
 from lightning_multiloss.weighting import Fixed, Learnable, Scheduled, Weighting
 from tests._models import ToyDataset, ToyNet, quiet_trainer, toy_loader
@@ -631,3 +631,57 @@ def test_lightnings_tuners_run_strategies_that_need_the_callback(make: Any) -> N
     trainer = quiet_trainer(max_epochs=1, callbacks=[LossWeightingCallback(plot=False)])
     trainer.fit(model)
     assert trainer.global_step == math.ceil(64 / size)
+
+
+def gaussian_nll(output: tuple[Tensor, Tensor], target: Tensor) -> Tensor:
+    """½(log σ² + (y − μ)²/σ²), shifted by 2 to stay ≥ 0 in these short runs."""
+    mean, log_var = output
+    return 0.5 * (log_var + (target - mean) ** 2 / log_var.exp()).mean() + 2.0
+
+
+class MeanAndVariance(MultiTaskMixin, pl.LightningModule):
+    """``reg`` predicts a mean and a log-variance: its output is a pair."""
+
+    def __init__(self, order: tuple[str, str], **task_options: Any) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk = nn.Sequential(nn.Linear(8, 16), nn.Tanh())
+        self.cls, self.mean, self.log_var = nn.Linear(16, 3), nn.Linear(16, 2), nn.Linear(16, 2)
+        tasks = {"cls": Task("cls", nn.CrossEntropyLoss()), "reg": Task("reg", gaussian_nll, **task_options)}
+        self.configure_multitask([tasks[name] for name in order], "uncertainty")
+
+    def forward(self, x: Tensor) -> dict[str, Any]:
+        z = self.trunk(x)
+        return {"cls": self.cls(z), "reg": (self.mean(z), self.log_var(z))}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+@pytest.mark.parametrize("order", [("cls", "reg"), ("reg", "cls")])
+def test_a_task_whose_output_is_a_pair_of_tensors(order: tuple[str, str]) -> None:
+    # A Gaussian NLL head (mean, log-variance) failed in the target check and the batch size.
+    model = MeanAndVariance(order)
+    trainer = quiet_trainer(max_epochs=1)
+    trainer.fit(model, toy_loader(n=32, batch_size=8), toy_loader(n=16, batch_size=8))
+    data = ToyDataset(16)
+    with torch.no_grad():
+        z = model.trunk(data.x)
+        by_hand = {
+            "cls": F.cross_entropy(model.cls(z), data.cls).item(),
+            "reg": gaussian_nll((model.mean(z), model.log_var(z)), data.reg).item(),
+        }
+    logged = trainer.validate(model, toy_loader(n=16, batch_size=16), verbose=False)[0]
+    for task, value in by_hand.items():
+        assert logged[f"val/loss/{task}"] == pytest.approx(value, rel=1e-5)
+
+
+def test_a_pair_output_with_a_mask_and_a_failing_loss_are_named() -> None:
+    model = MeanAndVariance(("cls", "reg"), ignore_value=-100.0)
+    batch = next(iter(toy_loader(n=8, batch_size=8)))
+    with pytest.raises(MultiLossError, match=r"task 'reg': a mask or ignore_value selects samples of a tensor output"):
+        model.training_step(batch, 0)
+    model = MeanAndVariance(("cls", "reg"))
+    batch["reg"] = batch["reg"][:, :1].repeat(1, 3)  # 3 targets for a pair of (8, 2) outputs
+    with pytest.raises(MultiLossError, match=r"output tuple\[\(8, 2\) torch.float32, \(8, 2\) torch.float32\]"):
+        model.training_step(batch, 0)
