@@ -202,3 +202,16 @@ def test_another_weighting_with_the_same_state_is_refused_too(digits_checkpoint:
 def test_the_same_model_resumes(digits_checkpoint: Path, tmp_path: Path) -> None:
     result = run_app(tmp_path, f"ckpt_path={digits_checkpoint}", "trainer.max_epochs=3")
     assert result["status"] == "completed" and checkpoint(tmp_path)["global_step"] == 9
+
+
+def test_a_checkpoint_without_the_last_weights_of_earlier_versions_resumes(tmp_path: Path) -> None:
+    # GLS (FAMO, STCH, RLW) keeps its last weights in checkpoints now; a run of an earlier version,
+    # without them, resumes (its weights are those of the next step's losses).
+    run_app(tmp_path / "first", "weighting=gls", "trainer.max_epochs=1")
+    saved = checkpoint(tmp_path / "first")
+    assert "weighting.last_weights" in saved["state_dict"]
+    del saved["state_dict"]["weighting.last_weights"]
+    older = tmp_path / "older.ckpt"
+    torch.save(saved, older)
+    result = run_app(tmp_path / "second", "weighting=gls", f"ckpt_path={older}", "trainer.max_epochs=2")
+    assert result["status"] == "completed" and checkpoint(tmp_path / "second")["global_step"] == 6

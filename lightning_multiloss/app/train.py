@@ -45,6 +45,7 @@ from lightning_multiloss.app.config import call, config_dir, validate_config
 from lightning_multiloss.app.namespace import DEFAULT_LIGHTNING, import_lightning, use_lightning
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.results import RESULT_FILE, RunResult, config_key
+from lightning_multiloss.weighting import Weighting
 
 RUN_DIR_ENV = "LIGHTNING_MULTILOSS_RUN_DIR"
 """Set by the training process for the DDP processes Lightning starts: the run folder to reuse."""
@@ -194,6 +195,12 @@ def _names(keys: Sequence[str], most: int = 3) -> str:
     return ", ".join(keys[:most]) + (f" and {len(keys) - most} more" if len(keys) > most else "")
 
 
+def _optional_weighting_state(key: str) -> bool:
+    """Whether ``key`` is a weighting's state that a checkpoint may lack (:attr:`Weighting.OPTIONAL_STATE`)."""
+    owner, _, name = key.rpartition(".")
+    return owner.split(".")[-1] == "weighting" and name in Weighting.OPTIONAL_STATE
+
+
 def check_same_model(checkpoint: CheckpointInfo, model: ModelSummary) -> None:
     """An error naming what the checkpoint holds and what the config asks for, when they differ.
 
@@ -206,7 +213,7 @@ def check_same_model(checkpoint: CheckpointInfo, model: ModelSummary) -> None:
     if reshaped:
         key = reshaped[0]
         differences.append(f"{key} is {list(shapes[key])} in the checkpoint, {list(model.shapes[key])} in the config")
-    missing = [key for key in model.shapes if key not in shapes]
+    missing = [key for key in model.shapes if key not in shapes and not _optional_weighting_state(key)]
     if missing:
         differences.append(f"the checkpoint lacks {_names(missing)}")
     unexpected = [key for key in shapes if key not in model.shapes]

@@ -126,10 +126,17 @@ class Weighting(nn.Module, ABC):
     def build(self, num_tasks: int) -> None:
         """Create parameters and buffers sized by ``num_tasks`` (called once, by :meth:`bind`)."""
 
+    OPTIONAL_STATE: ClassVar[tuple[str, ...]] = ("last_weights",)
+    """State keys a checkpoint may lack (earlier versions left them out): loading keeps the current value."""
+
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        key = prefix + "last_weights"
-        if self.last_weights_are_state and self._task_names and key not in state_dict:
-            state_dict[key] = self.last_weights.detach().clone()  # a checkpoint of a version that left them out
+        for name in self.OPTIONAL_STATE:
+            if (
+                prefix + name not in state_dict
+                and name in self._buffers
+                and name not in self._non_persistent_buffers_set
+            ):
+                state_dict[prefix + name] = self._buffers[name]
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- the step -------------------------------------------------------------------------
