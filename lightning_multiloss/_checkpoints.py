@@ -22,6 +22,14 @@ def allow_in_checkpoints(*objects: Any) -> None:
         add(list(objects))
 
 
+def allow_own_class_in_checkpoints(cls: type) -> None:
+    """:func:`allow_in_checkpoints` for a class of the package; a subclass of a user's is theirs to
+    allow (``torch.serialization.add_safe_globals``): the list holds for every ``torch.load`` of
+    the process, and defining a class must not make it loadable from any file."""
+    if cls.__module__.split(".", 1)[0] == "lightning_multiloss":
+        allow_in_checkpoints(cls)
+
+
 def state_functions(obj: object) -> list[Any]:
     """The plain functions of another package that ``obj`` keeps among its attributes (one level of
     dicts included): what pickling ``obj`` refers to by name."""

@@ -13,3 +13,9 @@ class MultiLossError(ValueError):
 
 class NonFiniteLossError(MultiLossError, FloatingPointError):
     """A task loss is NaN or infinite (raised when ``on_nonfinite="raise"``)."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its type's name when it has none): the reason an
+    error of another library gives, for a message of one line."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)

@@ -103,7 +103,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from lightning_multiloss._dist import all_reduce_sum, is_distributed
-from lightning_multiloss.errors import MultiLossError
+from lightning_multiloss.errors import MultiLossError, first_line
 
 _GradientEdge: Any
 try:  # differentiating one input of a stack
@@ -390,7 +390,7 @@ def _batched_jacobian(
 
 def _remember_batching_failure(error: RuntimeError) -> None:
     global _batching_failure
-    _batching_failure = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    _batching_failure = first_line(error)
     warnings.warn(
         f"the batched Jacobian of the parameter route failed ({_batching_failure}); "
         "using one backward pass per task from now on",

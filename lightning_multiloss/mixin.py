@@ -31,7 +31,7 @@ from lightning_multiloss._metric_keys import (
     check_unique_keys,
     metrics_by_task,
 )
-from lightning_multiloss.errors import MultiLossError, NonFiniteLossError
+from lightning_multiloss.errors import MultiLossError, NonFiniteLossError, first_line
 from lightning_multiloss.gradients import own_above_representation, own_by_task, parameter_users, shared_by_use
 from lightning_multiloss.task import Task
 from lightning_multiloss.weighting import Fixed, GradientWeighting, TaskEpochMean, Weighting, create_weighting
@@ -360,10 +360,9 @@ class MultiTaskMixin(_Base):
             except MultiLossError:
                 raise
             except (RuntimeError, ValueError, IndexError, TypeError) as error:
-                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 raise MultiLossError(
                     f"task {task.name!r}: its loss failed on output {_described(output)} and target "
-                    f"{_described(target)}: {reason}"
+                    f"{_described(target)}: {first_line(error)}"
                 ) from error
             if not isinstance(loss, Tensor) or loss.ndim != 0:
                 shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
@@ -569,13 +568,16 @@ class MultiTaskMixin(_Base):
         self._mt_train_means.reset()
 
     def on_fit_start(self) -> None:
-        """Check that the Trainer has the Callback the strategy's hooks need; call ``super()`` if you override it.
+        """Check that the Trainer has the Callback the strategy's hooks need, and forget what
+        earlier steps kept for the epoch; call ``super()`` if you override it.
 
         Here rather than at the first step: Lightning's tuners (``Tuner.scale_batch_size``,
         ``lr_find``, their callbacks) run their trial steps earlier, with callbacks of their own,
-        and put the model back afterwards.
+        and put the model back afterwards; their losses are no part of the fit's first epoch.
         """
         super().on_fit_start()  # type: ignore[misc]
+        self._mt_train_means.reset()
+        self._mt_pending.clear()
         trainer = trainer_of(self)
         if trainer is None or not self.weighting.needs_callback:
             return
@@ -953,7 +955,13 @@ class MultiTaskMixin(_Base):
                     selected[at] = (output, target)
             pair = selected[at]
             if pair is not None:
-                metric.update(*pair)
+                try:
+                    metric.update(*pair)
+                except (RuntimeError, ValueError, TypeError, AttributeError, IndexError) as error:
+                    raise MultiLossError(
+                        f"task {self._mt_tasks[at].name!r}: its metric {key!r} failed on output "
+                        f"{_described(pair[0])} and target {_described(pair[1])}: {first_line(error)}"
+                    ) from error
             # Under DDP every process logs every metric at every step, labelled or not: Lightning
             # computes a logged metric at the epoch's end with a collective, which would wait
             # forever for a process that never logged it (a task without labels in its shard).
@@ -1075,7 +1083,8 @@ def _detached(output: Any) -> Any:
     if isinstance(output, Mapping):
         return {key: _detached(value) for key, value in output.items()}
     if isinstance(output, list | tuple):
-        return type(output)(_detached(item) for item in output)
+        items = [_detached(item) for item in output]
+        return type(output)(*items) if hasattr(output, "_fields") else type(output)(items)  # a namedtuple
     return output
 
 

@@ -25,7 +25,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Literal, TypeAlias
 
-from lightning_multiloss._checkpoints import allow_in_checkpoints
+from lightning_multiloss._checkpoints import allow_own_class_in_checkpoints
 from lightning_multiloss.errors import MultiLossError
 
 ScheduleLike: TypeAlias = "Schedule | Callable[[float], float]"
@@ -77,7 +77,7 @@ class Schedule(ABC):
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
-        allow_in_checkpoints(cls)  # a schedule among the arguments that save_hyperparameters() keeps
+        allow_own_class_in_checkpoints(cls)  # a schedule among the arguments that save_hyperparameters() keeps
 
     @abstractmethod
     def __call__(self, t: float) -> float:

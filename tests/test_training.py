@@ -11,7 +11,7 @@ import copy
 import csv
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import pytorch_lightning as pl
@@ -633,6 +633,22 @@ def test_lightnings_tuners_run_strategies_that_need_the_callback(make: Any) -> N
     assert trainer.global_step == math.ceil(64 / size)
 
 
+def test_the_tuners_trial_steps_are_no_part_of_the_fits_first_epoch() -> None:
+    # The trials' losses were added to the first epoch's logged means (and a NaN of a diverging
+    # trial stopped the fit that followed).
+    def epoch_means(tune: bool) -> list[float]:
+        from pytorch_lightning.tuner import Tuner
+
+        model = Tunable(Fixed([0.5, 0.3]))
+        if tune:
+            Tuner(quiet_trainer(max_epochs=1)).lr_find(model, num_training=6, update_attr=False)
+        trainer = quiet_trainer(max_epochs=1)
+        trainer.fit(model)
+        return [float(trainer.callback_metrics[f"train/loss/{task}_epoch"]) for task in TASKS]
+
+    assert epoch_means(tune=True) == pytest.approx(epoch_means(tune=False), rel=1e-6)
+
+
 def gaussian_nll(output: tuple[Tensor, Tensor], target: Tensor) -> Tensor:
     """½(log σ² + (y − μ)²/σ²), shifted by 2 to stay ≥ 0 in these short runs."""
     mean, log_var = output
@@ -685,3 +701,35 @@ def test_a_pair_output_with_a_mask_and_a_failing_loss_are_named() -> None:
     batch["reg"] = batch["reg"][:, :1].repeat(1, 3)  # 3 targets for a pair of (8, 2) outputs
     with pytest.raises(MultiLossError, match=r"output tuple\[\(8, 2\) torch.float32, \(8, 2\) torch.float32\]"):
         model.training_step(batch, 0)
+
+
+class MeanVar(NamedTuple):
+    mean: Tensor
+    log_var: Tensor
+
+
+class NamedMeanAndVariance(MeanAndVariance):
+    def forward(self, x: Tensor) -> dict[str, Any]:
+        z = self.trunk(x)
+        return {"cls": self.cls(z), "reg": MeanVar(self.mean(z), self.log_var(z))}
+
+
+class MeanOfThePair(torchmetrics.MeanSquaredError):
+    """A metric of the predicted mean."""
+
+    def update(self, output: MeanVar, target: Tensor) -> None:  # type: ignore[override]
+        super().update(output.mean, target)
+
+
+def test_metrics_of_a_task_whose_output_is_a_named_pair() -> None:
+    # Detaching a namedtuple for the metrics failed (MeanVar(generator)); a metric that cannot
+    # read a pair raised torchmetrics' own AttributeError.
+    model = NamedMeanAndVariance(("cls", "reg"), metrics={"mse": MeanOfThePair()})
+    data = ToyDataset(16)
+    with torch.no_grad():
+        mean = model.mean(model.trunk(data.x))
+    logged = quiet_trainer().validate(model, toy_loader(n=16, batch_size=8), verbose=False)[0]
+    assert logged["val/mse/reg"] == pytest.approx(F.mse_loss(mean, data.reg).item(), rel=1e-5)
+    model = MeanAndVariance(("cls", "reg"), metrics={"mse": torchmetrics.MeanSquaredError()})
+    with pytest.raises(MultiLossError, match=r"task 'reg': its metric 'val/mse/reg' failed on output tuple\["):
+        quiet_trainer().validate(model, toy_loader(n=16, batch_size=8), verbose=False)

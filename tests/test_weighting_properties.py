@@ -250,6 +250,23 @@ def test_a_state_without_the_last_weights_still_loads(name):
     assert fresh.last_weights.tolist() == [1.0, 1.0]
 
 
+class UsersSchedule(Linear):
+    """A user's schedule: not the package's to allow-list."""
+
+
+def test_only_the_packages_own_classes_are_allow_listed_for_torch_load():
+    # torch's allow-list holds for every torch.load of the process: a user's class is the user's call.
+    buffer = io.BytesIO()
+    torch.save({"ours": Linear(1.0, 0.0, duration=4), "theirs": UsersSchedule(1.0, 0.0, duration=4)}, buffer)
+    buffer.seek(0)
+    with pytest.raises(Exception, match="UsersSchedule"):
+        torch.load(buffer, weights_only=True)
+    buffer.seek(0)
+    with torch.serialization.safe_globals([UsersSchedule]):
+        loaded = torch.load(buffer, weights_only=True)
+    assert loaded["ours"](2.0) == 0.5 and isinstance(loaded["theirs"], UsersSchedule)  # 1 - 2/4
+
+
 # -- evaluation changes nothing ----------------------------------------------------------------------
 @pytest.mark.parametrize("name", NAMES)
 def test_evaluation_changes_no_state(name):

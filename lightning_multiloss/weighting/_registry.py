@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from lightning_multiloss._checkpoints import allow_in_checkpoints
+from lightning_multiloss._checkpoints import allow_own_class_in_checkpoints
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.weighting._base import Weighting
 
@@ -24,7 +24,7 @@ def register(name: str) -> Callable[[W], W]:
             raise MultiLossError(f"a weighting named {name!r} is already registered: {WEIGHTINGS[name]}")
         cls.name = name
         WEIGHTINGS[name] = cls
-        allow_in_checkpoints(cls)  # a strategy among the arguments that save_hyperparameters() keeps
+        allow_own_class_in_checkpoints(cls)  # a strategy among the arguments that save_hyperparameters() keeps
         return cls
 
     return decorate
