@@ -448,9 +448,9 @@ def test_runs_of_one_composed_config_are_one_row_whatever_their_overrides(tmp_pa
     # row of what is one configuration; settings that train otherwise stay apart.
     metrics = {0: 0.80, 1: 0.84, 2: 0.86, 3: 0.70, 4: 0.60}
     jobs = {
-        0: ["seed=0"],
+        0: ["trainer.enable_progress_bar=false", "seed=0"],  # a display setting, not the row's label
         1: ["weighting=fixed", "seed=1"],
-        2: ["weighting=fixed", "trainer.enable_progress_bar=false", "seed=2"],
+        2: ["weighting=fixed", "callbacks.loss_weighting.plot=false", "torch_threads=2", "seed=2"],
         3: ["trainer.max_epochs=3", "seed=0"],
         4: ["seed=1"],  # alike on the command line, but composed otherwise (another version's default)
     }
@@ -469,6 +469,15 @@ def test_runs_of_one_composed_config_are_one_row_whatever_their_overrides(tmp_pa
     assert same.metrics["cls"].mean == pytest.approx((0.80 + 0.84 + 0.86) / 3)
     assert rows["fixed trainer.max_epochs=3"].metrics["cls"].mean == pytest.approx(0.70)
     assert rows["fixed [trainer.max_epochs=4]"].metrics["cls"].mean == pytest.approx(0.60)
+
+
+def test_a_run_without_a_composed_config_leaves_the_others_grouped_by_theirs(tmp_path: Path) -> None:
+    metrics = {"cls": {"acc": 0.8}, "reg": {"mse": 0.3}}
+    for job, overrides in enumerate((["seed=0"], ["weighting=fixed", "seed=1"], ["weighting=fixed", "seed=2"])):
+        write_job(tmp_path / "runs" / str(job), overrides, completed("fixed", job, overrides, metrics))
+    (tmp_path / "runs" / "2" / ".hydra" / "config.yaml").unlink()
+    rows = make_report([str(tmp_path / "runs")], out=str(tmp_path / "out")).experiments[0].rows
+    assert sorted(row.seeds for row in rows) == [[0, 1], [2]]
 
 
 def test_single_seed_shows_a_dash_for_the_std(tmp_path: Path) -> None:

@@ -1,9 +1,9 @@
 r"""``multiloss-report``: compare the runs of a sweep, mean ± std over seeds and Δm%.
 
 Reads every ``result.json`` under the given folders (the Hydra app writes one per run), groups
-the runs by configuration (the composed ``.hydra/config.yaml`` without the seed, the checkpoint,
-the output folder, the loggers and the display settings; the overrides, ``config_key``, for runs
-without one) and writes one
+the runs by configuration (the composed ``.hydra/config.yaml`` without what makes no other
+configuration, :data:`NOT_CONFIGURATION`; the overrides, ``config_key``, for a run without one)
+and writes one
 row per configuration: the weighting, the overrides that set it apart from the other rows, the
 number of seeds, each task's primary metric as mean ± standard deviation over seeds, and Δm%
 against the single-task baselines when they are there (Maninis et al., "Attentive Single-Tasking
@@ -386,8 +386,22 @@ NOT_TRAINING = frozenset(
 Setup = tuple[tuple[str, str], ...]
 
 # What in a composed config makes no other configuration: the seed and the checkpoint a run starts
+# from (as in config_key), where the job writes, and what only shows or records the run or sets the
+# machine's resources.
 # from (as in config_key), where the job writes, and what only shows or records the run.
-NOT_CONFIGURATION = ("seed", "ckpt_path", "output_dir", "logger", *sorted(NOT_TRAINING))
+NOT_CONFIGURATION = (
+    "seed",
+    "ckpt_path",
+    "output_dir",
+    "logger",
+    "torch_threads",
+    "callbacks.loss_weighting",
+    "callbacks.checkpoint",
+    "data.num_workers",
+    "trainer.logger",
+    "trainer.default_root_dir",
+    *sorted(NOT_TRAINING),
+)
 
 Configs = dict[str, Mapping[str, object] | None]  # each run folder's composed config
 
@@ -514,14 +528,14 @@ def _first_seen(runs: list[Run]) -> tuple[list[str], dict[str, str], dict[str, s
 def _summarise_experiment(name: str, swept: list[Run], baseline_runs: list[Run]) -> ExperimentReport:
     tasks, primary, directions, notes = _first_seen(swept)
     configs = _composed_configs([*swept, *baseline_runs])
-    # By composed config where every run has one (a default written out on the command line is the
-    # same configuration as one left out), else by overrides; and by strategy: runs without Hydra
-    # have no overrides, and two of them with different weightings are two configurations.
+    # By composed config (a default written out on the command line is the same configuration as
+    # one left out), by overrides for a run without one; and by strategy: runs without Hydra have
+    # no overrides, and two of them with different weightings are two configurations.
     settings = {r.folder: _settings(c) for r in swept if (c := configs[r.folder]) is not None}
-    composed = len(settings) == len({r.folder for r in swept})
     groups: dict[tuple[str, str], list[Run]] = {}
     for run in swept:
-        identity = repr(sorted(settings[run.folder].items())) if composed else run.config_key
+        settled = settings.get(run.folder)
+        identity = f"composed {sorted(settled.items())!r}" if settled is not None else f"overrides {run.config_key}"
         groups.setdefault((identity, run.weighting), []).append(run)
     rows: list[ConfigRow] = []
     for runs in groups.values():
@@ -536,12 +550,16 @@ def _summarise_experiment(name: str, swept: list[Run], baseline_runs: list[Run])
             values = [v for v in (r.value(task, primary[task]) for r in runs) if v is not None]
             if values:
                 stats[task] = Stat.of(values)
-        rows.append(ConfigRow(name, key, runs[0].weighting, list(runs[0].overrides), runs, stats))
+        # The overrides all its runs share (one written out where another left a default is no label).
+        shared = set.intersection(*({canonical_override(o) for o in r.overrides} for r in runs))
+        overrides = [o for o in runs[0].overrides if canonical_override(o) in shared]
+        rows.append(ConfigRow(name, key, runs[0].weighting, overrides, runs, stats))
     _distinguishing(rows)
     labels = [row.label for row in rows]
     for row, label in zip(rows, labels, strict=True):
         if labels.count(label) > 1:  # alike on the command line, not in their composed configs
             twins = [other for other, its in zip(rows, labels, strict=True) if its == label and other is not row]
+            composed = all(r.runs[0].folder in settings for r in (row, *twins))
             told = _differences(row, twins, settings) if composed else row.config_key
             row.overrides.append(f"[{told or 'defaults'}]")
     for row in rows:
