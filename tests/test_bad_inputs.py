@@ -130,6 +130,12 @@ CLI_CASES = [
         r"error: config key 'seed': cannot parse the override 'seed=\[1': no viable alternative at input '\[1'",
     ),
     CliCase(
+        "checkpoint-name-with-equals",
+        ("ckpt_path=out/epoch=0-step=2.ckpt",),
+        r"error: config key 'ckpt_path': cannot parse the override 'ckpt_path=out/epoch=0-step=2\.ckpt': .*; quote a "
+        r"value that holds '=': \"ckpt_path='out/epoch=0-step=2\.ckpt'\"",
+    ),
+    CliCase(
         "scheduled-task-removed",
         ("~model.tasks.recon", "weighting=scheduled"),
         r"error: weighting=scheduled: the experiment's scheduled_task='recon' is not a task of the model "

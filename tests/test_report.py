@@ -410,6 +410,22 @@ def test_delta_m_needs_the_runs_and_the_baselines_evaluated_on_one_split(tmp_pat
     assert all(row.delta_m is not None for row in exp.rows)
 
 
+def test_rows_evaluated_on_different_splits_are_named(tmp_path: Path) -> None:
+    # A run with test=false reports validation metrics: beside test rows, the table mixed splits
+    # without a word (its "Metrics of the test split." line only went away).
+    sweep = make_sweep(tmp_path)
+    for path in sweep.rglob("result.json"):
+        result = json.loads(path.read_text())
+        split = "val" if result.get("weighting") == "scheduled" else "test"
+        path.write_text(json.dumps({**result, "evaluated_on": split}))
+    make_report([str(sweep)], out=str(tmp_path / "out"))
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert (
+        "the rows' metrics come from different splits (test: 'fixed', 'learnable weighting.init=0.3'; "
+        "val: 'scheduled'): compare rows of one split"
+    ) in text
+
+
 def test_a_configuration_without_a_task_of_the_experiment_is_named(tmp_path: Path) -> None:
     sweep = make_sweep(tmp_path)
     write_baselines(sweep / "baselines")

@@ -578,6 +578,14 @@ def _summarise_experiment(name: str, swept: list[Run], baseline_runs: list[Run])
                 f"{lacking} (the experiment's other runs have): its cells are empty, and so is its Δm%"
             )
 
+    by_split: dict[str, list[str]] = {}
+    for row in rows:
+        for split in sorted({str(r.evaluated_on) for r in row.runs if r.status == "completed"}):
+            by_split.setdefault(split, []).append(repr(row.label))
+    if len(by_split) > 1:  # test=false in some runs: their metrics are the validation split's
+        listed = "; ".join(f"{split}: {', '.join(labels)}" for split, labels in sorted(by_split.items()))
+        notes.append(f"the rows' metrics come from different splits ({listed}): compare rows of one split")
+
     baselines: dict[str, Baseline] = {}
     for task in tasks:
         metric = primary[task]

@@ -565,8 +565,10 @@ def composition_error(error: BaseException, overrides: Sequence[str]) -> str:
             return f"config key '{key}': {_first_line(getattr(cause, 'msg', None) or str(cause))}"
         cause = cause.__cause__
     if isinstance(error, OverrideParseException):
-        key = error.override.lstrip("+~").split("=", 1)[0]
-        return f"config key '{key}': cannot parse the override {error.override!r}: {_first_line(error.message)}"
+        key, _, value = error.override.lstrip("+~").partition("=")
+        # A path such as checkpoints/epoch=3-step=16.ckpt: Hydra reads its '=' as syntax.
+        hint = f"; quote a value that holds '=': \"{key}='{value}'\"" if "=" in value else ""
+        return f"config key '{key}': cannot parse the override {error.override!r}: {_first_line(error.message)}{hint}"
     # Hydra's composition errors are short, and their later lines say what to do ("To append to your
     # default list use +group=option"): all of it, on one line.
     return f"config: {' '.join(line.strip() for line in str(error).splitlines() if line.strip())}"
