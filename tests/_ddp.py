@@ -43,5 +43,10 @@ def run_ddp_script(name: str, out_dir: Path, *args: str, timeout: float = 240) -
 
 
 def save_rank_result(out_dir: str | Path, rank: int, result: dict[str, Any]) -> None:
-    """Write one rank's result (tensors, numbers, lists, dicts: loadable with weights_only=True)."""
+    """Write one rank's result (tensors, numbers, lists, dicts: loadable with weights_only=True),
+    the last thing a script does, then leave the process group, as ``multiloss-train`` does at the
+    end of a run: a process that exits with it alive leaves gloo's threads to the interpreter's
+    exit, which now and then aborts ("terminate called without an active exception")."""
     torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
