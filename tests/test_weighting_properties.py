@@ -182,15 +182,21 @@ def test_finite_output_one_weight_per_task(name, num_tasks):
 
 
 # -- state_dict round trip ----------------------------------------------------------------------
+def trained_weighting(name: str) -> Weighting:
+    """The strategy ``name`` after some training: 7 direct steps, or a short fit for the gradient ones."""
+    weighting = make_weighting(name)
+    if direct(name):
+        weighting.bind(TASKS[2])
+        run_direct(weighting, steps=7)
+    else:
+        fit(PropNet(weighting), loader(), max_epochs=1)
+    return weighting
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_state_dict_round_trip(name):
     """A fresh instance that loads the state (through a weights-only file) continues as the original."""
-    original = make_weighting(name)
-    if direct(name):
-        original.bind(TASKS[2])
-        run_direct(original, steps=7)
-    else:
-        fit(PropNet(original), loader(), max_epochs=1)
+    original = trained_weighting(name)
     buffer = io.BytesIO()
     torch.save(original.state_dict(), buffer)
     buffer.seek(0)
@@ -224,12 +230,7 @@ def test_state_dict_round_trip(name):
 def test_a_trained_strategy_pickled_with_the_hyperparameters_loads_weights_only(name):
     """``save_hyperparameters()`` pickles a strategy passed to the module into every checkpoint:
     torch's default loader (``weights_only=True``) refused its class."""
-    original = make_weighting(name)
-    if direct(name):
-        original.bind(TASKS[2])
-        run_direct(original, steps=7)
-    else:
-        fit(PropNet(original), loader(), max_epochs=1)
+    original = trained_weighting(name)
     buffer = io.BytesIO()
     torch.save({"hyper_parameters": {"weighting": original}}, buffer)
     buffer.seek(0)
