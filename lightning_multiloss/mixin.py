@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor, nn
 from torch._functorch import config as _functorch_config  # donated buffers: _graphs_kept_for_several_backwards
 from torchmetrics import MeanMetric, Metric
@@ -947,7 +948,10 @@ class MultiTaskMixin(_Base):
         for (at, key), metric, name in zip(self._mt_metric_keys[stage], metrics, names, strict=True):
             if at not in selected:
                 task = self._mt_tasks[at]
-                output, target = _detached(outputs[task.name]), targets[task.target_key]
+                output, target = (
+                    apply_to_collection(outputs[task.name], Tensor, Tensor.detach),
+                    targets[task.target_key],
+                )
                 if task.has_selection:
                     output, target = task.select(output, target, targets)
                     selected[at] = (output, target) if output.shape[0] > 0 else None
@@ -1074,18 +1078,6 @@ def _first_tensor(output: Any) -> Tensor | None:
         if found is not None:
             return found
     return None
-
-
-def _detached(output: Any) -> Any:
-    """A task's output with its tensors detached, in the same structure."""
-    if isinstance(output, Tensor):
-        return output.detach()
-    if isinstance(output, Mapping):
-        return {key: _detached(value) for key, value in output.items()}
-    if isinstance(output, list | tuple):
-        items = [_detached(item) for item in output]
-        return type(output)(*items) if hasattr(output, "_fields") else type(output)(items)  # a namedtuple
-    return output
 
 
 def _described(value: Any) -> str:
