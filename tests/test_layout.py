@@ -134,7 +134,17 @@ def test_the_rules_can_fail() -> None:
 
 
 # -- what each part imports from outside the standard library ---------------------------------------
-CORE_IMPORTS = {"torch", "torchmetrics", "hydra", "omegaconf", "matplotlib", "lightning", "pytorch_lightning", "numpy", "lightning_utilities"}
+CORE_IMPORTS = {
+    "torch",
+    "torchmetrics",
+    "hydra",
+    "omegaconf",
+    "matplotlib",
+    "lightning",
+    "pytorch_lightning",
+    "numpy",
+    "lightning_utilities",
+}
 """What the plugin core may import: its dependencies (omegaconf comes with hydra-core; numpy for the K×K
 solvers) and ``typing_extensions`` (a dependency of torch, listed below)."""
 APP_IMPORTS = CORE_IMPORTS | {"yaml"}
