@@ -146,7 +146,8 @@ CORE_IMPORTS = {
     "lightning_utilities",
 }
 """What the plugin core may import: its dependencies (omegaconf comes with hydra-core; numpy for the K×K
-solvers) and ``typing_extensions`` (a dependency of torch, listed below)."""
+solvers, lightning_utilities for apply_to_collection) and ``typing_extensions`` (a dependency of torch, listed
+below)."""
 APP_IMPORTS = CORE_IMPORTS | {"yaml"}
 """The demo also reads its shipped ``.npz`` files with numpy and Hydra's files with yaml (PyYAML, a dependency
 of omegaconf); no scikit-learn, no mlxtend."""
