@@ -2,7 +2,7 @@
 
 from lightning_multiloss.errors import MultiLossError, NonFiniteLossError
 from lightning_multiloss.mixin import MultiTaskMixin
-from lightning_multiloss.sampling import ShardSampler
+from lightning_multiloss.sampling import ResumableDataLoader, ShardSampler
 from lightning_multiloss.task import Task
 from lightning_multiloss.weighting import (
     Fixed,
@@ -36,6 +36,7 @@ __all__ = [
     "MultiTaskMixin",
     "NonFiniteLossError",
     "Progress",
+    "ResumableDataLoader",
     "Scheduled",
     "ShardSampler",
     "Task",

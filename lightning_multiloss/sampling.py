@@ -1,10 +1,127 @@
-"""Samplers for exact evaluation under DDP (plain PyTorch: usable in any data module)."""
+"""Data loading for exact runs (plain PyTorch: usable in any data module).
+
+- :class:`ResumableDataLoader`: a training ``DataLoader`` that a run resumed from a checkpoint
+  written in the middle of an epoch continues at the batch where it stopped;
+- :class:`ShardSampler`: each DDP process's share of an evaluation split, every sample once.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterator, Mapping
+from typing import Any
 
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from lightning_multiloss.errors import MultiLossError
+
+log = logging.getLogger(__name__)
+
+
+class ResumableDataLoader(DataLoader):
+    """A ``DataLoader`` that continues an epoch where a checkpoint left it.
+
+    Lightning saves the ``state_dict()`` of a training loader that has one in every checkpoint,
+    and hands it back to ``load_state_dict()`` when a fit resumes from that checkpoint. A plain
+    ``DataLoader`` has none: a run resumed from a checkpoint written in the middle of an epoch (a
+    step-interval ``ModelCheckpoint``, a preemption) reads that epoch again from its first batch
+    ("your dataloader is not resumable"), so it trains on other batches than the uninterrupted run
+    would have, and the epoch's mean losses (DWA, STCH) count the batches read twice. This loader's
+    state is the epoch and the number of batches it has handed out in it; the resumed epoch skips
+    them (it reads them, without handing them out: the order of an epoch is replayed, not stored)
+    and goes on with the batches the uninterrupted run read next.
+
+    That needs an order that the epoch alone decides: the sampler must have ``set_epoch`` and an
+    ``epoch`` (as ``DistributedSampler`` with its ``seed``: in one process, ``num_replicas=1,
+    rank=0``), which Lightning calls before each epoch. The first batch of an iteration is read
+    only when it is asked for, after that call (a plain ``DataLoader`` with workers fixes the order
+    when Lightning creates its iterator, before the call, and a resumed epoch then reads the first
+    epoch's order). A checkpoint of another epoch (one written at an epoch's end), or one whose
+    epoch had another number of batches (another batch size or number of processes), resumes at
+    the epoch's first batch; the latter with a warning. Under DDP every process hands out as many
+    batches, so the first process's state, the one in the checkpoint, serves every process.
+
+    Args:
+        Those of ``torch.utils.data.DataLoader``; ``sampler`` (or ``batch_sampler``'s sampler) as above.
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import DistributedSampler, TensorDataset
+        >>> data = TensorDataset(torch.arange(6))
+        >>> loader = ResumableDataLoader(data, batch_size=2, sampler=DistributedSampler(data, 1, 0, seed=0))
+        >>> batches = iter(loader)
+        >>> first = next(batches)
+        >>> state = loader.state_dict()  # what Lightning writes into a checkpoint after that batch
+        >>> state["batches"]
+        1
+        >>> resumed = ResumableDataLoader(data, batch_size=2, sampler=DistributedSampler(data, 1, 0, seed=0))
+        >>> resumed.load_state_dict(state)
+        >>> [b[0].tolist() for b in resumed] == [b[0].tolist() for b in batches]
+        True
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        sampler = self._epoch_sampler()
+        if not (callable(getattr(sampler, "set_epoch", None)) and isinstance(getattr(sampler, "epoch", None), int)):
+            raise MultiLossError(
+                f"ResumableDataLoader needs a sampler whose order the epoch decides (set_epoch and epoch, as "
+                f"DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=...)), got "
+                f"{type(sampler).__name__}: a resumed epoch could not replay the order it skips"
+            )
+        self._epoch = 0  # of the iteration under way
+        self._handed_out = 0  # its batches handed out, those skipped on resume included
+        self._to_skip: Mapping[str, int] | None = None  # a loaded state, for the next iteration
+
+    def _epoch_sampler(self) -> Any:
+        """The sampler that decides the order (the batch sampler's, for a loader built with one)."""
+        return self.sampler if self.batch_sampler is None else getattr(self.batch_sampler, "sampler", self.sampler)
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch", "batches", "length"}``: plain ints (checkpoints load with ``weights_only=True``)."""
+        return {"epoch": self._epoch, "batches": self._handed_out, "length": len(self)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Skip ``state["batches"]`` batches when the next iteration is of ``state["epoch"]``."""
+        keys = ("epoch", "batches", "length")
+        if not isinstance(state, Mapping) or not all(isinstance(state.get(key), int) for key in keys):
+            raise MultiLossError(
+                f"ResumableDataLoader.load_state_dict: expected ints 'epoch', 'batches' and 'length', got {state!r}"
+            )
+        self._to_skip = dict(state)
+
+    # A generator, not torch's iterator object (nothing reads more than next() of it): nothing is
+    # read until the first batch is asked for, after set_epoch.
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        return self._batches()
+
+    def _batches(self) -> Iterator[Any]:
+        self._epoch = int(self._epoch_sampler().epoch)
+        self._handed_out = 0
+        skip = self._skip_for(self._epoch)
+        iterator = super().__iter__()
+        for _ in range(skip):
+            next(iterator)  # read, not handed out: the uninterrupted run trained on it before the checkpoint
+            self._handed_out += 1
+        for batch in iterator:
+            self._handed_out += 1
+            yield batch
+
+    def _skip_for(self, epoch: int) -> int:
+        """The batches of ``epoch`` that a loaded state says were handed out (0 without one)."""
+        state, self._to_skip = self._to_skip, None
+        if state is None or state["epoch"] != epoch or state["batches"] >= state["length"]:
+            return 0  # no state, or that of another epoch, or of an epoch handed out in full
+        if state["length"] != len(self):
+            log.warning(
+                "ResumableDataLoader: the checkpoint's epoch %d had %d batches, this loader has %d (another batch "
+                "size or number of processes); the resumed epoch starts at its first batch",
+                epoch,
+                state["length"],
+                len(self),
+            )
+            return 0
+        return state["batches"]
 
 
 class ShardSampler(DistributedSampler):

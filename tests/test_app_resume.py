@@ -16,7 +16,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from lightning_multiloss import MultiLossError
+from lightning_multiloss import MultiLossError, ResumableDataLoader
 from lightning_multiloss.app.config import config_dir
 from lightning_multiloss.app.data import DigitsDataModule
 from lightning_multiloss.app.train import run
@@ -32,6 +32,17 @@ class StopAfterEpochs(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+class StopAtStep(pl.Callback):
+    """Ends training after ``step`` optimizer steps, in the middle of an epoch (as a preemption would)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step >= self.step:
             trainer.should_stop = True
 
 
@@ -99,6 +110,23 @@ def test_a_preempted_scheduled_run_resumes_exactly(tmp_path: Path) -> None:
     assert_resumed_exactly(checkpoint(tmp_path / "straight"), checkpoint(tmp_path / "resumed"))
 
 
+@pytest.mark.filterwarnings("error:.*your dataloader is not resumable")
+def test_a_run_resumed_in_the_middle_of_an_epoch_equals_the_uninterrupted_run(tmp_path: Path) -> None:
+    """A checkpoint every step (``every_n_train_steps``), the run stopped at step 4 (the second batch
+    of epoch 1), resumed: the train loader skips the batch of epoch 1 already trained on. DWA weighs
+    from the epochs' mean losses, which would count a batch read twice."""
+    every_step = "+callbacks.checkpoint.every_n_train_steps=1"
+    run_app(tmp_path / "straight", "weighting=dwa", "trainer.max_epochs=4")
+    stop = (f"+callbacks.stop._target_={__name__}.StopAtStep", "+callbacks.stop.step=4")
+    run_app(tmp_path / "first", "weighting=dwa", "trainer.max_epochs=4", every_step, *stop)
+    saved = checkpoint(tmp_path / "first")
+    assert saved["global_step"] == 4
+    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 1, "length": 20}]
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    run_app(tmp_path / "resumed", "weighting=dwa", "trainer.max_epochs=4", f"ckpt_path={last}")
+    assert_resumed_exactly(checkpoint(tmp_path / "straight"), checkpoint(tmp_path / "resumed"))
+
+
 class FakeTrainer:
     """What the data module reads of its Trainer: the distributed sampler's arguments."""
 
@@ -109,6 +137,7 @@ class FakeTrainer:
 def train_order(dm: DigitsDataModule, epoch: int) -> list[int]:
     """The indices (into the train split) that the train loader yields in ``epoch``."""
     loader = dm.train_dataloader()
+    assert isinstance(loader, ResumableDataLoader)
     loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]  # what Lightning's loop calls each epoch
     return list(loader.sampler)
 

@@ -187,6 +187,19 @@ def test_a_checkpoint_keeps_the_epoch_sums_of_every_process(ranks: tuple[Path, l
 
 
 @pytest.mark.slow
+def test_a_run_resumed_in_the_middle_of_an_epoch_ends_as_the_uninterrupted_one(
+    ranks: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    # The loaders (ResumableDataLoader) skip the batches each process trained on before the checkpoint.
+    _, (rank0, rank1) = ranks
+    for rank in (rank0, rank1):
+        want, got = rank["dwa_saved"]["state"], rank["dwa_resumed"]["state"]
+        assert int(got["weighting.epochs_seen"]) == 2
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6, msg=f"{key} differs after resume")
+
+
+@pytest.mark.slow
 def test_a_resume_from_an_epochs_last_batch_ends_that_epoch_on_every_process(
     ranks: tuple[Path, list[dict[str, Any]]],
 ) -> None:

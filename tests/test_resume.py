@@ -10,9 +10,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
-from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 
-from lightning_multiloss import LossWeightingCallback
+from lightning_multiloss import LossWeightingCallback, ResumableDataLoader
 from lightning_multiloss.schedules import Linear
 from lightning_multiloss.weighting import Learnable, Scheduled, Weighting, create_weighting
 from tests._models import ToyDataset, ToyNet, quiet_trainer, toy_loader
@@ -205,3 +205,51 @@ def test_a_module_that_saves_its_strategy_as_a_hyperparameter_loads_from_its_che
     want = model.state_dict()
     for key, value in loaded.state_dict().items():
         torch.testing.assert_close(value, want[key], rtol=0, atol=0, msg=key)
+
+
+def shuffled_resumable(n: int = 64) -> ResumableDataLoader:
+    """A new order every epoch, decided by the seed and the epoch."""
+    data = ToyDataset(n)
+    return ResumableDataLoader(data, batch_size=16, sampler=DistributedSampler(data, 1, 0, shuffle=True, seed=3))
+
+
+class BatchLog(pl.Callback):
+    """The samples of every batch trained on (the first feature identifies a sample)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[float]] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self.batches.append(batch["x"][:, 0].tolist())
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
+@pytest.mark.filterwarnings("error:.*your dataloader is not resumable")
+@pytest.mark.parametrize("kind", ["dwa", "stch", "learnable"])
+def test_resumed_in_the_middle_of_epochs_equals_uninterrupted(tmp_path: Path, kind: str) -> None:
+    # A shuffled loader interrupted in the middle of epoch 0 (step 2 of 4) and of epoch 1 (step 7):
+    # each resumed epoch trains on the batches the uninterrupted run trained on, no batch twice.
+    def run(folder: str, ckpt: Path | None = None, stop: int | None = None) -> tuple[ToyNet, BatchLog]:
+        model = ToyNet(make_weighting(kind), optimizer="adam", lr=0.05)
+        log = BatchLog()
+        saver = ModelCheckpoint(dirpath=tmp_path / folder, every_n_train_steps=stop or 1, save_top_k=-1)
+        extra = [saver, StopAt(stop)] if stop else []
+        trainer = quiet_trainer(
+            max_epochs=3, default_root_dir=tmp_path, callbacks=[log, *extra], enable_checkpointing=bool(stop)
+        )
+        trainer.fit(model, shuffled_resumable(), ckpt_path=str(ckpt) if ckpt else None)
+        return model, log
+
+    full, full_log = run("full")
+    _, first_log = run("first", stop=2)
+    (first,) = (tmp_path / "first").glob("*step=2.ckpt")
+    _, second_log = run("second", first, stop=7)
+    (second,) = (tmp_path / "second").glob("*step=7.ckpt")
+    resumed, third_log = run("third", second)
+
+    assert len(full_log.batches) == 12 and full_log.batches[:4] != full_log.batches[4:8]  # shuffled anew each epoch
+    assert first_log.batches + second_log.batches + third_log.batches == full_log.batches
+    want, got = full.state_dict(), resumed.state_dict()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6, msg=f"{key} differs after resume")

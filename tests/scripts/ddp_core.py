@@ -12,7 +12,8 @@
   the second epoch: rank 0 warns that DDP does not average that layer's gradients.
 - ``dwa_saved``, ``dwa_resumed``, ``dwa_resumed_at_epoch_end``: DWA in float64 over 2 epochs,
   checkpointed in the middle of epoch 0 (step ``DWA_SAVE_STEP``) and at its last batch: each rank's
-  own running sums of the epoch's losses then, and after resuming from those checkpoints.
+  own running sums of the epoch's losses then, and after resuming from those checkpoints, and the
+  final states (the loaders resume in the middle of an epoch).
 
 Usage: python ddp_core.py OUT_DIR
 """
@@ -30,7 +31,7 @@ from pytorch_lightning.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from lightning_multiloss import LossWeightingCallback, MultiLossError, NonFiniteLossError, Task
+from lightning_multiloss import LossWeightingCallback, MultiLossError, NonFiniteLossError, ResumableDataLoader, Task
 from lightning_multiloss.weighting import Fixed, Learnable, create_weighting
 from tests._ddp import save_rank_result
 from tests._models import ToyDataset, ToyNet, quiet_trainer
@@ -130,7 +131,8 @@ def ddp_trainer(record, **kw):
 
 
 def ddp_loader(dataset, rank: int) -> DataLoader:
-    return DataLoader(dataset, batch_size=BATCH, sampler=DistributedSampler(dataset, 2, rank, shuffle=False))
+    # Resumable: a run resumed in the middle of an epoch goes on with the batches not yet trained on.
+    return ResumableDataLoader(dataset, batch_size=BATCH, sampler=DistributedSampler(dataset, 2, rank, shuffle=False))
 
 
 def snapshot(model, trainer, record) -> dict:

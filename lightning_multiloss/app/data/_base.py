@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from lightning_multiloss import ShardSampler
+from lightning_multiloss import ResumableDataLoader, ShardSampler
 from lightning_multiloss.errors import MultiLossError
 
 
@@ -124,7 +124,9 @@ class SplitDataModuleMixin:
         if len(dataset) == 0:
             raise MultiLossError(f"{type(self).__name__}: the {split} split is empty; raise its fraction")
         sampler = self._train_sampler(dataset) if split == "train" else self._evaluation_sampler(split, dataset)
-        return DataLoader(
+        # The train loader resumes an epoch where a checkpoint written in it stopped.
+        loader_class = ResumableDataLoader if split == "train" else DataLoader
+        return loader_class(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,

@@ -1,0 +1,143 @@
+"""``ResumableDataLoader``: a state taken after k batches of an epoch makes a new loader hand out
+that epoch's remaining batches, as a plain ``DataLoader`` over the same sampler and epoch reads them."""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+import pytest
+import torch
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, TensorDataset
+
+from lightning_multiloss import MultiLossError, ResumableDataLoader
+
+N, BATCH, SEED = 50, 4, 7  # 13 batches an epoch, the last one short
+
+
+def dataset() -> TensorDataset:
+    return TensorDataset(torch.arange(N))
+
+
+def sampler(data: TensorDataset) -> DistributedSampler:
+    return DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=SEED)
+
+
+def loader(batch_size: int = BATCH, *, with_batch_sampler: bool = False, **kw: Any) -> ResumableDataLoader:
+    data = dataset()
+    if with_batch_sampler:
+        return ResumableDataLoader(data, batch_sampler=BatchSampler(sampler(data), batch_size, drop_last=False), **kw)
+    return ResumableDataLoader(data, batch_size=batch_size, sampler=sampler(data), **kw)
+
+
+def epoch_order(epoch: int, batch_size: int = BATCH) -> list[list[int]]:
+    """The batches of ``epoch`` by hand: the permutation DistributedSampler draws from seed + epoch."""
+    permutation = torch.randperm(N, generator=torch.Generator().manual_seed(SEED + epoch)).tolist()
+    return [permutation[i : i + batch_size] for i in range(0, N, batch_size)]
+
+
+def ids(batches: Any) -> list[list[int]]:
+    return [batch[0].tolist() for batch in batches]
+
+
+def through_checkpoint(state: dict[str, int]) -> dict[str, Any]:
+    """The state as Lightning stores it: saved, then loaded with torch's default ``weights_only=True``."""
+    buffer = io.BytesIO()
+    torch.save({"combined_loader": [state]}, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)["combined_loader"][0]
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """What Lightning calls before each epoch (on the sampler, or the batch sampler's)."""
+    loader.batch_sampler.sampler.set_epoch(epoch)  # type: ignore[union-attr]
+
+
+def start(epoch: int, batches: int, **kw: Any) -> tuple[ResumableDataLoader, list[list[int]]]:
+    """A loader that handed out ``batches`` batches of ``epoch`` (Lightning calls set_epoch first)."""
+    first = loader(**kw)
+    set_epoch(first, epoch)
+    it = iter(first)
+    return first, ids(next(it) for _ in range(batches))
+
+
+def resume(state: dict[str, Any], epoch: int, **kw: Any) -> ResumableDataLoader:
+    second = loader(**kw)
+    second.load_state_dict(through_checkpoint(state))
+    set_epoch(second, epoch)
+    return second
+
+
+def test_the_order_is_the_samplers() -> None:
+    plain = DataLoader(dataset(), batch_size=BATCH, sampler=sampler(dataset()))
+    set_epoch(plain, 2)
+    assert epoch_order(2) == ids(plain)  # the hand-made reference is the sampler's order
+    resumable = loader()
+    set_epoch(resumable, 2)
+    assert ids(resumable) == epoch_order(2)
+    assert resumable.state_dict() == {"epoch": 2, "batches": 13, "length": 13}
+
+
+@pytest.mark.parametrize("with_batch_sampler", [False, True])
+@pytest.mark.parametrize(("epoch", "done"), [(0, 1), (0, 5), (3, 12)])
+def test_a_resumed_epoch_hands_out_the_batches_left(epoch: int, done: int, with_batch_sampler: bool) -> None:
+    first, read = start(epoch, done, with_batch_sampler=with_batch_sampler)
+    assert read == epoch_order(epoch)[:done]
+    state = first.state_dict()
+    assert state == {"epoch": epoch, "batches": done, "length": 13}
+    second = resume(state, epoch, with_batch_sampler=with_batch_sampler)
+    assert ids(second) == epoch_order(epoch)[done:]
+    assert second.state_dict()["batches"] == 13  # the skipped batches count: a later checkpoint resumes right
+    assert ids(second) == epoch_order(epoch)  # the skip was for one iteration; the next epoch is whole
+
+
+def test_resumed_twice_in_one_epoch() -> None:
+    first, _ = start(1, 3)
+    second = resume(first.state_dict(), 1)
+    it = iter(second)
+    assert ids(next(it) for _ in range(4)) == epoch_order(1)[3:7]
+    third = resume(second.state_dict(), 1)
+    assert third.state_dict()["batches"] == 0  # nothing handed out yet
+    assert ids(third) == epoch_order(1)[7:]
+
+
+@pytest.mark.parametrize(("saved_epoch", "done"), [(0, 4), (1, 13)], ids=["another-epoch", "epoch-handed-out"])
+def test_a_state_of_an_ended_epoch_skips_nothing(saved_epoch: int, done: int) -> None:
+    # A checkpoint written at an epoch's end: Lightning resumes at the next epoch (or, for one whose
+    # batches were all handed out, starts the next epoch without a set_epoch of a new number).
+    first, _ = start(saved_epoch, done)
+    assert ids(resume(first.state_dict(), 1)) == epoch_order(1)
+
+
+def test_another_number_of_batches_an_epoch_starts_the_epoch_afresh(caplog: pytest.LogCaptureFixture) -> None:
+    first, _ = start(0, 5)
+    with caplog.at_level(logging.WARNING, logger="lightning_multiloss"):
+        second = resume(first.state_dict(), 0, batch_size=5)
+        assert ids(second) == epoch_order(0, batch_size=5)
+    assert "the checkpoint's epoch 0 had 13 batches, this loader has 10" in caplog.text
+
+
+def test_the_order_is_fixed_at_the_first_batch_not_at_iter() -> None:
+    # Lightning creates the iterator before it calls set_epoch on a resume; with a worker, a plain
+    # DataLoader asks its sampler for the order then.
+    resumable = loader(num_workers=1)
+    it = iter(resumable)
+    set_epoch(resumable, 3)
+    assert ids(it) == epoch_order(3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [({"shuffle": True}, "RandomSampler"), ({}, "SequentialSampler")],
+    ids=["shuffle", "no-sampler"],
+)
+def test_a_sampler_that_the_epoch_does_not_decide_is_refused(kwargs: dict[str, Any], named: str) -> None:
+    with pytest.raises(MultiLossError, match=f"set_epoch and epoch.*got {named}"):
+        ResumableDataLoader(dataset(), batch_size=BATCH, **kwargs)
+
+
+@pytest.mark.parametrize("state", [{"epoch": 0, "batches": 2}, {"epoch": 0, "batches": "2", "length": 13}, [0, 2, 13]])
+def test_a_malformed_state_is_named(state: Any) -> None:
+    with pytest.raises(MultiLossError, match="expected ints 'epoch', 'batches' and 'length'"):
+        loader().load_state_dict(state)
