@@ -98,6 +98,18 @@ def test_two_epochs_then_resume_to_four_equals_four_straight(tmp_path: Path, wei
     assert_resumed_exactly(checkpoint(tmp_path / "straight"), checkpoint(tmp_path / "resumed"))
 
 
+def test_a_run_with_loader_workers_resumes_exactly(tmp_path: Path) -> None:
+    """With worker processes a plain DataLoader takes the epoch's order from its sampler when
+    Lightning creates its iterator, which a resumed fit does before it calls ``set_epoch``: the
+    resumed epoch 2 read epoch 0's order. The train loader takes it at the first batch."""
+    workers = "data.num_workers=2"
+    run_app(tmp_path / "straight", workers, "trainer.max_epochs=4")
+    run_app(tmp_path / "first", workers, "trainer.max_epochs=2")
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    run_app(tmp_path / "resumed", workers, f"ckpt_path={last}", "trainer.max_epochs=4")
+    assert_resumed_exactly(checkpoint(tmp_path / "straight"), checkpoint(tmp_path / "resumed"))
+
+
 def test_a_preempted_scheduled_run_resumes_exactly(tmp_path: Path) -> None:
     """``weighting=scheduled`` counts in fractions of the planned steps: a run planned for 4 epochs,
     stopped after 2 and resumed, ends where the uninterrupted run ends."""
