@@ -194,7 +194,25 @@ def canonical_override(override: str) -> str:
         return override
     if parsed.is_delete() and parsed.value() is None:  # ``~key`` and ``~key=null`` delete alike
         return parsed.get_key_element()
+    value = parsed.value()
+    numbers = value if isinstance(value, list) else [value]
+    if numbers and all(isinstance(v, int | float) and not isinstance(v, bool) for v in numbers):
+        return f"{parsed.get_key_element()}={canonical_value(value)}"  # 1 and 1.0 alike
     return f"{parsed.get_key_element()}={parsed.get_value_element_as_str()}"
+
+
+def canonical_value(value: object) -> str:
+    """A config value as text, numbers by value: ``1`` and ``1.0`` are one setting (``"1"``), in lists too.
+
+    Example:
+        >>> canonical_value([1.0, 0.5, 2]), canonical_value(3.0), canonical_value(True), canonical_value("1.0")
+        ('[1, 0.5, 2]', '3', 'True', '1.0')
+    """
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(canonical_value(v) for v in value) + "]"
+    return str(value)
 
 
 def _where(keys: list[str | int]) -> str:

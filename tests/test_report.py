@@ -487,6 +487,26 @@ def test_runs_of_one_composed_config_are_one_row_whatever_their_overrides(tmp_pa
     assert rows["fixed [trainer.max_epochs=4]"].metrics["cls"].mean == pytest.approx(0.60)
 
 
+@pytest.mark.parametrize("composed", [True, False], ids=["composed-config", "overrides-only"])
+def test_a_number_written_as_an_int_or_a_float_is_one_configuration(tmp_path: Path, composed: bool) -> None:
+    # `weighting.init=1` and `weighting.init=1.0` train alike; compared as written they were two rows.
+    metrics = {0: 0.80, 1: 0.84, 2: 0.70}
+    jobs = {
+        0: ["weighting=learnable", "weighting.init=1", "weighting.weights=[1,0.5]", "seed=0"],
+        1: ["weighting=learnable", "weighting.init=1.0", "weighting.weights=[1.0, 0.5]", "seed=1"],
+        2: ["weighting=learnable", "weighting.init=1.5", "weighting.weights=[1,0.5]", "seed=2"],
+    }
+    for job, overrides in jobs.items():
+        result = completed("learnable", job, overrides, {"cls": {"acc": metrics[job]}, "reg": {"mse": 0.3}})
+        write_job(tmp_path / "runs" / str(job), overrides, result)
+        if not composed:
+            (tmp_path / "runs" / str(job) / ".hydra" / "config.yaml").unlink()
+    rows = make_report([str(tmp_path / "runs")], out=str(tmp_path / "out")).experiments[0].rows
+    assert sorted(row.seeds for row in rows) == [[0, 1], [2]]
+    (together,) = [row for row in rows if row.seeds == [0, 1]]
+    assert together.metrics["cls"].mean == pytest.approx((0.80 + 0.84) / 2)
+
+
 def test_a_run_without_a_composed_config_leaves_the_others_grouped_by_theirs(tmp_path: Path) -> None:
     metrics = {"cls": {"acc": 0.8}, "reg": {"mse": 0.3}}
     for job, overrides in enumerate((["seed=0"], ["weighting=fixed", "seed=1"], ["weighting=fixed", "seed=2"])):

@@ -51,7 +51,14 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from lightning_multiloss.errors import MultiLossError
-from lightning_multiloss.results import RESULT_FILE, STATUSES, RunResult, canonical_override, config_key
+from lightning_multiloss.results import (
+    RESULT_FILE,
+    STATUSES,
+    RunResult,
+    canonical_override,
+    canonical_value,
+    config_key,
+)
 
 NO_RESULT = "no result"
 CITATION = "Maninis et al. 2019"
@@ -388,7 +395,6 @@ Setup = tuple[tuple[str, str], ...]
 # What in a composed config makes no other configuration: the seed and the checkpoint a run starts
 # from (as in config_key), where the job writes, and what only shows or records the run or sets the
 # machine's resources.
-# from (as in config_key), where the job writes, and what only shows or records the run.
 NOT_CONFIGURATION = (
     "seed",
     "ckpt_path",
@@ -429,7 +435,7 @@ def _flatten(prefix: str, node: object, out: dict[str, str]) -> None:
         for key, value in node.items():
             _flatten(f"{prefix}.{key}", value, out)
     else:
-        out[prefix] = str(node)
+        out[prefix] = canonical_value(node)
 
 
 def _training_setup(run: Run, config: Mapping[str, object] | None) -> Setup:
