@@ -5,15 +5,19 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
 
 from lightning_multiloss._dist import is_distributed
-from lightning_multiloss._lightning import is_lightning_class, lightning_package
+from lightning_multiloss._lightning import batches_processed, is_lightning_class, lightning_package
 from lightning_multiloss._run_recorder import RunRecorder, active_recorder
 from lightning_multiloss.errors import MultiLossError
+from lightning_multiloss.sampling import ResumableDataLoader
 from lightning_multiloss.weighting import Progress, Weighting
 
 log = logging.getLogger(__name__)
@@ -51,6 +55,9 @@ class LossWeightingHooks:
       training started with (it is in the checkpoint), so that the schedule continues without a
       jump when ``max_epochs`` grows; ``replan_on_resume=True`` plans anew from the resumed
       Trainer instead; either way a change is logged. Other strategies take the new length;
+    - before the first step, it lets each :class:`~lightning_multiloss.ResumableDataLoader` among
+      the train loaders count the batches Lightning has trained on (``follow_training``), so that
+      a checkpoint written during a batch leaves that batch to the resumed run;
     - writes the run's ``result.json`` for ``multiloss-report`` (rank 0): with ``result_file``, or
       in a Hydra job with :class:`~lightning_multiloss.hydra_callbacks.RunResultCallback`: the
       tasks and their metric directions when the run starts, the final validation and test
@@ -233,6 +240,7 @@ class LossWeightingHooks:
         # Synchronise with the (possibly restored) step counter; this resets no schedule state.
         self._last_step = trainer.global_step
         self._end = None
+        self._follow_training(trainer, partial(batches_processed, trainer))
         total = trainer.estimated_stepping_batches
         planned = int(total) if isinstance(total, int | float) and math.isfinite(total) else None
         restored, self._restored_plan = self._restored_plan, None
@@ -352,7 +360,15 @@ class LossWeightingHooks:
         log.info("loss-weight trajectory written to %s", ", ".join(paths))
 
     # -- the run result --------------------------------------------------------------------
+    @staticmethod
+    def _follow_training(trainer: Any, batches_trained: Callable[[], int | None] | None) -> None:
+        """Let the resumable train loaders count the batches trained on, not those handed out."""
+        apply_to_collection(
+            trainer.train_dataloader, ResumableDataLoader, lambda loader: loader.follow_training(batches_trained)
+        )
+
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        self._follow_training(trainer, None)
         recorder = self._recorder(trainer)
         if recorder is None:
             return

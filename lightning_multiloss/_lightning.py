@@ -41,6 +41,19 @@ def trainer_of(module: Any) -> Any | None:
     return getattr(module, "_trainer", None)
 
 
+def batches_processed(trainer: Any) -> int | None:
+    """The batches of the current training epoch that the Trainer has trained on (``None`` where a
+    Lightning version does not say).
+
+    Lightning's progress counter: a batch counts once its optimizer step (or accumulation) is
+    done, before ``on_train_batch_end``; a checkpoint written during a batch (an exception's, a
+    signal's) counts it out, and the resumed run trains on it again.
+    """
+    progress = getattr(getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None), "batch_progress", None)
+    processed = getattr(getattr(progress, "current", None), "processed", None)
+    return processed if isinstance(processed, int) else None
+
+
 def is_logging_step(trainer: Any | None) -> bool:
     """Whether the Trainer writes this training step's logged values to its loggers.
 

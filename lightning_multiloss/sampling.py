@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -36,10 +36,13 @@ class ResumableDataLoader(DataLoader):
     rank=0``), which Lightning calls before each epoch. The first batch of an iteration is read
     only when it is asked for, after that call (a plain ``DataLoader`` with workers fixes the order
     when Lightning creates its iterator, before the call, and a resumed epoch then reads the first
-    epoch's order). A checkpoint of another epoch (one written at an epoch's end), or one whose
-    epoch had another number of batches (another batch size or number of processes), resumes at
-    the epoch's first batch; the latter with a warning. Under DDP every process hands out as many
-    batches, so the first process's state, the one in the checkpoint, serves every process.
+    epoch's order). A checkpoint of another epoch (one written at an epoch's end) resumes at the
+    epoch's first batch. One whose epoch was read otherwise (another batch size or number of
+    processes) skips as many batches as Lightning counts done, with a warning: the epoch keeps its
+    length, not its samples. Under DDP every process hands out as many batches, so the first
+    process's state, the one in the checkpoint, serves every process. A checkpoint written during
+    a batch (on an exception, or by a signal handler) leaves that batch to the resumed run where
+    the loader follows the training loop (:meth:`follow_training`: the package's Callback does).
 
     Args:
         Those of ``torch.utils.data.DataLoader``; ``sampler`` (or ``batch_sampler``'s sampler) as above.
@@ -72,21 +75,46 @@ class ResumableDataLoader(DataLoader):
         self._epoch = 0  # of the iteration under way
         self._handed_out = 0  # its batches handed out, those skipped on resume included
         self._to_skip: Mapping[str, int] | None = None  # a loaded state, for the next iteration
+        self._batches_trained: Callable[[], int | None] | None = None  # see follow_training
+
+    def follow_training(self, batches_trained: Callable[[], int | None] | None) -> None:
+        """Count in :meth:`state_dict` only the batches the training loop has trained on.
+
+        A batch is handed out before it is trained on: a checkpoint written during a batch (on an
+        exception, or by a signal handler such as Lightning's SLURM requeue) must leave it to the
+        resumed run. ``batches_trained()`` gives the number of this epoch's batches the loop has
+        finished (``None``: unknown); the package's Callback passes Lightning's at the start of
+        training. ``None`` stops following.
+        """
+        self._batches_trained = batches_trained
 
     def _epoch_sampler(self) -> Any:
         """The sampler that decides the order (the batch sampler's, for a loader built with one)."""
         return self.sampler if self.batch_sampler is None else getattr(self.batch_sampler, "sampler", self.sampler)
 
     def state_dict(self) -> dict[str, int]:
-        """``{"epoch", "batches", "length"}``: plain ints (checkpoints load with ``weights_only=True``)."""
-        return {"epoch": self._epoch, "batches": self._handed_out, "length": len(self)}
+        """``{"epoch", "batches", "length", "batch_size", "replicas"}``: plain ints (checkpoints load
+        with ``weights_only=True``); ``batches``: those handed out in the epoch, or trained on where
+        the loader follows the training loop (:meth:`follow_training`)."""
+        batches = self._handed_out
+        trained = self._batches_trained() if self._batches_trained is not None else None
+        if trained is not None and 0 <= trained < batches:
+            batches = trained  # a checkpoint written during a batch: the resumed run trains on it
+        return {"epoch": self._epoch, "batches": batches, **self._reading()}
+
+    def _reading(self) -> dict[str, int]:
+        """How an epoch is read: its batches, their size and the number of processes sharing it."""
+        size = self.batch_size if self.batch_size is not None else getattr(self.batch_sampler, "batch_size", 0)
+        replicas = getattr(self._epoch_sampler(), "num_replicas", 1)
+        return {"length": len(self), "batch_size": int(size or 0), "replicas": int(replicas)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Skip ``state["batches"]`` batches when the next iteration is of ``state["epoch"]``."""
-        keys = ("epoch", "batches", "length")
+        keys = ("epoch", "batches", "length", "batch_size", "replicas")
         if not isinstance(state, Mapping) or not all(isinstance(state.get(key), int) for key in keys):
             raise MultiLossError(
-                f"ResumableDataLoader.load_state_dict: expected ints 'epoch', 'batches' and 'length', got {state!r}"
+                "ResumableDataLoader.load_state_dict: expected ints 'epoch', 'batches', 'length', 'batch_size' and "
+                f"'replicas', got {state!r}"
             )
         self._to_skip = dict(state)
 
@@ -108,20 +136,28 @@ class ResumableDataLoader(DataLoader):
             yield batch
 
     def _skip_for(self, epoch: int) -> int:
-        """The batches of ``epoch`` that a loaded state says were handed out (0 without one)."""
+        """The batches of ``epoch`` that a loaded state says were trained on (0 without one)."""
         state, self._to_skip = self._to_skip, None
         if state is None or state["epoch"] != epoch or state["batches"] >= state["length"]:
             return 0  # no state, or that of another epoch, or of an epoch handed out in full
-        if state["length"] != len(self):
+        saved = {key: state[key] for key in ("length", "batch_size", "replicas")}
+        if saved != self._reading():
+            # Lightning counts the checkpoint's batches done and reads this many fewer: skipping as
+            # many keeps the epoch's length, not its samples.
             log.warning(
-                "ResumableDataLoader: the checkpoint's epoch %d had %d batches, this loader has %d (another batch "
-                "size or number of processes); the resumed epoch starts at its first batch",
+                "ResumableDataLoader: epoch %d was read in %s, this loader reads it in %s; the resumed epoch skips "
+                "its first %d batches (those Lightning counts done), so some of its samples are trained on twice "
+                "and others not at all",
                 epoch,
-                state["length"],
-                len(self),
+                _described(saved),
+                _described(self._reading()),
+                state["batches"],
             )
-            return 0
         return state["batches"]
+
+
+def _described(reading: Mapping[str, int]) -> str:
+    return f"{reading['length']} batches of {reading['batch_size']} on {reading['replicas']} process(es)"
 
 
 class ShardSampler(DistributedSampler):

@@ -17,7 +17,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_multiloss._lightning import is_logging_step, lightning_package, scales_float16_losses, trainer_of
+from lightning_multiloss._lightning import (
+    batches_processed,
+    is_logging_step,
+    lightning_package,
+    scales_float16_losses,
+    trainer_of,
+)
 
 PACKAGES = ["pytorch_lightning"] + (["lightning.pytorch"] if importlib.util.find_spec("lightning") else [])
 
@@ -70,6 +76,36 @@ def test_is_logging_step_says_which_steps_the_logger_writes(tmp_path: Path, pack
     assert written  # the check can fail: some steps are written, not all
     assert len(written) < len(model.said)
     assert said == written
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_batches_processed_counts_the_epochs_batches_trained_on(package: str) -> None:
+    # During batch i of an epoch (0-based), i batches are done; at its on_train_batch_end, i + 1
+    # (with accumulation too: batches, not optimizer steps).
+    pl = importlib.import_module(package)
+    seen: list[tuple[str, int, int, int | None]] = []
+
+    class Watch(pl.Callback):
+        def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int) -> None:
+            seen.append(("start", trainer.current_epoch, batch_idx, batches_processed(trainer)))
+
+        def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            seen.append(("end", trainer.current_epoch, batch_idx, batches_processed(trainer)))
+
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accumulate_grad_batches=2,
+        logger=False,
+        callbacks=[Watch()],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(plain_module(pl), DataLoader(TensorDataset(torch.randn(20, 2)), batch_size=4))  # 5 batches
+    by_hand = [(hook, e, i, i + (hook == "end")) for e in range(2) for i in range(5) for hook in ("start", "end")]
+    assert seen == by_hand
+    assert batches_processed(None) is None and batches_processed(object()) is None
 
 
 @pytest.mark.parametrize("package", PACKAGES)

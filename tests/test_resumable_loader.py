@@ -76,7 +76,7 @@ def test_the_order_is_the_samplers() -> None:
     resumable = loader()
     set_epoch(resumable, 2)
     assert ids(resumable) == epoch_order(2)
-    assert resumable.state_dict() == {"epoch": 2, "batches": 13, "length": 13}
+    assert resumable.state_dict() == {"epoch": 2, "batches": 13, "length": 13, "batch_size": BATCH, "replicas": 1}
 
 
 @pytest.mark.parametrize("with_batch_sampler", [False, True])
@@ -85,7 +85,7 @@ def test_a_resumed_epoch_hands_out_the_batches_left(epoch: int, done: int, with_
     first, read = start(epoch, done, with_batch_sampler=with_batch_sampler)
     assert read == epoch_order(epoch)[:done]
     state = first.state_dict()
-    assert state == {"epoch": epoch, "batches": done, "length": 13}
+    assert state == {"epoch": epoch, "batches": done, "length": 13, "batch_size": BATCH, "replicas": 1}
     second = resume(state, epoch, with_batch_sampler=with_batch_sampler)
     assert ids(second) == epoch_order(epoch)[done:]
     assert second.state_dict()["batches"] == 13  # the skipped batches count: a later checkpoint resumes right
@@ -110,12 +110,34 @@ def test_a_state_of_an_ended_epoch_skips_nothing(saved_epoch: int, done: int) ->
     assert ids(resume(first.state_dict(), 1)) == epoch_order(1)
 
 
-def test_another_number_of_batches_an_epoch_starts_the_epoch_afresh(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("batch_size", [5, 3], ids=["other-length", "same-length"])
+def test_an_epoch_read_otherwise_skips_as_many_batches_and_says_so(
+    batch_size: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Lightning counts the checkpoint's 5 batches done and asks for 5 fewer: the epoch keeps its
+    # length (batches of 3 give 17 an epoch, of 5 give 10; of 4, 13).
     first, _ = start(0, 5)
     with caplog.at_level(logging.WARNING, logger="lightning_multiloss"):
-        second = resume(first.state_dict(), 0, batch_size=5)
-        assert ids(second) == epoch_order(0, batch_size=5)
-    assert "the checkpoint's epoch 0 had 13 batches, this loader has 10" in caplog.text
+        second = resume(first.state_dict(), 0, batch_size=batch_size)
+        assert ids(second) == epoch_order(0, batch_size=batch_size)[5:]
+    length = len(epoch_order(0, batch_size=batch_size))
+    assert (
+        f"epoch 0 was read in 13 batches of 4 on 1 process(es), this loader reads it in {length} batches of "
+        f"{batch_size} on 1 process(es); the resumed epoch skips its first 5 batches"
+    ) in caplog.text
+
+
+def test_a_loader_that_follows_training_counts_the_batches_trained_on() -> None:
+    # A checkpoint written during batch 6 (an exception's, a signal's): Lightning has trained on 5.
+    first, _ = start(0, 6)
+    trained: list[int | None] = [5]
+    first.follow_training(lambda: trained[0])
+    assert first.state_dict()["batches"] == 5
+    assert ids(resume(first.state_dict(), 0)) == epoch_order(0)[5:]
+    trained[0] = None  # unknown: what was handed out
+    assert first.state_dict()["batches"] == 6
+    first.follow_training(None)
+    assert first.state_dict()["batches"] == 6
 
 
 def test_the_order_is_fixed_at_the_first_batch_not_at_iter() -> None:
@@ -137,7 +159,13 @@ def test_a_sampler_that_the_epoch_does_not_decide_is_refused(kwargs: dict[str, A
         ResumableDataLoader(dataset(), batch_size=BATCH, **kwargs)
 
 
-@pytest.mark.parametrize("state", [{"epoch": 0, "batches": 2}, {"epoch": 0, "batches": "2", "length": 13}, [0, 2, 13]])
+WHOLE = {"epoch": 0, "batches": 2, "length": 13, "batch_size": 4, "replicas": 1}
+
+
+@pytest.mark.parametrize(
+    "state",
+    [{**WHOLE, "replicas": None}, {**WHOLE, "batches": "2"}, {"epoch": 0, "batches": 2, "length": 13}, [0, 2, 13]],
+)
 def test_a_malformed_state_is_named(state: Any) -> None:
-    with pytest.raises(MultiLossError, match="expected ints 'epoch', 'batches' and 'length'"):
+    with pytest.raises(MultiLossError, match="expected ints 'epoch', 'batches', 'length', 'batch_size' and 'replicas'"):
         loader().load_state_dict(state)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 
 from lightning_multiloss import LossWeightingCallback, ResumableDataLoader
@@ -250,6 +250,48 @@ def test_resumed_in_the_middle_of_epochs_equals_uninterrupted(tmp_path: Path, ki
 
     assert len(full_log.batches) == 12 and full_log.batches[:4] != full_log.batches[4:8]  # shuffled anew each epoch
     assert first_log.batches + second_log.batches + third_log.batches == full_log.batches
+    want, got = full.state_dict(), resumed.state_dict()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6, msg=f"{key} differs after resume")
+
+
+class FailAt(pl.Callback):
+    """Raises when batch ``batch_idx`` of epoch ``epoch`` starts: handed out by the loader, not trained on."""
+
+    def __init__(self, epoch: int, batch_idx: int) -> None:
+        self.at = (epoch, batch_idx)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if (trainer.current_epoch, batch_idx) == self.at:
+            raise RuntimeError("the machine went away")
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
+@pytest.mark.parametrize("kind", ["dwa", "learnable"])
+def test_a_checkpoint_written_during_a_batch_leaves_that_batch_to_the_resumed_run(tmp_path: Path, kind: str) -> None:
+    # OnExceptionCheckpoint (as Lightning's SLURM requeue, which saves from a signal handler) writes
+    # while batch 2 of epoch 1 is in flight: the loader had handed out 3 batches, Lightning had
+    # trained on 2 and trains on the third again after the resume.
+    def run(callbacks: list[pl.Callback], ckpt: Path | None = None) -> tuple[ToyNet, BatchLog]:
+        model = ToyNet(make_weighting(kind), optimizer="adam", lr=0.05)
+        log = BatchLog()
+        saves = any(isinstance(c, OnExceptionCheckpoint) for c in callbacks)
+        trainer = quiet_trainer(
+            max_epochs=3, default_root_dir=tmp_path, callbacks=[log, *callbacks], enable_checkpointing=saves
+        )
+        trainer.fit(model, shuffled_resumable(), ckpt_path=str(ckpt) if ckpt else None)
+        return model, log
+
+    full, full_log = run([])
+    saver = OnExceptionCheckpoint(dirpath=tmp_path / "crash", filename="crash")
+    with pytest.raises(RuntimeError, match="the machine went away"):
+        run([saver, FailAt(epoch=1, batch_idx=2)])
+    crash = tmp_path / "crash" / "crash.ckpt"
+    (state,) = torch.load(crash, weights_only=True)["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert (state["epoch"], state["batches"]) == (1, 2)
+    resumed, resumed_log = run([], crash)
+    assert resumed_log.batches == full_log.batches[6:]  # from batch 2 of epoch 1 (4 batches an epoch)
     want, got = full.state_dict(), resumed.state_dict()
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6, msg=f"{key} differs after resume")
