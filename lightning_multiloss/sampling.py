@@ -40,9 +40,11 @@ class ResumableDataLoader(DataLoader):
     epoch's first batch. One whose epoch was read otherwise (another batch size or number of
     processes) skips as many batches as Lightning counts done, with a warning: the epoch keeps its
     length, not its samples. Under DDP every process hands out as many batches, so the first
-    process's state, the one in the checkpoint, serves every process. A checkpoint written during
-    a batch (on an exception, or by a signal handler) leaves that batch to the resumed run where
-    the loader follows the training loop (:meth:`follow_training`: the package's Callback does).
+    process's state, the one in the checkpoint, serves every process. Where the loader follows the
+    training loop (:meth:`follow_training`: the package's Callback has it follow Lightning's), a
+    checkpoint written during a batch (on an exception, or by a signal handler) leaves that batch
+    to the resumed run, and a checkpoint without the loader's state (a plain ``DataLoader``'s)
+    resumed in the middle of an epoch skips the batches Lightning counts done, with a warning.
 
     Args:
         Those of ``torch.utils.data.DataLoader``; ``sampler`` (or ``batch_sampler``'s sampler) as above.
@@ -126,7 +128,20 @@ class ResumableDataLoader(DataLoader):
     def _batches(self) -> Iterator[Any]:
         self._epoch = int(self._epoch_sampler().epoch)
         self._handed_out = 0
+        stateless = self._to_skip is None
         skip = self._skip_for(self._epoch)
+        trained = self._batches_trained() if stateless and self._batches_trained is not None else None
+        if trained:
+            # Lightning resumed in the middle of the epoch from a checkpoint without this loader's
+            # state (written with a plain DataLoader, or by an earlier version of the package).
+            log.warning(
+                "ResumableDataLoader: resumed in the middle of epoch %d from a checkpoint without the loader's "
+                "state; skipping the %d batches Lightning counts done, in the order the sampler gives this epoch "
+                "(exact if the checkpoint's run read the same order)",
+                self._epoch,
+                trained,
+            )
+            skip = trained
         iterator = super().__iter__()
         for _ in range(skip):
             next(iterator)  # read, not handed out: the uninterrupted run trained on it before the checkpoint

@@ -3,6 +3,7 @@ uninterrupted run ends (parameters, weighting state, optimizer state, weight tra
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -292,6 +293,39 @@ def test_a_checkpoint_written_during_a_batch_leaves_that_batch_to_the_resumed_ru
     assert (state["epoch"], state["batches"]) == (1, 2)
     resumed, resumed_log = run([], crash)
     assert resumed_log.batches == full_log.batches[6:]  # from batch 2 of epoch 1 (4 batches an epoch)
+    want, got = full.state_dict(), resumed.state_dict()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6, msg=f"{key} differs after resume")
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
+def test_a_checkpoint_without_the_loaders_state_resumes_at_the_batches_lightning_counts_done(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Written by a run with a plain DataLoader over the same seeded sampler (or an earlier version):
+    # Lightning does not call load_state_dict, and keeps quiet since the loader is resumable.
+    def run(loader: DataLoader, stop: int | None = None, ckpt: Path | None = None) -> tuple[ToyNet, BatchLog]:
+        model = ToyNet(make_weighting("dwa"), optimizer="adam", lr=0.05)
+        log = BatchLog()
+        saver = ModelCheckpoint(dirpath=tmp_path / "plain", every_n_train_steps=stop or 1, save_top_k=-1)
+        extra = [saver, StopAt(stop)] if stop else []
+        trainer = quiet_trainer(
+            max_epochs=3, default_root_dir=tmp_path, callbacks=[log, *extra], enable_checkpointing=bool(stop)
+        )
+        trainer.fit(model, loader, ckpt_path=str(ckpt) if ckpt else None)
+        return model, log
+
+    full, full_log = run(shuffled_resumable())
+    resumable = shuffled_resumable()
+    plain = DataLoader(resumable.dataset, batch_size=16, sampler=resumable.sampler)
+    _, first_log = run(plain, stop=6)
+    (ckpt,) = (tmp_path / "plain").glob("*step=6.ckpt")
+    assert "combined_loader" not in torch.load(ckpt, weights_only=True)["loops"]["fit_loop"]["state_dict"]
+    with caplog.at_level(logging.WARNING, logger="lightning_multiloss"):
+        resumed, resumed_log = run(shuffled_resumable(), ckpt=ckpt)
+    assert "resumed in the middle of epoch 1 from a checkpoint without the loader's state" in caplog.text
+    assert first_log.batches + resumed_log.batches == full_log.batches
     want, got = full.state_dict(), resumed.state_dict()
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6, msg=f"{key} differs after resume")
