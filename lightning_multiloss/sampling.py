@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -28,8 +29,8 @@ class ResumableDataLoader(DataLoader):
     ("your dataloader is not resumable"), so it trains on other batches than the uninterrupted run
     would have, and the epoch's mean losses (DWA, STCH) count the batches read twice. This loader's
     state is the epoch and the number of batches it has handed out in it; the resumed epoch skips
-    them (it reads them, without handing them out: the order of an epoch is replayed, not stored)
-    and goes on with the batches the uninterrupted run read next.
+    them (their indices are dropped from the epoch's order, which is replayed, not stored; the
+    samples are not read) and goes on with the batches the uninterrupted run read next.
 
     That needs an order that the epoch alone decides: the sampler must have ``set_epoch`` and an
     ``epoch`` (as ``DistributedSampler`` with its ``seed``: in one process, ``num_replicas=1,
@@ -142,13 +143,36 @@ class ResumableDataLoader(DataLoader):
                 trained,
             )
             skip = trained
-        iterator = super().__iter__()
-        for _ in range(skip):
-            next(iterator)  # read, not handed out: the uninterrupted run trained on it before the checkpoint
-            self._handed_out += 1
+        if _SKIPS_INDICES:
+            # Dropped with their indices, not read. Torch's iterator takes the indices when it is
+            # created (a worker iterator twice: in its constructor and its reset).
+            self._indices().skip = skip
+            try:
+                iterator = super().__iter__()
+            finally:
+                self._indices().skip = 0
+            self._handed_out = skip
+        else:
+            iterator = super().__iter__()
+            for _ in range(skip):
+                next(iterator)  # read, not handed out: the uninterrupted run trained on it before the checkpoint
+                self._handed_out += 1
         for batch in iterator:
             self._handed_out += 1
             yield batch
+
+    # torch's iterators take an epoch's indices (batches of them) from `_index_sampler`, once per
+    # epoch, and len(loader) its length: a resumed epoch's first batches are dropped there, unread.
+    @property
+    def _index_sampler(self) -> Any:
+        return self._indices()
+
+    def _indices(self) -> _Skipping:
+        indices = self.__dict__.get("_skipping")
+        if indices is None:
+            indices = _Skipping(DataLoader._index_sampler.fget(self))  # type: ignore[attr-defined]
+            self.__dict__["_skipping"] = indices
+        return indices
 
     def _skip_for(self, epoch: int) -> int:
         """The batches of ``epoch`` that a loaded state says were trained on (0 without one)."""
@@ -169,6 +193,25 @@ class ResumableDataLoader(DataLoader):
                 state["batches"],
             )
         return state["batches"]
+
+
+class _Skipping:
+    """The loader's batches of indices (or indices), the first ``skip`` left out."""
+
+    def __init__(self, indices: Any) -> None:
+        self.indices = indices
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.islice(iter(self.indices), self.skip, None)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+# Whether torch's DataLoader reads its indices from the `_index_sampler` property (since torch 1.2);
+# where it does not, a resumed epoch reads the batches it skips.
+_SKIPS_INDICES = isinstance(vars(DataLoader).get("_index_sampler"), property)
 
 
 def _described(reading: Mapping[str, int]) -> str:

@@ -169,3 +169,41 @@ WHOLE = {"epoch": 0, "batches": 2, "length": 13, "batch_size": 4, "replicas": 1}
 def test_a_malformed_state_is_named(state: Any) -> None:
     with pytest.raises(MultiLossError, match="expected ints 'epoch', 'batches', 'length', 'batch_size' and 'replicas'"):
         loader().load_state_dict(state)
+
+
+class CountingDataset(TensorDataset):
+    """Counts the samples read."""
+
+    def __init__(self) -> None:
+        super().__init__(torch.arange(N))
+        self.reads = 0
+
+    def __getitem__(self, index: int) -> Any:
+        self.reads += 1
+        return super().__getitem__(index)
+
+
+def test_the_skipped_batches_are_not_read() -> None:
+    data = CountingDataset()
+    first = ResumableDataLoader(data, batch_size=BATCH, sampler=sampler(data))
+    set_epoch(first, 0)
+    it = iter(first)
+    for _ in range(5):
+        next(it)
+    second = ResumableDataLoader(data, batch_size=BATCH, sampler=sampler(data))
+    second.load_state_dict(through_checkpoint(first.state_dict()))
+    set_epoch(second, 0)
+    data.reads = 0
+    assert ids(second) == epoch_order(0)[5:]
+    assert data.reads == N - 5 * BATCH
+    assert len(second) == 13  # the epoch's length, for Lightning
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_with_workers_a_resumed_epoch_skips_once(persistent: bool) -> None:
+    # Torch's iterator with persistent workers takes the indices again each epoch, from the same object.
+    first, _ = start(2, 4)
+    second = resume(first.state_dict(), 2, num_workers=1, persistent_workers=persistent)
+    assert ids(second) == epoch_order(2)[4:]
+    set_epoch(second, 3)
+    assert ids(second) == epoch_order(3)
