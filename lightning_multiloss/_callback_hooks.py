@@ -395,6 +395,9 @@ class LossWeightingHooks:
         recorder.write()
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        # Before the checkpoint callbacks' on_exception (Lightning runs them last): the loaders keep
+        # the count of batches trained on, and follow this Trainer no longer.
+        self._follow_training(trainer, None)
         recorder = self._recorder(trainer)
         if recorder is not None:
             recorder.stopped(exception)

@@ -87,9 +87,19 @@ class ResumableDataLoader(DataLoader):
         exception, or by a signal handler such as Lightning's SLURM requeue) must leave it to the
         resumed run. ``batches_trained()`` gives the number of this epoch's batches the loop has
         finished (``None``: unknown); the package's Callback passes Lightning's at the start of
-        training. ``None`` stops following.
+        training. ``None`` stops following, keeping the count the loop last gave (the Callback
+        stops at the end of fit and on an exception, before Lightning's exception checkpoint), so
+        that a later fit with another Trainer is not told the count of this one.
         """
+        self._handed_out = self._batches_done()
         self._batches_trained = batches_trained
+
+    def _batches_done(self) -> int:
+        """The epoch's batches handed out, or those trained on where the loader follows training."""
+        trained = self._batches_trained() if self._batches_trained is not None else None
+        if trained is not None and 0 <= trained < self._handed_out:
+            return trained  # a checkpoint written during a batch: the resumed run trains on it
+        return self._handed_out
 
     def _epoch_sampler(self) -> Any:
         """The sampler that decides the order (the batch sampler's, for a loader built with one)."""
@@ -99,11 +109,7 @@ class ResumableDataLoader(DataLoader):
         """``{"epoch", "batches", "length", "batch_size", "replicas"}``: plain ints (checkpoints load
         with ``weights_only=True``); ``batches``: those handed out in the epoch, or trained on where
         the loader follows the training loop (:meth:`follow_training`)."""
-        batches = self._handed_out
-        trained = self._batches_trained() if self._batches_trained is not None else None
-        if trained is not None and 0 <= trained < batches:
-            batches = trained  # a checkpoint written during a batch: the resumed run trains on it
-        return {"epoch": self._epoch, "batches": batches, **self._reading()}
+        return {"epoch": self._epoch, "batches": self._batches_done(), **self._reading()}
 
     def _reading(self) -> dict[str, int]:
         """How an epoch is read: its batches, their size and the number of processes sharing it."""

@@ -329,3 +329,31 @@ def test_a_checkpoint_without_the_loaders_state_resumes_at_the_batches_lightning
     want, got = full.state_dict(), resumed.state_dict()
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6, msg=f"{key} differs after resume")
+
+
+class PlainNet(pl.LightningModule):
+    """A module without the mixin (so without the package's Callback), counting its steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(8, 1)
+        self.steps = 0
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        self.steps += 1
+        return self.layer(batch["x"]).pow(2).mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_a_fit_that_raised_leaves_the_loader_to_the_next_fit() -> None:
+    # The Callback had the loader follow the first Trainer's count of batches trained (2 when it
+    # raised); a later fit of another Trainer without the Callback took that count for its own
+    # progress and skipped 2 batches of its first epoch.
+    loader = shuffled_resumable()
+    with pytest.raises(RuntimeError, match="the machine went away"):
+        quiet_trainer(max_epochs=1, callbacks=[FailAt(epoch=0, batch_idx=2)]).fit(ToyNet(make_weighting("dwa")), loader)
+    plain = PlainNet()
+    quiet_trainer(max_epochs=1).fit(plain, loader)
+    assert plain.steps == len(loader) == 4
