@@ -55,9 +55,10 @@ class LossWeightingHooks:
       training started with (it is in the checkpoint), so that the schedule continues without a
       jump when ``max_epochs`` grows; ``replan_on_resume=True`` plans anew from the resumed
       Trainer instead; either way a change is logged. Other strategies take the new length;
-    - before the first step, it lets each :class:`~lightning_multiloss.ResumableDataLoader` among
-      the train loaders count the batches Lightning has trained on (``follow_training``), so that
-      a checkpoint written during a batch leaves that batch to the resumed run;
+    - before the first step and at each epoch's start, it lets each
+      :class:`~lightning_multiloss.ResumableDataLoader` among the train loaders count the batches
+      Lightning has trained on (``follow_training``), so that a checkpoint written during a batch
+      leaves that batch to the resumed run; it stops them at the end of fit and on an exception;
     - writes the run's ``result.json`` for ``multiloss-report`` (rank 0): with ``result_file``, or
       in a Hydra job with :class:`~lightning_multiloss.hydra_callbacks.RunResultCallback`: the
       tasks and their metric directions when the run starts, the final validation and test
@@ -300,6 +301,8 @@ class LossWeightingHooks:
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self._open_epoch = trainer.current_epoch
+        # Again each epoch: reload_dataloaders_every_n_epochs builds new loaders before this hook.
+        self._follow_training(trainer, partial(batches_processed, trainer))
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         weighting = self._weighting(pl_module)

@@ -202,17 +202,26 @@ def canonical_override(override: str) -> str:
 
 
 def canonical_value(value: object) -> str:
-    """A config value as text, numbers by value: ``1`` and ``1.0`` are one setting (``"1"``), in lists too.
+    """A config value as text, numbers by value: ``1`` and ``1.0`` are one setting (``"1"``), in lists
+    and mappings too, where strings keep their quotes (``["a", "b"]`` is not ``["a, b"]``).
 
     Example:
-        >>> canonical_value([1.0, 0.5, 2]), canonical_value(3.0), canonical_value(True), canonical_value("1.0")
-        ('[1, 0.5, 2]', '3', 'True', '1.0')
+        >>> canonical_value([1.0, 0.5, "1"]), canonical_value(3.0), canonical_value(True), canonical_value("1.0")
+        ("[1, 0.5, '1']", '3', 'True', '1.0')
     """
+    if isinstance(value, str):
+        return value
+    return _canonical_item(value)
+
+
+def _canonical_item(value: object) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(canonical_value(v) for v in value) + "]"
-    return str(value)
+        return "[" + ", ".join(_canonical_item(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k!r}: {_canonical_item(v)}" for k, v in value.items()) + "}"
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 def _where(keys: list[str | int]) -> str:

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
 from lightning_multiloss.errors import MultiLossError
 
@@ -32,9 +32,11 @@ class ResumableDataLoader(DataLoader):
     them (their indices are dropped from the epoch's order, which is replayed, not stored; the
     samples are not read) and goes on with the batches the uninterrupted run read next.
 
-    That needs an order that the epoch alone decides: the sampler must have ``set_epoch`` and an
-    ``epoch`` (as ``DistributedSampler`` with its ``seed``: in one process, ``num_replicas=1,
-    rank=0``), which Lightning calls before each epoch. The first batch of an iteration is read
+    That needs an order that the epoch alone decides: a sampler with ``set_epoch`` and an ``epoch``
+    (as ``DistributedSampler`` with its ``seed``: in one process, ``num_replicas=1, rank=0``), which
+    Lightning calls before each epoch, or one whose order never changes (no shuffling). A
+    ``RandomSampler`` (``shuffle=True``) draws each epoch's order from the global random state,
+    which a resumed run does not replay: it is warned about. The first batch of an iteration is read
     only when it is asked for, after that call (a plain ``DataLoader`` with workers fixes the order
     when Lightning creates its iterator, before the call, and a resumed epoch then reads the first
     epoch's order). A checkpoint of another epoch (one written at an epoch's end) resumes at the
@@ -68,17 +70,18 @@ class ResumableDataLoader(DataLoader):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        sampler = self._epoch_sampler()
-        if not (callable(getattr(sampler, "set_epoch", None)) and isinstance(getattr(sampler, "epoch", None), int)):
-            raise MultiLossError(
-                f"ResumableDataLoader needs a sampler whose order the epoch decides (set_epoch and epoch, as "
-                f"DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=...)), got "
-                f"{type(sampler).__name__}: a resumed epoch could not replay the order it skips"
+        if isinstance(self._epoch_sampler(), RandomSampler):
+            log.warning(
+                "ResumableDataLoader: a RandomSampler (shuffle=True) draws each epoch's order from the global "
+                "random state, which a resumed run does not replay: its resumed epoch skips the batches trained "
+                "on, but in another order. Give the loader a DistributedSampler(dataset, num_replicas=1, rank=0, "
+                "shuffle=True, seed=...) instead"
             )
-        self._epoch = 0  # of the iteration under way
+        self._epoch = _NO_EPOCH  # of the iteration under way
         self._handed_out = 0  # its batches handed out, those skipped on resume included
         self._to_skip: Mapping[str, int] | None = None  # a loaded state, for the next iteration
         self._batches_trained: Callable[[], int | None] | None = None  # see follow_training
+        self._iterations_followed = 0  # iterations begun since follow_training
 
     def follow_training(self, batches_trained: Callable[[], int | None] | None) -> None:
         """Count in :meth:`state_dict` only the batches the training loop has trained on.
@@ -91,8 +94,10 @@ class ResumableDataLoader(DataLoader):
         stops at the end of fit and on an exception, before Lightning's exception checkpoint), so
         that a later fit with another Trainer is not told the count of this one.
         """
-        self._handed_out = self._batches_done()
+        if batches_trained is None:
+            self._handed_out = self._batches_done()
         self._batches_trained = batches_trained
+        self._iterations_followed = 0
 
     def _batches_done(self) -> int:
         """The epoch's batches handed out, or those trained on where the loader follows training."""
@@ -133,21 +138,29 @@ class ResumableDataLoader(DataLoader):
         return self._batches()
 
     def _batches(self) -> Iterator[Any]:
-        self._epoch = int(self._epoch_sampler().epoch)
+        self._epoch = self._sampler_epoch()
         self._handed_out = 0
-        stateless = self._to_skip is None
-        skip = self._skip_for(self._epoch)
-        trained = self._batches_trained() if stateless and self._batches_trained is not None else None
-        if trained:
-            # Lightning resumed in the middle of the epoch from a checkpoint without this loader's
-            # state (written with a plain DataLoader, or by an earlier version of the package).
-            log.warning(
-                "ResumableDataLoader: resumed in the middle of epoch %d from a checkpoint without the loader's "
-                "state; skipping the %d batches Lightning counts done, in the order the sampler gives this epoch "
-                "(exact if the checkpoint's run read the same order)",
-                self._epoch,
-                trained,
-            )
+        state, self._to_skip = self._to_skip, None
+        skip = self._stored_skip(state, self._epoch)
+        trained = None
+        if self._batches_trained is not None:
+            # Lightning's count of this epoch's batches done, at the first batch the loop asks for
+            # after the Callback had the loader follow it: 0 in an epoch begun afresh, the batches
+            # trained on before the checkpoint in one resumed. A later iteration in the same epoch
+            # (a shorter loader that a CombinedLoader cycles) begins its own pass.
+            if self._iterations_followed == 0:
+                trained = self._batches_trained()
+            self._iterations_followed += 1
+        if trained is not None:
+            if trained and state is None:
+                log.warning(
+                    "ResumableDataLoader: resumed in the middle of epoch %d from a checkpoint without the loader's "
+                    "state (written with a plain DataLoader, or by an earlier version); skipping the %d batches "
+                    "Lightning counts done, in the order the sampler gives this epoch (exact if the checkpoint's "
+                    "run read the same order)",
+                    self._epoch,
+                    trained,
+                )
             skip = trained
         if _SKIPS_INDICES:
             # Dropped with their indices, not read. Torch's iterator takes the indices when it is
@@ -180,9 +193,13 @@ class ResumableDataLoader(DataLoader):
             self.__dict__["_skipping"] = indices
         return indices
 
-    def _skip_for(self, epoch: int) -> int:
-        """The batches of ``epoch`` that a loaded state says were trained on (0 without one)."""
-        state, self._to_skip = self._to_skip, None
+    def _sampler_epoch(self) -> int:
+        """The epoch the sampler was set to (``set_epoch``), or -1 for one without epochs."""
+        epoch = getattr(self._epoch_sampler(), "epoch", None)
+        return epoch if isinstance(epoch, int) else _NO_EPOCH
+
+    def _stored_skip(self, state: Mapping[str, int] | None, epoch: int) -> int:
+        """The batches of ``epoch`` that a loaded ``state`` says were trained on (0 without one)."""
         if state is None or state["epoch"] != epoch or state["batches"] >= state["length"]:
             return 0  # no state, or that of another epoch, or of an epoch handed out in full
         saved = {key: state[key] for key in ("length", "batch_size", "replicas")}
@@ -214,6 +231,8 @@ class _Skipping:
     def __len__(self) -> int:
         return len(self.indices)
 
+
+_NO_EPOCH = -1  # the state's epoch for a sampler without epochs (its order the same every epoch)
 
 # Whether torch's DataLoader reads its indices from the `_index_sampler` property (since torch 1.2);
 # where it does not, a resumed epoch reads the batches it skips.

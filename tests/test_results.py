@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from lightning_multiloss import MultiLossError, results
-from lightning_multiloss.results import RunResult
+from lightning_multiloss.results import RunResult, canonical_value
 
 COMPLETED: dict[str, Any] = {
     "status": "completed",
@@ -116,3 +116,23 @@ def test_not_an_object_or_no_status_or_not_json(tmp_path: Path) -> None:
     path.write_text('{"status": "compl')
     with pytest.raises(MultiLossError, match=rf"corrupt {re.escape(str(path))}: cannot read it as JSON"):
         RunResult.read(str(path))
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        (1, 1.0, True),
+        ([1, 0.5], [1.0, 0.5], True),
+        ([{"w": 1.0}], [{"w": 1}], True),
+        (1e-3, 0.001, True),
+        (["a, b"], ["a", "b"], False),
+        ("[a, b]", ["a", "b"], False),
+        ([1, "1"], [1, 1], False),
+        ([True], ["True"], False),
+        (True, 1, False),
+        ("1.0", 1.0, False),
+        (10**17 + 1, 1e17, False),
+    ],
+)
+def test_canonical_value_compares_numbers_by_value_and_nothing_else(a: object, b: object, same: bool) -> None:
+    assert (canonical_value(a) == canonical_value(b)) is same

@@ -149,14 +149,24 @@ def test_the_order_is_fixed_at_the_first_batch_not_at_iter() -> None:
     assert ids(it) == epoch_order(3)
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "named"),
-    [({"shuffle": True}, "RandomSampler"), ({}, "SequentialSampler")],
-    ids=["shuffle", "no-sampler"],
-)
-def test_a_sampler_that_the_epoch_does_not_decide_is_refused(kwargs: dict[str, Any], named: str) -> None:
-    with pytest.raises(MultiLossError, match=f"set_epoch and epoch.*got {named}"):
-        ResumableDataLoader(dataset(), batch_size=BATCH, **kwargs)
+def test_a_loader_that_does_not_shuffle_resumes_too() -> None:
+    # No epochs (a SequentialSampler, as Lightning's overfit_batches builds): the order never changes.
+    first = ResumableDataLoader(dataset(), batch_size=BATCH)
+    it = iter(first)
+    for _ in range(3):
+        next(it)
+    assert first.state_dict()["epoch"] == -1 and first.state_dict()["batches"] == 3
+    second = ResumableDataLoader(dataset(), batch_size=BATCH)
+    second.load_state_dict(through_checkpoint(first.state_dict()))
+    in_order = [list(range(i, min(i + BATCH, N))) for i in range(0, N, BATCH)]
+    assert ids(second) == in_order[3:]
+    assert ids(second) == in_order
+
+
+def test_a_shuffling_loader_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="lightning_multiloss"):
+        ResumableDataLoader(dataset(), batch_size=BATCH, shuffle=True)
+    assert "a RandomSampler (shuffle=True) draws each epoch's order from the global random state" in caplog.text
 
 
 WHOLE = {"epoch": 0, "batches": 2, "length": 13, "batch_size": 4, "replicas": 1}

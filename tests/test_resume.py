@@ -357,3 +357,65 @@ def test_a_fit_that_raised_leaves_the_loader_to_the_next_fit() -> None:
     plain = PlainNet()
     quiet_trainer(max_epochs=1).fit(plain, loader)
     assert plain.steps == len(loader) == 4
+
+
+def test_a_shorter_loader_that_a_combined_loader_cycles_reads_each_pass_whole() -> None:
+    # Lightning's default max_size_cycle: the 2-batch loader restarts within the epoch. Its second
+    # pass took Lightning's count of the epoch's batches (2) for a resume and skipped them: the
+    # epoch ended after 2 of its 5 batches.
+    seen: list[list[float]] = []
+
+    class TwoLoaders(ToyNet):
+        def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+            seen.append(batch["short"]["x"][:, 0].tolist())
+            return super().training_step(batch["long"], batch_idx)
+
+    def resumable(n: int, seed: int) -> ResumableDataLoader:
+        data = ToyDataset(n, seed=seed)
+        return ResumableDataLoader(data, batch_size=16, sampler=DistributedSampler(data, 1, 0, shuffle=False))
+
+    trainer = quiet_trainer(max_epochs=1)
+    trainer.fit(TwoLoaders(make_weighting("dwa")), {"long": resumable(80, 0), "short": resumable(32, 1)})
+    assert trainer.global_step == 5
+    assert seen[2:4] == seen[0:2] and seen[4] == seen[0]  # the short loader whole, twice, then again
+
+
+def test_overfit_batches_rebuilds_the_loader_in_order() -> None:
+    # Lightning rebuilds the train loader with a SequentialSampler, which the loader refused.
+    trainer = quiet_trainer(max_epochs=2, overfit_batches=2)
+    trainer.fit(ToyNet(make_weighting("dwa")), shuffled_resumable())
+    assert trainer.global_step == 4
+
+
+class ReloadedData(pl.LightningDataModule):
+    def train_dataloader(self) -> ResumableDataLoader:
+        return shuffled_resumable()
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
+def test_a_loader_reloaded_each_epoch_leaves_a_batch_in_flight_to_the_resumed_run(tmp_path: Path) -> None:
+    # reload_dataloaders_every_n_epochs builds a new loader each epoch, after on_train_start.
+    def run(callbacks: list[pl.Callback], ckpt: Path | None = None) -> tuple[ToyNet, BatchLog]:
+        model = ToyNet(make_weighting("dwa"), optimizer="adam", lr=0.05)
+        log = BatchLog()
+        saves = any(isinstance(c, OnExceptionCheckpoint) for c in callbacks)
+        trainer = quiet_trainer(
+            max_epochs=3,
+            reload_dataloaders_every_n_epochs=1,
+            default_root_dir=tmp_path,
+            callbacks=[log, *callbacks],
+            enable_checkpointing=saves,
+        )
+        trainer.fit(model, datamodule=ReloadedData(), ckpt_path=str(ckpt) if ckpt else None)
+        return model, log
+
+    full, full_log = run([])
+    with pytest.raises(RuntimeError, match="the machine went away"):
+        run([OnExceptionCheckpoint(dirpath=tmp_path / "crash", filename="crash"), FailAt(epoch=1, batch_idx=2)])
+    crash = tmp_path / "crash" / "crash.ckpt"
+    resumed, resumed_log = run([], crash)
+    assert resumed_log.batches == full_log.batches[6:]
+    want, got = full.state_dict(), resumed.state_dict()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6, msg=f"{key} differs after resume")
