@@ -633,6 +633,39 @@ def test_lightnings_tuners_run_strategies_that_need_the_callback(make: Any) -> N
     assert trainer.global_step == math.ceil(64 / size)
 
 
+class TrainingOnly(pl.LightningDataModule):
+    """Training data alone, with a batch size for the tuner to scale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batch_size = 4
+
+    def train_dataloader(self) -> DataLoader:
+        return toy_loader(n=64, batch_size=self.batch_size)
+
+
+class TrainingOnlyForTheTuner(TrainingOnly):
+    def val_dataloader(self) -> list[DataLoader]:
+        return []  # no validation: the README's way for Tuner.scale_batch_size
+
+
+def test_scale_batch_size_without_validation_data_needs_an_empty_val_dataloader() -> None:
+    # Lightning's batch-size trials ask for the validation loaders whenever the module defines
+    # validation_step, which the mixin does; without them its own error stops the tuner.
+    from pytorch_lightning.tuner import Tuner
+
+    with pytest.raises(Exception, match="`val_dataloader` must be implemented"):
+        Tuner(quiet_trainer(max_epochs=1)).scale_batch_size(
+            ToyNet(Fixed([0.5, 0.3])), datamodule=TrainingOnly(), max_trials=2, steps_per_trial=1
+        )
+    data = TrainingOnlyForTheTuner()
+    trainer = quiet_trainer(max_epochs=1)
+    size = Tuner(trainer).scale_batch_size(ToyNet(Fixed([0.5, 0.3])), datamodule=data, max_trials=2, steps_per_trial=1)
+    assert size == 16  # 4 -> 8 -> 16 in two trials
+    trainer.fit(ToyNet(Fixed([0.5, 0.3])), datamodule=data)
+    assert trainer.global_step == 64 // data.batch_size
+
+
 def test_the_tuners_trial_steps_are_no_part_of_the_fits_first_epoch() -> None:
     # The trials' losses were added to the first epoch's logged means (and a NaN of a diverging
     # trial stopped the fit that followed).
