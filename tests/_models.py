@@ -91,6 +91,15 @@ def toy_loader(n: int = 128, batch_size: int = 16, seed: int = 0, shuffle: bool 
     return DataLoader(ToyDataset(n, seed), batch_size=batch_size, shuffle=shuffle)
 
 
+def assert_params_close(
+    got: Mapping[str, Tensor], want: Mapping[str, Tensor], atol: float, what: str = "", rtol: float = 0.0
+) -> None:
+    """The same keys, each tensor within ``atol`` (and ``rtol``) of ``want``'s."""
+    assert got.keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=rtol, atol=atol, msg=lambda m, k=key: f"{what} {k}: {m}")
+
+
 def quiet_trainer(**kwargs: Any) -> pl.Trainer:
     """A CPU Trainer without progress bar, model summary or checkpoints unless asked for."""
     options: dict[str, Any] = {

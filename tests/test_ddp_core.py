@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from tests._ddp import run_ddp_script
-from tests._models import ToyNet
+from tests._models import ToyNet, assert_params_close
 from tests.scripts.ddp_core import BATCH, SKIP_BATCH, N, WithMask
 
 
@@ -195,8 +195,7 @@ def test_a_run_resumed_in_the_middle_of_an_epoch_ends_as_the_uninterrupted_one(
     for rank in (rank0, rank1):
         want, got = rank["dwa_saved"]["state"], rank["dwa_resumed"]["state"]
         assert int(got["weighting.epochs_seen"]) == 2
-        for key in want:
-            torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6, msg=f"{key} differs after resume")
+        assert_params_close(got, want, atol=1e-6, what="after resume")
 
 
 @pytest.mark.slow
@@ -213,5 +212,4 @@ def test_a_resume_from_an_epochs_last_batch_ends_that_epoch_on_every_process(
         assert want["weighting.last_means"].dtype == torch.float64
         # Lightning loads a checkpoint into the module before converting it to float64: the resumed
         # parameters went through float32 once.
-        for key in want:
-            torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6, msg=f"{key} differs after resume")
+        assert_params_close(got, want, atol=1e-6, what="after resume")

@@ -41,7 +41,7 @@ from lightning_multiloss.weighting import (
 )
 from lightning_multiloss.weighting.graddrop import graddrop_gradient
 from tests._ddp import run_ddp_script
-from tests._models import ToyNet, quiet_trainer, toy_loader
+from tests._models import ToyNet, assert_params_close, quiet_trainer, toy_loader
 
 TASK_LOSS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "cls": F.cross_entropy,
@@ -186,14 +186,6 @@ def replay(
 
 def params_of(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in model.named_parameters()}
-
-
-def assert_params_close(
-    got: dict[str, Tensor], want: dict[str, Tensor], atol: float, what: str = "", rtol: float = 0.0
-) -> None:
-    assert got.keys() == want.keys()
-    for key in want:
-        torch.testing.assert_close(got[key], want[key], rtol=rtol, atol=atol, msg=lambda m, k=key: f"{what} {k}: {m}")
 
 
 def net_for(route: str, weighting: Weighting, tasks: Sequence[str] = ("cls", "reg"), **kw: Any) -> ToyNet:

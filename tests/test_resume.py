@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint, OnExceptionCheckpoint
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 
 from lightning_multiloss import LossWeightingCallback, ResumableDataLoader
 from lightning_multiloss.schedules import Linear
 from lightning_multiloss.weighting import Learnable, Scheduled, Weighting, create_weighting
-from tests._models import ToyDataset, ToyNet, quiet_trainer, toy_loader
+from tests._models import ToyDataset, ToyNet, assert_params_close, quiet_trainer, toy_loader
 
 HALF = 8  # 64 samples in batches of 16: 4 steps per epoch, so the checkpoint is at an epoch's end
 
@@ -108,9 +108,7 @@ def test_resume_equals_uninterrupted(tmp_path: Path, kind: str) -> None:
     # Parameters and weighting state (learnable alpha, scheduled weight buffer).
     want = full.state_dict()
     got = resumed.state_dict()
-    assert set(got) == set(want)
-    for key in want:
-        torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6, msg=f"{key} differs after resume")
+    assert_params_close(got, want, atol=1e-6, what="after resume")
 
     # Optimizer state, Adam's moments of alpha included.
     want_opt, got_opt = optimizer_state(full_trainer), optimizer_state(resumed_trainer)
@@ -149,26 +147,15 @@ def test_resumed_twice_equals_uninterrupted(tmp_path: Path, kind: str) -> None:
     # then resumed to the end: the first resume runs no on_train_epoch_start, and the epoch it
     # restarted into was not known to be open at the second checkpoint, whose resume then left
     # epoch 0 unended (DWA's means of epochs 0 and 1 in one).
-    def run(folder: str, ckpt: Path | None = None, stop: int | None = None) -> ToyNet:
-        model = ToyNet(make_weighting(kind), optimizer="adam", lr=0.05)
-        saver = ModelCheckpoint(dirpath=tmp_path / folder, every_n_train_steps=stop or 1, save_top_k=-1)
-        extra = [saver, StopAt(stop)] if stop else []
-        trainer = quiet_trainer(
-            max_epochs=3, default_root_dir=tmp_path, callbacks=extra, enable_checkpointing=bool(stop)
-        )
-        trainer.fit(model, same_batches(), ckpt_path=str(ckpt) if ckpt else None)
-        return model
-
-    full = run("full")
-    run("first", stop=2)
+    full, _ = logged_fit(tmp_path, same_batches(), [], kind=kind)
+    logged_fit(tmp_path, same_batches(), saved_and_stopped_at(tmp_path / "first", 2), kind=kind)
     (first,) = (tmp_path / "first").glob("*step=2.ckpt")
-    run("second", first, stop=4)
+    logged_fit(tmp_path, same_batches(), saved_and_stopped_at(tmp_path / "second", 4), first, kind=kind)
     (second,) = (tmp_path / "second").glob("*step=4.ckpt")
-    resumed = run("third", second)
+    resumed, _ = logged_fit(tmp_path, same_batches(), [], second, kind=kind)
     want, got = full.state_dict(), resumed.state_dict()
     assert int(got["weighting.epochs_seen"]) == int(want["weighting.epochs_seen"]) == 3
-    for key in want:
-        torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6, msg=f"{key} differs after resume")
+    assert_params_close(got, want, atol=1e-6, what="after resume")
 
 
 def test_a_fit_from_step_0_starts_the_epoch_sums_afresh() -> None:
@@ -224,6 +211,34 @@ class BatchLog(pl.Callback):
         self.batches.append(batch["x"][:, 0].tolist())
 
 
+def logged_fit(
+    tmp_path: Path,
+    data: DataLoader | pl.LightningDataModule,
+    callbacks: list[pl.Callback],
+    ckpt: Path | None = None,
+    kind: str = "dwa",
+    **trainer_options: Any,
+) -> tuple[ToyNet, BatchLog]:
+    """A 3-epoch fit on ``data`` (resumed from ``ckpt``), logging the batches it trains on."""
+    model = ToyNet(make_weighting(kind), optimizer="adam", lr=0.05)
+    log = BatchLog()
+    trainer = quiet_trainer(
+        max_epochs=3,
+        default_root_dir=tmp_path,
+        callbacks=[log, *callbacks],
+        enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks),
+        **trainer_options,
+    )
+    loaders = {"datamodule": data} if isinstance(data, pl.LightningDataModule) else {"train_dataloaders": data}
+    trainer.fit(model, **loaders, ckpt_path=str(ckpt) if ckpt else None)
+    return model, log
+
+
+def saved_and_stopped_at(folder: Path, step: int) -> list[pl.Callback]:
+    """A checkpoint at optimizer step ``step`` (``<folder>/*step=<step>.ckpt``), then the fit stops."""
+    return [ModelCheckpoint(dirpath=folder, every_n_train_steps=step, save_top_k=-1), StopAt(step)]
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
 @pytest.mark.filterwarnings("error:.*your dataloader is not resumable")
@@ -231,29 +246,18 @@ class BatchLog(pl.Callback):
 def test_resumed_in_the_middle_of_epochs_equals_uninterrupted(tmp_path: Path, kind: str) -> None:
     # A shuffled loader interrupted in the middle of epoch 0 (step 2 of 4) and of epoch 1 (step 7):
     # each resumed epoch trains on the batches the uninterrupted run trained on, no batch twice.
-    def run(folder: str, ckpt: Path | None = None, stop: int | None = None) -> tuple[ToyNet, BatchLog]:
-        model = ToyNet(make_weighting(kind), optimizer="adam", lr=0.05)
-        log = BatchLog()
-        saver = ModelCheckpoint(dirpath=tmp_path / folder, every_n_train_steps=stop or 1, save_top_k=-1)
-        extra = [saver, StopAt(stop)] if stop else []
-        trainer = quiet_trainer(
-            max_epochs=3, default_root_dir=tmp_path, callbacks=[log, *extra], enable_checkpointing=bool(stop)
-        )
-        trainer.fit(model, shuffled_resumable(), ckpt_path=str(ckpt) if ckpt else None)
-        return model, log
-
-    full, full_log = run("full")
-    _, first_log = run("first", stop=2)
+    full, full_log = logged_fit(tmp_path, shuffled_resumable(), [], kind=kind)
+    _, first_log = logged_fit(tmp_path, shuffled_resumable(), saved_and_stopped_at(tmp_path / "first", 2), kind=kind)
     (first,) = (tmp_path / "first").glob("*step=2.ckpt")
-    _, second_log = run("second", first, stop=7)
+    second_run = saved_and_stopped_at(tmp_path / "second", 7)
+    _, second_log = logged_fit(tmp_path, shuffled_resumable(), second_run, first, kind=kind)
     (second,) = (tmp_path / "second").glob("*step=7.ckpt")
-    resumed, third_log = run("third", second)
+    resumed, third_log = logged_fit(tmp_path, shuffled_resumable(), [], second, kind=kind)
 
     assert len(full_log.batches) == 12 and full_log.batches[:4] != full_log.batches[4:8]  # shuffled anew each epoch
     assert first_log.batches + second_log.batches + third_log.batches == full_log.batches
     want, got = full.state_dict(), resumed.state_dict()
-    for key in want:
-        torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6, msg=f"{key} differs after resume")
+    assert_params_close(got, want, atol=1e-6, what="after resume")
 
 
 class FailAt(pl.Callback):
@@ -274,28 +278,17 @@ def test_a_checkpoint_written_during_a_batch_leaves_that_batch_to_the_resumed_ru
     # OnExceptionCheckpoint (as Lightning's SLURM requeue, which saves from a signal handler) writes
     # while batch 2 of epoch 1 is in flight: the loader had handed out 3 batches, Lightning had
     # trained on 2 and trains on the third again after the resume.
-    def run(callbacks: list[pl.Callback], ckpt: Path | None = None) -> tuple[ToyNet, BatchLog]:
-        model = ToyNet(make_weighting(kind), optimizer="adam", lr=0.05)
-        log = BatchLog()
-        saves = any(isinstance(c, OnExceptionCheckpoint) for c in callbacks)
-        trainer = quiet_trainer(
-            max_epochs=3, default_root_dir=tmp_path, callbacks=[log, *callbacks], enable_checkpointing=saves
-        )
-        trainer.fit(model, shuffled_resumable(), ckpt_path=str(ckpt) if ckpt else None)
-        return model, log
-
-    full, full_log = run([])
+    full, full_log = logged_fit(tmp_path, shuffled_resumable(), [], kind=kind)
     saver = OnExceptionCheckpoint(dirpath=tmp_path / "crash", filename="crash")
     with pytest.raises(RuntimeError, match="the machine went away"):
-        run([saver, FailAt(epoch=1, batch_idx=2)])
+        logged_fit(tmp_path, shuffled_resumable(), [saver, FailAt(epoch=1, batch_idx=2)], kind=kind)
     crash = tmp_path / "crash" / "crash.ckpt"
     (state,) = torch.load(crash, weights_only=True)["loops"]["fit_loop"]["state_dict"]["combined_loader"]
     assert (state["epoch"], state["batches"]) == (1, 2)
-    resumed, resumed_log = run([], crash)
+    resumed, resumed_log = logged_fit(tmp_path, shuffled_resumable(), [], crash, kind=kind)
     assert resumed_log.batches == full_log.batches[6:]  # from batch 2 of epoch 1 (4 batches an epoch)
     want, got = full.state_dict(), resumed.state_dict()
-    for key in want:
-        torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6, msg=f"{key} differs after resume")
+    assert_params_close(got, want, atol=1e-6, what="after resume")
 
 
 @pytest.mark.slow
@@ -305,30 +298,18 @@ def test_a_checkpoint_without_the_loaders_state_resumes_at_the_batches_lightning
 ) -> None:
     # Written by a run with a plain DataLoader over the same seeded sampler (or an earlier version):
     # Lightning does not call load_state_dict, and keeps quiet since the loader is resumable.
-    def run(loader: DataLoader, stop: int | None = None, ckpt: Path | None = None) -> tuple[ToyNet, BatchLog]:
-        model = ToyNet(make_weighting("dwa"), optimizer="adam", lr=0.05)
-        log = BatchLog()
-        saver = ModelCheckpoint(dirpath=tmp_path / "plain", every_n_train_steps=stop or 1, save_top_k=-1)
-        extra = [saver, StopAt(stop)] if stop else []
-        trainer = quiet_trainer(
-            max_epochs=3, default_root_dir=tmp_path, callbacks=[log, *extra], enable_checkpointing=bool(stop)
-        )
-        trainer.fit(model, loader, ckpt_path=str(ckpt) if ckpt else None)
-        return model, log
-
-    full, full_log = run(shuffled_resumable())
+    full, full_log = logged_fit(tmp_path, shuffled_resumable(), [])
     resumable = shuffled_resumable()
     plain = DataLoader(resumable.dataset, batch_size=16, sampler=resumable.sampler)
-    _, first_log = run(plain, stop=6)
+    _, first_log = logged_fit(tmp_path, plain, saved_and_stopped_at(tmp_path / "plain", 6))
     (ckpt,) = (tmp_path / "plain").glob("*step=6.ckpt")
     assert "combined_loader" not in torch.load(ckpt, weights_only=True)["loops"]["fit_loop"]["state_dict"]
     with caplog.at_level(logging.WARNING, logger="lightning_multiloss"):
-        resumed, resumed_log = run(shuffled_resumable(), ckpt=ckpt)
+        resumed, resumed_log = logged_fit(tmp_path, shuffled_resumable(), [], ckpt)
     assert "resumed in the middle of epoch 1 from a checkpoint without the loader's state" in caplog.text
     assert first_log.batches + resumed_log.batches == full_log.batches
     want, got = full.state_dict(), resumed.state_dict()
-    for key in want:
-        torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6, msg=f"{key} differs after resume")
+    assert_params_close(got, want, atol=1e-6, what="after resume")
 
 
 class PlainNet(pl.LightningModule):
@@ -396,26 +377,11 @@ class ReloadedData(pl.LightningDataModule):
 @pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
 def test_a_loader_reloaded_each_epoch_leaves_a_batch_in_flight_to_the_resumed_run(tmp_path: Path) -> None:
     # reload_dataloaders_every_n_epochs builds a new loader each epoch, after on_train_start.
-    def run(callbacks: list[pl.Callback], ckpt: Path | None = None) -> tuple[ToyNet, BatchLog]:
-        model = ToyNet(make_weighting("dwa"), optimizer="adam", lr=0.05)
-        log = BatchLog()
-        saves = any(isinstance(c, OnExceptionCheckpoint) for c in callbacks)
-        trainer = quiet_trainer(
-            max_epochs=3,
-            reload_dataloaders_every_n_epochs=1,
-            default_root_dir=tmp_path,
-            callbacks=[log, *callbacks],
-            enable_checkpointing=saves,
-        )
-        trainer.fit(model, datamodule=ReloadedData(), ckpt_path=str(ckpt) if ckpt else None)
-        return model, log
-
-    full, full_log = run([])
+    reload = {"reload_dataloaders_every_n_epochs": 1}
+    full, full_log = logged_fit(tmp_path, ReloadedData(), [], **reload)
+    saver = OnExceptionCheckpoint(dirpath=tmp_path / "crash", filename="crash")
     with pytest.raises(RuntimeError, match="the machine went away"):
-        run([OnExceptionCheckpoint(dirpath=tmp_path / "crash", filename="crash"), FailAt(epoch=1, batch_idx=2)])
-    crash = tmp_path / "crash" / "crash.ckpt"
-    resumed, resumed_log = run([], crash)
+        logged_fit(tmp_path, ReloadedData(), [saver, FailAt(epoch=1, batch_idx=2)], **reload)
+    resumed, resumed_log = logged_fit(tmp_path, ReloadedData(), [], tmp_path / "crash" / "crash.ckpt", **reload)
     assert resumed_log.batches == full_log.batches[6:]
-    want, got = full.state_dict(), resumed.state_dict()
-    for key in want:
-        torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6, msg=f"{key} differs after resume")
+    assert_params_close(resumed.state_dict(), full.state_dict(), atol=1e-6, what="after resume")
