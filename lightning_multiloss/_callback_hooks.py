@@ -304,6 +304,13 @@ class LossWeightingHooks:
         # Again each epoch: reload_dataloaders_every_n_epochs builds new loaders before this hook.
         self._follow_training(trainer, partial(batches_processed, trainer))
 
+    @staticmethod
+    def _follow_training(trainer: Any, batches_trained: Callable[[], int | None] | None) -> None:
+        """Let the resumable train loaders count the batches trained on, not those handed out."""
+        apply_to_collection(
+            trainer.train_dataloader, ResumableDataLoader, lambda loader: loader.follow_training(batches_trained)
+        )
+
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         weighting = self._weighting(pl_module)
         pl_module.check_finite_losses()
@@ -363,13 +370,6 @@ class LossWeightingHooks:
         log.info("loss-weight trajectory written to %s", ", ".join(paths))
 
     # -- the run result --------------------------------------------------------------------
-    @staticmethod
-    def _follow_training(trainer: Any, batches_trained: Callable[[], int | None] | None) -> None:
-        """Let the resumable train loaders count the batches trained on, not those handed out."""
-        apply_to_collection(
-            trainer.train_dataloader, ResumableDataLoader, lambda loader: loader.follow_training(batches_trained)
-        )
-
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         self._follow_training(trainer, None)
         recorder = self._recorder(trainer)
