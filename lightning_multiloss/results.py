@@ -203,15 +203,28 @@ def canonical_override(override: str) -> str:
 
 def canonical_value(value: object) -> str:
     """A config value as text, numbers by value: ``1`` and ``1.0`` are one setting (``"1"``), in lists
-    and mappings too, where strings keep their quotes (``["a", "b"]`` is not ``["a, b"]``).
+    and mappings too, where strings keep their quotes (``["a", "b"]`` is not ``["a, b"]``). A string
+    is written as it is, unless it reads like another type's value (``"1"``, ``"True"``, ``"None"``):
+    then with quotes, so that it stays apart from that value.
 
     Example:
-        >>> canonical_value([1.0, 0.5, "1"]), canonical_value(3.0), canonical_value(True), canonical_value("1.0")
-        ("[1, 0.5, '1']", '3', 'True', '1.0')
+        >>> canonical_value([1.0, 0.5, "1"]), canonical_value(3.0), canonical_value("1"), canonical_value("adam")
+        ("[1, 0.5, '1']", '3', "'1'", 'adam')
     """
     if isinstance(value, str):
-        return value
+        return repr(value) if _reads_like_another_type(value) else value
     return _canonical_item(value)
+
+
+def _reads_like_another_type(text: str) -> bool:
+    """Whether ``text`` is what a number, a boolean or ``None`` is written as."""
+    if text in ("True", "False", "None"):
+        return True
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _canonical_item(value: object) -> str:

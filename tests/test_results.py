@@ -132,6 +132,12 @@ def test_not_an_object_or_no_status_or_not_json(tmp_path: Path) -> None:
         (True, 1, False),
         ("1.0", 1.0, False),
         (10**17 + 1, 1e17, False),
+        ("1", 1, False),
+        ("1", 1.0, False),
+        ("True", True, False),
+        ("None", None, False),
+        ("nan", float("nan"), False),
+        ("adam", "adam", True),
     ],
 )
 def test_canonical_value_compares_numbers_by_value_and_nothing_else(a: object, b: object, same: bool) -> None:
