@@ -266,7 +266,14 @@ class MultiTaskMixin(_Base):
         self._mt_checked_targets: dict[str, tuple[Any, ...]] = {}
         # The optimizer step to skip after a non-finite loss, as (Trainer, global_step): a later fit
         # with another Trainer restarts its count, and must not skip its own step of that number.
-        self._mt_skip_step: tuple[int, int] | None = None
+        # on_nonfinite="skip": the Trainer (its id; 0 outside one) whose coming optimizer steps are
+        # dropped, whether one has been dropped yet, and (Trainer id, global_step after it) of each
+        # step dropped for the latest skip. All the steps of one batch are dropped (manual
+        # optimization may step several optimizers), and with gradient accumulation the step that
+        # ends the window: the skip ends at the first batch after a dropped step.
+        self._mt_skip_for: int | None = None
+        self._mt_skip_done = False
+        self._mt_skipped_steps: set[tuple[int, int]] = set()
         self._mt_representation: Tensor | None = None  # marked in forward, taken by the step
         self._mt_shared_params: list[nn.Parameter] | None = None  # found on the first step
         self._mt_shared_found_among: tuple[int, ...] = ()  # the ids of the trainable parameters then
@@ -433,12 +440,14 @@ class MultiTaskMixin(_Base):
         return self._mt_training_step(batch, batch_idx, trainer, weighting)
 
     def _mt_training_step(self, batch: Any, batch_idx: int, trainer: Any | None, weighting: Weighting) -> Tensor:
+        if self._mt_skip_done:  # the skipped step is over: this batch belongs to the next one
+            self._mt_skip_for, self._mt_skip_done = None, False
         outputs, targets, losses, batch_size = self._mt_forward(batch)
         if self._mt_on_nonfinite == "skip":
             if not self._mt_all_finite(losses, "train", batch_idx):
                 # The coming optimizer step is skipped: with gradient accumulation one bad micro-batch
                 # skips the whole step (the others' gradients are dropped too, not applied as half a step).
-                self._mt_skip_step = self._mt_step_id()
+                self._mt_skip_for, self._mt_skip_done = id(trainer) if trainer is not None else 0, False
                 # Lightning refuses None under DDP. A zero that reaches every parameter keeps DDP's
                 # gradient all-reduce in step on all processes; on_before_optimizer_step drops it.
                 return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), losses.new_zeros(()))
@@ -479,16 +488,18 @@ class MultiTaskMixin(_Base):
 
     def on_before_optimizer_step(self, optimizer: Any) -> None:
         super().on_before_optimizer_step(optimizer)  # type: ignore[misc]
-        if self._mt_skip_step is not None and self._mt_skip_step == self._mt_step_id():
-            # No gradients: the optimizer leaves the parameters and its state (moments, step) alone.
-            optimizer.zero_grad(set_to_none=True)
-
-    def _mt_step_id(self, steps_done: int | None = None) -> tuple[int, int]:
-        """(the Trainer, the optimizer steps done so far, or ``steps_done``); (0, -1) outside a Trainer."""
+        if self._mt_skip_for is None:
+            return
         trainer = trainer_of(self)
-        if trainer is None:
-            return (0, -1)
-        return (id(trainer), int(trainer.global_step) if steps_done is None else steps_done)
+        trainer_id = id(trainer) if trainer is not None else 0
+        if self._mt_skip_for != trainer_id:
+            return
+        # No gradients: the optimizer leaves the parameters and its state (moments, step) alone.
+        optimizer.zero_grad(set_to_none=True)
+        if not self._mt_skip_done:
+            self._mt_skipped_steps, self._mt_skip_done = set(), True
+        steps_done = int(trainer.global_step) + 1 if trainer is not None else 0
+        self._mt_skipped_steps.add((trainer_id, steps_done))
 
     def optimizer_step_skipped(self, steps_done: int) -> bool:
         """Whether the optimizer step that brought ``global_step`` to ``steps_done`` was skipped.
@@ -496,7 +507,8 @@ class MultiTaskMixin(_Base):
         Only ``on_nonfinite="skip"`` skips steps; the Callback asks, so as not to step the
         strategy's constraints and post-step updates after a step that did not happen.
         """
-        return self._mt_skip_step is not None and self._mt_skip_step == self._mt_step_id(steps_done - 1)
+        trainer = trainer_of(self)
+        return (id(trainer) if trainer is not None else 0, steps_done) in self._mt_skipped_steps
 
     def check_finite_losses(self) -> None:
         """Raise :class:`NonFiniteLossError` if a training task loss was NaN or infinite.
@@ -579,6 +591,7 @@ class MultiTaskMixin(_Base):
         super().on_fit_start()  # type: ignore[misc]
         self._mt_train_means.reset()
         self._mt_pending.clear()
+        self._mt_skip_for, self._mt_skip_done = None, False  # a skip left by an interrupted fit
         trainer = trainer_of(self)
         if trainer is None or not self.weighting.needs_callback:
             return

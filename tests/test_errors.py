@@ -303,6 +303,43 @@ def test_skip_with_accumulation_drops_the_whole_optimizer_step(tmp_path, poisone
     assert set(steps) == {2.0}  # one good window x 2 epochs, in both runs
 
 
+class TwoOptimizers(ToyNet):
+    """Manual optimization as the README gives it, with one Adam for the network and one for the
+    uncertainty weighting's log-variances."""
+
+    def __init__(self) -> None:
+        super().__init__("uncertainty", on_nonfinite="skip")
+        self.automatic_optimization = False
+
+    def configure_optimizers(self) -> Any:
+        network = [p for name, p in self.named_parameters() if not name.startswith("weighting.")]
+        return [torch.optim.Adam(network, lr=0.05), torch.optim.Adam(self.weighting.parameters(), lr=0.05)]
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        optimizers = self.optimizers()
+        for optimizer in optimizers:
+            optimizer.zero_grad()
+        loss = super().training_step(batch, batch_idx)
+        self.manual_backward(loss)
+        for optimizer in optimizers:
+            optimizer.step()
+        return loss
+
+
+def test_skip_under_manual_optimization_drops_the_step_of_every_optimizer(tmp_path):
+    """Both optimizers step in the bad batch (``global_step`` counts each): neither may move."""
+    clean = samples(32)
+    skipped = TwoOptimizers()
+    trainer_a = fit(skipped, poisoned(clean, range(16, 24), NAN), tmp_path / "a", max_epochs=2)
+    reference = TwoOptimizers()
+    trainer_b = fit(reference, clean[:16] + clean[24:], tmp_path / "b", max_epochs=2)
+    for (name, a), b in zip(skipped.named_parameters(), reference.parameters(), strict=True):
+        assert torch.equal(a, b), name
+    for trainer in (trainer_a, trainer_b):
+        for optimizer in trainer.optimizers:
+            assert {float(s["step"]) for s in optimizer.state_dict()["state"].values()} == {6.0}
+
+
 # ---------------------------------------------------------------------------------------------
 # How the module is written
 # ---------------------------------------------------------------------------------------------
