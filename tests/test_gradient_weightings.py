@@ -597,6 +597,27 @@ def test_db_mtl_norm_ema_and_weights() -> None:
     torch.testing.assert_close(d, ((n.max() / n)[:, None] * log_grads).sum(0))
 
 
+def test_db_mtl_leaves_a_zero_loss_out_of_the_step() -> None:
+    """A task without a labelled sample (loss 0, gradient 0): weight 0, its EMA norm kept; the others
+    as if it were absent from the step."""
+    jac = random_jacobians(3, seed=16)[1]  # K = 3
+    first = torch.tensor([2.0, 0.5, 1.0], dtype=F64)
+    strategy = bound("db_mtl", 3, beta=0.8)
+    strategy.weights_from_gramian(jac @ jac.T, first)
+    ema = 0.2 * (jac / (first + 1e-8)[:, None]).norm(dim=1)  # after one step, from zero
+    torch.testing.assert_close(strategy.norm_ema, ema)
+    unlabelled = jac.clone()
+    unlabelled[1] = 0.0
+    second = torch.tensor([1.5, 0.0, 0.1], dtype=F64)
+    got = strategy.weights_from_gramian(unlabelled @ unlabelled.T, second)
+    norms = (jac / (second + 1e-8)[:, None]).norm(dim=1)
+    ema = torch.stack([0.8 * ema[0] + 0.2 * norms[0], ema[1], 0.8 * ema[2] + 0.2 * norms[2]])
+    torch.testing.assert_close(strategy.norm_ema, ema)
+    expected = (ema.max() / ema) / (second + 1e-8)
+    expected[1] = 0.0
+    torch.testing.assert_close(got, expected)
+
+
 @pytest.mark.parametrize("name", ["pcgrad", "gradvac", "nash_mtl", "gradnorm", "db_mtl"])
 def test_evaluation_does_not_change_state(name: str) -> None:
     jac = random_jacobians(3, seed=16)[1]

@@ -19,6 +19,7 @@ from lightning_multiloss.weighting import (
     WEIGHTINGS,
     Fixed,
     GradientWeighting,
+    GramianWeighting,
     Learnable,
     Progress,
     Scheduled,
@@ -141,8 +142,30 @@ def test_a_gradient_strategy_with_one_task_says_so(name: str) -> None:
         with pytest.raises(Exception, match="needs at least"):
             weighting.bind(["only"])
         return
-    with pytest.warns(UserWarning, match=rf"weighting '{name}' with a single task \('only'\): there is nothing"):
+    with pytest.warns(UserWarning, match=rf"weighting '{name}' with a single task \('only'\): there is nothing") as said:
         weighting.bind(["only"])
+    # The weight it names is the one it gives: computed here from each method's formula for one
+    # task with G = [[4]] (‖g‖ = 2) and L = 2.
+    assert f"its weight is {weighting.single_task_weight} " in str(said[0].message)
+    one_task_weight = {
+        "cagrad": (1 + 0.4) / (1 + 0.4**2),  # (1 + c) w over the default rescale divisor 1 + c²
+        "nash_mtl": 1 / 2,  # α g·g α = 1: α = 1/‖g‖
+        "db_mtl": 1 / 2,  # the gradient of log L: g / L
+    }.get(name, 1.0)
+    assert weighting.single_task_weight.startswith(
+        {"cagrad": "1.207", "nash_mtl": "1/‖g‖", "db_mtl": "1/L"}.get(name, "1")
+    )
+    if isinstance(weighting, GramianWeighting):
+        weighting.train()
+        got = weighting.weights_from_gramian(torch.tensor([[4.0]], dtype=torch.float64), torch.tensor([2.0]))
+        assert got.tolist() == pytest.approx([one_task_weight], rel=1e-6)
+    else:  # GradDrop: every coordinate's sign is pure, so the one gradient passes whole
+        theta = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
+        loss = (theta * torch.tensor([0.5, 1.0, -2.0])).sum().reshape(1) ** 2
+        result = weighting(loss, parameters=[theta])
+        (grad,) = torch.autograd.grad(result.loss, theta)
+        (plain,) = torch.autograd.grad(loss.sum(), theta)
+        torch.testing.assert_close(grad, plain)
 
 
 # -- which strategies follow the planned length ----------------------------------------------

@@ -284,10 +284,17 @@ class GradientWeighting(Weighting):
         if first and self.num_tasks == 1:
             warnings.warn(
                 f"weighting {self.name!r} with a single task ({self.task_names[0]!r}): there is nothing to balance, "
-                "its weight is 1 and the per-task gradients are computed for nothing; use weighting='fixed'",
+                f"its weight is {self.single_task_weight} and the per-task gradients are computed for nothing; "
+                "use weighting='fixed'",
                 UserWarning,
                 stacklevel=2,
             )
+
+    @property
+    def single_task_weight(self) -> str:
+        """The weight the method gives a single task, as text for the warning :meth:`bind` gives then:
+        ``"1"``, unless the method scales the one gradient (Nash-MTL normalises it, for one)."""
+        return "1"
 
     @abstractmethod
     def forward(

@@ -75,6 +75,14 @@ class CAGrad(GramianWeighting):
         # (the minimiser is unique, so a resumed run without it gets the same weights to rounding).
         self._previous_inner: Tensor | None = None
 
+    @property
+    def single_task_weight(self) -> str:
+        return f"{(1.0 + self.c) / self._divisor:.4g} (1 + c over the rescale divisor)"
+
+    @property
+    def _divisor(self) -> float:
+        return (1.0, 1.0 + self.c**2, 1.0 + self.c)[self.rescale]
+
     def solve_inner(self, gramian: Tensor) -> Tensor:
         """:math:`w^*`, the solution of the inner problem, for a float64 Gramian."""
         k = gramian.shape[0]
@@ -98,5 +106,4 @@ class CAGrad(GramianWeighting):
             cancelled = float(inner @ g.diagonal().clamp_min(0.0).sqrt())
             if gw_norm > STATIONARY * cancelled:
                 w = w + (self.c * g0_norm / gw_norm) * inner
-        divisor = (1.0, 1.0 + self.c**2, 1.0 + self.c)[self.rescale]
-        return w / divisor
+        return w / self._divisor

@@ -36,8 +36,12 @@ class DBMTL(GramianWeighting):
     current log-loss gradients with the paper's magnitudes, **without the EMA of the
     directions** (exact when :math:`\beta = 0`). :math:`\hat n` and the step counter are
     checkpointed buffers, updated in training mode only; :math:`\epsilon = 10^{-8}` as in the
-    paper's code. A zero-gradient task gets :math:`w_i = 1/(L_i+\epsilon)`. Losses must be
-    positive (negative ones are taken as 0).
+    paper's code. A zero-gradient task gets :math:`w_i = 1/(L_i+\epsilon)`.
+
+    **Missing labels.** A task whose loss is exactly 0 in a step (no labelled sample in the batch,
+    or a perfect fit) is left out of that step: its weight is 0 (not :math:`1/\epsilon`, which the
+    evaluation's weighted total would take up) and its :math:`\hat n_i` stays as it was. Losses
+    must not be negative (the mixin refuses them; here they are taken as 0).
 
     Versus the peers: LibMTL's update when β = 0; with the EMA, LibMTL averages the gradient vectors
     from zero, so its first step is (1 − β) = 0.1 times ours, and later steps differ by the
@@ -73,13 +77,18 @@ class DBMTL(GramianWeighting):
     def build(self, num_tasks: int) -> None:
         self.norm_ema = torch.zeros(num_tasks, dtype=torch.float64)
 
+    @property
+    def single_task_weight(self) -> str:
+        return "1/L (the gradient of log L)"
+
     def compute_weights(self, g: Tensor, values: Tensor) -> Tensor:
+        present = values > 0.0  # a loss of exactly 0 is left out of the step (see the docs)
         shifted = values.clamp_min(0.0) + _EPS
         norms = g.diagonal().clamp_min(0.0).sqrt() / shifted
         step = int(self.num_steps) + 1
         if self.num_tasks:
             beta = self.beta / step**self.beta_sigma
-            ema = norms + beta * (self.norm_ema - norms)
+            ema = torch.where(present, norms + beta * (self.norm_ema - norms), self.norm_ema)
         else:
             ema = norms
         if self.training and self.num_tasks:
@@ -88,4 +97,4 @@ class DBMTL(GramianWeighting):
         top = float(ema.max())
         usable = ema > 1e-12 * top
         balance = torch.where(usable, top / torch.where(usable, ema, torch.ones_like(ema)), torch.ones_like(ema))
-        return balance / shifted
+        return torch.where(present, balance / shifted, torch.zeros_like(shifted))

@@ -80,6 +80,10 @@ class NashMTL(GramianWeighting):
 
     host_state = ("num_steps", "alpha")
 
+    @property
+    def single_task_weight(self) -> str:
+        return "1/‖g‖ (the one gradient normalised)"
+
     def __init__(
         self,
         update_weights_every: int = 1,
