@@ -152,6 +152,14 @@ class LossWeightingHooks:
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         weighting = self._weighting(pl_module)
+        names = [task.name for task in pl_module.tasks]
+        if list(weighting.task_names) != names:
+            # An attribute assignment (module.weighting = DWA()) skips what configure_multitask does.
+            raise MultiLossError(
+                f"{type(pl_module).__name__}'s weighting {weighting.name!r} is not bound to its tasks {names}: "
+                "give a new weighting with self.configure_multitask(tasks, weighting), not by assigning "
+                "the weighting attribute"
+            )
         self._check_one_of_the_right_package(trainer, pl_module)
         if stage == "fit" and trainer.global_step == 0:
             # A fit from the start (a resumed one gets its records back from the checkpoint after

@@ -35,19 +35,20 @@ class ResumableDataLoader(DataLoader):
     That needs an order that the epoch alone decides: a sampler with ``set_epoch`` and an ``epoch``
     (as ``DistributedSampler`` with its ``seed``: in one process, ``num_replicas=1, rank=0``), which
     Lightning calls before each epoch, or one whose order never changes (no shuffling). A
-    ``RandomSampler`` (``shuffle=True``) draws each epoch's order from the global random state,
-    which a resumed run does not replay: it is warned about. The first batch of an iteration is read
-    only when it is asked for, after that call (a plain ``DataLoader`` with workers fixes the order
-    when Lightning creates its iterator, before the call, and a resumed epoch then reads the first
-    epoch's order). A checkpoint of another epoch (one written at an epoch's end) resumes at the
-    epoch's first batch. One whose epoch was read otherwise (another batch size or number of
-    processes) skips as many batches as Lightning counts done, with a warning: the epoch keeps its
-    length, not its samples. Under DDP every process hands out as many batches, so the first
-    process's state, the one in the checkpoint, serves every process. Where the loader follows the
-    training loop (:meth:`follow_training`: the package's Callback has it follow Lightning's), a
-    checkpoint written during a batch (on an exception, or by a signal handler) leaves that batch
-    to the resumed run, and a checkpoint without the loader's state (a plain ``DataLoader``'s)
-    resumed in the middle of an epoch skips the batches Lightning counts done, with a warning.
+    ``RandomSampler`` (``shuffle=True``) draws each epoch's order from a random generator (its own,
+    or the global random state) whose state a resumed run does not replay: it is warned about. The
+    first batch of an iteration is read only when it is asked for, after that call (a plain
+    ``DataLoader`` with workers fixes the order when Lightning creates its iterator, before the
+    call, and a resumed epoch then reads the first epoch's order). A checkpoint of another epoch
+    (one written at an epoch's end) resumes at the epoch's first batch. One whose epoch was read
+    otherwise (another batch size or number of processes) skips as many batches as Lightning counts
+    done, with a warning: the epoch keeps its length, not its samples. Under DDP every process hands
+    out as many batches, so the first process's state, the one in the checkpoint, serves every
+    process. Where the loader follows the training loop (:meth:`follow_training`: the package's
+    Callback has it follow Lightning's), a checkpoint written during a batch (on an exception, or by
+    a signal handler) leaves that batch to the resumed run, and a checkpoint without the loader's
+    state (a plain ``DataLoader``'s) resumed in the middle of an epoch skips the batches Lightning
+    counts done, with a warning.
 
     Args:
         Those of ``torch.utils.data.DataLoader``; ``sampler`` (or ``batch_sampler``'s sampler) as above.
@@ -72,8 +73,9 @@ class ResumableDataLoader(DataLoader):
         super().__init__(*args, **kwargs)
         if isinstance(self._epoch_sampler(), RandomSampler):
             log.warning(
-                "ResumableDataLoader: a RandomSampler (shuffle=True) draws each epoch's order from the global "
-                "random state, which a resumed run does not replay: its resumed epoch skips the batches trained "
+                "ResumableDataLoader: a RandomSampler (shuffle=True) draws each epoch's order from a random "
+                "generator (its own, or the global random state) whose state a resumed run does not replay: "
+                "its resumed epoch skips the batches trained "
                 "on, but in another order. Give the loader a DistributedSampler(dataset, num_replicas=1, rank=0, "
                 "shuffle=True, seed=...) instead"
             )

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from lightning_multiloss import MultiLossError, MultiTaskMixin, NonFiniteLossError, Task
 from lightning_multiloss.schedules import Linear
-from lightning_multiloss.weighting import Fixed, Learnable, Scheduled
+from lightning_multiloss.weighting import Fixed, Learnable, Scheduled, create_weighting
 from tests._models import HEAD_SIZES, ToyDataset, ToyNet, quiet_trainer
 
 NAN = float("nan")
@@ -343,6 +343,18 @@ def test_skip_under_manual_optimization_drops_the_step_of_every_optimizer(tmp_pa
 # ---------------------------------------------------------------------------------------------
 # How the module is written
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("weighting", ["fixed", "dwa", "uncertainty", "mgda"])
+def test_a_weighting_assigned_as_an_attribute_is_refused_before_training(tmp_path, weighting):
+    model = ToyNet()
+    model.weighting = create_weighting(weighting)
+    trainer = quiet_trainer(default_root_dir=tmp_path, max_epochs=1)
+    with pytest.raises(
+        MultiLossError,
+        match=rf"ToyNet's weighting '{weighting}' is not bound to its tasks \['cls', 'reg'\]: .*configure_multitask",
+    ):
+        trainer.fit(model, DataLoader(samples(16), batch_size=8))
+
+
 def test_mixin_listed_after_lightning_module():
     class Backwards(pl.LightningModule, MultiTaskMixin):
         def __init__(self) -> None:

@@ -142,7 +142,8 @@ def test_a_gradient_strategy_with_one_task_says_so(name: str) -> None:
         with pytest.raises(Exception, match="needs at least"):
             weighting.bind(["only"])
         return
-    with pytest.warns(UserWarning, match=rf"weighting '{name}' with a single task \('only'\): there is nothing") as said:
+    said_first = rf"weighting '{name}' with a single task \('only'\): there is nothing"
+    with pytest.warns(UserWarning, match=said_first) as said:
         weighting.bind(["only"])
     # The weight it names is the one it gives: computed here from each method's formula for one
     # task with G = [[4]] (‖g‖ = 2) and L = 2.
