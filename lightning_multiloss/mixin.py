@@ -580,6 +580,22 @@ class MultiTaskMixin(_Base):
                 self.log(key, value, on_step=False, on_epoch=True, sync_dist=True)
         self._mt_train_means.reset()
 
+    def setup(self, stage: str) -> None:
+        """Give this process its own torchmetrics states; call ``super()`` if you override it.
+
+        ``ddp_spawn`` (``ddp_fork``, ``ddp_notebook``) on CPU hands each process the model through
+        ``torch.multiprocessing``, which moves its tensors to shared memory, and Lightning gives the
+        processes private copies of the parameters and buffers only: the torchmetrics states (the
+        epoch means, DWA's and STCH's epoch sums, the tasks' metrics) would be one storage for every
+        process and the main process's model, each process adding into the others' sums and the
+        sanity check's into a later ``validate``. Here, before any update or checkpoint restore, a
+        metric whose states are in shared memory is reset, which gives it new ones of its own.
+        """
+        super().setup(stage)  # type: ignore[misc]
+        for metric in self.modules():
+            if isinstance(metric, Metric) and any(map(_in_shared_memory, metric.metric_state.values())):
+                metric.reset()
+
     def on_fit_start(self) -> None:
         """Check that the Trainer has the Callback the strategy's hooks need, and forget what
         earlier steps kept for the epoch; call ``super()`` if you override it.
@@ -1005,6 +1021,12 @@ def _holds_inference_tensors(metric: Metric) -> bool:
         if isinstance(inner, Metric)
         for state in inner.metric_state.values()
     )
+
+
+def _in_shared_memory(state: Tensor | list[Tensor]) -> bool:
+    """Whether a metric state (a tensor, or a list of them) is in the CPU's shared memory."""
+    tensors = state if isinstance(state, list) else [state]
+    return any(t.device.type == "cpu" and t.is_shared() for t in tensors)
 
 
 def _usage_key(shared: Sequence[nn.Parameter], trainable: Sequence[nn.Parameter]) -> tuple[tuple[int, ...], ...]:

@@ -1,0 +1,48 @@
+"""``strategy="ddp_spawn"`` on 2 CPU processes: each process keeps its own torchmetrics states.
+
+torch.multiprocessing hands the spawned processes the model's tensors in shared memory, and
+Lightning gives them private copies of the parameters and buffers only: the metrics' states were
+one storage for both processes and the main process's model, so the sanity check's updates were
+still in a later ``validate`` of the model.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from tests._models import ToyDataset, ToyNet, quiet_trainer, toy_loader
+
+
+@pytest.mark.slow
+def test_a_validate_after_a_spawned_fit_is_the_plain_evaluation(tmp_path) -> None:
+    model = ToyNet(metrics=True)
+    val = ToyDataset(32, seed=1)  # 16 samples per process: no padding
+    trainer = quiet_trainer(
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=1,
+        num_sanity_val_steps=2,
+    )
+    trainer.fit(model, toy_loader(64, batch_size=8), DataLoader(val, batch_size=8))
+    got = quiet_trainer(default_root_dir=tmp_path / "validate").validate(
+        model, DataLoader(val, batch_size=8), verbose=False
+    )[0]
+
+    with torch.no_grad():
+        outputs = model(val.x)
+    cls, reg = F.cross_entropy(outputs["cls"], val.cls), F.mse_loss(outputs["reg"], val.reg)
+    accuracy = (outputs["cls"].argmax(dim=1) == val.cls).float().mean()
+    expected = {
+        "val/loss/cls": cls,
+        "val/loss/reg": reg,
+        "val/loss": cls + reg,  # weights 1
+        "val/acc/cls": accuracy,
+        "val/mse/reg": reg,
+    }
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(float(value), rel=1e-5, abs=1e-6), key
