@@ -176,6 +176,41 @@ CLI_CASES = [
         r"recon \(64 outputs\), centre \(1 output\) and weighting 'fixed' \(heads\.digit\.weight is \[10, 64\] in the "
         r"checkpoint, \[12, 64\] in the config\)",
     ),
+    CliCase(
+        "resume-on-another-split",  # seed=1 draws another split: 68% of its test samples were trained on
+        ("ckpt_path={ckpt}", "trainer.max_epochs=3", "seed=1"),
+        r"error: DigitsDataModule: ckpt_path '.*last\.ckpt' was trained on another split of the data \(seed=0 there, "
+        r"1 here\): resumed on this one, it would be validated and tested on samples it trained on; resume with the "
+        r"same seed",
+    ),
+    # -- found by trying the app from outside ---------------------------------------------------------
+    CliCase(  # NumPy's range (seed_everything seeds NumPy): a ValueError traceback from Lightning before
+        "seed-negative",
+        ("seed=-1",),
+        r"error: config key 'seed': must be an integer from 0 to 4294967295, got -1",
+    ),
+    CliCase(
+        "seed-too-large",
+        ("seed=4294967296",),
+        r"error: config key 'seed': must be an integer from 0 to 4294967295, got 4294967296",
+    ),
+    CliCase(
+        "strategy-spawning-processes-per-call",
+        ("trainer.devices=2", "trainer.strategy=ddp_spawn"),
+        r"error: config key 'trainer\.strategy': ddp_spawn starts new processes for each of fit, validate and test, "
+        r"so each would rewrite csv/metrics\.csv and the fit's loss weights would stay in its processes; use "
+        r"trainer\.strategy=ddp \(trainer=ddp_cpu on CPU\), which starts the processes once",
+    ),
+    CliCase(  # hydra/launcher=submitit_slurm without hydra-submitit-launcher: a RuntimeError traceback before
+        "launcher-plugin-not-installed",
+        (
+            "hydra.mode=MULTIRUN",
+            "hydra/launcher=submitit_slurm",
+            "hydra.launcher._target_=hydra_plugins.no_such_launcher.x.Launcher",
+        ),
+        r"error: the Hydra plugin 'hydra_plugins\.no_such_launcher\.x\.Launcher' is not installed: "
+        r"pip install no-such-launcher",
+    ),
     # -- earlier issues ------------------------------------------------------------------------------
     CliCase(
         "unknown-task-in-weights",

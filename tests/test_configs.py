@@ -28,7 +28,7 @@ from lightning_multiloss import MultiLossError, ShardSampler
 from lightning_multiloss.app.config import TrainerConf, build_weighting, config_dir, plugin_config_dir, validate_config
 from lightning_multiloss.app.data import DigitsDataModule
 from lightning_multiloss.app.models import MultiTaskNet
-from lightning_multiloss.app.train import build
+from lightning_multiloss.app.train import build, check_one_set_of_processes
 from lightning_multiloss.schedules import Schedule
 from lightning_multiloss.weighting import Progress, Weighting
 
@@ -214,6 +214,60 @@ def test_trainer_option(tmp_path, name, package):
     trainer = instantiate(cfg.trainer, logger=False)
     assert type(trainer) is lightning.Trainer
     assert trainer.num_devices == (kwargs["devices"] if isinstance(kwargs["devices"], int) else trainer.num_devices)
+
+
+def test_a_data_module_refuses_to_resume_on_another_split() -> None:
+    saved = DigitsDataModule(seed=0).state_dict()
+    DigitsDataModule(seed=0).load_state_dict(saved)  # the same split
+    DigitsDataModule(seed=1).load_state_dict({})  # a checkpoint of an earlier version: nothing to compare
+    with pytest.raises(
+        MultiLossError,
+        match=r"DigitsDataModule: the checkpoint was trained on another split of the data \(seed=0 there, 1 here\): "
+        r"resumed on this one, it would be validated and tested on samples it trained on; resume with the same seed",
+    ):
+        DigitsDataModule(seed=1).load_state_dict(saved)
+    with pytest.raises(MultiLossError, match=r"\(val_fraction=0\.15 there, 0\.2 here\).*the same val_fraction$"):
+        DigitsDataModule(val_fraction=0.2).load_state_dict(saved)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "refused"),
+    [
+        ("ddp", False),
+        ("auto", False),
+        ("ddp_spawn", True),
+        ("ddp_fork", True),
+        ("ddp_notebook", True),
+        ("ddp_spawn_find_unused_parameters_true", True),
+        ({"_target_": "lightning.pytorch.strategies.DDPStrategy", "start_method": "spawn"}, True),
+        ({"_target_": "lightning.pytorch.strategies.DDPStrategy"}, False),
+    ],
+)
+def test_strategies_that_start_processes_for_each_call_are_refused(strategy, refused) -> None:
+    if not refused:
+        check_one_set_of_processes(OmegaConf.create(strategy) if isinstance(strategy, dict) else strategy)
+        return
+    with pytest.raises(
+        MultiLossError, match=r"config key 'trainer\.strategy': .* starts new processes for each of fit"
+    ):
+        check_one_set_of_processes(OmegaConf.create(strategy) if isinstance(strategy, dict) else strategy)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "max_epochs"),
+    [
+        ((), 30),
+        (("experiment=loc_cls",), 15),
+        (("experiment=multimnist",), 10),
+        (("experiment=loc_cls", "trainer=debug"), 2),  # an experiment took 15 over debug's 2
+        (("experiment=loc_cls", "trainer.max_epochs=4"), 4),
+        (("experiment=loc_cls", "epochs=7"), 7),
+        (("trainer=debug", "epochs=7"), 2),
+    ],
+)
+def test_the_training_length_follows_the_experiment_unless_the_trainer_sets_it(tmp_path, overrides, max_epochs):
+    cfg = compose_train(tmp_path, *overrides)
+    assert OmegaConf.to_container(cfg.trainer, resolve=True)["max_epochs"] == max_epochs
 
 
 @pytest.mark.parametrize("package", [None, "pytorch_lightning", "lightning.pytorch"])

@@ -88,7 +88,7 @@ def write_job(
 
 def completed(
     weighting: str,
-    seed: int,
+    seed: int | None,
     overrides: list[str],
     metrics: dict[str, dict[str, float]],
     baseline_of: str | None = None,
@@ -426,6 +426,103 @@ def test_rows_evaluated_on_different_splits_are_named(tmp_path: Path) -> None:
     ) in text
 
 
+def test_rows_run_with_other_seeds_than_the_baselines_have_no_delta_m(tmp_path: Path) -> None:
+    # `multiloss-report multirun/s1 multirun/s3 --baselines multirun/b1`: a configuration run with seeds 2, 3
+    # ranked first, by its Δm% against baselines (and beside rows) of seeds 0, 1, with no word. The seed
+    # draws the train/val/test split: those were other test sets.
+    sweep = make_sweep(tmp_path)
+    write_baselines(tmp_path / "baselines")
+    unknown = ["weighting=dwa", COMMON]  # a run that does not know its seed: compared as before, named nowhere
+    write_job(sweep / "unknown", unknown, completed("dwa", None, unknown, {"cls": {"acc": 0.83}, "reg": {"mse": 0.27}}))
+    # By hand, against the baselines' means acc (0.85 + 0.87)/2 = 0.86 and mse (0.25 + 0.27)/2 = 0.26:
+    dwa = ((0.83 - 0.86) / 0.86 - (0.27 - 0.26) / 0.26) / 2 * 100  # −3.667
+    fixed = (((0.80 - 0.86) / 0.86 - (0.30 - 0.26) / 0.26) + ((0.84 - 0.86) / 0.86 - (0.26 - 0.26) / 0.26)) / 4 * 100
+    scheduled = (
+        (((0.86 - 0.86) / 0.86 - (0.20 - 0.26) / 0.26) + ((0.82 - 0.86) / 0.86 - (0.24 - 0.26) / 0.26)) / 4 * 100
+    )
+    learnable = (
+        (((0.90 - 0.86) / 0.86 - (0.35 - 0.26) / 0.26) + ((0.88 - 0.86) / 0.86 - (0.33 - 0.26) / 0.26)) / 4 * 100
+    )
+
+    def delta_ms(exp: Any) -> dict[str, float | None]:
+        return {row.weighting: None if row.delta_m is None else row.delta_m.mean for row in exp.rows}
+
+    # Every row and baseline on seeds 0, 1: Δm% as ever, no note.
+    (exp,) = make_report([str(sweep)], [str(tmp_path / "baselines")], out=str(tmp_path / "out")).experiments
+    assert exp.notes == []
+    assert delta_ms(exp) == pytest.approx({"scheduled": scheduled, "dwa": dwa, "fixed": fixed, "learnable": learnable})
+    assert [row.weighting for row in exp.rows] == ["scheduled", "dwa", "fixed", "learnable"]
+    assert (round(fixed, 2), round(dwa, 2)) == (-6.17, -3.67)
+    # The learnable configuration run again with seeds 2 and 3, better: it would have ranked first, at
+    # ((0.91 − 0.86)/0.86 − (0.21 − 0.26)/0.26)/2 × 100 = +12.52.
+    for path in sweep.rglob("result.json"):
+        result = json.loads(path.read_text())
+        if result["weighting"] == "learnable" and result["status"] == "completed":
+            seed = result["seed"] + 2
+            acc, mse = {2: (0.92, 0.20), 3: (0.90, 0.22)}[seed]
+            overrides = [f"seed={seed}" if o.startswith("seed=") else o for o in result["overrides"]]
+            metrics = {"cls": {"acc": acc, "loss": 0.4}, "reg": {"mse": mse, "mae": 0.3}}
+            path.write_text(json.dumps({**result, "seed": seed, "overrides": overrides, "metrics": metrics}))
+    report = make_report([str(sweep)], [str(tmp_path / "baselines")], out=str(tmp_path / "out"))
+    (exp,) = report.experiments
+    assert delta_ms(exp) == pytest.approx({"scheduled": scheduled, "dwa": dwa, "fixed": fixed, "learnable": None})
+    assert [row.weighting for row in exp.rows] == ["scheduled", "dwa", "fixed", "learnable"]
+    (row,) = [row for row in exp.rows if row.weighting == "learnable"]
+    assert row.seeds == [2, 3] and row.metrics["cls"].mean == pytest.approx(0.91)
+    text = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "| 4 | learnable | weighting.init=0.3 | 2 | 0.91 ± 0.014 | 0.21 ± 0.014 |  |" in text
+    assert (
+        "Note: Δm% is left empty for 'learnable weighting.init=0.3' (seeds [2, 3]): the single-task baselines "
+        "were run with seeds cls: [0, 1]; reg: [0, 1], and the seed draws the train/val/test split"
+    ) in text
+    assert (
+        "Note: the rows were run with different seeds (seeds [0, 1]: 'fixed', 'scheduled'; seeds [2, 3]: "
+        "'learnable weighting.init=0.3'), and the seed draws the train/val/test split: rows with different seeds "
+        "were evaluated on different splits: compare rows with the same seeds"
+    ) in text
+    assert "'dwa'" not in text  # its seed is unknown: in neither note
+    csv_rows = {r["weighting"]: r for r in read_csv(tmp_path / "out" / "report.csv")}
+    assert csv_rows["learnable"]["delta_m/mean"] == "" and csv_rows["learnable"]["seeds"] == "2 3"
+
+
+def test_baselines_of_other_seeds_leave_delta_m_empty(tmp_path: Path) -> None:
+    # `multiloss-report multirun/s1 --baselines multirun/b_seed5`: runs of seeds 0, 1 against baselines
+    # trained (and tested) on seed 5's split only gave Δm% with no word.
+    sweep = make_sweep(tmp_path)
+    write_baselines(tmp_path / "seed5")
+    for job in ("1", "3"):  # write_baselines: jobs 0-1 cls (seeds 0, 1), 2-3 reg; keep seed 0's, as seed 5
+        (tmp_path / "seed5" / job / "result.json").unlink()
+    for job in ("0", "2"):
+        path = tmp_path / "seed5" / job / "result.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "seed": 5}))
+    report = make_report([str(sweep)], [str(tmp_path / "seed5")], out=str(tmp_path / "out"))
+    (exp,) = report.experiments
+    assert all(row.delta_m is None for row in exp.rows)
+    text = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert (
+        "Note: Δm% is left empty for 'fixed' (seeds [0, 1]), 'scheduled' (seeds [0, 1]), "
+        "'learnable weighting.init=0.3' (seeds [0, 1]): the single-task baselines were run with seeds "
+        "cls: [5]; reg: [5], and the seed draws the train/val/test split: Δm% compares only a row whose seeds "
+        "are all among every task's baseline seeds (run the baselines with the same seeds)"
+    ) in text
+    assert "different seeds" not in text  # the rows share their seeds
+    assert all(r["delta_m/mean"] == "" for r in read_csv(tmp_path / "out" / "report.csv"))
+    # Baselines of seeds 0 and 1 besides: each row's seed has its baseline, and Δm% is against the
+    # baselines' mean over all their seeds, as ever: acc (0.85 + 0.85 + 0.87)/3, mse (0.25 + 0.25 + 0.27)/3.
+    write_baselines(tmp_path / "seeds01")
+    report = make_report([str(sweep)], [str(tmp_path / "seed5"), str(tmp_path / "seeds01")], out=str(tmp_path / "out"))
+    base_acc, base_mse = (0.85 + 0.85 + 0.87) / 3, (0.25 + 0.25 + 0.27) / 3
+    fixed = [
+        ((acc - base_acc) / base_acc - (mse - base_mse) / base_mse) / 2 * 100
+        for acc, mse in ((0.80, 0.30), (0.84, 0.26))
+    ]
+    (exp,) = report.experiments
+    (row,) = [row for row in exp.rows if row.weighting == "fixed"]
+    assert row.delta_m is not None and row.delta_m.mean == pytest.approx(sum(fixed) / 2, abs=1e-9)
+    assert round(sum(fixed) / 2, 2) == -6.69
+    assert all(row.delta_m is not None for row in exp.rows) and exp.notes == []
+
+
 def test_a_configuration_without_a_task_of_the_experiment_is_named(tmp_path: Path) -> None:
     sweep = make_sweep(tmp_path)
     write_baselines(sweep / "baselines")
@@ -661,6 +758,14 @@ def test_baselines_trained_otherwise_than_the_runs_are_named(tmp_path: Path) -> 
         "reg: trainer.max_epochs=3 (runs: 5); Δm% compares unlike training"
     ) in text
     assert report.counts["ignored"] == 0
+    # The experiment's length (`epochs`, which trainer.max_epochs follows) is training setup too.
+    for job in range(4):
+        (tmp_path / "baselines" / str(job) / ".hydra" / "config.yaml").write_text(
+            "epochs: 2\ntrainer:\n  max_epochs: 5\n"
+        )
+    make_report([str(sweep)], [str(tmp_path / "baselines")], out=str(tmp_path / "out"))
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "the single-task baselines were trained otherwise than the runs: cls: epochs=2 (runs: " in text
 
 
 def test_the_header_counts_the_runs_ignored_under_baselines(tmp_path: Path) -> None:

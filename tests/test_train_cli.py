@@ -165,6 +165,21 @@ def test_result_json_and_resume(tmp_path):
     assert json.loads((tmp_path / "again/result.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.slow
+def test_a_run_in_its_own_folder_resumes_from_a_path_relative_to_the_launch_folder(tmp_path):
+    """hydra.job.chdir=true read ckpt_path from the run's folder; without a logger of its own folder
+    (no CSV logger here), the loss-weight CSV and plot went into the launch folder, every run's over
+    the one before."""
+    first = cli(["trainer=debug", "trainer.enable_progress_bar=false", "hydra.run.dir=first"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    args = ["trainer=debug", "trainer.enable_progress_bar=false", "hydra.job.chdir=true", "hydra.run.dir=second"]
+    second = cli([*args, "ckpt_path=first/checkpoints/last.ckpt", "trainer.max_epochs=3", "~logger"], cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert torch.load(tmp_path / "second/checkpoints/last.ckpt", weights_only=True)["global_step"] == 9  # 6 + 3
+    assert (tmp_path / "second/loss_weights.csv").is_file() and (tmp_path / "second/loss_weights.png").is_file()
+    assert not list(tmp_path.glob("loss_weights.*"))
+
+
 def test_missing_or_corrupt_checkpoint_names_the_path(tmp_path):
     missing = tmp_path / "nowhere" / "last.ckpt"
     with pytest.raises(MultiLossError, match=f"ckpt_path '{missing}': no such file"):

@@ -232,6 +232,7 @@ class TrainConf:
     lightning: str = "lightning.pytorch"
     baseline_of: Optional[str] = None
     seed: int = 0
+    epochs: int = 30
     ckpt_path: Optional[str] = None
     test: bool = True
     output_dir: str = MISSING
@@ -396,8 +397,15 @@ def validate_config(cfg: DictConfig, *parts: str) -> None:
 POSITIVE_COUNTS = (("trainer", "accumulate_grad_batches"), ("", "torch_threads"))
 
 
+# NumPy's seeds (seed_everything seeds NumPy too): an unsigned 32-bit integer.
+SEED_RANGE = (0, 2**32 - 1)
+
+
 def check_counts(cfg: DictConfig, wanted: Any) -> None:
-    """Refuse a count below 1 (``null`` is left to its default), naming the key."""
+    """Refuse a count below 1 (``null`` is left to its default) and a seed out of range, naming the key."""
+    seed = cfg.get("seed") if wanted("seed") else None
+    if isinstance(seed, int) and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise MultiLossError(f"config key 'seed': must be an integer from 0 to {SEED_RANGE[1]}, got {seed}")
     for part, key in POSITIVE_COUNTS:
         node = cfg.get(part) if part else cfg
         if (part and not wanted(part)) or not isinstance(node, DictConfig) or node.get(key) is None:

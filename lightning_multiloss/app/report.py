@@ -14,7 +14,10 @@ of Multiple Tasks", CVPR 2019):
 with :math:`M_t` the primary metric of task :math:`t`, :math:`M_{b,t}` its mean over the seeds
 of the single-task baseline (runs with ``baseline_of`` set, same experiment) and
 :math:`l_t = 1` when lower is better. Higher Δm% is better; Δm% is computed for each seed and
-reported as mean ± std over seeds (its mean equals Δm% of the metric means).
+reported as mean ± std over seeds (its mean equals Δm% of the metric means). The seed also draws
+the train/val/test split, so a row's Δm% is left empty (and a note names the row and the seeds)
+unless each of its seeds is a seed of every task's baseline, and rows run with different seeds
+are named: they were evaluated on different splits. Unknown seeds (``None``) are not checked.
 
 Runs that failed, were interrupted, are still running, or left no ``result.json`` (a Hydra job
 folder with ``.hydra/`` only) are listed in their own section and counted in the header; a
@@ -375,7 +378,7 @@ def _is_seed(override: str) -> bool:
 
 # Overrides that change how a model is trained (not what is compared): a baseline trained otherwise
 # than the runs (2 epochs against 1) makes Δm% compare unlike things.
-TRAINING_SETUP = ("trainer", "data", "model.trunk", "model.optimizer")
+TRAINING_SETUP = ("epochs", "trainer", "data", "model.trunk", "model.optimizer")
 NOT_TRAINING = frozenset(
     f"trainer.{key}"
     for key in (
@@ -591,6 +594,18 @@ def _summarise_experiment(name: str, swept: list[Run], baseline_runs: list[Run])
     if len(by_split) > 1:  # test=false in some runs: their metrics are the validation split's
         listed = "; ".join(f"{split}: {', '.join(labels)}" for split, labels in sorted(by_split.items()))
         notes.append(f"the rows' metrics come from different splits ({listed}): compare rows of one split")
+    # The seed draws the train/val/test split: rows run with other seeds were tested on other data.
+    by_seeds: dict[tuple[int, ...], list[str]] = {}
+    for row in rows:
+        known = tuple(sorted({s for s in row.seeds if s is not None}))
+        if known:  # a row of unknown seeds only: nothing to compare (as before)
+            by_seeds.setdefault(known, []).append(repr(row.label))
+    if len(by_seeds) > 1:
+        listed = "; ".join(f"seeds {list(seeds)}: {', '.join(labels)}" for seeds, labels in sorted(by_seeds.items()))
+        notes.append(
+            f"the rows were run with different seeds ({listed}), and the seed draws the train/val/test split: "
+            "rows with different seeds were evaluated on different splits: compare rows with the same seeds"
+        )
 
     baselines: dict[str, Baseline] = {}
     for task in tasks:
@@ -631,14 +646,34 @@ def _summarise_experiment(name: str, swept: list[Run], baseline_runs: list[Run])
             )
         else:
             base = {task: baselines[task].stat.mean for task in tasks}
+            # The seeds of each task's baseline (the seed draws the split): a row's seed that some
+            # baseline lacks was tested on other data. Unknown seeds (None) are not checked.
+            base_seeds = {
+                task: {r.seed for r in baselines[task].runs if r.value(task, primary[task]) is not None}
+                for task in tasks
+            }
+            unmatched: list[str] = []
             for row in rows:
                 per_seed = []
+                tested: set[int] = set()  # the known seeds of the runs in its Δm%
                 for run in row.runs:
                     found = {task: run.value(task, primary[task]) for task in tasks}
                     complete = {task: v for task, v in found.items() if v is not None}
                     if len(complete) == len(tasks):
                         per_seed.append(delta_m(complete, base, directions))
+                        if run.seed is not None:
+                            tested.add(run.seed)
+                if any(None not in own and not tested <= own for own in base_seeds.values()):
+                    unmatched.append(f"{row.label!r} (seeds {sorted(tested)})")
+                    continue
                 row.delta_m = Stat.of(per_seed) if per_seed else None
+            if unmatched:
+                theirs = "; ".join(f"{task}: {_seed_list(own)}" for task, own in base_seeds.items())
+                notes.append(
+                    f"Δm% is left empty for {', '.join(unmatched)}: the single-task baselines were run with "
+                    f"seeds {theirs}, and the seed draws the train/val/test split: Δm% compares only a row "
+                    "whose seeds are all among every task's baseline seeds (run the baselines with the same seeds)"
+                )
 
     def sort_key(row: ConfigRow) -> tuple[bool, float, str]:
         dm = row.delta_m.mean if row.delta_m is not None and math.isfinite(row.delta_m.mean) else None
@@ -649,6 +684,11 @@ def _summarise_experiment(name: str, swept: list[Run], baseline_runs: list[Run])
     if len(tasks) == 2:
         _pareto(report)
     return report
+
+
+def _seed_list(seeds: set[int | None]) -> str:
+    """The seeds sorted, an unknown one (``None``) last."""
+    return str(sorted(seeds, key=lambda s: (s is None, s or 0)))
 
 
 def _pareto(report: ExperimentReport) -> None:

@@ -38,6 +38,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
+from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -157,13 +158,17 @@ class CheckpointInfo:
     """Optimizer steps completed (``global_step``)."""
     model: ModelSummary
     """The model it holds."""
+    datamodule_states: Mapping[str, Any]
+    """The states data modules keep in it (their ``state_dict``), by the class's qualified name."""
 
 
 def check_checkpoint(path: str | None) -> CheckpointInfo | None:
     """``path`` and its progress if it is a readable Lightning checkpoint, else an error naming it."""
     if path is None:
         return None
-    path = os.path.abspath(os.path.expanduser(str(path)))
+    # Relative to the folder the run was launched from, also where Hydra changes into the run's
+    # folder (hydra.job.chdir=true).
+    path = to_absolute_path(os.path.expanduser(str(path)))
     if os.path.isdir(path):
         raise MultiLossError(f"ckpt_path {path!r} is a folder; give the checkpoint file (e.g. checkpoints/last.ckpt)")
     if not os.path.isfile(path):
@@ -188,7 +193,16 @@ def check_checkpoint(path: str | None) -> CheckpointInfo | None:
     epochs = progress.get("processed", progress.get("completed", checkpoint.get("epoch", 0)))
     hparams = checkpoint.get("hyper_parameters")
     model = ModelSummary.of(hparams if isinstance(hparams, Mapping) else {}, checkpoint["state_dict"])
-    return CheckpointInfo(path, int(epochs), int(checkpoint.get("global_step", 0)), model)
+    # Lightning keeps a data module's state under its class's name, beside its own entries.
+    datamodule_states = {
+        key: value for key, value in checkpoint.items() if isinstance(value, Mapping) and key not in _LIGHTNING_ENTRIES
+    }
+    return CheckpointInfo(path, int(epochs), int(checkpoint.get("global_step", 0)), model, datamodule_states)
+
+
+_LIGHTNING_ENTRIES = frozenset(
+    ("state_dict", "loops", "callbacks", "hyper_parameters", "datamodule_hyper_parameters", "MixedPrecision")
+)
 
 
 def _names(keys: Sequence[str], most: int = 3) -> str:
@@ -290,12 +304,13 @@ def with_scheduled_task(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def build(cfg: DictConfig, check_model: Callable[[Any], None] | None = None) -> tuple[Any, Any, Any]:
+def build(cfg: DictConfig, check_model: Callable[[Any, Any], None] | None = None) -> tuple[Any, Any, Any]:
     """The datamodule, model and trainer of a composed config (validated, resolved).
 
     All of them, the callbacks and the loggers come from the Lightning package of the config's
     ``lightning`` key (:mod:`~lightning_multiloss.app.namespace`). ``check_model`` runs on the
-    model before the Trainer is made (which logs its devices): an error there is the only output.
+    datamodule and the model before the Trainer is made (which logs its devices): an error there is
+    the only output.
     """
     validate_config(cfg)
     cfg = _resolved(cfg)
@@ -312,6 +327,7 @@ def build(cfg: DictConfig, check_model: Callable[[Any], None] | None = None) -> 
             )
         cfg = single_task(cfg, cfg.baseline_of)
     cfg = with_scheduled_task(cfg)
+    check_one_set_of_processes(cfg.trainer.get("strategy"))
     if cfg.get("torch_threads") is not None:  # checked >= 1 with the config
         torch.set_num_threads(int(cfg.torch_threads))
     lightning.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -321,7 +337,7 @@ def build(cfg: DictConfig, check_model: Callable[[Any], None] | None = None) -> 
     )
     model.configure_optimizers()  # the optimizer's arguments are checked now, not when training starts
     if check_model is not None:
-        check_model(model)
+        check_model(datamodule, model)
     callbacks = [
         call(node, f"callbacks.{key}") for key, node in (cfg.get("callbacks") or {}).items() if node is not None
     ]
@@ -335,6 +351,31 @@ def build(cfg: DictConfig, check_model: Callable[[Any], None] | None = None) -> 
         options["enable_checkpointing"] = False
     trainer = call(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, **options)
     return datamodule, model, trainer
+
+
+# Lightning's strategies that start new processes for each of fit, validate and test (from the
+# main process, with torch.multiprocessing), and their start methods.
+_NEW_PROCESSES_PER_CALL = ("ddp_spawn", "ddp_fork", "ddp_notebook")
+_START_METHODS = ("spawn", "fork", "forkserver")
+
+
+def check_one_set_of_processes(strategy: Any) -> None:
+    """Refuse a strategy that starts new processes for each Trainer call (``ddp_spawn``, ``ddp_fork``,
+    ``ddp_notebook``): the run validates and tests after fitting, so each call would rewrite
+    ``csv/metrics.csv``, and the loss weights of the fit would stay in its processes."""
+    if isinstance(strategy, str):
+        refused = strategy.startswith(_NEW_PROCESSES_PER_CALL)
+    elif isinstance(strategy, Mapping | DictConfig):
+        refused = strategy.get("start_method") in _START_METHODS
+    else:
+        refused = False
+    if refused:
+        shown = strategy if isinstance(strategy, str) else f"start_method={strategy.get('start_method')}"
+        raise MultiLossError(
+            f"config key 'trainer.strategy': {shown} starts new processes for each of fit, validate and test, "
+            "so each would rewrite csv/metrics.csv and the fit's loss weights would stay in its processes; "
+            "use trainer.strategy=ddp (trainer=ddp_cpu on CPU), which starts the processes once"
+        )
 
 
 def _weighting_name(node: Any) -> str | None:
@@ -395,12 +436,15 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
     try:
         checkpoint = check_checkpoint(cfg.get("ckpt_path"))
 
-        def resumable(model: Any) -> None:
+        def resumable(datamodule: Any, model: Any) -> None:
             if checkpoint is not None:
-                limits = _resolved(OmegaConf.masked_copy(cfg, ["trainer"])).trainer
+                limits = _resolved(OmegaConf.masked_copy(cfg, ["trainer", "output_dir"])).trainer
                 max_steps = limits.get("max_steps")
                 check_resumable(checkpoint, limits.get("max_epochs"), -1 if max_steps is None else int(max_steps))
                 check_same_model(checkpoint, ModelSummary.of(model.hparams, model.state_dict()))
+                saved = checkpoint.datamodule_states.get(type(datamodule).__qualname__)
+                if saved is not None and hasattr(datamodule, "check_split_of"):
+                    datamodule.check_split_of(saved, f"ckpt_path {checkpoint.path!r}")
 
         datamodule, model, trainer = build(cfg, check_model=resumable)
         ckpt_path = None if checkpoint is None else checkpoint.path
@@ -625,6 +669,20 @@ def _quiet_lightning() -> None:
         logging.getLogger(name).addFilter(_DropMessages("litlogger"))
 
 
+def _missing_plugin(error: Exception) -> str | None:
+    """The message for a Hydra plugin (launcher, sweeper) that a chosen option names but that is not
+    installed; ``None`` for any other error.
+
+    Hydra raises a bare ``RuntimeError`` then. Its plugins are packages ``hydra_plugins.<package>``,
+    installed from PyPI as ``<package>`` with dashes (``hydra-submitit-launcher``).
+    """
+    found = re.fullmatch(r"Unknown plugin class : '((hydra_plugins\.(\w+))?[\w.]*)'", str(error).strip())
+    if not isinstance(error, RuntimeError) or found is None:
+        return None
+    package = f": pip install {found.group(3).replace('_', '-')}" if found.group(3) else ""
+    return f"the Hydra plugin {found.group(1)!r} is not installed{package}"
+
+
 def main() -> None:
     """The ``multiloss-train`` console script.
 
@@ -668,6 +726,10 @@ def main() -> None:
         print(f"error: {message}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     except Exception as error:
+        missing = _missing_plugin(error)
+        if missing is not None and not _task_started:
+            print(f"error: {missing}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
         if not _failed_jobs:
             raise
         # The sweeper itself gave up after failed jobs (Optuna: "No trials are completed yet" when

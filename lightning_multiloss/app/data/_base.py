@@ -96,6 +96,29 @@ class SplitDataModuleMixin:
         self.splits: dict[str, Tensor] = {}
         self.datasets: dict[str, TensorDictDataset] = {}
 
+    def state_dict(self) -> dict[str, Any]:
+        """What decides the split, kept in checkpoints: a resumed run must train on the same split."""
+        return {"split": {"seed": self.seed, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction}}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        self.check_split_of(state_dict, "the checkpoint")
+
+    def check_split_of(self, state: Mapping[str, Any], source: str) -> None:
+        """Refuse to resume the training of ``source`` (whose data module's :meth:`state_dict` is
+        ``state``) on another split: its validation and test samples would have been trained on."""
+        saved = state.get("split")
+        if not isinstance(saved, Mapping):  # a checkpoint of an earlier version: nothing to compare
+            return
+        ours = self.state_dict()["split"]
+        differ = [key for key in ours if key in saved and saved[key] != ours[key]]
+        if differ:
+            settings = ", ".join(f"{key}={saved[key]!r} there, {ours[key]!r} here" for key in differ)
+            raise MultiLossError(
+                f"{type(self).__name__}: {source} was trained on another split of the data ({settings}): "
+                "resumed on this one, it would be validated and tested on samples it trained on; resume with "
+                f"the same {' and '.join(differ)}"
+            )
+
     @abstractmethod
     def build(self, generator: torch.Generator) -> dict[str, Tensor]:
         """All samples, ``{"x": inputs, <target key>: targets, ...}`` (random choices from ``generator``)."""
