@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_multiloss import LossWeightingCallback, MultiLossError, MultiTaskMixin, Task
 from lightning_multiloss.schedules import Linear
-from lightning_multiloss.weighting import Fixed, Learnable, Scheduled, Weighting
-from tests._models import ToyDataset, ToyNet, quiet_trainer, toy_loader
+from lightning_multiloss.weighting import Fixed, Learnable, Scheduled, Weighting, create_weighting
+from tests._models import ToyDataset, ToyNet, assert_params_close, quiet_trainer, toy_loader
 
 TASKS = ("cls", "reg")
 
@@ -680,6 +680,22 @@ def test_the_tuners_trial_steps_are_no_part_of_the_fits_first_epoch() -> None:
         return [float(trainer.callback_metrics[f"train/loss/{task}_epoch"]) for task in TASKS]
 
     assert epoch_means(tune=True) == pytest.approx(epoch_means(tune=False), rel=1e-6)
+
+
+@pytest.mark.parametrize("weighting", ["dwa", "stch"])
+def test_the_learning_rate_finder_callback_leaves_the_epoch_means_alone(weighting: str) -> None:
+    # Its trials run inside the fit, after setup: the epoch means counted their batches (the
+    # restored checkpoint took back the sums, not the count kept on the host), so DWA's epoch-0
+    # mean was 6/(6+8) of the true one and its weights from epoch 2 on were wrong.
+    from pytorch_lightning.callbacks import LearningRateFinder
+
+    def trained(finder: bool) -> dict[str, Tensor]:
+        model = Tunable(create_weighting(weighting))
+        callbacks = [LearningRateFinder(num_training_steps=8, update_attr=False)] if finder else []
+        quiet_trainer(max_epochs=4, callbacks=callbacks).fit(model)
+        return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    assert_params_close(trained(finder=True), trained(finder=False), atol=0.0)
 
 
 def gaussian_nll(output: tuple[Tensor, Tensor], target: Tensor) -> Tensor:

@@ -116,6 +116,14 @@ class TaskEpochMean(Metric):
         self._flush()
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        if prefix + "count" in state_dict:  # read first: torchmetrics takes its states out of state_dict
+            # The loaded states hold every batch counted when they were saved; batches counted on
+            # the host since (the trial steps of a learning-rate finder, which restores its
+            # checkpoint after them) are no part of them.
+            self._all_labelled[0] = 0
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
 
 # A strategy pickled by save_hyperparameters() holds its epoch means, and these their reductions.
 allow_in_checkpoints(TaskEpochMean, *state_functions(TaskEpochMean(1)))
