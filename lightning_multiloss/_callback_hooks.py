@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -250,8 +251,7 @@ class LossWeightingHooks:
         self._last_step = trainer.global_step
         self._end = None
         self._follow_training(trainer, partial(batches_processed, trainer))
-        total = trainer.estimated_stepping_batches
-        planned = int(total) if isinstance(total, int | float) and math.isfinite(total) else None
+        planned = _planned_steps(trainer)
         restored, self._restored_plan = self._restored_plan, None
         if restored is None and trainer.global_step > 0:
             restored = self._total_steps  # the same Trainer fitting on (e.g. with a larger max_epochs): as a resume
@@ -460,16 +460,55 @@ class LossWeightingHooks:
         ]
 
 
+def _accumulation_by_epoch(trainer: Any) -> Callable[[int], int]:
+    """The number of batches each optimizer step of an epoch accumulates: the Trainer's, or that
+    of a callback that changes it by epoch (Lightning's ``GradientAccumulationScheduler``, whose
+    schedule ``trainer.estimated_stepping_batches`` does not know)."""
+    for callback in trainer.callbacks:
+        by_epoch = getattr(callback, "get_accumulate_grad_batches", None)
+        if callable(by_epoch):
+            return lambda epoch: max(int(by_epoch(epoch)), 1)
+    fixed = max(int(trainer.accumulate_grad_batches), 1)
+    return lambda epoch: fixed
+
+
+def _steps_by_epoch(trainer: Any) -> Iterator[int]:
+    """The optimizer steps of each epoch, from the first (endless; empty where the number of
+    batches is not known)."""
+    batches = trainer.num_training_batches
+    if not isinstance(batches, int | float) or not math.isfinite(batches) or batches <= 0:
+        return
+    accumulation = _accumulation_by_epoch(trainer)
+    for epoch in itertools.count():
+        yield math.ceil(batches / accumulation(epoch))
+
+
+def _planned_steps(trainer: Any) -> int | None:
+    """The optimizer steps training will take (``None`` where nothing bounds them): Lightning's
+    estimate, counted epoch by epoch where a callback changes the accumulation by epoch."""
+    total = trainer.estimated_stepping_batches
+    planned = int(total) if isinstance(total, int | float) and math.isfinite(total) else None
+    epochs = trainer.max_epochs
+    if planned is None or not isinstance(epochs, int) or epochs < 0:
+        return planned
+    steps = sum(itertools.islice(_steps_by_epoch(trainer), max(epochs, 1)))
+    if steps == 0:  # batches not known: Lightning's estimate
+        return planned
+    return min(steps, trainer.max_steps) if trainer.max_steps != -1 else steps
+
+
 def _planned_epochs(trainer: Any, planned_steps: int | None) -> int | None:
     """The number of epochs training will reach: ``max_epochs``, or fewer where ``max_steps`` ends
     it sooner (``None`` where neither bounds it)."""
     epochs = trainer.max_epochs if isinstance(trainer.max_epochs, int) and trainer.max_epochs >= 0 else None
-    batches = trainer.num_training_batches
-    if planned_steps is None or not isinstance(batches, int | float) or not math.isfinite(batches) or batches <= 0:
+    if planned_steps is None:
         return epochs
-    steps_per_epoch = math.ceil(batches / max(int(trainer.accumulate_grad_batches), 1))
-    by_steps = math.ceil(planned_steps / steps_per_epoch)
-    return by_steps if epochs is None else min(epochs, by_steps)
+    done = 0
+    for reached, steps in enumerate(_steps_by_epoch(trainer), start=1):
+        done += steps
+        if done >= planned_steps or (epochs is not None and reached >= epochs):
+            return reached if epochs is None else min(epochs, reached)
+    return epochs
 
 
 def _stage(trainer: Any) -> str:

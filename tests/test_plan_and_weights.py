@@ -288,3 +288,23 @@ def test_an_epoch_schedule_is_checked_over_the_epochs_max_steps_plans() -> None:
     trainer = quiet_trainer(max_epochs=10, max_steps=5)
     trainer.fit(ToyNet(Scheduled(schedule, unit="epoch")), toy_loader(n=64, batch_size=16))
     assert trainer.global_step == 5
+
+
+@pytest.mark.parametrize(
+    ("scheduling", "steps"),
+    [({0: 2}, 12), ({0: 1, 2: 2}, 6 + 6 + 3 + 3), ({0: 1, 1: 4}, 6 + 2 + 2 + 2)],
+)
+def test_a_fraction_schedule_plans_the_steps_of_a_gradient_accumulation_scheduler(scheduling, steps) -> None:
+    # 6 batches an epoch, 4 epochs. Lightning's estimate of the steps ignores the scheduler (24
+    # planned, 12 taken with {0: 2}): alpha stopped halfway, at 0.54 instead of 1/12.
+    from pytorch_lightning.callbacks import GradientAccumulationScheduler
+
+    model = ToyNet(Scheduled(Linear(1.0, 0.0, duration=1.0), unit="fraction"))
+    recorder = LossWeightingCallback(plot=False)
+    trainer = quiet_trainer(max_epochs=4, callbacks=[recorder, GradientAccumulationScheduler(scheduling)])
+    trainer.fit(model, toy_loader(n=96, batch_size=16))
+    assert trainer.global_step == steps
+    assert recorder.steps == list(range(1, steps + 1))
+    # The weight of the step that brings global_step to s was set at the fraction (s - 1) / steps.
+    assert [w[0] for w in recorder.weights] == pytest.approx([1.0 - (s - 1) / steps for s in recorder.steps])
+    assert recorder.end_weights[0] == pytest.approx(0.0)
