@@ -14,12 +14,12 @@ import torch
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
 
-from lightning_multiloss._dist import is_distributed
+from lightning_multiloss._dist import all_gather_object, is_distributed
 from lightning_multiloss._lightning import batches_processed, is_lightning_class, lightning_package
 from lightning_multiloss._run_recorder import RunRecorder, active_recorder
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.sampling import ResumableDataLoader
-from lightning_multiloss.weighting import Progress, Weighting
+from lightning_multiloss.weighting import GramianWeighting, Progress, Weighting
 
 log = logging.getLogger(__name__)
 
@@ -327,20 +327,38 @@ class LossWeightingHooks:
         self._open_epoch = None
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
-        # Each DDP process holds its own part of the epoch's running sums (DWA, STCH), and the
-        # checkpoint is rank 0's state: it keeps their total instead (Lightning calls this on every
-        # process), which the first process alone takes back on resume (on_load_checkpoint).
+        # The checkpoint is rank 0's state; Lightning calls this on every process, so that what each
+        # DDP process holds of its own joins it here.
         weighting = self._weighting(pl_module)
-        if not weighting.uses_epoch_losses or not is_distributed():
+        if not is_distributed():
             return
-        prefix = next(name for name, module in pl_module.named_modules() if module is weighting.epoch_losses)
-        for name, total in weighting.epoch_losses.states_over_processes().items():
-            checkpoint["state_dict"][f"{prefix}.{name}"] = total
+        if weighting.uses_epoch_losses:
+            # Each process's part of the epoch's running sums (DWA, STCH): their total, which the
+            # first process alone takes back on resume (on_load_checkpoint).
+            prefix = next(name for name, module in pl_module.named_modules() if module is weighting.epoch_losses)
+            for name, total in weighting.epoch_losses.states_over_processes().items():
+                checkpoint["state_dict"][f"{prefix}.{name}"] = total
+        if _has_host_state_per_process(weighting):
+            # The solver's state of every process (ddp="local"): each takes back its own on resume.
+            assert isinstance(weighting, GramianWeighting)
+            checkpoint[_HOST_STATE_BY_RANK] = all_gather_object(weighting.host_state_dict())
 
     def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         weighting = self._weighting(pl_module)
         if weighting.uses_epoch_losses and trainer.global_rank != 0:
             weighting.epoch_losses.clear()  # the sums over all processes are rank 0's (on_save_checkpoint)
+        by_rank = checkpoint.get(_HOST_STATE_BY_RANK)
+        if _has_host_state_per_process(weighting) and isinstance(by_rank, list):
+            assert isinstance(weighting, GramianWeighting)
+            if len(by_rank) == trainer.world_size:
+                weighting.load_host_state_dict(by_rank[trainer.global_rank])
+            elif trainer.global_rank == 0:
+                log.warning(
+                    "LossWeightingCallback: the checkpoint holds the solver state of %d processes, this run has %d: "
+                    "every process resumes from rank 0's",
+                    len(by_rank),
+                    trainer.world_size,
+                )
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         # `trainer.log_dir` broadcasts under DDP: every rank must ask for it, not only rank 0.
@@ -458,6 +476,15 @@ class LossWeightingHooks:
             (int(step), int(epoch), torch.tensor(row))
             for step, epoch, row in zip(state_dict["steps"], state_dict["epochs"], state_dict["weights"], strict=True)
         ]
+
+
+# The checkpoint's entry that holds each process's host solver state in ddp="local" mode, by rank.
+_HOST_STATE_BY_RANK = "lightning_multiloss_host_state_by_rank"
+
+
+def _has_host_state_per_process(weighting: Weighting) -> bool:
+    """Whether each DDP process keeps its own solver state (a Gramian strategy in ``ddp="local"`` mode)."""
+    return isinstance(weighting, GramianWeighting) and weighting.ddp == "local" and bool(weighting.host_state)
 
 
 def _accumulation_by_epoch(trainer: Any) -> Callable[[int], int]:

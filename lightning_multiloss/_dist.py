@@ -20,3 +20,13 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
         tensor = tensor.clone()
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def all_gather_object(value: object) -> list[object]:
+    """``value`` of every process, in rank order (``[value]`` without distributed training)."""
+    if not is_distributed():
+        return [value]
+    gathered: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+

@@ -35,7 +35,14 @@ from lightning_multiloss._metric_keys import (
 from lightning_multiloss.errors import MultiLossError, NonFiniteLossError, first_line
 from lightning_multiloss.gradients import own_above_representation, own_by_task, parameter_users, shared_by_use
 from lightning_multiloss.task import Task
-from lightning_multiloss.weighting import Fixed, GradientWeighting, TaskEpochMean, Weighting, create_weighting
+from lightning_multiloss.weighting import (
+    Fixed,
+    GradientWeighting,
+    TaskEpochMean,
+    WeightedLoss,
+    Weighting,
+    create_weighting,
+)
 
 Stage = Literal["train", "val", "test"]
 log = logging.getLogger(__name__)
@@ -450,15 +457,22 @@ class MultiTaskMixin(_Base):
                 self._mt_skip_for, self._mt_skip_done = id(trainer) if trainer is not None else 0, False
                 # Lightning refuses None under DDP. A zero that reaches every parameter keeps DDP's
                 # gradient all-reduce in step on all processes; on_before_optimizer_step drops it.
-                return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), losses.new_zeros(()))
+                return self._mt_reaching_every_parameter(losses, 0.0)
         else:
             self._mt_record_nonfinite(losses, trainer, batch_idx)
         if isinstance(weighting, GradientWeighting):
             try:
                 result = weighting(losses, **self._mt_gradient_inputs(losses, trainer))
             except NonFiniteLossError:
-                self.check_finite_losses()  # names the task and the step, if a task loss is the cause
-                raise
+                if not (is_distributed() and weighting.ddp == "local" and self._mt_on_nonfinite == "raise"):
+                    self.check_finite_losses()  # names the task and the step, if a task loss is the cause
+                    raise
+                # Each process solves with its own Gramian: the others have not seen it, and this one
+                # stopping alone would leave them waiting in DDP's all-reduce. A loss whose gradient is
+                # NaN everywhere carries it to every process, and the check of the kept losses (at the
+                # next logging step, or the epoch's end) stops them all together, naming the step.
+                nan = losses.new_full(losses.shape, math.nan)
+                result = WeightedLoss(self._mt_reaching_every_parameter(losses, math.nan), nan.detach())
         else:
             result = weighting(losses)
         labelled = self._mt_labelled(losses)
@@ -699,6 +713,12 @@ class MultiTaskMixin(_Base):
             )
         self._mt_checked_trainer = id(trainer)
         self._mt_parameters = None
+
+    def _mt_reaching_every_parameter(self, losses: Tensor, value: float) -> Tensor:
+        """``value`` times every trainable parameter's sum: a loss whose gradient is ``value``
+        everywhere (0 to skip a step, NaN to carry a failure), so that DDP's gradient all-reduce
+        runs on every process alike."""
+        return sum((p.sum() * value for p in self.parameters() if p.requires_grad), losses.new_zeros(()))
 
     def _mt_record_nonfinite(self, losses: Tensor, trainer: Any | None, batch_idx: int) -> None:
         """Keep this step's losses for :meth:`check_finite_losses` (a reference: no copy, no wait)."""

@@ -5,7 +5,8 @@
 - a task with no labelled sample on one rank does not stop DDP, and the update is the average
   of the ranks' gradients (a plain-PyTorch replay);
 - the weight trajectory is written once, by rank 0, into the logger's folder;
-- ``on_nonfinite="raise"`` with a NaN on one rank only: both ranks stop together, naming the step;
+- ``on_nonfinite="raise"`` with a NaN on one rank only: both ranks stop together, naming the step
+  (also where only one rank's solver sees it, ``ddp="local"``);
 - a negative loss on one rank only (FAMO needs losses >= 0): both ranks raise the same error;
 - a layer made trainable after DDP wrapped the model is warned about (rank 0);
 - DWA checkpointed in the middle of an epoch keeps the running sums of every process.
@@ -124,16 +125,19 @@ def test_trajectory_written_once_by_rank_zero(ranks: tuple[Path, list[dict[str, 
 
 
 @pytest.mark.slow
-def test_a_nonfinite_loss_on_one_rank_stops_both_naming_the_step(ranks: tuple[Path, list[dict[str, Any]]]) -> None:
+@pytest.mark.parametrize("run", ["raise", "raise_local"])
+def test_a_nonfinite_loss_on_one_rank_stops_both_naming_the_step(
+    ranks: tuple[Path, list[dict[str, Any]]], run: str
+) -> None:
     _, (rank0, rank1) = ranks
     for rank in (rank0, rank1):
-        error = rank["raise"]["error"]
+        error = rank[run]["error"]
         assert error is not None, "training went on past a NaN"
         # Rank 1 saw the NaN; rank 0 learns of it through the all-reduce. Both name step 2.
         assert f"at train step {SKIP_BATCH}, epoch 0, batch {SKIP_BATCH}" in error
-        assert rank["raise"]["global_step"] == 6  # found at the epoch's end, no step waited for it
-    assert "{'reg': nan}" in rank1["raise"]["error"]
-    assert "{'reg': 'non-finite on another process'}" in rank0["raise"]["error"]
+        assert rank[run]["global_step"] == 6  # found at the epoch's end, no step waited for it
+    assert "{'reg': nan}" in rank1[run]["error"]
+    assert "{'reg': 'non-finite on another process'}" in rank0[run]["error"]
 
 
 @pytest.mark.slow
@@ -196,6 +200,19 @@ def test_a_run_resumed_in_the_middle_of_an_epoch_ends_as_the_uninterrupted_one(
         want, got = rank["dwa_saved"]["state"], rank["dwa_resumed"]["state"]
         assert int(got["weighting.epochs_seen"]) == 2
         assert_params_close(got, want, atol=1e-6, what="after resume")
+
+
+@pytest.mark.slow
+def test_in_local_mode_each_process_resumes_its_own_solver_state(ranks: tuple[Path, list[dict[str, Any]]]) -> None:
+    _, (rank0, rank1) = ranks
+    # The processes' GradVac targets differ (each solves with its own Gramian): a resume that gave
+    # every process rank 0's would not end as the uninterrupted run.
+    assert not torch.equal(
+        rank0["gradvac_full"]["state"]["weighting.target"], rank1["gradvac_full"]["state"]["weighting.target"]
+    )
+    for rank in (rank0, rank1):
+        want, got = rank["gradvac_full"]["state"], rank["gradvac_resumed"]["state"]
+        assert_params_close(got, want, atol=1e-6, what="GradVac, local mode, after resume")
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
@@ -113,11 +113,26 @@ class GramianWeighting(GradientWeighting):
     process's own (DDP copies buffers from rank 0, not this host state).
     """
 
+    def host_state_dict(self) -> dict[str, Tensor]:
+        """A copy of the host state (:attr:`host_state`), by name: what the state dict holds of it."""
+        return {name: getattr(self, name).clone() for name in self.host_state if hasattr(self, name)}
+
+    def load_host_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Take back a :meth:`host_state_dict` (of this process, or of another one in ``ddp="local"``
+        mode, whose host state is each process's own); an error names a missing or misshapen entry."""
+        for name, host in self.host_state_dict().items():
+            value = state.get(name)
+            if not isinstance(value, Tensor) or value.shape != host.shape:
+                got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise MultiLossError(
+                    f"weighting {self.name!r}: host state {name!r} is {got}, the strategy's {tuple(host.shape)}"
+                )
+            getattr(self, name).copy_(value)
+
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        for name in self.host_state:
-            if hasattr(self, name):
-                destination[prefix + name] = getattr(self, name).clone()
+        for name, value in self.host_state_dict().items():
+            destination[prefix + name] = value
 
     def _load_from_state_dict(
         self,

@@ -6,6 +6,10 @@
 - ``masked``: the ``reg`` task has no labelled sample in rank 1's batch ``MASK_BATCH``.
 - ``raise``: ``on_nonfinite="raise"`` (the default), the NaN of ``skip`` on rank 1 only, checked at
   the epoch's end: both processes must stop, together, naming the step (it ends in an error).
+- ``gradvac_full``, ``gradvac_resumed``: GradVac in ``ddp="local"`` mode (each process keeps its
+  own targets), uninterrupted and resumed from the middle of the epoch.
+- ``raise_local``: the same with MGDA in ``ddp="local"`` mode, where only rank 1's solver sees
+  the NaN: both processes must still stop together, naming the step.
 - ``negative_raise``, ``negative_skip``: FAMO (which needs losses >= 0) with a negative ``reg`` loss
   on rank 1 only at step ``SKIP_BATCH``: both processes stop with the same error, naming the task.
 - ``unfrozen``: MGDA on the parameter route with a trunk layer frozen before fit and trained from
@@ -214,6 +218,25 @@ def main() -> None:
         trainer.fit(model, ddp_loader(ToyDataset(N), rank), ckpt_path=str(out_dir / "dwa_ckpt" / f"step={step}.ckpt"))
         result[name] = {"sums": sums.at_start, "state": model.state_dict()}
 
+    # gradvac_local: GradVac with each process's own Gramian and so its own targets (host state),
+    # checkpointed in the middle of the epoch and resumed: each process takes back its own targets
+    # (every process took rank 0's, and the resumed run drifted from the uninterrupted one)
+    saver = ModelCheckpoint(
+        out_dir / "gradvac_ckpt", filename="{step}", every_n_train_steps=DWA_SAVE_STEP, save_top_k=-1
+    )
+    trainer = ddp_trainer(
+        LossWeightingCallback(plot=False), default_root_dir=out_dir / "gradvac", enable_checkpointing=True
+    )
+    trainer.callbacks.append(saver)
+    model = ToyNet(create_weighting("gradvac", ddp="local"), lr=0.05)
+    trainer.fit(model, ddp_loader(ToyDataset(N), rank))
+    result["gradvac_full"] = {"state": model.state_dict()}
+    trainer = ddp_trainer(LossWeightingCallback(plot=False), default_root_dir=out_dir / "gradvac_resumed")
+    model = ToyNet(create_weighting("gradvac", ddp="local"), lr=0.05)
+    checkpoint = out_dir / "gradvac_ckpt" / f"step={DWA_SAVE_STEP}.ckpt"
+    trainer.fit(model, ddp_loader(ToyDataset(N), rank), ckpt_path=str(checkpoint))
+    result["gradvac_resumed"] = {"state": model.state_dict()}
+
     # raise: no logging step in the epoch, so the NaN of step SKIP_BATCH is found at its end
     model = NaNOnRank1(Fixed(), lr=0.05)
     record = LossWeightingCallback(plot=False)
@@ -223,6 +246,18 @@ def main() -> None:
         result["raise"] = {"error": None}
     except NonFiniteLossError as error:
         result["raise"] = {"error": str(error), "global_step": trainer.global_step}
+
+    # raise_local: MGDA solving with each process's own Gramian, which only rank 1's solver finds
+    # non-finite: rank 1 stopped alone, and rank 0 waited in DDP's all-reduce.
+    model = NaNOnRank1(create_weighting("mgda", ddp="local"), lr=0.05)
+    trainer = ddp_trainer(
+        LossWeightingCallback(plot=False), default_root_dir=out_dir / "raise_local", log_every_n_steps=10_000
+    )
+    try:
+        trainer.fit(model, ddp_loader(ToyDataset(N), rank))
+        result["raise_local"] = {"error": None}
+    except NonFiniteLossError as error:
+        result["raise_local"] = {"error": str(error), "global_step": trainer.global_step}
 
     for mode in ("raise", "skip"):
         model = NegativeOnRank1(create_weighting("famo"), lr=0.05, on_nonfinite=mode)
