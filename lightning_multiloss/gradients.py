@@ -94,7 +94,7 @@ gradient of the single-process run on the global batch.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, get_args
 
@@ -613,20 +613,28 @@ def _leaves_reached(edges: Sequence[tuple[Any, int]], stop: tuple[Any, int] | No
     return {id(leaf) for leaf in (getattr(node, "variable", None) for node in seen) if leaf is not None}
 
 
-def parameter_users(losses: Tensor, parameters: Sequence[Tensor]) -> list[list[int]]:
+def parameter_users(
+    losses: Tensor, parameters: Sequence[Tensor], outputs: Sequence[Any] | None = None
+) -> list[list[int]]:
     """For each parameter, the tasks (indices into ``losses``) whose loss depends on it.
 
     Found by autograd (``allow_unused``): a parameter is used by a loss when it is in that loss's
     graph, even where its gradient happens to be zero. A ``torch.compile`` graph hides which of its
     parameters each output uses (its backward gives every parameter a gradient, zeros included), so
-    through one, a parameter counts as used by a loss where that gradient is not all zero (read
-    once, on the first step).
+    through one, a parameter counts as used by a task where a gradient is not all zero (read once,
+    on the first step): that of a random projection of the task's output (``outputs``, in task
+    order), which depends on the parameters whether or not the batch has a label for the task (a
+    task without one has a loss of ``0 * output.sum()``, whose gradient is zero everywhere), or,
+    without ``outputs``, that of its loss.
     """
     users: list[list[int]] = [[] for _ in parameters]
     if not parameters:
         return users
     through_compiled = passes_through_compiled_graph(losses)
-    for task, grads in enumerate(task_grads(losses, parameters)):
+    probed = losses
+    if through_compiled and outputs is not None:
+        probed = torch.stack([_random_projection(output, losses) for output in outputs])
+    for task, grads in enumerate(task_grads(probed, parameters)):
         present = [g for g in grads if g is not None]
         if through_compiled and present:
             nonzero = iter(torch.stack([g.ne(0).any() for g in present]).tolist())
@@ -637,6 +645,19 @@ def parameter_users(losses: Tensor, parameters: Sequence[Tensor]) -> list[list[i
             if is_used:
                 users[i].append(task)
     return users
+
+
+def _random_projection(output: Any, like: Tensor) -> Tensor:
+    """A scalar (``like``'s device and dtype) that depends on every element of a task's output (a
+    tensor, or a tuple, list or dict of them): their sum, each weighted by a seeded standard normal
+    value (the same on every process)."""
+    if isinstance(output, Tensor):
+        if not output.is_floating_point() or not output.requires_grad:
+            return like.new_zeros(())
+        noise = torch.randn(output.shape, generator=torch.Generator().manual_seed(0), dtype=output.dtype)
+        return (output * noise.to(output.device)).sum().to(like)
+    items = output.values() if isinstance(output, Mapping) else output if isinstance(output, list | tuple) else ()
+    return sum((_random_projection(item, like) for item in items), like.new_zeros(()))
 
 
 def shared_by_use(parameters: Sequence[_P], users: Sequence[Sequence[int]], num_tasks: int) -> list[_P]:

@@ -462,7 +462,7 @@ class MultiTaskMixin(_Base):
             self._mt_record_nonfinite(losses, trainer, batch_idx)
         if isinstance(weighting, GradientWeighting):
             try:
-                result = weighting(losses, **self._mt_gradient_inputs(losses, trainer))
+                result = weighting(losses, **self._mt_gradient_inputs(losses, trainer, outputs))
             except NonFiniteLossError:
                 if not (is_distributed() and weighting.ddp == "local" and self._mt_on_nonfinite == "raise"):
                     self.check_finite_losses()  # names the task and the step, if a task loss is the cause
@@ -737,13 +737,14 @@ class MultiTaskMixin(_Base):
         labelled[self._mt_unlabelled] = 0.0
         return labelled.to(losses.device, non_blocking=True)
 
-    def _mt_gradient_inputs(self, losses: Tensor, trainer: Any | None) -> dict[str, Any]:
+    def _mt_gradient_inputs(self, losses: Tensor, trainer: Any | None, outputs: Mapping[str, Any]) -> dict[str, Any]:
         """What the gradient strategy's ``forward`` takes besides the losses.
 
         The marked representation (taken, so that the module keeps no reference to the graph), or
-        the :meth:`shared_parameters` (the default ones are found by autograd on the first step)
-        and, where the strategy can give the combined gradient itself (``reuse_jacobian``), each
-        task's own parameters.
+        the :meth:`shared_parameters` (the default ones are found by autograd on the first step,
+        through the task ``outputs`` where a compiled graph hides the parameters' use) and, where
+        the strategy can give the combined gradient itself (``reuse_jacobian``), each task's own
+        parameters.
         """
         weighting = self.weighting
         assert isinstance(weighting, GradientWeighting)
@@ -768,7 +769,8 @@ class MultiTaskMixin(_Base):
                         "gradients (it lists the parameters that require grad when it starts), so the processes "
                         "drift apart; make them trainable before fit (freeze with a learning rate of 0 instead)"
                     )
-            users = parameter_users(losses, candidates)  # once, for the shared and the tasks' own
+            # Once, for the shared and the tasks' own.
+            users = parameter_users(losses, candidates, self._mt_in_task_order(outputs))
             found = shared_by_use(candidates, users, losses.numel())
             if not found:
                 raise MultiLossError(
@@ -785,10 +787,13 @@ class MultiTaskMixin(_Base):
         # Frozen ones left out (a trunk frozen for a while): autograd refuses them.
         inputs = {"parameters": [p for p in self.shared_parameters() if p.requires_grad]}
         if reuse:
-            own = self._mt_task_parameters(losses, inputs["parameters"], candidates if uses_default else None)
+            own = self._mt_task_parameters(losses, inputs["parameters"], outputs, candidates if uses_default else None)
             if own is not None:
                 inputs["task_parameters"] = own
         return inputs
+
+    def _mt_in_task_order(self, outputs: Mapping[str, Any]) -> list[Any]:
+        return [outputs[task.name] for task in self._mt_tasks]
 
     def _mt_trainable_parameters(self) -> list[nn.Parameter]:
         """The module's trainable parameters outside the weighting.
@@ -801,7 +806,11 @@ class MultiTaskMixin(_Base):
         return [p for p in self._mt_parameters if p.requires_grad]
 
     def _mt_task_parameters(
-        self, losses: Tensor, shared: list[nn.Parameter], trainable: list[nn.Parameter] | None = None
+        self,
+        losses: Tensor,
+        shared: list[nn.Parameter],
+        outputs: Mapping[str, Any],
+        trainable: list[nn.Parameter] | None = None,
     ) -> list[list[nn.Parameter]] | None:
         """Per task, the trainable parameters outside ``shared`` that only its loss uses; ``None``
         where one of them serves two tasks (then the combined gradient needs Lightning's backward).
@@ -816,7 +825,7 @@ class MultiTaskMixin(_Base):
         def find() -> list[list[nn.Parameter]] | None:
             shared_ids = {id(p) for p in shared}
             rest = [p for p in trainable if id(p) not in shared_ids]
-            return own_by_task(rest, parameter_users(losses, rest), losses.numel())
+            return own_by_task(rest, parameter_users(losses, rest, self._mt_in_task_order(outputs)), losses.numel())
 
         return self._mt_kept_own_parameters(_usage_key(shared, trainable), find)
 

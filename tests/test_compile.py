@@ -21,9 +21,10 @@ from typing import Any
 import pytest
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
 
 from lightning_multiloss.weighting import create_weighting
-from tests._models import ToyNet, quiet_trainer, toy_loader
+from tests._models import ToyDataset, ToyNet, quiet_trainer, toy_loader, toy_tasks
 
 pytestmark = pytest.mark.slow
 
@@ -117,3 +118,40 @@ def test_whole_module_compiled_by_lightning_trains_as_eager(route: str, tmp_path
     if route == "parameters":
         trunk = {id(p) for p in model.trunk.parameters()}
         assert {id(p) for p in model.shared_parameters()} == trunk
+
+
+class FirstBatchUnlabelled(Dataset):
+    """The toy data with a ``reg_mask`` that is false for the whole first batch (of 16)."""
+
+    def __init__(self, n: int = 40) -> None:
+        self.data = ToyDataset(n)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {**self.data[i], "reg_mask": torch.tensor(i >= 16)}
+
+
+def masked_mgda(compile_trunk: dict[str, Any] | None = None) -> CompilableNet:
+    model = CompilableNet(create_weighting("mgda", route="parameters"), False, compile_trunk)
+    model.configure_multitask(toy_tasks(masks={"reg": "reg_mask"}), model.weighting)
+    return model
+
+
+@pytest.mark.parametrize("how", ["trunk", "module"])
+def test_a_task_without_labels_in_the_first_batch_does_not_hide_its_parameters(how: str, tmp_path: Path) -> None:
+    # Through a compiled graph the parameters' use is read from nonzero gradients on the first step:
+    # reg's loss there was 0 · output.sum(), so no parameter seemed shared ("no trainable parameter
+    # is used by two or more task losses"), and its head seemed no task's own.
+    def fit(model: Any) -> None:
+        trainer = quiet_trainer(max_epochs=1, limit_val_batches=0, default_root_dir=tmp_path)
+        trainer.fit(model, DataLoader(FirstBatchUnlabelled(), batch_size=16))
+        assert trainer.global_step == STEPS
+
+    eager = masked_mgda()
+    fit(eager)
+    compiled = masked_mgda({"backend": "aot_eager"} if how == "trunk" else None)
+    fit(compiled if how == "trunk" else torch.compile(compiled, backend="aot_eager"))
+    assert_same_training(compiled, eager)
+    assert {id(p) for p in compiled.shared_parameters()} == {id(p) for p in compiled.trunk.parameters()}
