@@ -406,6 +406,12 @@ class LossWeightingHooks:
         recorder.finished(dict(zip(self.task_names, last, strict=True)), int(trainer.world_size))
         recorder.write()
 
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        pl_module.check_finite_evaluation_losses("val")
+
+    def on_test_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        pl_module.check_finite_evaluation_losses("test")
+
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         # Inside fit, on_fit_end takes the last validation; here a validation of its own (trainer.validate).
         recorder = self._recorder(trainer)

@@ -278,6 +278,8 @@ class MultiTaskMixin(_Base):
         # step dropped for the latest skip. All the steps of one batch are dropped (manual
         # optimization may step several optimizers), and with gradient accumulation the step that
         # ends the window: the skip ends at the first batch after a dropped step.
+        # Under DDP, the first non-finite evaluation loss of each stage this epoch, raised at its end.
+        self._mt_eval_failures: dict[str, str] = {}
         self._mt_skip_for: int | None = None
         self._mt_skip_done = False
         self._mt_skipped_steps: set[tuple[int, int]] = set()
@@ -575,6 +577,20 @@ class MultiTaskMixin(_Base):
         raise NonFiniteLossError(
             f"non-finite task loss(es) {culprits} at train {where}; configure_multitask(on_nonfinite='skip') "
             "(multiloss-train: model.on_nonfinite=skip) skips such steps"
+        )
+
+    def check_finite_evaluation_losses(self, stage: Literal["val", "test"]) -> None:
+        """Under DDP, raise :class:`NonFiniteLossError` on every process if a ``stage`` task loss was
+        NaN or infinite on any of them in the epoch (one all-reduce; the Callback calls it at the
+        epoch's end). In one process the evaluation step raises at once."""
+        failure = self._mt_eval_failures.pop(stage, None)
+        if not is_distributed():
+            return
+        device = self.weighting.last_weights.device
+        if float(all_reduce_sum(torch.tensor(float(failure is not None), device=device))) == 0.0:
+            return
+        raise NonFiniteLossError(
+            failure or f"non-finite task loss(es) at {stage} on another process{_EVALUATION_NOT_SKIPPED}"
         )
 
     def end_training_epoch(self) -> None:
@@ -892,9 +908,16 @@ class MultiTaskMixin(_Base):
         hint = (
             "; configure_multitask(on_nonfinite='skip') (multiloss-train: model.on_nonfinite=skip) skips such steps"
             if stage == "train"
-            else " (evaluation is not skipped: a NaN there means the model itself has diverged)"
+            else _EVALUATION_NOT_SKIPPED
         )
-        raise NonFiniteLossError(f"non-finite {detail} at {stage} {where}{hint}")
+        message = f"non-finite {detail} at {stage} {where}{hint}"
+        if stage != "train" and is_distributed():
+            # The processes may evaluate different numbers of batches (ShardSampler), so no step can
+            # wait for the others: the first such loss is kept, and every process raises together at
+            # the epoch's end (check_finite_evaluation_losses).
+            self._mt_eval_failures.setdefault(stage, message)
+            return False
+        raise NonFiniteLossError(message)
 
     def _mt_log(
         self,
@@ -1040,6 +1063,9 @@ class MultiTaskMixin(_Base):
 
 
 _is_compiling: Callable[[], bool] = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
+
+
+_EVALUATION_NOT_SKIPPED = " (evaluation is not skipped: a NaN there means the model itself has diverged)"
 
 
 def _holds_inference_tensors(metric: Metric) -> bool:

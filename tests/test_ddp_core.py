@@ -141,6 +141,16 @@ def test_a_nonfinite_loss_on_one_rank_stops_both_naming_the_step(
 
 
 @pytest.mark.slow
+def test_a_nonfinite_validation_loss_on_one_rank_stops_both(ranks: tuple[Path, list[dict[str, Any]]]) -> None:
+    _, (rank0, rank1) = ranks
+    assert "non-finite task loss(es) {'reg': nan} at val" in rank1["val_raise"]["error"]
+    assert rank0["val_raise"]["error"] == (
+        "non-finite task loss(es) at val on another process (evaluation is not skipped: a NaN there means the "
+        "model itself has diverged)"
+    )
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(("mode", "stopped_at"), [("raise", 6), ("skip", SKIP_BATCH)])
 def test_a_negative_loss_on_one_rank_stops_both_with_the_same_error(
     ranks: tuple[Path, list[dict[str, Any]]], mode: str, stopped_at: int

@@ -10,6 +10,7 @@
   own targets), uninterrupted and resumed from the middle of the epoch.
 - ``raise_local``: the same with MGDA in ``ddp="local"`` mode, where only rank 1's solver sees
   the NaN: both processes must still stop together, naming the step.
+- ``val_raise``: a NaN in rank 1's first validation batch: both processes stop at the epoch's end.
 - ``negative_raise``, ``negative_skip``: FAMO (which needs losses >= 0) with a negative ``reg`` loss
   on rank 1 only at step ``SKIP_BATCH``: both processes stop with the same error, naming the task.
 - ``unfrozen``: MGDA on the parameter route with a trunk layer frozen before fit and trained from
@@ -35,7 +36,14 @@ from pytorch_lightning.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from lightning_multiloss import LossWeightingCallback, MultiLossError, NonFiniteLossError, ResumableDataLoader, Task
+from lightning_multiloss import (
+    LossWeightingCallback,
+    MultiLossError,
+    NonFiniteLossError,
+    ResumableDataLoader,
+    ShardSampler,
+    Task,
+)
 from lightning_multiloss.weighting import Fixed, Learnable, create_weighting
 from tests._ddp import save_rank_result
 from tests._models import ToyDataset, ToyNet, quiet_trainer
@@ -63,6 +71,17 @@ class NaNOnRank1(ToyNet):
             batch["reg"] = batch["reg"].clone()
             batch["reg"][0, 0] = float("nan")
         return super().training_step(batch, batch_idx)
+
+
+class NaNOnRank1InValidation(ToyNet):
+    """Puts a NaN into one target of rank 1's first validation batch."""
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        if self.global_rank == 1 and batch_idx == 0:
+            batch = dict(batch)
+            batch["reg"] = batch["reg"].clone()
+            batch["reg"][0, 0] = float("nan")
+        return super().validation_step(batch, batch_idx, dataloader_idx)
 
 
 class NegativeOnRank1(ToyNet):
@@ -258,6 +277,17 @@ def main() -> None:
         result["raise_local"] = {"error": None}
     except NonFiniteLossError as error:
         result["raise_local"] = {"error": str(error), "global_step": trainer.global_step}
+
+    # val_raise: a NaN in rank 1's first validation batch, the ranks evaluating 3 and 2 batches (17
+    # and 16 samples): rank 1 raised alone, and rank 0 waited in a collective
+    validation = ToyDataset(33)
+    loader = DataLoader(validation, batch_size=BATCH, sampler=ShardSampler(validation, num_replicas=2, rank=rank))
+    trainer = ddp_trainer(LossWeightingCallback(plot=False), default_root_dir=out_dir / "val_raise")
+    try:
+        trainer.validate(NaNOnRank1InValidation(), loader, verbose=False)
+        result["val_raise"] = {"error": None}
+    except NonFiniteLossError as error:
+        result["val_raise"] = {"error": str(error)}
 
     for mode in ("raise", "skip"):
         model = NegativeOnRank1(create_weighting("famo"), lr=0.05, on_nonfinite=mode)
