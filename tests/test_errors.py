@@ -431,7 +431,7 @@ def nonnegative_strategies() -> list[str]:
     from lightning_multiloss.weighting import WEIGHTINGS, create_weighting
 
     names = sorted(n for n, c in WEIGHTINGS.items() if c.needs_nonnegative_losses)
-    assert {"famo", "gls", "uncertainty", "imtl_l", "dwa"} <= set(names)  # the flag is read from the registry
+    assert {"famo", "gls", "uncertainty", "imtl_l", "dwa", "gradnorm"} <= set(names)  # read from the registry
     assert all(create_weighting(n).needs_nonnegative_losses for n in names)
     return names
 

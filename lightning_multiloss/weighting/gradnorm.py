@@ -63,6 +63,7 @@ class GradNorm(GramianWeighting):
         tensor([0.9625, 1.0375])
     """
 
+    needs_nonnegative_losses = True  # a ratio of negative losses is no rate of training
     host_state = ("num_steps", "omega", "initial_losses")
 
     def __init__(self, alpha: float = 1.5, lr: float = 0.025, **options: Unpack[GradientOptions]) -> None:
