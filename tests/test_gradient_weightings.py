@@ -318,6 +318,15 @@ def test_host_solvers_run_on_one_intra_op_thread() -> None:
     assert seen == [1 if _gramian._OPENMP_BACKEND else 2]
 
 
+def test_imtl_g_of_opposite_gradients_rounded_in_float32_is_uniform() -> None:
+    # The Gramian the parameter route took in a fit of L_a = mean(o - t) + 10, L_b = 10 - mean(o - t):
+    # exactly opposite gradients, rank 1 up to float32 rounding. The only update with equal
+    # projections on both is 0, that of equal weights; dividing by the rounding noise of Σv gave
+    # weights of ±2·10⁷, and a step of 10⁶.
+    g = torch.tensor([[0.5990878939628601, -0.5990879237651825], [-0.5990879237651825, 0.5990879535675049]])
+    torch.testing.assert_close(bound("imtl_g", 2).weights_from_gramian(g, torch.ones(2)), torch.tensor([0.5, 0.5]))
+
+
 def test_imtl_g_equal_projections() -> None:
     for jac in random_jacobians(24, seed=4):
         if jac.shape[0] > jac.shape[1]:

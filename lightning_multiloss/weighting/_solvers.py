@@ -477,15 +477,6 @@ def eigh_psd(gramian: Tensor) -> tuple[Tensor, Tensor, int]:
     return values, vectors, rank
 
 
-def pinv_psd(gramian: Tensor) -> Tensor:
-    """Moore–Penrose pseudo-inverse of a PSD ``G`` (eigenvalues below the rank tolerance dropped)."""
-    values, vectors, rank = eigh_psd(gramian)
-    if rank == 0:
-        return torch.zeros_like(gramian)
-    v = vectors[:, :rank]
-    return v @ torch.diag(1.0 / values[:rank]) @ v.T
-
-
 def random_orders(k: int, generator: torch.Generator) -> Tensor:
     """``(K, K)``: row ``i`` is the order in which task ``i`` visits the tasks (one ``randperm`` per task, in turn)."""
     return torch.stack([torch.randperm(k, generator=generator) for _ in range(k)])

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from lightning_multiloss.weighting._gramian import GramianWeighting
 from lightning_multiloss.weighting._registry import register
-from lightning_multiloss.weighting._solvers import pinv_psd, uniform
+from lightning_multiloss.weighting._solvers import eigh_psd, uniform
+
+_ROWS_PRECISION = torch.finfo(torch.float32).eps  # the Jacobian's rows: float32 or wider
 
 
 @register("imtl_g")
@@ -23,7 +27,12 @@ class IMTLG(GramianWeighting):
 
     with the pseudo-inverse for a singular :math:`G` (the generalisation of Quinton & Rey 2024,
     as in TorchJD). When :math:`\sum_i v_i` vanishes (e.g. all gradients zero) the weights are
-    uniform (TorchJD returns zeros, which would also stop training the task heads).
+    uniform (TorchJD returns zeros, which would also stop training the task heads). It vanishes
+    within rounding where gradients cancel (two opposite ones: the only update with equal
+    projections is 0, which the uniform weights give): the rows of :math:`J` are float32 (or
+    wider), so the part of :math:`\sqrt{\operatorname{diag}(G)}` in the range of :math:`G` is
+    known to about float32's precision, divided by the smallest eigenvalue kept; a sum below a
+    hundred times that is taken as 0 (dividing by it gave weights of ±2·10⁷).
 
     Versus the peers: TorchJD exactly (pseudo-inverse), except uniform weights where it returns
     zeros; LibMTL's closed form inverts :math:`DU^\top` (full-rank J only) and is equal there.
@@ -42,8 +51,15 @@ class IMTLG(GramianWeighting):
     """
 
     def compute_weights(self, g: Tensor, losses: Tensor) -> Tensor:
-        v = pinv_psd(g) @ g.diagonal().clamp_min(0.0).sqrt()
+        k = g.shape[0]
+        values, vectors, rank = eigh_psd(g)
+        if rank == 0:
+            return uniform(k)
+        kept = vectors[:, :rank]
+        norms = g.diagonal().clamp_min(0.0).sqrt()
+        v = kept @ ((kept.T @ norms) / values[:rank])  # G⁺ √diag(G)
         total = float(v.sum())
-        if abs(total) <= 1e-12 * float(v.abs().sum()) or not torch.isfinite(v).all():
-            return uniform(g.shape[0])
+        rounding = _ROWS_PRECISION * math.sqrt(k) * float(norms.norm()) / float(values[rank - 1])
+        if abs(total) <= 100.0 * rounding or not torch.isfinite(v).all():
+            return uniform(k)
         return v / total
