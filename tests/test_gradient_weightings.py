@@ -8,6 +8,7 @@ plain-vector replays of the papers' algorithms) or from optimality conditions.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -325,6 +326,19 @@ def test_imtl_g_of_opposite_gradients_rounded_in_float32_is_uniform() -> None:
     # weights of ±2·10⁷, and a step of 10⁶.
     g = torch.tensor([[0.5990878939628601, -0.5990879237651825], [-0.5990879237651825, 0.5990879535675049]])
     torch.testing.assert_close(bound("imtl_g", 2).weights_from_gramian(g, torch.ones(2)), torch.tensor([0.5, 0.5]))
+
+
+def test_nash_mtl_of_opposite_gradients_rounded_in_float32_keeps_the_first_weights(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Opposite gradients have no Nash bargaining solution (Gα = 1/α > 0 is impossible); rounded in
+    # float32 their Gramian is indefinite beyond the solver's ridge, and the solve crashed with
+    # "math domain error". As documented: 1 at the first step, and a warning.
+    g = torch.tensor([[0.5990878939628601, -0.5990879237651825], [-0.5990879237651825, 0.5990879535675049]])
+    with caplog.at_level(logging.WARNING, logger="lightning_multiloss"):
+        weights = bound("nash_mtl", 2).weights_from_gramian(g, torch.ones(2))
+    torch.testing.assert_close(weights, torch.ones(2))
+    assert "have no Nash bargaining solution at step 0" in caplog.text
 
 
 def test_imtl_g_equal_projections() -> None:

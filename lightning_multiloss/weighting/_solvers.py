@@ -442,7 +442,8 @@ def nash_solve(gramian: Tensor, start: Tensor, tol: float = 1e-12, max_iter: int
     ``Gα − 1/α``, its Hessian ``G + diag(1/α²)`` is positive definite), so the damped Newton
     step ``α ← α − Δ/(1+λ)`` (``λ²`` the Newton decrement) stays positive and converges
     globally, quadratically near the solution. ``G`` must have no zero row, and the ridge of
-    :func:`regularize` keeps ``f`` bounded below when ``G`` is singular.
+    :func:`regularize` keeps ``f`` bounded below when ``G`` is singular; NaN where ``G`` is
+    indefinite beyond the ridge (no solution).
     """
     g = regularize(gramian)
     alpha = start.to(_F64).clone()
@@ -453,6 +454,10 @@ def nash_solve(gramian: Tensor, start: Tensor, tol: float = 1e-12, max_iter: int
     if not (math.isfinite(quadratic) and quadratic > 0.0):  # a start beyond float64's range
         alpha = g.diagonal().rsqrt()
         quadratic = float(alpha @ g @ alpha)
+    if not (math.isfinite(quadratic) and quadratic > 0.0):
+        # G is indefinite beyond the ridge along the start (float32 rows of opposite gradients:
+        # an eigenvalue of -5e-8 relative): f has no minimum, Gα = 1/α no solution to return.
+        return torch.full_like(alpha, math.nan)
     alpha = alpha * math.sqrt(alpha.numel() / quadratic)
     for _ in range(max_iter):
         grad = g @ alpha - 1.0 / alpha
