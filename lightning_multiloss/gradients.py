@@ -510,7 +510,7 @@ class _GivenGradient(torch.autograd.Function):
             )
         ctx.given = None  # the Jacobian is freed by this backward, not kept with the graph
         scaled = given.weights * grad_output.to(given.weights.dtype)
-        combined = scaled @ given.jacobian
+        combined = scaled @ given.jacobian.to(scaled.dtype)  # bfloat16 rows (a representation): summed in float32
         shared = [
             piece.view_as(t) if piece.dtype == t.dtype else piece.view_as(t).to(t.dtype)
             for t, piece in zip(given.shared, combined.split(given.sizes), strict=True)
@@ -526,7 +526,7 @@ class _GivenGradient(torch.autograd.Function):
 class _Given:
     """What :class:`_GivenGradient` hands out in the backward."""
 
-    weights: Tensor  # (K,), in the Jacobian's dtype
+    weights: Tensor  # (K,), in the Jacobian's dtype or float32, the wider
     jacobian: Tensor  # (K, P) over the shared tensors
     shared: Sequence[Tensor]
     sizes: list[int]
@@ -562,7 +562,8 @@ def loss_with_combined_gradient(
                 own_gradients.append(g)
                 own_tasks.append(i)
     given = _Given(
-        weights.detach().to(taken.jacobian.dtype),
+        # float32 or wider, as computed: the rows of a bfloat16 representation would round them.
+        weights.detach().to(torch.promote_types(taken.jacobian.dtype, torch.float32)),
         taken.jacobian,
         shared,
         [t.numel() for t in shared],

@@ -467,6 +467,24 @@ def test_bf16_mixed_takes_the_gramian_and_the_weights_in_float32(
     assert model.weighting.last_weights.dtype == torch.float32
 
 
+def test_bf16_mixed_representation_route_applies_the_float32_weights(tmp_path: Path) -> None:
+    # The weights were cast to the rows' dtype (bfloat16 at the representation) before the heads'
+    # gradients were scaled by them: task cls's head moved by bf16(w) = 0.56640625 times its
+    # gradient where w = 0.56827927 was computed and logged.
+    model = net_for("representation", create_weighting("mgda", route="representation"), ("cls", "reg", "aux"), lr=1.0)
+    head = copy.deepcopy(model.heads["cls"])
+    before = copy.deepcopy(model)
+    fit(model, tmp_path, batches=1, max_steps=1, precision="bf16-mixed")
+    batch = batches_of(1)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = F.cross_entropy(head(before.trunk(batch["x"])), batch["cls"])
+    (gradient,) = torch.autograd.grad(loss, head.weight)
+    applied = (head.weight - model.heads["cls"].weight).detach() / gradient  # SGD, lr 1
+    weight = float(model.weighting.last_weights[0])
+    assert float(applied.median()) == pytest.approx(weight, rel=1e-5)
+    assert abs(weight - float(torch.tensor(weight).bfloat16())) > 1e-4  # the rounded one is told apart
+
+
 @pytest.mark.parametrize("strategy", ["test-loss-over-norm", "graddrop"])
 def test_checkpoint_resume_equals_straight_run(tmp_path: Path, strategy: str) -> None:
     route = "representation"
