@@ -328,6 +328,17 @@ def test_imtl_g_of_opposite_gradients_rounded_in_float32_is_uniform() -> None:
     torch.testing.assert_close(bound("imtl_g", 2).weights_from_gramian(g, torch.ones(2)), torch.tensor([0.5, 0.5]))
 
 
+@pytest.mark.parametrize("angle", [0.03, 0.01, 0.003])
+def test_imtl_g_of_nearly_parallel_gradients_is_exact(angle: float) -> None:
+    # Nearly parallel gradients of norms 1 and 10: G is ill-conditioned, not a cancellation; the
+    # rounding guard must keep the weights (a guard scaled by the smallest eigenvalue made them uniform).
+    rows = torch.tensor([[1.0, 0.0], [10.0 * math.cos(angle), 10.0 * math.sin(angle)]], dtype=torch.float64)
+    g = rows @ rows.T
+    v = torch.linalg.solve(g, g.diagonal().sqrt())  # equal projections, by hand: G v = ‖g_i‖
+    got = bound("imtl_g", 2).weights_from_gramian((rows.float() @ rows.float().T), torch.ones(2))
+    torch.testing.assert_close(got.double(), v / v.sum(), rtol=1e-4, atol=0.0)
+
+
 def test_nash_mtl_of_opposite_gradients_rounded_in_float32_keeps_the_first_weights(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -160,6 +160,11 @@ def test_result_json_and_resume(tmp_path):
     for limit, done in (("trainer.max_epochs=2", "2 epochs"), ("trainer.max_epochs=1", "2 epochs")):
         with pytest.raises(MultiLossError, match=rf"has trained {done} already and {limit} leaves nothing to train"):
             run_here(tmp_path / "again", "weighting=learnable", f"ckpt_path={ckpt}", limit)
+    # trainer.max_epochs read from the experiment's `epochs` (a top-level key the check must see too)
+    with pytest.raises(MultiLossError, match=r"has trained 2 epochs already and trainer.max_epochs=2 leaves nothing"):
+        run_here(
+            tmp_path / "again", "weighting=learnable", f"ckpt_path={ckpt}", "trainer.max_epochs=${epochs}", "epochs=2"
+        )
     with pytest.raises(MultiLossError, match=r"has trained 6 optimizer steps already and trainer.max_steps=5 leaves"):
         run_here(tmp_path / "again", f"ckpt_path={ckpt}", "trainer.max_epochs=9", "trainer.max_steps=5")
     assert json.loads((tmp_path / "again/result.json").read_text())["status"] == "failed"

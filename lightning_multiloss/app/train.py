@@ -438,7 +438,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
 
         def resumable(datamodule: Any, model: Any) -> None:
             if checkpoint is not None:
-                limits = _resolved(OmegaConf.masked_copy(cfg, ["trainer", "output_dir"])).trainer
+                limits = _resolved(cfg).trainer  # the whole config: the trainer's values may read others (epochs)
                 max_steps = limits.get("max_steps")
                 check_resumable(checkpoint, limits.get("max_epochs"), -1 if max_steps is None else int(max_steps))
                 check_same_model(checkpoint, ModelSummary.of(model.hparams, model.state_dict()))

@@ -30,8 +30,8 @@ class IMTLG(GramianWeighting):
     uniform (TorchJD returns zeros, which would also stop training the task heads). It vanishes
     within rounding where gradients cancel (two opposite ones: the only update with equal
     projections is 0, which the uniform weights give): the rows of :math:`J` are float32 (or
-    wider), so the part of :math:`\sqrt{\operatorname{diag}(G)}` in the range of :math:`G` is
-    known to about float32's precision, divided by the smallest eigenvalue kept; a sum below a
+    wider), so :math:`\sum_i v_i` is known to about float32's precision times
+    :math:`\sqrt{K}\,\|\sqrt{\operatorname{diag}(G)}\| / \lambda_{\max}(G)`; a sum below a
     hundred times that is taken as 0 (dividing by it gave weights of ±2·10⁷).
 
     Versus the peers: TorchJD exactly (pseudo-inverse), except uniform weights where it returns
@@ -59,7 +59,7 @@ class IMTLG(GramianWeighting):
         norms = g.diagonal().clamp_min(0.0).sqrt()
         v = kept @ ((kept.T @ norms) / values[:rank])  # G⁺ √diag(G)
         total = float(v.sum())
-        rounding = _ROWS_PRECISION * math.sqrt(k) * float(norms.norm()) / float(values[rank - 1])
+        rounding = _ROWS_PRECISION * math.sqrt(k) * float(norms.norm()) / float(values[0])
         if abs(total) <= 100.0 * rounding or not torch.isfinite(v).all():
             return uniform(k)
         return v / total
