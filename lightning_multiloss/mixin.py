@@ -38,6 +38,7 @@ from lightning_multiloss.task import Task
 from lightning_multiloss.weighting import (
     Fixed,
     GradientWeighting,
+    GramianWeighting,
     TaskEpochMean,
     WeightedLoss,
     Weighting,
@@ -618,13 +619,17 @@ class MultiTaskMixin(_Base):
         processes private copies of the parameters and buffers only: the torchmetrics states (the
         epoch means, DWA's and STCH's epoch sums, the tasks' metrics) would be one storage for every
         process and the main process's model, each process adding into the others' sums and the
-        sanity check's into a later ``validate``. Here, before any update or checkpoint restore, a
-        metric whose states are in shared memory is reset, which gives it new ones of its own.
+        sanity check's into a later ``validate``; so would the Gramian strategies' host state (the
+        step counts, Nash-MTL's α). Here, before any update or checkpoint restore, a metric whose
+        states are in shared memory is reset, which gives it new ones of its own, and the host
+        state is copied.
         """
         super().setup(stage)  # type: ignore[misc]
         for metric in self.modules():
             if isinstance(metric, Metric) and any(map(_in_shared_memory, metric.metric_state.values())):
                 metric.reset()
+        if isinstance(self.weighting, GramianWeighting):
+            self.weighting.own_host_state()  # the solver's state, a plain tensor beside the buffers
 
     def on_fit_start(self) -> None:
         """Check that the Trainer has the Callback the strategy's hooks need, and forget what

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from lightning_multiloss.weighting import create_weighting
 from tests._models import ToyDataset, ToyNet, quiet_trainer, toy_loader
 
 
@@ -46,3 +47,13 @@ def test_a_validate_after_a_spawned_fit_is_the_plain_evaluation(tmp_path) -> Non
     }
     for key, value in expected.items():
         assert got[key] == pytest.approx(float(value), rel=1e-5, abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_a_spawned_fit_keeps_each_process_solver_state_apart(tmp_path) -> None:
+    # Nash-MTL counts its steps in host state, a plain tensor that torch.multiprocessing put in
+    # shared memory: both processes added to one count (7 after 4 steps).
+    model = ToyNet(create_weighting("nash_mtl"))
+    trainer = quiet_trainer(default_root_dir=tmp_path, accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=4)
+    trainer.fit(model, toy_loader(64, batch_size=8))
+    assert int(model.weighting.num_steps) == 4  # rank 0's state, sent back to this process

@@ -129,6 +129,14 @@ class GramianWeighting(GradientWeighting):
                 )
             getattr(self, name).copy_(value)
 
+    def own_host_state(self) -> None:
+        """Give this process its own copy of the host state where it is in shared memory:
+        ``ddp_spawn`` hands each process the model's tensors there, and Lightning copies only the
+        parameters and buffers back out, so the processes would count each other's steps."""
+        for name, value in self.host_state_dict().items():
+            if getattr(self, name).is_shared():
+                setattr(self, name, value)  # the copy host_state_dict made
+
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
         for name, value in self.host_state_dict().items():
