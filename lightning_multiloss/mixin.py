@@ -464,18 +464,35 @@ class MultiTaskMixin(_Base):
         else:
             self._mt_record_nonfinite(losses, trainer, batch_idx)
         if isinstance(weighting, GradientWeighting):
+            # Each process solves with its own Gramian in local mode: a failure there is its alone,
+            # and it stopping alone would leave the others waiting in DDP's all-reduce.
+            on_its_own = is_distributed() and weighting.ddp == "local"
+            failure: NonFiniteLossError | None = None
             try:
                 result = weighting(losses, **self._mt_gradient_inputs(losses, trainer, outputs))
-            except NonFiniteLossError:
-                if not (is_distributed() and weighting.ddp == "local" and self._mt_on_nonfinite == "raise"):
+            except NonFiniteLossError as error:
+                if not on_its_own:
                     self.check_finite_losses()  # names the task and the step, if a task loss is the cause
                     raise
-                # Each process solves with its own Gramian: the others have not seen it, and this one
-                # stopping alone would leave them waiting in DDP's all-reduce. A loss whose gradient is
-                # NaN everywhere carries it to every process, and the check of the kept losses (at the
-                # next logging step, or the epoch's end) stops them all together, naming the step.
+                # A loss whose gradient is NaN everywhere carries it to every process, and the check
+                # of the kept losses (at the next logging step, or the epoch's end) stops them all.
+                failure = error
                 nan = losses.new_full(losses.shape, math.nan)
                 result = WeightedLoss(self._mt_reaching_every_parameter(losses, math.nan), nan.detach())
+            if on_its_own and self._mt_on_nonfinite == "skip":
+                # Skip mode reads the losses every step already: one more tiny all-reduce tells every
+                # process whether any solver failed, and they all skip the step.
+                failed = all_reduce_sum(torch.tensor(float(failure is not None), device=losses.device))
+                if float(failed) > 0.0:
+                    if failure is not None or trainer is None or trainer.global_rank == 0:
+                        log.warning(
+                            "on_nonfinite='skip': skipping the optimizer step at train step %s, batch %s: %s",
+                            getattr(trainer, "global_step", -1),
+                            batch_idx,
+                            failure or "a solver on another process met a non-finite Gramian",
+                        )
+                    self._mt_skip_for, self._mt_skip_done = id(trainer) if trainer is not None else 0, False
+                    return self._mt_reaching_every_parameter(losses, 0.0)
         else:
             result = weighting(losses)
         labelled = self._mt_labelled(losses)

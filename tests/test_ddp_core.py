@@ -141,6 +141,22 @@ def test_a_nonfinite_loss_on_one_rank_stops_both_naming_the_step(
 
 
 @pytest.mark.slow
+def test_in_local_mode_a_solver_failure_on_one_rank_skips_the_step_on_both(
+    ranks: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    _, (rank0, rank1) = ranks
+    assert rank0["skip_local"]["global_step"] == rank1["skip_local"]["global_step"] == 6
+    # The network's parameters (the weights are each process's own in local mode).
+    network = [
+        {k: v for k, v in r["skip_local"]["params"].items() if not k.startswith("weighting.")} for r in (rank0, rank1)
+    ]
+    assert_same_params(network[0], network[1], 0.0, "skip_local")
+    assert all(torch.isfinite(v).all() for v in network[0].values())
+    for state in rank0["skip_local"]["optimizer"].values():
+        assert float(state["step"]) == 5.0  # Adam stepped 5 times: the first step was skipped
+
+
+@pytest.mark.slow
 def test_a_nonfinite_validation_loss_on_one_rank_stops_both(ranks: tuple[Path, list[dict[str, Any]]]) -> None:
     _, (rank0, rank1) = ranks
     assert "non-finite task loss(es) {'reg': nan} at val" in rank1["val_raise"]["error"]

@@ -10,6 +10,8 @@
   own targets), uninterrupted and resumed from the middle of the epoch.
 - ``raise_local``: the same with MGDA in ``ddp="local"`` mode, where only rank 1's solver sees
   the NaN: both processes must still stop together, naming the step.
+- ``skip_local``: IMTL-G in ``ddp="local"`` mode with ``on_nonfinite="skip"``, a NaN gradient (finite
+  loss) on rank 1 at the first step: both processes skip that step and go on together.
 - ``val_raise``: a NaN in rank 1's first validation batch: both processes stop at the epoch's end.
 - ``negative_raise``, ``negative_skip``: FAMO (which needs losses >= 0) with a negative ``reg`` loss
   on rank 1 only at step ``SKIP_BATCH``: both processes stop with the same error, naming the task.
@@ -31,9 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from lightning_multiloss import (
@@ -82,6 +85,18 @@ class NaNOnRank1InValidation(ToyNet):
             batch["reg"] = batch["reg"].clone()
             batch["reg"][0, 0] = float("nan")
         return super().validation_step(batch, batch_idx, dataloader_idx)
+
+
+def nan_gradient_on_rank1_once(output: Tensor, target: Tensor) -> Tensor:
+    """MSE, plus √(0·output) at its first training call on rank 1: a finite loss whose gradient is NaN."""
+    loss = nn.functional.mse_loss(output, target)
+    if output.requires_grad and dist.get_rank() == 1 and not _NAN_GRADIENT_GIVEN:
+        _NAN_GRADIENT_GIVEN.append(True)
+        loss = loss + torch.sqrt((output * 0).sum())
+    return loss
+
+
+_NAN_GRADIENT_GIVEN: list[bool] = []
 
 
 class NegativeOnRank1(ToyNet):
@@ -277,6 +292,18 @@ def main() -> None:
         result["raise_local"] = {"error": None}
     except NonFiniteLossError as error:
         result["raise_local"] = {"error": str(error), "global_step": trainer.global_step}
+
+    # skip_local: IMTL-G in ddp="local" mode, skip mode, a finite loss with a NaN gradient on rank 1 at
+    # the first step: only rank 1's solver meets the non-finite Gramian, and it raised alone
+    model = ToyNet(lr=0.05, optimizer="adam")
+    model.configure_multitask(
+        [Task("cls", nn.CrossEntropyLoss()), Task("reg", nan_gradient_on_rank1_once)],
+        create_weighting("imtl_g", ddp="local"),
+        on_nonfinite="skip",
+    )
+    trainer = ddp_trainer(LossWeightingCallback(plot=False), default_root_dir=out_dir / "skip_local")
+    trainer.fit(model, ddp_loader(ToyDataset(N), rank))
+    result["skip_local"] = snapshot(model, trainer, LossWeightingCallback(plot=False))
 
     # val_raise: a NaN in rank 1's first validation batch, the ranks evaluating 3 and 2 batches (17
     # and 16 samples): rank 1 raised alone, and rank 0 waited in a collective
