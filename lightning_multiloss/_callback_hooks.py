@@ -338,20 +338,20 @@ class LossWeightingHooks:
             prefix = next(name for name, module in pl_module.named_modules() if module is weighting.epoch_losses)
             for name, total in weighting.epoch_losses.states_over_processes().items():
                 checkpoint["state_dict"][f"{prefix}.{name}"] = total
-        if _has_host_state_per_process(weighting):
+        solver = _solver_of_its_own(weighting)
+        if solver is not None:
             # The solver's state of every process (ddp="local"): each takes back its own on resume.
-            assert isinstance(weighting, GramianWeighting)
-            checkpoint[_HOST_STATE_BY_RANK] = all_gather_object(weighting.host_state_dict())
+            checkpoint[_HOST_STATE_BY_RANK] = all_gather_object(solver.host_state_dict())
 
     def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         weighting = self._weighting(pl_module)
         if weighting.uses_epoch_losses and trainer.global_rank != 0:
             weighting.epoch_losses.clear()  # the sums over all processes are rank 0's (on_save_checkpoint)
         by_rank = checkpoint.get(_HOST_STATE_BY_RANK)
-        if _has_host_state_per_process(weighting) and isinstance(by_rank, list):
-            assert isinstance(weighting, GramianWeighting)
+        solver = _solver_of_its_own(weighting)
+        if solver is not None and isinstance(by_rank, list):
             if len(by_rank) == trainer.world_size:
-                weighting.load_host_state_dict(by_rank[trainer.global_rank])
+                solver.load_host_state_dict(by_rank[trainer.global_rank])
             elif trainer.global_rank == 0:
                 log.warning(
                     "LossWeightingCallback: the checkpoint holds the solver state of %d processes, this run has %d: "
@@ -488,21 +488,29 @@ class LossWeightingHooks:
 _HOST_STATE_BY_RANK = "lightning_multiloss_host_state_by_rank"
 
 
-def _has_host_state_per_process(weighting: Weighting) -> bool:
-    """Whether each DDP process keeps its own solver state (a Gramian strategy in ``ddp="local"`` mode)."""
-    return isinstance(weighting, GramianWeighting) and weighting.ddp == "local" and bool(weighting.host_state)
+def _solver_of_its_own(weighting: Weighting) -> GramianWeighting | None:
+    """``weighting`` where each DDP process keeps its own solver state (a Gramian strategy with host
+    state in ``ddp="local"`` mode), else ``None``."""
+    if isinstance(weighting, GramianWeighting) and weighting.ddp == "local" and weighting.host_state:
+        return weighting
+    return None
 
 
-def _accumulation_by_epoch(trainer: Any) -> Callable[[int], int]:
-    """The number of batches each optimizer step of an epoch accumulates: the Trainer's, or that
-    of a callback that changes it by epoch (Lightning's ``GradientAccumulationScheduler``, whose
-    schedule ``trainer.estimated_stepping_batches`` does not know)."""
+def _accumulation_schedule(trainer: Any) -> Callable[[int], int] | None:
+    """The accumulation by epoch of a callback that changes it (Lightning's
+    ``GradientAccumulationScheduler``, whose schedule ``trainer.estimated_stepping_batches`` does
+    not know), or ``None``."""
     for callback in trainer.callbacks:
         by_epoch = getattr(callback, "get_accumulate_grad_batches", None)
         if callable(by_epoch):
             return lambda epoch: max(int(by_epoch(epoch)), 1)
+    return None
+
+
+def _accumulation_by_epoch(trainer: Any) -> Callable[[int], int]:
+    """The number of batches each optimizer step of an epoch accumulates."""
     fixed = max(int(trainer.accumulate_grad_batches), 1)
-    return lambda epoch: fixed
+    return _accumulation_schedule(trainer) or (lambda epoch: fixed)
 
 
 def _steps_by_epoch(trainer: Any) -> Iterator[int]:
@@ -522,7 +530,7 @@ def _planned_steps(trainer: Any) -> int | None:
     total = trainer.estimated_stepping_batches
     planned = int(total) if isinstance(total, int | float) and math.isfinite(total) else None
     epochs = trainer.max_epochs
-    if planned is None or not isinstance(epochs, int) or epochs < 0:
+    if planned is None or not isinstance(epochs, int) or epochs < 0 or _accumulation_schedule(trainer) is None:
         return planned
     steps = sum(itertools.islice(_steps_by_epoch(trainer), max(epochs, 1)))
     if steps == 0:  # batches not known: Lightning's estimate

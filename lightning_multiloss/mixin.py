@@ -272,15 +272,14 @@ class MultiTaskMixin(_Base):
         self._mt_checked_trainer: int | None = None  # the Trainer whose callbacks were checked
         # Per task, the (output shape, target shape, target dtype) last checked: see _mt_check_target.
         self._mt_checked_targets: dict[str, tuple[Any, ...]] = {}
-        # The optimizer step to skip after a non-finite loss, as (Trainer, global_step): a later fit
-        # with another Trainer restarts its count, and must not skip its own step of that number.
-        # on_nonfinite="skip": the Trainer (its id; 0 outside one) whose coming optimizer steps are
-        # dropped, whether one has been dropped yet, and (Trainer id, global_step after it) of each
-        # step dropped for the latest skip. All the steps of one batch are dropped (manual
-        # optimization may step several optimizers), and with gradient accumulation the step that
-        # ends the window: the skip ends at the first batch after a dropped step.
         # Under DDP, the first non-finite evaluation loss of each stage this epoch, raised at its end.
         self._mt_eval_failures: dict[str, str] = {}
+        # on_nonfinite="skip": the Trainer (_trainer_key) whose coming optimizer steps are dropped,
+        # whether one has been dropped yet, and (Trainer, global_step after it) of each step dropped
+        # for the latest skip. All the steps of one batch are dropped (manual optimization may step
+        # several optimizers), and with gradient accumulation the step that ends the window: the
+        # skip ends at the first batch after a dropped step. A later fit with another Trainer
+        # restarts its count, and must not skip its own step of that number.
         self._mt_skip_for: int | None = None
         self._mt_skip_done = False
         self._mt_skipped_steps: set[tuple[int, int]] = set()
@@ -457,7 +456,7 @@ class MultiTaskMixin(_Base):
             if not self._mt_all_finite(losses, "train", batch_idx):
                 # The coming optimizer step is skipped: with gradient accumulation one bad micro-batch
                 # skips the whole step (the others' gradients are dropped too, not applied as half a step).
-                self._mt_skip_for, self._mt_skip_done = id(trainer) if trainer is not None else 0, False
+                self._mt_skip_coming_steps(trainer)
                 # Lightning refuses None under DDP. A zero that reaches every parameter keeps DDP's
                 # gradient all-reduce in step on all processes; on_before_optimizer_step drops it.
                 return self._mt_reaching_every_parameter(losses, 0.0)
@@ -491,7 +490,7 @@ class MultiTaskMixin(_Base):
                             batch_idx,
                             failure or "a solver on another process met a non-finite Gramian",
                         )
-                    self._mt_skip_for, self._mt_skip_done = id(trainer) if trainer is not None else 0, False
+                    self._mt_skip_coming_steps(trainer)
                     return self._mt_reaching_every_parameter(losses, 0.0)
         else:
             result = weighting(losses)
@@ -525,7 +524,7 @@ class MultiTaskMixin(_Base):
         if self._mt_skip_for is None:
             return
         trainer = trainer_of(self)
-        trainer_id = id(trainer) if trainer is not None else 0
+        trainer_id = _trainer_key(trainer)
         if self._mt_skip_for != trainer_id:
             return
         # No gradients: the optimizer leaves the parameters and its state (moments, step) alone.
@@ -541,8 +540,11 @@ class MultiTaskMixin(_Base):
         Only ``on_nonfinite="skip"`` skips steps; the Callback asks, so as not to step the
         strategy's constraints and post-step updates after a step that did not happen.
         """
-        trainer = trainer_of(self)
-        return (id(trainer) if trainer is not None else 0, steps_done) in self._mt_skipped_steps
+        return (_trainer_key(trainer_of(self)), steps_done) in self._mt_skipped_steps
+
+    def _mt_skip_coming_steps(self, trainer: Any | None) -> None:
+        """Drop the optimizer steps of this batch (:meth:`on_before_optimizer_step`)."""
+        self._mt_skip_for, self._mt_skip_done = _trainer_key(trainer), False
 
     def check_finite_losses(self) -> None:
         """Raise :class:`NonFiniteLossError` if a training task loss was NaN or infinite.
@@ -1098,6 +1100,11 @@ def _holds_inference_tensors(metric: Metric) -> bool:
         if isinstance(inner, Metric)
         for state in inner.metric_state.values()
     )
+
+
+def _trainer_key(trainer: Any | None) -> int:
+    """What tells Trainers apart in the skip's bookkeeping: its id, 0 outside one."""
+    return id(trainer) if trainer is not None else 0
 
 
 def _in_shared_memory(state: Tensor | list[Tensor]) -> bool:
