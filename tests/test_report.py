@@ -758,14 +758,141 @@ def test_baselines_trained_otherwise_than_the_runs_are_named(tmp_path: Path) -> 
         "reg: trainer.max_epochs=3 (runs: 5); Δm% compares unlike training"
     ) in text
     assert report.counts["ignored"] == 0
-    # The experiment's length (`epochs`, which trainer.max_epochs follows) is training setup too.
+    # The experiment's length (`epochs`) counts through the trainer.max_epochs it sets (resolved).
     for job in range(4):
         (tmp_path / "baselines" / str(job) / ".hydra" / "config.yaml").write_text(
-            "epochs: 2\ntrainer:\n  max_epochs: 5\n"
+            "epochs: 2\ntrainer:\n  max_epochs: ${oc.select:epochs,30}\n"
         )
     make_report([str(sweep)], [str(tmp_path / "baselines")], out=str(tmp_path / "out"))
     text = (tmp_path / "out" / "report.md").read_text()
-    assert "the single-task baselines were trained otherwise than the runs: cls: epochs=2 (runs: " in text
+    assert (
+        "the single-task baselines were trained otherwise than the runs: cls: trainer.max_epochs=2 (runs: 5);" in text
+    )
+
+
+def write_task_baselines(folder: Path, extra: dict[tuple[str, int], list[str]]) -> None:
+    """``write_baselines``' runs with ``extra`` overrides for some (task, seed), composed alike."""
+    for job, (task, metric, values) in enumerate((("cls", "acc", BASE_ACC), ("reg", "mse", BASE_MSE))):
+        for seed, value in values.items():
+            overrides = [f"baseline={task}", *extra.get((task, seed), []), f"seed={seed}"]
+            result = completed("fixed", seed, overrides, {task: {metric: value}}, baseline_of=task)
+            write_job(folder / f"{job}_{seed}", overrides, result)
+
+
+@pytest.mark.parametrize("composed", [True, False], ids=["composed-config", "overrides-only"])
+def test_rows_trained_otherwise_than_the_baselines_are_named_when_the_rows_differ(
+    tmp_path: Path, composed: bool
+) -> None:
+    # `multiloss-train -m epochs=1,2` against 1-epoch baselines: the rows were not trained alike, and the
+    # note was dropped, so the 2-epoch row's Δm% against the 1-epoch baselines had no word about it.
+    for seed, (acc, mse) in {0: (0.80, 0.30), 1: (0.84, 0.26)}.items():
+        for name, extra in (("five", []), ("two", ["trainer.max_epochs=2"])):
+            overrides = [*extra, f"seed={seed}"]
+            result = completed("fixed", seed, overrides, {"cls": {"acc": acc}, "reg": {"mse": mse}})
+            write_job(tmp_path / "runs" / f"{name}_{seed}", overrides, result)
+    write_task_baselines(tmp_path / "base5", {})  # the composed default: trainer.max_epochs 5
+    write_task_baselines(tmp_path / "base2", {(t, s): ["trainer.max_epochs=2"] for t in ("cls", "reg") for s in (0, 1)})
+    if not composed:
+        for config in tmp_path.rglob("config.yaml"):
+            config.unlink()
+    # Without composed configs the defaults are unknown: a setting only one side sets shows "—" on the other.
+    five = "5" if composed else "—"
+
+    def setup_notes(baselines: str) -> list[str]:
+        (exp,) = make_report([str(tmp_path / "runs")], [str(tmp_path / baselines)]).experiments
+        assert sorted(row.label for row in exp.rows) == ["fixed", "fixed trainer.max_epochs=2"]
+        return [note for note in exp.notes if "trained otherwise" in note]
+
+    assert setup_notes("base5") == [
+        "the single-task baselines were trained otherwise than the runs of row(s) 'fixed trainer.max_epochs=2': "
+        f"cls: trainer.max_epochs={five} (runs: 2); reg: trainer.max_epochs={five} (runs: 2); "
+        "Δm% compares unlike training"
+    ]
+    assert setup_notes("base2") == [
+        "the single-task baselines were trained otherwise than the runs of row(s) 'fixed': "
+        f"cls: trainer.max_epochs=2 (runs: {five}); reg: trainer.max_epochs=2 (runs: {five}); "
+        "Δm% compares unlike training"
+    ]
+
+
+def app_config(seed: int, epochs: int, max_epochs: int | str) -> dict[str, Any]:
+    """A composed config as `multiloss-train` writes it: interpolations unresolved."""
+    return {
+        "name": "toy",
+        "seed": seed,
+        "epochs": epochs,  # read only by trainer.max_epochs below
+        "output_dir": "${hydra:runtime.output_dir}",  # Hydra's: not resolvable at report time
+        "data": {"seed": "${oc.select:seed,0}", "batch_size": 64},
+        "model": {
+            "tasks": {"cls": {"out_features": 10, "num_classes": "${.out_features}"}, "reg": {"out_features": 1}},
+            "optimizer": {"lr": 0.003},
+            "where": "${hydra:runtime.cwd}",  # kept as written: the same text in every run
+        },
+        "weighting": {"_target_": "fixed"},
+        "trainer": {
+            "max_epochs": max_epochs,
+            "default_root_dir": "${oc.select:output_dir,null}",
+            "enable_progress_bar": False,
+        },
+    }
+
+
+def test_the_composed_configs_compare_as_resolved(tmp_path: Path) -> None:
+    # Runs of `epochs=1` against baselines of `trainer.max_epochs=1` were "trained otherwise": the
+    # report compared `trainer.max_epochs: ${oc.select:epochs,30}` with 1 (and epochs 1 with 30), and
+    # the runs of `epochs=1` and of `trainer.max_epochs=1` were two rows. Both trained 1 epoch.
+    runs = {0: (0.80, 0.30, 1, "${oc.select:epochs,30}"), 1: (0.84, 0.26, 1, "${oc.select:epochs,30}")}
+    runs[2] = (0.82, 0.28, 30, 1)
+    for seed, (acc, mse, epochs, max_epochs) in runs.items():
+        overrides = [f"epochs={epochs}" if epochs == 1 else "trainer.max_epochs=1", f"seed={seed}"]
+        write_job(
+            tmp_path / "runs" / str(seed),
+            overrides,
+            completed("fixed", seed, overrides, {"cls": {"acc": acc}, "reg": {"mse": mse}}),
+        )
+        (tmp_path / "runs" / str(seed) / ".hydra" / "config.yaml").write_text(
+            yaml.safe_dump(app_config(seed, epochs, max_epochs))
+        )
+    for epochs_of_baselines in (1, 2):
+        folder = tmp_path / f"base{epochs_of_baselines}"
+        for task, metric, value in (("cls", "acc", 0.85), ("reg", "mse", 0.25)):
+            for seed in runs:
+                overrides = [f"baseline={task}", f"trainer.max_epochs={epochs_of_baselines}", f"seed={seed}"]
+                result = completed("fixed", seed, overrides, {task: {metric: value}}, baseline_of=task)
+                write_job(folder / f"{task}_{seed}", overrides, result)
+                (folder / f"{task}_{seed}" / ".hydra" / "config.yaml").write_text(
+                    yaml.safe_dump(app_config(seed, 30, epochs_of_baselines))
+                )
+    (exp,) = make_report([str(tmp_path / "runs")], [str(tmp_path / "base1")]).experiments
+    (row,) = exp.rows  # one configuration: every seed trained 1 epoch (data.seed reads the seed: no other one)
+    assert row.seeds == [0, 1, 2]
+    assert exp.notes == []
+    # By hand: acc (0.80 + 0.84 + 0.82)/3 = 0.82 against 0.85, mse (0.30 + 0.26 + 0.28)/3 = 0.28 against 0.25.
+    assert row.delta_m is not None
+    assert row.delta_m.mean == pytest.approx(((0.82 - 0.85) / 0.85 - (0.28 - 0.25) / 0.25) / 2 * 100)
+    # Baselines of 2 epochs: named by what the runs trained with, 1 epoch (not by `epochs`, which only sets it).
+    (exp,) = make_report([str(tmp_path / "runs")], [str(tmp_path / "base2")]).experiments
+    assert [note for note in exp.notes if "trained otherwise" in note] == [
+        "the single-task baselines were trained otherwise than the runs: cls: trainer.max_epochs=2 (runs: 1); "
+        "reg: trainer.max_epochs=2 (runs: 1); Δm% compares unlike training"
+    ]
+
+
+def test_baselines_that_differ_only_in_display_settings_are_one_configuration(tmp_path: Path) -> None:
+    # A baseline seed run with the progress bar off, another with it on: "mixes 2 configurations", from
+    # the overrides, although the progress bar makes no configuration (as in the rows).
+    sweep = make_sweep(tmp_path)
+    display = {("cls", 0): ["trainer.enable_progress_bar=false"], ("reg", 1): ["trainer.enable_model_summary=false"]}
+    write_task_baselines(tmp_path / "display", display)
+    (exp,) = make_report([str(sweep)], [str(tmp_path / "display")]).experiments
+    assert exp.notes == []
+    # A setting that trains otherwise is another configuration: named by what sets the two apart.
+    write_task_baselines(tmp_path / "epochs", {**display, ("reg", 1): ["trainer.max_epochs=3"]})
+    (exp,) = make_report([str(sweep)], [str(tmp_path / "epochs")]).experiments
+    assert [note for note in exp.notes if "mixes" in note] == [
+        "the baseline of task 'reg' mixes 2 configurations ['trainer.max_epochs=3', 'trainer.max_epochs=5']: "
+        "their mean is used"
+    ]
 
 
 def test_the_header_counts_the_runs_ignored_under_baselines(tmp_path: Path) -> None:

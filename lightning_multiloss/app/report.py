@@ -1,7 +1,7 @@
 r"""``multiloss-report``: compare the runs of a sweep, mean ± std over seeds and Δm%.
 
 Reads every ``result.json`` under the given folders (the Hydra app writes one per run), groups
-the runs by configuration (the composed ``.hydra/config.yaml`` without what makes no other
+the runs by configuration (the composed ``.hydra/config.yaml``, resolved, without what makes no other
 configuration, :data:`NOT_CONFIGURATION`; the overrides, ``config_key``, for a run without one)
 and writes one
 row per configuration: the weighting, the overrides that set it apart from the other rows, the
@@ -41,6 +41,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import math
 import os
@@ -51,7 +52,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.results import (
@@ -412,17 +413,69 @@ NOT_CONFIGURATION = (
     *sorted(NOT_TRAINING),
 )
 
-Configs = dict[str, Mapping[str, object] | None]  # each run folder's composed config
+# Top-level keys of `multiloss-train`'s config that only an interpolation reads (train.yaml's `epochs`:
+# trainer.max_epochs is `${oc.select:epochs,30}`): once resolved, what they set is where they are read,
+# and an unread one (trainer=debug sets its own max_epochs) trains nothing otherwise.
+READ_THROUGH_INTERPOLATION = ("epochs",)
+
+Configs = dict[str, Mapping[str, object] | None]  # each run folder's composed config, resolved
 
 
 def _composed_configs(runs: Sequence[Run]) -> Configs:
-    """Each run's ``.hydra/config.yaml`` (``None`` where it has none), each file read once."""
+    """Each run's ``.hydra/config.yaml``, resolved (``None`` where it has none), each file read once."""
     configs: Configs = {}
     for run in runs:
         if run.folder not in configs:
             config = _hydra_file(run.folder, "config.yaml")
-            configs[run.folder] = config if isinstance(config, Mapping) else None
+            configs[run.folder] = _resolved(config) if isinstance(config, Mapping) else None
     return configs
+
+
+def _resolved(config: Mapping[str, object]) -> Mapping[str, object]:
+    """``config`` as the run read it: its interpolations resolved (``${oc.select:epochs,30}`` is the
+    number of epochs it trained), without :data:`READ_THROUGH_INTERPOLATION`.
+
+    What reads a setting of :data:`NOT_CONFIGURATION` reads its name instead (``data.seed`` is
+    ``${oc.select:seed,0}``: the seed, compared apart, is no configuration there either), and an
+    interpolation that does not resolve here (``${hydra:...}``: Hydra's, set while the job ran) is kept
+    as written.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    masked = copy.deepcopy(dict(config))
+    for key in NOT_CONFIGURATION:
+        *parents, leaf = key.split(".")
+        node: object = masked
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            node[leaf] = "\\${" + key + "}"  # escaped: its readers resolve to the text ${key}
+    try:
+        plain = _plain(OmegaConf.create(masked))
+    except OmegaConfBaseException:  # a value OmegaConf does not hold (a YAML date): compared as written
+        plain = dict(config)
+    assert isinstance(plain, dict)
+    return {key: value for key, value in plain.items() if key not in READ_THROUGH_INTERPOLATION}
+
+
+def _plain(node: object) -> object:
+    """An OmegaConf node as plain dicts and lists, each value resolved where it resolves, else as written."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not isinstance(node, DictConfig | ListConfig):
+        return node
+    written = OmegaConf.to_container(node, resolve=False)
+    items = written.items() if isinstance(written, dict) else enumerate(written or [])
+    container: Any = node  # indexed by its own keys
+    plain: dict[object, object] = {}
+    for key, as_written in items:
+        try:
+            plain[key] = _plain(container[key])
+        except OmegaConfBaseException:
+            plain[key] = as_written
+    return {str(key): value for key, value in plain.items()} if isinstance(node, DictConfig) else list(plain.values())
 
 
 def _settings(config: Mapping[str, object]) -> dict[str, str]:
@@ -460,31 +513,39 @@ def _training_setup(run: Run, config: Mapping[str, object] | None) -> Setup:
     return tuple(sorted((key, value) for key, value in pairs.items() if key not in NOT_TRAINING))
 
 
-def _setup_mismatch(swept: list[Run], baselines: dict[str, Baseline], configs: Configs) -> str | None:
-    """A note naming each setting in which the baselines were trained otherwise than the swept runs
-    (which must share one setup), from the composed configs where every run has one."""
-    runs = [*swept, *(r for base in baselines.values() for r in base.runs)]
+def _setup_mismatch(rows: list[ConfigRow], baselines: dict[str, Baseline], configs: Configs) -> list[str]:
+    """Notes naming each setting in which the baselines were trained otherwise than the swept runs
+    (than each row's, where the rows were not all trained alike), from the composed configs where
+    every run has one."""
+    runs = [*(r for row in rows for r in row.runs), *(r for base in baselines.values() for r in base.runs)]
     composed = all(configs[r.folder] is not None for r in runs)
 
     def setup_of(run: Run) -> Setup:
         return _training_setup(run, configs[run.folder] if composed else None)
 
-    setups = {setup_of(r) for r in swept}
-    if len(setups) != 1:
-        return None
-    ours = dict(next(iter(setups)))
-    differences: list[str] = []
-    for task, base in baselines.items():
-        for setup in sorted({setup_of(r) for r in base.runs}):
-            theirs = dict(setup)
-            changed = sorted(key for key in {*ours, *theirs} if ours.get(key) != theirs.get(key))
-            if changed:
-                shown = ", ".join(f"{key}={theirs.get(key, '—')} (runs: {ours.get(key, '—')})" for key in changed)
-                differences.append(f"{task}: {shown}")
-    if not differences:
-        return None
-    listed = "; ".join(differences)
-    return f"the single-task baselines were trained otherwise than the runs: {listed}; Δm% compares unlike training"
+    # Each training setup of the swept runs, with the rows trained with it (a sweep of epochs=1,2: two).
+    by_setup: dict[Setup, list[str]] = {}
+    for row in rows:
+        for setup in dict.fromkeys(setup_of(r) for r in row.runs):
+            by_setup.setdefault(setup, []).append(repr(row.label))
+    notes: list[str] = []
+    for setup, labels in by_setup.items():
+        ours = dict(setup)
+        differences: list[str] = []
+        for task, base in baselines.items():
+            for their_setup in sorted({setup_of(r) for r in base.runs}):
+                theirs = dict(their_setup)
+                changed = sorted(key for key in {*ours, *theirs} if ours.get(key) != theirs.get(key))
+                if changed:
+                    shown = ", ".join(f"{key}={theirs.get(key, '—')} (runs: {ours.get(key, '—')})" for key in changed)
+                    differences.append(f"{task}: {shown}")
+        if differences:
+            runs_named = "the runs" if len(by_setup) == 1 else f"the runs of row(s) {', '.join(labels)}"
+            notes.append(
+                f"the single-task baselines were trained otherwise than {runs_named}: {'; '.join(differences)}; "
+                "Δm% compares unlike training"
+            )
+    return notes
 
 
 def _distinguishing(rows: list[ConfigRow]) -> None:
@@ -501,10 +562,15 @@ def _distinguishing(rows: list[ConfigRow]) -> None:
         ]
 
 
-def _differences(row: ConfigRow, twins: Sequence[ConfigRow], settings: Mapping[str, Mapping[str, str]]) -> str:
-    """The settings of ``row``'s composed config that some of ``twins`` have otherwise."""
-    ours = settings[row.runs[0].folder]
-    theirs = [settings[twin.runs[0].folder] for twin in twins]
+def _identity(run: Run, settings: Mapping[str, Mapping[str, str]]) -> str:
+    """What makes the run's configuration: its composed config's settings (a default written out is
+    the same configuration as one left out), its overrides where it has none."""
+    settled = settings.get(run.folder)
+    return f"composed {sorted(settled.items())!r}" if settled is not None else f"overrides {run.config_key}"
+
+
+def _differences(ours: Mapping[str, str], theirs: Sequence[Mapping[str, str]]) -> str:
+    """The settings of ``ours`` that some of ``theirs`` have otherwise."""
     keys = sorted(k for k in {*ours, *(k for t in theirs for k in t)} if any(t.get(k) != ours.get(k) for t in theirs))
     return " ".join(f"{k}={ours.get(k, '—')}" for k in keys)
 
@@ -540,12 +606,10 @@ def _summarise_experiment(name: str, swept: list[Run], baseline_runs: list[Run])
     # By composed config (a default written out on the command line is the same configuration as
     # one left out), by overrides for a run without one; and by strategy: runs without Hydra have
     # no overrides, and two of them with different weightings are two configurations.
-    settings = {r.folder: _settings(c) for r in swept if (c := configs[r.folder]) is not None}
+    settings = {r.folder: _settings(c) for r in [*swept, *baseline_runs] if (c := configs[r.folder]) is not None}
     groups: dict[tuple[str, str], list[Run]] = {}
     for run in swept:
-        settled = settings.get(run.folder)
-        identity = f"composed {sorted(settled.items())!r}" if settled is not None else f"overrides {run.config_key}"
-        groups.setdefault((identity, run.weighting), []).append(run)
+        groups.setdefault((_identity(run, settings), run.weighting), []).append(run)
     rows: list[ConfigRow] = []
     for runs in groups.values():
         runs.sort(key=lambda r: (r.seed is None, r.seed if r.seed is not None else 0, r.folder))
@@ -569,7 +633,11 @@ def _summarise_experiment(name: str, swept: list[Run], baseline_runs: list[Run])
         if labels.count(label) > 1:  # alike on the command line, not in their composed configs
             twins = [other for other, its in zip(rows, labels, strict=True) if its == label and other is not row]
             composed = all(r.runs[0].folder in settings for r in (row, *twins))
-            told = _differences(row, twins, settings) if composed else row.config_key
+            told = (
+                _differences(settings[row.runs[0].folder], [settings[t.runs[0].folder] for t in twins])
+                if composed
+                else row.config_key
+            )
             row.overrides.append(f"[{told or 'defaults'}]")
     for row in rows:
         for task in row.metrics:
@@ -615,17 +683,28 @@ def _summarise_experiment(name: str, swept: list[Run], baseline_runs: list[Run])
         if own and not values:
             notes.append(f"the baseline runs of task {task!r} have no metric {metric!r}")
         if values:
-            keys = sorted({r.config_key for r in own})
-            if len(keys) > 1:
+            # Configurations as the rows are (a display setting makes none), each named by what sets
+            # it apart from the others (by its overrides where some run has no composed config).
+            by_identity: dict[str, Run] = {}
+            for run in own:
+                by_identity.setdefault(_identity(run, settings), run)
+            if len(by_identity) > 1:
+                firsts = list(by_identity.values())
+                if all(r.folder in settings for r in firsts):
+                    named = [
+                        _differences(settings[r.folder], [settings[o.folder] for o in firsts if o is not r])
+                        for r in firsts
+                    ]
+                else:
+                    named = [r.config_key for r in firsts]
                 notes.append(
-                    f"the baseline of task {task!r} mixes {len(keys)} configurations {keys}: their mean is used"
+                    f"the baseline of task {task!r} mixes {len(firsts)} configurations {sorted(named)}: "
+                    "their mean is used"
                 )
             baselines[task] = Baseline(task, metric, Stat.of(values), own)
     missing = [task for task in tasks if task not in baselines]
     if not missing:
-        mismatch = _setup_mismatch(swept, baselines, configs)
-        if mismatch:
-            notes.append(mismatch)
+        notes += _setup_mismatch(rows, baselines, configs)
         zero = [task for task in tasks if baselines[task].stat.mean == 0]
         # Test metrics against validation baselines (test=false) would compare different data.
         splits = {str(run.evaluated_on) for row in rows for run in row.runs if run.status == "completed"}
