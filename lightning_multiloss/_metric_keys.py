@@ -119,3 +119,12 @@ class BestValues(nn.Module):
         best = torch.fmax(old, value) if self.higher_is_better[index] else torch.fmin(old, value)
         self.values[index] = best
         return best.clone()
+
+    def _apply(self, fn: Any, recurse: bool = True) -> BestValues:
+        # Lightning's half precisions convert the module with .to(dtype): the best values would be
+        # rounded to bfloat16 (and compared in it); they follow the module's device only.
+        kept = self.values
+        super()._apply(fn, recurse)
+        if self.values.dtype in (torch.float16, torch.bfloat16) and kept.dtype not in (torch.float16, torch.bfloat16):
+            self.values = kept.to(self.values.device)
+        return self

@@ -44,10 +44,12 @@ from lightning_multiloss.weighting import (
     Weighting,
     create_weighting,
 )
+from lightning_multiloss.weighting._state import EvaluationMean
 
 Stage = Literal["train", "val", "test"]
 log = logging.getLogger(__name__)
 _MAX_PENDING = 1024
+_TASKS_IN_CHECKPOINT = "multiloss_task_names"  # the checkpoint's entry that lists the tasks in order
 """The most training steps whose losses wait for the non-finite check (it runs at least this often)."""
 OnNonFinite = Literal["raise", "skip"]
 
@@ -303,7 +305,7 @@ class MultiTaskMixin(_Base):
         # The evaluation epoch means of the total, the task losses and the weights (in _mt_keys
         # order), kept by torchmetrics: see _mt_log.
         self._mt_eval_means = nn.ModuleDict(
-            {stage: nn.ModuleList(MeanMetric() for _ in range(1 + 2 * len(tasks))) for stage in ("val", "test")}
+            {stage: nn.ModuleList(EvaluationMean() for _ in range(1 + 2 * len(tasks))) for stage in ("val", "test")}
         )
         # The epoch means of the training task losses (logged as train/loss/<task>_epoch at each
         # epoch's end): device additions each step, reduced over processes once per epoch; for
@@ -649,6 +651,35 @@ class MultiTaskMixin(_Base):
                 metric.reset()
         if isinstance(self.weighting, GramianWeighting):
             self.weighting.own_host_state()  # the solver's state, a plain tensor beside the buffers
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the task names, in order, beside the state; call ``super()`` if you override it."""
+        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
+        checkpoint[_TASKS_IN_CHECKPOINT] = [task.name for task in self.tasks]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of the same tasks in another order; call ``super()`` if you override it.
+
+        A strategy's state is by task position (uncertainty's log-variances, Nash-MTL's α, the
+        epoch means), so tasks declared in another order (built from a dict or a set, say) would
+        take each other's state. Called before the state is loaded, on resume and by
+        ``load_from_checkpoint``. Other tasks (a renamed one, another set) load with a warning.
+        """
+        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
+        written = checkpoint.get(_TASKS_IN_CHECKPOINT)  # absent: a checkpoint of an earlier version
+        names = [task.name for task in self.tasks]
+        if not isinstance(written, list) or written == names:
+            return
+        if sorted(written) == sorted(names):
+            raise MultiLossError(
+                f"the checkpoint was written with the tasks {written}, the model declares them in another order, "
+                f"{names}: declare them in the checkpoint's order (each strategy's state is kept by task position)"
+            )
+        log.warning(
+            "the checkpoint was written with the tasks %s, the model has %s: the strategy's state is taken by position",
+            written,
+            names,
+        )
 
     def on_fit_start(self) -> None:
         """Check that the Trainer has the Callback the strategy's hooks need, and forget what

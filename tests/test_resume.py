@@ -13,7 +13,7 @@ import torch
 from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint, OnExceptionCheckpoint
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 
-from lightning_multiloss import LossWeightingCallback, ResumableDataLoader
+from lightning_multiloss import LossWeightingCallback, MultiLossError, ResumableDataLoader
 from lightning_multiloss.schedules import Linear
 from lightning_multiloss.weighting import Learnable, Scheduled, Weighting, create_weighting
 from tests._models import ToyDataset, ToyNet, assert_params_close, quiet_trainer, toy_loader
@@ -385,3 +385,40 @@ def test_a_loader_reloaded_each_epoch_leaves_a_batch_in_flight_to_the_resumed_ru
     resumed, resumed_log = logged_fit(tmp_path, ReloadedData(), [], tmp_path / "crash" / "crash.ckpt", **reload)
     assert resumed_log.batches == full_log.batches[6:]
     assert_params_close(resumed.state_dict(), full.state_dict(), atol=1e-6, what="after resume")
+
+
+# -- the tasks of a checkpoint -----------------------------------------------------------------------
+def test_a_checkpoint_refuses_the_same_tasks_declared_in_another_order(tmp_path: Path) -> None:
+    # A strategy's state is by position (uncertainty's log-variances, Nash-MTL's α): the tasks
+    # declared in another order (built from a dict or a set, say) took each other's state, silently.
+    trainer = quiet_trainer(default_root_dir=tmp_path, max_steps=2)
+    trainer.fit(ToyNet("uncertainty", tasks=("cls", "reg")), toy_loader())
+    path = tmp_path / "two.ckpt"
+    trainer.save_checkpoint(path)
+    assert torch.load(path, weights_only=True)["multiloss_task_names"] == ["cls", "reg"]
+    expected = (
+        r"the checkpoint was written with the tasks \['cls', 'reg'\], the model declares them in another order, "
+        r"\['reg', 'cls'\]: declare them in the checkpoint's order"
+    )
+    with pytest.raises(MultiLossError, match=expected):
+        quiet_trainer(default_root_dir=tmp_path, max_steps=4).fit(
+            ToyNet("uncertainty", tasks=("reg", "cls")), toy_loader(), ckpt_path=path
+        )
+    with pytest.raises(MultiLossError, match=expected):
+        quiet_trainer(default_root_dir=tmp_path).validate(
+            ToyNet("uncertainty", tasks=("reg", "cls")), toy_loader(), ckpt_path=path, verbose=False
+        )
+    resumed = ToyNet("uncertainty", tasks=("cls", "reg"))
+    quiet_trainer(default_root_dir=tmp_path, max_steps=4).fit(resumed, toy_loader(), ckpt_path=path)  # the same order
+
+
+def test_a_checkpoint_of_other_tasks_loads_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    trainer = quiet_trainer(default_root_dir=tmp_path, max_steps=2)
+    trainer.fit(ToyNet("uncertainty", tasks=("cls", "reg")), toy_loader())
+    path = tmp_path / "two.ckpt"
+    trainer.save_checkpoint(path)
+    model = ToyNet("uncertainty", tasks=("cls", "aux"))
+    state = torch.load(path, weights_only=True)
+    with caplog.at_level(logging.WARNING, logger="lightning_multiloss.mixin"):
+        model.on_load_checkpoint(state)
+    assert "written with the tasks ['cls', 'reg'], the model has ['cls', 'aux']" in caplog.text

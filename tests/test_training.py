@@ -278,6 +278,44 @@ def test_schedule_by_fraction_uses_planned_optimizer_steps(tmp_path: Path, limit
     assert [w[0] for w in recorder.weights] == pytest.approx(alpha, abs=1e-6)
 
 
+class TwoOptimizerNet(ToyNet):
+    """Manual optimization with one optimizer for the trunk and one for the heads, both stepped
+    each batch (Lightning's ``global_step`` counts each); records the weights of each batch."""
+
+    def __init__(self, weighting: Weighting) -> None:
+        super().__init__(weighting)
+        self.automatic_optimization = False
+        self.alphas: list[float] = []
+
+    def configure_optimizers(self) -> Any:
+        return [torch.optim.SGD(self.trunk.parameters(), lr=0.01), torch.optim.SGD(self.heads.parameters(), lr=0.01)]
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        optimizers = self.optimizers()
+        loss = super().training_step(batch, batch_idx)
+        self.alphas.append(float(self.weighting.last_weights[0]))
+        for optimizer in optimizers:
+            optimizer.zero_grad()
+        self.manual_backward(loss)
+        for optimizer in optimizers:
+            optimizer.step()
+        return loss
+
+
+@pytest.mark.parametrize(("limits", "batches"), [({"max_epochs": 2}, 8), ({"max_epochs": 3, "max_steps": 10}, 5)])
+def test_schedule_by_fraction_under_manual_optimization_with_two_optimizers(
+    tmp_path: Path, limits: dict, batches: int
+) -> None:
+    # t is the fraction of the planned optimizer steps: 2 a batch here. The plan counted batches,
+    # so t reached 1 half-way (and a schedule defined on [0, 1] failed past it).
+    model = TwoOptimizerNet(Scheduled(lambda t: 1.0 - t, unit="fraction"))
+    trainer = quiet_trainer(default_root_dir=tmp_path, **limits)
+    trainer.fit(model, toy_loader(64, batch_size=16))  # 4 batches an epoch
+    steps = 2 * batches  # max_steps=10 (global_step) ends it after 5 batches
+    assert trainer.global_step == steps and len(model.alphas) == batches
+    assert model.alphas == pytest.approx([1.0 - 2 * b / steps for b in range(batches)], abs=1e-6)
+
+
 # -- accumulation and clipping: a plain-PyTorch replay ------------------------------------------
 
 
@@ -423,6 +461,29 @@ def test_masked_evaluation_means_are_over_the_labelled_samples(tmp_path: Path) -
             assert logged[f"{stage}/loss/{task}"] == pytest.approx((n * a + 8 * b) / (n + 8), rel=1e-6), task
         totals = [sum(w * v for w, v in zip([1.0, 0.5, 0.25], losses, strict=True)) for losses in (some, full)]
         assert logged[f"{stage}/loss"] == pytest.approx((totals[0] + 0.0 + totals[1]) / 3, rel=1e-6)
+
+
+def test_bf16_true_evaluation_means_and_best_values_sum_in_float32(tmp_path: Path) -> None:
+    # precision="bf16-true" converts the module with .to(dtype), the metrics' states included: a
+    # bfloat16 running mean of 256 batches of losses near 1 lost most of its weight (val/loss/reg
+    # came out about half the true mean), and the best-so-far values were rounded to bfloat16.
+    model = ToyNet(best_metrics=True)
+    data = ToyDataset(2048, seed=3)
+    loader = DataLoader(data, batch_size=8)
+    got = quiet_trainer(default_root_dir=tmp_path, precision="bf16-true").validate(model, loader, verbose=False)[0]
+
+    sums = {"cls": 0.0, "reg": 0.0}  # the bfloat16 model's batch losses, summed on the host in float64
+    with torch.no_grad():
+        for batch in loader:
+            outputs = model(batch["x"].to(torch.bfloat16))
+            sums["cls"] += float(F.cross_entropy(outputs["cls"], batch["cls"])) * len(batch["x"])
+            sums["reg"] += float(F.mse_loss(outputs["reg"], batch["reg"].to(torch.bfloat16))) * len(batch["x"])
+    means = {task: total / len(data) for task, total in sums.items()}
+    for task, mean in means.items():
+        assert got[f"val/loss/{task}"] == pytest.approx(mean, rel=1e-3), task
+    assert got["val/loss"] == pytest.approx(means["cls"] + means["reg"], rel=1e-3)  # weights 1
+    assert got["val/loss_best"] == got["val/loss"]  # the first epoch's value, not rounded to bfloat16
+    assert model.state_dict()["_mt_best.values"].dtype == torch.float32
 
 
 @pytest.mark.slow

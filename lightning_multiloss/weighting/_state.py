@@ -6,10 +6,41 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
+from torchmetrics import MeanMetric, Metric
 
 from lightning_multiloss._checkpoints import allow_in_checkpoints, state_functions
 from lightning_multiloss._dist import all_reduce_sum
+
+
+def keep_sums_precise(metric: Metric, state: Tensor, values: Tensor) -> None:
+    """Keep ``metric``'s states float32, or float64 for float64 values, whatever the module's dtype.
+
+    Lightning's half precisions (``"bf16-true"``, ``"16-true"``) convert a module with
+    ``.to(dtype)``, metric states included, where a bfloat16 sum stops growing at 256; torchmetrics
+    leaves the states float32 when the module is converted with ``.double()``
+    (``precision="64-true"``). ``state`` is one of the metric's states, read for its dtype.
+    """
+    wanted = torch.promote_types(values.dtype, torch.float32)
+    if state.dtype is not wanted and state.dtype is not torch.float64:
+        metric.set_dtype(wanted)
+
+
+class EvaluationMean(MeanMetric):
+    """torchmetrics' :class:`~torchmetrics.MeanMetric` whose states stay float32 under half precisions.
+
+    Example:
+        >>> import torch
+        >>> mean = EvaluationMean().to(torch.bfloat16)
+        >>> for _ in range(1000):
+        ...     mean.update(torch.tensor(1.0, dtype=torch.bfloat16), 8)
+        >>> mean.compute()
+        tensor(1.)
+    """
+
+    def update(self, value: float | Tensor, weight: float | Tensor | None = None) -> None:
+        if isinstance(value, Tensor):
+            keep_sums_precise(self, self.mean_value, value)
+        super().update(value, weight)
 
 
 class TaskEpochMean(Metric):
@@ -56,13 +87,7 @@ class TaskEpochMean(Metric):
         bookkeeping of torchmetrics' ``update`` wrapper (a batch with every task labelled is
         counted on the host, and the count joins the states when they are read or saved).
         """
-        if self.total.dtype is not torch.float64 and (
-            self.total.dtype is not torch.float32 or losses.dtype is torch.float64
-        ):
-            # Sums in float32, or float64 for a float64 model (precision="64-true"): torchmetrics leaves
-            # the states float32 when the module is converted with .double(), and Lightning's half
-            # precisions convert them with .to(dtype), where a bfloat16 sum stops growing at 256.
-            self.set_dtype(torch.promote_types(losses.dtype, torch.float32))
+        keep_sums_precise(self, self.total, losses)
         if labelled is None:
             self.total.add_(losses.detach())
             self._all_labelled[0] += 1
