@@ -513,6 +513,16 @@ def _accumulation_by_epoch(trainer: Any) -> Callable[[int], int]:
     return _accumulation_schedule(trainer) or (lambda epoch: fixed)
 
 
+def _optimizer_steps_per_batch(trainer: Any) -> int:
+    """The optimizer steps of a batch that ``trainer.global_step`` counts: under manual optimization
+    each optimizer's (taken to step once a batch, as ``trainer.estimated_stepping_batches`` does
+    not say), else one."""
+    module = trainer.lightning_module
+    if module is None or module.automatic_optimization:
+        return 1
+    return max(len(trainer.optimizers), 1)
+
+
 def _steps_by_epoch(trainer: Any) -> Iterator[int]:
     """The optimizer steps of each epoch, from the first (endless; empty where the number of
     batches is not known)."""
@@ -520,17 +530,21 @@ def _steps_by_epoch(trainer: Any) -> Iterator[int]:
     if not isinstance(batches, int | float) or not math.isfinite(batches) or batches <= 0:
         return
     accumulation = _accumulation_by_epoch(trainer)
+    per_batch = _optimizer_steps_per_batch(trainer)
     for epoch in itertools.count():
-        yield math.ceil(batches / accumulation(epoch))
+        yield math.ceil(batches / accumulation(epoch)) * per_batch
 
 
 def _planned_steps(trainer: Any) -> int | None:
     """The optimizer steps training will take (``None`` where nothing bounds them): Lightning's
-    estimate, counted epoch by epoch where a callback changes the accumulation by epoch."""
+    estimate, counted epoch by epoch where a callback changes the accumulation by epoch or where
+    several optimizers step each batch under manual optimization (the estimate counts batches,
+    ``global_step`` and ``max_steps`` every optimizer's steps)."""
     total = trainer.estimated_stepping_batches
     planned = int(total) if isinstance(total, int | float) and math.isfinite(total) else None
     epochs = trainer.max_epochs
-    if planned is None or not isinstance(epochs, int) or epochs < 0 or _accumulation_schedule(trainer) is None:
+    counted_by_lightning = _accumulation_schedule(trainer) is None and _optimizer_steps_per_batch(trainer) == 1
+    if planned is None or not isinstance(epochs, int) or epochs < 0 or counted_by_lightning:
         return planned
     steps = sum(itertools.islice(_steps_by_epoch(trainer), max(epochs, 1)))
     if steps == 0:  # batches not known: Lightning's estimate
