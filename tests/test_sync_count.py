@@ -2,7 +2,8 @@
 
 A read of a tensor's value on the host (``item``, ``tolist``, ``bool``, ``int``, ``float``,
 ``cpu``, ``numpy``) makes the CPU wait until the device has run everything queued before it; on a
-GPU each one drains the launch queue. The counter wraps those methods for the span of each
+GPU each one drains the launch queue. So does ``nonzero``, whose output size the host must
+know. The counter wraps those methods for the span of each
 training batch after the first (forward, losses, strategy, backward, optimizer step, the
 callbacks' batch hooks; the first step is setup: it finds the shared parameters and checks the
 targets once), on CPU; ``MULTILOSS_TEST_DEVICE=cuda pytest tests/test_sync_count.py`` runs it unchanged on a GPU.
@@ -31,7 +32,8 @@ from lightning_multiloss.schedules import Linear
 from lightning_multiloss.weighting import WEIGHTINGS, GradientWeighting, create_weighting
 from tests._models import ToyNet, quiet_trainer, toy_loader
 
-READS = ("item", "tolist", "__bool__", "__int__", "__float__", "cpu", "numpy")
+READS = ("item", "tolist", "__bool__", "__int__", "__float__", "cpu", "numpy", "nonzero")
+TORCH_READS = ("nonzero",)  # the same as functions: torch.nonzero(t)
 STEPS = 8
 DEVICE = os.environ.get("MULTILOSS_TEST_DEVICE", "cpu")  # "cuda" runs the same test on a GPU
 
@@ -55,6 +57,7 @@ class SyncCounter:
     @contextmanager
     def installed(self) -> Iterator[None]:
         originals = {name: getattr(Tensor, name) for name in READS}
+        functions = {name: getattr(torch, name) for name in TORCH_READS}
 
         def wrap(name: str, original: Any) -> Any:
             def counted(tensor: Tensor, *args: Any, **kwargs: Any) -> Any:
@@ -68,11 +71,15 @@ class SyncCounter:
 
         for name, original in originals.items():
             setattr(Tensor, name, wrap(name, original))
+        for name, function in functions.items():
+            setattr(torch, name, wrap(f"torch.{name}", function))
         try:
             yield
         finally:
             for name, original in originals.items():
                 setattr(Tensor, name, original)
+            for name, function in functions.items():
+                setattr(torch, name, function)
 
 
 class Start(pl.Callback):
@@ -157,6 +164,13 @@ GRADIENT = sorted(n for n, c in WEIGHTINGS.items() if issubclass(c, GradientWeig
 def test_loss_level_strategies_never_wait_for_the_device(name: str) -> None:
     options = {"schedule": Linear(1.0, 0.0, duration=STEPS)} if name == "scheduled" else {}
     per_step, where = syncs_per_step(ToyNet(create_weighting(name, **options), lr=0.01))
+    assert per_step == 0, where[:5]
+
+
+def test_learnable_weights_of_three_tasks_are_projected_without_waiting() -> None:
+    # K > 2: the projection onto the simplex after each optimizer step (it used torch.nonzero).
+    model = ToyNet("learnable", tasks=("cls", "reg", "aux"), lr=0.01)
+    per_step, where = syncs_per_step(model)
     assert per_step == 0, where[:5]
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_multiloss import MultiTaskMixin, Task
+from lightning_multiloss import MultiTaskMixin, NonFiniteLossError, Task
 from lightning_multiloss.callback import LossWeightingCallback
 from lightning_multiloss.schedules import Linear
 from lightning_multiloss.weighting import (
@@ -325,6 +325,18 @@ def test_resumed_run_equals_uninterrupted_and_missing_labels_give_no_nan(name, t
     expected = model_state(whole)
     for key, value in model_state(resumed).items():
         torch.testing.assert_close(value, expected[key], rtol=0, atol=1e-6, msg=f"{name}: {key}")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_nan_loss_of_one_of_three_tasks_stops_training_naming_it(name, tmp_path):
+    # Whatever the strategy does with the NaN before the check reads it (learnable's projection
+    # onto the simplex raised an internal error on NaN weights), the error names the task and step.
+    samples = [dict(MaskedToyDataset(24)[i]) for i in range(24)]
+    for sample in samples[16:]:  # the third batch of 8
+        sample["aux"] = torch.full_like(sample["aux"], float("nan"))
+    model = PropNet(make_weighting(name, 3), tasks=TASKS[3])
+    with pytest.raises(NonFiniteLossError, match=r"\{'aux': nan\} at train step 2, epoch 0, batch 2"):
+        fit(model, DataLoader(samples, batch_size=8), max_epochs=1, default_root_dir=tmp_path)
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if direct(n)])

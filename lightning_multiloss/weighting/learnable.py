@@ -18,12 +18,18 @@ log = logging.getLogger(__name__)
 
 
 def project_to_simplex(v: Tensor) -> Tensor:
-    """Euclidean projection of ``v`` onto ``{w : w >= 0, sum(w) = 1}`` (Duchi et al. 2008)."""
+    """Euclidean projection of ``v`` onto ``{w : w >= 0, sum(w) = 1}`` (Duchi et al. 2008).
+
+    Device operations only (it runs after every optimizer step). A NaN in ``v`` gives NaN weights,
+    which the check of the losses then reports, instead of an error here.
+    """
     u, _ = torch.sort(v, descending=True)
     css = torch.cumsum(u, dim=0) - 1.0
     index = torch.arange(1, v.numel() + 1, device=v.device, dtype=v.dtype)
-    rho = torch.nonzero(u - css / index > 0).max()
-    theta = css[rho] / (rho + 1).to(v.dtype)
+    # The entries with u_j > css_j / j are a prefix of u (Duchi et al., Lemma 2), so the last one,
+    # rho, is their count - 1: counted, not searched with nonzero (which waits for the device).
+    rho = ((u - css / index > 0).sum() - 1).clamp(min=0)
+    theta = css.gather(0, rho.reshape(1)) / (rho + 1).to(v.dtype)
     return torch.clamp(v - theta, min=0.0)
 
 
