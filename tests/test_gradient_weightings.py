@@ -611,6 +611,36 @@ def test_gradnorm_step_matches_the_paper_loss() -> None:
     assert not torch.equal(omega, torch.zeros(3, dtype=F64))
 
 
+def test_gradnorm_leaves_a_task_without_labels_out_and_takes_its_first_labelled_loss_as_l0() -> None:
+    """Task 1 has no labelled sample in the first step (loss 0, gradient 0): its L(0) is its loss
+    in the first step that has one (it was set to 1), and a step without its label leaves it out
+    of the GradNorm loss (its ratio 0 pulled its weight down)."""
+    jac = random_jacobians(3, seed=14)[1]  # K = 3
+    steps = [
+        torch.tensor([2.0, 0.0, 0.5], dtype=F64),
+        torch.tensor([1.0, 3.0, 0.2], dtype=F64),
+        torch.tensor([0.8, 0.0, 0.3], dtype=F64),
+    ]
+    strategy = bound("gradnorm", 3, alpha=1.5, lr=0.1)
+    omega = torch.zeros(3, dtype=F64)
+    initial = torch.tensor([2.0, 3.0, 0.5], dtype=F64)  # each task's first nonzero loss
+    for values in steps:
+        present = values > 0
+        rows = jac * present[:, None].to(F64)  # an unlabelled task has no gradient
+        w = strategy.weights_from_gramian(rows @ rows.T, values)
+        torch.testing.assert_close(w, 3 * torch.softmax(omega, 0))
+        # The paper's loss over the labelled tasks alone, by autograd.
+        leaf = omega.clone().requires_grad_(True)
+        scaled = 3 * torch.softmax(leaf, 0)
+        norms = torch.stack([(scaled[i] * rows[i]).norm() for i in range(3) if present[i]])
+        relative = values[present] / initial[present]
+        target = norms.mean().detach() * (relative / relative.mean()) ** 1.5
+        (grad,) = torch.autograd.grad((norms - target).abs().sum(), leaf)
+        omega = omega - 0.1 * grad
+        torch.testing.assert_close(strategy.omega, omega, atol=1e-12, rtol=0)
+    torch.testing.assert_close(strategy.initial_losses, initial)
+
+
 def test_db_mtl_norm_ema_and_weights() -> None:
     jac = random_jacobians(3, seed=15)[1]  # K = 3
     steps = [torch.tensor([2.0, 0.5, 1.0], dtype=F64), torch.tensor([1.5, 0.4, 0.1], dtype=F64)]

@@ -12,12 +12,17 @@ from lightning_multiloss.weighting._gramian import GramianWeighting
 from lightning_multiloss.weighting._registry import register
 
 
-def gradnorm_loss(omega: Tensor, norms: Tensor, ratios: Tensor, alpha: float) -> Tensor:
-    r"""GradNorm's loss :math:`\sum_i |w_i n_i - \mathrm{sg}(\overline{w n}\, r_i^\alpha)|`, ``w = K·softmax(ω)``."""
+def gradnorm_loss(omega: Tensor, norms: Tensor, ratios: Tensor, alpha: float, present: Tensor) -> Tensor:
+    r"""GradNorm's loss :math:`\sum_{i \in P} |w_i n_i - \mathrm{sg}(\overline{w n}\, r_i^\alpha)|`.
+
+    ``w = K·softmax(ω)``; ``present`` (``(K,)`` booleans) is ``P``, the tasks in the step, over
+    which the mean is taken too.
+    """
     weights = omega.numel() * torch.softmax(omega, dim=0)
     weighted = weights * norms
-    target = (weighted.mean() * ratios**alpha).detach()
-    return (weighted - target).abs().sum()
+    mask = present.to(weighted.dtype)
+    target = ((weighted * mask).sum() / mask.sum() * ratios**alpha).detach()
+    return ((weighted - target).abs() * mask).sum()
 
 
 @register("gradnorm")
@@ -37,8 +42,10 @@ class GradNorm(GramianWeighting):
     and after each training step :math:`\omega \leftarrow \omega - \eta\,\nabla_\omega \mathcal L_{\mathrm{grad}}`
     (plain gradient descent, by the strategy itself: :math:`\omega` is a checkpointed buffer,
     not a parameter of the model's optimizer, and no extra backward through the network is
-    needed). The step returns the weights *before* the update (as LibMTL). :math:`L(0)` is the
-    losses of the first training step (a buffer); losses must be positive.
+    needed). The step returns the weights *before* the update (as LibMTL). :math:`L_i(0)` is task
+    i's loss in the first training step where it is above 0 (a buffer); losses must be >= 0. A task
+    whose loss is 0 in a step (no labelled sample in the batch) is left out of that step's
+    update: out of the sum and of both means.
 
     Versus the peers: LibMTL's update given the same :math:`L(0)`; LibMTL starts in the second epoch
     (a plain sum in the first), takes :math:`L(0)` from the first epoch's mean and steps ω with the
@@ -74,23 +81,23 @@ class GradNorm(GramianWeighting):
 
     def build(self, num_tasks: int) -> None:
         self.omega = torch.zeros(num_tasks, dtype=torch.float64)
-        self.initial_losses = torch.ones(num_tasks, dtype=torch.float64)
+        self.initial_losses = torch.zeros(num_tasks, dtype=torch.float64)  # 0: no loss above 0 yet
 
     def compute_weights(self, g: Tensor, values: Tensor) -> Tensor:
         k = g.shape[0]
         omega = self.omega if self.num_tasks else torch.zeros(k)
         weights = k * torch.softmax(omega.to(torch.float64), dim=0)
         if self.training and self.num_tasks:
-            if int(self.num_steps) == 0:
-                self.initial_losses.copy_(torch.where(values > 0.0, values, torch.ones_like(values)))
+            present = values > 0.0
             initial = self.initial_losses
-            relative = (values / initial).clamp_min(0.0)
-            mean = float(relative.mean())
-            ratios = relative / mean if mean > 0.0 else torch.ones_like(relative)
-            norms = g.diagonal().clamp_min(0.0).sqrt()
-            with torch.enable_grad():
-                leaf = omega.clone().requires_grad_(True)
-                (grad,) = torch.autograd.grad(gradnorm_loss(leaf, norms, ratios, self.alpha), leaf)
-            self.omega.copy_(omega - self.lr * grad)
+            initial.copy_(torch.where(present & (initial == 0.0), values, initial))
+            if bool(present.any()):  # on the host copy, as everything here
+                relative = torch.where(present, values / torch.where(present, initial, 1.0), 0.0)
+                ratios = relative / relative[present].mean()
+                norms = g.diagonal().clamp_min(0.0).sqrt()
+                with torch.enable_grad():
+                    leaf = omega.clone().requires_grad_(True)
+                    (grad,) = torch.autograd.grad(gradnorm_loss(leaf, norms, ratios, self.alpha, present), leaf)
+                self.omega.copy_(omega - self.lr * grad)
             self.num_steps += 1
         return weights
