@@ -114,6 +114,7 @@ class LossWeightingHooks:
         self.replan_on_resume = bool(replan_on_resume)
         self._last_step = 0
         self._total_steps: int | None = None
+        self._total_epochs: int | None = None
         self._restored_plan: int | None = None  # the planned steps of a checkpoint being resumed
         self._end: tuple[int, int, Tensor] | None = None  # the weights in force when training ended
         self._sets_progress = True  # whether the strategy's set_progress does something (read in setup)
@@ -191,6 +192,7 @@ class LossWeightingHooks:
         self._stride = self.every_n_steps
         self._last_step = 0
         self._total_steps = None
+        self._total_epochs = None
         self._restored_plan = None
         self._end = None
         self._open_epoch = None
@@ -271,6 +273,7 @@ class LossWeightingHooks:
             if keep:
                 planned = restored
         self._total_steps = planned
+        self._total_epochs = _planned_epochs(trainer, planned)
         open_epoch, self._restored_open_epoch = self._restored_open_epoch, None
         if open_epoch is not None and open_epoch < trainer.current_epoch:
             # A checkpoint written after the epoch's last batch and before its end (a step-interval
@@ -278,18 +281,19 @@ class LossWeightingHooks:
             # the epoch-end hooks it missed, so the strategy ends that epoch here (DWA and STCH take
             # its restored mean losses; on every process, as at an epoch's end).
             self._weighting(pl_module).end_training_epoch()
+            pl_module.drop_training_epoch()
         # Open from here: a fit restarted in an epoch (or at its start, after a checkpoint at the
         # previous epoch's last batch) runs no on_train_epoch_start for it.
         self._open_epoch = trainer.current_epoch
-        self._weighting(pl_module).check_plan(
-            Progress(
-                trainer.global_step, trainer.current_epoch, planned, total_epochs=_planned_epochs(trainer, planned)
-            )
-        )
+        self._weighting(pl_module).check_plan(self._progress(trainer))
+
+    def _progress(self, trainer: Any) -> Progress:
+        """Where training stands, with the plan made at its start."""
+        return Progress(trainer.global_step, trainer.current_epoch, self._total_steps, self._total_epochs)
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if self._sets_progress:  # the module's weighting was checked in setup
-            pl_module.weighting.set_progress(Progress(trainer.global_step, trainer.current_epoch, self._total_steps))
+            pl_module.weighting.set_progress(self._progress(trainer))
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
@@ -332,11 +336,11 @@ class LossWeightingHooks:
         weighting = self._weighting(pl_module)
         if not is_distributed():
             return
-        if weighting.uses_epoch_losses:
-            # Each process's part of the epoch's running sums (DWA, STCH): their total, which the
-            # first process alone takes back on resume (on_load_checkpoint).
-            prefix = next(name for name, module in pl_module.named_modules() if module is weighting.epoch_losses)
-            for name, total in weighting.epoch_losses.states_over_processes().items():
+        for sums in pl_module.running_epoch_sums():
+            # Each process's part of the epoch's running sums (the task losses', DWA's, STCH's): their
+            # total, which the first process alone takes back on resume (on_load_checkpoint).
+            prefix = next(name for name, module in pl_module.named_modules() if module is sums)
+            for name, total in sums.states_over_processes().items():
                 checkpoint["state_dict"][f"{prefix}.{name}"] = total
         solver = _solver_of_its_own(weighting)
         if solver is not None:
@@ -345,8 +349,9 @@ class LossWeightingHooks:
 
     def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         weighting = self._weighting(pl_module)
-        if weighting.uses_epoch_losses and trainer.global_rank != 0:
-            weighting.epoch_losses.clear()  # the sums over all processes are rank 0's (on_save_checkpoint)
+        if trainer.global_rank != 0:
+            for sums in pl_module.running_epoch_sums():
+                sums.clear()  # the sums over all processes are rank 0's (on_save_checkpoint)
         by_rank = checkpoint.get(_HOST_STATE_BY_RANK)
         solver = _solver_of_its_own(weighting)
         if solver is not None and isinstance(by_rank, list):
@@ -368,7 +373,7 @@ class LossWeightingHooks:
             weighting = self._weighting(pl_module)
             try:
                 if type(weighting).set_progress is not Weighting.set_progress:
-                    weighting.set_progress(Progress(trainer.global_step, trainer.current_epoch, self._total_steps))
+                    weighting.set_progress(self._progress(trainer))
                 end = weighting.current_weights().detach().clone()
             except MultiLossError:
                 # A schedule checked over the epochs that train may be invalid at the one after the
@@ -399,12 +404,15 @@ class LossWeightingHooks:
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         self._follow_training(trainer, None)
         recorder = self._recorder(trainer)
-        if recorder is None:
-            return
-        recorder.evaluated("val", trainer.callback_metrics)  # the last validation's values
-        last = self._weighting(pl_module).last_weights.detach().float().cpu().tolist()
-        recorder.finished(dict(zip(self.task_names, last, strict=True)), int(trainer.world_size))
-        recorder.write()
+        if recorder is not None:
+            recorder.evaluated("val", trainer.callback_metrics)  # the last validation's values
+            last = self._weighting(pl_module).last_weights.detach().float().cpu().tolist()
+            recorder.finished(dict(zip(self.task_names, last, strict=True)), int(trainer.world_size))
+            recorder.write()
+        # The other processes wait for rank 0's files (the trajectory's plot, the result): a process
+        # that leaves first may end while another still runs, and gloo's teardown then aborted it
+        # now and then under ddp_spawn (2 fits in 30 with a rank 0 one second slower).
+        trainer.strategy.barrier("LossWeightingCallback.on_fit_end")
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         pl_module.check_finite_evaluation_losses("val")

@@ -7,7 +7,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 import torch
 from lightning_utilities.core.apply_func import apply_to_collection
@@ -134,6 +134,14 @@ class MultiTaskMixin(_Base):
     _mt_tasks: tuple[Task, ...]
     _mt_metrics: nn.ModuleDict
     _mt_train_means: TaskEpochMean
+
+    MULTITASK_OPTIONAL_STATE: ClassVar[tuple[str, ...]] = (
+        "_mt_train_means.total",
+        "_mt_train_means.count",
+        "_mt_train_means.batches",
+    )
+    """State keys of the module's own that a checkpoint may lack (earlier versions left them out):
+    the open epoch's task-loss sums, which then start from zero. Sized by the number of tasks."""
 
     if TYPE_CHECKING:  # provided by the LightningModule
 
@@ -297,6 +305,9 @@ class MultiTaskMixin(_Base):
         # (step, epoch, batch index, detached losses) of the training steps not yet checked for
         # non-finite losses: see check_finite_losses.
         self._mt_pending: list[tuple[int, int, int, Tensor]] = []
+        # This batch's task losses and weights and its size, where not logged yet (a step between
+        # logging steps): see on_train_batch_end.
+        self._mt_unlogged: tuple[Tensor, Tensor, int] | None = None
         # One copy of each metric per stage (their states must not mix); keyed "<stage>_metrics"
         # (a ModuleDict key must not be an attribute of it, such as ``train``).
         self._mt_metrics = nn.ModuleDict(
@@ -308,9 +319,9 @@ class MultiTaskMixin(_Base):
             {stage: nn.ModuleList(EvaluationMean() for _ in range(1 + 2 * len(tasks))) for stage in ("val", "test")}
         )
         # The epoch means of the training task losses (logged as train/loss/<task>_epoch at each
-        # epoch's end): device additions each step, reduced over processes once per epoch; for
-        # logging only, so not in checkpoints.
-        self._mt_train_means = TaskEpochMean(len(tasks), persistent=False)
+        # epoch's end): device additions each step, reduced over processes once per epoch; in
+        # checkpoints, so that a run resumed in an epoch logs the mean over all of it.
+        self._mt_train_means = TaskEpochMean(len(tasks))
         # The means and metrics of the second and further evaluation dataloaders, made on their
         # first batch ("<stage>_<index>": a ModuleDict of "means" and "metrics"): each loader's
         # values are its own (Lightning logs them under "/dataloader_idx_<index>").
@@ -502,6 +513,8 @@ class MultiTaskMixin(_Base):
             weighting.epoch_losses.add(losses, labelled)
         logging_step = is_logging_step(trainer)
         self._mt_log("train", losses, result.weights, result.loss, batch_size, logging_step)
+        if not logging_step:
+            self._mt_unlogged = (losses, result.weights, batch_size)
         if self._mt_metric_keys.get("train"):
             self._mt_update_metrics("train", outputs, targets)
         if logging_step and self._mt_on_nonfinite == "raise":
@@ -632,8 +645,26 @@ class MultiTaskMixin(_Base):
                 self.log(key, value, on_step=False, on_epoch=True, sync_dist=True)
         self._mt_train_means.reset()
 
+    def running_epoch_sums(self) -> list[TaskEpochMean]:
+        """The running sums of the open training epoch, which checkpoints keep: the task losses'
+        (``train/loss/<task>_epoch``) and the strategy's epoch losses (DWA, STCH).
+
+        Under DDP each process holds its part: the Callback writes their total into checkpoints,
+        and on resume the first process alone takes it back.
+        """
+        sums = [self._mt_train_means]
+        if self.weighting.uses_epoch_losses:
+            sums.append(self.weighting.epoch_losses)
+        return sums
+
+    def drop_training_epoch(self) -> None:
+        """Forget the open training epoch's task-loss sums without logging them: the Callback calls it
+        when a resumed fit starts after an epoch whose end hooks Lightning did not run."""
+        self._mt_train_means.reset()
+
     def setup(self, stage: str) -> None:
-        """Give this process its own torchmetrics states; call ``super()`` if you override it.
+        """Give this process its own torchmetrics states, and start a fit's epoch sums afresh; call
+        ``super()`` if you override it.
 
         ``ddp_spawn`` (``ddp_fork``, ``ddp_notebook``) on CPU hands each process the model through
         ``torch.multiprocessing``, which moves its tensors to shared memory, and Lightning gives the
@@ -649,8 +680,25 @@ class MultiTaskMixin(_Base):
         for metric in self.modules():
             if isinstance(metric, Metric) and any(map(_in_shared_memory, metric.metric_state.values())):
                 metric.reset()
+        if stage == "fit":
+            # The open epoch's task-loss sums start afresh, before a resumed fit loads its own (and
+            # a tuner's trial steps, which restore the checkpoint they saved before, leave none).
+            self._mt_train_means.reset()
         if isinstance(self.weighting, GramianWeighting):
             self.weighting.own_host_state()  # the solver's state, a plain tensor beside the buffers
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Log the task values of a step that a callback ended the run at; call ``super()`` if you override it.
+
+        They are logged on the logging steps alone (each key costs Lightning time per call), but
+        Lightning also writes the step at which a callback stops the run (``Timer``, a rule of
+        one's own, run before this hook), which would otherwise show the values of the logging
+        step before.
+        """
+        super().on_train_batch_end(outputs, batch, batch_idx)  # type: ignore[misc]
+        unlogged, self._mt_unlogged = self._mt_unlogged, None
+        if unlogged is not None and getattr(trainer_of(self), "should_stop", False):
+            self._mt_log_task_values(*unlogged)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record the task names, in order, beside the state; call ``super()`` if you override it."""
@@ -682,18 +730,17 @@ class MultiTaskMixin(_Base):
         )
 
     def on_fit_start(self) -> None:
-        """Check that the Trainer has the Callback the strategy's hooks need, and forget what
-        earlier steps kept for the epoch; call ``super()`` if you override it.
+        """Check that the Trainer has the Callback the strategy's hooks need, and forget the checks
+        that earlier steps left pending; call ``super()`` if you override it.
 
         Here rather than at the first step: Lightning's tuners (``Tuner.scale_batch_size``,
         ``lr_find``, their callbacks) run their trial steps earlier, with callbacks of their own,
         and put the model back afterwards; their losses are no part of the fit's first epoch.
         """
         super().on_fit_start()  # type: ignore[misc]
-        self._mt_train_means.reset()
         self._mt_pending.clear()
-        self._mt_skip_for, self._mt_skip_done = None, False  # a skip left by an interrupted fit
         trainer = trainer_of(self)
+        self._mt_skip_for, self._mt_skip_done = None, False  # a skip left by an interrupted fit
         if trainer is None or not self.weighting.needs_callback:
             return
         if not any(isinstance(cb, LossWeightingHooks) for cb in trainer.callbacks):
@@ -1012,8 +1059,12 @@ class MultiTaskMixin(_Base):
         self.log(total_key, total.detach(), on_step=True, on_epoch=False, batch_size=batch_size, prog_bar=True)
         # Each logged key costs Lightning a fixed amount per call, and the loggers write step values
         # only on their logging steps, so per-task training values are logged on those steps alone.
-        if not logging_step:
-            return
+        if logging_step:
+            self._mt_log_task_values(losses, weights, batch_size)
+
+    def _mt_log_task_values(self, losses: Tensor, weights: Tensor, batch_size: int) -> None:
+        """Log a training step's task losses and weights."""
+        _, loss_keys, weight_keys = self._mt_keys["train"]
         values_by_key = dict(zip(loss_keys, losses.detach().unbind(), strict=True))
         values_by_key.update(zip(weight_keys, weights.unbind(), strict=True))
         self.log_dict(values_by_key, on_step=True, on_epoch=False, batch_size=batch_size)

@@ -213,6 +213,7 @@ def test_a_checkpoint_keeps_the_epoch_sums_of_every_process(ranks: tuple[Path, l
     assert bool((sums(rank0, "dwa_saved") != sums(rank1, "dwa_saved")).all())
     stored = torch.load(rank0["dwa_saved"]["checkpoint"], weights_only=True)["state_dict"]
     torch.testing.assert_close(stored["weighting.epoch_losses.total"], saved)
+    torch.testing.assert_close(stored["_mt_train_means.total"], saved)  # those of train/loss/<task>_epoch
     torch.testing.assert_close(sums(rank0, "dwa_resumed") + sums(rank1, "dwa_resumed"), saved)
 
 

@@ -308,3 +308,25 @@ def test_a_fraction_schedule_plans_the_steps_of_a_gradient_accumulation_schedule
     # The weight of the step that brings global_step to s was set at the fraction (s - 1) / steps.
     assert [w[0] for w in recorder.weights] == pytest.approx([1.0 - (s - 1) / steps for s in recorder.steps])
     assert recorder.end_weights[0] == pytest.approx(0.0)
+
+
+class ProgressRecorder(Fixed):
+    """Equal weights; records every progress the Callback reports (a strategy of a user's own)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reported: list[Progress] = []
+
+    def set_progress(self, progress: Progress) -> None:
+        self.reported.append(progress)
+
+
+@pytest.mark.parametrize(("limits", "epochs"), [({"max_epochs": 2}, 2), ({"max_epochs": 5, "max_steps": 12}, 2)])
+def test_every_reported_progress_has_the_planned_epochs(tmp_path: Path, limits: dict, epochs: int) -> None:
+    # Only the check before the first step had total_epochs; each batch's progress said None.
+    weighting = ProgressRecorder()
+    trainer = quiet_trainer(default_root_dir=tmp_path, **limits)
+    trainer.fit(ToyNet(weighting), toy_loader(128, batch_size=16))  # 8 batches an epoch
+    steps = min(16 * epochs // 2, limits.get("max_steps", 10**9))
+    assert [p.step for p in weighting.reported] == [*range(steps), steps]  # each batch, and the end
+    assert {(p.total_steps, p.total_epochs) for p in weighting.reported} == {(steps, epochs)}

@@ -3,6 +3,7 @@ uninterrupted run ends (parameters, weighting state, optimizer state, weight tra
 
 from __future__ import annotations
 
+import csv
 import logging
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint, OnExceptionCheckpoint
+from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 
 from lightning_multiloss import LossWeightingCallback, MultiLossError, ResumableDataLoader
@@ -246,18 +248,33 @@ def saved_and_stopped_at(folder: Path, step: int) -> list[pl.Callback]:
 def test_resumed_in_the_middle_of_epochs_equals_uninterrupted(tmp_path: Path, kind: str) -> None:
     # A shuffled loader interrupted in the middle of epoch 0 (step 2 of 4) and of epoch 1 (step 7):
     # each resumed epoch trains on the batches the uninterrupted run trained on, no batch twice.
-    full, full_log = logged_fit(tmp_path, shuffled_resumable(), [], kind=kind)
+    full_logger, resumed_logger = (CSVLogger(tmp_path, name=name) for name in ("full", "resumed"))
+    full, full_log = logged_fit(tmp_path, shuffled_resumable(), [], kind=kind, logger=full_logger)
     _, first_log = logged_fit(tmp_path, shuffled_resumable(), saved_and_stopped_at(tmp_path / "first", 2), kind=kind)
     (first,) = (tmp_path / "first").glob("*step=2.ckpt")
     second_run = saved_and_stopped_at(tmp_path / "second", 7)
     _, second_log = logged_fit(tmp_path, shuffled_resumable(), second_run, first, kind=kind)
     (second,) = (tmp_path / "second").glob("*step=7.ckpt")
-    resumed, third_log = logged_fit(tmp_path, shuffled_resumable(), [], second, kind=kind)
+    resumed, third_log = logged_fit(tmp_path, shuffled_resumable(), [], second, kind=kind, logger=resumed_logger)
 
     assert len(full_log.batches) == 12 and full_log.batches[:4] != full_log.batches[4:8]  # shuffled anew each epoch
     assert first_log.batches + second_log.batches + third_log.batches == full_log.batches
     want, got = full.state_dict(), resumed.state_dict()
     assert_params_close(got, want, atol=1e-6, what="after resume")
+    # The epoch means logged: epoch 1's, resumed at its fourth batch, is over all four (it was over
+    # the batch after the checkpoint alone: the running sums were not in checkpoints).
+    full_means, resumed_means = (epoch_means(logger) for logger in (full_logger, resumed_logger))
+    assert list(full_means) == [0, 1, 2] and list(resumed_means) == [1, 2]
+    for epoch, means in resumed_means.items():
+        assert means == pytest.approx(full_means[epoch], rel=1e-6), epoch
+
+
+def epoch_means(logger: CSVLogger) -> dict[int, list[float]]:
+    """The logged ``train/loss/<task>_epoch`` values of each epoch."""
+    logger.save()
+    with open(Path(logger.log_dir) / "metrics.csv", newline="") as file:
+        rows = [row for row in csv.DictReader(file) if row.get("train/loss/cls_epoch")]
+    return {int(row["epoch"]): [float(row["train/loss/cls_epoch"]), float(row["train/loss/reg_epoch"])] for row in rows}
 
 
 class FailAt(pl.Callback):

@@ -221,7 +221,7 @@ def test_single_task_baseline(tmp_path):
 
 def test_ddp_child_arguments():
     env = {RUN_DIR_ENV: "/runs/a b/0", "LOCAL_RANK": "1", "LIGHTNING_MULTILOSS_OVERRIDES": '["seed=1", "x=2"]'}
-    assert ddp_child_argv(env) == [
+    assert ddp_child_argv(env, []) == [
         "seed=1",
         "x=2",
         "hydra.run.dir='/runs/a b/0'",
@@ -229,6 +229,16 @@ def test_ddp_child_arguments():
         "hydra.job.name=rank1",
         "hydra/job_logging=disabled",
     ]
+    # Where the config comes from, as Lightning passes the command line on: kept (a user's own
+    # config groups); the sweep and its job's overrides are the environment's.
+    argv = ["-m", "--config-dir", "/my conf", "-cn=mine", "+hydra.searchpath=[file:///extra]", "seed=1,2"]
+    assert ddp_child_argv(env, argv)[:4] == [
+        "--config-dir",
+        "/my conf",
+        "-cn=mine",
+        "+hydra.searchpath=[file:///extra]",
+    ]
+    assert ddp_child_argv(env, argv)[4:] == ddp_child_argv(env, [])
     assert ddp_child_argv({**env, "LOCAL_RANK": "0"}) is None  # the process that started the run
     assert ddp_child_argv({"LOCAL_RANK": "1"}) is None  # ranks started by someone else (torchrun, SLURM)
 
@@ -329,12 +339,19 @@ def test_cli_help_lists_every_group(monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_cli_ddp_cpu(tmp_path):
+    # A weighting config of the user's own, found through hydra.searchpath: the second process,
+    # started by Lightning, must find it too (it lost the searchpath and failed alone).
+    own = tmp_path.parent / f"{tmp_path.name}_conf"
+    (own / "weighting").mkdir(parents=True)
+    (own / "weighting" / "mine.yaml").write_text("_target_: lightning_multiloss.weighting.GLS\n")
     tiny = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
     args = ["trainer=ddp_cpu", "trainer.devices=2", *tiny, "trainer.limit_test_batches=1"]
+    args += [f"hydra.searchpath=[file://{own}]", "weighting=mine"]
     proc = cli([*args, "trainer.enable_progress_bar=false", "hydra.run.dir=run"], cwd=tmp_path)  # console script
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads((tmp_path / "run/result.json").read_text())
     assert result["status"] == "completed" and result["world_size"] == 2
+    assert result["weighting"] == "gls"
     assert proc.stdout.count("* primary metric") == 1  # rank 0 prints the table, rank 1 does not
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [

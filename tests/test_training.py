@@ -486,6 +486,43 @@ def test_bf16_true_evaluation_means_and_best_values_sum_in_float32(tmp_path: Pat
     assert model.state_dict()["_mt_best.values"].dtype == torch.float32
 
 
+class StopAfterBatch(pl.Callback):
+    """Stops the run after batch ``last`` (as Timer or a rule of one's own would); records each
+    batch's task losses, computed by hand before the step."""
+
+    def __init__(self, last: int) -> None:
+        self.last = last
+        self.losses: list[list[float]] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        with torch.no_grad():
+            outputs = pl_module(batch["x"])
+        cls, reg = F.cross_entropy(outputs["cls"], batch["cls"]), F.mse_loss(outputs["reg"], batch["reg"])
+        self.losses.append([float(cls), float(reg)])
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.last + 1:
+            trainer.should_stop = True
+
+
+def test_a_run_stopped_between_logging_steps_logs_the_last_steps_task_values(tmp_path: Path) -> None:
+    # Lightning writes the step at which a callback stops the run; the task losses and weights,
+    # logged on the logging steps alone, showed those of the logging step before.
+    stop = StopAfterBatch(last=4)
+    model = ToyNet(Fixed([0.5, 2.0]))
+    trainer = quiet_trainer(max_epochs=1, logger=CSVLogger(tmp_path, name="m"), log_every_n_steps=3, callbacks=[stop])
+    trainer.fit(model, toy_loader(128, batch_size=16))
+    assert trainer.global_step == 5
+    trainer.logger.save()  # type: ignore[union-attr]
+    rows = rows_with(read_csv(Path(trainer.log_dir) / "metrics.csv"), "train/loss/cls")  # type: ignore[arg-type]
+    assert [int(r["step"]) for r in rows] == [2, 4]  # the third batch (log_every_n_steps), and the stop
+    for row, batch in zip(rows, (2, 4), strict=True):
+        cls, reg = stop.losses[batch]
+        assert [float(row["train/loss/cls"]), float(row["train/loss/reg"])] == pytest.approx([cls, reg], rel=1e-6)
+        assert float(row["train/loss"]) == pytest.approx(0.5 * cls + 2.0 * reg, rel=1e-6)
+        assert [float(row["train/weight/cls"]), float(row["train/weight/reg"])] == [0.5, 2.0]
+
+
 @pytest.mark.slow
 def test_masked_training_run(tmp_path: Path) -> None:
     model = MaskedNet()

@@ -45,6 +45,7 @@ from omegaconf.errors import OmegaConfBaseException
 from lightning_multiloss.app.config import call, config_dir, validate_config
 from lightning_multiloss.app.namespace import DEFAULT_LIGHTNING, import_lightning, use_lightning
 from lightning_multiloss.errors import MultiLossError
+from lightning_multiloss.mixin import MultiTaskMixin
 from lightning_multiloss.results import RESULT_FILE, RunResult, config_key
 from lightning_multiloss.weighting import Weighting
 
@@ -209,10 +210,12 @@ def _names(keys: Sequence[str], most: int = 3) -> str:
     return ", ".join(keys[:most]) + (f" and {len(keys) - most} more" if len(keys) > most else "")
 
 
-def _optional_weighting_state(key: str) -> bool:
-    """Whether ``key`` is a weighting's state that a checkpoint may lack (:attr:`Weighting.OPTIONAL_STATE`)."""
+def _optional_state(key: str) -> bool:
+    """Whether ``key`` is state that a checkpoint may lack: a weighting's
+    (:attr:`Weighting.OPTIONAL_STATE`) or the mixin's (:attr:`MultiTaskMixin.MULTITASK_OPTIONAL_STATE`)."""
     owner, _, name = key.rpartition(".")
-    return owner.split(".")[-1] == "weighting" and name in Weighting.OPTIONAL_STATE
+    weightings = owner.split(".")[-1] == "weighting" and name in Weighting.OPTIONAL_STATE
+    return weightings or key in MultiTaskMixin.MULTITASK_OPTIONAL_STATE
 
 
 def check_same_model(checkpoint: CheckpointInfo, model: ModelSummary) -> None:
@@ -223,11 +226,16 @@ def check_same_model(checkpoint: CheckpointInfo, model: ModelSummary) -> None:
     """
     held, shapes = checkpoint.model, checkpoint.model.shapes
     differences = []
-    reshaped = [key for key in model.shapes if key in shapes and shapes[key] != model.shapes[key]]
+    # The mixin's running sums are sized by the tasks, which the message names anyway.
+    reshaped = [
+        key
+        for key in model.shapes
+        if key in shapes and shapes[key] != model.shapes[key] and key not in MultiTaskMixin.MULTITASK_OPTIONAL_STATE
+    ]
     if reshaped:
         key = reshaped[0]
         differences.append(f"{key} is {list(shapes[key])} in the checkpoint, {list(model.shapes[key])} in the config")
-    missing = [key for key in model.shapes if key not in shapes and not _optional_weighting_state(key)]
+    missing = [key for key in model.shapes if key not in shapes and not _optional_state(key)]
     if missing:
         differences.append(f"the checkpoint lacks {_names(missing)}")
     unexpected = [key for key in shapes if key not in model.shapes]
@@ -511,23 +519,42 @@ def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def ddp_child_argv(environ: Mapping[str, str] = os.environ) -> list[str] | None:
+_CONFIG_FLAGS = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn")
+
+
+def _config_sources(argv: Sequence[str]) -> list[str]:
+    """The arguments of ``argv`` that say where the config comes from: Hydra's ``--config-dir``,
+    ``--config-path`` and ``--config-name`` (with their values) and ``hydra.searchpath`` overrides."""
+    kept: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg.split("=", 1)[0] in _CONFIG_FLAGS:
+            kept += [arg] if "=" in arg else [arg, next(args, "")]
+        elif arg.lstrip("+~").split("=", 1)[0] == "hydra.searchpath":
+            kept.append(arg)
+    return kept
+
+
+def ddp_child_argv(environ: Mapping[str, str] = os.environ, argv: Sequence[str] | None = None) -> list[str] | None:
     """The arguments of a DDP process started by Lightning for a run of this app, else ``None``.
 
-    Lightning starts the ranks > 0 by re-running the command line. Under ``-m`` that would start
-    a second sweep, and Lightning's own fix reuses ``hydra.run.dir`` (not the sweep job's
-    folder). So the training process passes its run folder and its job's overrides in the
-    environment, and a rank > 0 runs that one job, in that folder, writing no Hydra files.
+    Lightning starts the ranks > 0 by re-running the command line (``argv``: this process's own,
+    by default). Under ``-m`` that would start a second sweep, and Lightning's own fix reuses
+    ``hydra.run.dir`` (not the sweep job's folder). So the training process passes its run folder
+    and its job's overrides in the environment, and a rank > 0 runs that one job, in that folder,
+    writing no Hydra files, with the config from where the command line said
+    (``--config-dir``, ``hydra.searchpath``: a user's own config groups).
     """
     run_dir = environ.get(RUN_DIR_ENV)
     local_rank = environ.get("LOCAL_RANK")
     if not run_dir or local_rank in (None, "", "0"):
         return None
+    sources = _config_sources(sys.argv[1:] if argv is None else argv)
     overrides = [str(o) for o in json.loads(environ.get(OVERRIDES_ENV) or "[]")]
     extra = [f"hydra.run.dir={_quote(run_dir)}", "hydra.output_subdir=null", f"hydra.job.name=rank{local_rank}"]
     if not any(o.lstrip("+~").startswith("hydra/job_logging=") for o in overrides):
         extra.append("hydra/job_logging=disabled")  # no log file of its own in the run folder
-    return [*overrides, *extra]
+    return [*sources, *overrides, *extra]
 
 
 def external_launch_argv(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> list[str]:

@@ -176,7 +176,9 @@ def ddp_loader(dataset, rank: int) -> DataLoader:
 def snapshot(model, trainer, record) -> dict:
     opt = trainer.optimizers[0].state_dict()["state"]
     return {
-        "params": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        # The parameters and the strategy's state; not the mixin's running sums for logging, each
+        # process's own part of its epoch.
+        "params": {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith("_mt")},
         "global_step": trainer.global_step,
         "optimizer": {int(i): {k: v.clone() for k, v in s.items()} for i, s in opt.items()},
         "steps": record.steps,
