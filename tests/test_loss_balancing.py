@@ -107,6 +107,27 @@ def test_imtl_l_value_gradients_and_equal_scaled_losses():
     torch.testing.assert_close(w(losses).weights * losses, torch.ones(2), rtol=1e-4, atol=0)
 
 
+@pytest.mark.parametrize("make", [Uncertainty, UncertaintyRevised, IMTLL])
+def test_a_task_without_labels_leaves_its_log_variance_alone(make):
+    # Loss 0 (no labelled sample in the batch): the regulariser alone moved its s by a constant
+    # each step, and after a few thousand steps its weight e^{-s} (e^{s}) overflowed: inf * 0 = NaN
+    # in every parameter. Left out of the step, as GLS, FAMO and DB-MTL leave such a task out.
+    w = bound(make(init=[0.3, -0.5]))
+    out, d_losses, (d_s,) = loss_and_grads(w, [2.0, 0.0])
+    s0 = 0.3
+    if make is IMTLL:
+        by_hand, d_s0 = math.exp(s0) * 2.0 - s0, math.exp(s0) * 2.0 - 1.0
+    elif make is Uncertainty:
+        by_hand, d_s0 = 0.5 * math.exp(-s0) * 2.0 + 0.5 * s0, -0.5 * math.exp(-s0) * 2.0 + 0.5
+    else:  # log(1 + σ²) = log(1 + e^s)
+        by_hand = 0.5 * math.exp(-s0) * 2.0 + math.log1p(math.exp(s0))
+        d_s0 = -0.5 * math.exp(-s0) * 2.0 + math.exp(s0) / (1.0 + math.exp(s0))
+    assert out.loss.item() == pytest.approx(by_hand, rel=1e-6)
+    assert d_s.tolist() == pytest.approx([d_s0, 0.0], rel=1e-6)  # s₁ stays, however long
+    weights = [math.exp(0.3), math.exp(-0.5)] if make is IMTLL else [0.5 * math.exp(-0.3), 0.5 * math.exp(0.5)]
+    assert d_losses.tolist() == pytest.approx(weights, rel=1e-6)  # its loss keeps its weight
+
+
 # -- DWA (Liu et al. 2019) ------------------------------------------------------------------------------
 def test_dwa_weights_from_epoch_means_by_hand():
     w = bound(DWA(), ["a", "b", "c"])

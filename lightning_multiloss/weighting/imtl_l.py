@@ -23,7 +23,9 @@ class IMTLL(Weighting):
 
     ``s`` is an ``nn.Parameter`` (init 0) stepped by the model's optimizer. Its gradient
     :math:`e^{s_i} L_i - 1` vanishes when the scaled loss :math:`e^{s_i} L_i` is 1, so for a
-    fixed loss :math:`e^{s_i} \to 1/L_i`. The reported weights are :math:`e^{s_i}`.
+    fixed loss :math:`e^{s_i} \to 1/L_i`. The reported weights are :math:`e^{s_i}`. A task whose
+    loss is 0 in a step (no labelled sample) is left out of that step: the term :math:`-s_i` alone
+    raised its :math:`s_i` every step, until :math:`e^{s_i}` overflowed on a long run without labels.
 
     Versus the peers: LibMTL's IMTL loss part exactly (the same initial 0).
 
@@ -58,5 +60,6 @@ class IMTLL(Weighting):
     def forward(self, losses: Tensor) -> WeightedLoss:
         s = self.log_scale.to(losses.dtype)
         weights = torch.exp(s)
-        loss = (weights * losses - s).sum()
+        labelled = (losses > 0.0).to(losses.dtype)  # a task without labels in the batch: out of the step
+        loss = (weights * losses - labelled * s).sum()
         return WeightedLoss(loss, weights.detach())

@@ -27,8 +27,10 @@ class Uncertainty(Weighting):
     :math:`e^{s_i} = L_i`, i.e. the weight :math:`\tfrac12 e^{-s_i} \to 1/(2 L_i)`: every task
     is brought to the same scale. The reported weights are :math:`\tfrac12 e^{-s_i}`.
 
-    A task whose loss is 0 in a step (no labelled sample) only pulls its :math:`s_i` down by the
-    regulariser's constant gradient :math:`\tfrac12`; nothing becomes infinite.
+    A task whose loss is 0 in a step (no labelled sample) is left out of that step, regulariser
+    included: alone, the regulariser's constant gradient pulled its :math:`s_i` down every step,
+    until :math:`e^{-s_i}` overflowed on a long run without labels (and :math:`\infty \cdot 0`
+    reached every parameter).
 
     Versus the peers: LibMTL's UW exactly, except that ``s`` starts at 0 (the paper's σ = 1) where
     LibMTL starts at −0.5 (``init=-0.5`` reproduces it); TorchJD has no loss-level strategy.
@@ -67,7 +69,8 @@ class Uncertainty(Weighting):
     def forward(self, losses: Tensor) -> WeightedLoss:
         s = self.log_var.to(losses.dtype)
         weights = 0.5 * torch.exp(-s)
-        loss = (weights * losses + self.regulariser(s)).sum()
+        labelled = (losses > 0.0).to(losses.dtype)  # a task without labels in the batch: out of the step
+        loss = (weights * losses + labelled * self.regulariser(s)).sum()
         return WeightedLoss(loss, weights.detach())
 
     @staticmethod
