@@ -194,6 +194,30 @@ CLI_CASES = [
         ("seed=4294967296",),
         r"error: config key 'seed': must be an integer from 0 to 4294967295, got 4294967296",
     ),
+    CliCase(  # an IndexError traceback after the whole training (trainer.validate returned [])
+        "no-validation-batches",
+        ("trainer.limit_val_batches=0",),
+        r"error: config key 'trainer\.limit_val_batches': 0 leaves the run without validation, which it needs after "
+        r"training \(result\.json's metrics, the checkpoints' monitor\)",
+    ),
+    CliCase(
+        "no-test-batches",
+        ("test=true", "trainer.limit_test_batches=0"),
+        r"error: config key 'trainer\.limit_test_batches': 0 leaves the run without test, which it needs after "
+        r"training \(test=false skips the test\)",
+    ),
+    CliCase(  # refused only after the whole training, by the loader
+        "empty-test-split",
+        ("test=true", "data.test_fraction=0"),
+        r"error: config key 'data\.test_fraction': 0 leaves the test split empty, which the run needs after training "
+        r"\(test=false skips the test\)",
+    ),
+    CliCase(
+        "empty-validation-split",
+        ("data.val_fraction=0",),
+        r"error: config key 'data\.val_fraction': 0 leaves the validation split empty, which the run needs after "
+        r"training \(result\.json's metrics, the checkpoints' monitor\)",
+    ),
     CliCase(
         "strategy-spawning-processes-per-call",
         ("trainer.devices=2", "trainer.strategy=ddp_spawn"),
@@ -545,3 +569,12 @@ def test_api(case: ApiCase) -> None:
 
 def test_the_api_ids_are_unique() -> None:
     assert len({case.id for case in API_CASES}) == len(API_CASES)
+
+
+def test_the_resolved_job_config_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    # `--cfg job --resolve` (to see the trainer.max_epochs that `epochs` sets) failed for every config:
+    # output_dir, Hydra's, is None where Hydra's resolvers are not at hand.
+    code, err = run_main(["--cfg", "job", "--resolve", "epochs=7"])
+    printed = capsys.readouterr().out
+    assert code == 0, err[-3000:]
+    assert "output_dir: null" in printed and "max_epochs: 7" in printed

@@ -12,6 +12,7 @@ import math
 import re
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import lightning.pytorch as lp
 import pytest
@@ -26,7 +27,7 @@ from torch import nn
 
 from lightning_multiloss import MultiLossError, ShardSampler
 from lightning_multiloss.app.config import TrainerConf, build_weighting, config_dir, plugin_config_dir, validate_config
-from lightning_multiloss.app.data import DigitsDataModule
+from lightning_multiloss.app.data import DigitsDataModule, LocClsDataModule, MultiMNISTDataModule
 from lightning_multiloss.app.models import MultiTaskNet
 from lightning_multiloss.app.train import build, check_one_set_of_processes
 from lightning_multiloss.schedules import Schedule
@@ -228,6 +229,17 @@ def test_a_data_module_refuses_to_resume_on_another_split() -> None:
         DigitsDataModule(seed=1).load_state_dict(saved)
     with pytest.raises(MultiLossError, match=r"\(val_fraction=0\.15 there, 0\.2 here\).*the same val_fraction$"):
         DigitsDataModule(val_fraction=0.2).load_state_dict(saved)
+
+
+@pytest.mark.parametrize("module", [LocClsDataModule, MultiMNISTDataModule])
+def test_another_number_of_copies_is_another_split(module: Any) -> None:
+    # copies sets the number of samples, and so which of them the seeded permutation puts in each
+    # split: resumed with copies=2, a run trained on most of the first run's held-out digits.
+    one, two = module(copies=1), module(copies=2)
+    one.setup(), two.setup()
+    assert len(one.datasets["val"]) != len(two.datasets["val"])
+    with pytest.raises(MultiLossError, match=r"another split of the data \(copies=1 there, 2 here\).*the same copies$"):
+        two.load_state_dict(one.state_dict())
 
 
 @pytest.mark.parametrize(

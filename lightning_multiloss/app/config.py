@@ -235,7 +235,7 @@ class TrainConf:
     epochs: int = 30
     ckpt_path: Optional[str] = None
     test: bool = True
-    output_dir: str = MISSING
+    output_dir: Optional[str] = MISSING  # None where Hydra's resolvers are not at hand (--cfg job --resolve)
     scheduled_task: Optional[str] = None
     torch_threads: Optional[int] = None
     data: Any = MISSING

@@ -340,6 +340,7 @@ def build(cfg: DictConfig, check_model: Callable[[Any, Any], None] | None = None
         torch.set_num_threads(int(cfg.torch_threads))
     lightning.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = call(cfg.data, "data")
+    check_evaluated(cfg, datamodule)
     model = call(
         cfg.model, "model", input_shape=list(datamodule.input_shape), weighting=cfg.weighting, _recursive_=False
     )
@@ -359,6 +360,27 @@ def build(cfg: DictConfig, check_model: Callable[[Any, Any], None] | None = None
         options["enable_checkpointing"] = False
     trainer = call(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, **options)
     return datamodule, model, trainer
+
+
+def check_evaluated(cfg: DictConfig, datamodule: Any) -> None:
+    """Refuse, before training, what leaves the validation after it (or the test, with ``test``)
+    without a batch: a trainer limit of 0, or an empty split of a data module that has fractions."""
+    stages = [("val", "validation", "result.json's metrics, the checkpoints' monitor")]
+    if cfg.get("test", True):
+        stages.append(("test", "test", "test=false skips the test"))
+    for stage, what, why in stages:
+        limit = cfg.trainer.get(f"limit_{stage}_batches")
+        if isinstance(limit, int | float) and limit == 0:
+            raise MultiLossError(
+                f"config key 'trainer.limit_{stage}_batches': 0 leaves the run without {what}, "
+                f"which it needs after training ({why})"
+            )
+        fraction = getattr(datamodule, f"{stage}_fraction", None)
+        if isinstance(fraction, int | float) and fraction == 0:
+            raise MultiLossError(
+                f"config key 'data.{stage}_fraction': 0 leaves the {what} split empty, "
+                f"which the run needs after training ({why})"
+            )
 
 
 # Lightning's strategies that start new processes for each of fit, validate and test (from the

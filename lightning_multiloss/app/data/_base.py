@@ -96,9 +96,14 @@ class SplitDataModuleMixin:
         self.splits: dict[str, Tensor] = {}
         self.datasets: dict[str, TensorDictDataset] = {}
 
+    def split_settings(self) -> dict[str, Any]:
+        """The settings that decide which sample falls in which split (a subclass that makes more or
+        fewer samples adds what sets their number)."""
+        return {"seed": self.seed, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction}
+
     def state_dict(self) -> dict[str, Any]:
         """What decides the split, kept in checkpoints: a resumed run must train on the same split."""
-        return {"split": {"seed": self.seed, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction}}
+        return {"split": self.split_settings()}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         self.check_split_of(state_dict, "the checkpoint")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -45,6 +47,9 @@ class LocClsDataModuleMixin(SplitDataModuleMixin):
         self.grid = grid
         self.copies = copies
         self.input_shape = (1, canvas, canvas)
+
+    def split_settings(self) -> dict[str, Any]:
+        return {**super().split_settings(), "copies": self.copies}  # copies sets the number of samples
 
     def build(self, generator: torch.Generator) -> dict[str, Tensor]:
         images, labels = load_digits_tensors()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -44,6 +46,9 @@ class MultiMNISTDataModuleMixin(SplitDataModuleMixin):
         self.shift = shift
         self.copies = copies
         self.input_shape = (1, size, size)
+
+    def split_settings(self) -> dict[str, Any]:
+        return {**super().split_settings(), "copies": self.copies}  # copies sets the number of samples
 
     def build(self, generator: torch.Generator) -> dict[str, Tensor]:
         images, labels = load_mnist_5k()
