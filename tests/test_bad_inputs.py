@@ -22,6 +22,7 @@ import pytest
 import torch
 import torchmetrics
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from torch import Tensor, nn
 
 from lightning_multiloss import MultiLossError, Task, create_weighting
@@ -340,7 +341,7 @@ def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_main(argv: list[str]) -> tuple[int, str]:
     """``multiloss-train argv`` in this process: its exit status and what it wrote to stderr."""
-    saved = sys.argv
+    saved, job = sys.argv, HydraConfig.instance().cfg
     sys.argv = ["multiloss-train", *argv]
     train._task_started = False
     GlobalHydra.instance().clear()
@@ -353,6 +354,9 @@ def run_main(argv: list[str]) -> tuple[int, str]:
         finally:
             sys.argv = saved
             GlobalHydra.instance().clear()
+            # `--cfg job` composes without running a job: its Hydra config, with no output folder,
+            # would be the "job running now" of the later tests' callbacks.
+            HydraConfig.instance().cfg = job
     return code, err.getvalue()
 
 
