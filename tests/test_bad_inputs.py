@@ -195,6 +195,12 @@ CLI_CASES = [
         ("seed=4294967296",),
         r"error: config key 'seed': must be an integer from 0 to 4294967295, got 4294967296",
     ),
+    CliCase(  # trained against targets on an 8 x 8 grid with a 12 x 12 heat map, and exited 0
+        "heat-map-of-another-grid",
+        ("experiment=loc_cls", "data.grid=8"),
+        r"error: model\.tasks\.loc\.out_features is 144, but its target 'loc' has 64 classes with these data "
+        r"settings \(LocClsDataModule\): the head must give 64 outputs",
+    ),
     CliCase(  # an IndexError traceback after the whole training (trainer.validate returned [])
         "no-validation-batches",
         ("trainer.limit_val_batches=0",),

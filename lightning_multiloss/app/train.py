@@ -345,6 +345,7 @@ def build(cfg: DictConfig, check_model: Callable[[Any, Any], None] | None = None
         cfg.model, "model", input_shape=list(datamodule.input_shape), weighting=cfg.weighting, _recursive_=False
     )
     model.configure_optimizers()  # the optimizer's arguments are checked now, not when training starts
+    check_heads_fit_data(model, datamodule)
     if check_model is not None:
         check_model(datamodule, model)
     callbacks = [
@@ -360,6 +361,21 @@ def build(cfg: DictConfig, check_model: Callable[[Any, Any], None] | None = None
         options["enable_checkpointing"] = False
     trainer = call(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, **options)
     return datamodule, model, trainer
+
+
+def check_heads_fit_data(model: Any, datamodule: Any) -> None:
+    """Refuse a head whose outputs are not the number of classes of the target it reads, where the
+    data's settings decide that number (``data.grid`` of loc_cls: grid² cells), before training."""
+    classes = datamodule.target_classes() if hasattr(datamodule, "target_classes") else {}
+    sizes = ModelSummary.of(model.hparams, {}).tasks
+    for task in model.tasks:
+        wanted, size = classes.get(task.target_key), sizes.get(task.name)
+        if wanted is not None and size is not None and size != wanted:
+            raise MultiLossError(
+                f"model.tasks.{task.name}.out_features is {size}, but its target {task.target_key!r} has "
+                f"{wanted} classes with these data settings ({type(datamodule).__name__}): the head must give "
+                f"{wanted} outputs"
+            )
 
 
 def check_evaluated(cfg: DictConfig, datamodule: Any) -> None:

@@ -101,6 +101,11 @@ class SplitDataModuleMixin:
         fewer samples adds what sets their number)."""
         return {"seed": self.seed, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction}
 
+    def target_classes(self) -> dict[str, int]:
+        """The number of classes of each class-index target (by batch key) where the data's settings
+        decide it: a head that reads such a target must have that many outputs."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         """What decides the split, kept in checkpoints: a resumed run must train on the same split."""
         return {"split": self.split_settings()}

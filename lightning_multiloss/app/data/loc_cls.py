@@ -48,6 +48,9 @@ class LocClsDataModuleMixin(SplitDataModuleMixin):
         self.copies = copies
         self.input_shape = (1, canvas, canvas)
 
+    def target_classes(self) -> dict[str, int]:
+        return {"loc": self.grid**2}  # the cells of the grid
+
     def split_settings(self) -> dict[str, Any]:
         return {**super().split_settings(), "copies": self.copies}  # copies sets the number of samples
 
