@@ -49,8 +49,8 @@ from lightning_multiloss.weighting._state import EvaluationMean
 Stage = Literal["train", "val", "test"]
 log = logging.getLogger(__name__)
 _MAX_PENDING = 1024
-_TASKS_IN_CHECKPOINT = "multiloss_task_names"  # the checkpoint's entry that lists the tasks in order
 """The most training steps whose losses wait for the non-finite check (it runs at least this often)."""
+_TASKS_IN_CHECKPOINT = "multiloss_task_names"  # the checkpoint's entry that lists the tasks in order
 OnNonFinite = Literal["raise", "skip"]
 
 if TYPE_CHECKING:  # the mixin is used with a LightningModule; type-check against nn.Module only
@@ -135,11 +135,7 @@ class MultiTaskMixin(_Base):
     _mt_metrics: nn.ModuleDict
     _mt_train_means: TaskEpochMean
 
-    MULTITASK_OPTIONAL_STATE: ClassVar[tuple[str, ...]] = (
-        "_mt_train_means.total",
-        "_mt_train_means.count",
-        "_mt_train_means.batches",
-    )
+    MULTITASK_OPTIONAL_STATE: ClassVar[tuple[str, ...]] = tuple(f"_mt_train_means.{s}" for s in TaskEpochMean.STATES)
     """State keys of the module's own that a checkpoint may lack (earlier versions left them out):
     the open epoch's task-loss sums, which then start from zero. Sized by the number of tasks."""
 
@@ -739,8 +735,8 @@ class MultiTaskMixin(_Base):
         """
         super().on_fit_start()  # type: ignore[misc]
         self._mt_pending.clear()
-        trainer = trainer_of(self)
         self._mt_skip_for, self._mt_skip_done = None, False  # a skip left by an interrupted fit
+        trainer = trainer_of(self)
         if trainer is None or not self.weighting.needs_callback:
             return
         if not any(isinstance(cb, LossWeightingHooks) for cb in trainer.callbacks):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -63,6 +63,8 @@ class TaskEpochMean(Metric):
     """
 
     full_state_update = False
+    STATES: ClassVar[tuple[str, ...]] = ("total", "count", "batches")
+    """The names of its states, as they appear in a state dict."""
     total: Tensor
     count: Tensor
     batches: Tensor
@@ -117,7 +119,7 @@ class TaskEpochMean(Metric):
         every process must call it. The states themselves stay this process's."""
         self._flush()
         with self.sync_context(should_sync=True):
-            return {name: getattr(self, name).clone() for name in ("total", "count", "batches")}
+            return {name: getattr(self, name).clone() for name in self.STATES}
 
     def seen_any(self) -> bool:
         """Whether a batch was counted since the last reset, on any process: the same answer on
@@ -129,8 +131,8 @@ class TaskEpochMean(Metric):
     def clear(self) -> None:
         """Zero the sums and counts in place, keeping their dtype (:meth:`reset` restores the
         float32 defaults)."""
-        for state in (self.total, self.count, self.batches):
-            state.zero_()
+        for name in self.STATES:
+            getattr(self, name).zero_()
         self._all_labelled[0] = 0
 
     def reset(self) -> None:
