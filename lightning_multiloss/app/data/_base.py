@@ -8,7 +8,6 @@ classes of this package on ``lightning.pytorch``, those of :mod:`lightning_multi
 
 from __future__ import annotations
 
-from abc import abstractmethod
 from collections.abc import Mapping
 from importlib import resources
 from typing import Any
@@ -54,6 +53,12 @@ class SplitDataModuleMixin:
     ``LightningDataModule``. To use your own samples, subclass :class:`SplitDataModule` (or
     ``lightning_multiloss.app.pl.SplitDataModule``) and write :meth:`build`.
 
+    Samples made from shared source items (several placements of one image, two images on one
+    canvas) would put the same image in training and test samples, and the test would measure
+    what was trained on. Such a data module returns the number of its source items from
+    :meth:`source_count` and writes :meth:`build_from` instead of :meth:`build`: the source
+    items are split by ``seed``, and each split's samples are made from its own items only.
+
     Args:
         batch_size: samples per batch (per process under DDP).
         val_fraction: the share of the samples held out for validation.
@@ -94,12 +99,26 @@ class SplitDataModuleMixin:
         self.seed = seed
         self.num_workers = num_workers
         self.splits: dict[str, Tensor] = {}
+        """Each split's indices: of its samples, or of its source items where :meth:`source_count` is set."""
         self.datasets: dict[str, TensorDictDataset] = {}
 
     def split_settings(self) -> dict[str, Any]:
         """The settings that decide which sample falls in which split (a subclass that makes more or
         fewer samples adds what sets their number)."""
-        return {"seed": self.seed, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction}
+        settings: dict[str, Any] = {
+            "seed": self.seed,
+            "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
+        }
+        if self.source_count() is not None:
+            settings["split_unit"] = "source"  # checkpoints of the earlier per-sample split lack it
+        return settings
+
+    def source_count(self) -> int | None:
+        """The number of source items the samples are made from, where samples share them (then
+        :meth:`build_from` makes each split's samples); ``None`` (the default): every sample is its
+        own, :meth:`build` makes them all and they are split one by one."""
+        return None
 
     def target_classes(self) -> dict[str, int]:
         """The number of classes of each class-index target (by batch key) where the data's settings
@@ -120,7 +139,14 @@ class SplitDataModuleMixin:
         if not isinstance(saved, Mapping):  # a checkpoint of an earlier version: nothing to compare
             return
         ours = self.state_dict()["split"]
-        differ = [key for key in ours if key in saved and saved[key] != ours[key]]
+        lacking = [key for key in ours if key not in saved]
+        if lacking:  # a setting its version did not have: it split the data otherwise
+            raise MultiLossError(
+                f"{type(self).__name__}: {source} was split by an earlier version of this data module (it holds no "
+                f"{', '.join(lacking)}): its validation and test samples may hold images this version trains on; "
+                "start a new run"
+            )
+        differ = [key for key in ours if saved[key] != ours[key]]
         if differ:
             settings = ", ".join(f"{key}={saved[key]!r} there, {ours[key]!r} here" for key in differ)
             raise MultiLossError(
@@ -129,26 +155,36 @@ class SplitDataModuleMixin:
                 f"the same {' and '.join(differ)}"
             )
 
-    @abstractmethod
     def build(self, generator: torch.Generator) -> dict[str, Tensor]:
         """All samples, ``{"x": inputs, <target key>: targets, ...}`` (random choices from ``generator``)."""
+        raise NotImplementedError(f"{type(self).__name__} writes neither build() nor source_count() and build_from()")
+
+    def build_from(self, sources: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """The samples of one split, made from the source items ``sources`` (indices below
+        :meth:`source_count`) and no others, as :meth:`build` returns them."""
+        raise NotImplementedError(f"{type(self).__name__}.source_count() is set: write build_from()")
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
         generator = torch.Generator().manual_seed(self.seed)
-        tensors = self.build(generator)
-        n = len(tensors["x"])
+        count = self.source_count()
+        if count is None:
+            tensors = self.build(generator)
+            self.splits = self._split(len(tensors["x"]), generator)
+            for split, index in self.splits.items():
+                self.datasets[split] = TensorDictDataset({key: value[index] for key, value in tensors.items()})
+            return
+        self.splits = self._split(count, generator)  # the source items of each split
+        for split, sources in self.splits.items():
+            self.datasets[split] = TensorDictDataset(self.build_from(sources, generator))
+
+    def _split(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
+        """Indices below ``n`` for each split, in the proportions set by the fractions."""
         order = torch.randperm(n, generator=generator)
         n_test = round(n * self.test_fraction)
         n_val = round(n * self.val_fraction)
-        self.splits = {
-            "test": order[:n_test],
-            "val": order[n_test : n_test + n_val],
-            "train": order[n_test + n_val :],
-        }
-        for split, index in self.splits.items():
-            self.datasets[split] = TensorDictDataset({key: value[index] for key, value in tensors.items()})
+        return {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
 
     def _loader(self, split: str) -> DataLoader:
         if split not in self.datasets:

@@ -8,6 +8,9 @@ from torch import Tensor
 
 from lightning_multiloss.app.data._base import SplitDataModule, SplitDataModuleMixin, shipped_arrays
 
+DIGIT_IMAGES = 1797
+"""The images in ``arrays/digits.npz``."""
+
 
 def load_digits_tensors() -> tuple[Tensor, Tensor]:
     """The 1797 images as ``(N, 8, 8)`` floats in [0, 1] and their labels (``arrays/digits.npz``)."""

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from lightning_multiloss.app.data._base import SplitDataModule, SplitDataModuleMixin
-from lightning_multiloss.app.data.digits import load_digits_tensors
+from lightning_multiloss.app.data.digits import DIGIT_IMAGES, load_digits_tensors
 from lightning_multiloss.errors import MultiLossError
 
 
@@ -24,7 +24,8 @@ class LocClsDataModuleMixin(SplitDataModuleMixin):
         canvas: the side of the canvas in pixels (>= 8).
         grid: the side of the localisation grid; ``canvas`` must be a multiple of it (the
             default 12 on a 24-pixel canvas matches a conv trunk with one 2×2 pooling).
-        copies: how many placements of each digit (more samples, same digits).
+        copies: how many placements of each digit (more samples, same digits; all of a digit's
+            placements fall in one split).
         Other args: those of :class:`~lightning_multiloss.app.data.SplitDataModule`.
 
     Example:
@@ -54,9 +55,12 @@ class LocClsDataModuleMixin(SplitDataModuleMixin):
     def split_settings(self) -> dict[str, Any]:
         return {**super().split_settings(), "copies": self.copies}  # copies sets the number of samples
 
-    def build(self, generator: torch.Generator) -> dict[str, Tensor]:
+    def source_count(self) -> int:
+        return DIGIT_IMAGES  # split before the copies: a digit's placements stay in one split
+
+    def build_from(self, sources: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         images, labels = load_digits_tensors()
-        images, labels = images.repeat(self.copies, 1, 1), labels.repeat(self.copies)
+        images, labels = images[sources].repeat(self.copies, 1, 1), labels[sources].repeat(self.copies)
         n, size = len(images), self.canvas
         top = torch.randint(0, size - 8 + 1, (n,), generator=generator)
         left = torch.randint(0, size - 8 + 1, (n,), generator=generator)

@@ -11,6 +11,9 @@ from torch import Tensor
 from lightning_multiloss.app.data._base import SplitDataModule, SplitDataModuleMixin, shipped_arrays
 from lightning_multiloss.errors import MultiLossError
 
+MNIST_DIGITS = 5000
+"""The digits in ``arrays/mnist_5k.npz``."""
+
 
 def load_mnist_5k() -> tuple[Tensor, Tensor]:
     """The 5000 digits as ``(5000, 28, 28)`` floats in [0, 1] and their labels (``arrays/mnist_5k.npz``)."""
@@ -23,7 +26,9 @@ class MultiMNISTDataModuleMixin(SplitDataModuleMixin):
 
     The left digit goes at the top-left corner and the right digit at the bottom-right, each
     shifted by up to ``shift`` pixels in each direction; overlapping pixels take the maximum.
-    Each of the 5000 digits is the left digit of ``copies`` samples, with a random right digit.
+    The 5000 digits are split into train, validation and test digits first; each digit is the
+    left digit of ``copies`` samples of its split, with a random right digit of the same split, so
+    no test image shows a digit image that training saw.
 
     Batch keys: ``x`` (``(1, size, size)`` in [0, 1]), ``left`` and ``right`` (the two labels).
 
@@ -50,10 +55,13 @@ class MultiMNISTDataModuleMixin(SplitDataModuleMixin):
     def split_settings(self) -> dict[str, Any]:
         return {**super().split_settings(), "copies": self.copies}  # copies sets the number of samples
 
-    def build(self, generator: torch.Generator) -> dict[str, Tensor]:
+    def source_count(self) -> int:
+        return MNIST_DIGITS
+
+    def build_from(self, sources: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         images, labels = load_mnist_5k()
-        first = torch.arange(len(images)).repeat(self.copies)
-        second = torch.randint(0, len(images), (len(first),), generator=generator)
+        first = sources.repeat(self.copies)
+        second = sources[torch.randint(0, max(len(sources), 1), (len(first),), generator=generator)]
         n = len(first)
         s = self.shift
         d1 = torch.randint(0, s + 1, (n, 2), generator=generator)  # top-left digit at [0, s]
@@ -66,7 +74,7 @@ class MultiMNISTDataModuleMixin(SplitDataModuleMixin):
             window = canvas[i, r : r + 28, c : c + 28]
             torch.maximum(window, images[second[i]], out=window)
         x = canvas.unsqueeze(1)
-        if self.size != 36:
+        if self.size != 36 and n:  # (interpolate refuses an empty batch)
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
         return {"x": x.clamp_(0.0, 1.0), "left": labels[first], "right": labels[second]}
 
