@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -253,7 +254,7 @@ class LossWeightingHooks:
         self._last_step = trainer.global_step
         self._end = None
         self._follow_training(trainer, partial(batches_processed, trainer))
-        planned = _planned_steps(trainer)
+        planned = fit_steps = _planned_steps(trainer)
         restored, self._restored_plan = self._restored_plan, None
         if restored is None and trainer.global_step > 0:
             restored = self._total_steps  # the same Trainer fitting on (e.g. with a larger max_epochs): as a resume
@@ -285,7 +286,7 @@ class LossWeightingHooks:
         # Open from here: a fit restarted in an epoch (or at its start, after a checkpoint at the
         # previous epoch's last batch) runs no on_train_epoch_start for it.
         self._open_epoch = trainer.current_epoch
-        self._weighting(pl_module).check_plan(self._progress(trainer))
+        self._weighting(pl_module).check_plan(dataclasses.replace(self._progress(trainer), fit_steps=fit_steps))
 
     def _progress(self, trainer: Any) -> Progress:
         """Where training stands, with the plan made at its start."""

@@ -10,10 +10,12 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
 from lightning_multiloss.callback import LossWeightingCallback
+from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.schedules import Linear
 from lightning_multiloss.weighting import (
     WEIGHTINGS,
@@ -113,6 +115,53 @@ def test_a_schedule_out_of_range_fails_before_the_first_step(tmp_path: Path) -> 
     first_bad = next(step for step in range(13) if 1.0 - 1.5 * step / 12 < 0)
     t = float(str(info.value).split("at t=")[1].split(" ")[0])
     assert t == pytest.approx(first_bad / 12, abs=1e-3)
+
+
+def test_a_fraction_past_the_kept_plan_holds_the_schedules_value_at_1() -> None:
+    # A schedule that would go on moving past t = 1 (a sine): steps beyond the plan use its value at 1.
+    weighting = Scheduled(lambda t: 0.5 + 0.4 * math.sin(7.0 * t), unit="fraction")
+    weighting.bind(["a", "b"])
+    for step in (15, 20, 40):
+        weighting.set_progress(Progress(step=step, epoch=0, total_steps=15))
+        assert weighting.weights.tolist() == pytest.approx([0.5 + 0.4 * math.sin(7.0), 0.5 - 0.4 * math.sin(7.0)])
+    weighting.set_progress(Progress(step=12, epoch=0, total_steps=15))
+    assert float(weighting.weights[0]) == pytest.approx(0.5 + 0.4 * math.sin(7.0 * 12 / 15))
+
+
+@pytest.mark.parametrize("unit", ["step", "fraction"])
+def test_the_plan_is_checked_over_the_steps_that_train_and_no_further(unit: str) -> None:
+    # 10 optimizer steps use t = 0 .. 9 (fractions 0 .. 0.9): alpha = 0.105 t stays in [0, 1] on them
+    # and reaches 1.05 only at the step after the last, which never trains.
+    scale = 10.0 if unit == "step" else 1.0
+    weighting = Scheduled(Linear(0.0, 1.05, duration=scale), unit=unit)  # type: ignore[arg-type]
+    weighting.bind(["a", "b"])
+    weighting.check_plan(Progress(step=0, epoch=0, total_steps=10))
+    eleven = Progress(step=0, epoch=0, total_steps=11) if unit == "step" else Progress(0, 0, 10, fit_steps=11)
+    with pytest.raises(MultiLossError, match=r"alpha .* must be in \[0, 1\], the schedule gave 1\.05"):
+        weighting.check_plan(eleven)  # an 11th step trains at t = 10 (or at the fraction 1)
+
+
+def test_a_resumed_run_that_keeps_its_plan_is_checked_up_to_its_own_last_step(tmp_path: Path) -> None:
+    """Planned 12 steps, stopped at 4, resumed to 20 steps keeping the plan: t = min(step / 12, 1).
+    alpha = 1 - 1.05 t is in [0, 1] on the planned steps (t <= 11/12) but not at t = 1: the check
+    covers the resumed steps to 19 and fails before the first of them, not when training gets to 12."""
+    schedule = partial(Linear, 1.0, -0.05, duration=1.0)  # 1 - 1.05 t
+
+    class StopAfterOneEpoch(pl.Callback):  # as an early stop would
+        def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            trainer.should_stop = True
+
+    callbacks = [LossWeightingCallback(plot=False), StopAfterOneEpoch()]
+    first = quiet_trainer(max_epochs=3, callbacks=callbacks, default_root_dir=tmp_path)
+    first.fit(ToyNet(Scheduled(schedule(), unit="fraction")), toy_loader(n=64, batch_size=16))
+    assert first.global_step == STEPS_PER_EPOCH  # of 12 planned
+    checkpoint = tmp_path / "early.ckpt"
+    first.save_checkpoint(checkpoint)
+    second = quiet_trainer(max_epochs=5, callbacks=[LossWeightingCallback(plot=False)], default_root_dir=tmp_path)
+    resumed = ToyNet(Scheduled(schedule(), unit="fraction"))
+    with pytest.raises(Exception, match=r"checked over the planned run, before the first step"):
+        second.fit(resumed, toy_loader(n=64, batch_size=16), ckpt_path=checkpoint)
+    assert second.global_step == STEPS_PER_EPOCH  # restored, not one step further
 
 
 def test_current_weights_of_the_strategies_with_their_own_state(tmp_path: Path) -> None:

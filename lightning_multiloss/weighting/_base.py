@@ -37,6 +37,10 @@ class Progress:
     """The planned number of optimizer steps, when known."""
     total_epochs: int | None = None
     """The planned number of epochs, when known."""
+    fit_steps: int | None = None
+    """The optimizer steps this fit reaches, where they differ from ``total_steps`` (a resumed run
+    that keeps the plan training started with); ``None``: ``total_steps``. Given to
+    :meth:`Weighting.check_plan` only."""
 
 
 class Weighting(nn.Module, ABC):

@@ -38,7 +38,8 @@ class Scheduled(Weighting):
         schedule: a :mod:`~lightning_multiloss.schedules` schedule, any callable
             ``t -> value``, or a number (a constant); or a list / dict of those, one per task.
         unit: what ``t`` counts: ``"step"`` (optimizer steps: gradient accumulation does not
-            speed the schedule up), ``"epoch"``, or ``"fraction"`` of the planned optimizer steps.
+            speed the schedule up), ``"epoch"``, or ``"fraction"`` of the planned optimizer steps
+            (at most 1: past the plan, the schedules hold their values at 1).
 
     Example:
         >>> import torch
@@ -110,13 +111,14 @@ class Scheduled(Weighting):
                 "weighting 'scheduled': unit='fraction' needs the planned number of optimizer steps; "
                 "set max_steps or max_epochs on the Trainer"
             )
-        return progress.step / progress.total_steps
+        # A resumed run that keeps its first plan goes past it: the schedules hold their end values.
+        return min(progress.step / progress.total_steps, 1.0)
 
     def check_plan(self, progress: Progress) -> None:
         """Check the weights at every step of the planned run, before the first one.
 
-        ``t`` takes the values training will give it: each optimizer step from now to the planned
-        end (at most 2001 of them, evenly spread, on a longer run), or each epoch for
+        ``t`` takes the values training will give it: each optimizer step from now to the last
+        of this fit (at most 2001 of them, evenly spread, on a longer run), or each epoch for
         ``unit="epoch"``. A value out of range (negative, non-finite, alpha outside [0, 1]) fails
         now, naming the task and ``t``, not when training reaches it. Without a known end (no
         ``max_steps`` or ``max_epochs``) only the start is checked.
@@ -125,7 +127,8 @@ class Scheduled(Weighting):
         if self.unit == "epoch":
             first, last = progress.epoch, (progress.total_epochs or progress.epoch + 1) - 1
         else:
-            first, last = progress.step, progress.total_steps or progress.step
+            steps = progress.fit_steps if progress.fit_steps is not None else progress.total_steps
+            first, last = progress.step, (steps - 1 if steps else progress.step)  # steps 0 .. N - 1 train
         if last - first > 2000:
             points = sorted({first + round((last - first) * i / 2000) for i in range(2001)})
         else:
