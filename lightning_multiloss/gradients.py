@@ -365,7 +365,7 @@ def _batched_jacobian(
             [None] * len(p) for p in own
         ]
     identity = torch.eye(k, dtype=losses.dtype, device=losses.device)
-    extra = [p for task in own for p in task]
+    extra = list({id(p): p for task in own for p in task}.values())  # each once: tasks may ask for the same
     grads = torch.autograd.grad(
         losses,
         [*parameters, *extra],
@@ -381,10 +381,8 @@ def _batched_jacobian(
         ],
         dim=1,
     )
-    rest = iter(grads[len(parameters) :])
-    task_gradients: list[list[Tensor | None]] = []
-    for i, task in enumerate(own):
-        task_gradients.append([None if g is None else g[i] for g in (next(rest) for _ in task)])
+    by_id = {id(p): g for p, g in zip(extra, grads[len(parameters) :], strict=True)}
+    task_gradients = [[None if by_id[id(p)] is None else by_id[id(p)][i] for p in task] for i, task in enumerate(own)]
     return jacobian, task_gradients
 
 
@@ -605,6 +603,17 @@ def own_above_representation(losses: Tensor, representation: Tensor, parameters:
         if id(p) in reached_by:
             own[reached_by[id(p)]].append(p)
     return own
+
+
+def leaves_above(losses: Tensor, representation: Tensor) -> tuple[tuple[int, ...], ...]:
+    """Per task (an input of the losses' stack), the sorted ids of the leaf tensors its loss reaches
+    without going through ``representation``: which parameters this step's heads use, from a walk
+    of the graph above it (``()`` where the losses are not one stack of the task losses)."""
+    grad_fn, node_of_z = losses.grad_fn, representation.grad_fn
+    if grad_fn is None or node_of_z is None or not _is_stack_of(losses):
+        return ()
+    stop = (node_of_z, representation.output_nr)
+    return tuple(tuple(sorted(_leaves_reached([edge], stop=stop))) for edge in grad_fn.next_functions)
 
 
 def _leaves_reached(edges: Sequence[tuple[Any, int]], stop: tuple[Any, int] | None) -> set[int]:

@@ -33,7 +33,13 @@ from lightning_multiloss._metric_keys import (
     metrics_by_task,
 )
 from lightning_multiloss.errors import MultiLossError, NonFiniteLossError, first_line
-from lightning_multiloss.gradients import own_above_representation, own_by_task, parameter_users, shared_by_use
+from lightning_multiloss.gradients import (
+    leaves_above,
+    own_above_representation,
+    own_by_task,
+    parameter_users,
+    shared_by_use,
+)
 from lightning_multiloss.task import Task
 from lightning_multiloss.weighting import (
     Fixed,
@@ -887,17 +893,26 @@ class MultiTaskMixin(_Base):
             users = parameter_users(losses, candidates, self._mt_in_task_order(outputs))
             found = shared_by_use(candidates, users, losses.numel())
             if not found:
+                used = {task for tasks in users for task in tasks}
+                idle = [t.name for i, t in enumerate(self._mt_tasks) if i not in used]
+                why = (
+                    f" in this step task(s) {idle} reach no trainable parameter (a constant loss, e.g. a batch without "
+                    "their labels; Task(mask=...) or ignore_value keep such a loss in the graph as 0);"
+                    if idle
+                    else ""
+                )
                 raise MultiLossError(
                     f"weighting {weighting.name!r} uses route='parameters', but no trainable parameter is used by two "
-                    "or more task losses (frozen ones are left out): override shared_parameters() to return the shared "
-                    "ones, or use route='representation'"
+                    f"or more task losses (frozen ones are left out):{why} override shared_parameters() to return "
+                    "the shared ones, or use route='representation'"
                 )
             self._mt_shared_params = found
             self._mt_shared_found_among = trainable_ids
             shared_ids = {id(p) for p in found}
             rest = [(p, u) for p, u in zip(candidates, users, strict=True) if id(p) not in shared_ids]
             by_task = own_by_task([p for p, _ in rest], [u for _, u in rest], losses.numel())
-            self._mt_own_params = (_usage_key(found, candidates), by_task)
+            asked = _asked_of_every_task([p for p, _ in rest], by_task)
+            self._mt_own_params = (_usage_key(found, candidates), asked)
         # Frozen ones left out (a trunk frozen for a while): autograd refuses them.
         inputs = {"parameters": [p for p in self.shared_parameters() if p.requires_grad]}
         if reuse:
@@ -929,8 +944,10 @@ class MultiTaskMixin(_Base):
         """Per task, the trainable parameters outside ``shared`` that only its loss uses; ``None``
         where one of them serves two tasks (then the combined gradient needs Lightning's backward).
 
-        Found by autograd (K backward passes) on the first step and again whenever the shared or
-        the trainable parameters change (a head frozen, then trained), and kept in between.
+        Whether any serves two tasks is found by autograd (K backward passes) on the first step
+        and again whenever the shared or the trainable parameters change (a head frozen, then
+        trained), and kept in between; where none does, each task's pass asks for all of them
+        (:func:`_asked_of_every_task`), so that each step takes the parameters its own graph uses.
         ``trainable``: :meth:`_mt_trainable_parameters`, where the step has listed them already.
         """
         if trainable is None:
@@ -939,7 +956,8 @@ class MultiTaskMixin(_Base):
         def find() -> list[list[nn.Parameter]] | None:
             shared_ids = {id(p) for p in shared}
             rest = [p for p in trainable if id(p) not in shared_ids]
-            return own_by_task(rest, parameter_users(losses, rest, self._mt_in_task_order(outputs)), losses.numel())
+            users = parameter_users(losses, rest, self._mt_in_task_order(outputs))
+            return _asked_of_every_task(rest, own_by_task(rest, users, losses.numel()))
 
         return self._mt_kept_own_parameters(_usage_key(shared, trainable), find)
 
@@ -948,13 +966,14 @@ class MultiTaskMixin(_Base):
         head); ``None`` where the update needs Lightning's backward (see
         :func:`~lightning_multiloss.gradients.own_above_representation`).
 
-        Read from the autograd graph on the first step and again whenever the trainable parameters
-        change (``requires_grad`` set or cleared, a new fit), and kept in between.
+        Read from the autograd graph whenever the trainable parameters change (``requires_grad``
+        set or cleared, a new fit) or the leaves each task's loss reaches above the representation
+        do (a head that a batch without its labels leaves out, a layer that a second head starts to
+        read): each step walks the graph above the representation (the heads only) to know.
         """
         trainable = self._mt_trainable_parameters()
-        return self._mt_kept_own_parameters(
-            _usage_key((), trainable), lambda: own_above_representation(losses, representation, trainable)
-        )
+        key = (*_usage_key((), trainable), *leaves_above(losses, representation))
+        return self._mt_kept_own_parameters(key, lambda: own_above_representation(losses, representation, trainable))
 
     def _mt_kept_own_parameters(
         self, key: tuple[tuple[int, ...], ...], find: Callable[[], list[list[nn.Parameter]] | None]
@@ -1189,6 +1208,21 @@ def _in_shared_memory(state: Tensor | list[Tensor]) -> bool:
     """Whether a metric state (a tensor, or a list of them) is in the CPU's shared memory."""
     tensors = state if isinstance(state, list) else [state]
     return any(t.device.type == "cpu" and t.is_shared() for t in tensors)
+
+
+def _asked_of_every_task(
+    rest: Sequence[nn.Parameter], own: list[list[nn.Parameter]] | None
+) -> list[list[nn.Parameter]] | None:
+    """What each task's pass on the parameter route asks for besides the shared parameters: all of
+    ``rest`` (the trainable ones outside them), where none serves two tasks (``own``, as found on
+    the step that found it, is not ``None``).
+
+    A pass gives ``None`` for a parameter its loss does not reach, at no cost (autograd walks that
+    loss's graph only), so each step takes the parameters its own graph uses: a head that a batch
+    without its labels left out when they were found, or a parameter a second task reads from some
+    step on (each task's gradient of it, weighted, is summed in the update).
+    """
+    return None if own is None else [list(rest) for _ in own]
 
 
 def _usage_key(shared: Sequence[nn.Parameter], trainable: Sequence[nn.Parameter]) -> tuple[tuple[int, ...], ...]:

@@ -41,7 +41,7 @@ from lightning_multiloss.weighting import (
 )
 from lightning_multiloss.weighting.graddrop import graddrop_gradient
 from tests._ddp import run_ddp_script
-from tests._models import ToyNet, assert_params_close, quiet_trainer, toy_loader
+from tests._models import HEAD_SIZES, ToyNet, assert_params_close, quiet_trainer, toy_loader
 
 TASK_LOSS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "cls": F.cross_entropy,
@@ -836,6 +836,64 @@ def test_parameters_frozen_then_trained_get_their_gradient(tmp_path: Path) -> No
     assert_params_close(results[0], results[1], atol=1e-6, what="unfreezing")
     for key in ("heads.aux.weight", "trunk.0.weight"):
         assert float((results[0][key] - start[key]).abs().max()) > 1e-3, key
+
+
+class ChangingGraph(ToyNet):
+    """A graph that changes after the first step, with every parameter trainable throughout: the
+    ``aux`` head is out of its loss's graph on the first batch (as a loss that returns a constant
+    for a batch without labels), and a ``side`` layer on the input feeds ``reg`` from the start and
+    ``cls`` too from the second batch on (a branch switched on after warm-up)."""
+
+    def __init__(self, weighting: Weighting, **kw: Any) -> None:
+        super().__init__(weighting, tasks=("cls", "reg", "aux"), lr=0.1, **kw)
+        self.side = nn.Linear(8, HEAD_SIZES["cls"])
+        self.batch_idx = 0
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.batch_idx = batch_idx
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        z = self.shared_representation(self.trunk(x))
+        side = self.side(x)
+        aux = self.heads["aux"](z)
+        return {
+            "cls": self.heads["cls"](z) + (side if self.batch_idx >= 1 else 0.0),
+            "reg": self.heads["reg"](z) + side[:, : HEAD_SIZES["reg"]],
+            "aux": aux.detach() if self.batch_idx == 0 else aux,
+        }
+
+
+@pytest.mark.parametrize("route", ["parameters", "representation"])
+def test_the_reused_update_follows_a_graph_that_changes_after_the_first_step(tmp_path: Path, route: str) -> None:
+    """The update each step hands out is that of Lightning's own backward of the weighted sum: the
+    head left out of the first step trains from the second, and the layer a second task starts to
+    read gets both tasks' weighted gradients (with the parameters found on the first step, aux's
+    head never trained and side lost cls's part)."""
+    results = []
+    for reuse in (True, False):
+        model = ChangingGraph(make_strategy("upgrad", route), reuse_jacobian=reuse)
+        start = params_of(model)
+        fit(model, tmp_path / f"{route}-{reuse}", batches=4, max_epochs=1)
+        results.append(params_of(model))
+    assert_params_close(results[0], results[1], atol=1e-6, what=f"{route}: reused / Lightning's backward")
+    assert float((results[0]["heads.aux.weight"] - start["heads.aux.weight"]).abs().max()) > 1e-3
+
+
+class FirstBatchWithoutLabels(ToyNet):
+    """Two tasks; ``reg``'s loss is a constant on the first batch (its labels missing there)."""
+
+    def __init__(self, weighting: Weighting) -> None:
+        super().__init__(weighting, tasks=("cls", "reg"))
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        outputs = super().forward(x)
+        return {**outputs, "reg": outputs["reg"].detach()}
+
+
+def test_no_shared_parameters_because_a_loss_is_constant_names_the_task(tmp_path: Path) -> None:
+    model = FirstBatchWithoutLabels(make_strategy("upgrad", "parameters"))
+    with pytest.raises(MultiLossError, match=r"task\(s\) \['reg'\] reach no trainable parameter \(a constant loss"):
+        fit(model, tmp_path, batches=1, max_epochs=1)
 
 
 def test_lightnings_backward_stays_where_the_jacobian_cannot_give_the_update(tmp_path: Path) -> None:
