@@ -165,6 +165,15 @@ def test_dwa_weights_from_epoch_means_by_hand():
     cold.on_epoch_losses(torch.tensor([5.0, 2.0]))  # ratios [1 (no information), 2]
     e = [math.exp(1 / 0.5), math.exp(2 / 0.5)]
     assert cold.weights.tolist() == pytest.approx([2 * x / sum(e) for x in e], rel=1e-6)
+    # A zero latest mean (no labelled sample in the last epoch) is no information either: ratio 1,
+    # not 0 (the least weight, as if the task's loss had collapsed).
+    latest = bound(DWA(temperature=2.0))
+    latest.on_epoch_losses(torch.tensor([1.0, 1.0]))
+    latest.on_epoch_losses(torch.tensor([0.0, 1.0]))
+    assert latest.weights.tolist() == pytest.approx([1.0, 1.0], rel=1e-6)  # 2·softmax([1, 1] / 2)
+    latest.on_epoch_losses(torch.tensor([3.0, 0.5]))  # ratios [1 (0 before), 0.5]
+    e = [math.exp(1 / 2.0), math.exp(0.5 / 2.0)]
+    assert latest.weights.tolist() == pytest.approx([2 * x / sum(e) for x in e], rel=1e-6)
 
 
 # -- RLW (Lin et al. 2022) --------------------------------------------------------------------------

@@ -25,11 +25,12 @@ class DWA(Weighting):
     to ``K``. The last two epoch means and the weights are persistent buffers, so a resumed
     run continues exactly; the weights change only at an epoch's end, never in evaluation.
 
-    If a task's mean was exactly 0 in epoch ``t-2`` (no labelled sample that epoch), its
-    ratio is taken as 1 (no information) instead of dividing by zero.
+    If a task's mean was exactly 0 in epoch ``t-1`` or ``t-2`` (no labelled sample that epoch),
+    its ratio is taken as 1 (no information): dividing by a zero mean is undefined, and a zero
+    latest mean would give the ratio 0, the least weight, as if its loss had collapsed.
 
     Versus the peers: LibMTL's DWA exactly (w = 1 in epochs 0 and 1); a task whose epoch mean is 0
-    gets the ratio 1, where LibMTL divides by 0.
+    gets the ratio 1, where LibMTL divides by 0 (or gives the ratio 0).
 
     Args:
         temperature: ``T`` > 0 (the paper uses 2); large values make the weights uniform.
@@ -78,8 +79,8 @@ class DWA(Weighting):
         self.epochs_seen += 1
         if int(self.epochs_seen) < 2:
             return
-        denominator = self.previous_means
-        ratio = torch.where(denominator > 0, self.last_means / denominator.clamp(min=1e-30), 1.0)
+        informed = (self.previous_means > 0) & (self.last_means > 0)
+        ratio = torch.where(informed, self.last_means / self.previous_means.clamp(min=1e-30), 1.0)
         self.weights.copy_(self.num_tasks * torch.softmax(ratio / self.temperature, dim=0))
 
     def extra_repr(self) -> str:
