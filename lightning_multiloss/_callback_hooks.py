@@ -96,15 +96,18 @@ class LossWeightingHooks:
         replan_on_resume: bool = False,
         result_file: str | None = None,
     ) -> None:
-        if every_n_steps < 1:
-            raise MultiLossError(f"LossWeightingCallback: every_n_steps must be >= 1, got {every_n_steps}")
-        if max_points < 2:
-            raise MultiLossError(f"LossWeightingCallback: max_points must be >= 2, got {max_points}")
-        if not filename or os.sep in filename:
+        _check_integer("every_n_steps", every_n_steps, 1)
+        _check_integer("max_points", max_points, 2)
+        for name, flag in (("plot", plot), ("replan_on_resume", replan_on_resume)):
+            if not isinstance(flag, bool):  # bool("false") is True
+                raise MultiLossError(f"LossWeightingCallback: {name} must be true or false, got {flag!r}")
+        if not isinstance(filename, str) or not filename or os.sep in filename:
             raise MultiLossError(f"LossWeightingCallback: filename must be a plain file stem, got {filename!r}")
-        self.every_n_steps = every_n_steps
-        self.max_points = max_points
-        self._stride = every_n_steps
+        if result_file is not None and (not isinstance(result_file, str) or not result_file):
+            raise MultiLossError(f"LossWeightingCallback: result_file must be a file path or None, got {result_file!r}")
+        self.every_n_steps = int(every_n_steps)
+        self.max_points = int(max_points)
+        self._stride = self.every_n_steps
         self.plot = plot
         self.filename = filename
         self.result_file = result_file
@@ -112,7 +115,7 @@ class LossWeightingHooks:
         self.task_names: list[str] = []
         # (optimizer step, epoch, weights used at that step); weights stay tensors until read.
         self._records: list[tuple[int, int, Tensor]] = []
-        self.replan_on_resume = bool(replan_on_resume)
+        self.replan_on_resume = replan_on_resume
         self._last_step = 0
         self._total_steps: int | None = None
         self._total_epochs: int | None = None
@@ -542,6 +545,13 @@ def _steps_by_epoch(trainer: Any) -> Iterator[int]:
     per_batch = _optimizer_steps_per_batch(trainer)
     for epoch in itertools.count():
         yield math.ceil(batches / accumulation(epoch)) * per_batch
+
+
+def _check_integer(name: str, value: object, least: int) -> None:
+    """An integer (``2.0`` counts, ``2.5``, NaN, a string or a bool does not) of at least ``least``."""
+    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not whole or value < least:  # type: ignore[operator]
+        raise MultiLossError(f"LossWeightingCallback: {name} must be an integer >= {least}, got {value!r}")
 
 
 def _planned_steps(trainer: Any) -> int | None:

@@ -271,7 +271,10 @@ def as_schedule(value: ScheduleLike | float, where: str) -> Callable[[float], fl
     if isinstance(value, bool):
         raise MultiLossError(f"{where}: expected a schedule, a callable or a number, got {value!r}")
     if isinstance(value, int | float):
-        return Constant(value)
+        try:
+            return Constant(value)
+        except MultiLossError as error:  # name the task or alpha: the value alone does not say whose
+            raise MultiLossError(f"{where}: {error}") from None
     if callable(value):
         return value
     raise MultiLossError(f"{where}: expected a schedule, a callable or a number, got {type(value).__name__}")

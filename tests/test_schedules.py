@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from lightning_multiloss.callback import LossWeightingCallback
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.schedules import (
     SCHEDULES,
@@ -238,3 +239,42 @@ def test_an_alpha_schedule_that_gives_no_number_is_named(value):
     weighting = Scheduled(lambda t: value)
     with pytest.raises(MultiLossError, match=r"the value of alpha's schedule at t=0.0 must be a number, got "):
         weighting.bind(["a", "b"])
+
+
+@pytest.mark.parametrize(
+    ("spec", "whose"), [([1.0, float("nan")], "schedule of task 'b'"), (math.inf, "schedule of alpha")]
+)
+def test_a_constant_schedule_out_of_range_names_whose_it_is(spec, whose):
+    with pytest.raises(MultiLossError, match=rf"^{whose}: constant schedule: value must be finite"):
+        Scheduled(spec).bind(["a", "b"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        # NaN passed `< 1` (every_n_steps=nan recorded step 1 only, max_points=nan never thinned);
+        # 2.5 was taken, "2" and None raised a bare TypeError, and bool("false") is True.
+        ({"every_n_steps": math.nan}, r"every_n_steps must be an integer >= 1, got nan"),
+        ({"every_n_steps": 2.5}, r"every_n_steps must be an integer >= 1, got 2.5"),
+        ({"every_n_steps": "2"}, r"every_n_steps must be an integer >= 1, got '2'"),
+        ({"every_n_steps": None}, r"every_n_steps must be an integer >= 1, got None"),
+        ({"every_n_steps": True}, r"every_n_steps must be an integer >= 1, got True"),
+        ({"every_n_steps": 0}, r"every_n_steps must be an integer >= 1, got 0"),
+        ({"max_points": math.nan}, r"max_points must be an integer >= 2, got nan"),
+        ({"max_points": math.inf}, r"max_points must be an integer >= 2, got inf"),
+        ({"max_points": 1}, r"max_points must be an integer >= 2, got 1"),
+        ({"replan_on_resume": "false"}, r"replan_on_resume must be true or false, got 'false'"),
+        ({"plot": 1}, r"plot must be true or false, got 1"),
+        ({"filename": None}, r"filename must be a plain file stem, got None"),
+        ({"result_file": ""}, r"result_file must be a file path or None, got ''"),
+    ],
+)
+def test_the_callbacks_arguments_are_checked(kwargs, message):
+    with pytest.raises(MultiLossError, match=rf"^LossWeightingCallback: {message}$"):
+        LossWeightingCallback(**kwargs)
+
+
+def test_the_callback_takes_whole_floats_as_integers():
+    callback = LossWeightingCallback(every_n_steps=4.0, max_points=10.0)  # YAML may write 4.0
+    assert (callback.every_n_steps, callback.max_points) == (4, 10)
+    assert isinstance(callback.every_n_steps, int)
