@@ -360,6 +360,23 @@ def test_learnable_simplex_projection_random_against_bisection_and_kkt(k):
     torch.testing.assert_close(project_to_simplex(v64), torch.tensor([0.55, 0.45, 0.0], dtype=torch.float64))
 
 
+@pytest.mark.parametrize(
+    ("v", "expected"),
+    [
+        # Far from the simplex (a learning rate of 100 gets there): in float32 the cumulative sum
+        # minus 1 lost the 1 and every weight came out 0. By hand: one entry above all others by more
+        # than 1 takes all the weight; two within 1 of each other share it as (1 ± their gap) / 2.
+        ([3e7, 0.0, 0.0], [1.0, 0.0, 0.0]),
+        ([1e8, 5.0, -3.0], [1.0, 0.0, 0.0]),
+        ([4e6 + 0.5, 4e6, 0.0], [0.75, 0.25, 0.0]),  # float32 holds a gap of 0.5 at 4e6 (spacing 0.25)
+        ([-4e7, -4e7 - 8.0, -4e7 + 8.0], [0.0, 0.0, 1.0]),
+    ],
+)
+def test_the_simplex_projection_holds_far_from_the_simplex_in_float32(v, expected):
+    got = project_to_simplex(torch.tensor(v, dtype=torch.float32))
+    torch.testing.assert_close(got, torch.tensor(expected), rtol=0, atol=1e-6)
+
+
 def test_learnable_k_tasks_loss_and_init():
     w = bound(Learnable(init={"a": 0.5, "c": 0.5}), ["a", "b", "c"])
     assert w.alpha.tolist() == [0.5, 0.0, 0.5]

@@ -23,6 +23,9 @@ def project_to_simplex(v: Tensor) -> Tensor:
     Device operations only (it runs after every optimizer step). A NaN in ``v`` gives NaN weights,
     which the check of the losses then reports, instead of an error here.
     """
+    # The projection of v + c is that of v: shifted so that its largest entry is 0, the cumulative
+    # sum minus 1 keeps the 1 at any magnitude (at 3e7 in float32 it was rounded away: all weights 0).
+    v = v - v.max()
     u, _ = torch.sort(v, descending=True)
     css = torch.cumsum(u, dim=0) - 1.0
     index = torch.arange(1, v.numel() + 1, device=v.device, dtype=v.dtype)
