@@ -34,7 +34,7 @@ from lightning_multiloss._metric_keys import (
 )
 from lightning_multiloss.errors import MultiLossError, NonFiniteLossError, first_line
 from lightning_multiloss.gradients import (
-    leaves_above,
+    leaves_by_task,
     own_above_representation,
     own_by_task,
     parameter_users,
@@ -56,6 +56,8 @@ Stage = Literal["train", "val", "test"]
 log = logging.getLogger(__name__)
 _MAX_PENDING = 1024
 """The most training steps whose losses wait for the non-finite check (it runs at least this often)."""
+_KEPT_USES = 8
+"""How many graphs' worth of the tasks' own parameters are kept (:meth:`MultiTaskMixin._mt_kept_own_parameters`)."""
 _TASKS_IN_CHECKPOINT = "multiloss_task_names"  # the checkpoint's entry that lists the tasks in order
 OnNonFinite = Literal["raise", "skip"]
 
@@ -303,7 +305,7 @@ class MultiTaskMixin(_Base):
         # The ids of the shared and the trainable parameters and, per task, the parameters only that
         # task uses (None: the update needs Lightning's backward): see _mt_task_parameters and
         # _mt_heads_parameters.
-        self._mt_own_params: tuple[tuple[tuple[int, ...], ...], list[list[nn.Parameter]] | None] | None = None
+        self._mt_own_params: dict[tuple[tuple[int, ...], ...], list[list[nn.Parameter]] | None] = {}
         # (step, epoch, batch index, detached losses) of the training steps not yet checked for
         # non-finite losses: see check_finite_losses.
         self._mt_pending: list[tuple[int, int, int, Tensor]] = []
@@ -911,8 +913,7 @@ class MultiTaskMixin(_Base):
             shared_ids = {id(p) for p in found}
             rest = [(p, u) for p, u in zip(candidates, users, strict=True) if id(p) not in shared_ids]
             by_task = own_by_task([p for p, _ in rest], [u for _, u in rest], losses.numel())
-            asked = _asked_of_every_task([p for p, _ in rest], by_task)
-            self._mt_own_params = (_usage_key(found, candidates), asked)
+            self._mt_kept_own_parameters(self._mt_use_key(losses, found, candidates), lambda: by_task)
         # Frozen ones left out (a trunk frozen for a while): autograd refuses them.
         inputs = {"parameters": [p for p in self.shared_parameters() if p.requires_grad]}
         if reuse:
@@ -944,10 +945,10 @@ class MultiTaskMixin(_Base):
         """Per task, the trainable parameters outside ``shared`` that only its loss uses; ``None``
         where one of them serves two tasks (then the combined gradient needs Lightning's backward).
 
-        Whether any serves two tasks is found by autograd (K backward passes) on the first step
-        and again whenever the shared or the trainable parameters change (a head frozen, then
-        trained), and kept in between; where none does, each task's pass asks for all of them
-        (:func:`_asked_of_every_task`), so that each step takes the parameters its own graph uses.
+        Found by autograd (K backward passes) on the first step and again whenever the shared or
+        the trainable parameters change (a head frozen, then trained) or the parameters each task's
+        loss reaches do (a head that a batch without its labels leaves out of its loss, a layer that
+        a second task starts to read): each step walks the graph to know (:meth:`_mt_use_key`).
         ``trainable``: :meth:`_mt_trainable_parameters`, where the step has listed them already.
         """
         if trainable is None:
@@ -956,10 +957,16 @@ class MultiTaskMixin(_Base):
         def find() -> list[list[nn.Parameter]] | None:
             shared_ids = {id(p) for p in shared}
             rest = [p for p in trainable if id(p) not in shared_ids]
-            users = parameter_users(losses, rest, self._mt_in_task_order(outputs))
-            return _asked_of_every_task(rest, own_by_task(rest, users, losses.numel()))
+            return own_by_task(rest, parameter_users(losses, rest, self._mt_in_task_order(outputs)), losses.numel())
 
-        return self._mt_kept_own_parameters(_usage_key(shared, trainable), find)
+        return self._mt_kept_own_parameters(self._mt_use_key(losses, shared, trainable), find)
+
+    def _mt_use_key(
+        self, losses: Tensor, shared: Sequence[nn.Parameter], trainable: Sequence[nn.Parameter]
+    ) -> tuple[tuple[int, ...], ...]:
+        """What the tasks' own parameters on the parameter route depend on: the shared and the
+        trainable parameters, and the others that each task's loss reaches in this step's graph."""
+        return (*_usage_key(shared, trainable), *leaves_by_task(losses, skip=shared))
 
     def _mt_heads_parameters(self, losses: Tensor, representation: Tensor) -> list[list[nn.Parameter]] | None:
         """Per task, the trainable parameters its loss reaches above the shared representation (its
@@ -972,17 +979,20 @@ class MultiTaskMixin(_Base):
         read): each step walks the graph above the representation (the heads only) to know.
         """
         trainable = self._mt_trainable_parameters()
-        key = (*_usage_key((), trainable), *leaves_above(losses, representation))
+        key = (*_usage_key((), trainable), *leaves_by_task(losses, stop=representation))
         return self._mt_kept_own_parameters(key, lambda: own_above_representation(losses, representation, trainable))
 
     def _mt_kept_own_parameters(
         self, key: tuple[tuple[int, ...], ...], find: Callable[[], list[list[nn.Parameter]] | None]
     ) -> list[list[nn.Parameter]] | None:
-        """The tasks' own parameters found for ``key`` (the parameters they were found among),
-        found again with ``find`` when the key changed."""
-        if self._mt_own_params is None or self._mt_own_params[0] != key:
-            self._mt_own_params = (key, find())
-        return self._mt_own_params[1]
+        """The tasks' own parameters found for ``key`` (what they were found from), found with
+        ``find`` for a key not seen before. The last few keys are kept: a task whose labels some
+        batches lack changes the graph back and forth, and finding costs K backward passes."""
+        if key not in self._mt_own_params:
+            if len(self._mt_own_params) >= _KEPT_USES:
+                self._mt_own_params.pop(next(iter(self._mt_own_params)))  # the oldest
+            self._mt_own_params[key] = find()
+        return self._mt_own_params[key]
 
     def _mt_all_finite(self, losses: Tensor, stage: Stage, batch_idx: int) -> bool:
         """Read the losses now (one wait): ``False`` to skip the step, or raise naming the task."""
@@ -1208,21 +1218,6 @@ def _in_shared_memory(state: Tensor | list[Tensor]) -> bool:
     """Whether a metric state (a tensor, or a list of them) is in the CPU's shared memory."""
     tensors = state if isinstance(state, list) else [state]
     return any(t.device.type == "cpu" and t.is_shared() for t in tensors)
-
-
-def _asked_of_every_task(
-    rest: Sequence[nn.Parameter], own: list[list[nn.Parameter]] | None
-) -> list[list[nn.Parameter]] | None:
-    """What each task's pass on the parameter route asks for besides the shared parameters: all of
-    ``rest`` (the trainable ones outside them), where none serves two tasks (``own``, as found on
-    the step that found it, is not ``None``).
-
-    A pass gives ``None`` for a parameter its loss does not reach, at no cost (autograd walks that
-    loss's graph only), so each step takes the parameters its own graph uses: a head that a batch
-    without its labels left out when they were found, or a parameter a second task reads from some
-    step on (each task's gradient of it, weighted, is summed in the update).
-    """
-    return None if own is None else [list(rest) for _ in own]
 
 
 def _usage_key(shared: Sequence[nn.Parameter], trainable: Sequence[nn.Parameter]) -> tuple[tuple[int, ...], ...]:

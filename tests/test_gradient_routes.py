@@ -879,6 +879,47 @@ def test_the_reused_update_follows_a_graph_that_changes_after_the_first_step(tmp
     assert float((results[0]["heads.aux.weight"] - start["heads.aux.weight"]).abs().max()) > 1e-3
 
 
+class AuxLabelledEveryOtherBatch(ToyNet):
+    """``aux``'s loss is a constant on even batches (no labels there): two graphs, in turn."""
+
+    def __init__(self, weighting: Weighting, **kw: Any) -> None:
+        super().__init__(weighting, tasks=("cls", "reg", "aux"), lr=0.1, **kw)
+        self.batch_idx = 0
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.batch_idx = batch_idx
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        z = self.shared_representation(self.trunk(x))
+        outputs = {name: head(z) for name, head in self.heads.items()}
+        return {**outputs, "aux": outputs["aux"].detach()} if self.batch_idx % 2 == 0 else outputs
+
+
+@pytest.mark.parametrize("route", ["parameters", "representation"])
+def test_graphs_that_alternate_are_read_once_each(tmp_path: Path, route: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The heads found for each graph are kept: found on the first two steps (one graph each), not
+    again on the next four; and the update is Lightning's backward's."""
+    from lightning_multiloss import mixin
+
+    finder = "parameter_users" if route == "parameters" else "own_above_representation"
+    calls = [0]
+    original = getattr(mixin, finder)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(mixin, finder, counted)
+    results = []
+    for reuse in (True, False):
+        model = AuxLabelledEveryOtherBatch(make_strategy("upgrad", route), reuse_jacobian=reuse)
+        fit(model, tmp_path / f"{route}-{reuse}", batches=6, max_epochs=1)
+        results.append(params_of(model))
+        if reuse:
+            assert calls[0] == 2, calls
+    assert_params_close(results[0], results[1], atol=1e-6, what=f"{route}: reused / Lightning's backward")
+
+
 class FirstBatchWithoutLabels(ToyNet):
     """Two tasks; ``reg``'s loss is a constant on the first batch (its labels missing there)."""
 
