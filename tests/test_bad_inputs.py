@@ -201,6 +201,17 @@ CLI_CASES = [
         r"error: model\.tasks\.loc\.out_features is 144, but its target 'loc' has 64 classes with these data "
         r"settings \(LocClsDataModule\): the head must give 64 outputs",
     ),
+    CliCase(  # exited 0 with an untrained model's metrics in a "completed" result.json, no checkpoint
+        "no-epochs",
+        ("trainer.max_epochs=${epochs}", "epochs=0"),  # as trainer=default sets it (trainer=debug sets its own)
+        r"error: config key 'trainer\.max_epochs' \(or epochs, which sets it\): 0 trains nothing; give at least 1 "
+        r"\(-1: no limit\)",
+    ),
+    CliCase(
+        "no-steps",
+        ("trainer.max_steps=0",),
+        r"error: config key 'trainer\.max_steps': 0 trains nothing; give at least 1 \(-1: no limit\)",
+    ),
     CliCase(  # an IndexError traceback after the whole training (trainer.validate returned [])
         "no-validation-batches",
         ("trainer.limit_val_batches=0",),

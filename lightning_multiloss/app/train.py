@@ -379,8 +379,15 @@ def check_heads_fit_data(model: Any, datamodule: Any) -> None:
 
 
 def check_evaluated(cfg: DictConfig, datamodule: Any) -> None:
-    """Refuse, before training, what leaves the validation after it (or the test, with ``test``)
-    without a batch: a trainer limit of 0, or an empty split of a data module that has fractions."""
+    """Refuse, before training, a run that trains nothing (``max_epochs`` or ``max_steps`` 0: it
+    would record an untrained model as completed) or whose validation after training (or test,
+    with ``test``) has no batch: a trainer limit of 0, or an empty split of a data module that has
+    fractions."""
+    for key in ("max_epochs", "max_steps"):
+        value = cfg.trainer.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value == 0:
+            also = " (or epochs, which sets it)" if key == "max_epochs" else ""
+            raise MultiLossError(f"config key 'trainer.{key}'{also}: 0 trains nothing; give at least 1 (-1: no limit)")
     stages = [("val", "validation", "result.json's metrics, the checkpoints' monitor")]
     if cfg.get("test", True):
         stages.append(("test", "test", "test=false skips the test"))
