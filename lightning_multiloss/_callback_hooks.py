@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import logging
 import math
+import numbers
 import os
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -94,7 +95,7 @@ class LossWeightingHooks:
         plot: bool = True,
         filename: str = "loss_weights",
         replan_on_resume: bool = False,
-        result_file: str | None = None,
+        result_file: str | os.PathLike[str] | None = None,
     ) -> None:
         _check_integer("every_n_steps", every_n_steps, 1)
         _check_integer("max_points", max_points, 2)
@@ -103,14 +104,14 @@ class LossWeightingHooks:
                 raise MultiLossError(f"LossWeightingCallback: {name} must be true or false, got {flag!r}")
         if not isinstance(filename, str) or not filename or os.sep in filename:
             raise MultiLossError(f"LossWeightingCallback: filename must be a plain file stem, got {filename!r}")
-        if result_file is not None and (not isinstance(result_file, str) or not result_file):
+        if result_file is not None and (not isinstance(result_file, str | os.PathLike) or not str(result_file)):
             raise MultiLossError(f"LossWeightingCallback: result_file must be a file path or None, got {result_file!r}")
         self.every_n_steps = int(every_n_steps)
         self.max_points = int(max_points)
         self._stride = self.every_n_steps
         self.plot = plot
         self.filename = filename
-        self.result_file = result_file
+        self.result_file = None if result_file is None else os.fspath(result_file)
         self._own_recorder: RunRecorder | None = None
         self.task_names: list[str] = []
         # (optimizer step, epoch, weights used at that step); weights stay tensors until read.
@@ -548,8 +549,9 @@ def _steps_by_epoch(trainer: Any) -> Iterator[int]:
 
 
 def _check_integer(name: str, value: object, least: int) -> None:
-    """An integer (``2.0`` counts, ``2.5``, NaN, a string or a bool does not) of at least ``least``."""
-    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    """An integer (``2.0`` and NumPy's integers count; ``2.5``, NaN, a string or a bool does not) of at
+    least ``least``."""
+    whole = isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and float(value).is_integer())
     if isinstance(value, bool) or not whole or value < least:  # type: ignore[operator]
         raise MultiLossError(f"LossWeightingCallback: {name} must be an integer >= {least}, got {value!r}")
 

@@ -306,6 +306,7 @@ class MultiTaskMixin(_Base):
         # task uses (None: the update needs Lightning's backward): see _mt_task_parameters and
         # _mt_heads_parameters.
         self._mt_own_params: dict[tuple[tuple[int, ...], ...], list[list[nn.Parameter]] | None] = {}
+        self._mt_backward_needed_for: tuple[tuple[int, ...], ...] | None = None  # see _mt_kept_own_parameters
         # (step, epoch, batch index, detached losses) of the training steps not yet checked for
         # non-finite losses: see check_finite_losses.
         self._mt_pending: list[tuple[int, int, int, Tensor]] = []
@@ -913,7 +914,9 @@ class MultiTaskMixin(_Base):
             shared_ids = {id(p) for p in found}
             rest = [(p, u) for p, u in zip(candidates, users, strict=True) if id(p) not in shared_ids]
             by_task = own_by_task([p for p, _ in rest], [u for _, u in rest], losses.numel())
-            self._mt_kept_own_parameters(self._mt_use_key(losses, found, candidates), lambda: by_task)
+            self._mt_kept_own_parameters(
+                _usage_key(found, candidates), lambda: leaves_by_task(losses, skip=found), lambda: by_task
+            )
         # Frozen ones left out (a trunk frozen for a while): autograd refuses them.
         inputs = {"parameters": [p for p in self.shared_parameters() if p.requires_grad]}
         if reuse:
@@ -948,7 +951,8 @@ class MultiTaskMixin(_Base):
         Found by autograd (K backward passes) on the first step and again whenever the shared or
         the trainable parameters change (a head frozen, then trained) or the parameters each task's
         loss reaches do (a head that a batch without its labels leaves out of its loss, a layer that
-        a second task starts to read): each step walks the graph to know (:meth:`_mt_use_key`).
+        a second task starts to read): each step walks the graph to know
+        (:meth:`_mt_kept_own_parameters`).
         ``trainable``: :meth:`_mt_trainable_parameters`, where the step has listed them already.
         """
         if trainable is None:
@@ -959,14 +963,9 @@ class MultiTaskMixin(_Base):
             rest = [p for p in trainable if id(p) not in shared_ids]
             return own_by_task(rest, parameter_users(losses, rest, self._mt_in_task_order(outputs)), losses.numel())
 
-        return self._mt_kept_own_parameters(self._mt_use_key(losses, shared, trainable), find)
-
-    def _mt_use_key(
-        self, losses: Tensor, shared: Sequence[nn.Parameter], trainable: Sequence[nn.Parameter]
-    ) -> tuple[tuple[int, ...], ...]:
-        """What the tasks' own parameters on the parameter route depend on: the shared and the
-        trainable parameters, and the others that each task's loss reaches in this step's graph."""
-        return (*_usage_key(shared, trainable), *leaves_by_task(losses, skip=shared))
+        return self._mt_kept_own_parameters(
+            _usage_key(shared, trainable), lambda: leaves_by_task(losses, skip=shared), find
+        )
 
     def _mt_heads_parameters(self, losses: Tensor, representation: Tensor) -> list[list[nn.Parameter]] | None:
         """Per task, the trainable parameters its loss reaches above the shared representation (its
@@ -979,20 +978,39 @@ class MultiTaskMixin(_Base):
         read): each step walks the graph above the representation (the heads only) to know.
         """
         trainable = self._mt_trainable_parameters()
-        key = (*_usage_key((), trainable), *leaves_by_task(losses, stop=representation))
-        return self._mt_kept_own_parameters(key, lambda: own_above_representation(losses, representation, trainable))
+        return self._mt_kept_own_parameters(
+            _usage_key((), trainable),
+            lambda: leaves_by_task(losses, stop=representation),
+            lambda: own_above_representation(losses, representation, trainable),
+        )
 
     def _mt_kept_own_parameters(
-        self, key: tuple[tuple[int, ...], ...], find: Callable[[], list[list[nn.Parameter]] | None]
+        self,
+        usage: tuple[tuple[int, ...], ...],
+        uses: Callable[[], tuple[tuple[int, ...], ...]],
+        find: Callable[[], list[list[nn.Parameter]] | None],
     ) -> list[list[nn.Parameter]] | None:
-        """The tasks' own parameters found for ``key`` (what they were found from), found with
-        ``find`` for a key not seen before. The last few keys are kept: a task whose labels some
-        batches lack changes the graph back and forth, and finding costs K backward passes."""
+        """The tasks' own parameters for this step's graph: found with ``find`` for a graph not seen
+        before, known by ``usage`` (the shared and the trainable parameters) and ``uses`` (the
+        parameters each task's loss reaches: a walk of the graph, about 1 µs a node).
+
+        The last few graphs' are kept: a task whose labels some batches lack changes the graph back
+        and forth, and finding costs K backward passes. Once a graph needs Lightning's backward
+        (``find`` gives ``None``: a layer that serves two tasks, a head that reads the trunk),
+        the step takes it without walking, until the trainable parameters change: that backward
+        gives the right update whatever the graph.
+        """
+        if usage == self._mt_backward_needed_for:
+            return None
+        key = (*usage, *uses())
         if key not in self._mt_own_params:
             if len(self._mt_own_params) >= _KEPT_USES:
                 self._mt_own_params.pop(next(iter(self._mt_own_params)))  # the oldest
             self._mt_own_params[key] = find()
-        return self._mt_own_params[key]
+        own = self._mt_own_params[key]
+        if own is None:
+            self._mt_backward_needed_for = usage
+        return own
 
     def _mt_all_finite(self, losses: Tensor, stage: Stage, batch_idx: int) -> bool:
         """Read the losses now (one wait): ``False`` to skip the step, or raise naming the task."""

@@ -183,3 +183,23 @@ def test_an_empty_split_builds_empty() -> None:
         assert len(dm.datasets["test"]) == 0 and len(dm.datasets["train"]) > 0
         with pytest.raises(MultiLossError, match="the test split is empty"):
             dm.test_dataloader()
+
+
+def test_a_subclass_adds_to_the_samples_in_build_from_and_is_told_so_in_build() -> None:
+    class Flipped(LocClsDataModule):
+        def build_from(self, sources: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+            samples = super().build_from(sources, generator)
+            return {**samples, "flipped": samples["x"].flip(-1)}
+
+    dm = Flipped(batch_size=4)
+    batch = next(iter(dm.train_dataloader()))
+    assert torch.equal(batch["flipped"], batch["x"].flip(-1))
+
+    class Written(LocClsDataModule):  # as before the split by source image: this build() was skipped
+        def build(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+            return {**super().build(generator), "extra": torch.zeros(1)}
+
+    with pytest.raises(
+        MultiLossError, match=r"Written writes build\(\), but its samples share source items .* build_from"
+    ):
+        Written().setup()

@@ -1056,16 +1056,30 @@ def test_representation_route_backward_skips_the_heads(tmp_path: Path, strategy:
 
 
 @pytest.mark.parametrize("net", ["shared-above", "tied"])
-def test_representation_route_keeps_lightnings_backward_where_heads_share(tmp_path: Path, net: str) -> None:
+def test_representation_route_keeps_lightnings_backward_where_heads_share(
+    tmp_path: Path, net: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A layer above the representation that two heads share, or a head reading a trunk weight:
     the heads' passes cannot give the update, Lightning's backward runs through the whole model
-    (two passes through each head), and the steps equal those of reuse_jacobian=False."""
+    (two passes through each head), and the steps equal those of reuse_jacobian=False. The graph is
+    walked on the first step only (a head reading the trunk made each step walk it)."""
+    from lightning_multiloss import mixin
+
+    walks = [0]
+    walk = mixin.leaves_by_task
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        walks[0] += 1
+        return walk(*args, **kwargs)
+
+    monkeypatch.setattr(mixin, "leaves_by_task", counted)
     results = []
     for reuse in (True, False):
         model = REPRESENTATION_NETS[net](make_strategy("upgrad", "representation"), reuse_jacobian=reuse)
         passes, _ = fit_counting(model, tmp_path / str(reuse))
         assert passes == [7] * 4, (net, reuse, passes)
         results.append(params_of(model))
+        assert walks[0] == 1, walks
     assert_params_close(results[0], results[1], atol=1e-6, what=net)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -274,7 +276,9 @@ def test_the_callbacks_arguments_are_checked(kwargs, message):
         LossWeightingCallback(**kwargs)
 
 
-def test_the_callback_takes_whole_floats_as_integers():
+def test_the_callback_takes_whole_floats_numpy_integers_and_paths():
     callback = LossWeightingCallback(every_n_steps=4.0, max_points=10.0)  # YAML may write 4.0
     assert (callback.every_n_steps, callback.max_points) == (4, 10)
     assert isinstance(callback.every_n_steps, int)
+    callback = LossWeightingCallback(every_n_steps=np.int64(5), max_points=np.int32(7), result_file=Path("r.json"))
+    assert (callback.every_n_steps, callback.max_points, callback.result_file) == (5, 7, "r.json")

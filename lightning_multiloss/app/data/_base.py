@@ -175,6 +175,12 @@ class SplitDataModuleMixin:
             for split, index in self.splits.items():
                 self.datasets[split] = TensorDictDataset({key: value[index] for key, value in tensors.items()})
             return
+        if type(self).build is not SplitDataModuleMixin.build:  # a subclass's build() would be skipped
+            raise MultiLossError(
+                f"{type(self).__name__} writes build(), but its samples share source items (source_count() is set), so "
+                "each split's samples are made from its own items by build_from(sources, generator): write build_from "
+                "(call super().build_from(sources, generator) there and add to what it returns)"
+            )
         self.splits = self._split(count, generator)  # the source items of each split
         for split, sources in self.splits.items():
             self.datasets[split] = TensorDictDataset(self.build_from(sources, generator))
