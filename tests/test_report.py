@@ -895,6 +895,61 @@ def test_baselines_that_differ_only_in_display_settings_are_one_configuration(tm
     ]
 
 
+@pytest.mark.parametrize("composed", [True, False], ids=["composed-config", "overrides-only"])
+def test_baselines_run_with_other_weightings_are_one_configuration(tmp_path: Path, composed: bool) -> None:
+    # A single-task run trains its one task whatever the weighting: `-m experiment=<baselines> weighting=fixed,
+    # uncertainty` was "mixes 2 configurations", one per weighting.
+    sweep = make_sweep(tmp_path)
+    write_task_baselines(tmp_path / "b", {("cls", 1): ["weighting=uncertainty", "schedule@weighting.schedule=cosine"]})
+    if not composed:
+        for config in (tmp_path / "b").glob("*/.hydra/config.yaml"):
+            config.unlink()
+    (exp,) = make_report([str(sweep)], [str(tmp_path / "b")]).experiments
+    assert [note for note in exp.notes if "mixes" in note] == []
+    # Another setting still is another configuration.
+    write_task_baselines(tmp_path / "c", {("cls", 1): ["weighting=uncertainty", "trainer.max_epochs=3"]})
+    if not composed:
+        for config in (tmp_path / "c").glob("*/.hydra/config.yaml"):
+            config.unlink()
+    (exp,) = make_report([str(sweep)], [str(tmp_path / "c")]).experiments
+    assert len([note for note in exp.notes if "the baseline of task 'cls' mixes 2 configurations" in note]) == 1
+
+
+def test_baselines_of_one_seed_run_twice_count_runs_not_seeds(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path)
+    write_baselines(tmp_path / "b")
+    write_baselines(tmp_path / "again")  # every baseline seed a second time
+    report = make_report([str(sweep)], [str(tmp_path / "b"), str(tmp_path / "again")], out=str(tmp_path / "out"))
+    (exp,) = report.experiments
+    n_cls, n_reg = len(BASE_ACC), len(BASE_MSE)
+    assert f"the baseline of task 'cls' has seed(s) {sorted(BASE_ACC)} more than once: each run counts" in exp.notes
+    line = next(x for x in (tmp_path / "out" / "report.md").read_text().splitlines() if x.startswith("Single-task"))
+    assert f"({2 * n_cls} runs, {n_cls} seed{'s' if n_cls > 1 else ''})" in line
+    assert f"({2 * n_reg} runs, {n_reg} seed{'s' if n_reg > 1 else ''})" in line
+
+
+def test_twin_rows_apart_only_by_a_missing_composed_config_say_so(tmp_path: Path) -> None:
+    # Two runs of each weighting without .hydra/config.yaml: the rows of one weighting read alike and were
+    # labelled with the same list of overrides.
+    metrics = {"cls": {"acc": 0.8}, "reg": {"mse": 0.3}}
+    job = 0
+    for weighting in ("fixed", "scheduled"):
+        for seed in (0, 1, 2):
+            overrides = [f"weighting={weighting}", f"seed={seed}", COMMON]
+            write_job(tmp_path / "runs" / str(job), overrides, completed(weighting, seed, overrides, metrics))
+            if seed == 2:
+                (tmp_path / "runs" / str(job) / ".hydra" / "config.yaml").unlink()
+            job += 1
+    rows = make_report([str(tmp_path / "runs")], out=str(tmp_path / "out")).experiments[0].rows
+    labels = sorted(row.label for row in rows)
+    assert labels == [
+        "fixed [composed config]",
+        "fixed [no composed config (.hydra/config.yaml)]",
+        "scheduled [composed config]",
+        "scheduled [no composed config (.hydra/config.yaml)]",
+    ]
+
+
 def test_the_header_counts_the_runs_ignored_under_baselines(tmp_path: Path) -> None:
     # "27 runs read: 27 completed (9 swept ..., 9 single-task baselines)": the 9 others were not counted.
     sweep = make_sweep(tmp_path)

@@ -147,6 +147,16 @@ class Baseline:
     stat: Stat
     runs: list[Run]
 
+    @property
+    def counted(self) -> str:
+        """How many runs its mean is over, and of how many seeds where that differs: ``3 seeds``,
+        ``2 runs, 1 seed``."""
+        runs = [r for r in self.runs if r.value(self.task, self.metric) is not None]
+        seeds = {r.seed for r in runs}
+        if None in seeds or len(seeds) == len(runs):
+            return _count(len(runs), "seed")
+        return f"{_count(len(runs), 'run')}, {_count(len(seeds), 'seed')}"
+
 
 @dataclass
 class ParetoPoint:
@@ -569,6 +579,21 @@ def _identity(run: Run, settings: Mapping[str, Mapping[str, str]]) -> str:
     return f"composed {sorted(settled.items())!r}" if settled is not None else f"overrides {run.config_key}"
 
 
+def _is_weighting_setting(key: str) -> bool:
+    """``weighting``, ``weighting.<...>`` or a group placed in it (``schedule@weighting.schedule``)."""
+    return key.split("@")[-1].split(".")[0] == "weighting"
+
+
+def _baseline_identity(run: Run, settings: Mapping[str, Mapping[str, str]]) -> str:
+    """:func:`_identity` without the weighting: a single-task baseline trains its one task alone
+    whatever the weighting says (the app warns that it does not apply)."""
+    settled = settings.get(run.folder)
+    if settled is not None:
+        kept = {k: v for k, v in settled.items() if not _is_weighting_setting(k)}
+        return f"composed {sorted(kept.items())!r}"
+    return f"overrides {config_key([o for o in run.overrides if not _is_weighting_setting(_override_key(o))])}"
+
+
 def _differences(ours: Mapping[str, str], theirs: Sequence[Mapping[str, str]]) -> str:
     """The settings of ``ours`` that some of ``theirs`` have otherwise."""
     keys = sorted(k for k in {*ours, *(k for t in theirs for k in t)} if any(t.get(k) != ours.get(k) for t in theirs))
@@ -633,11 +658,13 @@ def _summarise_experiment(name: str, swept: list[Run], baseline_runs: list[Run])
         if labels.count(label) > 1:  # alike on the command line, not in their composed configs
             twins = [other for other, its in zip(rows, labels, strict=True) if its == label and other is not row]
             composed = all(r.runs[0].folder in settings for r in (row, *twins))
-            told = (
-                _differences(settings[row.runs[0].folder], [settings[t.runs[0].folder] for t in twins])
-                if composed
-                else row.config_key
-            )
+            if composed:
+                told = _differences(settings[row.runs[0].folder], [settings[t.runs[0].folder] for t in twins])
+            elif any(t.config_key != row.config_key for t in twins):
+                told = row.config_key
+            else:  # the same overrides: apart only because some runs have no composed config to compare
+                has = row.runs[0].folder in settings
+                told = "composed config" if has else "no composed config (.hydra/config.yaml)"
             row.overrides.append(f"[{told or 'defaults'}]")
     for row in rows:
         for task in row.metrics:
@@ -687,20 +714,24 @@ def _summarise_experiment(name: str, swept: list[Run], baseline_runs: list[Run])
             # it apart from the others (by its overrides where some run has no composed config).
             by_identity: dict[str, Run] = {}
             for run in own:
-                by_identity.setdefault(_identity(run, settings), run)
+                by_identity.setdefault(_baseline_identity(run, settings), run)
             if len(by_identity) > 1:
                 firsts = list(by_identity.values())
                 if all(r.folder in settings for r in firsts):
-                    named = [
-                        _differences(settings[r.folder], [settings[o.folder] for o in firsts if o is not r])
-                        for r in firsts
+                    apart = [
+                        {k: v for k, v in settings[r.folder].items() if not _is_weighting_setting(k)} for r in firsts
                     ]
+                    named = [_differences(a, [o for o in apart if o is not a]) for a in apart]
                 else:
                     named = [r.config_key for r in firsts]
                 notes.append(
                     f"the baseline of task {task!r} mixes {len(firsts)} configurations {sorted(named)}: "
                     "their mean is used"
                 )
+            seeds = [r.seed for r in own if r.value(task, metric) is not None]
+            repeated = sorted({s for s in seeds if s is not None and seeds.count(s) > 1})
+            if repeated:
+                notes.append(f"the baseline of task {task!r} has seed(s) {repeated} more than once: each run counts")
             baselines[task] = Baseline(task, metric, Stat.of(values), own)
     missing = [task for task in tasks if task not in baselines]
     if not missing:
@@ -905,9 +936,7 @@ def render_markdown(report: Report) -> str:
         lines.append("")
         lines.append("Mean ± standard deviation over seeds (n − 1); one seed: ± —.")
         if not exp.missing_baselines:
-            bases = ", ".join(
-                f"{t} {b.metric} {fmt_stat(b.stat)} ({_count(b.stat.n, 'seed')})" for t, b in exp.baselines.items()
-            )
+            bases = ", ".join(f"{t} {b.metric} {fmt_stat(b.stat)} ({b.counted})" for t, b in exp.baselines.items())
             lines += [
                 "",
                 f"Single-task baselines: {bases}. Δm% = (1/T) Σ_t (−1)^l_t (M_t − M_b,t)/M_b,t × 100 on each "
