@@ -385,8 +385,8 @@ class LossWeightingHooks:
                 # last (unit="epoch": t = max_epochs): the run is done, so the last step's weights stand.
                 end = self._records[-1][2]
             self._end = (trainer.global_step + 1, trainer.current_epoch, end)
-        if not trainer.is_global_zero or not self._records:
-            return
+        if not trainer.is_global_zero or not self._records or trainer.fast_dev_run:
+            return  # fast_dev_run writes no files (Lightning's loggers and checkpoints neither)
         from lightning_multiloss._trajectory import write_trajectory
 
         steps, epochs, weights = self.steps, self.epochs, self.weights

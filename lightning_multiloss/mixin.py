@@ -755,13 +755,17 @@ class MultiTaskMixin(_Base):
             )
 
     def on_validation_epoch_start(self) -> None:
-        """Start the epoch's evaluation means and metrics afresh if needed; call ``super()`` if you override it.
+        """Check the training losses not checked yet, and start the epoch's evaluation means and
+        metrics afresh if needed; call ``super()`` if you override it.
 
+        A NaN training loss since the last check is named here, with its task and step, before the
+        validation meets the parameters it made NaN (and names every task at a validation step).
         ``trainer.validate`` runs under ``torch.inference_mode`` and leaves the states of the
         metrics it reset as inference tensors, which the validation of a later ``fit`` (under
         ``no_grad``) may not update in place: they are made anew here, before the first update.
         """
         super().on_validation_epoch_start()  # type: ignore[misc]
+        self.check_finite_losses()
         self._mt_renew_inference_states("val")
 
     def on_test_epoch_start(self) -> None:
@@ -794,7 +798,8 @@ class MultiTaskMixin(_Base):
             self.log(key, best, on_step=False, on_epoch=True, sync_dist=True)
 
     def configure_callbacks(self) -> Any:
-        callbacks = list(super().configure_callbacks())  # type: ignore[misc]
+        own = super().configure_callbacks()  # type: ignore[misc]
+        callbacks = list(own) if isinstance(own, Sequence) else [own]  # Lightning takes a single callback too
         callback_cls = _callback_class_for(self)
         trainer = trainer_of(self)
         trainer_callbacks = getattr(trainer, "callbacks", []) if trainer is not None else []

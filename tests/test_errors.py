@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from lightning_multiloss import MultiLossError, MultiTaskMixin, NonFiniteLossError, Task
 from lightning_multiloss.schedules import Linear
 from lightning_multiloss.weighting import Fixed, Learnable, Scheduled, create_weighting
-from tests._models import HEAD_SIZES, ToyDataset, ToyNet, quiet_trainer
+from tests._models import HEAD_SIZES, ToyDataset, ToyNet, quiet_trainer, toy_tasks
 
 NAN = float("nan")
 INF = float("inf")
@@ -223,6 +223,16 @@ def test_nonfinite_loss_raises_naming_task_and_step(tmp_path, value, shown):
         r"configure_multitask\(on_nonfinite='skip'\) \(multiloss-train: model.on_nonfinite=skip\) skips such steps",
     ):
         fit(ToyNet(), data, tmp_path)
+
+
+@pytest.mark.parametrize("weighting", ["fixed", "dwa", "upgrad"])
+def test_a_nonfinite_training_loss_is_named_before_the_validation_it_poisons(tmp_path, weighting):
+    # The epoch (3 steps) ends before a logging step: the validation after it met the NaN parameters
+    # first and named every task at a val step (the training steps' losses were checked later).
+    data = poisoned(samples(24), range(8, 16), NAN)  # the second batch of 8
+    trainer = quiet_trainer(default_root_dir=tmp_path, max_epochs=1, log_every_n_steps=50)
+    with pytest.raises(NonFiniteLossError, match=r"\{'reg': nan\} at train step 1, epoch 0, batch 1; "):
+        trainer.fit(ToyNet(weighting), DataLoader(data, batch_size=8), DataLoader(samples(8), batch_size=8))
 
 
 def test_nonfinite_loss_is_a_multiloss_error():
@@ -511,3 +521,31 @@ def test_a_loss_of_minus_infinity_is_skipped_as_non_finite_not_refused_as_negati
         "skipping the optimizer step of non-finite task loss(es) {'reg': -inf}" in r.getMessage()
         for r in caplog.records
     )
+
+
+class BaseWithEarlyStopping(pl.LightningModule):
+    """A project's base module that returns one callback from configure_callbacks (Lightning allows it)."""
+
+    def configure_callbacks(self) -> Any:
+        return pl.callbacks.EarlyStopping(monitor="val/loss", patience=5)
+
+
+class OnTheBase(MultiTaskMixin, BaseWithEarlyStopping):
+    def __init__(self) -> None:
+        super().__init__()
+        self.toy = ToyNet()  # its layers; the tasks are declared here
+        self.configure_multitask(toy_tasks(), "dwa")
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        z = self.toy.trunk(x)
+        return {name: head(z) for name, head in self.toy.heads.items()}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def test_a_single_callback_from_configure_callbacks_is_kept_beside_the_mixins(tmp_path):
+    trainer = quiet_trainer(default_root_dir=tmp_path, max_epochs=1)
+    trainer.fit(OnTheBase(), DataLoader(samples(16), batch_size=8), DataLoader(samples(8), batch_size=8))
+    kinds = [type(c).__name__ for c in trainer.callbacks]
+    assert "EarlyStopping" in kinds and "LossWeightingCallback" in kinds, kinds

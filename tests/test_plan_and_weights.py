@@ -379,3 +379,27 @@ def test_every_reported_progress_has_the_planned_epochs(tmp_path: Path, limits: 
     steps = min(16 * epochs // 2, limits.get("max_steps", 10**9))
     assert [p.step for p in weighting.reported] == [*range(steps), steps]  # each batch, and the end
     assert {(p.total_steps, p.total_epochs) for p in weighting.reported} == {(steps, epochs)}
+
+
+def test_a_callback_listed_after_the_loss_weighting_callback_reads_this_epochs_means(tmp_path: Path) -> None:
+    seen: list[float | None] = []
+
+    class Reader(pl.Callback):
+        def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            value = trainer.callback_metrics.get("train/loss/reg_epoch")
+            seen.append(None if value is None else float(value))
+
+    model = ToyNet(Fixed([1.0, 1.0]), lr=0.0)  # no step moves the model: every batch's loss is its first one
+    batches = list(toy_loader(n=48, batch_size=16))
+    expected = sum(float(torch.nn.functional.mse_loss(model(b["x"])["reg"], b["reg"])) for b in batches) / 3
+    trainer = quiet_trainer(max_epochs=2, callbacks=[LossWeightingCallback(plot=False), Reader()])
+    trainer.fit(model, toy_loader(n=48, batch_size=16))
+    assert seen == pytest.approx([expected, expected], rel=1e-6)  # epoch 0's own mean, not missing
+
+
+def test_fast_dev_run_writes_no_weight_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    trainer = quiet_trainer(fast_dev_run=True, default_root_dir=tmp_path)
+    trainer.fit(ToyNet(Fixed([1.0, 1.0])), toy_loader(n=32, batch_size=16))
+    assert trainer.global_step == 1
+    assert not list(tmp_path.rglob("loss_weights*"))
