@@ -302,9 +302,9 @@ class MultiTaskMixin(_Base):
         self._mt_shared_found_among: tuple[int, ...] = ()  # the ids of the trainable parameters then
         self._mt_reuse_jacobian = reuse_jacobian
         self._mt_parameters: list[nn.Parameter] | None = None  # listed once per fit: _mt_trainable_parameters
-        # The ids of the shared and the trainable parameters and, per task, the parameters only that
-        # task uses (None: the update needs Lightning's backward): see _mt_task_parameters and
-        # _mt_heads_parameters.
+        # By graph (the ids of the shared and the trainable parameters, and of those each task's loss
+        # reaches), per task the parameters only that task uses (None: the update needs Lightning's
+        # backward): see _mt_kept_own_parameters.
         self._mt_own_params: dict[tuple[tuple[int, ...], ...], list[list[nn.Parameter]] | None] = {}
         self._mt_backward_needed_for: tuple[tuple[int, ...], ...] | None = None  # see _mt_kept_own_parameters
         # (step, epoch, batch index, detached losses) of the training steps not yet checked for
