@@ -694,6 +694,23 @@ def _random_projection(output: Any, like: Tensor) -> Tensor:
     return sum((_random_projection(item, like) for item in items), like.new_zeros(()))
 
 
+def users_over_processes(users: Sequence[Sequence[int]], num_tasks: int, device: torch.device) -> list[list[int]]:
+    """:func:`parameter_users` of every DDP process together: a parameter is used by a task where
+    it is on any process (one all-reduce and one read; the identity without distributed training).
+
+    A process whose batch leaves a task's loss constant (no labels) sees fewer users than the
+    others: each choosing its shared parameters alone, the processes summed Jacobians over
+    different parameters (gloo aborted on the sizes, or, alike in size, mixed them).
+    """
+    if not is_distributed():
+        return [list(tasks) for tasks in users]
+    used = torch.zeros(len(users), num_tasks, device=device)
+    for row, tasks in zip(used, users, strict=True):
+        row[list(tasks)] = 1.0
+    dist.all_reduce(used, op=dist.ReduceOp.MAX)
+    return [[task for task, flag in enumerate(row) if flag] for row in used.tolist()]
+
+
 def shared_by_use(parameters: Sequence[_P], users: Sequence[Sequence[int]], num_tasks: int) -> list[_P]:
     """The parameters that at least two task losses use (every used one when there is a single task).
 

@@ -39,6 +39,7 @@ from lightning_multiloss.gradients import (
     own_by_task,
     parameter_users,
     shared_by_use,
+    users_over_processes,
 )
 from lightning_multiloss.task import Task
 from lightning_multiloss.weighting import (
@@ -899,6 +900,8 @@ class MultiTaskMixin(_Base):
                     )
             # Once, for the shared and the tasks' own.
             users = parameter_users(losses, candidates, self._mt_in_task_order(outputs))
+            if weighting.ddp == "exact":  # one shared set on every process: their Jacobians are summed
+                users = users_over_processes(users, losses.numel(), losses.device)
             found = shared_by_use(candidates, users, losses.numel())
             if not found:
                 used = {task for tasks in users for task in tasks}

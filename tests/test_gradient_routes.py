@@ -1001,6 +1001,15 @@ def test_ddp_two_processes_equal_one_process_with_double_batch(tmp_path: Path) -
     assert drift and all(math.isfinite(v) for v in drift.values())
 
 
+def test_ddp_processes_agree_on_the_shared_parameters(tmp_path: Path) -> None:
+    """A layer that two tasks share, one of them without labels in rank 1's first batch: every process
+    takes the layer as shared (rank 1 alone saw one user; the Jacobian all-reduce aborted on the sizes)."""
+    r0, r1 = run_ddp_script("ddp_shared_agree.py", tmp_path, timeout=300)
+    assert r0["global_step"] == r1["global_step"] == 3
+    assert r0["shared"] == r1["shared"] == ["trunk.0.weight", "trunk.0.bias", "layer.0.weight", "layer.0.bias"]
+    assert_params_close(r0["params"], r1["params"], atol=0.0, what="rank 0 / rank 1")
+
+
 # -- the representation route reuses the heads' passes for the applied gradient -----------------
 class CountingHeads(ToyNet):
     """Three tasks, the trunk's output marked; counts the backward passes through the trunk and
