@@ -636,6 +636,10 @@ def leaves_by_task(
                 continue
             leaf = getattr(node, "variable", None)
             own = frozenset((id(leaf),)) if leaf is not None and id(leaf) not in skipped else frozenset()
+            if type(node).__name__ == "CompiledFunctionBackward":
+                # Every task reaches every parameter of a compiled graph: its class (one per
+                # compilation) stands for what it computes, so that a recompiled graph is another.
+                own = own | {id(type(node))}
             below[node] = own.union(*(below[child] for child in children))
     return tuple(tuple(sorted(below[root])) if root is not None else () for root, _ in grad_fn.next_functions)
 

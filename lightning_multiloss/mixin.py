@@ -800,7 +800,8 @@ class MultiTaskMixin(_Base):
 
     def configure_callbacks(self) -> Any:
         own = super().configure_callbacks()  # type: ignore[misc]
-        callbacks = list(own) if isinstance(own, Sequence) else [own]  # Lightning takes a single callback too
+        # Lightning takes a sequence, a single callback, or nothing.
+        callbacks = [] if own is None else list(own) if isinstance(own, Sequence) else [own]
         callback_cls = _callback_class_for(self)
         trainer = trainer_of(self)
         trainer_callbacks = getattr(trainer, "callbacks", []) if trainer is not None else []

@@ -203,3 +203,19 @@ def test_a_subclass_adds_to_the_samples_in_build_from_and_is_told_so_in_build() 
         MultiLossError, match=r"Written writes build\(\), but its samples share source items .* build_from"
     ):
         Written().setup()
+
+
+def test_a_digits_subclass_may_make_its_samples_from_shared_digits() -> None:
+    # DigitsDataModule's own build() is inherited from below the subclass's source_count(): no refusal.
+    class TwoPerCanvas(DigitsDataModule):
+        def source_count(self) -> int:
+            return 1797
+
+        def build_from(self, sources: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+            images, labels = load_digits_tensors()
+            flat = images[sources].reshape(len(sources), -1)
+            return {"x": torch.maximum(flat, flat.roll(1, 0)), "digit": labels[sources]}
+
+    dm = TwoPerCanvas(batch_size=4)
+    dm.setup()
+    assert len(dm.datasets["train"]) + len(dm.datasets["val"]) + len(dm.datasets["test"]) == 1797

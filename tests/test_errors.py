@@ -530,7 +530,9 @@ class BaseWithEarlyStopping(pl.LightningModule):
         return pl.callbacks.EarlyStopping(monitor="val/loss", patience=5)
 
 
-class OnTheBase(MultiTaskMixin, BaseWithEarlyStopping):
+class ToyOnABase(MultiTaskMixin):
+    """ToyNet's layers and tasks, on whatever LightningModule base follows in the class's bases."""
+
     def __init__(self) -> None:
         super().__init__()
         self.toy = ToyNet()  # its layers; the tasks are declared here
@@ -544,8 +546,27 @@ class OnTheBase(MultiTaskMixin, BaseWithEarlyStopping):
         return torch.optim.SGD(self.parameters(), lr=0.05)
 
 
+class OnTheBase(ToyOnABase, BaseWithEarlyStopping):
+    pass
+
+
 def test_a_single_callback_from_configure_callbacks_is_kept_beside_the_mixins(tmp_path):
     trainer = quiet_trainer(default_root_dir=tmp_path, max_epochs=1)
     trainer.fit(OnTheBase(), DataLoader(samples(16), batch_size=8), DataLoader(samples(8), batch_size=8))
     kinds = [type(c).__name__ for c in trainer.callbacks]
     assert "EarlyStopping" in kinds and "LossWeightingCallback" in kinds, kinds
+
+
+class BaseWithoutCallbacks(pl.LightningModule):
+    def configure_callbacks(self) -> Any:
+        return None  # Lightning takes nothing too
+
+
+class OnABaseWithout(ToyOnABase, BaseWithoutCallbacks):
+    pass
+
+
+def test_no_callbacks_from_a_base_class_leaves_the_mixins(tmp_path):
+    trainer = quiet_trainer(default_root_dir=tmp_path, max_epochs=1)
+    trainer.fit(OnABaseWithout(), DataLoader(samples(16), batch_size=8))
+    assert "LossWeightingCallback" in [type(c).__name__ for c in trainer.callbacks]

@@ -175,7 +175,7 @@ class SplitDataModuleMixin:
             for split, index in self.splits.items():
                 self.datasets[split] = TensorDictDataset({key: value[index] for key, value in tensors.items()})
             return
-        if type(self).build is not SplitDataModuleMixin.build:  # a subclass's build() would be skipped
+        if _defined_below(type(self), "build", "source_count"):  # that build() would be skipped
             raise MultiLossError(
                 f"{type(self).__name__} writes build(), but its samples share source items (source_count() is set), so "
                 "each split's samples are made from its own items by build_from(sources, generator): write build_from "
@@ -249,6 +249,16 @@ class SplitDataModuleMixin:
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
+
+
+def _defined_below(cls: type, method: str, than: str) -> bool:
+    """Whether the class that gives ``cls`` its ``method`` derives from the one that gives it ``than``
+    (both the same class included): a ``build()`` written for samples that ``source_count()`` then
+    makes with ``build_from()``, not one inherited from below it (a subclass of the digits that
+    adds source items)."""
+    mro = cls.__mro__
+    where = [next(i for i, c in enumerate(mro) if name in vars(c)) for name in (method, than)]
+    return mro[where[0]] is not SplitDataModuleMixin and where[0] <= where[1]
 
 
 class SplitDataModule(SplitDataModuleMixin, lp.LightningDataModule):
