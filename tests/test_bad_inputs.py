@@ -201,6 +201,12 @@ CLI_CASES = [
         r"error: model\.tasks\.loc\.out_features is 144, but its target 'loc' has 64 classes with these data "
         r"settings \(LocClsDataModule\): the head must give 64 outputs",
     ),
+    CliCase(  # a ValueError traceback from Hydra (not a HydraException), exit 1
+        "group-set-to-null",
+        ("logger=null",),
+        r"error: config key 'logger': Config group override must be a string or a list\. Got NoneType "
+        r"\('~logger' removes it\)",
+    ),
     CliCase(  # exited 0 with an untrained model's metrics in a "completed" result.json, no checkpoint
         "no-epochs",
         ("trainer.max_epochs=${epochs}", "epochs=0"),  # as trainer=default sets it (trainer=debug sets its own)

@@ -654,6 +654,10 @@ def _dotted_task_name(overrides: Sequence[str]) -> str | None:
     return None
 
 
+_NULL_ITEM = re.compile(r"(^|[\[,])\s*null\s*([\],]|$)")
+"""An override's value that is ``null`` or holds it as a list item (``logger=[csv,null]``)."""
+
+
 def composition_error(error: BaseException, overrides: Sequence[str]) -> str:
     """One line for an error Hydra raised before the app ran (composing the config, parsing an override).
 
@@ -801,6 +805,15 @@ def main() -> None:
         missing = _missing_plugin(error)
         if missing is not None and not _task_started:
             print(f"error: {missing}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        if isinstance(error, ValueError | TypeError) and not _task_started and _users_full_error != "1":
+            # Hydra refuses some overrides with these, not a HydraException (`logger=null`: "Config
+            # group override must be a string or a list. Got NoneType"): still the config's error.
+            message = composition_error(error, sys.argv[1:])
+            nulls = [o.lstrip("+~").split("=", 1)[0] for o in sys.argv[1:] if _NULL_ITEM.search(o.partition("=")[2])]
+            if len(nulls) == 1 and message.startswith("config: "):  # the one override that could be it
+                message = f"config key '{nulls[0]}': {message.removeprefix('config: ')} ('~{nulls[0]}' removes it)"
+            print(f"error: {message}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
         if not _failed_jobs:
             raise
