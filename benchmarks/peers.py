@@ -64,7 +64,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from scaling import cpu_peak_bytes, sync
+from scaling import check_run_arguments, cpu_peak_bytes, sync
 from torch import Tensor, nn
 
 from lightning_multiloss import MultiTaskMixin, Task
@@ -354,8 +354,7 @@ def main() -> None:
     )
     parser.add_argument("--check", action="store_true", help="exit with 1 when a target is missed")
     args = parser.parse_args()
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available")
+    check_run_arguments(parser, args)
     if args.clock is None:
         args.clock = "cpu" if args.device == "cpu" and args.threads == 1 else "wall"
     if args.clock == "cpu" and (args.device != "cpu" or args.threads != 1):

@@ -183,6 +183,30 @@ def measure(
     return statistics.median(times), peak / 2**20
 
 
+def check_run_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, min_steps: int = 1) -> None:
+    """Refuse, in one line, the arguments that would fail after minutes of timing (a table of
+    nothing, a loss of an empty batch, no CUDA), for every benchmark that has them."""
+    bounds = {"steps": min_steps, "rounds": 1, "warmup": 0, "batch_size": 1, "threads": 0}
+    for name, least in bounds.items():
+        value = getattr(args, name, None)
+        if value is not None and value < least:
+            parser.error(f"--{name.replace('_', '-')} must be >= {least}, got {value}")
+    if any(k < 1 for k in getattr(args, "tasks", None) or ()):
+        parser.error(f"--tasks: each K must be >= 1, got {args.tasks}")
+    device = getattr(args, "device", "cpu")
+    if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
+        parser.error(f"--device must be cpu or cuda (cuda:N), got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+
+
+def check_known(parser: argparse.ArgumentParser, option: str, given: list[str] | None, known: list[str]) -> None:
+    """Refuse names in ``given`` that none of ``known`` is (a typo ran the references alone)."""
+    unknown = sorted(set(given or ()) - set(known))
+    if unknown:
+        parser.error(f"{option}: unknown {unknown}; the choices are {sorted(set(known))}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, nargs="+", default=[2, 4, 8, 16, 40], help="values of K")
@@ -194,10 +218,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads on CPU (0: torch's default)")
     args = parser.parse_args()
+    check_run_arguments(parser, args)
     device = torch.device(args.device)
     if args.threads > 0 and device.type == "cpu":
         torch.set_num_threads(args.threads)
     configs = configurations()
+    check_known(parser, "--only", args.only, sorted({c[0].split(" ")[0] for c in configs}))
     if args.only:
         configs = [c for c in configs if c[0] == "fixed" or c[0].split(" ")[0] in args.only]
     labels = [label for label, _ in configs]

@@ -89,3 +89,25 @@ def test_peers_prints_the_side_by_side_table_and_the_targets() -> None:
         assert any(line.startswith(f"- K=8 {method}: parameter route's memory") for line in targets), targets
         has_torchjd_target = any(line.startswith(f"- K=8 {method}: parameter route / torchjd:") for line in targets)
         assert has_torchjd_target == with_torchjd, targets
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        # Each failed after its timing began: a traceback (IndexError, KeyError, a NaN loss), or ran the
+        # references alone and exited 0 under --check.
+        ("scaling.py", ("--steps", "0"), "--steps must be >= 1, got 0"),
+        ("scaling.py", ("--only", "nosuch"), "--only: unknown ['nosuch']"),
+        ("peers.py", ("--tasks", "0"), "--tasks: each K must be >= 1, got [0]"),
+        ("peers.py", ("--device", "foo"), "--device must be cpu or cuda (cuda:N), got 'foo'"),
+        ("overhead.py", ("--batch-size", "0"), "--batch-size must be >= 1, got 0"),
+        ("overhead.py", ("--only", "nosuch", "--check"), "--only: unknown ['nosuch']"),
+    ],
+)
+def test_bad_arguments_are_one_line_before_any_timing(script: str, args: tuple[str, ...], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.splitlines()[-1].startswith(f"{script}: error: {message}"), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
