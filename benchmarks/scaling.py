@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import math
 import os
+import re
 import statistics
 import sys
 import time
@@ -194,7 +195,7 @@ def check_run_arguments(parser: argparse.ArgumentParser, args: argparse.Namespac
     if any(k < 1 for k in getattr(args, "tasks", None) or ()):
         parser.error(f"--tasks: each K must be >= 1, got {args.tasks}")
     device = getattr(args, "device", "cpu")
-    if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
+    if re.fullmatch(r"cpu|cuda(:\d+)?", device) is None:  # torch.device("cuda:x") is a traceback
         parser.error(f"--device must be cpu or cuda (cuda:N), got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")

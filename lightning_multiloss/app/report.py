@@ -572,11 +572,17 @@ def _distinguishing(rows: list[ConfigRow]) -> None:
         ]
 
 
-def _identity(run: Run, settings: Mapping[str, Mapping[str, str]]) -> str:
+def _identity(run: Run, settings: Mapping[str, Mapping[str, str]], single_task: bool = False) -> str:
     """What makes the run's configuration: its composed config's settings (a default written out is
-    the same configuration as one left out), its overrides where it has none."""
+    the same configuration as one left out), its overrides where it has none. ``single_task``: a
+    baseline's, whose ``settings`` leave out the weighting (:func:`_without_weighting`), as must
+    its overrides: it trains its one task alone whatever the weighting says."""
     settled = settings.get(run.folder)
-    return f"composed {sorted(settled.items())!r}" if settled is not None else f"overrides {run.config_key}"
+    if settled is not None:
+        return f"composed {sorted(settled.items())!r}"
+    if single_task:
+        return f"overrides {config_key([o for o in run.overrides if not _is_weighting_setting(_override_key(o))])}"
+    return f"overrides {run.config_key}"
 
 
 def _is_weighting_setting(key: str) -> bool:
@@ -584,14 +590,9 @@ def _is_weighting_setting(key: str) -> bool:
     return key.split("@")[-1].split(".")[0] == "weighting"
 
 
-def _baseline_identity(run: Run, settings: Mapping[str, Mapping[str, str]]) -> str:
-    """:func:`_identity` without the weighting: a single-task baseline trains its one task alone
-    whatever the weighting says (the app warns that it does not apply)."""
-    settled = settings.get(run.folder)
-    if settled is not None:
-        kept = {k: v for k, v in settled.items() if not _is_weighting_setting(k)}
-        return f"composed {sorted(kept.items())!r}"
-    return f"overrides {config_key([o for o in run.overrides if not _is_weighting_setting(_override_key(o))])}"
+def _without_weighting(settings: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, str]]:
+    """Each run's settings without the weighting's (the app warns that it does not apply to a baseline)."""
+    return {folder: {k: v for k, v in s.items() if not _is_weighting_setting(k)} for folder, s in settings.items()}
 
 
 def _differences(ours: Mapping[str, str], theirs: Sequence[Mapping[str, str]]) -> str:
@@ -703,6 +704,7 @@ def _summarise_experiment(name: str, swept: list[Run], baseline_runs: list[Run])
         )
 
     baselines: dict[str, Baseline] = {}
+    baseline_settings = _without_weighting(settings)
     for task in tasks:
         metric = primary[task]
         own = [r for r in baseline_runs if r.baseline_of == task]
@@ -714,13 +716,11 @@ def _summarise_experiment(name: str, swept: list[Run], baseline_runs: list[Run])
             # it apart from the others (by its overrides where some run has no composed config).
             by_identity: dict[str, Run] = {}
             for run in own:
-                by_identity.setdefault(_baseline_identity(run, settings), run)
+                by_identity.setdefault(_identity(run, baseline_settings, single_task=True), run)
             if len(by_identity) > 1:
                 firsts = list(by_identity.values())
-                if all(r.folder in settings for r in firsts):
-                    apart = [
-                        {k: v for k, v in settings[r.folder].items() if not _is_weighting_setting(k)} for r in firsts
-                    ]
+                if all(r.folder in baseline_settings for r in firsts):
+                    apart = [baseline_settings[r.folder] for r in firsts]
                     named = [_differences(a, [o for o in apart if o is not a]) for a in apart]
                 else:
                     named = [r.config_key for r in firsts]
