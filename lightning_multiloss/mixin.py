@@ -635,7 +635,8 @@ class MultiTaskMixin(_Base):
         )
 
     def end_training_epoch(self) -> None:
-        """Log each task's epoch-mean training loss as ``train/loss/<task>_epoch``, then start anew.
+        """Log each task's epoch-mean training loss as ``train/loss/<task>_epoch`` (NaN for a task
+        without a labelled sample in the epoch), then start anew.
 
         (``train/<task>/loss_epoch`` with ``metric_keys="stage/task/metric"``.)
 
@@ -643,7 +644,9 @@ class MultiTaskMixin(_Base):
         all processes and, per task, over the batches that had a label for it).
         """
         if self._mt_train_means.seen_any():
-            means = self._mt_train_means.means()
+            # NaN for a task without a labelled sample in the epoch, as its validation mean: not a 0
+            # that a checkpoint monitoring the key in mode "min" would take for the best loss.
+            means = self._mt_train_means.means(empty=math.nan)
             # Already the means over all processes, the same on each: sync_dist averages equal values
             # (two small all-reduces per key and epoch) and keeps Lightning from warning under DDP
             # that an epoch value is not synchronised.

@@ -35,6 +35,7 @@ from lightning_multiloss.weighting import (
 )
 from lightning_multiloss.weighting import _solvers as solvers
 from lightning_multiloss.weighting._common import seeded_generator
+from lightning_multiloss.weighting._gramian import psd_up_to_rounding
 from lightning_multiloss.weighting._solvers import (
     _principal_pivoting,
     box_qp,
@@ -737,6 +738,60 @@ def test_float32_gramian_and_device_dtype_kept(name: str) -> None:
     assert bool(torch.isfinite(w).all())
 
 
+def dependent_float32_jacobians() -> list[tuple[str, Tensor]]:
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randn(2, 64, generator=g)
+    return [
+        ("parallel", torch.stack([a, 3.0 * a])),
+        ("opposite", torch.stack([a, -1.6 * a])),
+        ("a sum of two others", torch.stack([a, b, a + b])),
+        ("rank 2 of 5", torch.randn(5, 2, generator=g) @ torch.randn(2, 64, generator=g)),
+        ("10⁶ times smaller", torch.stack([a, 1e-6 * b])),
+    ]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float32_gramian_of_dependent_gradients_gives_the_update_of_its_float64_rows(name: str) -> None:
+    # A float32 Gramian of linearly dependent gradients has "zero" eigenvalues of about 1e-7·λ_max,
+    # of either sign. IMTL-G and Aligned-MTL counted them as rank (an update 10⁻⁶ of the right one),
+    # CAGrad met an indefinite G (the wrong vertex of its inner problem). The same rows in float64
+    # are the reference (checked against TorchJD, LibMTL and brute force in test_peers.py).
+    for case, rows in dependent_float32_jacobians():
+        k = rows.shape[0]
+        exact = rows.double()
+        losses = torch.linspace(0.5, 2.0, k)
+        w32 = bound(name, k).weights_from_gramian(rows @ rows.T, losses)
+        w64 = bound(name, k).weights_from_gramian(exact @ exact.T, losses.double())
+        gap = float(((w32.double() - w64) @ exact).norm())
+        scale = float(exact.norm(dim=1).max()) * max(1.0, float(w64.abs().sum()))
+        assert gap <= 1e-4 * scale, (name, case, w32.tolist(), w64.tolist())
+
+
+def test_psd_up_to_rounding_decides_the_rank_on_the_cosines() -> None:
+    eps32 = float(torch.finfo(torch.float32).eps)
+    # Gradients 10⁸ apart in size, at 60°, and a zero one: full rank where it is used, kept as it is.
+    apart = np.array([[4.0, 0.0, 1e-8], [0.0, 0.0, 0.0], [1e-8, 0.0, 1e-16]])
+    assert psd_up_to_rounding(apart, eps32) is apart
+    # g₂ = 3·g₁ with the float32 rounding of 9 left in, and a zero gradient: rank 1, zeros kept exact.
+    parallel = np.array([[1.0, 3.0, 0.0], [3.0, 9.0 + 1e-6, 0.0], [0.0, 0.0, 0.0]])
+    cleaned = psd_up_to_rounding(parallel, eps32)
+    assert (cleaned[2] == 0.0).all() and (cleaned[:, 2] == 0.0).all()
+    assert abs(float(np.linalg.eigvalsh(cleaned[:2, :2])[0])) < 1e-14
+    np.testing.assert_allclose(cleaned[:2, :2], [[1.0, 3.0], [3.0, 9.0]], rtol=1e-6)
+    # The same matrix computed in float64 is taken at its word: 1e-6 is far above float64's rounding.
+    assert psd_up_to_rounding(parallel, float(torch.finfo(F64).eps)) is parallel
+
+
+def test_box_qp_on_a_singular_gramian_without_a_ridge() -> None:
+    # UPGrad(reg_eps=0): the free set's block of a singular G has no Cholesky factor; the row is
+    # left to the active-set method instead of raising torch's LinAlgError.
+    g = torch.tensor([[1.0, 1.0], [1.0, 1.0]], dtype=F64)
+    lower = torch.tensor([-1.0, -1.0], dtype=F64)
+    v = box_qp(g, lower, ridge=0.0)
+    assert bool((v >= lower - 1e-12).all())
+    assert float(v @ g @ v) <= 1e-12  # the minimum of vᵀGv ≥ 0 is 0: v ⊥ (1, 1)
+
+
 def test_bad_inputs_raise_clear_errors() -> None:
     strategy = bound("mgda", 2)
     with pytest.raises(MultiLossError, match=r"weighting 'mgda': the Gramian must be a square"):
@@ -747,6 +802,8 @@ def test_bad_inputs_raise_clear_errors() -> None:
         strategy.weights_from_gramian(torch.eye(3), torch.ones(3))
     with pytest.raises(NonFiniteLossError, match=r"weighting 'mgda': the Gramian of the task gradients is not finite"):
         strategy.weights_from_gramian(torch.tensor([[1.0, math.nan], [math.nan, 1.0]]), torch.ones(2))
+    with pytest.raises(MultiLossError, match=r"weighting 'mgda': not a Gramian J Jᵀ: its diagonal .* negative"):
+        strategy.weights_from_gramian(torch.tensor([[1.0, 0.0], [0.0, -1.0]]), torch.ones(2))
 
 
 # -- hyper-parameters -------------------------------------------------------------------------------------

@@ -176,6 +176,24 @@ def test_dwa_weights_from_epoch_means_by_hand():
     assert latest.weights.tolist() == pytest.approx([2 * x / sum(e) for x in e], rel=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("before", "after", "expected"),
+    [
+        ([1e-40, 1.0], [1e-40, 1.0], [1.0, 1.0]),  # subnormal float32 means: ratio 1, not 1e-40 / 1e-30
+        ([1e-31, 1.0], [2e-31, 1.0], None),  # ratios [2, 1]
+        ([1e-20, 1.0], [1e20, 1.0], [2.0, 0.0]),  # a ratio of 1e40: overflowed float32 (NaN weights)
+    ],
+)
+def test_dwa_ratio_of_extreme_epoch_means(before, after, expected):
+    w = bound(DWA(temperature=2.0))
+    w.on_epoch_losses(torch.tensor(before))
+    w.on_epoch_losses(torch.tensor(after))
+    if expected is None:
+        e = [math.exp(2.0 / 2.0), math.exp(1.0 / 2.0)]
+        expected = [2 * x / sum(e) for x in e]
+    assert w.weights.tolist() == pytest.approx(expected, rel=1e-6, abs=1e-30)
+
+
 # -- RLW (Lin et al. 2022) --------------------------------------------------------------------------
 def test_rlw_reproducible_per_step_on_the_simplex_with_mean_one_over_k():
     w = bound(RLW(seed=3), ["a", "b", "c"])

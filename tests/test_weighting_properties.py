@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import io
+import math
+import re
 import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,11 +21,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_multiloss import MultiTaskMixin, NonFiniteLossError, Task
+from lightning_multiloss import MultiLossError, MultiTaskMixin, NonFiniteLossError, Task
 from lightning_multiloss.callback import LossWeightingCallback
 from lightning_multiloss.schedules import Linear
 from lightning_multiloss.weighting import (
     WEIGHTINGS,
+    Fixed,
     GradientWeighting,
     GramianWeighting,
     Progress,
@@ -179,6 +182,18 @@ def test_finite_output_one_weight_per_task(name, num_tasks):
         for weights, loss in zip(record.weights, record.losses, strict=True):
             assert weights.shape == (num_tasks,)
             assert_finite(weights, loss)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_losses_of_another_shape_than_the_bound_tasks_are_refused(name):
+    # Called directly (outside the mixin), learnable took the first two of three losses, gls gave three
+    # weights for two tasks and imtl_l / famo broadcast a single loss to both.
+    weighting = make_weighting(name)
+    weighting.bind(TASKS[2])
+    for losses in (torch.tensor([1.0, 2.0, 3.0]), torch.tensor([[1.0], [2.0]]), torch.tensor(1.0)):
+        shape = re.escape(str(tuple(losses.shape)))
+        with pytest.raises(MultiLossError, match=rf"weighting '{name}' is bound to 2 tasks .*got {shape}"):
+            weighting(losses)
 
 
 # -- state_dict round trip ----------------------------------------------------------------------
@@ -413,3 +428,20 @@ def test_epoch_means_leave_out_batches_without_a_label():
     assert len(model.weighting.received) == 2
     for means in model.weighting.received:
         torch.testing.assert_close(means, expected, rtol=1e-6, atol=0)
+
+
+def test_an_epoch_without_a_label_of_a_task_logs_its_epoch_mean_as_nan():
+    # Not 0.0, which ModelCheckpoint(monitor="train/loss/reg_epoch", mode="min") would take for the
+    # best loss; cls's mean is the plain mean of its batches' losses (learning rate 0: the initial model).
+    class Frozen(PropNet):
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    model = Frozen(Fixed([1.0, 1.0]))
+    data = loader(n=8, batch_size=4, unlabelled=range(8))
+    with torch.no_grad():
+        cls = torch.stack([nn.functional.cross_entropy(model(b["x"])["cls"], b["cls"]) for b in data]).mean()
+    trainer, _ = fit(model, data, max_epochs=1)
+    logged = trainer.callback_metrics
+    assert math.isnan(float(logged["train/loss/reg_epoch"]))
+    assert float(logged["train/loss/cls_epoch"]) == pytest.approx(float(cls), rel=1e-6)

@@ -149,6 +149,12 @@ class Weighting(nn.Module, ABC):
         """Combine the ``(K,)`` task losses (in :attr:`task_names` order) into one loss."""
 
     def __call__(self, losses: Tensor, *args: Any, **kwargs: Any) -> WeightedLoss:
+        if self._task_names and getattr(losses, "shape", None) != (len(self._task_names),):
+            shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
+            raise MultiLossError(
+                f"weighting {self.name!r} is bound to {len(self._task_names)} tasks {list(self._task_names)}: "
+                f"the losses must have shape ({len(self._task_names)},), got {shape}"
+            )
         result: WeightedLoss = super().__call__(losses, *args, **kwargs)
         if self.training and self._task_names:
             # A fresh copy on the device (no wait), so that a reference kept from an earlier step

@@ -33,10 +33,52 @@ from lightning_multiloss.gradients import (
 )
 from lightning_multiloss.weighting._base import GradientWeighting, WeightedLoss, weighted_sum
 
-__all__ = ["DDPMode", "GramianWeighting", "Route"]
+__all__ = ["DDPMode", "GramianWeighting", "Route", "psd_up_to_rounding"]
 
 
+_FLOAT64_EPS = float(np.finfo(np.float64).eps)
 _OPENMP_BACKEND = "parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
+def psd_up_to_rounding(gramian: np.ndarray, rounding: float) -> np.ndarray:
+    """The symmetric ``gramian`` as the positive semi-definite matrix it is up to ``rounding``.
+
+    A Gramian computed in float32 from linearly dependent gradients (two tasks with parallel
+    gradients, a task's gradient the sum of two others', more tasks than the gradients' rank) has
+    "zero" eigenvalues of about ``1e-7·λ_max``, of either sign: IMTL-G and Aligned-MTL would count
+    them as rank and divide by them, and CAGrad's inner problem would meet an indefinite matrix.
+    The rounding of ``G_ij`` is relative to ``‖g_i‖‖g_j‖``, so the rank is decided on the cosines
+    ``C = D^{-1/2} G D^{-1/2}`` (``D`` the diagonal): their eigenvalues below ``K·ε·λ_max(C)``
+    (``ε = rounding``, that of the dtype ``G`` was computed in: TorchJD's rank tolerance) are set
+    to zero, and so are negative ones, then ``G = D^{1/2} C D^{1/2}``. So gradients of very
+    different sizes keep their directions (a gradient 10⁸ times smaller than another still counts),
+    a matrix whose cosines clear the tolerance (or are zero to float64's rounding) is returned as
+    it is (the same array), and a task
+    with a zero gradient keeps its exact zero row and column.
+
+    >>> g = np.array([[1.0, 3.0], [3.0, 9.0 + 1e-6]])  # g₂ = 3·g₁, with a float32 rounding of 9
+    >>> bool(np.linalg.eigvalsh(psd_up_to_rounding(g, float(np.finfo(np.float32).eps)))[0] < 1e-14)
+    True
+    """
+    scale = np.sqrt(np.diagonal(gramian).clip(min=0.0))
+    used = scale > 0.0
+    if not used.any():
+        return gramian
+    norms = scale[used]
+    cosines = gramian[np.ix_(used, used)] / np.outer(norms, norms)
+    values, vectors = np.linalg.eigh(cosines)
+    top = float(values[-1])
+    tolerance = len(norms) * rounding * top
+    # Eigenvalues that are zero to float64's own rounding already need no rebuild (it would only
+    # add rounding to an exact matrix, such as that of identical float64 gradients).
+    negligible = len(norms) * _FLOAT64_EPS * top
+    if ((values >= tolerance) | (np.abs(values) <= negligible)).all():
+        return gramian
+    kept = np.where(values >= tolerance, values, 0.0)
+    cleaned = np.zeros_like(gramian)
+    block = (vectors * kept) @ vectors.T * np.outer(norms, norms)
+    cleaned[np.ix_(used, used)] = 0.5 * (block + block.T)
+    return cleaned
 
 
 @contextmanager
@@ -176,7 +218,9 @@ class GramianWeighting(GradientWeighting):
     def compute_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
         """The ``(K,)`` task weights from the ``(K, K)`` Gramian and the ``(K,)`` losses.
 
-        Both arrive as float64 CPU tensors, checked finite, ``gramian`` symmetric. The combined
+        Both arrive as float64 CPU tensors, checked finite, ``gramian`` symmetric and positive
+        semi-definite to float64 rounding (:func:`psd_up_to_rounding`: eigenvalues within the
+        rounding of the dtype it was computed in are zero, so its rank is the gradients'). The combined
         update direction is ``Jᵀw``. In training it is called once per step with the same values
         on every DDP process (``ddp="exact"``), so a stateful strategy stays identical across
         processes; it must not change its state when ``self.training`` is false.
@@ -190,10 +234,11 @@ class GramianWeighting(GradientWeighting):
         everything after it, up to the weights' copy back, runs on the host (:meth:`_solve_on_host`).
         """
         k = self._check_shapes(gramian, losses)
+        rounding = float(torch.finfo(gramian.dtype if gramian.is_floating_point() else torch.float64).eps)
         # One tensor (cat promotes the dtypes), one transfer (the step's one wait), then float64.
         packed = torch.cat([gramian.reshape(-1), losses]).detach().cpu().to(torch.float64)
         with _one_intra_op_thread():
-            weights = self._solve_on_host(packed, k)
+            weights = self._solve_on_host(packed, k, rounding)
         out_dtype = gramian.dtype if gramian.is_floating_point() else torch.get_default_dtype()
         return weights.to(device=gramian.device, dtype=out_dtype)
 
@@ -217,8 +262,9 @@ class GramianWeighting(GradientWeighting):
             )
         return int(k)
 
-    def _solve_on_host(self, packed: Tensor, k: int) -> Tensor:
-        """The weights from the float64 host copy of ``G`` (flattened) followed by the losses."""
+    def _solve_on_host(self, packed: Tensor, k: int, rounding: float) -> Tensor:
+        """The weights from the float64 host copy of ``G`` (flattened) followed by the losses;
+        ``rounding``: the relative precision of the dtype ``G`` was computed in."""
         host = packed.numpy()  # NumPy for the checks: each operation costs torch several times more
         gramian = host[: k * k].reshape(k, k)
         values = packed[k * k :]
@@ -229,7 +275,12 @@ class GramianWeighting(GradientWeighting):
                     f"(diagonal {np.diagonal(gramian).tolist()})"
                 )
             raise NonFiniteLossError(f"weighting {self.name!r}: the task losses are not finite: {values.tolist()}")
-        g = torch.from_numpy(0.5 * (gramian + gramian.T))
+        if (np.diagonal(gramian) < 0).any():
+            raise MultiLossError(
+                f"weighting {self.name!r}: not a Gramian J Jᵀ: its diagonal (the squared gradient norms) "
+                f"has negative entries {np.diagonal(gramian).tolist()} (tasks {list(self.task_names)})"
+            )
+        g = torch.from_numpy(psd_up_to_rounding(0.5 * (gramian + gramian.T), rounding))
         weights = self.compute_weights(g, values)
         if not isinstance(weights, Tensor) or weights.shape != (k,):
             shape = tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__

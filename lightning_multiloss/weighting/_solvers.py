@@ -285,8 +285,15 @@ def _principal_pivoting(q: Tensor, c: Tensor, max_iter: int) -> tuple[Tensor, Te
         if not bool(running.any()):
             break
         rows = running.nonzero().flatten()
+        factor, info = torch.linalg.cholesky_ex(torch.where(free[rows, :, None] & free[rows, None, :], q, eye))
+        if bool((info != 0).any()):
+            # Q_FF singular (a singular G without a ridge, UPGrad's reg_eps=0): no step on that free
+            # set; the row stops here, unsolved, and the active-set method finishes it.
+            running[rows[info != 0]] = False
+            rows, factor = rows[info == 0], factor[info == 0]
+            if rows.numel() == 0:
+                break
         f, rhs = free[rows], c[rows]
-        factor = torch.linalg.cholesky(torch.where(f[:, :, None] & f[:, None, :], q, eye))
         guess = torch.cholesky_solve(torch.where(f, -rhs, 0.0).unsqueeze(-1), factor).squeeze(-1)
         x[rows] = guess
         wrong = torch.where(f, guess < -tol[rows], guess @ q + rhs < -tol[rows])

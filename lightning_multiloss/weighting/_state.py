@@ -109,10 +109,12 @@ class TaskEpochMean(Metric):
         """The ``(K,)`` epoch means (0 for a task without any labelled batch)."""
         return self.total / self.count.clamp_min(1.0)
 
-    def means(self) -> Tensor:
-        """The ``(K,)`` epoch means over all processes (reads the states: once per epoch)."""
+    def means(self, empty: float = 0.0) -> Tensor:
+        """The ``(K,)`` epoch means over all processes (reads the states: once per epoch);
+        ``empty`` for a task without any labelled batch."""
         states = self.states_over_processes()
-        return states["total"] / states["count"].clamp_min(1.0)
+        count = states["count"]
+        return torch.where(count > 0, states["total"] / count.clamp_min(1.0), empty)
 
     def states_over_processes(self) -> dict[str, Tensor]:
         """The states as saved (sums and counts), summed over the DDP processes: a collective, so

@@ -80,7 +80,10 @@ class DWA(Weighting):
         if int(self.epochs_seen) < 2:
             return
         informed = (self.previous_means > 0) & (self.last_means > 0)
-        ratio = torch.where(informed, self.last_means / self.previous_means.clamp(min=1e-30), 1.0)
+        # In float64: a ratio of two float32 means (subnormal ones included) is exact there and
+        # cannot overflow, where float32 made 1e20 / 1e-20 infinite and the softmax NaN.
+        previous, last = self.previous_means.double(), self.last_means.double()
+        ratio = torch.where(informed, last / torch.where(informed, previous, 1.0), 1.0)
         self.weights.copy_(self.num_tasks * torch.softmax(ratio / self.temperature, dim=0))
 
     def extra_repr(self) -> str:

@@ -34,7 +34,11 @@ class UPGrad(GramianWeighting):
     projection (:math:`Jd \ge 0` to rounding; ``[0.2924, 1.9006, 1.9006]`` in the example).
 
     Versus the peers: TorchJD and LibMTL (the same code) exactly: trace normalisation and
-    ``reg_eps`` = 1e-4; their quadprog QPs are exact active-set solves here.
+    ``reg_eps`` = 1e-4; their quadprog QPs are exact active-set solves here. One difference:
+    where :math:`\operatorname{tr}(G)` is below TorchJD's ``norm_eps`` (1e-4: gradients of norm
+    about 1e-2 and less) TorchJD returns the plain mean of the gradients; the weights here stay
+    those of the projection at every scale (the method is scale invariant), and are uniform only
+    where every gradient is zero.
 
     Args:
         reg_eps: diagonal added to the trace-normalised Gramian, ``>= 0``.
