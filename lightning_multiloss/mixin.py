@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
@@ -56,6 +57,9 @@ from lightning_multiloss.weighting._state import EvaluationMean
 Stage = Literal["train", "val", "test"]
 log = logging.getLogger(__name__)
 _MAX_PENDING = 1024
+_WEIGHTING_OWNERS: weakref.WeakKeyDictionary[Weighting, weakref.ref[nn.Module]] = weakref.WeakKeyDictionary()
+"""The module each weighting was configured in (weak references: neither is kept alive, nor
+pickled or copied with the module)."""
 """The most training steps whose losses wait for the non-finite check (it runs at least this often)."""
 _KEPT_USES = 8
 """How many graphs' worth of the tasks' own parameters are kept (:meth:`MultiTaskMixin._mt_kept_own_parameters`)."""
@@ -233,7 +237,18 @@ class MultiTaskMixin(_Base):
             weighting = create_weighting(weighting)
         if not isinstance(weighting, Weighting):
             raise MultiLossError(f"weighting must be a Weighting or a registered name, got {type(weighting).__name__}")
+        owner = _WEIGHTING_OWNERS.get(weighting)
+        other = owner() if owner is not None else None
+        if other is not None and other is not self:
+            # One object in two models (a sweep loop reusing `w = Uncertainty()`) would share its
+            # state: the second model would start from the first one's learned weights.
+            raise MultiLossError(
+                f"weighting {weighting.name!r} is already the weighting of another module "
+                f"({type(other).__name__}); a weighting holds state (learned parameters, running means): "
+                "create one weighting per model"
+            )
         weighting.bind(names)
+        _WEIGHTING_OWNERS[weighting] = weakref.ref(self)
         if metric_keys not in METRIC_KEYS:
             raise MultiLossError(f"metric_keys must be one of {list(METRIC_KEYS)}, got {metric_keys!r}")
         if single_task_keys and len(tasks) != 1:
@@ -428,7 +443,8 @@ class MultiTaskMixin(_Base):
         with ``route="representation"`` and for GradDrop: their per-task gradients are taken with
         respect to ``z`` (batch first). Free otherwise: it only keeps a reference during training.
         Under ``torch.compile`` of the whole ``forward`` it splits the compiled graph in two
-        (trunk, heads) for those strategies, so that ``z`` is a tensor the gradients can reach.
+        (trunk, heads) for those strategies, so that ``z`` is a tensor the gradients can reach;
+        ``torch.export`` (strict or not, in training mode too) sees the identity.
         """
         weighting = getattr(self, "weighting", None)
         if (
@@ -437,6 +453,8 @@ class MultiTaskMixin(_Base):
             and isinstance(weighting, GradientWeighting)
             and weighting.route == "representation"
         ):
+            if _is_exporting():
+                return z  # torch.export traces forward for inference: nothing to keep, no graph break
             if _is_compiling():
                 _keep_representation_eagerly(self, z)
             else:
@@ -1224,6 +1242,7 @@ class MultiTaskMixin(_Base):
 
 
 _is_compiling: Callable[[], bool] = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
+_is_exporting: Callable[[], bool] = getattr(torch.compiler, "is_exporting", None) or (lambda: False)
 
 
 _EVALUATION_NOT_SKIPPED = " (evaluation is not skipped: a NaN there means the model itself has diverged)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -92,8 +93,13 @@ class Task:
                 raise MultiLossError(
                     f"task {self.name!r}: the batch has no mask key {self.mask!r}; it has {sorted(batch)}"
                 )
-            keep = torch.as_tensor(batch[self.mask], device=target.device).reshape(target.shape[0], -1).all(dim=1)
-            keep = keep.bool()
+            mask = torch.as_tensor(batch[self.mask], device=target.device)
+            if mask.ndim == 0 or mask.shape[0] != target.shape[0]:
+                raise MultiLossError(
+                    f"task {self.name!r}: the mask {self.mask!r} must hold one entry per sample (batch first), "
+                    f"got shape {tuple(mask.shape)} for {target.shape[0]} samples of target {self.target_key!r}"
+                )
+            keep = mask.reshape(target.shape[0], -1).all(dim=1).bool()
         if self.ignore_value is not None:
             flat = target.reshape(target.shape[0], -1)
             if isinstance(self.ignore_value, float) and math.isnan(self.ignore_value):
@@ -153,13 +159,20 @@ class Task:
                 f"task {self.name!r}: the target's shape must equal the output's; got {shapes}{hint}. "
                 "Reshape the target (or the head's output) to match"
             )
+        if _is_huber(self.loss) and not target.is_floating_point():
+            # MSE, L1 and smooth L1 promote an integer target; Huber's backward fails on it, in
+            # Lightning's backward, naming no task.
+            raise MultiLossError(
+                f"task {self.name!r}: the Huber loss needs a floating-point target; got {shapes}: "
+                "convert the target with .float()"
+            )
 
     def check_class_range(self, output: Tensor, target: Tensor) -> None:
         """Class indices within the head's classes (reads the target: call it once, not every step)."""
         if _loss_kind(self.loss) != "classes" or target.is_floating_point() or output.ndim < 2 or target.numel() == 0:
             return
         classes = output.shape[1]
-        ignore = getattr(self.loss, "ignore_index", -100)
+        ignore = _loss_option(self.loss, "ignore_index", -100)
         valid = target[target != ignore]
         if valid.numel() == 0:
             return
@@ -227,8 +240,29 @@ def flatten_metrics(owner: str, metrics: Any) -> dict[str, Metric]:
     return flat
 
 
+def _unwrapped(loss: Any) -> tuple[Any, dict[str, Any]]:
+    """The loss under any ``functools.partial`` (Hydra's ``_partial_: true``), with the keywords given there."""
+    keywords: dict[str, Any] = {}
+    while isinstance(loss, functools.partial):
+        keywords = {**loss.keywords, **keywords}
+        loss = loss.func
+    return loss, keywords
+
+
+def _loss_option(loss: Any, name: str, default: Any) -> Any:
+    """An option of the loss (``ignore_index``), from its module or from a ``partial``'s keywords."""
+    inner, keywords = _unwrapped(loss)
+    return keywords.get(name, getattr(inner, name, default))
+
+
+def _is_huber(loss: Any) -> bool:
+    inner, _ = _unwrapped(loss)
+    return isinstance(inner, nn.HuberLoss) or inner is F.huber_loss
+
+
 def _loss_kind(loss: Any) -> str | None:
     """``"classes"`` for class-index losses, ``"elementwise"`` for losses of equal shapes, else ``None``."""
+    loss, _ = _unwrapped(loss)
     # By identity: `in` compares with ==, which torchmetrics' Metric overloads (a truthy composite).
     if isinstance(loss, nn.CrossEntropyLoss | nn.NLLLoss) or any(loss is f for f in (F.cross_entropy, F.nll_loss)):
         return "classes"
@@ -247,6 +281,7 @@ def _loss_kind(loss: Any) -> str | None:
 
 
 def _loss_name(loss: Any) -> str:
+    loss, _ = _unwrapped(loss)
     return type(loss).__name__ if isinstance(loss, nn.Module) else getattr(loss, "__name__", type(loss).__name__)
 
 

@@ -9,6 +9,9 @@ traceback. API rows call a function and check the exception's type and its one-l
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
+import gc
 import io
 import os
 import re
@@ -24,6 +27,7 @@ import torchmetrics
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from lightning_multiloss import MultiLossError, Task, create_weighting
 from lightning_multiloss.app import config, train
@@ -561,6 +565,27 @@ API_CASES = [
         r"give the head as many outputs as there are classes",
     ),
     ApiCase(
+        "partial-loss-target-that-broadcasts",  # Hydra's `_partial_: true` loss: was not recognised
+        lambda: Task("reg", functools.partial(F.huber_loss, delta=0.5)).check_target(torch.zeros(4, 1), torch.zeros(4)),
+        r"task 'reg': the target's shape must equal the output's; got output \(4, 1\) float32, target \(4,\) "
+        r"float32, loss huber_loss; it would broadcast to a wrong loss\. "
+        r"Reshape the target \(or the head's output\) to match",
+    ),
+    ApiCase(
+        "huber-integer-target",  # was torch's "Found dtype Long but expected Float" in Lightning's backward
+        lambda: Task("reg", nn.HuberLoss()).check_target(torch.zeros(4, 2), torch.zeros(4, 2, dtype=torch.long)),
+        r"task 'reg': the Huber loss needs a floating-point target; got output \(4, 2\) float32, target \(4, 2\) "
+        r"int64, loss HuberLoss: convert the target with \.float\(\)",
+    ),
+    ApiCase(
+        "mask-of-another-length",  # was torch's "shape '[4, -1]' is invalid for input of size 3"
+        lambda: Task("reg", nn.MSELoss(), mask="has_reg").select(
+            torch.zeros(4, 2), torch.zeros(4, 2), {"has_reg": torch.ones(3, dtype=torch.bool)}
+        ),
+        r"task 'reg': the mask 'has_reg' must hold one entry per sample \(batch first\), got shape \(3,\) "
+        r"for 4 samples of target 'reg'",
+    ),
+    ApiCase(
         "checkpoint-folder",
         lambda: train.check_checkpoint("."),
         r"ckpt_path '.*' is a folder; give the checkpoint file \(e\.g\. checkpoints/last\.ckpt\)",
@@ -605,3 +630,27 @@ def test_the_resolved_job_config_prints(capsys: pytest.CaptureFixture[str]) -> N
     printed = capsys.readouterr().out
     assert code == 0, err[-3000:]
     assert "output_dir: null" in printed and "max_epochs: 7" in printed
+
+
+def test_a_partial_class_loss_keeps_its_ignore_index() -> None:
+    # functools.partial(F.cross_entropy, ignore_index=255): 255 marks an unlabelled sample, not a class.
+    task = Task("cls", functools.partial(F.cross_entropy, ignore_index=255))
+    task.check_class_range(torch.zeros(4, 3), torch.tensor([0, 1, 255, 2]))
+    with pytest.raises(MultiLossError, match=r"class indices must be in \[0, 2\] .* the target has 7"):
+        task.check_class_range(torch.zeros(4, 3), torch.tensor([0, 1, 255, 7]))
+
+
+def test_one_weighting_object_in_two_models_is_refused() -> None:
+    # A sweep loop reusing `w = create_weighting("uncertainty")`: the second model started from the
+    # first one's learned log-variances.
+    weighting = create_weighting("uncertainty")
+    first = ToyNet(weighting)
+    with pytest.raises(MultiLossError, match=r"^weighting 'uncertainty' is already the weighting of another module "):
+        ToyNet(weighting)
+    first.configure_multitask(list(first.tasks), weighting)  # the same module may configure it again
+    copied = copy.deepcopy(first)  # a copy holds a copy of the weighting, its own
+    assert copied.weighting is not weighting
+    copied.configure_multitask(list(copied.tasks), copied.weighting)
+    del first, copied
+    gc.collect()
+    assert ToyNet(weighting).weighting is weighting  # its module is gone: nothing is shared any more

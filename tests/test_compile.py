@@ -192,3 +192,20 @@ def test_a_compiled_graph_that_changes_gets_lightnings_update(tmp_path: Path) ->
         trainer.fit(torch.compile(model, backend="aot_eager"), toy_loader(n=40, batch_size=16))
         results.append(model)
     assert_same_training(results[0], results[1])
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_trained_module_in_training_mode_exports_its_forward(strict: bool, tmp_path: Path) -> None:
+    # After trainer.fit the module is still in training mode; under a representation strategy its
+    # shared_representation was a torch.compiler.disable'd call, which strict export refuses.
+    model = build("representation")
+    train(model, tmp_path)
+    assert model.training
+    x = torch.randn(5, 8)
+    exported = torch.export.export(model, (x,), strict=strict).module()
+    with torch.no_grad():
+        expected = {name: head(model.trunk(x)) for name, head in model.heads.items()}  # the network by hand
+        got = exported(x)
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value)
