@@ -20,11 +20,13 @@ Example:
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Dict, List, Optional, Union  # noqa: UP035 (OmegaConf needs typing generics)
 
@@ -317,6 +319,18 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig | ListConfig) else node
 
 
+@contextmanager
+def hydra_import_errors_unlogged() -> Iterator[None]:
+    """Hydra's ``hydra.utils`` logs a failed import of a ``_target_`` (three lines) before raising it;
+    the error it raises becomes one line naming the key here, so the log is left out."""
+    logger = logging.getLogger("hydra.utils")
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
+
+
 def check_node(node: Any, where: str, schema: type | None = None) -> None:
     """Check ``node`` (a dict config) against ``schema`` or the signature of its ``_target_``.
 
@@ -332,7 +346,8 @@ def check_node(node: Any, where: str, schema: type | None = None) -> None:
         schema = SCHEMAS.get(target_for(target, DEFAULT_LIGHTNING))
         if schema is None:
             try:
-                obj = get_object(target)
+                with hydra_import_errors_unlogged():
+                    obj = get_object(target)
             except Exception as error:
                 reason = str(error.__cause__ or error).strip().splitlines()[0]  # Hydra's own text spans lines
                 raise MultiLossError(f"config key '{where}._target_': cannot import {target!r} ({reason})") from None
@@ -441,9 +456,40 @@ def refused_key(node: Mapping[str, Any], message: str) -> str | None:
     return chosen[0] if best and len(chosen) == 1 else None
 
 
+def mistyped_key(node: Mapping[str, Any]) -> str | None:
+    """The one argument of ``node`` that is not a number where its ``_target_``'s default is one.
+
+    torch's ``Adam(lr="abc")`` says ``'<=' not supported between instances of 'float' and 'str'``,
+    naming no argument.
+
+    Example:
+        >>> mistyped_key({"_target_": "torch.optim.Adam", "lr": "abc", "weight_decay": 0.0})
+        'lr'
+    """
+    try:
+        with hydra_import_errors_unlogged():
+            parameters = inspect.signature(get_object(str(node["_target_"]))).parameters
+    except Exception:  # no target, or one without a signature: nothing to tell
+        return None
+
+    def number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    found = [
+        str(key)
+        for key, value in node.items()
+        if key in parameters and number(parameters[key].default) and not number(value) and value is not None
+    ]
+    return found[0] if len(found) == 1 else None
+
+
 def refusal(node: Mapping[str, Any], where: str, error: BaseException) -> str:
     """One line for a value that ``node``'s target refused: ``config key '<key>': <the target's reason>``."""
     key = refused_key(node, str(error))
+    if key is None and isinstance(error, TypeError) and "_target_" in node:
+        mistyped = mistyped_key(node)
+        if mistyped is not None:
+            return f"config key '{where}.{mistyped}': must be a number, got {node[mistyped]!r}"
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     reason = lines[0] if lines else type(error).__name__
     return f"config key '{where}.{key}': {reason}" if key else f"config key '{where}': {reason}"
@@ -464,7 +510,8 @@ def call(node: Any, node_key: str | None = None, **kwargs: Any) -> Any:
     from hydra.utils import instantiate
 
     try:
-        return instantiate(node, **kwargs)
+        with hydra_import_errors_unlogged():
+            return instantiate(node, **kwargs)
     except InstantiationException as error:
         cause = error.__cause__
         while isinstance(cause, InstantiationException) and cause.__cause__ is not None:

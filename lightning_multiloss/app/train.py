@@ -41,6 +41,7 @@ from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from torch import Tensor
 
 from lightning_multiloss.app.config import call, config_dir, validate_config
 from lightning_multiloss.app.namespace import DEFAULT_LIGHTNING, import_lightning, use_lightning
@@ -161,6 +162,8 @@ class CheckpointInfo:
     """The model it holds."""
     datamodule_states: Mapping[str, Any]
     """The states data modules keep in it (their ``state_dict``), by the class's qualified name."""
+    optimizer_groups: tuple[Mapping[str, Any], ...] = ()
+    """The options of its first optimizer's parameter groups (``lr``, ``betas``, ...; no ``params``)."""
 
 
 def check_checkpoint(path: str | None) -> CheckpointInfo | None:
@@ -198,7 +201,12 @@ def check_checkpoint(path: str | None) -> CheckpointInfo | None:
     datamodule_states = {
         key: value for key, value in checkpoint.items() if isinstance(value, Mapping) and key not in _LIGHTNING_ENTRIES
     }
-    return CheckpointInfo(path, int(epochs), int(checkpoint.get("global_step", 0)), model, datamodule_states)
+    states = checkpoint.get("optimizer_states") or [{}]
+    groups = states[0].get("param_groups", []) if isinstance(states[0], Mapping) else []
+    optimizer_groups = tuple({k: v for k, v in group.items() if k != "params"} for group in groups)
+    return CheckpointInfo(
+        path, int(epochs), int(checkpoint.get("global_step", 0)), model, datamodule_states, optimizer_groups
+    )
 
 
 _LIGHTNING_ENTRIES = frozenset(
@@ -248,6 +256,44 @@ def check_same_model(checkpoint: CheckpointInfo, model: ModelSummary) -> None:
         f"ckpt_path {checkpoint.path!r} does not fit the configured model: the checkpoint holds "
         f"{held.describe()}; the config asks for {model.describe()}{detail}"
     )
+
+
+def check_same_optimizer(checkpoint: CheckpointInfo, optimizer: Any, options: Mapping[str, Any]) -> None:
+    """An error where ``optimizer`` (the config's, with the config's ``options``) is not the checkpoint's.
+
+    A resumed fit loads the optimizer's state, the options of its parameter groups included: an
+    optimizer of another class fails at its first step (SGD finds no ``momentum`` in Adam's
+    groups), and another value of an option (``model.optimizer.lr``) would be replaced by the
+    checkpoint's without a word.
+    """
+    if not checkpoint.optimizer_groups or not isinstance(optimizer, torch.optim.Optimizer):
+        return
+    held, fresh = checkpoint.optimizer_groups[0], optimizer.param_groups[0]
+    managed = {"params", "initial_lr"}  # initial_lr: set by learning-rate schedulers
+    if set(held) - managed != set(fresh) - managed:
+        target = options.get("_target_", type(optimizer).__name__)
+        raise MultiLossError(
+            f"ckpt_path {checkpoint.path!r} was trained with another optimizer than the config's {target} "
+            f"(its options: {', '.join(sorted(set(held) - managed))}): a resumed run continues the checkpoint's "
+            "optimizer; resume with that optimizer"
+        )
+    for key in options:
+        if key.startswith("_") or key not in fresh or _plain(fresh[key]) == _plain(held.get(key)):
+            continue
+        raise MultiLossError(
+            f"ckpt_path {checkpoint.path!r} was trained with model.optimizer.{key}={_plain(held.get(key))}, the config "
+            f"asks for {_plain(fresh[key])}: a resumed run continues with the optimizer's state from the checkpoint, "
+            f"where this value would not take effect; resume with model.optimizer.{key}={_plain(held.get(key))}"
+        )
+
+
+def _plain(value: Any) -> Any:
+    """An optimizer option as a comparable plain value (tuples as lists, tensors as numbers)."""
+    if isinstance(value, Tensor):
+        return value.tolist()
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def check_resumable(checkpoint: CheckpointInfo, max_epochs: int | None, max_steps: int) -> None:
@@ -495,6 +541,9 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
                 max_steps = limits.get("max_steps")
                 check_resumable(checkpoint, limits.get("max_epochs"), -1 if max_steps is None else int(max_steps))
                 check_same_model(checkpoint, ModelSummary.of(model.hparams, model.state_dict()))
+                options = getattr(model, "optimizer_cfg", None)
+                if isinstance(options, Mapping):
+                    check_same_optimizer(checkpoint, model.configure_optimizers(), options)
                 saved = checkpoint.datamodule_states.get(type(datamodule).__qualname__)
                 if saved is not None and hasattr(datamodule, "check_split_of"):
                     datamodule.check_split_of(saved, f"ckpt_path {checkpoint.path!r}")

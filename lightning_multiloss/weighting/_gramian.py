@@ -66,12 +66,18 @@ def psd_up_to_rounding(gramian: np.ndarray, rounding: float) -> np.ndarray:
         return gramian
     norms = scale[used]
     cosines = gramian[np.ix_(used, used)] / np.outer(norms, norms)
+    k = len(norms)
+    try:  # the common case, about 20 times cheaper than the eigenvalues: λ_min(C) ≥ K²ε ≥ K·ε·λ_max(C)
+        np.linalg.cholesky(cosines - k * k * rounding * np.eye(k))
+        return gramian
+    except np.linalg.LinAlgError:
+        pass
     values, vectors = np.linalg.eigh(cosines)
     top = float(values[-1])
-    tolerance = len(norms) * rounding * top
+    tolerance = k * rounding * top
     # Eigenvalues that are zero to float64's own rounding already need no rebuild (it would only
     # add rounding to an exact matrix, such as that of identical float64 gradients).
-    negligible = len(norms) * _FLOAT64_EPS * top
+    negligible = k * _FLOAT64_EPS * top
     if ((values >= tolerance) | (np.abs(values) <= negligible)).all():
         return gramian
     kept = np.where(values >= tolerance, values, 0.0)
