@@ -94,8 +94,8 @@ def completed(
     baseline_of: str | None = None,
     experiment: str = "toy",
 ) -> dict[str, Any]:
-    directions = {"cls": {"acc": "max"}, "reg": {"mse": "min"}}
-    primary = {"cls": "acc", "reg": "mse"}
+    directions = {"cls": {"acc": "max"}, "reg": {"mse": "min"}, "aux": {"mse": "min"}}
+    primary = {"cls": "acc", "reg": "mse", "aux": "mse"}
     return {
         "status": "completed",
         "experiment": experiment,
@@ -531,13 +531,41 @@ def test_a_configuration_without_a_task_of_the_experiment_is_named(tmp_path: Pat
     report = make_report([str(sweep)], out=str(tmp_path / "out"))
     (exp,) = report.experiments
     (row,) = [row for row in exp.rows if "~model.tasks.reg" in row.label]
-    assert row.delta_m is None and set(row.metrics) == {"cls"}
-    assert [row.delta_m is not None for row in exp.rows].count(True) == len(exp.rows) - 1
+    assert set(row.metrics) == {"cls"}
+    # Its Δm% is over its own task, by hand: (0.9 − mean of cls's baselines) / that mean, in %; the
+    # other rows keep theirs (a row of fewer tasks left every row's Δm% empty when it lacked a baseline).
+    base_acc = sum(BASE_ACC.values()) / len(BASE_ACC)
+    assert row.delta_m is not None and row.delta_m.mean == pytest.approx((0.9 - base_acc) / base_acc * 100, abs=1e-9)
+    assert all(other.delta_m is not None for other in exp.rows)
     text = (tmp_path / "out" / "report.md").read_text()
     assert (
         "configuration 'fixed ~model.tasks.reg' has no mse for task(s) ['reg'] (the experiment's other runs have): "
-        "its cells are empty, and so is its Δm%" in text
+        "its cells are empty, and its Δm% is over its other tasks" in text
     )
+    assert "Δm% is over each row's own tasks, and the rows have different ones (cls, reg: " in text
+
+
+def test_a_task_without_a_baseline_leaves_only_its_rows_without_delta_m(tmp_path: Path) -> None:
+    # Runs of the experiment with a task added that has no baseline: before, every row lost its Δm%.
+    sweep = make_sweep(tmp_path)
+    write_baselines(sweep / "baselines")
+    overrides = ["weighting=fixed", "+model.tasks.aux=x", "seed=0"]
+    metrics = {"cls": {"acc": 0.9}, "reg": {"mse": 0.2}, "aux": {"mse": 0.5}}
+    write_job(sweep / "extra", overrides, completed("fixed", 0, overrides, metrics))
+    report = make_report([str(sweep)], out=str(tmp_path / "out"))
+    (exp,) = report.experiments
+    assert exp.missing_baselines == ["aux"]
+    (row,) = [row for row in exp.rows if "+model.tasks.aux=x" in row.label]
+    assert row.delta_m is None
+    others = [other for other in exp.rows if other is not row]
+    assert others and all(other.delta_m is not None for other in others)
+    (fixed,) = [other for other in others if other.weighting == "fixed"]
+    base_acc, base_mse = (sum(v.values()) / len(v) for v in (BASE_ACC, BASE_MSE))
+    by_hand = [
+        ((run.value("cls", "acc") - base_acc) / base_acc - (run.value("reg", "mse") - base_mse) / base_mse) / 2 * 100
+        for run in fixed.runs
+    ]
+    assert fixed.delta_m is not None and fixed.delta_m.mean == pytest.approx(sum(by_hand) / len(by_hand), abs=1e-9)
 
 
 def test_one_configuration_is_one_row_however_its_overrides_were_typed(tmp_path: Path) -> None:

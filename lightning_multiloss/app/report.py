@@ -680,7 +680,8 @@ def _summarise_experiment(name: str, swept: list[Run], baseline_runs: list[Run])
             lacking = [task for task in tasks if task not in row.metrics]
             notes.append(
                 f"configuration {row.label!r} has no {', '.join(primary[t] for t in lacking)} for task(s) "
-                f"{lacking} (the experiment's other runs have): its cells are empty, and so is its Δm%"
+                f"{lacking} (the experiment's other runs have): its cells are empty, and its Δm% is over its "
+                "other tasks"
             )
 
     by_split: dict[str, list[str]] = {}
@@ -734,13 +735,18 @@ def _summarise_experiment(name: str, swept: list[Run], baseline_runs: list[Run])
                 notes.append(f"the baseline of task {task!r} has seed(s) {repeated} more than once: each run counts")
             baselines[task] = Baseline(task, metric, Stat.of(values), own)
     missing = [task for task in tasks if task not in baselines]
-    if not missing:
-        notes += _setup_mismatch(rows, baselines, configs)
-        zero = [task for task in tasks if baselines[task].stat.mean == 0]
+    # Each row's Δm% is over the tasks it has (a run of the experiment with a task removed has
+    # fewer), where each of them has a baseline: a task without one leaves only its rows empty.
+    own_tasks = {id(row): [task for task in tasks if task in row.metrics] for row in rows}
+    measured = [row for row in rows if own_tasks[id(row)] and all(t in baselines for t in own_tasks[id(row)])]
+    used = [task for task in tasks if any(task in own_tasks[id(row)] for row in measured)]
+    if measured:
+        notes += _setup_mismatch(measured, {task: baselines[task] for task in used}, configs)
+        zero = [task for task in used if baselines[task].stat.mean == 0]
         # Test metrics against validation baselines (test=false) would compare different data.
-        splits = {str(run.evaluated_on) for row in rows for run in row.runs if run.status == "completed"}
+        splits = {str(run.evaluated_on) for row in measured for run in row.runs if run.status == "completed"}
         mixed = {}
-        for task in tasks:
+        for task in used:
             own_splits = {str(r.evaluated_on) for r in baselines[task].runs if r.status == "completed"}
             if own_splits != splits:
                 mixed[task] = sorted(own_splits)
@@ -755,25 +761,26 @@ def _summarise_experiment(name: str, swept: list[Run], baseline_runs: list[Run])
                 + ": compare runs evaluated alike (test=true or test=false for all)"
             )
         else:
-            base = {task: baselines[task].stat.mean for task in tasks}
+            base = {task: baselines[task].stat.mean for task in used}
             # The seeds of each task's baseline (the seed draws the split): a row's seed that some
             # baseline lacks was tested on other data. Unknown seeds (None) are not checked.
             base_seeds = {
                 task: {r.seed for r in baselines[task].runs if r.value(task, primary[task]) is not None}
-                for task in tasks
+                for task in used
             }
             unmatched: list[str] = []
-            for row in rows:
+            for row in measured:
+                row_tasks = own_tasks[id(row)]
                 per_seed = []
                 tested: set[int] = set()  # the known seeds of the runs in its Δm%
                 for run in row.runs:
-                    found = {task: run.value(task, primary[task]) for task in tasks}
+                    found = {task: run.value(task, primary[task]) for task in row_tasks}
                     complete = {task: v for task, v in found.items() if v is not None}
-                    if len(complete) == len(tasks):
-                        per_seed.append(delta_m(complete, base, directions))
+                    if len(complete) == len(row_tasks):
+                        per_seed.append(delta_m(complete, {t: base[t] for t in row_tasks}, directions))
                         if run.seed is not None:
                             tested.add(run.seed)
-                if any(None not in own and not tested <= own for own in base_seeds.values()):
+                if any(None not in base_seeds[t] and not tested <= base_seeds[t] for t in row_tasks):
                     unmatched.append(f"{row.label!r} (seeds {sorted(tested)})")
                     continue
                 row.delta_m = Stat.of(per_seed) if per_seed else None
@@ -783,6 +790,17 @@ def _summarise_experiment(name: str, swept: list[Run], baseline_runs: list[Run])
                     f"Δm% is left empty for {', '.join(unmatched)}: the single-task baselines were run with "
                     f"seeds {theirs}, and the seed draws the train/val/test split: Δm% compares only a row "
                     "whose seeds are all among every task's baseline seeds (run the baselines with the same seeds)"
+                )
+            task_sets = {tuple(own_tasks[id(row)]) for row in measured if row.delta_m is not None}
+            if len(task_sets) > 1:
+                listed = "; ".join(
+                    f"{', '.join(task_set)}: "
+                    + ", ".join(repr(r.label) for r in measured if tuple(own_tasks[id(r)]) == task_set)
+                    for task_set in sorted(task_sets, key=len, reverse=True)
+                )
+                notes.append(
+                    f"Δm% is over each row's own tasks, and the rows have different ones ({listed}): "
+                    "compare the Δm% of rows over the same tasks"
                 )
 
     def sort_key(row: ConfigRow) -> tuple[bool, float, str]:
@@ -946,7 +964,8 @@ def render_markdown(report: Report) -> str:
         elif exp.baselines:
             lines += [
                 "",
-                f"**No single-task baseline for task(s) {', '.join(exp.missing_baselines)}**: Δm% is left empty. "
+                f"**No single-task baseline for task(s) {', '.join(exp.missing_baselines)}**: Δm% is left empty "
+                "for the rows with these tasks. "
                 "Add their baseline runs (result.json with `baseline_of` set) to the folders or pass them with "
                 "`--baselines`.",
             ]
