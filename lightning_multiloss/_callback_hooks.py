@@ -81,8 +81,9 @@ class LossWeightingHooks:
         max_points: the most records kept (at least 2).
         plot: write the PNG plot (the CSV is always written).
         filename: the stem of the files written at the end of fit.
-        replan_on_resume: on resume, plan the schedules over the resumed Trainer's length
-            instead of the length training started with.
+        replan_on_resume: on resume, plan the schedules over the resumed Trainer's length (the
+            steps taken and those left at its steps per epoch, which another accumulation or batch
+            size changes) instead of the length training started with.
         result_file: write the run result there (``result.json``): relative to the Hydra job's
             output folder in a Hydra app, else to the Trainer's ``default_root_dir``. ``None``:
             only when a ``RunResultCallback`` runs the Hydra job.
@@ -262,6 +263,11 @@ class LossWeightingHooks:
         restored, self._restored_plan = self._restored_plan, None
         if restored is None and trainer.global_step > 0:
             restored = self._total_steps  # the same Trainer fitting on (e.g. with a larger max_epochs): as a resume
+        if restored is not None:
+            # The epoch open when training stopped (restored, or this Callback's own where the same
+            # Trainer fits on); None: it stopped at an epoch's end.
+            was_open = self._restored_open_epoch if self._restored_open_epoch is not None else self._open_epoch
+            planned = fit_steps = _planned_steps_after(trainer, planned, was_open == trainer.current_epoch)
         follows_plan = self._weighting(pl_module).follows_planned_length
         if restored is not None and planned != restored and follows_plan:
             keep = not self.replan_on_resume
@@ -570,6 +576,26 @@ def _planned_steps(trainer: Any) -> int | None:
     steps = sum(itertools.islice(_steps_by_epoch(trainer), max(epochs, 1)))
     if steps == 0:  # batches not known: Lightning's estimate
         return planned
+    return min(steps, trainer.max_steps) if trainer.max_steps != -1 else steps
+
+
+def _planned_steps_after(trainer: Any, planned: int | None, in_open_epoch: bool) -> int | None:
+    """A resumed fit's optimizer steps in all: those taken (``global_step``) and those left at the
+    resumed Trainer's steps per epoch. Another accumulation, batch size or number of batches than
+    before changes these, and Lightning's estimate (``planned``) counts every epoch at the new rate.
+    ``in_open_epoch``: training stopped inside the current epoch (else at its start)."""
+    epochs = trainer.max_epochs
+    if planned is None or not isinstance(epochs, int) or epochs < 0:
+        return planned
+    per_epoch = list(itertools.islice(_steps_by_epoch(trainer), epochs))
+    epoch = trainer.current_epoch
+    if not per_epoch or epoch >= len(per_epoch):
+        return planned
+    # The batches of the open epoch trained before the checkpoint (Lightning's count is the last
+    # epoch's until the next one starts).
+    trained = (batches_processed(trainer) or 0) if in_open_epoch else 0
+    taken = (trained // _accumulation_by_epoch(trainer)(epoch)) * _optimizer_steps_per_batch(trainer)
+    steps = trainer.global_step + max(per_epoch[epoch] - taken, 0) + sum(per_epoch[epoch + 1 :])
     return min(steps, trainer.max_steps) if trainer.max_steps != -1 else steps
 
 

@@ -102,6 +102,34 @@ def test_replan_on_resume_plans_anew(tmp_path: Path, caplog: pytest.LogCaptureFi
     assert any("follow the new plan of 16 steps" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize(("accumulate", "batch_size", "total"), [(2, 16, 12), (1, 8, 24), (1, 64, 10)])
+def test_replan_on_resume_counts_the_steps_taken_and_those_left_at_the_new_rate(
+    accumulate: int, batch_size: int, total: int, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 2 epochs of 4 steps, resumed to 4 epochs with another accumulation or batch size: 8 steps taken
+    # and 2 epochs at the new rate (2, 8 or 1 steps each). Lightning's estimate counts all 4 epochs at
+    # the new rate (8, 32 or 4): the schedule ended early, or never.
+    model = ToyNet(Scheduled(Linear(1.0, 0.0, duration=1.0), unit="fraction"))
+    first = quiet_trainer(max_epochs=2, callbacks=[LossWeightingCallback()], default_root_dir=tmp_path)
+    first.fit(model, toy_loader(n=64, batch_size=16))
+    checkpoint = tmp_path / "half.ckpt"
+    first.save_checkpoint(checkpoint)
+    callback = LossWeightingCallback(replan_on_resume=True)
+    second = quiet_trainer(
+        max_epochs=4, accumulate_grad_batches=accumulate, callbacks=[callback], default_root_dir=tmp_path
+    )
+    with caplog.at_level(logging.WARNING, logger="lightning_multiloss"):
+        second.fit(
+            ToyNet(Scheduled(Linear(1.0, 0.0, duration=1.0), unit="fraction")),
+            toy_loader(n=64, batch_size=batch_size),
+            ckpt_path=checkpoint,
+        )
+    assert second.global_step == total
+    resumed = [row[0] for step, row in zip(callback.steps, callback.weights, strict=True) if step > 8]
+    assert resumed == pytest.approx([1.0 - (s - 1) / total for s in range(9, total + 1)], abs=1e-6)
+    assert any(f"follow the new plan of {total} steps" in r.getMessage() for r in caplog.records)
+
+
 def test_a_schedule_out_of_range_fails_before_the_first_step(tmp_path: Path) -> None:
     model = ToyNet(Scheduled({"reg": Linear(1.0, -0.5, duration=1.0)}, unit="fraction"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
