@@ -293,6 +293,14 @@ class LossWeightingHooks:
             # its restored mean losses; on every process, as at an epoch's end).
             self._weighting(pl_module).end_training_epoch()
             pl_module.drop_training_epoch()
+            log.warning(
+                "LossWeightingCallback: resumed from a checkpoint written after the last batch of epoch %s, before "
+                "its end. Lightning saves the checkpoints of the epoch that follows as if it had not started: a run "
+                "resumed again from one of them repeats that epoch from its first batch (more steps than an "
+                "uninterrupted run). Resume from this run's epoch-end checkpoints, or write step checkpoints at "
+                "an interval that does not divide the epoch's steps",
+                open_epoch,
+            )
         # Open from here: a fit restarted in an epoch (or at its start, after a checkpoint at the
         # previous epoch's last batch) runs no on_train_epoch_start for it.
         self._open_epoch = trainer.current_epoch

@@ -439,3 +439,24 @@ def test_a_checkpoint_of_other_tasks_loads_with_a_warning(tmp_path: Path, caplog
     with caplog.at_level(logging.WARNING, logger="lightning_multiloss.mixin"):
         model.on_load_checkpoint(state)
     assert "written with the tasks ['cls', 'reg'], the model has ['cls', 'aux']" in caplog.text
+
+
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
+def test_a_resume_from_an_epochs_last_batch_warns_of_lightnings_next_checkpoints(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Lightning (2.6) saves the next epoch's checkpoints as if it had not started: resumed from one
+    # of them, the run repeats that epoch. The Callback cannot correct Lightning's loop; it says so.
+    logged_fit(tmp_path, same_batches(), saved_and_stopped_at(tmp_path / "first", 4))  # epoch 0's last batch
+    (last_batch,) = (tmp_path / "first").glob("*step=4.ckpt")
+    with caplog.at_level(logging.WARNING, logger="lightning_multiloss"):
+        logged_fit(tmp_path, same_batches(), [], last_batch)
+    warned = [r.getMessage() for r in caplog.records if "after the last batch of epoch 0" in r.getMessage()]
+    assert len(warned) == 1 and "repeats that epoch from its first batch" in warned[0]
+    # A checkpoint inside an epoch resumes without it.
+    logged_fit(tmp_path, same_batches(), saved_and_stopped_at(tmp_path / "mid", 2))
+    (middle,) = (tmp_path / "mid").glob("*step=2.ckpt")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lightning_multiloss"):
+        logged_fit(tmp_path, same_batches(), [], middle)
+    assert not [r for r in caplog.records if "after the last batch" in r.getMessage()]
