@@ -494,6 +494,7 @@ class LossWeightingHooks:
             "epochs": self.epochs,
             "weights": self.weights,
             "stride": self._stride,
+            "every_n_steps": self.every_n_steps,
             "planned_steps": self._total_steps,
             "open_epoch": self._open_epoch,
         }
@@ -501,6 +502,12 @@ class LossWeightingHooks:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.task_names = list(state_dict["task_names"])
         self._stride = int(state_dict.get("stride", self.every_n_steps))
+        recorded_every = state_dict.get("every_n_steps")
+        if recorded_every is not None and int(recorded_every) != self.every_n_steps:
+            # Resumed with another every_n_steps: record at the new one, thinned as far as the run had
+            # thinned its records (the stride doubles each time they pass max_points).
+            thinned = max(self._stride // int(recorded_every), 1)
+            self._stride = self.every_n_steps * thinned
         planned = state_dict.get("planned_steps")
         self._restored_plan = int(planned) if planned is not None else None
         open_epoch = state_dict.get("open_epoch")

@@ -431,3 +431,15 @@ def test_fast_dev_run_writes_no_weight_files(tmp_path: Path, monkeypatch: pytest
     trainer.fit(ToyNet(Fixed([1.0, 1.0])), toy_loader(n=32, batch_size=16))
     assert trainer.global_step == 1
     assert not list(tmp_path.rglob("loss_weights*"))
+
+
+def test_a_resume_with_another_every_n_steps_records_at_the_new_one(tmp_path: Path) -> None:
+    # The checkpoint's stride won: resumed with every_n_steps=4 after a run of every_n_steps=1, every
+    # step was still recorded.
+    first = quiet_trainer(max_steps=8, callbacks=[LossWeightingCallback(every_n_steps=1)], default_root_dir=tmp_path)
+    first.fit(ToyNet(Fixed([0.3, 0.7])), toy_loader(n=64, batch_size=16))
+    first.save_checkpoint(tmp_path / "every1.ckpt")
+    callback = LossWeightingCallback(every_n_steps=4)
+    second = quiet_trainer(max_steps=20, callbacks=[callback], default_root_dir=tmp_path)
+    second.fit(ToyNet(Fixed([0.3, 0.7])), toy_loader(n=64, batch_size=16), ckpt_path=tmp_path / "every1.ckpt")
+    assert callback.steps == [*range(1, 9), 12, 16, 20]
