@@ -128,6 +128,7 @@ class LossWeightingHooks:
         # checkpoint being resumed.
         self._open_epoch: int | None = None
         self._restored_open_epoch: int | None = None
+        self._plans: list[int] = []  # the planned lengths the weights followed (see `plans`)
         for hook in _IDLE_STEP_HOOKS:
             self._set_dispatched(hook, False)
 
@@ -203,6 +204,7 @@ class LossWeightingHooks:
         self._end = None
         self._open_epoch = None
         self._restored_open_epoch = None
+        self._plans = []
 
     def _recorder(self, trainer: Any) -> RunRecorder | None:
         """The run result to fill in: this callback's own (``result_file``), else the Hydra job's, else none."""
@@ -285,6 +287,8 @@ class LossWeightingHooks:
                 planned = restored
         self._total_steps = planned
         self._total_epochs = _planned_epochs(trainer, planned)
+        if follows_plan and planned is not None and self._plans[-1:] != [planned]:
+            self._plans.append(planned)
         open_epoch, self._restored_open_epoch = self._restored_open_epoch, None
         if open_epoch is not None and open_epoch < trainer.current_epoch:
             # A checkpoint written after the epoch's last batch and before its end (a step-interval
@@ -426,7 +430,7 @@ class LossWeightingHooks:
         if recorder is not None:
             recorder.evaluated("val", trainer.callback_metrics)  # the last validation's values
             last = self._weighting(pl_module).last_weights.detach().float().cpu().tolist()
-            recorder.finished(dict(zip(self.task_names, last, strict=True)), int(trainer.world_size))
+            recorder.finished(dict(zip(self.task_names, last, strict=True)), int(trainer.world_size), self.plans)
             recorder.write()
         # The other processes wait for rank 0's files (the trajectory's plot, the result): a process
         # that leaves first may end while another still runs, and gloo's teardown then aborted it
@@ -471,6 +475,13 @@ class LossWeightingHooks:
         return None if self._end is None else self._end[2].float().cpu().tolist()
 
     @property
+    def plans(self) -> list[int]:
+        """The planned lengths (optimizer steps) that the weights followed, in order, where they
+        depend on it (``unit="fraction"`` schedules; empty otherwise): one for a run that kept its
+        plan, resumed or not, more for one re-planned on resume (``result.json``'s ``planned_steps``)."""
+        return list(self._plans)
+
+    @property
     def steps(self) -> list[int]:
         """The optimizer steps recorded."""
         return [r[0] for r in self._records]
@@ -496,6 +507,7 @@ class LossWeightingHooks:
             "stride": self._stride,
             "every_n_steps": self.every_n_steps,
             "planned_steps": self._total_steps,
+            "plans": list(self._plans),
             "open_epoch": self._open_epoch,
         }
 
@@ -510,6 +522,7 @@ class LossWeightingHooks:
             self._stride = self.every_n_steps * thinned
         planned = state_dict.get("planned_steps")
         self._restored_plan = int(planned) if planned is not None else None
+        self._plans = [int(p) for p in state_dict.get("plans", [])]
         open_epoch = state_dict.get("open_epoch")
         self._restored_open_epoch = int(open_epoch) if open_epoch is not None else None
         self._records = [

@@ -141,12 +141,19 @@ class RunRecorder:
             if not self._tested:
                 self.result.metrics, self.result.evaluated_on = metrics, "val"
 
-    def finished(self, weights: Mapping[str, float] | None = None, world_size: int | None = None) -> None:
+    def finished(
+        self,
+        weights: Mapping[str, float] | None = None,
+        world_size: int | None = None,
+        planned_steps: Sequence[int] | None = None,
+    ) -> None:
         """A fit or a test finished: ``"completed"`` if each task's primary metric was logged."""
         if weights is not None:
             self.result.weights = dict(weights)
         if world_size is not None:
             self.result.world_size = world_size
+        if planned_steps is not None:
+            self.result.planned_steps = list(planned_steps)
         if self._stopped:
             return
         metrics, primary = self.result.metrics, self.result.primary

@@ -28,6 +28,10 @@ status when it ends. It is one JSON object with the fields of :class:`RunResult`
       "val_metrics": {task: {metric: float}},          # final validation metrics
       "evaluated_on": "test" | "val" | null,           # where "metrics" come from
       "world_size": int | null,  # the number of training processes
+      "planned_steps": [int],  # the planned lengths (optimizer steps) that the weights followed,
+                          # in order, where they depend on it (unit="fraction" schedules): one
+                          # for a run that kept its plan (also when resumed), more for one
+                          # re-planned on resume; [] where the weights do not depend on it
       "output_dir": str,
       "host": str, "pid": int,     # where rank 0 ran: the report tells a killed run from a
                                    # running one on the same machine
@@ -100,6 +104,7 @@ class RunResult:
     val_metrics: TaskMetrics = field(default_factory=dict)
     evaluated_on: Literal["test", "val"] | None = None
     world_size: int | None = None
+    planned_steps: list[int] = field(default_factory=list)
     output_dir: str | None = None
     host: str | None = None
     pid: int | None = None

@@ -34,7 +34,9 @@ from tests._models import ToyNet, quiet_trainer, toy_loader
 STEPS_PER_EPOCH = 4  # 64 samples in batches of 16
 
 
-def recorded_alpha_after_resume(tmp_path: Path, replan: bool, caplog: pytest.LogCaptureFixture) -> list[float]:
+def recorded_alpha_after_resume(
+    tmp_path: Path, replan: bool, caplog: pytest.LogCaptureFixture, plans: list[int] | None = None
+) -> list[float]:
     """alpha = Linear(1 -> 0) over the fraction of training: 2 epochs, then resumed to 4 epochs."""
     model = ToyNet(Scheduled(Linear(1.0, 0.0, duration=1.0), unit="fraction"))
     first = quiet_trainer(max_epochs=2, callbacks=[LossWeightingCallback()], default_root_dir=tmp_path)
@@ -49,11 +51,15 @@ def recorded_alpha_after_resume(tmp_path: Path, replan: bool, caplog: pytest.Log
             toy_loader(n=64, batch_size=16),
             ckpt_path=checkpoint,
         )
+    if plans is not None:
+        plans += callback.plans
     return [row[0] for row in callback.weights]
 
 
 def test_a_resumed_run_keeps_the_planned_length(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    alphas = recorded_alpha_after_resume(tmp_path, replan=False, caplog=caplog)
+    plans: list[int] = []
+    alphas = recorded_alpha_after_resume(tmp_path, replan=False, caplog=caplog, plans=plans)
+    assert plans == [8]  # result.json's planned_steps: the one plan the schedule followed
     planned = 2 * STEPS_PER_EPOCH
     # Steps 1..8 were planned over 8 steps: alpha = 1 - (s - 1)/8; the resumed steps continue the
     # same plan, past its end, where the schedule holds 0: no jump back up.
@@ -78,6 +84,12 @@ def test_the_same_trainer_fitting_on_keeps_the_planned_length(tmp_path: Path, ca
     expected = [max(0.0, 1.0 - (s - 1) / planned) for s in range(1, 4 * STEPS_PER_EPOCH + 1)]
     assert [row[0] for row in callback.weights] == pytest.approx(expected, abs=1e-6)
     assert callback.steps == list(range(1, 4 * STEPS_PER_EPOCH + 1))  # one history over both fits
+    assert callback.plans == [8]
+    fixed = LossWeightingCallback()
+    quiet_trainer(max_epochs=1, callbacks=[fixed], default_root_dir=tmp_path).fit(
+        ToyNet(Fixed([0.5, 0.5])), toy_loader(n=64, batch_size=16)
+    )
+    assert fixed.plans == []  # weights that do not follow the planned length
     assert any("started with 8 optimizer steps planned" in r.getMessage() for r in caplog.records)
 
 
@@ -95,7 +107,9 @@ def test_one_callback_passed_to_two_trainers_records_each_run_alone(tmp_path: Pa
 
 
 def test_replan_on_resume_plans_anew(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    alphas = recorded_alpha_after_resume(tmp_path, replan=True, caplog=caplog)
+    plans: list[int] = []
+    alphas = recorded_alpha_after_resume(tmp_path, replan=True, caplog=caplog, plans=plans)
+    assert plans == [8, 16]
     first = [1.0 - (s - 1) / 8 for s in range(1, 9)]
     resumed = [1.0 - (s - 1) / 16 for s in range(9, 17)]  # the new plan: a jump at step 9
     assert alphas == pytest.approx(first + resumed, abs=1e-6)

@@ -1086,3 +1086,19 @@ def test_disagreeing_directions_and_shared_overrides_spelled_differently(tmp_pat
     assert sorted(row.label for row in exp.rows) == ["dwa", "fixed"]  # trainer.logger is shared by every row
     text = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
     assert "says 'acc' of task 'cls' is better when lower; the report uses the first run's direction (max)" in text
+
+
+def test_a_run_that_kept_a_shorter_plan_is_not_the_fresh_runs_configuration(tmp_path: Path) -> None:
+    # A unit="fraction" schedule resumed to 4 epochs kept its 2-epoch plan (by default): it trained
+    # otherwise than a fresh 4-epoch run of the same overrides, and was averaged with it as one row.
+    overrides = ["weighting=scheduled", "trainer.max_epochs=4", "seed=0"]
+    for job, plans, acc in (("fresh", [80], 0.9), ("resumed", [40], 0.7), ("again", [80], 0.8)):
+        metrics = {"cls": {"acc": acc}, "reg": {"mse": 0.2}}
+        result = {**completed("scheduled", 0, overrides, metrics), "planned_steps": plans}
+        write_job(tmp_path / "runs" / job, overrides, result)
+    report = make_report([str(tmp_path / "runs")], out=str(tmp_path / "out"))
+    (exp,) = report.experiments
+    assert sorted((len(row.runs), row.metrics["cls"].mean) for row in exp.rows) == [
+        (1, 0.7),
+        (2, pytest.approx(0.85)),
+    ]

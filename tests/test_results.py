@@ -30,6 +30,7 @@ COMPLETED: dict[str, Any] = {
     "val_metrics": {"digit": {"acc": 0.5, "loss": 1.0}, "centre": {"mae": 0.5, "loss": 0.25}},
     "evaluated_on": "test",
     "world_size": 1,
+    "planned_steps": [],
     "output_dir": "outputs/digits/run",
     "host": "node1",
     "pid": 123,

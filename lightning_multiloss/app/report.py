@@ -88,6 +88,8 @@ class Run:
     weights: dict[str, float] = field(default_factory=dict)
     evaluated_on: str | None = None
     """The split of ``metrics`` (``"test"`` or ``"val"``), when the run says."""
+    planned_steps: list[int] = field(default_factory=list)
+    """The planned lengths its weights followed, where they depend on it (``result.json``'s)."""
 
     def value(self, task: str, metric: str) -> float | None:
         """The run's value of ``metric`` on ``task`` (``None`` if it has none)."""
@@ -290,6 +292,7 @@ def run_of(result: RunResult, folder: str) -> Run:
     run.directions = {task: {metric: result.directions[task][metric]} for task, metric in result.primary.items()}
     run.evaluated_on = result.evaluated_on
     run.weights = result.weights
+    run.planned_steps = result.planned_steps
     return run
 
 
@@ -582,7 +585,8 @@ def _identity(run: Run, settings: Mapping[str, Mapping[str, str]], single_task: 
         return f"composed {sorted(settled.items())!r}"
     if single_task:
         return f"overrides {config_key([o for o in run.overrides if not _is_weighting_setting(_override_key(o))])}"
-    return f"overrides {run.config_key}"
+    plans = f" planned_steps={run.planned_steps}" if run.planned_steps else ""
+    return f"overrides {run.config_key}{plans}"
 
 
 def _is_weighting_setting(key: str) -> bool:
@@ -633,6 +637,11 @@ def _summarise_experiment(name: str, swept: list[Run], baseline_runs: list[Run])
     # one left out), by overrides for a run without one; and by strategy: runs without Hydra have
     # no overrides, and two of them with different weightings are two configurations.
     settings = {r.folder: _settings(c) for r in [*swept, *baseline_runs] if (c := configs[r.folder]) is not None}
+    for run in swept:
+        if run.planned_steps and run.folder in settings:
+            # A schedule over the fraction of training followed this plan: a run resumed to a longer
+            # one that kept its first plan trained otherwise than a fresh run of that length.
+            settings[run.folder] = {**settings[run.folder], "planned_steps": str(run.planned_steps)}
     groups: dict[tuple[str, str], list[Run]] = {}
     for run in swept:
         groups.setdefault((_identity(run, settings), run.weighting), []).append(run)

@@ -43,6 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor
 
+from lightning_multiloss._callback_hooks import LossWeightingHooks
 from lightning_multiloss.app.config import call, config_dir, validate_config
 from lightning_multiloss.app.namespace import DEFAULT_LIGHTNING, import_lightning, use_lightning
 from lightning_multiloss.errors import MultiLossError
@@ -587,6 +588,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
             result.evaluated_on = "val"
         last = model.weighting.last_weights
         result.weights = {t: float(w) for t, w in zip(tasks, last.tolist(), strict=True)}
+        result.planned_steps = next((cb.plans for cb in trainer.callbacks if isinstance(cb, LossWeightingHooks)), [])
         result.status = "completed"
     except BaseException as error:
         # Not trainer.interrupted: Lightning sets that for any exception raised inside fit.
