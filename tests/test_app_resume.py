@@ -7,6 +7,7 @@ train sampler), so a resumed run reads the batches the uninterrupted run read. R
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -260,3 +261,15 @@ def test_a_checkpoint_without_the_last_weights_of_earlier_versions_resumes(tmp_p
     torch.save(saved, older)
     result = run_app(tmp_path / "second", "weighting=gls", f"ckpt_path={older}", "trainer.max_epochs=2")
     assert result["status"] == "completed" and checkpoint(tmp_path / "second")["global_step"] == 6
+
+
+def test_a_run_resumed_into_its_own_folder_keeps_the_earlier_csv_rows(tmp_path: Path) -> None:
+    # Lightning's CSVLogger deleted the metrics.csv it found in the folder: the first epochs' rows were lost.
+    run_app(tmp_path, "trainer.max_epochs=1")
+    before = (tmp_path / "csv" / "metrics.csv").read_text()
+    steps = checkpoint(tmp_path)["global_step"]
+    run_app(tmp_path, "trainer.max_epochs=2", f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}")
+    assert (tmp_path / "csv" / f"metrics-until-step-{steps}.csv").read_text() == before
+    with open(tmp_path / "csv" / "metrics.csv") as f:
+        epochs = {row["epoch"] for row in csv.DictReader(f) if row.get("epoch")}
+    assert "1" in epochs and "0" not in epochs  # the resumed epoch's rows (and the final evaluation's)

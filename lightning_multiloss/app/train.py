@@ -297,6 +297,25 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def keep_earlier_csv_metrics(trainer: Any, step: int) -> None:
+    """Before a run resumes into its own folder (``hydra.run.dir`` of the run it resumes): Lightning's
+    ``CSVLogger`` deletes the ``metrics.csv`` it finds there when it starts, with the earlier rows;
+    they are moved beside it, to ``metrics-until-step-<step>.csv``."""
+    for logger in trainer.loggers:
+        if type(logger).__name__ != "CSVLogger":
+            continue
+        path = os.path.join(logger.log_dir, "metrics.csv")
+        if os.path.isfile(path):
+            kept = os.path.join(logger.log_dir, f"metrics-until-step-{step}.csv")
+            os.replace(path, kept)
+            log.warning(
+                "resumed into a folder that holds %s: Lightning's CSVLogger starts it anew; the rows logged "
+                "before the checkpoint are in %s",
+                path,
+                kept,
+            )
+
+
 def check_resumable(checkpoint: CheckpointInfo, max_epochs: int | None, max_steps: int) -> None:
     """An error when the Trainer's limits leave nothing to train after ``checkpoint``."""
     if max_epochs is not None and max_epochs >= 0 and checkpoint.epochs >= max_epochs:
@@ -574,6 +593,8 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
     os.environ[RUN_DIR_ENV] = str(output_dir)
     os.environ[OVERRIDES_ENV] = json.dumps(list(overrides))
     try:
+        if checkpoint is not None and rank_zero:
+            keep_earlier_csv_metrics(trainer, checkpoint.steps)
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         if trainer.interrupted:
             raise KeyboardInterrupt("training was interrupted")
