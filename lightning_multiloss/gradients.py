@@ -95,6 +95,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, get_args
 
@@ -402,12 +403,29 @@ def gramian_of(rows: Tensor) -> Tensor:
 
     The training step runs under autocast, which would take the product in bfloat16 or float16:
     a Gramian of about three significant digits (or one that overflows), and weights returned in
-    that dtype.
+    that dtype. For the same reason the product is a full float32 one where
+    ``torch.set_float32_matmul_precision("high")`` (TF32, as Lightning suggests on recent GPUs) or
+    ``"medium"`` is set: with their 10 or 7 bits the Gramian of two parallel gradients has "zero"
+    eigenvalues of 1e-3 of the largest, and IMTL-G and Aligned-MTL would count them as rank.
     """
     flat = rows.reshape(rows.shape[0], -1)
     flat = flat.to(torch.promote_types(flat.dtype, torch.float32))
-    with torch.autocast(flat.device.type, enabled=False):
+    with torch.autocast(flat.device.type, enabled=False), _full_float32_matmul():
         return flat @ flat.T
+
+
+@contextmanager
+def _full_float32_matmul() -> Iterator[None]:
+    """``torch.set_float32_matmul_precision("highest")`` inside, the setting before it restored."""
+    previous = torch.get_float32_matmul_precision()
+    if previous == "highest":
+        yield
+        return
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 @dataclass(frozen=True)

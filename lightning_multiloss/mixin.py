@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import weakref
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
@@ -57,10 +57,9 @@ from lightning_multiloss.weighting._state import EvaluationMean
 Stage = Literal["train", "val", "test"]
 log = logging.getLogger(__name__)
 _MAX_PENDING = 1024
-_WEIGHTING_OWNERS: weakref.WeakKeyDictionary[Weighting, weakref.ref[nn.Module]] = weakref.WeakKeyDictionary()
-"""The module each weighting was configured in (weak references: neither is kept alive, nor
-pickled or copied with the module)."""
 """The most training steps whose losses wait for the non-finite check (it runs at least this often)."""
+_OWNER = "_mt_owner"
+"""The module's token, which ties the weighting configured in it to it (:meth:`Weighting.claim`)."""
 _KEPT_USES = 8
 """How many graphs' worth of the tasks' own parameters are kept (:meth:`MultiTaskMixin._mt_kept_own_parameters`)."""
 _TASKS_IN_CHECKPOINT = "multiloss_task_names"  # the checkpoint's entry that lists the tasks in order
@@ -237,18 +236,11 @@ class MultiTaskMixin(_Base):
             weighting = create_weighting(weighting)
         if not isinstance(weighting, Weighting):
             raise MultiLossError(f"weighting must be a Weighting or a registered name, got {type(weighting).__name__}")
-        owner = _WEIGHTING_OWNERS.get(weighting)
-        other = owner() if owner is not None else None
-        if other is not None and other is not self:
-            # One object in two models (a sweep loop reusing `w = Uncertainty()`) would share its
-            # state: the second model would start from the first one's learned weights.
-            raise MultiLossError(
-                f"weighting {weighting.name!r} is already the weighting of another module "
-                f"({type(other).__name__}); a weighting holds state (learned parameters, running means): "
-                "create one weighting per model"
-            )
+        # One weighting per model (Weighting.claim); the module's token goes with its copies and pickles.
+        token = self.__dict__.get(_OWNER) or uuid.uuid4().hex
+        weighting.claim(token)
         weighting.bind(names)
-        _WEIGHTING_OWNERS[weighting] = weakref.ref(self)
+        self.__dict__[_OWNER] = token  # a plain attribute (nn.Module's __setattr__ is not needed), not state
         if metric_keys not in METRIC_KEYS:
             raise MultiLossError(f"metric_keys must be one of {list(METRIC_KEYS)}, got {metric_keys!r}")
         if single_task_keys and len(tasks) != 1:

@@ -94,7 +94,7 @@ class Task:
                     f"task {self.name!r}: the batch has no mask key {self.mask!r}; it has {sorted(batch)}"
                 )
             mask = torch.as_tensor(batch[self.mask], device=target.device)
-            if mask.ndim == 0 or mask.shape[0] != target.shape[0]:
+            if (mask.shape[0] if mask.ndim else 1) != target.shape[0]:
                 raise MultiLossError(
                     f"task {self.name!r}: the mask {self.mask!r} must hold one entry per sample (batch first), "
                     f"got shape {tuple(mask.shape)} for {target.shape[0]} samples of target {self.target_key!r}"

@@ -19,6 +19,7 @@ from scipy.optimize import minimize
 from torch import Tensor
 
 from lightning_multiloss.errors import MultiLossError, NonFiniteLossError
+from lightning_multiloss.gradients import gramian_of
 from lightning_multiloss.weighting import (
     DBMTL,
     IMTLG,
@@ -780,6 +781,29 @@ def test_psd_up_to_rounding_decides_the_rank_on_the_cosines() -> None:
     np.testing.assert_allclose(cleaned[:2, :2], [[1.0, 3.0], [3.0, 9.0]], rtol=1e-6)
     # The same matrix computed in float64 is taken at its word: 1e-6 is far above float64's rounding.
     assert psd_up_to_rounding(parallel, float(torch.finfo(F64).eps)) is parallel
+
+
+def test_a_half_precision_gramian_is_taken_as_it_is() -> None:
+    # bfloat16's ε times K·λ_max reached the eigenvalues of 40 well-conditioned gradients (cosines
+    # of 0.3), and cut the Gramian to rank 1.
+    cosines = np.full((40, 40), 0.3) + 0.7 * np.eye(40)
+    assert psd_up_to_rounding(cosines, float(torch.finfo(torch.bfloat16).eps)) is cosines
+    assert psd_up_to_rounding(cosines, float(torch.finfo(torch.float32).eps)) is cosines
+
+
+def test_the_gramian_is_a_full_float32_product_under_a_lower_matmul_precision() -> None:
+    # set_float32_matmul_precision("high") (TF32 on GPUs) or "medium" (bfloat16 passes) rounds the
+    # product to 10 or 7 bits: parallel gradients got "zero" eigenvalues of 1e-3·λ_max again.
+    rows = torch.randn(3, 5000, generator=torch.Generator().manual_seed(3))
+    exact = rows @ rows.T  # "highest", the default
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        got = gramian_of(rows)
+        assert torch.get_float32_matmul_precision() == "medium"  # the setting is left as it was
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert torch.equal(got, exact)
 
 
 def test_box_qp_on_a_singular_gramian_without_a_ridge() -> None:

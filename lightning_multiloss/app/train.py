@@ -41,7 +41,6 @@ from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from torch import Tensor
 
 from lightning_multiloss._callback_hooks import LossWeightingHooks
 from lightning_multiloss.app.config import call, config_dir, validate_config
@@ -163,8 +162,8 @@ class CheckpointInfo:
     """The model it holds."""
     datamodule_states: Mapping[str, Any]
     """The states data modules keep in it (their ``state_dict``), by the class's qualified name."""
-    optimizer_groups: tuple[Mapping[str, Any], ...] = ()
-    """The options of its first optimizer's parameter groups (``lr``, ``betas``, ...; no ``params``)."""
+    optimizer: Mapping[str, Any] | None = None
+    """The optimizer's config it was trained with (``model.optimizer``, from its hyper-parameters)."""
 
 
 def check_checkpoint(path: str | None) -> CheckpointInfo | None:
@@ -202,11 +201,14 @@ def check_checkpoint(path: str | None) -> CheckpointInfo | None:
     datamodule_states = {
         key: value for key, value in checkpoint.items() if isinstance(value, Mapping) and key not in _LIGHTNING_ENTRIES
     }
-    states = checkpoint.get("optimizer_states") or [{}]
-    groups = states[0].get("param_groups", []) if isinstance(states[0], Mapping) else []
-    optimizer_groups = tuple({k: v for k, v in group.items() if k != "params"} for group in groups)
+    optimizer = hparams.get("optimizer") if isinstance(hparams, Mapping) else None
     return CheckpointInfo(
-        path, int(epochs), int(checkpoint.get("global_step", 0)), model, datamodule_states, optimizer_groups
+        path,
+        int(epochs),
+        int(checkpoint.get("global_step", 0)),
+        model,
+        datamodule_states,
+        optimizer if isinstance(optimizer, Mapping) else None,
     )
 
 
@@ -259,42 +261,41 @@ def check_same_model(checkpoint: CheckpointInfo, model: ModelSummary) -> None:
     )
 
 
-def check_same_optimizer(checkpoint: CheckpointInfo, optimizer: Any, options: Mapping[str, Any]) -> None:
-    """An error where ``optimizer`` (the config's, with the config's ``options``) is not the checkpoint's.
+def check_same_optimizer(checkpoint: CheckpointInfo, optimizer: Mapping[str, Any]) -> None:
+    """An error where the config's ``model.optimizer`` is not the one the checkpoint was trained with.
 
     A resumed fit loads the optimizer's state, the options of its parameter groups included: an
     optimizer of another class fails at its first step (SGD finds no ``momentum`` in Adam's
     groups), and another value of an option (``model.optimizer.lr``) would be replaced by the
-    checkpoint's without a word.
+    checkpoint's without a word. Compared on the configs (the model's hyper-parameters), not on the
+    optimizer's state, where a scheduler or a callback may have changed a value legitimately.
     """
-    if not checkpoint.optimizer_groups or not isinstance(optimizer, torch.optim.Optimizer):
+    held = checkpoint.optimizer
+    if held is None:
         return
-    held, fresh = checkpoint.optimizer_groups[0], optimizer.param_groups[0]
-    managed = {"params", "initial_lr"}  # initial_lr: set by learning-rate schedulers
-    if set(held) - managed != set(fresh) - managed:
-        target = options.get("_target_", type(optimizer).__name__)
+    if held.get("_target_") != optimizer.get("_target_"):
         raise MultiLossError(
-            f"ckpt_path {checkpoint.path!r} was trained with another optimizer than the config's {target} "
-            f"(its options: {', '.join(sorted(set(held) - managed))}): a resumed run continues the checkpoint's "
-            "optimizer; resume with that optimizer"
+            f"ckpt_path {checkpoint.path!r} was trained with model.optimizer._target_={held.get('_target_')}, the "
+            f"config asks for {optimizer.get('_target_')}: a resumed run continues the checkpoint's optimizer; "
+            f"resume with model.optimizer._target_={held.get('_target_')}"
         )
-    for key in options:
-        if key.startswith("_") or key not in fresh or _plain(fresh[key]) == _plain(held.get(key)):
+    for key in sorted({*held, *optimizer} - {"_target_"}):
+        before, now = held.get(key, _NOT_SET), optimizer.get(key, _NOT_SET)
+        if _option(before) == _option(now):
             continue
         raise MultiLossError(
-            f"ckpt_path {checkpoint.path!r} was trained with model.optimizer.{key}={_plain(held.get(key))}, the config "
-            f"asks for {_plain(fresh[key])}: a resumed run continues with the optimizer's state from the checkpoint, "
-            f"where this value would not take effect; resume with model.optimizer.{key}={_plain(held.get(key))}"
+            f"ckpt_path {checkpoint.path!r} was trained with model.optimizer.{key}={before}, the config asks for "
+            f"{now}: a resumed run continues with the optimizer's state from the checkpoint, where this value "
+            f"would not take effect; resume with model.optimizer.{key}={before}"
         )
 
 
-def _plain(value: Any) -> Any:
-    """An optimizer option as a comparable plain value (tuples as lists, tensors as numbers)."""
-    if isinstance(value, Tensor):
-        return value.tolist()
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    return value
+_NOT_SET = "(not set)"
+
+
+def _option(value: Any) -> Any:
+    """An optimizer option as a comparable plain value (a tuple as a list)."""
+    return [_option(v) for v in value] if isinstance(value, tuple | list) else value
 
 
 def keep_earlier_csv_metrics(trainer: Any, step: int) -> None:
@@ -561,9 +562,9 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
                 max_steps = limits.get("max_steps")
                 check_resumable(checkpoint, limits.get("max_epochs"), -1 if max_steps is None else int(max_steps))
                 check_same_model(checkpoint, ModelSummary.of(model.hparams, model.state_dict()))
-                options = getattr(model, "optimizer_cfg", None)
-                if isinstance(options, Mapping):
-                    check_same_optimizer(checkpoint, model.configure_optimizers(), options)
+                optimizer = model.hparams.get("optimizer")
+                if isinstance(optimizer, Mapping):
+                    check_same_optimizer(checkpoint, optimizer)
                 saved = checkpoint.datamodule_states.get(type(datamodule).__qualname__)
                 if saved is not None and hasattr(datamodule, "check_split_of"):
                     datamodule.check_split_of(saved, f"ckpt_path {checkpoint.path!r}")

@@ -127,6 +127,27 @@ class Weighting(nn.Module, ABC):
             self.epoch_losses = TaskEpochMean(k)
         self.build(k)
 
+    def claim(self, owner: str) -> None:
+        """Tie the strategy to the one model that uses it (``owner``: that model's token; the mixin's
+        ``configure_multitask`` calls it). A strategy holds state (learned parameters, running means):
+        one object in two models (a sweep's loop reusing ``w = Uncertainty()``) would start the
+        second from the first one's, so a strategy claimed by another owner is refused. Copies and
+        pickles of a strategy are unclaimed."""
+        held = self.__dict__.get("_owner")
+        if held is not None and held != owner:
+            raise MultiLossError(
+                f"weighting {self.name!r} was configured in another module already; a weighting holds "
+                "state (learned parameters, running means): create one weighting per model"
+            )
+        self.__dict__["_owner"] = owner
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Copies and pickles are unclaimed: a copied model claims its copy again, and a strategy
+        # pickled among a checkpoint's hyper-parameters is the new model's once loaded.
+        state: dict[str, Any] = super().__getstate__()
+        state.pop("_owner", None)
+        return state
+
     def build(self, num_tasks: int) -> None:
         """Create parameters and buffers sized by ``num_tasks`` (called once, by :meth:`bind`)."""
 

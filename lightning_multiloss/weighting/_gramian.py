@@ -37,6 +37,7 @@ __all__ = ["DDPMode", "GramianWeighting", "Route", "psd_up_to_rounding"]
 
 
 _FLOAT64_EPS = float(np.finfo(np.float64).eps)
+_FLOAT32_EPS = float(np.finfo(np.float32).eps)
 _OPENMP_BACKEND = "parallel backend: OpenMP" in torch.__config__.parallel_info()
 
 
@@ -52,8 +53,9 @@ def psd_up_to_rounding(gramian: np.ndarray, rounding: float) -> np.ndarray:
     (``ε = rounding``, that of the dtype ``G`` was computed in: TorchJD's rank tolerance) are set
     to zero, and so are negative ones, then ``G = D^{1/2} C D^{1/2}``. So gradients of very
     different sizes keep their directions (a gradient 10⁸ times smaller than another still counts),
-    a matrix whose cosines clear the tolerance (or are zero to float64's rounding) is returned as
-    it is (the same array), and a task
+    a matrix whose cosines clear the tolerance (or are zero to float64's rounding), or one of a
+    half precision (whose tolerance would reach real eigenvalues), is returned as it is (the same
+    array), and a task
     with a zero gradient keeps its exact zero row and column.
 
     >>> g = np.array([[1.0, 3.0], [3.0, 9.0 + 1e-6]])  # g₂ = 3·g₁, with a float32 rounding of 9
@@ -62,7 +64,9 @@ def psd_up_to_rounding(gramian: np.ndarray, rounding: float) -> np.ndarray:
     """
     scale = np.sqrt(np.diagonal(gramian).clip(min=0.0))
     used = scale > 0.0
-    if not used.any():
+    if not used.any() or rounding > _FLOAT32_EPS:
+        # A half-precision Gramian (not one of the routes', which are float32 or wider): its
+        # rounding, K·ε·λ_max, would reach the eigenvalues of well-conditioned gradients.
         return gramian
     norms = scale[used]
     cosines = gramian[np.ix_(used, used)] / np.outer(norms, norms)

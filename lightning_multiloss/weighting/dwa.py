@@ -80,9 +80,10 @@ class DWA(Weighting):
         if int(self.epochs_seen) < 2:
             return
         informed = (self.previous_means > 0) & (self.last_means > 0)
-        # In float64: a ratio of two float32 means (subnormal ones included) is exact there and
-        # cannot overflow, where float32 made 1e20 / 1e-20 infinite and the softmax NaN.
-        previous, last = self.previous_means.double(), self.last_means.double()
+        # In float64, on the host (once an epoch; MPS has no float64): a ratio of two float32 means
+        # (subnormal ones included) is exact there and cannot overflow, where float32 made
+        # 1e20 / 1e-20 infinite and the softmax NaN.
+        previous, last, informed = self.previous_means.cpu().double(), self.last_means.cpu().double(), informed.cpu()
         ratio = torch.where(informed, last / torch.where(informed, previous, 1.0), 1.0)
         self.weights.copy_(self.num_tasks * torch.softmax(ratio / self.temperature, dim=0))
 
