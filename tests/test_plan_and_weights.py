@@ -34,32 +34,33 @@ from tests._models import ToyNet, quiet_trainer, toy_loader
 STEPS_PER_EPOCH = 4  # 64 samples in batches of 16
 
 
-def recorded_alpha_after_resume(
-    tmp_path: Path, replan: bool, caplog: pytest.LogCaptureFixture, plans: list[int] | None = None
-) -> list[float]:
-    """alpha = Linear(1 -> 0) over the fraction of training: 2 epochs, then resumed to 4 epochs."""
+def resumed_schedule(
+    tmp_path: Path, replan: bool, caplog: pytest.LogCaptureFixture, accumulate: int = 1, batch_size: int = 16
+) -> tuple[LossWeightingCallback, int]:
+    """alpha = Linear(1 -> 0) over the fraction of training: 2 epochs of 4 steps, then resumed to 4
+    epochs (with ``accumulate`` and ``batch_size``): the resumed fit's callback and its last step."""
     model = ToyNet(Scheduled(Linear(1.0, 0.0, duration=1.0), unit="fraction"))
     first = quiet_trainer(max_epochs=2, callbacks=[LossWeightingCallback()], default_root_dir=tmp_path)
     first.fit(model, toy_loader(n=64, batch_size=16))
     checkpoint = tmp_path / "half.ckpt"
     first.save_checkpoint(checkpoint)
     callback = LossWeightingCallback(replan_on_resume=replan)
-    second = quiet_trainer(max_epochs=4, callbacks=[callback], default_root_dir=tmp_path)
+    second = quiet_trainer(
+        max_epochs=4, accumulate_grad_batches=accumulate, callbacks=[callback], default_root_dir=tmp_path
+    )
     with caplog.at_level(logging.WARNING, logger="lightning_multiloss"):
         second.fit(
             ToyNet(Scheduled(Linear(1.0, 0.0, duration=1.0), unit="fraction")),
-            toy_loader(n=64, batch_size=16),
+            toy_loader(n=64, batch_size=batch_size),
             ckpt_path=checkpoint,
         )
-    if plans is not None:
-        plans += callback.plans
-    return [row[0] for row in callback.weights]
+    return callback, second.global_step
 
 
 def test_a_resumed_run_keeps_the_planned_length(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    plans: list[int] = []
-    alphas = recorded_alpha_after_resume(tmp_path, replan=False, caplog=caplog, plans=plans)
-    assert plans == [8]  # result.json's planned_steps: the one plan the schedule followed
+    callback, _ = resumed_schedule(tmp_path, replan=False, caplog=caplog)
+    alphas = [row[0] for row in callback.weights]
+    assert callback.plans == [8]  # result.json's planned_steps: the one plan the schedule followed
     planned = 2 * STEPS_PER_EPOCH
     # Steps 1..8 were planned over 8 steps: alpha = 1 - (s - 1)/8; the resumed steps continue the
     # same plan, past its end, where the schedule holds 0: no jump back up.
@@ -107,9 +108,9 @@ def test_one_callback_passed_to_two_trainers_records_each_run_alone(tmp_path: Pa
 
 
 def test_replan_on_resume_plans_anew(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    plans: list[int] = []
-    alphas = recorded_alpha_after_resume(tmp_path, replan=True, caplog=caplog, plans=plans)
-    assert plans == [8, 16]
+    callback, _ = resumed_schedule(tmp_path, replan=True, caplog=caplog)
+    alphas = [row[0] for row in callback.weights]
+    assert callback.plans == [8, 16]
     first = [1.0 - (s - 1) / 8 for s in range(1, 9)]
     resumed = [1.0 - (s - 1) / 16 for s in range(9, 17)]  # the new plan: a jump at step 9
     assert alphas == pytest.approx(first + resumed, abs=1e-6)
@@ -123,22 +124,8 @@ def test_replan_on_resume_counts_the_steps_taken_and_those_left_at_the_new_rate(
     # 2 epochs of 4 steps, resumed to 4 epochs with another accumulation or batch size: 8 steps taken
     # and 2 epochs at the new rate (2, 8 or 1 steps each). Lightning's estimate counts all 4 epochs at
     # the new rate (8, 32 or 4): the schedule ended early, or never.
-    model = ToyNet(Scheduled(Linear(1.0, 0.0, duration=1.0), unit="fraction"))
-    first = quiet_trainer(max_epochs=2, callbacks=[LossWeightingCallback()], default_root_dir=tmp_path)
-    first.fit(model, toy_loader(n=64, batch_size=16))
-    checkpoint = tmp_path / "half.ckpt"
-    first.save_checkpoint(checkpoint)
-    callback = LossWeightingCallback(replan_on_resume=True)
-    second = quiet_trainer(
-        max_epochs=4, accumulate_grad_batches=accumulate, callbacks=[callback], default_root_dir=tmp_path
-    )
-    with caplog.at_level(logging.WARNING, logger="lightning_multiloss"):
-        second.fit(
-            ToyNet(Scheduled(Linear(1.0, 0.0, duration=1.0), unit="fraction")),
-            toy_loader(n=64, batch_size=batch_size),
-            ckpt_path=checkpoint,
-        )
-    assert second.global_step == total
+    callback, last_step = resumed_schedule(tmp_path, True, caplog, accumulate=accumulate, batch_size=batch_size)
+    assert last_step == total
     resumed = [row[0] for step, row in zip(callback.steps, callback.weights, strict=True) if step > 8]
     assert resumed == pytest.approx([1.0 - (s - 1) / total for s in range(9, total + 1)], abs=1e-6)
     assert any(f"follow the new plan of {total} steps" in r.getMessage() for r in caplog.records)
