@@ -238,8 +238,8 @@ class MultiTaskMixin(_Base):
             raise MultiLossError(f"weighting must be a Weighting or a registered name, got {type(weighting).__name__}")
         # One weighting per model (Weighting.claim); the module's token goes with its copies and pickles.
         token = self.__dict__.get(_OWNER) or uuid.uuid4().hex
+        weighting.bind(names)  # first: a weighting of other tasks is refused naming both
         weighting.claim(token)
-        weighting.bind(names)
         self.__dict__[_OWNER] = token  # a plain attribute (nn.Module's __setattr__ is not needed), not state
         if metric_keys not in METRIC_KEYS:
             raise MultiLossError(f"metric_keys must be one of {list(METRIC_KEYS)}, got {metric_keys!r}")
