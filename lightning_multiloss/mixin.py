@@ -8,6 +8,7 @@ import math
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 import torch
@@ -321,6 +322,7 @@ class MultiTaskMixin(_Base):
         # This batch's task losses and weights and its size, where not logged yet (a step between
         # logging steps): see on_train_batch_end.
         self._mt_unlogged: tuple[Tensor, Tensor, int] | None = None
+        self._mt_callback_watch = _CallbackWatch()
         # One copy of each metric per stage (their states must not mix); keyed "<stage>_metrics"
         # (a ModuleDict key must not be an attribute of it, such as ``train``).
         self._mt_metrics = nn.ModuleDict(
@@ -716,8 +718,28 @@ class MultiTaskMixin(_Base):
         """
         super().on_train_batch_end(outputs, batch, batch_idx)  # type: ignore[misc]
         unlogged, self._mt_unlogged = self._mt_unlogged, None
-        if unlogged is not None and getattr(trainer_of(self), "should_stop", False):
+        trainer = trainer_of(self)
+        if unlogged is not None and getattr(trainer, "should_stop", False):
             self._mt_log_task_values(*unlogged)
+        if trainer is not None:
+            self._mt_after_step_without_callback(trainer)
+
+    def _mt_after_step_without_callback(self, trainer: Any) -> None:
+        """The strategy's constraints and post-step updates (Learnable's clip of alpha to [0, 1])
+        after an optimizer step that no :class:`LossWeightingCallback` follows: Lightning's tuners
+        (``Tuner.lr_find``, ``Tuner.scale_batch_size``) run their trial steps with callbacks of
+        their own, and alpha left [0, 1] there (an infinite loss at lr_find's larger rates)."""
+        watch = self._mt_callback_watch
+        callbacks = getattr(trainer, "callbacks", [])
+        if watch.callbacks != (id(callbacks), len(callbacks)):  # the tuners set a new list
+            watch.callbacks = (id(callbacks), len(callbacks))
+            watch.present = any(isinstance(callback, LossWeightingHooks) for callback in callbacks)
+        step = trainer.global_step
+        if watch.present or step == watch.last_step:  # the Callback's job; or an accumulation batch
+            return
+        watch.last_step = step
+        if not self.optimizer_step_skipped(step):
+            self.weighting.after_optimizer_step()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record the task names, in order, beside the state; call ``super()`` if you override it."""
@@ -1248,6 +1270,16 @@ def _holds_inference_tensors(metric: Metric) -> bool:
         if isinstance(inner, Metric)
         for state in inner.metric_state.values()
     )
+
+
+@dataclass
+class _CallbackWatch:
+    """Whether the Trainer's callbacks include a :class:`LossWeightingCallback` (looked at again
+    when the list changes) and the last optimizer step seen without one."""
+
+    callbacks: tuple[int, int] = (0, -1)
+    present: bool = True
+    last_step: int = -1
 
 
 def _trainer_key(trainer: Any | None) -> int:

@@ -282,3 +282,15 @@ def test_the_callback_takes_whole_floats_numpy_integers_and_paths():
     assert isinstance(callback.every_n_steps, int)
     callback = LossWeightingCallback(every_n_steps=np.int64(5), max_points=np.int32(7), result_file=Path("r.json"))
     assert (callback.every_n_steps, callback.max_points, callback.result_file) == (5, 7, "r.json")
+
+
+def test_a_float64_module_keeps_the_schedules_float64_value() -> None:
+    # precision="64-true" converts the buffer to float64; the value copied into it was float32
+    # (0.6666666865348816 for 1 - 1/3), and the two weights summed to 1 + 3e-8.
+    weighting = Scheduled(Linear(1.0, 0.0, duration=3), unit="step")
+    weighting.bind(["a", "b"])
+    weighting.double()
+    weighting.set_progress(Progress(step=1, epoch=0, total_steps=3))
+    assert weighting.weights.dtype == torch.float64
+    alpha = 1.0 - 1.0 / 3.0  # Linear(1, 0, 3) at step 1; the second task gets 1 - alpha
+    assert weighting.weights.tolist() == [alpha, 1.0 - alpha]

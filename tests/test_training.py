@@ -731,6 +731,30 @@ def test_lightnings_tuners_run_strategies_that_need_the_callback(make: Any) -> N
     assert trainer.global_step == math.ceil(64 / size)
 
 
+class AlphaSeen(Tunable):
+    """The alpha each training step uses."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        self.alphas.append(float(self.weighting.alpha))
+        return super().training_step(batch, batch_idx)
+
+
+def test_lr_finds_trial_steps_keep_the_learnable_alpha_in_0_1() -> None:
+    # The clip ran in the Callback alone, which the tuner's trials run without: at lr_find's larger
+    # rates alpha left [0, 1] (to 8.9 in 8 steps), and a negative weight made the loss infinite.
+    from pytorch_lightning.tuner import Tuner
+
+    model = AlphaSeen(Learnable(init=0.5))
+    model.alphas, model.batch_size = [], 2  # 32 batches: lr_find's 30 trial steps in one epoch
+    found = Tuner(quiet_trainer(max_epochs=1)).lr_find(
+        model, min_lr=1e-3, max_lr=50.0, num_training=30, early_stop_threshold=None, update_attr=False
+    )
+    assert found is not None and len(model.alphas) >= 29
+    assert any(a in (0.0, 1.0) for a in model.alphas)  # it reached a bound: the clip had work to do
+    assert all(0.0 <= a <= 1.0 for a in model.alphas), model.alphas
+    assert float(model.weighting.alpha) == 0.5  # the tuner puts the model back
+
+
 class TrainingOnly(pl.LightningDataModule):
     """Training data alone, with a batch size for the tuner to scale."""
 

@@ -109,7 +109,7 @@ class Scheduled(Weighting):
         if not progress.total_steps or progress.total_steps <= 0 or not math.isfinite(progress.total_steps):
             raise MultiLossError(
                 "weighting 'scheduled': unit='fraction' needs the planned number of optimizer steps; "
-                "set max_steps or max_epochs on the Trainer"
+                "set max_steps or max_epochs on the Trainer (max_time alone gives no length)"
             )
         # A resumed run that keeps its first plan goes past it: the schedules hold their end values.
         return min(progress.step / progress.total_steps, 1.0)
@@ -148,7 +148,8 @@ class Scheduled(Weighting):
     def set_progress(self, progress: Progress) -> None:
         values = self.values_at(self.progress_value(progress))
         if values != self._last:  # copy to the device only when a value changes
-            self.weights.copy_(torch.tensor(values))
+            # Built in float64: under precision="64-true" the buffer keeps the schedule's own value.
+            self.weights.copy_(torch.tensor(values, dtype=torch.float64))
             self._last = values
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
