@@ -273,7 +273,7 @@ class LossWeightingHooks:
         follows_plan = self._weighting(pl_module).follows_planned_length
         if restored is not None and planned != restored and follows_plan:
             keep = not self.replan_on_resume
-            log.warning(
+            (log.warning if trainer.is_global_zero else log.debug)(  # once, not once per DDP process
                 "LossWeightingCallback: training started with %s optimizer steps planned, the resumed or continued "
                 "fit plans %s; scheduled weights %s",
                 restored,
@@ -297,7 +297,7 @@ class LossWeightingHooks:
             # its restored mean losses; on every process, as at an epoch's end).
             self._weighting(pl_module).end_training_epoch()
             pl_module.drop_training_epoch()
-            log.warning(
+            (log.warning if trainer.is_global_zero else log.debug)(
                 "LossWeightingCallback: resumed from a checkpoint written after the last batch of epoch %s, before "
                 "its end. Lightning saves the checkpoints of the epoch that follows as if it had not started: a run "
                 "resumed again from one of them repeats that epoch from its first batch (more steps than an "

@@ -237,7 +237,7 @@ class MultiTaskMixin(_Base):
             weighting = create_weighting(weighting)
         if not isinstance(weighting, Weighting):
             raise MultiLossError(f"weighting must be a Weighting or a registered name, got {type(weighting).__name__}")
-        # One weighting per model (Weighting.claim); the module's token goes with its copies and pickles.
+        # One weighting per model (Weighting.claim); copies and pickles of the module get a new token.
         token = self.__dict__.get(_OWNER) or uuid.uuid4().hex
         weighting.bind(names)  # first: a weighting of other tasks is refused naming both
         weighting.claim(token)
@@ -723,6 +723,13 @@ class MultiTaskMixin(_Base):
             self._mt_log_task_values(*unlogged)
         if trainer is not None:
             self._mt_after_step_without_callback(trainer)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy or a pickle of the module is another model: it claims a weighting anew (its own copy
+        # of the weighting, unclaimed too), and cannot take the original's.
+        state: dict[str, Any] = super().__getstate__()
+        state.pop(_OWNER, None)
+        return state
 
     def _mt_after_step_without_callback(self, trainer: Any) -> None:
         """The strategy's constraints and post-step updates (Learnable's clip of alpha to [0, 1])

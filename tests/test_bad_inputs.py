@@ -693,6 +693,9 @@ def test_one_weighting_object_in_two_models_is_refused() -> None:
     copied.configure_multitask(list(copied.tasks), copied.weighting)
     pickled = pickle.loads(pickle.dumps(first))
     pickled.configure_multitask(list(pickled.tasks), pickled.weighting)
+    for other in (copied, pickled):  # a copy is another model: the original's weighting is not its own
+        with pytest.raises(MultiLossError, match=refused):
+            other.configure_multitask(list(other.tasks), weighting)
     del first, copied, pickled
     gc.collect()
     with pytest.raises(MultiLossError, match=refused):  # its module gone, it still holds that module's state

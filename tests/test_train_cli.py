@@ -360,6 +360,17 @@ def test_cli_ddp_cpu(tmp_path):
 
 
 @pytest.mark.slow
+def test_cli_ddp_error_in_training_is_one_line(tmp_path):
+    # Both processes meet a non-finite loss and stop together; each printed the error line.
+    tiny = ["trainer.max_epochs=1", "trainer.limit_train_batches=4", "trainer.limit_val_batches=1"]
+    args = ["trainer=ddp_cpu", "trainer.devices=2", *tiny, "trainer.log_every_n_steps=1", "model.optimizer.lr=1e12"]
+    proc = cli([*args, "trainer.enable_progress_bar=false", "hydra.run.dir=run"], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "non-finite task loss(es)" in errors[0], proc.stderr[-4000:]
+
+
+@pytest.mark.slow
 def test_cli_ddp_multirun_runs_each_job_once(tmp_path):
     tiny = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
     args = ["-m", "trainer=ddp_cpu", "trainer.devices=2", *tiny, "trainer.limit_test_batches=1", "seed=1,2"]

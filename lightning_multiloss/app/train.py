@@ -43,6 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lightning_multiloss._callback_hooks import LossWeightingHooks
+from lightning_multiloss._run_recorder import launched_as_rank_zero
 from lightning_multiloss.app.config import call, config_dir, validate_config
 from lightning_multiloss.app.namespace import DEFAULT_LIGHTNING, import_lightning, use_lightning
 from lightning_multiloss.errors import MultiLossError
@@ -551,7 +552,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
         host=socket.gethostname(),
         pid=os.getpid(),
     )
-    rank_zero = all(os.environ.get(key, "0") == "0" for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"))
+    rank_zero = launched_as_rank_zero()
     threads = torch.get_num_threads()  # build() may change it (torch_threads): restored at the end
     try:
         checkpoint = check_checkpoint(cfg.get("ckpt_path"))
@@ -782,7 +783,8 @@ def _app(cfg: DictConfig) -> float | None:
             if not in_sweep:
                 raise
             log.exception("job %s failed", hydra_cfg.job.num)  # the traceback, in the job's train.log too
-        print(f"error: {error}", file=sys.stderr, flush=True)
+        if launched_as_rank_zero():  # each DDP process meets the error: one line, not one per process
+            print(f"error: {error}", file=sys.stderr, flush=True)
         if in_sweep:  # result.json says "failed"; the sweep goes on with its next job
             _failed_jobs.append(f"#{hydra_cfg.job.num} ({' '.join(overrides) or 'defaults'}): {error}")
             # What the sweeper raises after its jobs (Optuna, when every trial failed) reaches main().
