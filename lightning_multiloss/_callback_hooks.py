@@ -391,6 +391,16 @@ class LossWeightingHooks:
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         # `trainer.log_dir` broadcasts under DDP: every rank must ask for it, not only rank 0.
         folder = trainer.log_dir or trainer.default_root_dir
+        planned, done = self._total_steps, trainer.global_step
+        if self._plans and planned and done < planned and trainer.is_global_zero and not trainer.interrupted:
+            # max_time, EarlyStopping or a callback of one's own ended the run before its plan.
+            log.warning(
+                "LossWeightingCallback: training ended after %s of the %s optimizer steps planned: the schedules "
+                "over the fraction of training stopped at t=%.3g, short of their end",
+                done,
+                planned,
+                done / planned,
+            )
         if self._records:
             # What a further step would use: the strategy is told the progress, as before a batch.
             weighting = self._weighting(pl_module)

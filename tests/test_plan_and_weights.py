@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytorch_lightning as pl
@@ -444,3 +445,29 @@ def test_a_resume_with_another_every_n_steps_records_at_the_new_one(tmp_path: Pa
     second = quiet_trainer(max_steps=20, callbacks=[callback], default_root_dir=tmp_path)
     second.fit(ToyNet(Fixed([0.3, 0.7])), toy_loader(n=64, batch_size=16), ckpt_path=tmp_path / "every1.ckpt")
     assert callback.steps == [*range(1, 9), 12, 16, 20]
+
+
+def test_a_run_that_ends_before_its_plan_says_where_the_schedule_stopped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # max_time (or EarlyStopping) ended it at step 3 of 8: the schedule stayed near its start, silently.
+    class StopAtThree(pl.Callback):
+        def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+            trainer.should_stop = trainer.should_stop or trainer.global_step >= 3
+
+    model = ToyNet(Scheduled(Linear(1.0, 0.0, duration=1.0), unit="fraction"))
+    trainer = quiet_trainer(max_epochs=2, callbacks=[StopAtThree()], default_root_dir=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="lightning_multiloss"):
+        trainer.fit(model, toy_loader(n=64, batch_size=16))
+    assert trainer.global_step == 3
+    warned = [r.getMessage() for r in caplog.records if "planned" in r.getMessage()]
+    assert warned == [
+        "LossWeightingCallback: training ended after 3 of the 8 optimizer steps planned: the schedules over the "
+        "fraction of training stopped at t=0.375, short of their end"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lightning_multiloss"):  # a plain sum follows no plan
+        quiet_trainer(max_epochs=2, callbacks=[StopAtThree()], default_root_dir=tmp_path).fit(
+            ToyNet(Fixed([0.5, 0.5])), toy_loader(n=64, batch_size=16)
+        )
+    assert not [r for r in caplog.records if "planned" in r.getMessage()]
