@@ -34,7 +34,7 @@ from lightning_multiloss._metric_keys import (
     check_unique_keys,
     metrics_by_task,
 )
-from lightning_multiloss.errors import MultiLossError, NonFiniteLossError, first_line
+from lightning_multiloss.errors import MultiLossError, NonFiniteLossError, first_line, raised_by_every_process
 from lightning_multiloss.gradients import (
     leaves_by_task,
     own_above_representation,
@@ -503,6 +503,7 @@ class MultiTaskMixin(_Base):
             except NonFiniteLossError as error:
                 if not on_its_own:
                     self.check_finite_losses()  # names the task and the step, if a task loss is the cause
+                    raised_by_every_process(error)  # the same Gramian on every process
                     raise
                 # A loss whose gradient is NaN everywhere carries it to every process, and the check
                 # of the kept losses (at the next logging step, or the epoch's end) stops them all.
@@ -621,15 +622,19 @@ class MultiTaskMixin(_Base):
                 for name, value, i in zip(names, local, first_negative, strict=True)
                 if i == at
             }
-            raise MultiLossError(_negative_loss_message(self.weighting.name, culprits, f"train {where}"))
+            raise raised_by_every_process(
+                MultiLossError(_negative_loss_message(self.weighting.name, culprits, f"train {where}"))
+            )
         culprits = {
             name: value if not math.isfinite(value) else "non-finite on another process"
             for name, value, i in zip(names, local, first_nonfinite, strict=True)
             if i == at
         }
-        raise NonFiniteLossError(
-            f"non-finite task loss(es) {culprits} at train {where}; configure_multitask(on_nonfinite='skip') "
-            "(multiloss-train: model.on_nonfinite=skip) skips such steps"
+        raise raised_by_every_process(
+            NonFiniteLossError(
+                f"non-finite task loss(es) {culprits} at train {where}; configure_multitask(on_nonfinite='skip') "
+                "(multiloss-train: model.on_nonfinite=skip) skips such steps"
+            )
         )
 
     def check_finite_evaluation_losses(self, stage: Literal["val", "test"]) -> None:
@@ -642,8 +647,10 @@ class MultiTaskMixin(_Base):
         device = self.weighting.last_weights.device
         if float(all_reduce_sum(torch.tensor(float(failure is not None), device=device))) == 0.0:
             return
-        raise NonFiniteLossError(
-            failure or f"non-finite task loss(es) at {stage} on another process{_EVALUATION_NOT_SKIPPED}"
+        raise raised_by_every_process(
+            NonFiniteLossError(
+                failure or f"non-finite task loss(es) at {stage} on another process{_EVALUATION_NOT_SKIPPED}"
+            )
         )
 
     def end_training_epoch(self) -> None:
@@ -737,16 +744,21 @@ class MultiTaskMixin(_Base):
         (``Tuner.lr_find``, ``Tuner.scale_batch_size``) run their trial steps with callbacks of
         their own, and alpha left [0, 1] there (an infinite loss at lr_find's larger rates)."""
         watch = self._mt_callback_watch
-        callbacks = getattr(trainer, "callbacks", [])
-        if watch.callbacks != (id(callbacks), len(callbacks)):  # the tuners set a new list
-            watch.callbacks = (id(callbacks), len(callbacks))
-            watch.present = any(isinstance(callback, LossWeightingHooks) for callback in callbacks)
         step = trainer.global_step
         if watch.present or step == watch.last_step:  # the Callback's job; or an accumulation batch
             return
         watch.last_step = step
         if not self.optimizer_step_skipped(step):
             self.weighting.after_optimizer_step()
+
+    def on_train_start(self) -> None:
+        """Note whether a :class:`LossWeightingCallback` follows this fit's optimizer steps (a tuner's
+        trials run with callbacks of their own; each trial starts here); call ``super()`` if you override it."""
+        super().on_train_start()  # type: ignore[misc]
+        trainer = trainer_of(self)
+        watch = self._mt_callback_watch
+        watch.present = any(isinstance(callback, LossWeightingHooks) for callback in getattr(trainer, "callbacks", []))
+        watch.last_step = getattr(trainer, "global_step", 0)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record the task names, in order, beside the state; call ``super()`` if you override it."""
@@ -1281,12 +1293,11 @@ def _holds_inference_tensors(metric: Metric) -> bool:
 
 @dataclass
 class _CallbackWatch:
-    """Whether the Trainer's callbacks include a :class:`LossWeightingCallback` (looked at again
-    when the list changes) and the last optimizer step seen without one."""
+    """Whether the fit's callbacks include a :class:`LossWeightingCallback` (read at each fit's start)
+    and the last optimizer step seen without one."""
 
-    callbacks: tuple[int, int] = (0, -1)
     present: bool = True
-    last_step: int = -1
+    last_step: int = 0
 
 
 def _trainer_key(trainer: Any | None) -> int:

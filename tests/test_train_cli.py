@@ -370,6 +370,23 @@ def test_cli_ddp_error_in_training_is_one_line(tmp_path):
     assert len(errors) == 1 and "non-finite task loss(es)" in errors[0], proc.stderr[-4000:]
 
 
+def test_an_error_of_another_process_alone_is_printed_by_it(tmp_path):
+    # Only rank 0 printed its error line: an error that one process alone meets (a bad batch in its
+    # shard) left nothing on the screen while rank 0 waited for it.
+    script = Path(sys.executable).parent / "multiloss-train"
+    env = {**clean_env(), "RANK": "1"}
+    proc = subprocess.run(
+        [str(script), "model.optimizer.lr=-1", "hydra.run.dir=run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1].startswith("error (rank 1): config key 'model.optimizer.lr'"), proc.stderr
+
+
 @pytest.mark.slow
 def test_cli_ddp_multirun_runs_each_job_once(tmp_path):
     tiny = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]

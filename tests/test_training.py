@@ -755,6 +755,43 @@ def test_lr_finds_trial_steps_keep_the_learnable_alpha_in_0_1() -> None:
     assert float(model.weighting.alpha) == 0.5  # the tuner puts the model back
 
 
+class CountingFixed(Fixed):
+    """A plain sum that counts its post-step calls."""
+
+    calls = 0
+
+    def after_optimizer_step(self) -> None:
+        self.calls += 1
+
+
+class StepsCounted(Tunable):
+    """Counts the optimizer steps Lightning takes."""
+
+    steps = 0
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        super().on_before_optimizer_step(optimizer)
+        self.steps += 1
+
+
+@pytest.mark.parametrize("tune", ["lr_find accumulating", "scale_batch_size one step a trial"])
+def test_tuner_trials_call_the_post_step_update_once_per_optimizer_step(tune: str) -> None:
+    # The mixin's count of steps started at -1 and was never reset: an accumulation batch at step 0
+    # counted as a step, and scale_batch_size's trials (each from step 0, one step each) all ended
+    # at step 1, so only the first got its update.
+    from pytorch_lightning.tuner import Tuner
+
+    model = StepsCounted(CountingFixed())
+    if tune == "lr_find accumulating":
+        tuner = Tuner(quiet_trainer(max_epochs=1, accumulate_grad_batches=2))
+        tuner.lr_find(model, num_training=4, early_stop_threshold=None, update_attr=False)
+    else:
+        tuner = Tuner(quiet_trainer(max_epochs=1))
+        tuner.scale_batch_size(model, mode="power", max_trials=3, steps_per_trial=1)
+    assert model.steps >= 3
+    assert model.weighting.calls == model.steps
+
+
 class TrainingOnly(pl.LightningDataModule):
     """Training data alone, with a batch size for the tuner to scale."""
 

@@ -783,8 +783,10 @@ def _app(cfg: DictConfig) -> float | None:
             if not in_sweep:
                 raise
             log.exception("job %s failed", hydra_cfg.job.num)  # the traceback, in the job's train.log too
-        if launched_as_rank_zero():  # each DDP process meets the error: one line, not one per process
+        if launched_as_rank_zero():
             print(f"error: {error}", file=sys.stderr, flush=True)
+        elif not getattr(error, "on_every_process", False):  # one that every process raises: rank 0's line
+            print(f"error (rank {os.environ.get('RANK', '?')}): {error}", file=sys.stderr, flush=True)
         if in_sweep:  # result.json says "failed"; the sweep goes on with its next job
             _failed_jobs.append(f"#{hydra_cfg.job.num} ({' '.join(overrides) or 'defaults'}): {error}")
             # What the sweeper raises after its jobs (Optuna, when every trial failed) reaches main().
