@@ -172,6 +172,27 @@ def test_imtl_g_equals_torchjd(case: int) -> None:
     assert_same(update, IMTLGWeighting()(jac @ jac.T) @ jac, "update")
 
 
+def dependent_float32_rows() -> list[Tensor]:
+    """Float32 task gradients that are linearly dependent: parallel, opposite, a sum of two others,
+    five of rank 2. Their float32 Gramian has "zero" eigenvalues of about 1e-7·λ_max, of either sign."""
+    g = torch.Generator().manual_seed(11)
+    a, b = torch.randn(2, 64, generator=g)
+    low = torch.randn(5, 2, generator=g) @ torch.randn(2, 64, generator=g)
+    return [torch.stack([a, 3.0 * a]), torch.stack([a, -1.6 * a]), torch.stack([a, b, a + b]), low]
+
+
+@pytest.mark.parametrize(("name", "peer"), [("imtl_g", IMTLGWeighting), ("aligned_mtl", AlignedMTLWeighting)])
+def test_float32_gramians_of_dependent_gradients_equal_torchjd(name: str, peer: Any) -> None:
+    # TorchJD decides the rank with the float32 Gramian's own ε; the package took float64's on the
+    # promoted copy, and counted the rounding as rank (an update 1e-6 of TorchJD's, or the wrong sign).
+    for rows in dependent_float32_rows():
+        gramian = rows @ rows.T
+        ours = bound(name, rows.shape[0]).weights_from_gramian(gramian, torch.ones(rows.shape[0]))
+        theirs = peer()(gramian)
+        scale = float(rows.norm(dim=1).max())
+        torch.testing.assert_close((ours @ rows).double(), (theirs @ rows).double(), atol=1e-4 * scale, rtol=0)
+
+
 @CASES
 def test_aligned_mtl_equals_torchjd_and_is_libmtl_over_k(case: int) -> None:
     jac = JACOBIANS[case]
