@@ -564,6 +564,22 @@ def test_graddrop_keeps_a_float64_model_in_float64() -> None:
     torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-12)
 
 
+def test_graddrop_draws_the_same_sequence_at_every_default_dtype() -> None:
+    # precision="64-true" sets torch's default dtype to float64 in the training step: the seeded
+    # draws were another sequence there (0.704 for 0.963), and a resume at another precision
+    # continued a different one.
+    strategy = GradDrop(seed=3)
+    float32_draws = strategy.uniform((6,), 4)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        float64_default_draws = strategy.uniform((6,), 4)
+    finally:
+        torch.set_default_dtype(before)
+    assert float32_draws.dtype == float64_default_draws.dtype == torch.float32
+    assert torch.equal(float32_draws, float64_default_draws)
+
+
 def test_graddrop_lightning_steps_equal_replay(tmp_path: Path) -> None:
     model = RepNet(GradDrop(seed=5), tasks=("cls", "reg", "aux"), lr=0.1)
     before = copy.deepcopy(model)

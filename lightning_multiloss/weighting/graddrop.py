@@ -107,8 +107,10 @@ class GradDrop(GradientWeighting):
         self.register_buffer("draws", torch.zeros((), dtype=torch.long))
 
     def uniform(self, shape: Sequence[int], draw: int) -> Tensor:
-        """The ``U(0, 1)`` draws of step ``draw`` (on the CPU, identical on every process and device)."""
-        return torch.rand(tuple(shape), generator=seeded_generator(self.seed, draw))
+        """The ``U(0, 1)`` draws of step ``draw`` (on the CPU, identical on every process and device,
+        and at every precision: in float32 whatever torch's default dtype, which ``precision="64-true"``
+        sets to float64 in the training step and which would draw another sequence)."""
+        return torch.rand(tuple(shape), generator=seeded_generator(self.seed, draw), dtype=torch.float32)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
