@@ -65,7 +65,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lightning_multiloss.errors import MultiLossError
+from lightning_multiloss.errors import MultiLossError, first_line
 
 _EXCLUDED_FROM_KEY = ("seed", "ckpt_path", "hydra.", "hydra/", "output_dir")
 
@@ -129,8 +129,10 @@ class RunResult:
         try:
             with open(path) as f:
                 data = json.load(f)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise MultiLossError(f"corrupt {path}: cannot read it as JSON ({error})") from error
+        # ValueError: JSONDecodeError, or an integer of more digits than Python reads from text;
+        # RecursionError: nesting deeper than the parser goes.
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+            raise MultiLossError(f"corrupt {path}: cannot read it as JSON ({first_line(error)})") from error
         return cls.from_dict(data, path)
 
     @classmethod
@@ -189,8 +191,16 @@ def config_key(overrides: Sequence[str]) -> str:
 
 
 def canonical_override(override: str) -> str:
-    """``override`` as Hydra's parser reads it (as written if it does not parse)."""
+    """``override`` as Hydra's parser reads it (as written if it does not parse): the setting it
+    makes, however it was typed. ``+key=``, ``++key=`` and ``key=`` set the same value; values
+    compare by value, in lists and mappings too (``{a:1}`` and ``{a: 1.0}``); ``~key`` deletes.
+
+    Example:
+        >>> canonical_override("++weighting.weights={digit:1, recon:0.3}")
+        "weighting.weights={'digit': 1, 'recon': 0.3}"
+    """
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import Sweep
     from hydra.errors import HydraException
 
     try:
@@ -199,11 +209,11 @@ def canonical_override(override: str) -> str:
         return override
     if parsed.is_delete() and parsed.value() is None:  # ``~key`` and ``~key=null`` delete alike
         return parsed.get_key_element()
+    key = parsed.get_key_element().lstrip("+")
     value = parsed.value()
-    numbers = value if isinstance(value, list) else [value]
-    if numbers and all(isinstance(v, int | float) and not isinstance(v, bool) for v in numbers):
-        return f"{parsed.get_key_element()}={canonical_value(value)}"  # 1 and 1.0 alike
-    return f"{parsed.get_key_element()}={parsed.get_value_element_as_str()}"
+    if isinstance(value, Sweep):  # not a job's override (a sweep's is one value each)
+        return f"{key}={parsed.get_value_element_as_str()}"
+    return f"{key}={canonical_value(value)}"
 
 
 def canonical_value(value: object) -> str:
@@ -237,8 +247,9 @@ def _canonical_item(value: object) -> str:
         return str(int(value))
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_canonical_item(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k!r}: {_canonical_item(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, Mapping):  # in any order, as a config compares
+        items = sorted(value.items(), key=lambda item: str(item[0]))
+        return "{" + ", ".join(f"{k!r}: {_canonical_item(v)}" for k, v in items) + "}"
     return repr(value) if isinstance(value, str) else str(value)
 
 
@@ -275,8 +286,12 @@ def _checked(value: Any, hint: Any, path: str, keys: list[str | int], nullable: 
         expected = "an object keyed by task name" if len(keys) == 1 else "an object"
     elif hint is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        expected = "a number"
+            try:
+                return float(value)
+            except OverflowError:  # an integer beyond float's range
+                expected = "a number within float's range"
+        else:
+            expected = "a number"
     elif hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value

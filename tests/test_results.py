@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from lightning_multiloss import MultiLossError, results
-from lightning_multiloss.results import RunResult, canonical_value
+from lightning_multiloss.results import RunResult, canonical_override, canonical_value
 
 COMPLETED: dict[str, Any] = {
     "status": "completed",
@@ -139,7 +139,29 @@ def test_not_an_object_or_no_status_or_not_json(tmp_path: Path) -> None:
         ("None", None, False),
         ("nan", float("nan"), False),
         ("adam", "adam", True),
+        ({"a": 1, "b": 0.5}, {"b": 0.5, "a": 1.0}, True),
+        ({"a": 1}, {"a": 1, "b": 1}, False),
+        ({"a": "1"}, {"a": 1}, False),
     ],
 )
 def test_canonical_value_compares_numbers_by_value_and_nothing_else(a: object, b: object, same: bool) -> None:
     assert (canonical_value(a) == canonical_value(b)) is same
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        ("weighting.weights={a:1,b:0.3}", "weighting.weights={b: 0.3, a: 1.0}", True),
+        ("++weighting.init=1", "+weighting.init=1.0", True),
+        ("+weighting.init=1", "weighting.init=1", True),
+        ("trainer.logger=false", "trainer.logger=False", True),
+        ("~model.x", "~model.x=null", True),
+        ("weighting.weights=[1,2]", "weighting.weights=[1.0, 2]", True),
+        ("~model.x", "model.x=null", False),
+        ("weighting.init='1'", "weighting.init=1", False),
+        ("weighting.weights={a:1}", "weighting.weights={a:2}", False),
+        ("weighting.init=1", "weighting.lr=1", False),
+    ],
+)
+def test_canonical_override_compares_the_setting_made(a: str, b: str, same: bool) -> None:
+    assert (canonical_override(a) == canonical_override(b)) is same

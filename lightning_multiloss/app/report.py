@@ -9,15 +9,18 @@ number of seeds, each task's primary metric as mean ± standard deviation over s
 against the single-task baselines when they are there (Maninis et al., "Attentive Single-Tasking
 of Multiple Tasks", CVPR 2019):
 
-.. math:: \Delta m = \frac{1}{T} \sum_{t=1}^{T} (-1)^{l_t} \frac{M_t - M_{b,t}}{M_{b,t}} \times 100
+.. math:: \Delta m = \frac{1}{T} \sum_{t=1}^{T} (-1)^{l_t} \frac{M_t - M_{b,t}}{|M_{b,t}|} \times 100
 
-with :math:`M_t` the primary metric of task :math:`t`, :math:`M_{b,t}` its mean over the seeds
-of the single-task baseline (runs with ``baseline_of`` set, same experiment) and
-:math:`l_t = 1` when lower is better. Higher Δm% is better; Δm% is computed for each seed and
+with :math:`M_t` the primary metric of task :math:`t`, :math:`M_{b,t}` its mean over the row's
+seeds of the single-task baseline (runs with ``baseline_of`` set, same experiment),
+:math:`l_t = 1` when lower is better, and the absolute value for a metric that can be negative
+(R², a negative log-likelihood). Higher Δm% is better; Δm% is computed for each seed and
 reported as mean ± std over seeds (its mean equals Δm% of the metric means). The seed also draws
 the train/val/test split, so a row's Δm% is left empty (and a note names the row and the seeds)
-unless each of its seeds is a seed of every task's baseline, and rows run with different seeds
-are named: they were evaluated on different splits. Unknown seeds (``None``) are not checked.
+unless each of its seeds is a seed of every task's baseline, it is against the baselines of
+those seeds only, and rows run with different seeds are named: they were evaluated on different
+splits. Unknown seeds (``None``) are not checked. Each row is checked on its own: a row left
+empty (no baseline for one of its tasks, another split, other seeds) leaves the others' Δm%.
 
 Runs that failed, were interrupted, are still running, or left no ``result.json`` (a Hydra job
 folder with ``.hydra/`` only) are listed in their own section and counted in the header; a
@@ -50,9 +53,9 @@ import socket
 import statistics
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.results import (
@@ -149,6 +152,14 @@ class Baseline:
     stat: Stat
     runs: list[Run]
 
+    def mean_over_seeds(self, seeds: set[int]) -> float:
+        """Its mean over the runs of ``seeds`` (a row's: the seed draws the split, so the row's runs
+        and these were tested on the same data); over all its runs where a seed is unknown."""
+        values = [(r.seed, v) for r in self.runs if (v := r.value(self.task, self.metric)) is not None]
+        if not seeds or any(seed is None for seed, _ in values):
+            return self.stat.mean
+        return Stat.of([v for seed, v in values if seed in seeds]).mean
+
     @property
     def counted(self) -> str:
         """How many runs its mean is over, and of how many seeds where that differs: ``3 seeds``,
@@ -223,7 +234,7 @@ def delta_m(metrics: Mapping[str, float], baselines: Mapping[str, float], direct
         if base == 0:
             raise MultiLossError(f"Δm% is undefined: the baseline metric of task {task!r} is 0")
         sign = -1.0 if directions[task] == "min" else 1.0
-        total += sign * (value - base) / base
+        total += sign * (value - base) / abs(base)
     return total / len(metrics) * 100.0
 
 
@@ -349,8 +360,7 @@ def collect_runs(folder: str, progress: TextIO | None = None) -> list[Run]:
         raise MultiLossError(f"{folder!r} is not a folder")
     runs: list[Run] = []
     bar = _Progress(progress)
-    for searched, (root, dirs, files) in enumerate(os.walk(folder), 1):
-        dirs.sort()
+    for searched, (root, dirs, files) in enumerate(_walk(folder), 1):
         shown = os.path.normpath(root)
         if RESULT_FILE in files:
             path = os.path.join(root, RESULT_FILE)
@@ -371,9 +381,23 @@ def collect_runs(folder: str, progress: TextIO | None = None) -> list[Run]:
     return runs
 
 
+def _walk(folder: str) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk`` in sorted order, following links to folders (a folder of links to chosen runs
+    is a folder of runs), each real folder once (a link to a folder above it makes no loop)."""
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        yield root, dirs, files
+
+
 def _result_below(folder: str) -> bool:
     """Whether a ``result.json`` lies in a (non-hidden) subfolder of ``folder``."""
-    for _, dirs, files in os.walk(folder):
+    for _, dirs, files in _walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         if RESULT_FILE in files:
             return True
@@ -751,66 +775,67 @@ def _summarise_experiment(name: str, swept: list[Run], baseline_runs: list[Run])
     used = [task for task in tasks if any(task in own_tasks[id(row)] for row in measured)]
     if measured:
         notes += _setup_mismatch(measured, {task: baselines[task] for task in used}, configs)
-        zero = [task for task in used if baselines[task].stat.mean == 0]
-        # Test metrics against validation baselines (test=false) would compare different data.
-        splits = {str(run.evaluated_on) for row in measured for run in row.runs if run.status == "completed"}
-        mixed = {}
-        for task in used:
-            own_splits = {str(r.evaluated_on) for r in baselines[task].runs if r.status == "completed"}
-            if own_splits != splits:
-                mixed[task] = sorted(own_splits)
-        if zero:
-            notes.append(f"Δm% is undefined: the baseline metric of task(s) {zero} is 0")
-        elif mixed or len(splits) > 1:
-            on = ", ".join(sorted(splits))
-            bases = "; ".join(f"{task}: {', '.join(own)}" for task, own in mixed.items())
+        # Each row on its own: a row left empty leaves the others' Δm%. Test metrics against
+        # validation baselines (test=false) would compare different data; so would other seeds.
+        base_splits = {
+            task: {str(r.evaluated_on) for r in baselines[task].runs if r.status == "completed"} for task in used
+        }
+        # The seeds of each task's baseline (the seed draws the split): a row's seed that some
+        # baseline lacks was tested on other data. Unknown seeds (None) are not checked.
+        base_seeds = {
+            task: {r.seed for r in baselines[task].runs if r.value(task, primary[task]) is not None} for task in used
+        }
+        other_splits: list[str] = []
+        unmatched: list[str] = []
+        undefined: list[str] = []
+        for row in measured:
+            row_tasks = own_tasks[id(row)]
+            row_splits = {str(r.evaluated_on) for r in row.runs if r.status == "completed"}
+            if len(row_splits) > 1 or any(base_splits[task] != row_splits for task in row_tasks):
+                other_splits.append(f"{row.label!r} ({', '.join(sorted(row_splits))})")
+                continue
+            complete = [r for r in row.runs if all(r.value(task, primary[task]) is not None for task in row_tasks)]
+            tested = {r.seed for r in complete if r.seed is not None}  # the known seeds of its Δm%
+            if any(None not in base_seeds[task] and not tested <= base_seeds[task] for task in row_tasks):
+                unmatched.append(f"{row.label!r} (seeds {sorted(tested)})")
+                continue
+            base = {task: baselines[task].mean_over_seeds(tested) for task in row_tasks}
+            zero = [task for task in row_tasks if base[task] == 0]
+            if zero:
+                undefined.append(f"{row.label!r} (task(s) {zero})")
+                continue
+            per_seed = [
+                delta_m({task: cast(float, r.value(task, primary[task])) for task in row_tasks}, base, directions)
+                for r in complete
+            ]
+            row.delta_m = Stat.of(per_seed) if per_seed else None
+        if other_splits:
+            bases = "; ".join(f"{task}: {', '.join(sorted(own))}" for task, own in base_splits.items())
             notes.append(
-                f"Δm% is left empty: the runs were evaluated on the {on} split(s)"
-                + (f", the single-task baselines on other ones ({bases})" if bases else "")
-                + ": compare runs evaluated alike (test=true or test=false for all)"
+                f"Δm% is left empty for {', '.join(other_splits)}: evaluated on another split than the "
+                f"single-task baselines ({bases}), or on several: compare runs evaluated alike "
+                "(test=true or test=false for all)"
             )
-        else:
-            base = {task: baselines[task].stat.mean for task in used}
-            # The seeds of each task's baseline (the seed draws the split): a row's seed that some
-            # baseline lacks was tested on other data. Unknown seeds (None) are not checked.
-            base_seeds = {
-                task: {r.seed for r in baselines[task].runs if r.value(task, primary[task]) is not None}
-                for task in used
-            }
-            unmatched: list[str] = []
-            for row in measured:
-                row_tasks = own_tasks[id(row)]
-                per_seed = []
-                tested: set[int] = set()  # the known seeds of the runs in its Δm%
-                for run in row.runs:
-                    found = {task: run.value(task, primary[task]) for task in row_tasks}
-                    complete = {task: v for task, v in found.items() if v is not None}
-                    if len(complete) == len(row_tasks):
-                        per_seed.append(delta_m(complete, {t: base[t] for t in row_tasks}, directions))
-                        if run.seed is not None:
-                            tested.add(run.seed)
-                if any(None not in base_seeds[t] and not tested <= base_seeds[t] for t in row_tasks):
-                    unmatched.append(f"{row.label!r} (seeds {sorted(tested)})")
-                    continue
-                row.delta_m = Stat.of(per_seed) if per_seed else None
-            if unmatched:
-                theirs = "; ".join(f"{task}: {_seed_list(own)}" for task, own in base_seeds.items())
-                notes.append(
-                    f"Δm% is left empty for {', '.join(unmatched)}: the single-task baselines were run with "
-                    f"seeds {theirs}, and the seed draws the train/val/test split: Δm% compares only a row "
-                    "whose seeds are all among every task's baseline seeds (run the baselines with the same seeds)"
-                )
-            task_sets = {tuple(own_tasks[id(row)]) for row in measured if row.delta_m is not None}
-            if len(task_sets) > 1:
-                listed = "; ".join(
-                    f"{', '.join(task_set)}: "
-                    + ", ".join(repr(r.label) for r in measured if tuple(own_tasks[id(r)]) == task_set)
-                    for task_set in sorted(task_sets, key=len, reverse=True)
-                )
-                notes.append(
-                    f"Δm% is over each row's own tasks, and the rows have different ones ({listed}): "
-                    "compare the Δm% of rows over the same tasks"
-                )
+        if undefined:
+            notes.append(f"Δm% is undefined for {', '.join(undefined)}: the baseline metric is 0")
+        if unmatched:
+            theirs = "; ".join(f"{task}: {_seed_list(own)}" for task, own in base_seeds.items())
+            notes.append(
+                f"Δm% is left empty for {', '.join(unmatched)}: the single-task baselines were run with "
+                f"seeds {theirs}, and the seed draws the train/val/test split: Δm% compares only a row "
+                "whose seeds are all among every task's baseline seeds (run the baselines with the same seeds)"
+            )
+        task_sets = {tuple(own_tasks[id(row)]) for row in measured if row.delta_m is not None}
+        if len(task_sets) > 1:
+            listed = "; ".join(
+                f"{', '.join(task_set)}: "
+                + ", ".join(repr(r.label) for r in measured if tuple(own_tasks[id(r)]) == task_set)
+                for task_set in sorted(task_sets, key=len, reverse=True)
+            )
+            notes.append(
+                f"Δm% is over each row's own tasks, and the rows have different ones ({listed}): "
+                "compare the Δm% of rows over the same tasks"
+            )
 
     def sort_key(row: ConfigRow) -> tuple[bool, float, str]:
         dm = row.delta_m.mean if row.delta_m is not None and math.isfinite(row.delta_m.mean) else None
@@ -864,6 +889,17 @@ def build_report(
     notes: list[str] = []
     counts = {"runs": len(unique), "completed": 0, "swept": 0, "configurations": 0, "baselines": 0, "ignored": 0}
     counts.update({status: 0 for status in (*STATUSES[1:], NO_RESULT)})
+    # Under --baselines only the single-task baselines count: another run there (a job of another
+    # sweep, completed or not) is not this report's. A job folder without a result.json may be a
+    # baseline that never started: it is listed.
+    ignored = [
+        r
+        for r in unique
+        if r.baseline_of is None and r.status != NO_RESULT and os.path.realpath(r.folder) in from_baseline_folders
+    ]
+    if ignored:
+        notes.append(f"{len(ignored)} run(s) under --baselines are not single-task baselines (no baseline_of): ignored")
+        unique = [r for r in unique if r not in ignored]
     problems = [r for r in unique if r.status != "completed"]
     for run in problems:
         counts[run.status] += 1
@@ -871,10 +907,6 @@ def build_report(
     counts["completed"] = len(completed)
     baselines = [r for r in completed if r.baseline_of is not None]
     swept = [r for r in completed if r.baseline_of is None]
-    ignored = [r for r in swept if os.path.realpath(r.folder) in from_baseline_folders]
-    if ignored:
-        notes.append(f"{len(ignored)} run(s) under --baselines are not single-task baselines (no baseline_of): ignored")
-        swept = [r for r in swept if r not in ignored]
     counts["baselines"] = len(baselines)
     counts["swept"] = len(swept)
     counts["ignored"] = len(ignored)
@@ -922,11 +954,11 @@ def _arrow(direction: str) -> str:
 def _header(report: Report) -> str:
     c = report.counts
     bad = [f"{c[s]} {s}" for s in ("failed", "interrupted", "running", NO_RESULT)]
-    ignored = f", {c['ignored']} under --baselines ignored (not baselines)" if c.get("ignored") else ""
+    ignored = f"; {c['ignored']} more under --baselines ignored (not baselines)" if c.get("ignored") else ""
     return (
         f"{_count(c['runs'], 'run')} read: {c['completed']} completed ({c['swept']} swept in "
         f"{_count(c['configurations'], 'configuration')}, {_count(c['baselines'], 'single-task baseline')}"
-        f"{ignored}); {', '.join(bad)}."
+        f"); {', '.join(bad)}{ignored}."
     )
 
 
@@ -966,9 +998,9 @@ def render_markdown(report: Report) -> str:
             bases = ", ".join(f"{t} {b.metric} {fmt_stat(b.stat)} ({b.counted})" for t, b in exp.baselines.items())
             lines += [
                 "",
-                f"Single-task baselines: {bases}. Δm% = (1/T) Σ_t (−1)^l_t (M_t − M_b,t)/M_b,t × 100 on each "
-                f"task's primary metric, l_t = 1 when lower is better ({CITATION}); higher is better; "
-                "rows sorted by it.",
+                f"Single-task baselines: {bases}. Δm% = (1/T) Σ_t (−1)^l_t (M_t − M_b,t)/|M_b,t| × 100 on each "
+                f"task's primary metric, M_b,t over the baseline runs of the row's seeds, l_t = 1 when lower is "
+                f"better ({CITATION}); higher is better; rows sorted by it.",
             ]
         elif exp.baselines:
             lines += [
