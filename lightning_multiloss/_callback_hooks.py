@@ -73,7 +73,8 @@ class LossWeightingHooks:
     override of one is kept). A subclass that overrides a hook calls ``super()`` in it.
 
     It talks to the module through the mixin's documented members only: ``weighting``,
-    ``optimizer_step_skipped``, ``check_finite_losses`` and ``end_training_epoch``, and records
+    ``optimizer_step_skipped``, ``check_finite_losses``, ``end_training_epoch``,
+    ``drop_training_epoch``, ``running_epoch_sums`` and ``running_training_metrics``, and records
     the strategy's ``last_weights``.
 
     Args:
@@ -336,6 +337,9 @@ class LossWeightingHooks:
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self._open_epoch = trainer.current_epoch
+        # Nothing of this epoch is open yet (a fit resumed in an epoch runs no such hook): what a
+        # checkpoint written at the last epoch's end kept of it (its training metrics) goes.
+        pl_module.drop_training_epoch()
         # Again each epoch: reload_dataloaders_every_n_epochs builds new loaders before this hook.
         self._follow_training(trainer, partial(batches_processed, trainer))
 
@@ -365,6 +369,12 @@ class LossWeightingHooks:
             prefix = next(name for name, module in pl_module.named_modules() if module is sums)
             for name, total in sums.states_over_processes().items():
                 checkpoint["state_dict"][f"{prefix}.{name}"] = total
+        for metric in pl_module.running_training_metrics():
+            # The same for the tasks' training metrics: their states over all processes (torchmetrics'
+            # own reduction of each: sums added, lists joined), for the first process to take back.
+            prefix = next(name for name, module in pl_module.named_modules() if module is metric)
+            with metric.sync_context(should_sync=True):
+                checkpoint["state_dict"].update(metric.state_dict(prefix=f"{prefix}."))
         solver = _solver_of_its_own(weighting)
         if solver is not None:
             # The solver's state of every process (ddp="local"): each takes back its own on resume.
@@ -375,6 +385,8 @@ class LossWeightingHooks:
         if trainer.global_rank != 0:
             for sums in pl_module.running_epoch_sums():
                 sums.clear()  # the sums over all processes are rank 0's (on_save_checkpoint)
+            for metric in pl_module.running_training_metrics():
+                metric.reset()  # as are the training metrics' states
         by_rank = checkpoint.get(_HOST_STATE_BY_RANK)
         solver = _solver_of_its_own(weighting)
         if solver is not None and isinstance(by_rank, list):

@@ -328,6 +328,10 @@ class MultiTaskMixin(_Base):
         self._mt_metrics = nn.ModuleDict(
             {f"{stage}_metrics": nn.ModuleList(copy.deepcopy(m) for _, _, m in named) for stage in metric_stages}
         )
+        for metric in self.running_training_metrics():
+            # In checkpoints, as the task losses' epoch sums: a run resumed in an epoch logs the
+            # metric over all of it, not over the batches after the resume.
+            metric.persistent(True)
         # The evaluation epoch means of the total, the task losses and the weights (in _mt_keys
         # order), kept by torchmetrics: see _mt_log.
         self._mt_eval_means = nn.ModuleDict(
@@ -685,10 +689,27 @@ class MultiTaskMixin(_Base):
             sums.append(self.weighting.epoch_losses)
         return sums
 
+    def running_training_metrics(self) -> list[Metric]:
+        """The tasks' training metrics (``train_metrics=True``; each torchmetrics ``Metric``, the
+        members of a ``MetricCollection``), whose states of the open epoch checkpoints keep.
+
+        Under DDP each process holds its part: the Callback writes their states over all processes
+        into checkpoints, and on resume the first process alone takes them back.
+        """
+        stage = self._mt_metrics["train_metrics"] if "train_metrics" in self._mt_metrics else nn.ModuleList()
+        return [module for module in stage.modules() if isinstance(module, Metric)]
+
     def drop_training_epoch(self) -> None:
-        """Forget the open training epoch's task-loss sums without logging them: the Callback calls it
-        when a resumed fit starts after an epoch whose end hooks Lightning did not run."""
+        """Forget the open training epoch's task-loss sums and training metrics without logging them.
+
+        The Callback calls it at each training epoch's start (a checkpoint written at an epoch's end
+        holds that epoch's training metrics, which Lightning resets after logging them, but a
+        resumed fit starts at the next epoch) and when a resumed fit starts after an epoch whose end
+        hooks Lightning did not run.
+        """
         self._mt_train_means.reset()
+        for metric in self.running_training_metrics():
+            metric.reset()
 
     def setup(self, stage: str) -> None:
         """Give this process its own torchmetrics states, and start a fit's epoch sums afresh; call
@@ -774,6 +795,13 @@ class MultiTaskMixin(_Base):
         ``load_from_checkpoint``. Other tasks (a renamed one, another set) load with a warning.
         """
         super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
+        state = checkpoint.get("state_dict")
+        if isinstance(state, dict):
+            # The training metrics' states are no weights: those of metrics this model lacks (built
+            # without train_metrics, for inference, or with a metric fewer) are left, not refused.
+            own = set(self._mt_metrics.state_dict(prefix="_mt_metrics.", keep_vars=True))
+            for key in [k for k in state if k.startswith("_mt_metrics.") and k not in own]:
+                del state[key]
         written = checkpoint.get(_TASKS_IN_CHECKPOINT)  # absent: a checkpoint of an earlier version
         names = [task.name for task in self.tasks]
         if not isinstance(written, list) or written == names:

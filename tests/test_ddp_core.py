@@ -9,7 +9,7 @@
   (also where only one rank's solver sees it, ``ddp="local"``);
 - a negative loss on one rank only (FAMO needs losses >= 0): both ranks raise the same error;
 - a layer made trainable after DDP wrapped the model is warned about (rank 0);
-- DWA checkpointed in the middle of an epoch keeps the running sums of every process.
+- DWA checkpointed in the middle of an epoch keeps the running sums and the training metrics of every process.
 """
 
 from __future__ import annotations
@@ -227,6 +227,13 @@ def test_a_run_resumed_in_the_middle_of_an_epoch_ends_as_the_uninterrupted_one(
         want, got = rank["dwa_saved"]["state"], rank["dwa_resumed"]["state"]
         assert int(got["weighting.epochs_seen"]) == 2
         assert_params_close(got, want, atol=1e-6, what="after resume")
+        # The tasks' training metrics of the resumed epoch are over all of it, on every process (the
+        # checkpoint holds their states over both processes, which rank 0 alone takes back).
+        full, resumed = rank["dwa_saved"]["metrics"], rank["dwa_resumed"]["metrics"]
+        assert sorted(full) == [0, 1] and sorted(resumed) == [0, 1]
+        assert full[0] != full[1]
+        for epoch in (0, 1):
+            assert resumed[epoch] == pytest.approx(full[epoch], rel=1e-9), epoch
 
 
 @pytest.mark.slow

@@ -219,10 +219,11 @@ def logged_fit(
     callbacks: list[pl.Callback],
     ckpt: Path | None = None,
     kind: str = "dwa",
+    train_metrics: bool = False,
     **trainer_options: Any,
 ) -> tuple[ToyNet, BatchLog]:
     """A 3-epoch fit on ``data`` (resumed from ``ckpt``), logging the batches it trains on."""
-    model = ToyNet(make_weighting(kind), optimizer="adam", lr=0.05)
+    model = ToyNet(make_weighting(kind), optimizer="adam", lr=0.05, metrics=train_metrics, train_metrics=train_metrics)
     log = BatchLog()
     trainer = quiet_trainer(
         max_epochs=3,
@@ -269,12 +270,70 @@ def test_resumed_in_the_middle_of_epochs_equals_uninterrupted(tmp_path: Path, ki
         assert means == pytest.approx(full_means[epoch], rel=1e-6), epoch
 
 
-def epoch_means(logger: CSVLogger) -> dict[int, list[float]]:
-    """The logged ``train/loss/<task>_epoch`` values of each epoch."""
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
+def test_the_training_metrics_of_an_epoch_resumed_in_its_middle_are_over_all_of_it(tmp_path: Path) -> None:
+    # train_metrics=True: the accuracy and MSE of epoch 1, resumed at its fourth batch, were over
+    # that batch alone (0.625 for 0.375 in the report): the metrics' states were not in checkpoints.
+    # An epoch-end checkpoint holds the ended epoch's states, which the next epoch must not add to.
+    full_logger, resumed_logger = (CSVLogger(tmp_path, name=name) for name in ("full", "resumed"))
+    full, _ = logged_fit(tmp_path, shuffled_resumable(), [], train_metrics=True, logger=full_logger)
+    _, _ = logged_fit(tmp_path, shuffled_resumable(), saved_and_stopped_at(tmp_path / "first", 7), train_metrics=True)
+    (mid_epoch,) = (tmp_path / "first").glob("*step=7.ckpt")
+    saved = torch.load(mid_epoch, weights_only=True)["state_dict"]
+    assert "_mt_metrics.train_metrics.0.tp" in saved and "_mt_metrics.train_metrics.1.sum_squared_error" in saved
+    resumed, _ = logged_fit(tmp_path, shuffled_resumable(), [], mid_epoch, train_metrics=True, logger=resumed_logger)
+    # Written in on_train_epoch_end, before Lightning logs and resets the epoch's metrics.
+    at_end = [ModelCheckpoint(dirpath=tmp_path / "end", save_on_train_epoch_end=True, save_top_k=-1), StopAt(4)]
+    _, _ = logged_fit(tmp_path, shuffled_resumable(), at_end, train_metrics=True)
+    (epoch_end,) = (tmp_path / "end").glob("epoch=0-step=4.ckpt")
+    end_logger = CSVLogger(tmp_path, name="from_end")
+    logged_fit(tmp_path, shuffled_resumable(), [], epoch_end, train_metrics=True, logger=end_logger)
+
+    full_values, resumed_values, from_end = (
+        epoch_values(logger, ["train/acc/cls", "train/mse/reg"]) for logger in (full_logger, resumed_logger, end_logger)
+    )
+    assert list(full_values) == [0, 1, 2] and list(resumed_values) == [1, 2] and list(from_end) == [1, 2]
+    for epoch in (1, 2):
+        assert resumed_values[epoch] == pytest.approx(full_values[epoch], rel=1e-6), epoch
+        assert from_end[epoch] == pytest.approx(full_values[epoch], rel=1e-6), epoch
+    assert full_values[0] != full_values[1]  # the epochs' values differ: a mix of two epochs would show
+    assert_params_close(resumed.state_dict(), full.state_dict(), atol=1e-6, what="after resume")
+
+
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
+def test_a_checkpoint_without_training_metrics_loads_into_a_model_with_them(tmp_path: Path) -> None:
+    # A checkpoint of an earlier version, or of the model before train_metrics=True, has no states of
+    # the training metrics (torchmetrics' states are no buffers: a strict load does not miss them).
+    saver = ModelCheckpoint(dirpath=tmp_path / "plain", save_top_k=-1)
+    quiet_trainer(max_epochs=1, callbacks=[saver], enable_checkpointing=True).fit(ToyNet("fixed"), toy_loader(n=32))
+    (path,) = (tmp_path / "plain").glob("*.ckpt")
+    assert not any(".train_metrics." in key for key in torch.load(path, weights_only=True)["state_dict"])
+    loaded = ToyNet.load_from_checkpoint(path, weighting="fixed", metrics=True, train_metrics=True)
+    assert all(int(state.sum()) == 0 for state in loaded.running_training_metrics()[0].metric_state.values())
+    model = ToyNet("fixed", metrics=True, train_metrics=True)
+    saver = ModelCheckpoint(dirpath=tmp_path / "with", save_top_k=-1)
+    trainer = quiet_trainer(max_epochs=2, callbacks=[saver], enable_checkpointing=True)
+    trainer.fit(model, toy_loader(n=32), ckpt_path=str(path))
+    assert model.trainer.current_epoch == 2 and "train/acc/cls" in model.trainer.callback_metrics
+    # And the other way: a checkpoint with them loads into a model without (for inference, say).
+    (with_metrics,) = (tmp_path / "with").glob("epoch=1*.ckpt")
+    assert any(".train_metrics." in key for key in torch.load(with_metrics, weights_only=True)["state_dict"])
+    plain = ToyNet.load_from_checkpoint(with_metrics, weighting="fixed")
+    torch.testing.assert_close(plain.trunk[0].weight, model.trunk[0].weight)
+
+
+def epoch_values(logger: CSVLogger, keys: list[str]) -> dict[int, list[float]]:
+    """The logged values of ``keys`` (epoch values, one row per epoch) by epoch."""
     logger.save()
     with open(Path(logger.log_dir) / "metrics.csv", newline="") as file:
-        rows = [row for row in csv.DictReader(file) if row.get("train/loss/cls_epoch")]
-    return {int(row["epoch"]): [float(row["train/loss/cls_epoch"]), float(row["train/loss/reg_epoch"])] for row in rows}
+        rows = [row for row in csv.DictReader(file) if row.get(keys[0])]
+    return {int(row["epoch"]): [float(row[key]) for key in keys] for row in rows}
+
+
+def epoch_means(logger: CSVLogger) -> dict[int, list[float]]:
+    """The logged ``train/loss/<task>_epoch`` values of each epoch."""
+    return epoch_values(logger, ["train/loss/cls_epoch", "train/loss/reg_epoch"])
 
 
 class FailAt(pl.Callback):

@@ -20,7 +20,8 @@
 - ``dwa_saved``, ``dwa_resumed``, ``dwa_resumed_at_epoch_end``: DWA in float64 over 2 epochs,
   checkpointed in the middle of epoch 0 (step ``DWA_SAVE_STEP``) and at its last batch: each rank's
   own running sums of the epoch's losses then, and after resuming from those checkpoints, and the
-  final states (the loaders resume in the middle of an epoch).
+  final states (the loaders resume in the middle of an epoch); with the tasks' training metrics,
+  whose epoch values (``train/acc/cls``, ``train/mse/reg``) each run records.
 
 Usage: python ddp_core.py OUT_DIR
 """
@@ -147,6 +148,17 @@ class EpochSums(pl.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.at_start = pl_module.weighting.epoch_losses.total.tolist()
+        self.metrics: dict[int, list[float]] = {}  # the logged training metrics of each epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._record_metrics(trainer, trainer.current_epoch - 1)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._record_metrics(trainer, trainer.max_epochs - 1)  # the last epoch (current_epoch is past it)
+
+    def _record_metrics(self, trainer, epoch: int) -> None:
+        if "train/acc/cls" in trainer.callback_metrics:  # logged at the end of that epoch
+            self.metrics[epoch] = [float(trainer.callback_metrics[k]) for k in ("train/acc/cls", "train/mse/reg")]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == DWA_SAVE_STEP:
@@ -240,19 +252,24 @@ def main() -> None:
         precision="64-true",
     )
     trainer.callbacks.extend([sums, saver])
-    model = ToyNet(create_weighting("dwa"))
+    model = ToyNet(create_weighting("dwa"), metrics=True, train_metrics=True)
     trainer.fit(model, ddp_loader(ToyDataset(N), rank))
     checkpoint = out_dir / "dwa_ckpt" / f"step={DWA_SAVE_STEP}.ckpt"
-    result["dwa_saved"] = {"sums": sums.saved, "checkpoint": str(checkpoint), "state": model.state_dict()}
+    result["dwa_saved"] = {
+        "sums": sums.saved,
+        "checkpoint": str(checkpoint),
+        "state": model.state_dict(),
+        "metrics": sums.metrics,
+    }
     for name, step in (("dwa_resumed", DWA_SAVE_STEP), ("dwa_resumed_at_epoch_end", 2 * DWA_SAVE_STEP)):
         sums = EpochSums()
         trainer = ddp_trainer(
             LossWeightingCallback(plot=False), default_root_dir=out_dir / name, max_epochs=2, precision="64-true"
         )
         trainer.callbacks.append(sums)
-        model = ToyNet(create_weighting("dwa"))
+        model = ToyNet(create_weighting("dwa"), metrics=True, train_metrics=True)
         trainer.fit(model, ddp_loader(ToyDataset(N), rank), ckpt_path=str(out_dir / "dwa_ckpt" / f"step={step}.ckpt"))
-        result[name] = {"sums": sums.at_start, "state": model.state_dict()}
+        result[name] = {"sums": sums.at_start, "state": model.state_dict(), "metrics": sums.metrics}
 
     # gradvac_local: GradVac with each process's own Gramian and so its own targets (host state),
     # checkpointed in the middle of the epoch and resumed: each process takes back its own targets
