@@ -94,12 +94,19 @@ class Task:
                     f"task {self.name!r}: the batch has no mask key {self.mask!r}; it has {sorted(batch)}"
                 )
             mask = torch.as_tensor(batch[self.mask], device=target.device)
-            if (mask.shape[0] if mask.ndim else 1) != target.shape[0]:
+            # One entry per sample: (B,), or (B, 1) as a collated list of one-element tensors is. A
+            # mask of several entries per sample (per element) would silently drop whole samples.
+            if mask.numel() != target.shape[0] or (mask.ndim and mask.shape[0] != target.shape[0]):
                 raise MultiLossError(
                     f"task {self.name!r}: the mask {self.mask!r} must hold one entry per sample (batch first), "
                     f"got shape {tuple(mask.shape)} for {target.shape[0]} samples of target {self.target_key!r}"
+                    + (
+                        "; to leave out single elements of a sample, give the task a loss that masks them"
+                        if mask.ndim and mask.shape[0] == target.shape[0]
+                        else ""
+                    )
                 )
-            keep = mask.reshape(target.shape[0], -1).all(dim=1).bool()
+            keep = mask.reshape(target.shape[0]).bool()
         if self.ignore_value is not None:
             flat = target.reshape(target.shape[0], -1)
             if isinstance(self.ignore_value, float) and math.isnan(self.ignore_value):

@@ -625,6 +625,15 @@ API_CASES = [
         r"for 4 samples of target 'reg'",
     ),
     ApiCase(
+        "mask-of-several-entries-per-sample",  # a per-element mask: was taken as "every entry true"
+        lambda: Task("reg", nn.MSELoss(), mask="has_reg").select(
+            torch.zeros(4, 3), torch.zeros(4, 3), {"has_reg": torch.ones(4, 3, dtype=torch.bool)}
+        ),
+        r"task 'reg': the mask 'has_reg' must hold one entry per sample \(batch first\), got shape \(4, 3\) "
+        r"for 4 samples of target 'reg'; to leave out single elements of a sample, give the task a loss that "
+        r"masks them",
+    ),
+    ApiCase(
         "checkpoint-folder",
         lambda: train.check_checkpoint("."),
         r"ckpt_path '.*' is a folder; give the checkpoint file \(e\.g\. checkpoints/last\.ckpt\)",

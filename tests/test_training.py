@@ -433,6 +433,17 @@ def test_masked_losses_count_only_labelled_samples() -> None:
         assert torch.count_nonzero(p.grad) == 0
 
 
+@pytest.mark.parametrize("shape", [(5,), (5, 1)], ids=["(B,)", "(B, 1)"])
+def test_a_mask_of_one_entry_per_sample_selects_those_samples(shape: tuple[int, ...]) -> None:
+    # (B, 1): a collated list of one-element tensors; float 0/1 as well as booleans.
+    target = torch.arange(10.0).reshape(5, 2)
+    output = target + 1.0
+    mask = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0]).reshape(shape)
+    kept_output, kept_target = Task("reg", nn.MSELoss(), mask="m").select(output, target, {"m": mask})
+    torch.testing.assert_close(kept_target, target[[0, 2, 3]])
+    torch.testing.assert_close(kept_output, output[[0, 2, 3]])
+
+
 def _labelled_batch() -> dict[str, Tensor]:
     """Eight samples with every label."""
     data = ToyDataset(24, seed=3)
