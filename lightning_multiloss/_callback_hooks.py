@@ -361,6 +361,7 @@ class LossWeightingHooks:
         # The checkpoint is rank 0's state; Lightning calls this on every process, so that what each
         # DDP process holds of its own joins it here.
         weighting = self._weighting(pl_module)
+        checkpoint[_PROCESSES] = trainer.world_size  # whose batches the epoch sums are over
         if not is_distributed():
             return
         for sums in pl_module.running_epoch_sums():
@@ -386,7 +387,13 @@ class LossWeightingHooks:
             for sums in pl_module.running_epoch_sums():
                 sums.clear()  # the sums over all processes are rank 0's (on_save_checkpoint)
             for metric in pl_module.running_training_metrics():
-                metric.reset()  # as are the training metrics' states
+                metric.reset()  # as are the training metrics' states (over samples: they need no more)
+        else:
+            written_by = checkpoint.get(_PROCESSES, trainer.world_size)  # absent: an earlier version's
+            if isinstance(written_by, int) and written_by > 0 and written_by != trainer.world_size:
+                # The sums are over the processes' batches: as many per step as there were processes.
+                for sums in pl_module.running_epoch_sums():
+                    sums.scale(trainer.world_size / written_by)
         by_rank = checkpoint.get(_HOST_STATE_BY_RANK)
         solver = _solver_of_its_own(weighting)
         if solver is not None and isinstance(by_rank, list):
@@ -555,6 +562,7 @@ class LossWeightingHooks:
 
 # The checkpoint's entry that holds each process's host solver state in ddp="local" mode, by rank.
 _HOST_STATE_BY_RANK = "lightning_multiloss_host_state_by_rank"
+_PROCESSES = "lightning_multiloss_processes"  # the number of processes that wrote a checkpoint
 
 
 def _solver_of_its_own(weighting: Weighting) -> GramianWeighting | None:

@@ -130,6 +130,17 @@ class TaskEpochMean(Metric):
         """
         return bool(all_reduce_sum(self.batches + float(self._all_labelled[0])) > 0)
 
+    def scale(self, factor: float) -> None:
+        """Multiply the sums and counts by ``factor``, in place.
+
+        They are over each process's batches: a run resumed on another number of processes
+        (``factor`` = new / old) adds that many per optimizer step, and the restored batches would
+        otherwise weigh ``1 / factor`` times those after the resume.
+        """
+        self._flush()
+        for name in self.STATES:
+            getattr(self, name).mul_(factor)
+
     def clear(self) -> None:
         """Zero the sums and counts in place, keeping their dtype (:meth:`reset` restores the
         float32 defaults)."""

@@ -21,7 +21,7 @@
   checkpointed in the middle of epoch 0 (step ``DWA_SAVE_STEP``) and at its last batch: each rank's
   own running sums of the epoch's losses then, and after resuming from those checkpoints, and the
   final states (the loaders resume in the middle of an epoch); with the tasks' training metrics,
-  whose epoch values (``train/acc/cls``, ``train/mse/reg``) each run records.
+  whose epoch values and the losses' epoch means (``EPOCH_VALUES``) each run records.
 
 Usage: python ddp_core.py OUT_DIR
 """
@@ -55,6 +55,8 @@ from tests._models import ToyDataset, ToyNet, quiet_trainer
 N, BATCH = 96, 8  # 2 ranks x 6 batches of 8; batch j of rank r holds samples 16 j + r + 2 i
 SKIP_BATCH, MASK_BATCH = 2, 3
 DWA_SAVE_STEP = 3  # of 6 steps in the epoch
+# What the training epochs log: the task losses' epoch means and the tasks' training metrics.
+EPOCH_VALUES = ("train/loss/cls_epoch", "train/loss/reg_epoch", "train/acc/cls", "train/mse/reg")
 
 
 class Messages(logging.Handler):
@@ -158,7 +160,7 @@ class EpochSums(pl.Callback):
 
     def _record_metrics(self, trainer, epoch: int) -> None:
         if "train/acc/cls" in trainer.callback_metrics:  # logged at the end of that epoch
-            self.metrics[epoch] = [float(trainer.callback_metrics[k]) for k in ("train/acc/cls", "train/mse/reg")]
+            self.metrics[epoch] = [float(trainer.callback_metrics[k]) for k in EPOCH_VALUES]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == DWA_SAVE_STEP:
