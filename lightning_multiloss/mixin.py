@@ -352,6 +352,19 @@ class MultiTaskMixin(_Base):
         """The declared tasks, in loss-vector order."""
         return self._mt_tasks
 
+    def logged_keys(self, stage: Literal["train", "val", "test"]) -> list[str]:
+        """The keys the mixin logs in ``stage``: what a ``ModelCheckpoint`` or ``EarlyStopping`` can
+        monitor (the combined loss, the task losses and weights, the tasks' metrics, the training
+        epoch means and the best values). A second evaluation dataloader's keys end with
+        Lightning's ``/dataloader_idx_<index>``.
+
+        Example: ``["val/loss", "val/loss/digit", "val/weight/digit", "val/acc/digit", "val/acc_best/digit"]``.
+        """
+        total, losses, weights = self._mt_keys[stage]
+        metrics = [key for _, key in self._mt_metric_keys.get(stage, [])]
+        extra = self._mt_epoch_loss_keys if stage == "train" else [key for key, _ in self._mt_best_keys]
+        return [total, *losses, *weights, *metrics, *(extra if stage != "test" else [])]
+
     def split_batch(self, batch: Any) -> tuple[Any, Mapping[str, Any]]:
         """Split a batch into the network's input and a mapping that holds the targets.
 

@@ -144,7 +144,7 @@ class Task:
                     f"task {self.name!r}: a loss over classes needs one output per class, the head has one "
                     f"({shapes}): a softmax over one class is always 1, so the loss is always 0 and the head never "
                     "learns; for a yes/no task use a binary loss on one logit (BCEWithLogitsLoss; multiloss-train: "
-                    "loss=bce)"
+                    f"loss@model.tasks.{self.name}.loss=bce)"
                 )
             indices_shape = output.shape[:1] + output.shape[2:]
             if target.shape == output.shape and target.is_floating_point():

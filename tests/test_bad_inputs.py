@@ -595,7 +595,7 @@ API_CASES = [
         r"task 'parity': a loss over classes needs one output per class, the head has one \(output \(4, 1\) "
         r"float32, target \(4,\) int64, loss CrossEntropyLoss\): a softmax over one class is always 1, so the loss "
         r"is always 0 and the head never learns; for a yes/no task use a binary loss on one logit "
-        r"\(BCEWithLogitsLoss; multiloss-train: loss=bce\)",
+        r"\(BCEWithLogitsLoss; multiloss-train: loss@model.tasks.parity.loss=bce\)",
     ),
     ApiCase(
         "class-index-outside-the-head",

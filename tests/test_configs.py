@@ -532,3 +532,35 @@ def test_lightning_configuration_errors_become_one_message():
         call(node)
     with pytest.raises(InstantiationException):  # other errors keep Hydra's message (target and key)
         call(OmegaConf.create({"_target_": "math.sqrt", "x": "not a number"}))
+
+
+def test_a_negative_head_hidden_is_refused(tmp_path):
+    # It trained as head_hidden=0 (a single Linear layer), silently.
+    cfg = compose_train(tmp_path, "model.tasks.digit.head_hidden=-1")
+    with pytest.raises(MultiLossError, match=r"model\.tasks\.digit\.head_hidden must be a non-negative integer"):
+        build(cfg)
+
+
+def test_one_schedule_per_task_is_not_given_the_experiments_scheduled_task(tmp_path):
+    # The experiment's scheduled_task went into weighting.task beside the dict, and the factory
+    # refused a task= the user never gave.
+    overrides = ["weighting=scheduled", "~weighting.schedule", "+weighting.schedule={digit:0.3,recon:0.5,centre:0.2}"]
+    cfg = compose_train(tmp_path, *overrides)
+    assert cfg.scheduled_task == "recon"
+    _, model, _ = build(cfg)
+    assert model.weighting.weights_by_task() == pytest.approx({"digit": 0.3, "recon": 0.5, "centre": 0.2})
+
+
+@pytest.mark.parametrize("callback", ["checkpoint", "early_stopping"])
+def test_a_monitor_the_model_does_not_log_is_refused_before_training(tmp_path, callback):
+    # EarlyStopping's stopped the run with a traceback after an epoch, the checkpoint's at the first
+    # validation's end.
+    cfg = compose_train(tmp_path, "callbacks=[default,early_stopping]", f"callbacks.{callback}.monitor=val/acc/digits")
+    with pytest.raises(
+        MultiLossError,
+        match=rf"config key 'callbacks\.{callback}\.monitor': the model logs no 'val/acc/digits'; "
+        r"did you mean 'val/acc/digit'\? it logs \['train/loss', ",
+    ):
+        build(cfg)
+    for key in ("val/acc/digit", "val/loss", "train/loss/recon_epoch", "val/mse/recon"):
+        build(compose_train(tmp_path, "callbacks=[default,early_stopping]", f"callbacks.{callback}.monitor={key}"))

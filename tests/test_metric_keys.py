@@ -23,7 +23,7 @@ from torchmetrics.wrappers import MultitaskWrapper
 
 from lightning_multiloss import MultiTaskMixin, Task
 from lightning_multiloss.errors import MultiLossError
-from tests._models import HEAD_SIZES, quiet_trainer, toy_loader
+from tests._models import HEAD_SIZES, ToyNet, quiet_trainer, toy_loader
 from tests.test_training import read_csv, rows_with
 
 
@@ -380,3 +380,17 @@ def test_ddp_a_task_labelled_on_one_process_only(tmp_path: Path) -> None:
     assert logged["val/mse/reg"] == pytest.approx(mse, rel=1e-5)
     assert logged["val/loss/reg"] == pytest.approx(mse, rel=1e-5)  # an MSE over the same samples
     assert logged["val/mse_best/reg"] <= logged["val/mse/reg"]
+
+
+@pytest.mark.parametrize("scheme", ["stage/metric/task", "stage/task/metric"])
+def test_logged_keys_are_the_keys_a_fit_logs(tmp_path: Path, scheme: str) -> None:
+    # What a ModelCheckpoint or EarlyStopping can monitor: compared with what Lightning collected.
+    model = ToyNet("fixed", metrics=True, train_metrics=True, best_metrics=True, metric_keys=scheme)
+    trainer = quiet_trainer(max_epochs=1, log_every_n_steps=1, default_root_dir=tmp_path)
+    trainer.fit(model, toy_loader(n=32), toy_loader(n=32))
+    collected = set(trainer.callback_metrics)
+    train, val = set(model.logged_keys("train")), set(model.logged_keys("val"))
+    assert {key for key in collected if key.startswith("val")} == val
+    assert {key for key in collected if key.startswith("train")} == train
+    trainer.test(model, toy_loader(n=32))
+    assert {key for key in trainer.callback_metrics if key.startswith("test")} == set(model.logged_keys("test"))

@@ -293,6 +293,11 @@ def test_cli_default_run(tmp_path):
             ["trainer.max_epochs=many"],
             "error: config key 'trainer.max_epochs': Value 'many' of type 'str' could not be converted to Integer",
         ),
+        (  # every swept option has the key; the sweep composes the default (fixed) first
+            ["-m", "weighting=mgda,pcgrad", "weighting.route=representation"],
+            "error: config key 'weighting.route': Key 'route' is not in struct; a sweep first composes the config "
+            "without the swept options, where it does not exist: add it with ++ (++weighting.route=representation)",
+        ),
     ],
 )
 def test_cli_errors_are_one_clear_message(tmp_path, monkeypatch, capsys, args, message):

@@ -282,7 +282,11 @@ class MultiTaskNetMixin(MultiTaskMixin, _LightningModule):  # type: ignore[misc]
         if not isinstance(out_features, int) or out_features < 1:
             raise MultiLossError(f"{where}.out_features must be a positive integer, got {out_features!r}")
         if head == "linear":
-            hidden = int(spec.get("head_hidden") or 0)
+            hidden = spec.get("head_hidden") or 0
+            if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 0:
+                raise MultiLossError(
+                    f"{where}.head_hidden must be a non-negative integer (0: a single Linear layer), got {hidden!r}"
+                )
             size = self.trunk.out_features
             if hidden > 0:
                 module: nn.Module = nn.Sequential(nn.Linear(size, hidden), nn.ReLU(), nn.Linear(hidden, out_features))

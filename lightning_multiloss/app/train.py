@@ -19,6 +19,7 @@ metrics, and ``loss_weights.csv`` / ``loss_weights.png``: the weight trajectory)
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import math
@@ -39,7 +40,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from hydra.utils import to_absolute_path
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lightning_multiloss._callback_hooks import LossWeightingHooks
@@ -369,6 +370,9 @@ def with_scheduled_task(cfg: DictConfig) -> DictConfig:
     task = cfg.get("scheduled_task")
     if task is None or _weighting_name(weighting) != "scheduled" or weighting.get("task") is not None:
         return cfg
+    schedule = weighting.get("schedule")
+    if isinstance(schedule, ListConfig) or (isinstance(schedule, DictConfig) and "_target_" not in schedule):
+        return cfg  # one schedule per task (a list, or a dict by task): no task to drive
     tasks = list(cfg.model.get("tasks") or {})
     if task not in tasks:  # e.g. the experiment's task was removed with ~model.tasks.<task>
         raise MultiLossError(
@@ -414,6 +418,7 @@ def build(cfg: DictConfig, check_model: Callable[[Any, Any], None] | None = None
     )
     model.configure_optimizers()  # the optimizer's arguments are checked now, not when training starts
     check_heads_fit_data(model, datamodule)
+    check_monitors(cfg, model)
     if check_model is not None:
         check_model(datamodule, model)
     callbacks = [
@@ -443,6 +448,23 @@ def check_heads_fit_data(model: Any, datamodule: Any) -> None:
                 f"model.tasks.{task.name}.out_features is {size}, but its target {task.target_key!r} has "
                 f"{wanted} classes with these data settings ({type(datamodule).__name__}): the head must give "
                 f"{wanted} outputs"
+            )
+
+
+def check_monitors(cfg: DictConfig, model: Any) -> None:
+    """Refuse, before training, a callback's ``monitor`` that the model does not log (a typo): the
+    checkpoint's stopped the run at the first validation's end, ``EarlyStopping``'s with a
+    traceback. The app's own models only: another module may log keys of its own."""
+    if not type(model).__module__.startswith("lightning_multiloss."):
+        return
+    logged = [key for stage in ("train", "val") for key in model.logged_keys(stage)]
+    for name, node in (cfg.get("callbacks") or {}).items():
+        monitor = node.get("monitor") if isinstance(node, DictConfig) else None
+        if isinstance(monitor, str) and monitor not in logged:
+            close = difflib.get_close_matches(monitor, logged, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise MultiLossError(
+                f"config key 'callbacks.{name}.monitor': the model logs no {monitor!r}; {hint}it logs {logged}"
             )
 
 
@@ -756,7 +778,16 @@ def composition_error(error: BaseException, overrides: Sequence[str]) -> str:
     while cause is not None:  # OmegaConf's error names the full key: a wrong type, an unknown key
         key = getattr(cause, "full_key", None)
         if isinstance(cause, OmegaConfBaseException) and key:
-            return f"config key '{key}': {_first_line(getattr(cause, 'msg', None) or str(cause))}"
+            message = _first_line(getattr(cause, "msg", None) or str(cause))
+            typed = [o for o in overrides if o.split("=", 1)[0] == key]
+            if typed and "not in struct" in message and any(a in ("-m", "--multirun") for a in sys.argv[1:]):
+                # A sweep composes the primary config once without the swept choices (the defaults'
+                # group options), where a key of a swept option (weighting.route) does not exist yet.
+                message += (
+                    f"; a sweep first composes the config without the swept options, where it does not "
+                    f"exist: add it with ++ (++{typed[0]})"
+                )
+            return f"config key '{key}': {message}"
         cause = cause.__cause__
     if isinstance(error, OverrideParseException):
         key, _, value = error.override.lstrip("+~").partition("=")
