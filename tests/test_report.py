@@ -17,6 +17,7 @@ import re
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,13 @@ def write_baselines(folder: Path, first_job: int = 0) -> None:
             result = completed("fixed", seed, overrides, {task: {metric: value}}, baseline_of=task)
             write_job(folder / str(job), overrides, result)
             job += 1
+
+
+def evaluate_on(folder: Path, split_of: Callable[[dict[str, Any]], str]) -> None:
+    """Set ``evaluated_on`` of every ``result.json`` under ``folder`` to ``split_of(result)``."""
+    for path in folder.rglob("result.json"):
+        result = json.loads(path.read_text())
+        path.write_text(json.dumps({**result, "evaluated_on": split_of(result)}))
 
 
 def sample_std(values: list[float]) -> float:
@@ -394,9 +402,7 @@ def test_delta_m_needs_the_runs_and_the_baselines_evaluated_on_one_split(tmp_pat
     sweep = make_sweep(tmp_path)
     write_baselines(tmp_path / "baselines")
     for folder, split in ((sweep, "test"), (tmp_path / "baselines", "val")):  # baselines run with test=false
-        for path in folder.rglob("result.json"):
-            result = json.loads(path.read_text())
-            path.write_text(json.dumps({**result, "evaluated_on": split}))
+        evaluate_on(folder, lambda result, split=split: split)
     report = make_report([str(sweep)], [str(tmp_path / "baselines")], out=str(tmp_path / "out"))
     (exp,) = report.experiments
     assert all(row.delta_m is None for row in exp.rows)
@@ -404,8 +410,7 @@ def test_delta_m_needs_the_runs_and_the_baselines_evaluated_on_one_split(tmp_pat
     assert "Δm% is left empty for 'fixed' (test), 'scheduled' (test), " in text
     assert "evaluated on another split than the single-task baselines (cls: val; reg: val)" in text
     # Evaluated alike, Δm% is there.
-    for path in (tmp_path / "baselines").rglob("result.json"):
-        path.write_text(json.dumps({**json.loads(path.read_text()), "evaluated_on": "test"}))
+    evaluate_on(tmp_path / "baselines", lambda result: "test")
     (exp,) = make_report([str(sweep)], [str(tmp_path / "baselines")], out=str(tmp_path / "out")).experiments
     assert all(row.delta_m is not None for row in exp.rows)
 
@@ -414,10 +419,7 @@ def test_rows_evaluated_on_different_splits_are_named(tmp_path: Path) -> None:
     # A run with test=false reports validation metrics: beside test rows, the table mixed splits
     # without a word (its "Metrics of the test split." line only went away).
     sweep = make_sweep(tmp_path)
-    for path in sweep.rglob("result.json"):
-        result = json.loads(path.read_text())
-        split = "val" if result.get("weighting") == "scheduled" else "test"
-        path.write_text(json.dumps({**result, "evaluated_on": split}))
+    evaluate_on(sweep, lambda result: "val" if result.get("weighting") == "scheduled" else "test")
     make_report([str(sweep)], out=str(tmp_path / "out"))
     text = (tmp_path / "out" / "report.md").read_text()
     assert (
@@ -1163,10 +1165,8 @@ def test_a_row_on_another_split_leaves_the_other_rows_delta_m(tmp_path: Path) ->
     # baselines too.
     sweep = make_sweep(tmp_path)
     write_baselines(sweep / "baselines")
-    for path in sweep.rglob("result.json"):
-        result = json.loads(path.read_text())
-        split = "val" if result.get("weighting") == "scheduled" and result.get("baseline_of") is None else "test"
-        path.write_text(json.dumps({**result, "evaluated_on": split}))
+    rows_on_val = {"scheduled"}  # its rows, not the baselines (weighting "fixed")
+    evaluate_on(sweep, lambda result: "val" if result["weighting"] in rows_on_val else "test")
     (exp,) = make_report([str(sweep)], out=str(tmp_path / "out")).experiments
     assert {row.weighting: row.delta_m is not None for row in exp.rows} == {
         "fixed": True,
