@@ -17,7 +17,7 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
 
 from lightning_multiloss._dist import all_gather_object, is_distributed
-from lightning_multiloss._lightning import batches_processed, is_lightning_class, lightning_package
+from lightning_multiloss._lightning import batches_processed, is_lightning_class, lightning_package, trainer_stage
 from lightning_multiloss._run_recorder import RunRecorder, active_recorder
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.sampling import ResumableDataLoader
@@ -120,6 +120,7 @@ class LossWeightingHooks:
         self._records: list[tuple[int, int, Tensor]] = []
         self.replan_on_resume = replan_on_resume
         self._last_step = 0
+        self._fit_started_at = 0  # the global step at which this fit started training
         self._total_steps: int | None = None
         self._total_epochs: int | None = None
         self._restored_plan: int | None = None  # the planned steps of a checkpoint being resumed
@@ -190,6 +191,8 @@ class LossWeightingHooks:
             recorder.writes = recorder.writes and trainer.is_global_zero
             tasks = {task.name: list(task.metrics.items()) for task in pl_module.tasks}
             recorder.set_model(tasks, weighting.name or type(weighting).__name__)
+            if stage == "fit":
+                recorder.fitting_again()
             if recorder.result.status == "running":
                 recorder.write()
 
@@ -199,6 +202,7 @@ class LossWeightingHooks:
         self._records = []
         self._stride = self.every_n_steps
         self._last_step = 0
+        self._fit_started_at = 0  # the global step at which this fit started training
         self._total_steps = None
         self._total_epochs = None
         self._restored_plan = None
@@ -259,7 +263,7 @@ class LossWeightingHooks:
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # Synchronise with the (possibly restored) step counter; this resets no schedule state.
-        self._last_step = trainer.global_step
+        self._last_step = self._fit_started_at = trainer.global_step
         self._end = None
         self._follow_training(trainer, partial(batches_processed, trainer))
         planned = fit_steps = _planned_steps(trainer)
@@ -458,13 +462,24 @@ class LossWeightingHooks:
         recorder = self._recorder(trainer)
         if recorder is not None:
             recorder.evaluated("val", trainer.callback_metrics)  # the last validation's values
-            last = self._weighting(pl_module).last_weights.detach().float().cpu().tolist()
-            recorder.finished(dict(zip(self.task_names, last, strict=True)), int(trainer.world_size), self.plans)
+            recorder.finished(self._weights_trained_with(pl_module), int(trainer.world_size), self.plans)
             recorder.write()
         # The other processes wait for rank 0's files (the trajectory's plot, the result): a process
         # that leaves first may end while another still runs, and gloo's teardown then aborted it
         # now and then under ddp_spawn (2 fits in 30 with a rank 0 one second slower).
         trainer.strategy.barrier("LossWeightingCallback.on_fit_end")
+
+    def _weights_trained_with(self, pl_module: Any) -> dict[str, float] | None:
+        """The weights of the run's last optimizer step, by task: the strategy's ``last_weights``
+        after a step of this fit, else the record's last (a resumed run with no step left, whose
+        ``last_weights`` a checkpoint need not hold); ``None`` before any step."""
+        if self._last_step > self._fit_started_at:
+            values: Tensor = self._weighting(pl_module).last_weights
+        elif self._records:
+            values = self._records[-1][2]
+        else:
+            return None
+        return dict(zip(self.task_names, values.detach().float().cpu().tolist(), strict=True))
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         pl_module.check_finite_evaluation_losses("val")
@@ -475,7 +490,7 @@ class LossWeightingHooks:
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         # Inside fit, on_fit_end takes the last validation; here a validation of its own (trainer.validate).
         recorder = self._recorder(trainer)
-        if recorder is None or trainer.sanity_checking or _stage(trainer) != "validate":
+        if recorder is None or trainer.sanity_checking or trainer_stage(trainer) != "validate":
             return
         recorder.evaluated("val", trainer.callback_metrics)
         recorder.finished()
@@ -669,9 +684,3 @@ def _planned_epochs(trainer: Any, planned_steps: int | None) -> int | None:
         if done >= planned_steps or (epochs is not None and reached >= epochs):
             return reached if epochs is None else min(epochs, reached)
     return epochs
-
-
-def _stage(trainer: Any) -> str:
-    """What the Trainer is running: ``"fit"``, ``"validate"``, ``"test"`` or ``"predict"``."""
-    fn = trainer.state.fn
-    return str(getattr(fn, "value", fn))

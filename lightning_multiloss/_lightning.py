@@ -41,6 +41,12 @@ def trainer_of(module: Any) -> Any | None:
     return getattr(module, "_trainer", None)
 
 
+def trainer_stage(trainer: Any) -> str:
+    """What the Trainer is running: ``"fit"``, ``"validate"``, ``"test"`` or ``"predict"``."""
+    fn = trainer.state.fn
+    return str(getattr(fn, "value", fn))
+
+
 def batches_processed(trainer: Any) -> int | None:
     """The batches of the current training epoch that the Trainer has trained on (``None`` where a
     Lightning version does not say).

@@ -170,6 +170,13 @@ class RunRecorder:
         else:
             self.result.status, self.result.error = "completed", None
 
+    def fitting_again(self) -> None:
+        """The same run fits on after a stop (the same Trainer, ``trainer.fit`` again after Ctrl-C
+        or an error): running again, the stop forgotten; the fit's end records how it ends."""
+        if self._stopped:
+            self._stopped = False
+            self.result.status, self.result.error = "running", None
+
     def stopped(self, error: BaseException) -> None:
         """The run stopped on ``error``: interrupted (Ctrl-C, a signal) or failed."""
         if self._stopped:

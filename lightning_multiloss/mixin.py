@@ -25,6 +25,7 @@ from lightning_multiloss._lightning import (
     lightning_package,
     scales_float16_losses,
     trainer_of,
+    trainer_stage,
 )
 from lightning_multiloss._metric_keys import (
     METRIC_KEYS,
@@ -873,11 +874,14 @@ class MultiTaskMixin(_Base):
         """Update and log the best-so-far values (``best_metrics=True``); call ``super()`` if you override it.
 
         The epoch's values are computed here, before Lightning logs them (torchmetrics keeps the
-        result, so nothing is computed twice); the sanity check is left out.
+        result, so nothing is computed twice). The best values are those of a fit's validations:
+        the sanity check and a ``trainer.validate`` of its own (another split, a pretrained model
+        checked before fine-tuning) are left out.
         """
         super().on_validation_epoch_end()  # type: ignore[misc]
         trainer = trainer_of(self)
-        if not self._mt_best_keys or (trainer is not None and trainer.sanity_checking):
+        outside_fit = trainer is not None and (trainer.sanity_checking or trainer_stage(trainer) != "fit")
+        if not self._mt_best_keys or outside_fit:
             return
         total = cast("Sequence[MeanMetric]", self._mt_eval_means["val"])[0]
         metrics = cast("Sequence[Metric]", self._mt_metrics["val_metrics"])

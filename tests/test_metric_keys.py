@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import torchmetrics
 from pytorch_lightning.loggers import CSVLogger
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 from torchmetrics import MetricCollection
 from torchmetrics.wrappers import MultitaskWrapper
 
@@ -219,6 +220,24 @@ def test_best_values_leave_out_the_sanity_check_and_survive_a_resume(tmp_path: P
     all_loss = [float(r["val/loss"]) for r in rows_with(rows, "val/loss")] + [float(third[0]["val/loss"])]
     assert float(third[0]["val/acc_best/cls"]) == pytest.approx(max(all_acc), abs=1e-6)
     assert float(third[0]["val/loss_best"]) == pytest.approx(min(all_loss), rel=1e-6)
+
+
+def test_a_validate_of_its_own_leaves_the_best_values_alone(tmp_path: Path) -> None:
+    # trainer.validate on another split before the fit (a pretrained model checked first) set a best
+    # accuracy that the fit's validations never reached (1.0 beside 0.45 in the report).
+    tasks = [cls_task(acc=accuracy()), reg_task(mse=torchmetrics.MeanSquaredError())]
+    model = MetricNet(tasks, lr=0.3, best_metrics=True)
+    model.eval()
+    with torch.no_grad():  # labels the untrained model predicts: accuracy 1 on this split
+        data = toy_loader(n=32, batch_size=16, seed=5).dataset
+        easy = [{**data[i], "cls": model(data[i]["x"][None])["cls"].argmax(1)[0]} for i in range(len(data))]
+    model.train()
+    validated = quiet_trainer(default_root_dir=tmp_path).validate(model, DataLoader(easy, batch_size=16))
+    assert validated[0]["val/acc/cls"] == 1.0 and not any("_best" in key for key in validated[0])
+    _, rows = fit(model, tmp_path / "fit", epochs=2)
+    accuracies = [float(r["val/acc/cls"]) for r in rows_with(rows, "val/acc/cls")]
+    assert max(accuracies) < 1.0
+    assert float(rows_with(rows, "val/acc_best/cls")[-1]["val/acc_best/cls"]) == pytest.approx(max(accuracies))
 
 
 # -- MetricCollection and MultitaskWrapper ----------------------------------------------------

@@ -18,11 +18,12 @@ import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from lightning_multiloss import LossWeightingCallback
 from lightning_multiloss.app.report import make_report
 from lightning_multiloss.results import RunResult
-from lightning_multiloss.weighting import Fixed
+from lightning_multiloss.weighting import Fixed, Learnable
 from tests._models import ToyDataset, ToyNet, quiet_trainer, toy_loader
 from tests.test_train_cli import clean_env
 
@@ -112,6 +113,60 @@ def test_ctrl_c_inside_fit_is_recorded_as_interrupted(tmp_path: Path) -> None:
         signal.signal(signal.SIGINT, handler)
     result = RunResult.read(str(tmp_path / "result.json"))
     assert (result.status, result.error) == ("interrupted", None)
+
+
+class FailOnce(FailingNet):
+    """Raises as ``FailingNet`` while ``failing``."""
+
+    failing = True
+
+    def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+        if self.failing:
+            return super().training_step(batch, batch_idx)
+        return ToyNet.training_step(self, batch, batch_idx)
+
+
+def test_the_same_trainer_fitting_on_after_a_failure_records_how_it_ends(tmp_path: Path) -> None:
+    # A notebook's trainer.fit again after an error: the run completed, and result.json said "failed".
+    model = FailOnce(Fixed(WEIGHTS), metrics=True)
+    trainer = quiet_trainer(
+        max_epochs=2, default_root_dir=str(tmp_path), callbacks=[LossWeightingCallback(result_file="result.json")]
+    )
+    with pytest.raises(RuntimeError, match="the data ran dry"):
+        trainer.fit(model, toy_loader(32), toy_loader(16))
+    assert RunResult.read(str(tmp_path / "result.json")).status == "failed"
+    model.failing = False
+    trainer.fit(model, toy_loader(32), toy_loader(16))
+    assert trainer.current_epoch == 2
+    result = RunResult.read(str(tmp_path / "result.json"))
+    assert (result.status, result.error) == ("completed", None)
+    assert_close(result.metrics, plain_metrics(model, 16, 0))
+
+
+def test_the_recorded_weights_are_those_of_the_last_step_or_none(tmp_path: Path) -> None:
+    # A fit with no step (max_time, or a finished run resumed) recorded last_weights' initial ones.
+    learnable = ToyNet(Learnable(init=0.3), metrics=True)
+    callbacks = [LossWeightingCallback(result_file="a/result.json")]
+    quiet_trainer(max_time={"seconds": 0}, default_root_dir=str(tmp_path), callbacks=callbacks).fit(
+        learnable, toy_loader(32), toy_loader(16)
+    )
+    assert RunResult.read(str(tmp_path / "a/result.json")).weights == {}
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    model = ToyNet(Learnable(init=0.3), metrics=True)
+    callbacks = [LossWeightingCallback(result_file="b/result.json"), saver]
+    trainer = quiet_trainer(
+        max_epochs=1, default_root_dir=str(tmp_path), callbacks=callbacks, enable_checkpointing=True
+    )
+    trainer.fit(model, toy_loader(32), toy_loader(16))
+    alpha = model.weighting.last_weights.tolist()  # the first (and only) fit's last step's
+    assert alpha != [1.0, 1.0]
+    resumed = ToyNet(Learnable(init=0.3), metrics=True)
+    callbacks = [LossWeightingCallback(result_file="c/result.json")]
+    trainer = quiet_trainer(max_epochs=1, default_root_dir=str(tmp_path), callbacks=callbacks)
+    trainer.fit(resumed, toy_loader(32), toy_loader(16), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert trainer.global_step == 2  # no step left to take
+    recorded = RunResult.read(str(tmp_path / "c/result.json")).weights
+    assert list(recorded.values()) == pytest.approx(alpha)
 
 
 def test_without_a_validation_the_missing_metric_is_named_until_a_test_logs_it(tmp_path: Path) -> None:
