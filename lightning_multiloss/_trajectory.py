@@ -26,8 +26,8 @@ def write_trajectory(
 ) -> list[str]:
     """Write ``<stem>.csv`` (step, epoch, one column per task) and, if ``plot``, ``<stem>.png``.
 
-    The plot also goes to each TensorBoard, MLflow and W&B logger among ``loggers`` (at ``step``):
-    see :func:`log_plot`.
+    The plot also goes to each TensorBoard, MLflow and W&B logger among ``loggers`` (at ``step``),
+    and the CSV to MLflow's, with the plot or without: see :func:`log_plot`.
     """
     os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
     csv_path = f"{stem}.csv"
@@ -61,6 +61,9 @@ def write_trajectory(
                 log_plot(logger, fig, png_path, csv_path, step)
         finally:
             plt.close(fig)
+    else:
+        for logger in loggers:
+            log_plot(logger, None, None, csv_path, step)  # the CSV alone, where a logger keeps files
     return paths
 
 
@@ -76,16 +79,17 @@ def logger_kind(logger: Any) -> str | None:
     return None
 
 
-def log_plot(logger: Any, figure: Any, png_path: str, csv_path: str, step: int | None) -> None:
+def log_plot(logger: Any, figure: Any, png_path: str | None, csv_path: str, step: int | None) -> None:
     """Put the trajectory plot where the logger's users look, through the logger's public API.
 
     TensorBoard: ``SummaryWriter.add_figure`` (tag ``loss_weights``); MLflow: the PNG and the CSV
     as artifacts of the logger's run; W&B: ``WandbLogger.log_image`` (key ``loss_weights``). Other
-    loggers get nothing. A logger that fails (a tracking server out of reach) is named in a
+    loggers get nothing. Without a plot (``figure`` and ``png_path`` ``None``: ``plot=False``)
+    MLflow gets the CSV alone. A logger that fails (a tracking server out of reach) is named in a
     warning: the files on disk are written already, and the run goes on.
     """
     kind = logger_kind(logger)
-    if kind is None:
+    if kind is None or (png_path is None and kind != "mlflow"):
         return
     try:
         if kind == "tensorboard":
@@ -94,7 +98,8 @@ def log_plot(logger: Any, figure: Any, png_path: str, csv_path: str, step: int |
             writer.flush()
         elif kind == "mlflow":
             for path in (png_path, csv_path):
-                logger.experiment.log_artifact(logger.run_id, path)
+                if path is not None:
+                    logger.experiment.log_artifact(logger.run_id, path)
         else:
             logger.log_image(key=FIGURE_TAG, images=[png_path], step=step)
     except Exception as error:

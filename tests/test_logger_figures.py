@@ -15,6 +15,7 @@ import pytest
 from matplotlib import colors, rcParams
 from matplotlib import image as mpimg
 
+from lightning_multiloss import LossWeightingCallback
 from lightning_multiloss.weighting import Fixed
 from tests._models import ToyNet, quiet_trainer, toy_loader
 
@@ -22,8 +23,14 @@ WEIGHTS = [0.25, 2.0]
 STEPS = 2 * 4  # 2 epochs of 64 samples in batches of 16
 
 
-def fit(tmp_path: Path, logger: object) -> None:
-    trainer = quiet_trainer(max_epochs=2, logger=logger, default_root_dir=str(tmp_path), log_every_n_steps=1)
+def fit(tmp_path: Path, logger: object, plot: bool = True) -> None:
+    trainer = quiet_trainer(
+        max_epochs=2,
+        logger=logger,
+        default_root_dir=str(tmp_path),
+        log_every_n_steps=1,
+        callbacks=[LossWeightingCallback(plot=plot)],
+    )
     trainer.fit(ToyNet(Fixed(WEIGHTS)), toy_loader(64))
 
 
@@ -64,19 +71,23 @@ def test_tensorboard_gets_the_plot_as_an_image_summary(tmp_path: Path) -> None:
     assert_is_the_trajectory_plot(rgb, round(4 * dpi), round(7 * dpi))
 
 
-def test_mlflow_run_gets_the_plot_and_the_csv_as_artifacts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("plot", [True, False], ids=["plot", "plot=False"])
+def test_mlflow_run_gets_the_plot_and_the_csv_as_artifacts(tmp_path: Path, plot: bool) -> None:
+    # plot=False sent nothing: the CSV went to MLflow only beside the plot.
     from mlflow import MlflowClient
     from pytorch_lightning.loggers import MLFlowLogger
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     logger = MLFlowLogger(experiment_name="weights", tracking_uri=uri, artifact_location=str(tmp_path / "artifacts"))
-    fit(tmp_path, logger)
+    fit(tmp_path, logger, plot=plot)
     client = MlflowClient(uri)
-    assert sorted(a.path for a in client.list_artifacts(logger.run_id)) == ["loss_weights.csv", "loss_weights.png"]
+    expected = ["loss_weights.csv", "loss_weights.png"] if plot else ["loss_weights.csv"]
+    assert sorted(a.path for a in client.list_artifacts(logger.run_id)) == expected
     folder = Path(client.download_artifacts(logger.run_id, "", str(tmp_path / "download")))
     with open(folder / "loss_weights.csv", newline="") as f:
         assert list(csv.reader(f)) == expected_csv_rows()
-    assert_is_the_trajectory_plot(mpimg.imread(folder / "loss_weights.png"), 4 * 120, 7 * 120)  # saved at 120 dpi
+    if plot:
+        assert_is_the_trajectory_plot(mpimg.imread(folder / "loss_weights.png"), 4 * 120, 7 * 120)  # at 120 dpi
 
 
 def test_wandb_offline_run_gets_the_plot_as_an_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
