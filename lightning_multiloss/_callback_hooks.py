@@ -90,6 +90,23 @@ class LossWeightingHooks:
             only when a ``RunResultCallback`` runs the Hydra job.
     """
 
+    # The state of one run (set by _start_anew).
+    _own_recorder: RunRecorder | None
+    task_names: list[str]
+    _records: list[tuple[int, int, Tensor]]  # (optimizer step, epoch, weights used then): tensors until read
+    _stride: int
+    _last_step: int
+    _fit_started_at: int  # the global step at which this fit started training
+    _total_steps: int | None
+    _total_epochs: int | None
+    _restored_plan: int | None  # the planned steps of a checkpoint being resumed
+    _end: tuple[int, int, Tensor] | None  # the weights in force when training ended
+    # The training epoch begun and not yet ended (its epoch-end hooks not run), and that of a
+    # checkpoint being resumed.
+    _open_epoch: int | None
+    _restored_open_epoch: int | None
+    _plans: list[int]  # the planned lengths the weights followed (see `plans`)
+
     def __init__(
         self,
         every_n_steps: int = 1,
@@ -110,27 +127,12 @@ class LossWeightingHooks:
             raise MultiLossError(f"LossWeightingCallback: result_file must be a file path or None, got {result_file!r}")
         self.every_n_steps = int(every_n_steps)
         self.max_points = int(max_points)
-        self._stride = self.every_n_steps
         self.plot = plot
         self.filename = filename
         self.result_file = None if result_file is None else os.fspath(result_file)
-        self._own_recorder: RunRecorder | None = None
-        self.task_names: list[str] = []
-        # (optimizer step, epoch, weights used at that step); weights stay tensors until read.
-        self._records: list[tuple[int, int, Tensor]] = []
         self.replan_on_resume = replan_on_resume
-        self._last_step = 0
-        self._fit_started_at = 0  # the global step at which this fit started training
-        self._total_steps: int | None = None
-        self._total_epochs: int | None = None
-        self._restored_plan: int | None = None  # the planned steps of a checkpoint being resumed
-        self._end: tuple[int, int, Tensor] | None = None  # the weights in force when training ended
         self._sets_progress = True  # whether the strategy's set_progress does something (read in setup)
-        # The training epoch begun and not yet ended (its epoch-end hooks not run), and that of a
-        # checkpoint being resumed.
-        self._open_epoch: int | None = None
-        self._restored_open_epoch: int | None = None
-        self._plans: list[int] = []  # the planned lengths the weights followed (see `plans`)
+        self._start_anew()
         for hook in _IDLE_STEP_HOOKS:
             self._set_dispatched(hook, False)
 
@@ -197,12 +199,13 @@ class LossWeightingHooks:
                 recorder.write()
 
     def _start_anew(self) -> None:
+        """The state of one run: a new Callback's, and a fit's from the start."""
         self._own_recorder = None  # its file is in the Trainer's folder: found again for this one
         self.task_names = []
         self._records = []
         self._stride = self.every_n_steps
         self._last_step = 0
-        self._fit_started_at = 0  # the global step at which this fit started training
+        self._fit_started_at = 0
         self._total_steps = None
         self._total_epochs = None
         self._restored_plan = None
@@ -368,18 +371,17 @@ class LossWeightingHooks:
         checkpoint[_PROCESSES] = trainer.world_size  # whose batches the epoch sums are over
         if not is_distributed():
             return
+        names = {id(module): name for name, module in pl_module.named_modules()}
         for sums in pl_module.running_epoch_sums():
             # Each process's part of the epoch's running sums (the task losses', DWA's, STCH's): their
             # total, which the first process alone takes back on resume (on_load_checkpoint).
-            prefix = next(name for name, module in pl_module.named_modules() if module is sums)
             for name, total in sums.states_over_processes().items():
-                checkpoint["state_dict"][f"{prefix}.{name}"] = total
+                checkpoint["state_dict"][f"{names[id(sums)]}.{name}"] = total
         for metric in pl_module.running_training_metrics():
             # The same for the tasks' training metrics: their states over all processes (torchmetrics'
             # own reduction of each: sums added, lists joined), for the first process to take back.
-            prefix = next(name for name, module in pl_module.named_modules() if module is metric)
             with metric.sync_context(should_sync=True):
-                checkpoint["state_dict"].update(metric.state_dict(prefix=f"{prefix}."))
+                checkpoint["state_dict"].update(metric.state_dict(prefix=f"{names[id(metric)]}."))
         solver = _solver_of_its_own(weighting)
         if solver is not None:
             # The solver's state of every process (ddp="local"): each takes back its own on resume.

@@ -363,8 +363,10 @@ class MultiTaskMixin(_Base):
         """
         total, losses, weights = self._mt_keys[stage]
         metrics = [key for _, key in self._mt_metric_keys.get(stage, [])]
-        extra = self._mt_epoch_loss_keys if stage == "train" else [key for key, _ in self._mt_best_keys]
-        return [total, *losses, *weights, *metrics, *(extra if stage != "test" else [])]
+        if stage == "train":
+            return [total, *losses, *weights, *metrics, *self._mt_epoch_loss_keys]
+        best = [key for key, _ in self._mt_best_keys] if stage == "val" else []
+        return [total, *losses, *weights, *metrics, *best]
 
     def split_batch(self, batch: Any) -> tuple[Any, Mapping[str, Any]]:
         """Split a batch into the network's input and a mapping that holds the targets.
