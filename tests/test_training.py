@@ -805,6 +805,38 @@ def test_tuner_trials_call_the_post_step_update_once_per_optimizer_step(tune: st
     assert model.weighting.calls == model.steps
 
 
+class ClosureEvaluated(ToyNet):
+    """LBFGS: Lightning runs training_step at each of the closure's evaluations; each is recorded."""
+
+    def __init__(self, weighting: Weighting) -> None:
+        super().__init__(weighting)
+        self.evaluated: list[Tensor] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        self.evaluated.append(self.task_losses(self(batch["x"]), batch).detach().clone())
+        return super().training_step(batch, batch_idx)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.LBFGS(self.parameters(), lr=0.1, max_iter=3)
+
+
+def test_lbfgs_evaluations_each_take_a_step_of_the_strategy_and_the_post_step_update_runs_once(
+    tmp_path: Path,
+) -> None:
+    # The README's rule for closures: every evaluation is a training step of the strategy and
+    # counts in the epoch means; the post-step update follows the optimizer steps.
+    model = ClosureEvaluated(CountingFixed([1.0, 1.0]))
+    trainer = quiet_trainer(max_epochs=1, logger=CSVLogger(tmp_path, name="", version=""), log_every_n_steps=1)
+    trainer.fit(model, toy_loader(n=64, batch_size=16))
+    assert trainer.global_step == 4  # one optimizer step per batch
+    assert len(model.evaluated) > 4  # LBFGS evaluated several times a step
+    assert model.weighting.calls == 4
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    logged = [float(r["train/loss/cls_epoch"]) for r in rows if r.get("train/loss/cls_epoch")]
+    evaluated = torch.stack(model.evaluated)[:, 0]
+    assert logged == pytest.approx([float(evaluated.mean())], rel=1e-6)
+
+
 class TrainingOnly(pl.LightningDataModule):
     """Training data alone, with a batch size for the tuner to scale."""
 
