@@ -65,6 +65,7 @@ _OWNER = "_mt_owner"
 _KEPT_USES = 8
 """How many graphs' worth of the tasks' own parameters are kept (:meth:`MultiTaskMixin._mt_kept_own_parameters`)."""
 _TASKS_IN_CHECKPOINT = "multiloss_task_names"  # the checkpoint's entry that lists the tasks in order
+_COMPILED_MODULE = "_orig_mod"  # the attribute through which torch.compile's wrapper holds the module
 OnNonFinite = Literal["raise", "skip"]
 
 if TYPE_CHECKING:  # the mixin is used with a LightningModule; type-check against nn.Module only
@@ -79,6 +80,23 @@ def _negative_loss_message(strategy: str, culprits: Mapping[str, object], where:
         "their log, a ratio of them, or has no minimum below 0); shift such a loss by its lower bound "
         "(e.g. a negative log-likelihood) or choose another weighting"
     )
+
+
+def _without_compile_wrappers(key: str) -> str:
+    return ".".join(part for part in key.split(".") if part != _COMPILED_MODULE)
+
+
+def _match_compiled_keys(state: dict[str, Any], own: Mapping[str, Any]) -> None:
+    """Rename, in ``state``, the keys that differ from the model's own only by ``torch.compile``'s
+    wrapper (``trunk._orig_mod.0.weight`` against ``trunk.0.weight``, either way round): a module
+    compiled in ``setup`` for training only is plain when the checkpoint is loaded for evaluation."""
+    if not any(_COMPILED_MODULE in key for key in (*state, *own)):
+        return
+    by_plain_key = {_without_compile_wrappers(key): key for key in own}
+    for key in [k for k in state if k not in own]:
+        target = by_plain_key.get(_without_compile_wrappers(key))
+        if target is not None and target not in state:
+            state[target] = state.pop(key)
 
 
 class MultiTaskMixin(_Base):
@@ -809,10 +827,13 @@ class MultiTaskMixin(_Base):
         epoch means), so tasks declared in another order (built from a dict or a set, say) would
         take each other's state. Called before the state is loaded, on resume and by
         ``load_from_checkpoint``. Other tasks (a renamed one, another set) load with a warning.
+        A submodule compiled in ``setup`` (``self.trunk = torch.compile(self.trunk)``) writes its
+        keys with torch's ``_orig_mod.``: they load into the same module compiled or not.
         """
         super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
         state = checkpoint.get("state_dict")
         if isinstance(state, dict):
+            _match_compiled_keys(state, self.state_dict(keep_vars=True))
             # The training metrics' states are no weights: those of metrics this model lacks (built
             # without train_metrics, for inference, or with a metric fewer) are left, not refused.
             own = set(self._mt_metrics.state_dict(prefix="_mt_metrics.", keep_vars=True))

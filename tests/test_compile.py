@@ -120,6 +120,39 @@ def test_whole_module_compiled_by_lightning_trains_as_eager(route: str, tmp_path
         assert {id(p) for p in model.shared_parameters()} == trunk
 
 
+def test_a_checkpoint_of_a_trunk_compiled_in_setup_loads_into_the_plain_model_and_back(tmp_path: Path) -> None:
+    # Its keys read trunk._orig_mod.0.weight: load_from_checkpoint and validate(ckpt_path=...) into
+    # the plain class failed on them ("Missing key(s) trunk.0.weight").
+    compiled = build("loss-level", {"backend": "eager"})
+    train(compiled, tmp_path)
+    path = tmp_path / "compiled.ckpt"
+    assert compiled.trainer is not None
+    compiled.trainer.save_checkpoint(path)
+    assert any("_orig_mod" in key for key in torch.load(path)["state_dict"])
+    trained = {k.replace("._orig_mod", ""): v for k, v in compiled.state_dict().items()}
+
+    loaded = CompilableNet.load_from_checkpoint(
+        path, weighting=create_weighting("uncertainty"), mark_representation=False
+    )
+    assert loaded.state_dict().keys() == trained.keys()
+    for key, value in trained.items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    validated = build("loss-level")
+    quiet_trainer().validate(validated, toy_loader(n=16), ckpt_path=path)
+    torch.testing.assert_close(validated.trunk[0].weight, trained["trunk.0.weight"], rtol=0, atol=0)
+
+    # And a plain run's checkpoint resumes into the compiled module (its keys have _orig_mod).
+    resumed = build("loss-level", {"backend": "eager"})
+    trainer = quiet_trainer(max_epochs=2, limit_val_batches=0, default_root_dir=tmp_path)
+    plain_path = tmp_path / "plain.ckpt"
+    eager = build("loss-level")
+    train(eager, tmp_path)
+    assert eager.trainer is not None
+    eager.trainer.save_checkpoint(plain_path)
+    trainer.fit(resumed, toy_loader(n=40), ckpt_path=plain_path)
+    assert trainer.global_step == 2 * STEPS
+
+
 class FirstBatchUnlabelled(Dataset):
     """The toy data with a ``reg_mask`` that is false for the whole first batch (of 16)."""
 
