@@ -335,9 +335,10 @@ class MultiTaskMixin(_Base):
         # backward): see _mt_kept_own_parameters.
         self._mt_own_params: dict[tuple[tuple[int, ...], ...], list[list[nn.Parameter]] | None] = {}
         self._mt_backward_needed_for: tuple[tuple[int, ...], ...] | None = None  # see _mt_kept_own_parameters
-        # (step, epoch, batch index, detached losses) of the training steps not yet checked for
-        # non-finite losses: see check_finite_losses.
-        self._mt_pending: list[tuple[int, int, int, Tensor]] = []
+        # (step, epoch, batch index, detached losses, detached weights: None until the strategy
+        # gave them) of the training steps not yet checked for non-finite values: see
+        # check_finite_losses.
+        self._mt_pending: list[tuple[int, int, int, Tensor, Tensor | None]] = []
         # This batch's task losses and weights and its size, where not logged yet (a step between
         # logging steps): see on_train_batch_end.
         self._mt_unlogged: tuple[Tensor, Tensor, int] | None = None
@@ -521,16 +522,17 @@ class MultiTaskMixin(_Base):
         if self._mt_skip_done:  # the skipped step is over: this batch belongs to the next one
             self._mt_skip_for, self._mt_skip_done = None, False
         outputs, targets, losses, batch_size = self._mt_forward(batch)
-        if self._mt_on_nonfinite == "skip":
-            if not self._mt_all_finite(losses, "train", batch_idx):
-                # The coming optimizer step is skipped: with gradient accumulation one bad micro-batch
-                # skips the whole step (the others' gradients are dropped too, not applied as half a step).
-                self._mt_skip_coming_steps(trainer)
-                # Lightning refuses None under DDP. A zero that reaches every parameter keeps DDP's
-                # gradient all-reduce in step on all processes; on_before_optimizer_step drops it.
-                return self._mt_reaching_every_parameter(losses, 0.0)
-        else:
-            self._mt_record_nonfinite(losses, trainer, batch_idx)
+        if self._mt_on_nonfinite == "skip" and not self._mt_all_finite(losses, "train", batch_idx):
+            # The coming optimizer step is skipped: with gradient accumulation one bad micro-batch
+            # skips the whole step (the others' gradients are dropped too, not applied as half a step).
+            self._mt_skip_coming_steps(trainer)
+            # Lightning refuses None under DDP. A zero that reaches every parameter keeps DDP's
+            # gradient all-reduce in step on all processes; on_before_optimizer_step drops it.
+            return self._mt_reaching_every_parameter(losses, 0.0)
+        # Kept for check_finite_losses, with the weights below; in skip mode the losses are finite
+        # already, and a strategy's non-finite weights (a failure of the strategy, not of the
+        # batch: reading them too would be a second wait per step) stop training there.
+        self._mt_record_nonfinite(losses, trainer, batch_idx)
         if isinstance(weighting, GradientWeighting):
             # Each process solves with its own Gramian in local mode: a failure there is its alone,
             # and it stopping alone would leave the others waiting in DDP's all-reduce.
@@ -564,6 +566,7 @@ class MultiTaskMixin(_Base):
                     return self._mt_reaching_every_parameter(losses, 0.0)
         else:
             result = weighting(losses)
+        self._mt_record_weights(result.weights)
         labelled = self._mt_labelled(losses)
         self._mt_train_means.add(losses, labelled)
         if weighting.uses_epoch_losses:
@@ -574,7 +577,7 @@ class MultiTaskMixin(_Base):
             self._mt_unlogged = (losses, result.weights, batch_size)
         if self._mt_metric_keys.get("train"):
             self._mt_update_metrics("train", outputs, targets)
-        if logging_step and self._mt_on_nonfinite == "raise":
+        if logging_step:
             self.check_finite_losses()
         return result.loss
 
@@ -619,13 +622,15 @@ class MultiTaskMixin(_Base):
         self._mt_skip_for, self._mt_skip_done = _trainer_key(trainer), False
 
     def check_finite_losses(self) -> None:
-        """Raise :class:`NonFiniteLossError` if a training task loss was NaN or infinite.
+        """Raise :class:`NonFiniteLossError` if a training task loss, or a weight the strategy
+        gave, was NaN or infinite.
 
-        The training steps keep their detached task losses (references, no copy) until this check
-        reads them all at once: on the Trainer's logging steps, at each training epoch's end (the
-        Callback calls it) and every ``1024`` steps in between, so a step never waits for the
-        device. Under DDP one all-reduce makes every process raise together, naming the earliest
-        step on any process.
+        The training steps keep their detached task losses and weights (references, no copy) until
+        this check reads them all at once: on the Trainer's logging steps, at each training epoch's
+        end (the Callback calls it) and every ``1024`` steps in between, so a step never waits for
+        the device. Under DDP one all-reduce makes every process raise together, naming the
+        earliest step on any process. Where the losses of that step are finite and a weight is not,
+        the error names the strategy and its weights.
         """
         pending, self._mt_pending = self._mt_pending, []
         if not pending:  # the same on every process: they run the same number of steps
@@ -635,10 +640,22 @@ class MultiTaskMixin(_Base):
         none = float(len(pending))
         nonfinite = ~torch.isfinite(losses)
         negative = losses < 0 if self.weighting.needs_nonnegative_losses else torch.zeros_like(nonfinite)
-        # Per task, the first step of each kind (K non-finite, then K negative): one all-reduce
-        # gives every process the same earliest step and the same kind of error to raise.
+        # A step the strategy failed in (raising) has no weights: ones stand for them.
+        given = next((entry[4] for entry in pending if entry[4] is not None), None)
+        weights = (
+            torch.zeros_like(losses)
+            if given is None
+            else torch.stack([given.new_ones(given.shape) if e[4] is None else e[4] for e in pending])
+        )
+        bad_weights = ~torch.isfinite(weights)
+        # Per task, the first step of each kind (K non-finite, K negative, then K non-finite
+        # weights): one all-reduce gives every process the same earliest step and the same error.
         first = torch.cat(
-            [torch.where(nonfinite, index, none).amin(dim=0), torch.where(negative, index, none).amin(dim=0)]
+            [
+                torch.where(nonfinite, index, none).amin(dim=0),
+                torch.where(negative, index, none).amin(dim=0),
+                torch.where(bad_weights.to(losses.device), index, none).amin(dim=0),
+            ]
         )
         if is_distributed():
             import torch.distributed as dist
@@ -646,14 +663,27 @@ class MultiTaskMixin(_Base):
             dist.all_reduce(first, op=dist.ReduceOp.MIN)
         k = len(self._mt_tasks)
         firsts = [int(i) for i in first.tolist()]
-        first_nonfinite, first_negative = firsts[:k], firsts[k:]
+        first_nonfinite, first_negative, first_bad_weight = firsts[:k], firsts[k : 2 * k], firsts[2 * k :]
         at = min(firsts)
         if at == len(pending):
             return
-        step, epoch, batch, values = pending[at]
+        step, epoch, batch, values, step_weights = pending[at]
         names = [task.name for task in self._mt_tasks]
         local = values.tolist()
         where = f"step {step}, epoch {epoch}, batch {batch}" if step >= 0 else f"batch {batch}"
+        if at not in first_nonfinite and at not in first_negative:  # the weights alone, at that step
+            given_weights = step_weights.tolist() if step_weights is not None else [1.0] * k
+            culprits_w: dict[str, object] = {
+                name: value if not math.isfinite(value) else "non-finite on another process"
+                for name, value, i in zip(names, given_weights, first_bad_weight, strict=True)
+                if i == at
+            }
+            raise raised_by_every_process(
+                NonFiniteLossError(
+                    f"weighting {self.weighting.name!r} gave non-finite weight(s) {culprits_w} at train {where}, "
+                    f"from the task losses {dict(zip(names, local, strict=True))}"
+                )
+            )
         if at not in first_nonfinite:  # negative losses only, at that step
             culprits: dict[str, object] = {
                 name: value if value < 0 else "negative on another process"
@@ -975,9 +1005,14 @@ class MultiTaskMixin(_Base):
     def _mt_record_nonfinite(self, losses: Tensor, trainer: Any | None, batch_idx: int) -> None:
         """Keep this step's losses for :meth:`check_finite_losses` (a reference: no copy, no wait)."""
         if trainer is None:
-            self._mt_pending.append((-1, -1, batch_idx, losses.detach()))
+            self._mt_pending.append((-1, -1, batch_idx, losses.detach(), None))
         else:
-            self._mt_pending.append((trainer.global_step, trainer.current_epoch, batch_idx, losses.detach()))
+            self._mt_pending.append((trainer.global_step, trainer.current_epoch, batch_idx, losses.detach(), None))
+
+    def _mt_record_weights(self, weights: Tensor) -> None:
+        """Keep the weights the strategy gave for this step's recorded losses (a reference)."""
+        step, epoch, batch, losses, _ = self._mt_pending[-1]
+        self._mt_pending[-1] = (step, epoch, batch, losses, weights.detach())
         if len(self._mt_pending) >= _MAX_PENDING:
             self.check_finite_losses()
 

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from lightning_multiloss import MultiLossError, MultiTaskMixin, NonFiniteLossError, Task
 from lightning_multiloss.schedules import Linear
-from lightning_multiloss.weighting import Fixed, Learnable, Scheduled, create_weighting
+from lightning_multiloss.weighting import Fixed, Learnable, Scheduled, WeightedLoss, create_weighting, weighted_sum
 from tests._models import HEAD_SIZES, ToyDataset, ToyNet, quiet_trainer, toy_tasks
 
 NAN = float("nan")
@@ -285,6 +285,45 @@ def test_skip_nonfinite_step_equals_never_seeing_that_batch(tmp_path, caplog):
         for key in state_a[index]:
             assert torch.equal(state_a[index][key], state_b[index][key]), (index, key)
         assert float(state_a[index]["step"]) == 6.0  # 3 good batches x 2 epochs
+
+
+class NaNWeightAtCall(Fixed):
+    """A plain sum whose ``bad``-th training call (from 0) gives task ``reg`` a NaN weight."""
+
+    def __init__(self, bad: int) -> None:
+        super().__init__([1.0, 1.0])
+        self.bad, self.calls = bad, 0
+
+    def forward(self, losses: Tensor) -> WeightedLoss:
+        result = super().forward(losses)
+        if not self.training:
+            return result
+        self.calls += 1
+        if self.calls - 1 != self.bad:
+            return result
+        weights = result.weights.clone()
+        weights[1] = NAN
+        return weighted_sum(weights, losses)
+
+
+def test_a_nonfinite_weight_is_named_with_its_step_not_blamed_on_the_next_steps_losses(tmp_path):
+    # The losses of step 1 are finite, its weight is not: the error named the task losses of step 2
+    # (NaN by then, from the NaN parameters) and never the strategy.
+    with pytest.raises(NonFiniteLossError) as caught:
+        fit(ToyNet(NaNWeightAtCall(bad=1)), samples(32), tmp_path)
+    message = str(caught.value)
+    assert "weighting 'fixed' gave non-finite weight(s) {'reg': nan} at train step 1, epoch 0, batch 1" in message
+    assert "from the task losses {'cls': " in message and "nan" not in message.split("from the task losses")[1]
+
+
+def test_under_skip_a_nonfinite_weight_stops_training_naming_the_strategy(tmp_path):
+    # Skip mode reads the losses alone (one wait a step): the steps after the NaN weight were
+    # skipped one by one for the non-finite losses it caused, and the strategy was never named.
+    with pytest.raises(NonFiniteLossError) as caught:
+        fit(ToyNet(NaNWeightAtCall(bad=1), on_nonfinite="skip"), samples(32), tmp_path)
+    assert "weighting 'fixed' gave non-finite weight(s) {'reg': nan} at train step 1, epoch 0, batch 1" in str(
+        caught.value
+    )
 
 
 def test_a_skip_in_one_fit_does_not_skip_the_same_step_number_of_the_next(tmp_path):
