@@ -372,20 +372,26 @@ class MultiTaskMixin(_Base):
         """The declared tasks, in loss-vector order."""
         return self._mt_tasks
 
-    def logged_keys(self, stage: Literal["train", "val", "test"]) -> list[str]:
+    def logged_keys(self, stage: Literal["train", "val", "test"], dataloaders: int = 1) -> list[str]:
         """The keys the mixin logs in ``stage``: what a ``ModelCheckpoint`` or ``EarlyStopping`` can
         monitor (the combined loss, the task losses and weights, the tasks' metrics, the training
-        epoch means and the best values). A second evaluation dataloader's keys end with
-        Lightning's ``/dataloader_idx_<index>``.
+        epoch means and the best values). With several evaluation ``dataloaders`` Lightning ends
+        each loader's keys with ``/dataloader_idx_<index>``, the first loader's too (the best
+        values, which follow the first loader, keep their keys).
 
         Example: ``["val/loss", "val/loss/digit", "val/weight/digit", "val/acc/digit", "val/acc_best/digit"]``.
         """
+        if dataloaders < 1:
+            raise MultiLossError(f"logged_keys: dataloaders must be at least 1, got {dataloaders}")
         total, losses, weights = self._mt_keys[stage]
         metrics = [key for _, key in self._mt_metric_keys.get(stage, [])]
         if stage == "train":
             return [total, *losses, *weights, *metrics, *self._mt_epoch_loss_keys]
         best = [key for key, _ in self._mt_best_keys] if stage == "val" else []
-        return [total, *losses, *weights, *metrics, *best]
+        per_loader = [total, *losses, *weights, *metrics]
+        if dataloaders > 1:
+            per_loader = [f"{key}/dataloader_idx_{index}" for index in range(dataloaders) for key in per_loader]
+        return [*per_loader, *best]
 
     def split_batch(self, batch: Any) -> tuple[Any, Mapping[str, Any]]:
         """Split a batch into the network's input and a mapping that holds the targets.

@@ -413,3 +413,16 @@ def test_logged_keys_are_the_keys_a_fit_logs(tmp_path: Path, scheme: str) -> Non
     assert {key for key in collected if key.startswith("train")} == train
     trainer.test(model, toy_loader(n=32))
     assert {key for key in trainer.callback_metrics if key.startswith("test")} == set(model.logged_keys("test"))
+
+
+def test_logged_keys_of_several_evaluation_dataloaders_are_the_keys_a_validation_logs(tmp_path: Path) -> None:
+    # Lightning suffixes every loader's keys, the first's too: logged_keys("val") gave "val/loss",
+    # which a ModelCheckpoint then could not find.
+    model = ToyNet("fixed", metrics=True, best_metrics=True)
+    trainer = quiet_trainer(max_epochs=1, default_root_dir=tmp_path)
+    trainer.fit(model, toy_loader(n=32), [toy_loader(n=16), toy_loader(n=16, seed=1)])
+    collected = {key for key in trainer.callback_metrics if key.startswith("val")}
+    assert collected == set(model.logged_keys("val", dataloaders=2))
+    assert "val/loss/dataloader_idx_0" in collected and "val/loss_best" in collected
+    with pytest.raises(MultiLossError, match="dataloaders must be at least 1"):
+        model.logged_keys("val", dataloaders=0)
