@@ -939,6 +939,7 @@ class MultiTaskMixin(_Base):
         """
         super().on_validation_epoch_end()  # type: ignore[misc]
         trainer = trainer_of(self)
+        self._mt_log_unscored_metrics("val", trainer)
         outside_fit = trainer is not None and (trainer.sanity_checking or trainer_stage(trainer) != "fit")
         if not self._mt_best_keys or outside_fit:
             return
@@ -955,6 +956,29 @@ class MultiTaskMixin(_Base):
                 continue
             best = self._mt_best.update(index, metric.compute())
             self.log(key, best, on_step=False, on_epoch=True, sync_dist=True)
+
+    def on_test_epoch_end(self) -> None:
+        """Log NaN for the test metrics no batch could score; call ``super()`` if you override it."""
+        super().on_test_epoch_end()  # type: ignore[misc]
+        self._mt_log_unscored_metrics("test", trainer_of(self))
+
+    def _mt_log_unscored_metrics(self, stage: Literal["val", "test"], trainer: Any | None) -> None:
+        """Log NaN for each task metric that no batch of the epoch could score (no labelled sample),
+        as for its loss, so that its key is logged in every epoch (a monitor on it finds it).
+
+        In one process only: under DDP every process logs every metric at every step (see
+        :meth:`_mt_update_metrics`) and Lightning computes it from no sample.
+        """
+        if not self._mt_metric_keys.get(stage) or trainer is None or is_distributed():
+            return
+        batches = trainer.num_val_batches if stage == "val" else trainer.num_test_batches
+        loaders = len(batches)
+        for loader in range(loaders):
+            metrics = self._mt_eval_metrics(stage, loader)[1]
+            for (_, key), metric in zip(self._mt_metric_keys[stage], metrics, strict=True):
+                if metric.update_count == 0:
+                    name = key if loaders == 1 else f"{key}/dataloader_idx_{loader}"
+                    self.log(name, math.nan, on_step=False, on_epoch=True, add_dataloader_idx=False)
 
     def configure_callbacks(self) -> Any:
         own = super().configure_callbacks()  # type: ignore[misc]

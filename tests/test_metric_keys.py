@@ -7,6 +7,7 @@ epochs) or by a fresh torchmetrics object of the peer library, never read back f
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from torchmetrics.wrappers import MultitaskWrapper
 
 from lightning_multiloss import MultiTaskMixin, Task
 from lightning_multiloss.errors import MultiLossError
-from tests._models import HEAD_SIZES, ToyNet, quiet_trainer, toy_loader
+from tests._models import HEAD_SIZES, ToyDataset, ToyNet, quiet_trainer, toy_loader
 from tests.test_training import read_csv, rows_with
 
 
@@ -426,3 +427,26 @@ def test_logged_keys_of_several_evaluation_dataloaders_are_the_keys_a_validation
     assert "val/loss/dataloader_idx_0" in collected and "val/loss_best" in collected
     with pytest.raises(MultiLossError, match="dataloaders must be at least 1"):
         model.logged_keys("val", dataloaders=0)
+
+
+def reg_labelled(labelled: bool, n: int = 16, seed: int = 0) -> DataLoader:
+    data = ToyDataset(n, seed)
+    mask = torch.tensor(labelled)
+    return DataLoader([{**data[i], "reg_mask": mask} for i in range(n)], batch_size=8)
+
+
+def test_a_metric_without_a_labelled_sample_in_the_epoch_is_logged_as_nan(tmp_path: Path) -> None:
+    # In one process it was not logged at all, though logged_keys lists it: a monitor on it failed
+    # ("could not find the monitored key"), and the key set differed from a DDP run's.
+    model = ToyNet("fixed", metrics=True, masks={"reg": "reg_mask"})
+    trainer = quiet_trainer(default_root_dir=tmp_path)
+    for labelled in (False, True, False):  # and back: each epoch on its own
+        for stage, run in (("val", trainer.validate), ("test", trainer.test)):
+            (logged,) = run(model, reg_labelled(labelled), verbose=False)
+            assert set(logged) == set(model.logged_keys(stage))
+            assert math.isnan(logged[f"{stage}/mse/reg"]) != labelled
+            assert math.isfinite(logged[f"{stage}/acc/cls"])
+    logged = trainer.validate(model, [reg_labelled(True), reg_labelled(False, seed=1)], verbose=False)
+    assert math.isfinite(logged[0]["val/mse/reg/dataloader_idx_0"])
+    assert math.isnan(logged[1]["val/mse/reg/dataloader_idx_1"])
+    assert set(logged[0]) | set(logged[1]) == set(model.logged_keys("val", dataloaders=2))
