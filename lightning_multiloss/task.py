@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchmetrics import Metric, MetricCollection
 
-from lightning_multiloss.errors import MultiLossError
+from lightning_multiloss.errors import MultiLossError, first_line
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -93,7 +93,21 @@ class Task:
                 raise MultiLossError(
                     f"task {self.name!r}: the batch has no mask key {self.mask!r}; it has {sorted(batch)}"
                 )
-            mask = torch.as_tensor(batch[self.mask], device=target.device)
+            try:
+                mask = torch.as_tensor(batch[self.mask], device=target.device)
+            except (TypeError, ValueError, RuntimeError) as error:
+                raise MultiLossError(
+                    f"task {self.name!r}: the mask {self.mask!r} must be a boolean tensor with one entry per "
+                    f"sample, got {type(batch[self.mask]).__name__}: {first_line(error)}"
+                ) from error
+            if (mask.is_floating_point() or mask.is_complex()) and not bool(((mask == 0) | (mask == 1)).all()):
+                # A float mask of 0 and 1 selects as a boolean one; values in between (sample weights)
+                # would count as labelled, and so would a NaN. One read of the mask (a boolean mask
+                # costs none): selecting the samples waits for the device anyway.
+                raise MultiLossError(
+                    f"task {self.name!r}: the mask {self.mask!r} must be boolean, or hold 0 and 1 only; got other "
+                    f"values in a {mask.dtype} mask (a mask selects samples, it does not weight them)"
+                )
             # One entry per sample: (B,), or (B, 1) as a collated list of one-element tensors is. A
             # mask of several entries per sample (per element) would silently drop whole samples.
             if mask.numel() != target.shape[0] or (mask.ndim and mask.shape[0] != target.shape[0]):

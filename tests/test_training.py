@@ -444,6 +444,23 @@ def test_a_mask_of_one_entry_per_sample_selects_those_samples(shape: tuple[int, 
     torch.testing.assert_close(kept_output, output[[0, 2, 3]])
 
 
+@pytest.mark.parametrize(
+    ("mask", "refused"),
+    [
+        (torch.tensor([0.3, 0.0, 1.0, 1.0, 0.0]), "must be boolean, or hold 0 and 1 only"),  # sample weights
+        (torch.tensor([float("nan"), 0.0, 1.0, 1.0, 0.0]), "must be boolean, or hold 0 and 1 only"),
+        (["yes", "no", "yes", "yes", "no"], "must be a boolean tensor with one entry per sample, got list"),
+    ],
+    ids=["weights", "nan", "strings"],
+)
+def test_a_mask_that_does_not_select_is_refused_naming_the_task_and_key(mask: Any, refused: str) -> None:
+    # A 0.3 or a NaN counted as labelled (a mask taken for sample weights trained on all of them);
+    # strings raised torch's "too many dimensions 'str'", naming neither.
+    target = torch.arange(10.0).reshape(5, 2)
+    with pytest.raises(MultiLossError, match=f"task 'reg': the mask 'm' {refused}"):
+        Task("reg", nn.MSELoss(), mask="m").select(target + 1.0, target, {"m": mask})
+
+
 def _labelled_batch() -> dict[str, Tensor]:
     """Eight samples with every label."""
     data = ToyDataset(24, seed=3)
