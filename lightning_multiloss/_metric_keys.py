@@ -84,7 +84,8 @@ def check_unique_keys(keys: Sequence[str]) -> None:
     for key in keys:
         if key in seen:
             raise MultiLossError(
-                f"two logged values would share the key {key!r}: rename a metric (or choose another metric_keys)"
+                f"two logged values would share the key {key!r}: rename the task or metric it comes from "
+                "(a task named 'a_epoch' beside 'a' meets a's epoch mean), or choose another metric_keys"
             )
         seen.add(key)
 

@@ -450,3 +450,17 @@ def test_a_metric_without_a_labelled_sample_in_the_epoch_is_logged_as_nan(tmp_pa
     assert math.isfinite(logged[0]["val/mse/reg/dataloader_idx_0"])
     assert math.isnan(logged[1]["val/mse/reg/dataloader_idx_1"])
     assert set(logged[0]) | set(logged[1]) == set(model.logged_keys("val", dataloaders=2))
+
+
+def test_task_names_whose_keys_meet_are_refused_with_a_hint_on_the_task() -> None:
+    # The hint said to rename a metric where two task names made the key.
+    class TwoHeads(MultiTaskMixin, pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.heads = nn.ModuleDict({"a": nn.Linear(8, 2), "a_epoch": nn.Linear(8, 2)})
+            self.configure_multitask(
+                [Task("a", nn.MSELoss(), target="reg"), Task("a_epoch", nn.MSELoss(), target="reg")]
+            )
+
+    with pytest.raises(MultiLossError, match=r"share the key 'train/loss/a_epoch': rename the task or metric"):
+        TwoHeads()
