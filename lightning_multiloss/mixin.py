@@ -1208,8 +1208,16 @@ class MultiTaskMixin(_Base):
             self._mt_backward_needed_for = usage
         return own
 
-    def _mt_all_finite(self, losses: Tensor, stage: Stage, batch_idx: int) -> bool:
-        """Read the losses now (one wait): ``False`` to skip the step, or raise naming the task."""
+    def _mt_all_finite(
+        self,
+        losses: Tensor,
+        stage: Stage,
+        batch_idx: int,
+        outputs: Mapping[str, Any] | None = None,
+        targets: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Read the losses now (one wait): ``False`` to skip the step, or raise naming the task (and,
+        given the batch's ``outputs`` and ``targets``, whether its output or its target is not finite)."""
         values = losses.detach().tolist()
         names = [t.name for t in self._mt_tasks]
         negative: dict[str, float] = {}
@@ -1250,6 +1258,8 @@ class MultiTaskMixin(_Base):
             "; configure_multitask(on_nonfinite='skip') (multiloss-train: model.on_nonfinite=skip) skips such steps"
             if stage == "train"
             else _EVALUATION_NOT_SKIPPED
+            if outputs is None or targets is None
+            else f" (evaluation is not skipped: {self._mt_nonfinite_sources(culprits, outputs, targets)})"
         )
         message = f"non-finite {detail} at {stage} {where}{hint}"
         if stage != "train" and is_distributed():
@@ -1259,6 +1269,29 @@ class MultiTaskMixin(_Base):
             self._mt_eval_failures.setdefault(stage, message)
             return False
         raise NonFiniteLossError(message)
+
+    def _mt_nonfinite_sources(
+        self, culprits: Mapping[str, object], outputs: Mapping[str, Any], targets: Mapping[str, Any]
+    ) -> str:
+        """Where each task's non-finite loss comes from: its output (the model has diverged) or its
+        target (the data). Reads the tensors: only on the way to an error."""
+        said = []
+        for task in self._mt_tasks:
+            if task.name not in culprits:
+                continue
+            output, target = outputs.get(task.name), targets.get(task.target_key)
+            if task.has_selection and isinstance(output, Tensor) and isinstance(target, Tensor):
+                output, target = task.select(output, target, targets)
+            if not _all_finite(output):
+                said.append(f"{task.name!r} has non-finite outputs: the model has diverged")
+            elif not _all_finite(target):
+                said.append(
+                    f"{task.name!r} has non-finite targets {task.target_key!r} in the batch: leave such samples "
+                    "out with the task's mask= or ignore_value=float('nan')"
+                )
+            else:
+                said.append(f"{task.name!r} has finite outputs and targets: its loss made the non-finite value")
+        return "; ".join(said)
 
     def _mt_log(
         self,
@@ -1400,7 +1433,7 @@ class MultiTaskMixin(_Base):
 
     def _mt_eval_step(self, batch: Any, batch_idx: int, stage: Literal["val", "test"], loader: int = 0) -> Tensor:
         outputs, targets, losses, batch_size = self._mt_forward(batch)
-        self._mt_all_finite(losses, stage, batch_idx)
+        self._mt_all_finite(losses, stage, batch_idx, outputs, targets)
         result = self.weighting(losses)
         self._mt_log(stage, losses, result.weights, result.loss, batch_size, loader=loader)
         self._mt_update_metrics(stage, outputs, targets, loader)
@@ -1411,7 +1444,20 @@ _is_compiling: Callable[[], bool] = getattr(torch.compiler, "is_compiling", None
 _is_exporting: Callable[[], bool] = getattr(torch.compiler, "is_exporting", None) or (lambda: False)
 
 
-_EVALUATION_NOT_SKIPPED = " (evaluation is not skipped: a NaN there means the model itself has diverged)"
+_EVALUATION_NOT_SKIPPED = (
+    " (evaluation is not skipped: a NaN there comes from the model's outputs or the batch's targets)"
+)
+
+
+def _all_finite(value: Any) -> bool:
+    """Whether every floating tensor in ``value`` (a tensor, or a tuple, list or dict of them) is finite."""
+    if isinstance(value, Tensor):
+        return not value.is_floating_point() or bool(torch.isfinite(value).all())
+    if isinstance(value, Mapping):
+        return all(_all_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return all(_all_finite(v) for v in value)
+    return True
 
 
 def _holds_inference_tensors(metric: Metric) -> bool:

@@ -163,8 +163,8 @@ def test_a_nonfinite_validation_loss_on_one_rank_stops_both(ranks: tuple[Path, l
     _, (rank0, rank1) = ranks
     assert "non-finite task loss(es) {'reg': nan} at val" in rank1["val_raise"]["error"]
     assert rank0["val_raise"]["error"] == (
-        "non-finite task loss(es) at val on another process (evaluation is not skipped: a NaN there means the "
-        "model itself has diverged)"
+        "non-finite task loss(es) at val on another process (evaluation is not skipped: a NaN there comes from "
+        "the model's outputs or the batch's targets)"
     )
 
 

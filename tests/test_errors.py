@@ -249,6 +249,19 @@ def test_nonfinite_validation_loss_raises_even_when_training_skips(tmp_path):
     assert "on_nonfinite" not in str(info.value)  # no advice to set what is set already
 
 
+def test_a_nonfinite_evaluation_loss_says_whether_the_target_or_the_output_made_it(tmp_path):
+    # A NaN target in the validation data was reported as "the model itself has diverged".
+    trainer = quiet_trainer(default_root_dir=tmp_path)
+    loader = DataLoader(poisoned(samples(8), range(2, 3), NAN), batch_size=8)
+    with pytest.raises(NonFiniteLossError, match=r"'reg' has non-finite targets 'reg' in the batch: leave such"):
+        trainer.validate(ToyNet(), loader, verbose=False)
+    diverged = ToyNet()
+    with torch.no_grad():
+        diverged.heads["cls"].bias.fill_(NAN)
+    with pytest.raises(NonFiniteLossError, match=r"'cls' has non-finite outputs: the model has diverged"):
+        trainer.validate(diverged, DataLoader(samples(8), batch_size=8), verbose=False)
+
+
 def test_skip_nonfinite_step_equals_never_seeing_that_batch(tmp_path, caplog):
     """With Adam, a skipped step leaves parameters and optimizer state as if the batch were absent."""
     clean = samples(32)
