@@ -314,6 +314,7 @@ class MultiTaskMixin(_Base):
         self._mt_checked_trainer: int | None = None  # the Trainer whose callbacks were checked
         # Per task, the (output shape, target shape, target dtype) last checked: see _mt_check_target.
         self._mt_checked_targets: dict[str, tuple[Any, ...]] = {}
+        self._mt_without_gradient: set[str] = set()  # tasks whose training loss had no gradient (said once)
         # Under DDP, the first non-finite evaluation loss of each stage this epoch, raised at its end.
         self._mt_eval_failures: dict[str, str] = {}
         # on_nonfinite="skip": the Trainer (_trainer_key) whose coming optimizer steps are dropped,
@@ -459,8 +460,21 @@ class MultiTaskMixin(_Base):
                 raise MultiLossError(
                     f"task {task.name!r}: the loss must be a scalar, got {shape}; use a mean or sum reduction"
                 )
+            if not loss.requires_grad and self.training and torch.is_grad_enabled():
+                self._mt_warn_without_gradient(task.name)
             losses.append(loss)
         return torch.stack(losses)
+
+    def _mt_warn_without_gradient(self, name: str) -> None:
+        """Say once per task that its training loss reaches no parameter (its step trains nothing)."""
+        if name in self._mt_without_gradient:
+            return
+        self._mt_without_gradient.add(name)
+        log.warning(
+            "task %r: its training loss has no gradient (detached, computed without autograd, or from frozen "
+            "parameters only): it trains nothing",
+            name,
+        )
 
     def _mt_check_target(self, task: Task, output: Tensor, target: Any) -> None:
         """The target's shape and dtype for this task's loss, when they change (no wait for the device).

@@ -622,3 +622,24 @@ def test_no_callbacks_from_a_base_class_leaves_the_mixins(tmp_path):
     trainer = quiet_trainer(default_root_dir=tmp_path, max_epochs=1)
     trainer.fit(OnABaseWithout(), DataLoader(samples(16), batch_size=8))
     assert "LossWeightingCallback" in [type(c).__name__ for c in trainer.callbacks]
+
+
+class DetachedReg(ToyNet):
+    """Its ``reg`` loss is computed from a detached output: it trains nothing."""
+
+    def task_losses(self, outputs: Any, batch: Any) -> Tensor:
+        return super().task_losses({**outputs, "reg": outputs["reg"].detach()}, batch)
+
+
+def test_a_task_loss_without_a_gradient_is_said_once_naming_the_task(tmp_path, caplog):
+    # It trained silently: the task's head never moved.
+    model = DetachedReg()
+    with caplog.at_level(logging.WARNING, logger="lightning_multiloss"):
+        fit(model, samples(32), tmp_path)
+        trainer = quiet_trainer(default_root_dir=tmp_path)
+        trainer.validate(model, DataLoader(samples(8), batch_size=8), verbose=False)
+    said = [r.getMessage() for r in caplog.records if "has no gradient" in r.getMessage()]
+    assert said == [
+        "task 'reg': its training loss has no gradient (detached, computed without autograd, or from frozen "
+        "parameters only): it trains nothing"
+    ]
