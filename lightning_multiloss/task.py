@@ -18,7 +18,8 @@ from lightning_multiloss.errors import MultiLossError, first_line
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+# Task, metric and strategy names: usable in config names and logging keys.
+NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 
 
 @dataclass
@@ -53,7 +54,7 @@ class Task:
     ignore_value: float | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
+        if not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name):
             raise MultiLossError(
                 f"task name {self.name!r} cannot be used in logging keys: use letters, digits, '_' and '-', "
                 "not starting with a digit (no '/', '.', or spaces)"
@@ -236,7 +237,7 @@ def flatten_metrics(owner: str, metrics: Any) -> dict[str, Metric]:
         )
     flat: dict[str, Metric] = {}
     for name, metric in entries:
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
             raise MultiLossError(f"{owner}: metric name {name!r} cannot be used in logging keys")
         if isinstance(metric, MetricCollection):
             members = list(metric.items(keep_base=False, copy_state=False))
@@ -249,7 +250,7 @@ def flatten_metrics(owner: str, metrics: Any) -> dict[str, Metric]:
                 f"(e.g. torchmetrics.Accuracy(...)), got {what}"
             )
         for member_name, member in members:
-            if not isinstance(member_name, str) or not _NAME.fullmatch(member_name):
+            if not isinstance(member_name, str) or not NAME_PATTERN.fullmatch(member_name):
                 raise MultiLossError(f"{owner}: metric name {member_name!r} cannot be used in logging keys")
             if member_name in RESERVED_METRIC_NAMES:
                 raise MultiLossError(

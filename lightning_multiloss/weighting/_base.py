@@ -6,7 +6,7 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple, TypedDict
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypedDict
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +23,21 @@ class WeightedLoss(NamedTuple):
     """The scalar that Lightning backpropagates."""
     weights: Tensor
     """``(K,)``, detached: the effective weight of each task in ``loss`` (for logging)."""
+
+
+def _described(value: object) -> str:
+    """What an error message says of a returned value: a tensor's shape, or another object's type."""
+    return f"of shape {tuple(value.shape)}" if isinstance(value, Tensor) else f"of type {type(value).__name__}"
+
+
+class _NameOrClassName:
+    """The default :attr:`Weighting.name`: ``""`` on the class (not registered: the app names such a
+    strategy by its config's ``_target_``), the class's own name on an instance, so that every
+    message about a user's unregistered strategy says which one it is. :func:`register` sets a
+    plain string on the class, which its subclasses inherit."""
+
+    def __get__(self, instance: object, owner: type) -> str:
+        return "" if instance is None else owner.__name__
 
 
 @dataclass(frozen=True)
@@ -68,8 +83,12 @@ class Weighting(nn.Module, ABC):
     any state.
     """
 
-    name: ClassVar[str] = ""
-    """Registry name, set by :func:`~lightning_multiloss.weighting.register`."""
+    if TYPE_CHECKING:
+        name: ClassVar[str]
+    else:
+        name = _NameOrClassName()
+    """Registry name, set by :func:`~lightning_multiloss.weighting.register`; an instance of a class
+    that is not registered (nor inherits a registered class's name) gives its class's name."""
     min_tasks: ClassVar[int] = 1
     max_tasks: ClassVar[int | None] = None
     uses_epoch_losses: ClassVar[bool] = False
@@ -104,6 +123,7 @@ class Weighting(nn.Module, ABC):
 
     def bind(self, task_names: Sequence[str]) -> None:
         """Attach the strategy to its tasks and build what depends on their number."""
+        self._check_initialised()
         names = tuple(task_names)
         if self._task_names:
             if names != self._task_names:
@@ -126,6 +146,16 @@ class Weighting(nn.Module, ABC):
         if self.uses_epoch_losses:
             self.epoch_losses = TaskEpochMean(k)
         self.build(k)
+
+    def _check_initialised(self) -> None:
+        """A subclass's ``__init__`` that does not call the base's leaves no ``_task_names``, which
+        torch's Module reports as a missing attribute without saying why."""
+        if "_task_names" not in vars(self):
+            cls = type(self).__name__
+            raise MultiLossError(
+                f"weighting {self.name!r}: {cls}.__init__ must call super().__init__() (before setting "
+                "its own attributes): the base class sets up the module and the task binding"
+            )
 
     def claim(self, owner: str) -> None:
         """Tie the strategy to the one model that uses it (``owner``: that model's token; the mixin's
@@ -177,6 +207,25 @@ class Weighting(nn.Module, ABC):
                 f"the losses must have shape ({len(self._task_names)},), got {shape}"
             )
         result: WeightedLoss = super().__call__(losses, *args, **kwargs)
+        if self._task_names:
+            # Types and shapes only (no value is read: no wait for the device), so that a custom
+            # forward's mistake fails here, naming the strategy, not in the mixin's logging.
+            k = len(self._task_names)
+            if not (
+                isinstance(result, WeightedLoss)
+                and isinstance(result.loss, Tensor)
+                and isinstance(result.weights, Tensor)
+                and result.loss.ndim == 0
+                and result.weights.shape == (k,)
+            ):
+                if isinstance(result, WeightedLoss):
+                    got = f"a loss {_described(result.loss)} and weights {_described(result.weights)}"
+                else:
+                    got = f"a {type(result).__name__}"
+                raise MultiLossError(
+                    f"weighting {self.name!r}: forward must return WeightedLoss(loss, weights) with a scalar loss "
+                    f"and ({k},) weights, got {got}"
+                )
         if self.training and self._task_names:
             # A fresh copy on the device (no wait), so that a reference kept from an earlier step
             # (the Callback's record) keeps its values when a strategy updates its weights in place.
@@ -310,6 +359,7 @@ class GradientWeighting(Weighting):
         self.ddp: DDPMode = ddp
 
     def bind(self, task_names: Sequence[str]) -> None:
+        self._check_initialised()  # before reading _task_names here
         first = not self._task_names
         super().bind(task_names)
         if first and self.num_tasks == 1:

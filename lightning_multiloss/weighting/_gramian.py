@@ -39,6 +39,7 @@ __all__ = ["DDPMode", "GramianWeighting", "Route", "psd_up_to_rounding"]
 _FLOAT64_EPS = float(np.finfo(np.float64).eps)
 _FLOAT32_EPS = float(np.finfo(np.float32).eps)
 _OPENMP_BACKEND = "parallel backend: OpenMP" in torch.__config__.parallel_info()
+_UNSET = object()
 
 
 def psd_up_to_rounding(gramian: np.ndarray, rounding: float) -> np.ndarray:
@@ -167,7 +168,32 @@ class GramianWeighting(GradientWeighting):
 
     def host_state_dict(self) -> dict[str, Tensor]:
         """A copy of the host state (:attr:`host_state`), by name: what the state dict holds of it."""
-        return {name: getattr(self, name).clone() for name in self.host_state if hasattr(self, name)}
+        return {name: value.clone() for name, value in self._host_tensors().items()}
+
+    def _host_tensors(self) -> dict[str, Tensor]:
+        """The host state by name, checked: each entry a tensor, and set once the strategy is bound
+        (an unbound one may not have built it yet); a mistake would fail at the checkpoint without
+        the entry's name (a number has no ``clone``), or leave the entry out of it silently."""
+        found: dict[str, Tensor] = {}
+        for name in self.host_state:
+            value = getattr(self, name, _UNSET)
+            if isinstance(value, Tensor):
+                found[name] = value
+            elif value is not _UNSET:
+                raise MultiLossError(
+                    f"weighting {self.name!r}: host state {name!r} must be a Tensor, got {type(value).__name__}; "
+                    "keep it a tensor (e.g. torch.zeros((), dtype=torch.long) for a count, updated in place)"
+                )
+            elif self._task_names:
+                raise MultiLossError(
+                    f"weighting {self.name!r}: host state {name!r} (listed in host_state) is not set: create it as "
+                    "a tensor in __init__ or build(), or leave it out of host_state"
+                )
+        return found
+
+    def bind(self, task_names: Sequence[str]) -> None:
+        super().bind(task_names)
+        self._host_tensors()  # once build() has run: a missing or wrong entry fails before training
 
     def load_host_state_dict(self, state: Mapping[str, Tensor]) -> None:
         """Take back a :meth:`host_state_dict` (of this process, or of another one in ``ddp="local"``

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from lightning_multiloss._checkpoints import allow_own_class_in_checkpoints
 from lightning_multiloss.errors import MultiLossError
+from lightning_multiloss.task import NAME_PATTERN
 from lightning_multiloss.weighting._base import Weighting
 
 W = TypeVar("W", bound=type[Weighting])
@@ -17,17 +18,49 @@ WEIGHTINGS: dict[str, type[Weighting]] = {}
 
 
 def register(name: str) -> Callable[[W], W]:
-    """Class decorator: register a :class:`Weighting` under ``name``."""
+    """Class decorator: register a :class:`Weighting` under ``name``.
+
+    ``name`` is what configs and ``create_weighting`` call the strategy, so it follows the rule of
+    task names (letters, digits, ``_`` and ``-``, not starting with a digit). A class defined again
+    under its registered name (a notebook cell run again, a reloaded module: the same module and
+    qualified name) replaces the earlier one; another class under a taken name is refused, and so
+    is a class registered under a second name.
+    """
+    if isinstance(name, type):  # @register without parentheses: Python passed the class as `name`
+        raise MultiLossError(
+            f'register: write @register("name") with the registry name, not a bare @register, above {name.__name__}'
+        )
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise MultiLossError(
+            f"register: weighting name {name!r} cannot be used in configs and logging keys: use letters, digits, "
+            "'_' and '-', not starting with a digit (no '/', '.', or spaces)"
+        )
 
     def decorate(cls: W) -> W:
-        if name in WEIGHTINGS and WEIGHTINGS[name] is not cls:
-            raise MultiLossError(f"a weighting named {name!r} is already registered: {WEIGHTINGS[name]}")
+        if not (isinstance(cls, type) and issubclass(cls, Weighting)):
+            what = cls.__name__ if isinstance(cls, type) else repr(cls)
+            raise MultiLossError(f"register({name!r}): {what} is not a Weighting subclass; derive it from Weighting")
+        taken = WEIGHTINGS.get(name)
+        if taken is not None and taken is not cls and not _redefined(taken, cls):
+            raise MultiLossError(f"a weighting named {name!r} is already registered: {taken}")
+        other = next((n for n, c in WEIGHTINGS.items() if c is cls and n != name), None)
+        if other is not None:
+            # `name` is one class attribute: a second name would rename the first one's strategies.
+            raise MultiLossError(
+                f"register({name!r}): {cls.__name__} is already registered as {other!r}; register a subclass "
+                "under the second name"
+            )
         cls.name = name
         WEIGHTINGS[name] = cls
         allow_own_class_in_checkpoints(cls)  # a strategy among the arguments that save_hyperparameters() keeps
         return cls
 
     return decorate
+
+
+def _redefined(old: type, new: type) -> bool:
+    """Whether ``new`` is ``old`` defined again (the same module and qualified name)."""
+    return (old.__module__, old.__qualname__) == (new.__module__, new.__qualname__)
 
 
 def hyperparameters(cls: type[Weighting]) -> dict[str, inspect.Parameter]:

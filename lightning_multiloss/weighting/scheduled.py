@@ -9,7 +9,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from lightning_multiloss.errors import MultiLossError
+from lightning_multiloss.errors import MultiLossError, first_line
 from lightning_multiloss.schedules import ScheduleLike, as_schedule
 from lightning_multiloss.weighting._base import Progress, WeightedLoss, Weighting, weighted_sum
 from lightning_multiloss.weighting._common import as_number, check_weight, per_task_values
@@ -61,6 +61,7 @@ class Scheduled(Weighting):
         if unit not in ("step", "epoch", "fraction"):
             raise MultiLossError(f"weighting 'scheduled': unit must be 'step', 'epoch' or 'fraction', got {unit!r}")
         self.unit: Unit = unit
+        _refuse_classes(schedule)
         self._spec = schedule
         self._schedules: list[Callable[[float], float]] = []
         self._alpha = False
@@ -88,8 +89,9 @@ class Scheduled(Weighting):
 
     def values_at(self, t: float) -> list[float]:
         """The task weights at progress ``t`` (checked: finite, non-negative, alpha in [0, 1])."""
+        values = [self._evaluate(i, t) for i in range(len(self._schedules))]
         if self._alpha:
-            alpha = as_number(self.name, f"the value of alpha's schedule at t={t}", self._schedules[0](t))
+            alpha = as_number(self.name, f"the value of alpha's schedule at t={t}", values[0])
             if not (math.isfinite(alpha) and 0.0 <= alpha <= 1.0):
                 first, second = self.task_names
                 raise MultiLossError(
@@ -98,7 +100,20 @@ class Scheduled(Weighting):
                 )
             return [alpha, 1.0 - alpha]
         what = f"the scheduled weight at t={t}"
-        return [check_weight(self.name, n, s(t), what) for s, n in zip(self._schedules, self.task_names, strict=True)]
+        return [check_weight(self.name, n, v, what) for v, n in zip(values, self.task_names, strict=True)]
+
+    def _evaluate(self, index: int, t: float) -> Any:
+        """The value of schedule ``index`` at ``t``; an error of a user's schedule as a
+        :class:`MultiLossError` naming the task (or alpha) and ``t`` (the original as its cause), which
+        the plan check reports before training and the Callback's end-of-fit row tolerates."""
+        try:
+            return self._schedules[index](t)
+        except Exception as error:
+            whose = "alpha" if self._alpha else f"task {self.task_names[index]!r}"
+            raise MultiLossError(
+                f"weighting 'scheduled': the schedule of {whose} raised {type(error).__name__} "
+                f"at t={t}: {first_line(error)}"
+            ) from error
 
     def progress_value(self, progress: Progress) -> float:
         """``t`` in this weighting's unit."""
@@ -120,8 +135,11 @@ class Scheduled(Weighting):
         ``t`` takes the values training will give it: each optimizer step from now to the last
         of this fit (at most 2001 of them, evenly spread, on a longer run), or each epoch for
         ``unit="epoch"``. A value out of range (negative, non-finite, alpha outside [0, 1]) fails
-        now, naming the task and ``t``, not when training reaches it. Without a known end (no
-        ``max_steps`` or ``max_epochs``) only the start is checked.
+        now, naming the task and ``t``, not when training reaches it, and so does an error raised by
+        a schedule of one's own. Without a known end (no ``max_steps`` or ``max_epochs``) only the
+        start is checked. The point after the last step, where the Callback computes the weights in
+        force when training ends, trains nothing and is not checked: a schedule invalid there (or
+        that raises there, such as ``1 / (N - t)``) leaves the last step's weights in that end row.
         """
         self.progress_value(progress)  # fails now for unit="fraction" without a planned length
         if self.unit == "epoch":
@@ -138,7 +156,10 @@ class Scheduled(Weighting):
             try:
                 self.values_at(self.progress_value(at))
             except MultiLossError as error:
-                raise MultiLossError(f"{error} (checked over the planned run, before the first step)") from None
+                # The cause is a user's schedule's own error, where it raised one.
+                raise MultiLossError(f"{error} (checked over the planned run, before the first step)") from (
+                    error.__cause__
+                )
 
     @property
     def follows_planned_length(self) -> bool:
@@ -162,3 +183,20 @@ class Scheduled(Weighting):
 
     def forward(self, losses: Tensor) -> WeightedLoss:
         return weighted_sum(self.weights, losses)
+
+
+def _refuse_classes(spec: object) -> None:
+    """Refuse a schedule class given for a schedule (``Scheduled(Linear)``): it is callable, so it
+    would be taken for a schedule and fail at the first weights, with a TypeError from its __init__."""
+    if isinstance(spec, Mapping):
+        items: list[tuple[str, object]] = [(f"schedule of task {k!r}", v) for k, v in spec.items()]
+    elif isinstance(spec, Sequence) and not isinstance(spec, str):
+        items = [(f"schedule at index {i} of the list", v) for i, v in enumerate(spec)]
+    else:
+        items = [("schedule of alpha", spec)]
+    for where, value in items:
+        if isinstance(value, type):
+            raise MultiLossError(
+                f"weighting 'scheduled': the {where} is the class {value.__name__}, not a schedule: "
+                f"create one, e.g. {value.__name__}(...) with its arguments"
+            )
