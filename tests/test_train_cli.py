@@ -171,6 +171,29 @@ def test_result_json_and_resume(tmp_path):
 
 
 @pytest.mark.slow
+def test_an_apps_checkpoint_predicts_outside_hydra_with_the_apps_data_module(tmp_path):
+    # As the README shows: MultiTaskNet.load_from_checkpoint, then trainer.predict with the run's
+    # data module (which had no predict_dataloader: Lightning's "must be implemented").
+    import lightning.pytorch as lp
+
+    from lightning_multiloss.app.data.digits import DigitsDataModule
+    from lightning_multiloss.app.models import MultiTaskNet
+
+    run_here(tmp_path / "run", "seed=3")
+    model = MultiTaskNet.load_from_checkpoint(tmp_path / "run/checkpoints/last.ckpt")
+    data = DigitsDataModule(seed=3, batch_size=64)
+    trainer = lp.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    predicted = trainer.predict(model, datamodule=data)
+    assert predicted is not None
+    test_inputs = data.datasets["test"].tensors["x"]
+    model.eval()
+    with torch.no_grad():
+        expected = model(test_inputs)
+    for task, values in expected.items():
+        got = torch.cat([batch[task] for batch in predicted])
+        torch.testing.assert_close(got, values, rtol=1e-5, atol=1e-6, msg=task)
+
+
 def test_a_run_in_its_own_folder_resumes_from_a_path_relative_to_the_launch_folder(tmp_path):
     """hydra.job.chdir=true read ckpt_path from the run's folder; without a logger of its own folder
     (no CSV logger here), the loss-weight CSV and plot went into the launch folder, every run's over

@@ -250,6 +250,10 @@ class SplitDataModuleMixin:
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
 
+    def predict_dataloader(self) -> DataLoader:
+        """The test split, for ``trainer.predict(model, datamodule=...)`` (its targets unused)."""
+        return self._loader("test")
+
 
 def _defined_below(cls: type, method: str, than: str) -> bool:
     """Whether the class that gives ``cls`` its ``method`` derives from the one that gives it ``than``
