@@ -415,9 +415,20 @@ class MultiTaskMixin(_Base):
         )
 
     def predict_inputs(self, batch: Any) -> Any:
-        """The network's input in a prediction batch, which needs no targets."""
+        """The network's input in a prediction batch, which needs no targets.
+
+        A dict batch goes through :meth:`split_batch`; where that needs targets a prediction batch
+        lacks (an override reading ``batch["targets"]``), override this method too.
+        """
         if isinstance(batch, Mapping):
-            return self.split_batch(batch)[0]
+            try:
+                return self.split_batch(batch)[0]
+            except (MultiLossError, KeyError) as error:
+                raise MultiLossError(
+                    f"a prediction batch (keys {sorted(map(str, batch))}): split_batch() failed on it: "
+                    f"{first_line(error)}; override predict_inputs(batch) to return the network's input "
+                    "from a batch without targets"
+                ) from error
         if isinstance(batch, list | tuple):
             return batch[0]
         return batch

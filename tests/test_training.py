@@ -1003,3 +1003,22 @@ def test_metrics_of_a_task_whose_output_is_a_named_pair() -> None:
     model = MeanAndVariance(("cls", "reg"), metrics={"mse": torchmetrics.MeanSquaredError()})
     with pytest.raises(MultiLossError, match=r"task 'reg': its metric 'val/mse/reg' failed on output tuple\["):
         quiet_trainer().validate(model, toy_loader(n=16, batch_size=8), verbose=False)
+
+
+class SplitsNestedTargets(ToyNet):
+    """A user's batch layout: the input under "img", the targets under "targets"."""
+
+    def split_batch(self, batch: Any) -> tuple[Any, Any]:
+        return batch["img"], batch["targets"]
+
+
+def test_a_prediction_batch_that_split_batch_cannot_read_names_predict_inputs() -> None:
+    # A label-free prediction batch met the user's split_batch: a bare KeyError 'targets'.
+    model = SplitsNestedTargets()
+    with pytest.raises(
+        MultiLossError, match=r"keys \['img'\]\): split_batch\(\) failed on it: 'targets'; override predict_inputs"
+    ):
+        model.predict_step({"img": torch.randn(4, 8)}, 0)
+    # Where the user overrides predict_inputs too, prediction reads the input alone.
+    model.predict_inputs = lambda batch: batch["img"]  # type: ignore[method-assign]
+    assert model.predict_step({"img": torch.randn(4, 8)}, 0)["cls"].shape == (4, 3)
