@@ -343,6 +343,16 @@ def test_cli_errors_are_one_clear_message(tmp_path, monkeypatch, capsys, args, m
         assert stderr.strip().splitlines()[-1] == message
 
 
+def test_a_target_that_cannot_be_imported_is_one_line(tmp_path):
+    # Hydra logged its own 3-line ERROR of the failed import before the one-line error.
+    proc = cli(["weighting._target_=lightning_multiloss.weighting.Fixd", "hydra.run.dir=run"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert (proc.stdout + proc.stderr).strip().splitlines() == [
+        "error: config key 'weighting._target_': cannot import 'lightning_multiloss.weighting.Fixd' "
+        "(No module named 'lightning_multiloss.weighting.Fixd')"
+    ]
+
+
 def test_cli_help_lists_every_group(monkeypatch, capsys):
     """``multiloss-train --help``: the demo's groups and the plugin's, each with its options."""
     from lightning_multiloss.app import train

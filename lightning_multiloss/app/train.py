@@ -45,7 +45,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lightning_multiloss._callback_hooks import LossWeightingHooks
 from lightning_multiloss._run_recorder import launched_as_rank_zero
-from lightning_multiloss.app.config import call, config_dir, validate_config
+from lightning_multiloss.app.config import call, config_dir, hydra_import_errors_unlogged, validate_config
 from lightning_multiloss.app.namespace import DEFAULT_LIGHTNING, import_lightning, use_lightning
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.mixin import MultiTaskMixin
@@ -533,7 +533,8 @@ def _weighting_name(node: Any) -> str | None:
     if target.endswith("scheduled_weighting"):
         return "scheduled"
     try:
-        obj = get_object(target)
+        with hydra_import_errors_unlogged():  # the config check names a bad _target_ in one line
+            obj = get_object(target)
     except Exception:
         return target
     return obj.name if isinstance(obj, type) and issubclass(obj, Weighting) and obj.name else target
