@@ -342,7 +342,7 @@ class MultiTaskMixin(_Base):
         self._mt_pending: list[tuple[int, int, int, Tensor, Tensor | None]] = []
         # This batch's task losses and weights and its size, where not logged yet (a step between
         # logging steps): see on_train_batch_end.
-        self._mt_unlogged: tuple[Tensor, Tensor, int] | None = None
+        self._mt_unlogged: tuple[Tensor, Tensor, int, Tensor | None] | None = None
         self._mt_callback_watch = _CallbackWatch()
         # One copy of each metric per stage (their states must not mix); keyed "<stage>_metrics"
         # (a ModuleDict key must not be an attribute of it, such as ``train``).
@@ -603,9 +603,9 @@ class MultiTaskMixin(_Base):
         if weighting.uses_epoch_losses:
             weighting.epoch_losses.add(losses, labelled)
         logging_step = is_logging_step(trainer)
-        self._mt_log("train", losses, result.weights, result.loss, batch_size, logging_step)
+        self._mt_log("train", losses, result.weights, result.loss, batch_size, logging_step, labelled=labelled)
         if not logging_step:
-            self._mt_unlogged = (losses, result.weights, batch_size)
+            self._mt_unlogged = (losses, result.weights, batch_size, labelled)
         if self._mt_metric_keys.get("train"):
             self._mt_update_metrics("train", outputs, targets)
         if logging_step:
@@ -1327,6 +1327,7 @@ class MultiTaskMixin(_Base):
         batch_size: int,
         logging_step: bool = True,
         loader: int = 0,
+        labelled: Tensor | None = None,
     ) -> None:
         total_key, loss_keys, weight_keys = self._mt_keys[stage]
         if stage != "train":
@@ -1357,12 +1358,17 @@ class MultiTaskMixin(_Base):
         # Each logged key costs Lightning a fixed amount per call, and the loggers write step values
         # only on their logging steps, so per-task training values are logged on those steps alone.
         if logging_step:
-            self._mt_log_task_values(losses, weights, batch_size)
+            self._mt_log_task_values(losses, weights, batch_size, labelled)
 
-    def _mt_log_task_values(self, losses: Tensor, weights: Tensor, batch_size: int) -> None:
-        """Log a training step's task losses and weights."""
+    def _mt_log_task_values(self, losses: Tensor, weights: Tensor, batch_size: int, labelled: Tensor | None) -> None:
+        """Log a training step's task losses and weights: NaN for the loss of a task without a
+        labelled sample in the batch (``labelled``: see :meth:`_mt_labelled`), whose 0 in the
+        weighted sum is no value of the task's loss."""
         _, loss_keys, weight_keys = self._mt_keys["train"]
-        values_by_key = dict(zip(loss_keys, losses.detach().unbind(), strict=True))
+        shown = losses.detach()
+        if labelled is not None:
+            shown = torch.where(labelled > 0, shown, torch.full_like(shown, math.nan))
+        values_by_key = dict(zip(loss_keys, shown.unbind(), strict=True))
         values_by_key.update(zip(weight_keys, weights.unbind(), strict=True))
         self.log_dict(values_by_key, on_step=True, on_epoch=False, batch_size=batch_size)
 
