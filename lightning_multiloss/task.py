@@ -146,6 +146,12 @@ class Task:
                 f"task {self.name!r}: the target must be a tensor, got {type(target).__name__} "
                 f"(batch key {self.target_key!r})"
             )
+        nan_marks_missing = isinstance(self.ignore_value, float) and math.isnan(self.ignore_value)
+        if nan_marks_missing and not (target.is_floating_point() or target.is_complex()):
+            raise MultiLossError(
+                f"task {self.name!r}: ignore_value=nan never matches the {_dtype(target)} target {self.target_key!r} "
+                "(an integer holds no NaN): give the value that marks a missing label in it, such as -100"
+            )
         kind = _loss_kind(self.loss)
         if kind is None or output.ndim == 0:
             return

@@ -643,3 +643,11 @@ def test_a_task_loss_without_a_gradient_is_said_once_naming_the_task(tmp_path, c
         "task 'reg': its training loss has no gradient (detached, computed without autograd, or from frozen "
         "parameters only): it trains nothing"
     ]
+
+
+def test_a_nan_ignore_value_for_an_integer_target_is_refused():
+    # It never matched (an integer holds no NaN): the task trained on every sample, silently.
+    task = Task("cls", nn.CrossEntropyLoss(), ignore_value=float("nan"))
+    with pytest.raises(MultiLossError, match=r"task 'cls': ignore_value=nan never matches the int64 target 'cls'"):
+        task.check_target(torch.randn(4, 3), torch.tensor([0, 1, 2, 1]))
+    Task("reg", nn.MSELoss(), ignore_value=float("nan")).check_target(torch.randn(4, 2), torch.randn(4, 2))
