@@ -704,14 +704,10 @@ class MultiTaskMixin(_Base):
         where = f"step {step}, epoch {epoch}, batch {batch}" if step >= 0 else f"batch {batch}"
         if at not in first_nonfinite and at not in first_negative:  # the weights alone, at that step
             given_weights = step_weights.tolist() if step_weights is not None else [1.0] * k
-            culprits_w: dict[str, object] = {
-                name: value if not math.isfinite(value) else "non-finite on another process"
-                for name, value, i in zip(names, given_weights, first_bad_weight, strict=True)
-                if i == at
-            }
+            culprit_weights = _first_nonfinite_at(at, names, given_weights, first_bad_weight)
             raise raised_by_every_process(
                 NonFiniteLossError(
-                    f"weighting {self.weighting.name!r} gave non-finite weight(s) {culprits_w} at train {where}, "
+                    f"weighting {self.weighting.name!r} gave non-finite weight(s) {culprit_weights} at train {where}, "
                     f"from the task losses {dict(zip(names, local, strict=True))}"
                 )
             )
@@ -724,11 +720,7 @@ class MultiTaskMixin(_Base):
             raise raised_by_every_process(
                 MultiLossError(_negative_loss_message(self.weighting.name, culprits, f"train {where}"))
             )
-        culprits = {
-            name: value if not math.isfinite(value) else "non-finite on another process"
-            for name, value, i in zip(names, local, first_nonfinite, strict=True)
-            if i == at
-        }
+        culprits = _first_nonfinite_at(at, names, local, first_nonfinite)
         raise raised_by_every_process(
             NonFiniteLossError(
                 f"non-finite task loss(es) {culprits} at train {where}; configure_multitask(on_nonfinite='skip') "
@@ -1478,6 +1470,18 @@ _is_exporting: Callable[[], bool] = getattr(torch.compiler, "is_exporting", None
 _EVALUATION_NOT_SKIPPED = (
     " (evaluation is not skipped: a NaN there comes from the model's outputs or the batch's targets)"
 )
+
+
+def _first_nonfinite_at(
+    at: int, names: Sequence[str], values: Sequence[float], firsts: Sequence[int]
+) -> dict[str, object]:
+    """By task, the values first non-finite at pending step ``at`` (this process's, or where another
+    process alone saw it, saying so)."""
+    return {
+        name: value if not math.isfinite(value) else "non-finite on another process"
+        for name, value, first in zip(names, values, firsts, strict=True)
+        if first == at
+    }
 
 
 def _all_finite(value: Any) -> bool:
