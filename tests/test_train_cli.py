@@ -316,6 +316,10 @@ def test_cli_default_run(tmp_path):
             ["trainer.max_epochs=many"],
             "error: config key 'trainer.max_epochs': Value 'many' of type 'str' could not be converted to Integer",
         ),
+        (  # an error of a node inside the weighting named no key
+            ["weighting=scheduled", "weighting.schedule.duration=-1"],
+            "error: config key 'weighting.schedule': linear schedule: duration must be > 0, got -1.0",
+        ),
         (  # every swept option has the key; the sweep composes the default (fixed) first
             ["-m", "weighting=mgda,pcgrad", "weighting.route=representation"],
             "error: config key 'weighting.route': Key 'route' is not in struct; a sweep first composes the config "

@@ -513,10 +513,15 @@ def call(node: Any, node_key: str | None = None, **kwargs: Any) -> Any:
         with hydra_import_errors_unlogged():
             return instantiate(node, **kwargs)
     except InstantiationException as error:
-        cause = error.__cause__
+        innermost, cause = error, error.__cause__
         while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
-            cause = cause.__cause__
+            innermost, cause = cause, cause.__cause__
         if isinstance(cause, MultiLossError):
+            # A node inside the one instantiated (a weighting's schedule) is named by its key, which
+            # Hydra gives as the last line of its message; the node itself is named by its error.
+            key = _full_key(innermost)
+            if key is not None and node_key is not None and key != node_key and not str(cause).startswith("config key"):
+                raise MultiLossError(f"config key '{key}': {cause}") from None
             raise cause from None
         target = node.get("_target_") if isinstance(node, Mapping | DictConfig) else None
         misconfigured = type(cause).__name__ == "MisconfigurationException"  # Lightning's (either package)
@@ -537,6 +542,12 @@ def call(node: Any, node_key: str | None = None, **kwargs: Any) -> Any:
         if misconfigured:
             raise MultiLossError(f"{target or 'config'}: {cause}") from None
         raise
+
+
+def _full_key(error: BaseException) -> str | None:
+    """The config key of the node whose target raised: the ``full_key: ...`` line of Hydra's message."""
+    last = str(error).rstrip().rsplit("\n", 1)[-1]
+    return last.removeprefix("full_key: ").strip() if last.startswith("full_key: ") else None
 
 
 def build_weighting(cfg: Any) -> Weighting:
