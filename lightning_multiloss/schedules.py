@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal, TypeAlias
 
 from lightning_multiloss._checkpoints import allow_own_class_in_checkpoints
+from lightning_multiloss._numbers import real_number
 from lightning_multiloss.errors import MultiLossError
 
 ScheduleLike: TypeAlias = "Schedule | Callable[[float], float]"
@@ -270,9 +271,10 @@ def as_schedule(value: ScheduleLike | float, where: str) -> Callable[[float], fl
     """A schedule from a :class:`Schedule`, a callable, or a number (a constant)."""
     if isinstance(value, bool):
         raise MultiLossError(f"{where}: expected a schedule, a callable or a number, got {value!r}")
-    if isinstance(value, int | float):
+    number = real_number(value)  # a NumPy scalar or a 0-d tensor too
+    if number is not None:
         try:
-            return Constant(value)
+            return Constant(number)
         except MultiLossError as error:  # name the task or alpha: the value alone does not say whose
             raise MultiLossError(f"{where}: {error}") from None
     if callable(value):

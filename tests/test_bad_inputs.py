@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchmetrics
@@ -556,6 +557,31 @@ API_CASES = [
         "fixed-list-weight-names-the-task",
         lambda: Fixed([1.0, -1.0]).bind(["cls", "reg"]),
         r"weighting 'fixed': weight for task 'reg' must be finite and >= 0, got -1\.0",
+    ),
+    # Weights that a float32 buffer cannot hold: 1e40 trained as inf (stopped at the first step),
+    # 1e-50 as 0 (every step a zero loss, silently); a set took its hash order.
+    ApiCase(
+        "fixed-weight-beyond-float32",
+        lambda: Fixed([1e40, 1.0]).bind(["cls", "reg"]),
+        r"weighting 'fixed': the weights \{'cls': 1e\+40, 'reg': 1\.0\} are \[inf, 1\.0\] in torch\.float32, "
+        r"beyond its range",
+    ),
+    ApiCase(
+        "fixed-weights-zero-in-float32",
+        lambda: Fixed([1e-50, 0.0]).bind(["cls", "reg"]),
+        r"weighting 'fixed': the weights .* are \[0\.0, 0\.0\] in torch\.float32, all 0 once rounded: "
+        r"nothing would train",
+    ),
+    ApiCase(
+        "fixed-weights-a-set",
+        lambda: Fixed({1.0, 0.1}),  # type: ignore[arg-type]
+        r"weighting 'fixed': weights must be a list \(task order\) or a dict by task name, got a set .*, "
+        r"which has no order",
+    ),
+    ApiCase(
+        "fixed-weights-a-numpy-number",
+        lambda: Fixed(np.float32(0.5)),  # type: ignore[arg-type]
+        r"weighting 'fixed': weights must be a list \(task order\) or a dict by task name, got np\.float32\(0\.5\)",
     ),
     ApiCase(
         "schedule-out-of-range-before-training",

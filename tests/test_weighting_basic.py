@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -530,3 +531,15 @@ def test_register_refuses_a_taken_name():
     with pytest.raises(MultiLossError, match=r"a weighting named 'fixed' is already registered"):
         register("fixed")(Other)
     assert WEIGHTINGS["fixed"] is Fixed
+
+
+@pytest.mark.parametrize("number", [np.float32(0.25), np.float64(0.25), torch.tensor(0.25)], ids=str)
+def test_a_numpy_or_tensor_number_is_a_number(number: object) -> None:
+    # Learnable said "two tasks take one alpha in [0, 1], got init=0.25"; Scheduled, "expected a
+    # schedule, a callable or a number, got float32".
+    learnable = Learnable(number)  # type: ignore[arg-type]
+    learnable.bind(["a", "b"])
+    assert float(learnable.alpha) == 0.25
+    scheduled = Scheduled(number)  # type: ignore[arg-type]
+    scheduled.bind(["a", "b"])
+    assert scheduled.values_at(0.0) == [0.25, 0.75]

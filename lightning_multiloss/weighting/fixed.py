@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from lightning_multiloss._numbers import real_number
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.weighting._base import WeightedLoss, Weighting, weighted_sum
 from lightning_multiloss.weighting._common import check_weight, per_task_values
@@ -41,9 +42,14 @@ class Fixed(Weighting):
 
     def __init__(self, weights: Sequence[float] | Mapping[str, float] | None = None) -> None:
         super().__init__()
-        if isinstance(weights, str | int | float):
+        if isinstance(weights, str | bytes) or real_number(weights) is not None:
             raise MultiLossError(
                 f"weighting 'fixed': weights must be a list (task order) or a dict by task name, got {weights!r}"
+            )
+        if isinstance(weights, set | frozenset):
+            raise MultiLossError(
+                f"weighting 'fixed': weights must be a list (task order) or a dict by task name, got a set "
+                f"{weights!r}, which has no order"
             )
         if weights is not None and not isinstance(weights, Mapping):
             weights = list(weights)
@@ -63,8 +69,16 @@ class Fixed(Weighting):
                 f"weighting 'fixed': every weight is 0 ({dict(zip(self.task_names, values, strict=True))}): "
                 "the loss would be 0 and nothing would train"
             )
+        stored = torch.tensor(values)  # the default float dtype: float32 holds up to about 3.4e38
+        finite, any_nonzero = bool(torch.isfinite(stored).all()), bool(stored.any())
+        if not (finite and any_nonzero):
+            trouble = "beyond its range" if not finite else "all 0 once rounded: nothing would train"
+            raise MultiLossError(
+                f"weighting 'fixed': the weights {dict(zip(self.task_names, values, strict=True))} are "
+                f"{stored.tolist()} in {stored.dtype}, {trouble}"
+            )
         # Not persistent: fixed weights are configuration, not training state.
-        self.register_buffer("weights", torch.tensor(values), persistent=False)
+        self.register_buffer("weights", stored, persistent=False)
 
     def current_weights(self) -> Tensor:
         """The weights the next step uses (the strategy's ``weights`` buffer)."""

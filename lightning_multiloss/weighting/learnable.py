@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_multiloss._dist import is_rank_zero
+from lightning_multiloss._numbers import real_number
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.weighting._base import Progress, WeightedLoss, Weighting, weighted_sum
 from lightning_multiloss.weighting._common import check_weight, per_task_values
@@ -79,6 +80,9 @@ class Learnable(Weighting):
 
     def __init__(self, init: float | Sequence[float] | None = None, check_every: int = 50) -> None:
         super().__init__()
+        number = real_number(init)  # a NumPy scalar or a 0-d tensor is a number too
+        if number is not None:
+            init = number
         if isinstance(init, str | bytes | bool):
             raise MultiLossError(f"weighting 'learnable': init must be a number or a list of numbers, got {init!r}")
         if isinstance(init, int | float) and not 0.0 <= float(init) <= 1.0:

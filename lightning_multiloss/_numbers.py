@@ -1,0 +1,23 @@
+"""Numbers as users give them: Python's, NumPy's scalars, or a 0-d tensor."""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+
+def real_number(value: object) -> float | None:
+    """``value`` as a float where it is one real number (``0.3``, ``np.float32(0.3)``,
+    ``torch.tensor(0.3)``), else ``None``; a bool is no number here (``True`` is not a weight).
+
+    >>> import numpy as np
+    >>> real_number(np.float32(0.5)), real_number(torch.tensor(2)), real_number(True), real_number([1.0])
+    (0.5, 2.0, None, None)
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, torch.Tensor):
+        scalar = value.ndim == 0 and value.dtype != torch.bool and not value.is_complex()
+        return float(value) if scalar else None
+    return float(value) if isinstance(value, numbers.Real) else None
