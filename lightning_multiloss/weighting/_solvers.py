@@ -23,6 +23,7 @@ from torch import Tensor
 
 _CPU = torch.device("cpu")
 _F64 = torch.float64
+_F64_EPS = float(torch.finfo(torch.float64).eps)
 
 RIDGE = 1e-10
 """Relative ridge added to each diagonal entry (``G_ii ← G_ii (1 + 1e-10)``, a zero one gets
@@ -380,8 +381,18 @@ def simplex_min_linear_plus_norm(
     linear_size = float(linear.abs().max())
     lo = min(max(hi * 1e-12, 1e4 * rho * ridge / linear_size if linear_size > 0.0 else 0.0), 0.5 * hi)
     w_lo, q_lo = solve(lo)
-    if q_lo <= lo * lo:  # t* is (numerically) 0: w* is the best point with Jᵀw* = 0
-        return w_lo
+    upper = hi
+    if q_lo <= lo * lo:
+        # t* ≤ lo: 0 (w* is the best point with Jᵀw* = 0), or t* is the scale of tasks whose
+        # gradients are far smaller than the mean task's (the scale of the ridge above, 10⁸ apart
+        # in norm say). Told apart at the smallest scale of t: there q(w(t)) is above t² only if
+        # t* > 0 (beyond q's own rounding, which a hull containing 0 leaves).
+        floor = min(hi * 1e-12, 0.5 * lo)
+        w_floor, q_floor = solve(floor)
+        rounding = 64.0 * _F64_EPS * float(w_floor.abs() @ gramian.abs() @ w_floor.abs())
+        if q_floor <= floor * floor + rounding:
+            return w_lo
+        upper, lo, q_lo = lo, floor, q_floor  # t* in (floor, lo)
     if not bisection_only:
         t = math.sqrt(q_lo)
         for _ in range(3 * k + 10):
@@ -395,7 +406,7 @@ def simplex_min_linear_plus_norm(
                     return w
                 break
             t = t_new
-    log_lo, log_hi = math.log(lo), math.log(hi)
+    log_lo, log_hi = math.log(lo), math.log(upper)
     for _ in range(200):
         mid = 0.5 * (log_lo + log_hi)
         t = math.exp(mid)
