@@ -597,7 +597,9 @@ class MultiTaskMixin(_Base):
                     return self._mt_reaching_every_parameter(losses, 0.0)
         else:
             result = weighting(losses)
-        self._mt_record_weights(result.weights)
+        # The strategy's own copy of this step's weights: result.weights may be a view of a
+        # parameter (learnable) that later steps change in place.
+        self._mt_record_weights(weighting.last_weights)
         labelled = self._mt_labelled(losses)
         self._mt_train_means.add(losses, labelled)
         if weighting.uses_epoch_losses:
