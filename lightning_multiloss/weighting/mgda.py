@@ -74,7 +74,8 @@ class MGDA(GramianWeighting):
         )
         self.normalization: Normalization = normalization
         # The last simplex solution, a warm start for the next step's QP: speed only, not state
-        # (the minimiser is unique, so a resumed run without it gets the same weights to rounding).
+        # (Jᵀw is unique, so a resumed run without it gets the same update to rounding; on a
+        # singular Gramian the weights that make it are not, and may be split otherwise).
         self._previous_solution: Tensor | None = None
 
     def normalizers(self, gramian: Tensor, losses: Tensor) -> Tensor:
