@@ -178,7 +178,9 @@ class Scheduled(Weighting):
         self._last = None  # the loaded buffer may differ from what this config computes
 
     def current_weights(self) -> Tensor:
-        """The weights the next step uses (the strategy's ``weights`` buffer)."""
+        """The weights at the progress the Callback gave last, before a step: those of the step in
+        progress, or of the last one done (a loaded checkpoint's too); the next step's are the
+        schedule's at its own progress (:meth:`values_at`)."""
         return self.weights.detach().clone()
 
     def forward(self, losses: Tensor) -> WeightedLoss:
