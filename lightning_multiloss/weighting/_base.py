@@ -238,9 +238,9 @@ class Weighting(nn.Module, ABC):
     def current_weights(self) -> Tensor:
         """The ``(K,)`` weights in force now: those the next training step would use.
 
-        For strategies whose weights are their own state (fixed, scheduled, learnable,
-        uncertainty, DWA, ...) they are computed from that state, so they include the updates
-        of the last optimizer step; for strategies whose weights depend on the step's losses or
+        For strategies whose weights are their own state (fixed, learnable, uncertainty, DWA,
+        ...) they are computed from that state, so they include the updates of the last
+        optimizer step (``scheduled``: those at the progress given last); for strategies whose weights depend on the step's losses or
         gradients, they are the weights of the last training step (:attr:`last_weights`).
         A device tensor: reading it waits for the device, so not in the training step.
         """
