@@ -167,7 +167,9 @@ def _representation_rows(
     if not representation.requires_grad:
         raise MultiLossError(
             f"weighting {strategy!r}: the shared representation does not require grad; "
-            "mark a tensor computed from trainable layers with z = self.shared_representation(z)"
+            "mark a tensor computed from trainable layers with z = self.shared_representation(z). A frozen "
+            "trunk (BackboneFinetuning's first epochs) makes it a constant, which leaves a gradient strategy "
+            "nothing to compare: keep a layer below z trainable, or train the heads first with a loss-level strategy"
         )
     rows: list[Tensor | None] = []
     task_gradients: list[list[Tensor | None]] = []

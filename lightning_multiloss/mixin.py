@@ -1122,7 +1122,9 @@ class MultiTaskMixin(_Base):
                 raise MultiLossError(
                     f"weighting {weighting.name!r} uses route='parameters', but no trainable parameter is used by two "
                     f"or more task losses (frozen ones are left out):{why} override shared_parameters() to return "
-                    "the shared ones, or use route='representation'"
+                    "the shared ones, or use route='representation'. A frozen trunk (BackboneFinetuning's first "
+                    "epochs) leaves a gradient strategy nothing to compare: keep a shared layer trainable, or train "
+                    "the heads first with a loss-level strategy"
                 )
             self._mt_shared_params = found
             self._mt_shared_found_among = trainable_ids

@@ -1267,3 +1267,20 @@ def test_default_shared_parameters_follow_a_layer_unfrozen_later(tmp_path: Path)
     trainer.fit(model, toy_loader(n=32, batch_size=16))
     every = ["trunk.0.weight", "trunk.0.bias", "trunk.2.weight", "trunk.2.bias"]
     assert unfreeze.seen == [every[2:], every, every]
+
+
+@pytest.mark.parametrize("route", ["parameters", "representation"])
+def test_a_frozen_trunk_is_named_as_the_reason_a_gradient_strategy_cannot_weigh(route: str) -> None:
+    # BackboneFinetuning's first epochs: the representation route's message said to mark z (it was
+    # marked), the parameter route's to use the representation route (which fails the same way).
+    from pytorch_lightning.callbacks import BackboneFinetuning
+
+    class Finetuned(RepNet):
+        def __init__(self) -> None:
+            super().__init__(create_weighting("mgda", route=route))
+            self.backbone = self.trunk
+
+    with pytest.raises(MultiLossError, match=r"A frozen trunk \(BackboneFinetuning's first epochs\)"):
+        quiet_trainer(max_epochs=2, callbacks=[BackboneFinetuning(unfreeze_backbone_at_epoch=1)]).fit(
+            Finetuned(), toy_loader(n=32)
+        )

@@ -240,8 +240,9 @@ class Weighting(nn.Module, ABC):
 
         For strategies whose weights are their own state (fixed, learnable, uncertainty, DWA,
         ...) they are computed from that state, so they include the updates of the last
-        optimizer step (``scheduled``: those at the progress given last); for strategies whose weights depend on the step's losses or
-        gradients, they are the weights of the last training step (:attr:`last_weights`).
+        optimizer step (``scheduled``: those at the progress given last); for strategies whose
+        weights depend on the step's losses or gradients, they are the weights of the last
+        training step (:attr:`last_weights`).
         A device tensor: reading it waits for the device, so not in the training step.
         """
         return self.last_weights.detach()
