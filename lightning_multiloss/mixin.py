@@ -376,7 +376,8 @@ class MultiTaskMixin(_Base):
     def logged_keys(self, stage: Literal["train", "val", "test"], dataloaders: int = 1) -> list[str]:
         """The keys the mixin logs in ``stage``: what a ``ModelCheckpoint`` or ``EarlyStopping`` can
         monitor (the combined loss, the task losses and weights, the tasks' metrics, the training
-        epoch means and the best values). With several evaluation ``dataloaders`` Lightning ends
+        epoch means and the best values; :meth:`logging_step_keys` are logged on the Trainer's
+        logging steps only). With several evaluation ``dataloaders`` Lightning ends
         each loader's keys with ``/dataloader_idx_<index>``, the first loader's too (the best
         values, which follow the first loader, keep their keys).
 
@@ -393,6 +394,14 @@ class MultiTaskMixin(_Base):
         if dataloaders > 1:
             per_loader = [f"{key}/dataloader_idx_{index}" for index in range(dataloaders) for key in per_loader]
         return [*per_loader, *best]
+
+    def logging_step_keys(self) -> list[str]:
+        """The training keys logged on the Trainer's logging steps only (``log_every_n_steps``), as
+        the loggers write step values only there: each task's loss and weight. A ``monitor`` on one
+        reads the last logging step's value, and finds none in an epoch without a logging step:
+        monitor a task's epoch mean (``train/loss/<task>_epoch``) or a validation key instead."""
+        _, losses, weights = self._mt_keys["train"]
+        return [*losses, *weights]
 
     def split_batch(self, batch: Any) -> tuple[Any, Mapping[str, Any]]:
         """Split a batch into the network's input and a mapping that holds the targets.

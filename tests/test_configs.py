@@ -564,3 +564,18 @@ def test_a_monitor_the_model_does_not_log_is_refused_before_training(tmp_path, c
         build(cfg)
     for key in ("val/acc/digit", "val/loss", "train/loss/recon_epoch", "val/mse/recon"):
         build(compose_train(tmp_path, "callbacks=[default,early_stopping]", f"callbacks.{callback}.monitor={key}"))
+
+
+@pytest.mark.parametrize(
+    ("key", "instead"), [("train/loss/recon", "train/loss/recon_epoch"), ("train/weight/recon", "a validation key")]
+)
+def test_a_monitor_on_a_key_logged_on_logging_steps_only_is_refused(tmp_path, key, instead):
+    # Listed by logged_keys, but logged every log_every_n_steps steps: at the default 50 and an
+    # epoch of fewer steps, EarlyStopping and the checkpoint found no value ("not available").
+    cfg = compose_train(tmp_path, "callbacks=[default,early_stopping]", f"callbacks.early_stopping.monitor={key}")
+    with pytest.raises(
+        MultiLossError,
+        match=rf"config key 'callbacks\.early_stopping\.monitor': '{key}' is logged on the Trainer's logging steps "
+        rf"only \(trainer\.log_every_n_steps\): .*; monitor '{instead}'",
+    ):
+        build(cfg)

@@ -458,8 +458,16 @@ def check_monitors(cfg: DictConfig, model: Any) -> None:
     if not type(model).__module__.startswith("lightning_multiloss."):
         return
     logged = [key for stage in ("train", "val") for key in model.logged_keys(stage)]
+    sparse = model.logging_step_keys()
     for name, node in (cfg.get("callbacks") or {}).items():
         monitor = node.get("monitor") if isinstance(node, DictConfig) else None
+        if isinstance(monitor, str) and monitor in sparse:
+            instead = f"{monitor}_epoch" if f"{monitor}_epoch" in logged else "a validation key"
+            raise MultiLossError(
+                f"config key 'callbacks.{name}.monitor': {monitor!r} is logged on the Trainer's logging steps only "
+                f"(trainer.log_every_n_steps): a monitor would read a stale value, or none in an epoch without "
+                f"one; monitor {instead!r}"
+            )
         if isinstance(monitor, str) and monitor not in logged:
             close = difflib.get_close_matches(monitor, logged, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
