@@ -719,7 +719,10 @@ def test_one_weighting_object_in_two_models_is_refused() -> None:
     # first one's learned log-variances.
     weighting = create_weighting("uncertainty")
     first = ToyNet(weighting)
-    refused = r"^weighting 'uncertainty' was configured in another module already; .*create one weighting per model$"
+    refused = (
+        r"^weighting 'uncertainty' was configured in another module already; .*create one weighting per model "
+        r"\(.*copy\.copy\(weighting\), which is unclaimed\)$"
+    )
     with pytest.raises(MultiLossError, match=refused):
         ToyNet(weighting)
     first.configure_multitask(list(first.tasks), weighting)  # the same module may configure it again
@@ -735,6 +738,7 @@ def test_one_weighting_object_in_two_models_is_refused() -> None:
     gc.collect()
     with pytest.raises(MultiLossError, match=refused):  # its module gone, it still holds that module's state
         ToyNet(weighting)
+    ToyNet(copy.copy(weighting))  # what the message offers: a copy is unclaimed
 
 
 def test_a_learning_rate_changed_by_training_resumes(tmp_path: Path, digits_checkpoint: Path) -> None:

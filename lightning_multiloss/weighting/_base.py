@@ -167,7 +167,9 @@ class Weighting(nn.Module, ABC):
         if held is not None and held != owner:
             raise MultiLossError(
                 f"weighting {self.name!r} was configured in another module already; a weighting holds "
-                "state (learned parameters, running means): create one weighting per model"
+                "state (learned parameters, running means): create one weighting per model (the module may "
+                "be one whose __init__ failed after configure_multitask: create the weighting anew, or pass "
+                "copy.copy(weighting), which is unclaimed)"
             )
         self.__dict__["_owner"] = owner
 
