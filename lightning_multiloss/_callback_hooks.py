@@ -231,6 +231,14 @@ class LossWeightingHooks:
             own = RunRecorder(os.path.join(trainer.default_root_dir, os.path.expanduser(self.result_file)))
         if job is not None and job.path == own.path:  # the Hydra callback writes the same file
             return job
+        if job is not None:
+            # The job's own result would never be filled (and the report would count this one
+            # run twice, once as failed).
+            raise MultiLossError(
+                f"LossWeightingCallback(result_file={self.result_file!r}) writes {own.path}, and the Hydra "
+                f"run_result callback this run's {job.path}: one run would be recorded twice; keep one of "
+                "them (or give result_file the job's file name)"
+            )
         self._own_recorder = own
         return own
 

@@ -8,6 +8,7 @@ makes of them.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -271,3 +272,41 @@ def test_under_ddp_rank_zero_writes_the_metrics_of_the_whole_split(tmp_path: Pat
     assert_close(result.val_metrics, plain["val"])
     assert result.weights == {"cls": 0.25, "reg": 2.0}
     assert result.pid == plain["pid"]  # written by rank 0 alone
+
+
+def test_a_result_file_beside_the_hydra_run_result_callback_is_refused_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The Callback filled its own file alone: the job's result.json said "failed" for a completed
+    # run, and the report counted the one run twice.
+    (tmp_path / "app.yaml").write_text(
+        "out: ${hydra:runtime.output_dir}\n"
+        "hydra:\n"
+        f"  run:\n    dir: {tmp_path / 'run'}\n"
+        "  callbacks:\n"
+        "    run_result:\n"
+        "      _target_: lightning_multiloss.hydra_callbacks.RunResultCallback\n"
+    )
+    trained: list[int] = []
+
+    @hydra.main(version_base="1.3", config_path=str(tmp_path), config_name="app")
+    def app(cfg: DictConfig) -> None:
+        callback = LossWeightingCallback(plot=False, result_file="res/result.json")
+        trainer = quiet_trainer(max_epochs=1, default_root_dir=cfg.out, callbacks=[callback])
+        trainer.fit(ToyNet(Fixed(WEIGHTS)), toy_loader(32))
+        trained.append(trainer.global_step)
+
+    monkeypatch.setattr(sys, "argv", ["app.py", "hydra/job_logging=disabled"])
+    GlobalHydra.instance().clear()
+    with pytest.raises(SystemExit):  # Hydra reports the job's error and exits
+        app()
+    GlobalHydra.instance().clear()
+    assert trained == []
+    result = RunResult.read(str(tmp_path / "run" / "result.json"))
+    assert result.status == "failed"
+    assert result.error is not None and re.search(
+        r"^MultiLossError: LossWeightingCallback\(result_file='res/result\.json'\) writes .*: one run would be "
+        r"recorded twice",
+        result.error,
+    )
+    assert not (tmp_path / "run" / "res" / "result.json").exists()
