@@ -95,9 +95,30 @@ class RunResultCallback(Callback):
         self.primary = dict(primary) if primary else None
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        recorder = job_recorder(self.result_file, self.experiment, self.baseline_of, self.primary, _seed(config))
+        settings = self._job_settings()
+        recorder = job_recorder(
+            settings.get("result_file", self.result_file),
+            settings.get("experiment", self.experiment),
+            settings.get("baseline_of", self.baseline_of),
+            settings.get("primary", self.primary) or None,
+            _seed(config),
+        )
         recorder.write()
         set_active_recorder(recorder)
+
+    def _job_settings(self) -> dict[str, Any]:
+        """This callback's arguments as the running job's own config gives them. Hydra builds its
+        callbacks once per sweep, from the sweep's config: a job whose experiment sets
+        ``hydra.callbacks.<name>.baseline_of`` (a single-task baseline among other experiments)
+        would lose it."""
+        target = f"{type(self).__module__}.{type(self).__qualname__}"
+        nodes = HydraConfig.get().callbacks or {}
+        for node in nodes.values():
+            if isinstance(node, DictConfig) and node.get("_target_") == target:
+                values = OmegaConf.to_container(node, resolve=True)
+                assert isinstance(values, dict)
+                return {str(k): v for k, v in values.items() if k != "_target_"}
+        return {}
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         recorder = active_recorder()

@@ -310,3 +310,34 @@ def test_a_result_file_beside_the_hydra_run_result_callback_is_refused_before_tr
         result.error,
     )
     assert not (tmp_path / "run" / "res" / "result.json").exists()
+
+
+def test_baseline_of_set_by_each_experiment_of_a_sweep_is_recorded_per_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Hydra builds its callbacks once per sweep, from the sweep's config: a sweep over two
+    # single-task experiments recorded baseline_of None for both, and the report ignored them.
+    (tmp_path / "experiment").mkdir()
+    for task in ("cls", "reg"):
+        (tmp_path / "experiment" / f"single_{task}.yaml").write_text(
+            f"# @package _global_\nhydra:\n  callbacks:\n    run_result:\n      baseline_of: {task}\n"
+        )
+    (tmp_path / "app.yaml").write_text(
+        "defaults:\n  - experiment: single_cls\n  - _self_\n"
+        "hydra:\n"
+        f"  sweep:\n    dir: {tmp_path / 'sweep'}\n    subdir: ${{hydra.job.num}}\n"
+        "  callbacks:\n"
+        "    run_result:\n"
+        "      _target_: lightning_multiloss.hydra_callbacks.RunResultCallback\n"
+    )
+
+    @hydra.main(version_base="1.3", config_path=str(tmp_path), config_name="app")
+    def app(cfg: DictConfig) -> None:
+        pass  # the job's recorder is all this test reads
+
+    monkeypatch.setattr(sys, "argv", ["app.py", "-m", "experiment=single_cls,single_reg", "hydra/job_logging=disabled"])
+    GlobalHydra.instance().clear()
+    app()
+    GlobalHydra.instance().clear()
+    recorded = [RunResult.read(str(tmp_path / "sweep" / job / "result.json")) for job in ("0", "1")]
+    assert [(r.experiment, r.baseline_of) for r in recorded] == [("single_cls", "cls"), ("single_reg", "reg")]
