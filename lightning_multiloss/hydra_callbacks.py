@@ -34,6 +34,14 @@ from lightning_multiloss._run_recorder import (
 from lightning_multiloss.results import RESULT_FILE
 
 
+def task_overrides() -> list[str]:
+    """The running job's overrides as typed: an override holding an interpolation
+    (``seed=${oc.env:SEED}``) is its text, not resolved here (an unset variable would raise)."""
+    typed = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
+    assert isinstance(typed, list)
+    return [str(override) for override in typed]
+
+
 def job_recorder(
     result_file: str = RESULT_FILE,
     experiment: str | None = None,
@@ -52,7 +60,7 @@ def job_recorder(
         experiment = str(choice) if choice else hydra_cfg.job.name
     return RunRecorder(
         path,
-        overrides=[str(o) for o in hydra_cfg.overrides.task],
+        overrides=task_overrides(),
         experiment=experiment,
         baseline_of=baseline_of,
         seed=seed,

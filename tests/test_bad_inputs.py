@@ -57,6 +57,19 @@ class CliCase:
 
 
 CLI_CASES = [
+    # -- interpolations in overrides: Hydra's chained tracebacks, exit 1, where they do not resolve --
+    CliCase(
+        "interpolation-of-an-unset-variable",
+        ("seed=${oc.env:MULTILOSS_TEST_UNSET}",),
+        r"error: config key 'seed': KeyError raised while resolving interpolation: "
+        r"\"Environment variable 'MULTILOSS_TEST_UNSET' not found\"",
+    ),
+    CliCase(
+        "interpolation-of-another-type",
+        ("seed=${oc.env:HOME}",),
+        r"error: config key 'seed': While dereferencing interpolation '\$\{oc\.env:HOME\}': Value '.*' of type "
+        r"'str' could not be converted to Integer",
+    ),
     # -- config keys and values (issue 14) --------------------------------------------------------
     # Counts that Lightning and torch check late or not at all: 0 was a ZeroDivisionError traceback
     # when training started, -1 a "completed" run that trained nothing; torch_threads=0 was ignored.

@@ -48,6 +48,7 @@ from lightning_multiloss._run_recorder import launched_as_rank_zero
 from lightning_multiloss.app.config import call, config_dir, hydra_import_errors_unlogged, validate_config
 from lightning_multiloss.app.namespace import DEFAULT_LIGHTNING, import_lightning, use_lightning
 from lightning_multiloss.errors import MultiLossError
+from lightning_multiloss.hydra_callbacks import task_overrides
 from lightning_multiloss.mixin import MultiTaskMixin
 from lightning_multiloss.results import RESULT_FILE, RunResult, config_key
 from lightning_multiloss.weighting import Weighting
@@ -805,7 +806,11 @@ def composition_error(error: BaseException, overrides: Sequence[str]) -> str:
         return f"config key '{key}': cannot parse the override {error.override!r}: {_first_line(error.message)}{hint}"
     # Hydra's composition errors are short, and their later lines say what to do ("To append to your
     # default list use +group=option"): all of it, on one line.
-    return f"config: {' '.join(line.strip() for line in str(error).splitlines() if line.strip())}"
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    interpolated = [o.lstrip("+~").split("=", 1)[0] for o in overrides if "${" in o]
+    if isinstance(error, OmegaConfBaseException) and len(interpolated) == 1:  # the override that holds it
+        return f"config key '{interpolated[0]}': {text}"
+    return f"config: {text}"
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
@@ -814,11 +819,14 @@ def _app(cfg: DictConfig) -> float | None:
     _task_started = True
     _restore_env({_FULL_ERROR: _users_full_error})  # errors of the run itself: Hydra reports them its own way
     hydra_cfg = HydraConfig.get()
-    overrides = list(hydra_cfg.overrides.task)
+    overrides = task_overrides()
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         result = run(cfg, overrides)
-    except Exception as error:
+    except Exception as caught:
+        error = caught
+        if isinstance(error, OmegaConfBaseException):  # an interpolation of the config that does not resolve
+            error = MultiLossError(composition_error(error, overrides))
         if not isinstance(error, MultiLossError) and type(error).__name__ != "MisconfigurationException":
             if not in_sweep:
                 raise
