@@ -14,6 +14,7 @@ import socket
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.results import RunResult, TaskMetrics, config_key, metric_direction
 
 _active: RunRecorder | None = None
@@ -124,8 +125,11 @@ class RunRecorder:
         self.result.primary = {}
         for task, metrics in task_metrics.items():
             directions = {name: metric_direction(metric) for name, metric in metrics}
-            self.result.directions[task] = {**directions, "loss": "min"}
             chosen = self.primary_choice.get(task)
+            if chosen is not None and chosen not in (*directions, "loss"):
+                # Found only when the run ended, as a "failed" result.json with no word on the console.
+                raise MultiLossError(f"primary: task {task!r} has no metric {chosen!r}; it has {[*directions, 'loss']}")
+            self.result.directions[task] = {**directions, "loss": "min"}
             self.result.primary[task] = chosen if chosen is not None else next(iter(directions), "loss")
         if self.result.seed is None and os.environ.get("PL_GLOBAL_SEED", "").lstrip("-").isdigit():
             self.result.seed = int(os.environ["PL_GLOBAL_SEED"])  # what Lightning's seed_everything set

@@ -341,3 +341,35 @@ def test_baseline_of_set_by_each_experiment_of_a_sweep_is_recorded_per_job(
     GlobalHydra.instance().clear()
     recorded = [RunResult.read(str(tmp_path / "sweep" / job / "result.json")) for job in ("0", "1")]
     assert [(r.experiment, r.baseline_of) for r in recorded] == [("single_cls", "cls"), ("single_reg", "reg")]
+
+
+def test_a_primary_metric_the_task_does_not_have_is_refused_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # primary={cls: accc}: the run trained to its end, exit 0, and result.json said "failed" with
+    # no word on the console.
+    (tmp_path / "app.yaml").write_text(
+        "out: ${hydra:runtime.output_dir}\n"
+        "hydra:\n"
+        f"  run:\n    dir: {tmp_path / 'run'}\n"
+        "  callbacks:\n"
+        "    run_result:\n"
+        "      _target_: lightning_multiloss.hydra_callbacks.RunResultCallback\n"
+        "      primary: {cls: accc}\n"
+    )
+    trained: list[int] = []
+
+    @hydra.main(version_base="1.3", config_path=str(tmp_path), config_name="app")
+    def app(cfg: DictConfig) -> None:
+        trainer = quiet_trainer(max_epochs=1, default_root_dir=cfg.out)
+        trainer.fit(ToyNet(Fixed(WEIGHTS), metrics=True), toy_loader(32))
+        trained.append(trainer.global_step)
+
+    monkeypatch.setattr(sys, "argv", ["app.py", "hydra/job_logging=disabled"])
+    GlobalHydra.instance().clear()
+    with pytest.raises(SystemExit):
+        app()
+    GlobalHydra.instance().clear()
+    assert trained == []
+    result = RunResult.read(str(tmp_path / "run" / "result.json"))
+    assert result.error == "MultiLossError: primary: task 'cls' has no metric 'accc'; it has ['acc', 'loss']"
