@@ -221,11 +221,9 @@ class LossWeightingHooks:
         job = active_recorder()
         if self.result_file is None:
             return job
-        from hydra.core.hydra_config import HydraConfig
+        from lightning_multiloss.hydra_callbacks import in_hydra_job, job_recorder
 
-        if HydraConfig.initialized():
-            from lightning_multiloss.hydra_callbacks import job_recorder
-
+        if in_hydra_job():
             own = job_recorder(self.result_file)
         else:
             own = RunRecorder(os.path.join(trainer.default_root_dir, os.path.expanduser(self.result_file)))

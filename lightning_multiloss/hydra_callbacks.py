@@ -34,6 +34,14 @@ from lightning_multiloss._run_recorder import (
 from lightning_multiloss.results import RESULT_FILE
 
 
+def in_hydra_job() -> bool:
+    """Whether a Hydra job is running in this process: Hydra's config is set, with the job's folder
+    (an app that ran earlier in the process, a test's, leaves its config behind without one)."""
+    if not HydraConfig.initialized():
+        return False
+    return not OmegaConf.is_missing(HydraConfig.get().runtime, "output_dir")
+
+
 def task_overrides() -> list[str]:
     """The running job's overrides as typed: an override holding an interpolation
     (``seed=${oc.env:SEED}``) is its text, not resolved here (an unset variable would raise)."""
