@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 import pytest
@@ -274,26 +275,25 @@ def test_under_ddp_rank_zero_writes_the_metrics_of_the_whole_split(tmp_path: Pat
     assert result.pid == plain["pid"]  # written by rank 0 alone
 
 
-def test_a_result_file_beside_the_hydra_run_result_callback_is_refused_before_training(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The Callback filled its own file alone: the job's result.json said "failed" for a completed
-    # run, and the report counted the one run twice.
+def failed_single_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: str, callbacks: list[Any], metrics: bool = False
+) -> RunResult:
+    """One job of a Hydra app with the run_result callback (its ``options``, YAML lines) that fits
+    ToyNet with ``callbacks``; the job must fail before training. Its result.json."""
     (tmp_path / "app.yaml").write_text(
         "out: ${hydra:runtime.output_dir}\n"
         "hydra:\n"
         f"  run:\n    dir: {tmp_path / 'run'}\n"
         "  callbacks:\n"
         "    run_result:\n"
-        "      _target_: lightning_multiloss.hydra_callbacks.RunResultCallback\n"
+        "      _target_: lightning_multiloss.hydra_callbacks.RunResultCallback\n" + options
     )
     trained: list[int] = []
 
     @hydra.main(version_base="1.3", config_path=str(tmp_path), config_name="app")
     def app(cfg: DictConfig) -> None:
-        callback = LossWeightingCallback(plot=False, result_file="res/result.json")
-        trainer = quiet_trainer(max_epochs=1, default_root_dir=cfg.out, callbacks=[callback])
-        trainer.fit(ToyNet(Fixed(WEIGHTS)), toy_loader(32))
+        trainer = quiet_trainer(max_epochs=1, default_root_dir=cfg.out, callbacks=callbacks)
+        trainer.fit(ToyNet(Fixed(WEIGHTS), metrics=metrics), toy_loader(32))
         trained.append(trainer.global_step)
 
     monkeypatch.setattr(sys, "argv", ["app.py", "hydra/job_logging=disabled"])
@@ -304,6 +304,16 @@ def test_a_result_file_beside_the_hydra_run_result_callback_is_refused_before_tr
     assert trained == []
     result = RunResult.read(str(tmp_path / "run" / "result.json"))
     assert result.status == "failed"
+    return result
+
+
+def test_a_result_file_beside_the_hydra_run_result_callback_is_refused_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The Callback filled its own file alone: the job's result.json said "failed" for a completed
+    # run, and the report counted the one run twice.
+    callback = LossWeightingCallback(plot=False, result_file="res/result.json")
+    result = failed_single_job(tmp_path, monkeypatch, "", [callback])
     assert result.error is not None and re.search(
         r"^MultiLossError: LossWeightingCallback\(result_file='res/result\.json'\) writes .*: one run would be "
         r"recorded twice",
@@ -348,28 +358,5 @@ def test_a_primary_metric_the_task_does_not_have_is_refused_before_training(
 ) -> None:
     # primary={cls: accc}: the run trained to its end, exit 0, and result.json said "failed" with
     # no word on the console.
-    (tmp_path / "app.yaml").write_text(
-        "out: ${hydra:runtime.output_dir}\n"
-        "hydra:\n"
-        f"  run:\n    dir: {tmp_path / 'run'}\n"
-        "  callbacks:\n"
-        "    run_result:\n"
-        "      _target_: lightning_multiloss.hydra_callbacks.RunResultCallback\n"
-        "      primary: {cls: accc}\n"
-    )
-    trained: list[int] = []
-
-    @hydra.main(version_base="1.3", config_path=str(tmp_path), config_name="app")
-    def app(cfg: DictConfig) -> None:
-        trainer = quiet_trainer(max_epochs=1, default_root_dir=cfg.out)
-        trainer.fit(ToyNet(Fixed(WEIGHTS), metrics=True), toy_loader(32))
-        trained.append(trainer.global_step)
-
-    monkeypatch.setattr(sys, "argv", ["app.py", "hydra/job_logging=disabled"])
-    GlobalHydra.instance().clear()
-    with pytest.raises(SystemExit):
-        app()
-    GlobalHydra.instance().clear()
-    assert trained == []
-    result = RunResult.read(str(tmp_path / "run" / "result.json"))
+    result = failed_single_job(tmp_path, monkeypatch, "      primary: {cls: accc}\n", [], metrics=True)
     assert result.error == "MultiLossError: primary: task 'cls' has no metric 'accc'; it has ['acc', 'loss']"
