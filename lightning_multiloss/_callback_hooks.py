@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import itertools
 import logging
 import math
@@ -268,6 +269,40 @@ class LossWeightingHooks:
             raise MultiLossError(
                 f"the learnable weighting parameter(s) {missing} are in no optimizer: build the optimizer from "
                 "self.parameters() in configure_optimizers (or add self.weighting.parameters() to a param group)"
+            )
+        if trainer.is_global_zero:
+            self._warn_of_monitors_not_logged(trainer, pl_module)
+
+    @staticmethod
+    def _warn_of_monitors_not_logged(trainer: Any, pl_module: Any) -> None:
+        """Say before the first step which callback monitors a key that the mixin does not log (a
+        typo fails only at the first validation's end, in Lightning's words), or one it logs on
+        logging steps only. A warning: the module may log the key itself."""
+        logged = [key for stage in ("train", "val") for key in pl_module.logged_keys(stage)]
+        sparse = pl_module.logging_step_keys()
+        for callback in trainer.callbacks:
+            monitor = getattr(callback, "monitor", None)
+            if not isinstance(monitor, str) or any(
+                monitor == key or monitor.startswith(f"{key}/dataloader_idx_") for key in logged if key not in sparse
+            ):
+                continue
+            name = type(callback).__name__
+            if monitor in sparse:
+                log.warning(
+                    "%s monitors %r, which the mixin logs on the Trainer's logging steps only (log_every_n_steps): "
+                    "it reads a stale value, or none in an epoch without one; monitor %r",
+                    name,
+                    monitor,
+                    f"{monitor}_epoch" if f"{monitor}_epoch" in logged else "a validation key",
+                )
+                continue
+            close = difflib.get_close_matches(monitor, logged, n=1)
+            log.warning(
+                "%s monitors %r, which the mixin does not log%s (unless your module logs it itself); it logs %s",
+                name,
+                monitor,
+                f" (did you mean {close[0]!r}?)" if close else "",
+                logged,
             )
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:

@@ -464,3 +464,32 @@ def test_task_names_whose_keys_meet_are_refused_with_a_hint_on_the_task() -> Non
 
     with pytest.raises(MultiLossError, match=r"share the key 'train/loss/a_epoch': rename the task or metric"):
         TwoHeads()
+
+
+def test_a_callback_monitoring_a_key_the_mixin_does_not_log_is_said_before_training(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A typo failed only at the first validation's end, in Lightning's words; a monitor on a key
+    # logged on logging steps alone found no value in short epochs.
+    from pytorch_lightning.callbacks import EarlyStopping
+
+    model = ToyNet("fixed", metrics=True)
+    trainer = quiet_trainer(max_epochs=1, default_root_dir=tmp_path, callbacks=[EarlyStopping("val/acc/clss")])
+    with caplog.at_level("WARNING", logger="lightning_multiloss"), pytest.raises(RuntimeError, match="val/acc/clss"):
+        trainer.fit(model, toy_loader(n=32), toy_loader(n=16))
+    (said,) = [r.getMessage() for r in caplog.records if "monitors" in r.getMessage()]
+    assert said.startswith(
+        "EarlyStopping monitors 'val/acc/clss', which the mixin does not log (did you mean 'val/acc/cls'?)"
+    )
+    caplog.clear()
+    trainer = quiet_trainer(max_epochs=1, default_root_dir=tmp_path, callbacks=[EarlyStopping("train/loss/reg")])
+    with caplog.at_level("WARNING", logger="lightning_multiloss"), pytest.raises(RuntimeError):
+        trainer.fit(ToyNet("fixed"), toy_loader(n=32))
+    (said,) = [r.getMessage() for r in caplog.records if "monitors" in r.getMessage()]
+    assert "logs on the Trainer's logging steps only" in said and said.endswith("monitor 'train/loss/reg_epoch'")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="lightning_multiloss"):
+        quiet_trainer(max_epochs=1, default_root_dir=tmp_path, callbacks=[EarlyStopping("val/acc/cls")]).fit(
+            ToyNet("fixed", metrics=True), toy_loader(n=32), toy_loader(n=16)
+        )
+    assert not [r for r in caplog.records if "monitors" in r.getMessage()]  # a key it logs: nothing said
