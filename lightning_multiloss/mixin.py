@@ -315,6 +315,7 @@ class MultiTaskMixin(_Base):
         # Per task, the (output shape, target shape, target dtype) last checked: see _mt_check_target.
         self._mt_checked_targets: dict[str, tuple[Any, ...]] = {}
         self._mt_without_gradient: set[str] = set()  # tasks whose training loss had no gradient (said once)
+        self._mt_checked_masks: set[str] = set()  # tasks whose mask values were checked: see task_losses
         # Under DDP, the first non-finite evaluation loss of each stage this epoch, raised at its end.
         self._mt_eval_failures: dict[str, str] = {}
         # on_nonfinite="skip": the Trainer (_trainer_key) whose coming optimizer steps are dropped,
@@ -452,6 +453,9 @@ class MultiTaskMixin(_Base):
                 raise MultiLossError(f"task {task.name!r}: the batch has no target key {key!r}; it has {sorted(batch)}")
             target = batch[key]
             if task.has_selection:
+                if task.name not in self._mt_checked_masks:  # once per task (it reads a float mask), as class indices
+                    task.check_mask_values(batch)
+                    self._mt_checked_masks.add(task.name)
                 if not isinstance(output, Tensor):
                     raise MultiLossError(
                         f"task {task.name!r}: a mask or ignore_value selects samples of a tensor output "

@@ -90,25 +90,7 @@ class Task:
         """The samples that have a label for this task (all of them without a mask)."""
         keep: Tensor | None = None
         if self.mask is not None:
-            if self.mask not in batch:
-                raise MultiLossError(
-                    f"task {self.name!r}: the batch has no mask key {self.mask!r}; it has {sorted(batch)}"
-                )
-            try:
-                mask = torch.as_tensor(batch[self.mask], device=target.device)
-            except (TypeError, ValueError, RuntimeError) as error:
-                raise MultiLossError(
-                    f"task {self.name!r}: the mask {self.mask!r} must be a boolean tensor with one entry per "
-                    f"sample, got {type(batch[self.mask]).__name__}: {first_line(error)}"
-                ) from error
-            if (mask.is_floating_point() or mask.is_complex()) and not bool(((mask == 0) | (mask == 1)).all()):
-                # A float mask of 0 and 1 selects as a boolean one; values in between (sample weights)
-                # would count as labelled, and so would a NaN. One read of the mask (a boolean mask
-                # costs none): selecting the samples waits for the device anyway.
-                raise MultiLossError(
-                    f"task {self.name!r}: the mask {self.mask!r} must be boolean, or hold 0 and 1 only; got other "
-                    f"values in a {mask.dtype} mask (a mask selects samples, it does not weight them)"
-                )
+            mask = self._mask_in(batch, target.device)
             # One entry per sample: (B,), or (B, 1) as a collated list of one-element tensors is. A
             # mask of several entries per sample (per element) would silently drop whole samples.
             if mask.numel() != target.shape[0] or (mask.ndim and mask.shape[0] != target.shape[0]):
@@ -132,6 +114,33 @@ class Task:
         if keep is None:
             return output, target
         return output[keep], target[keep]
+
+    def _mask_in(self, batch: Mapping[str, Any], device: torch.device | None = None) -> Tensor:
+        """This task's mask in ``batch`` as a tensor (on ``device``, else where it is); an error names
+        a missing or unreadable one."""
+        assert self.mask is not None
+        if self.mask not in batch:
+            raise MultiLossError(f"task {self.name!r}: the batch has no mask key {self.mask!r}; it has {sorted(batch)}")
+        try:
+            return torch.as_tensor(batch[self.mask], device=device)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise MultiLossError(
+                f"task {self.name!r}: the mask {self.mask!r} must be a boolean tensor with one entry per "
+                f"sample, got {type(batch[self.mask]).__name__}: {first_line(error)}"
+            ) from error
+
+    def check_mask_values(self, batch: Mapping[str, Any]) -> None:
+        """Refuse a float mask holding values other than 0 and 1 (sample weights, NaN), which would
+        count as labelled. It reads the mask (a boolean or integer one costs nothing): the mixin
+        calls it on a task's first batch, as it checks class indices once."""
+        if self.mask is None or self.mask not in batch:
+            return  # select names a missing mask
+        mask = self._mask_in(batch)
+        if (mask.is_floating_point() or mask.is_complex()) and not bool(((mask == 0) | (mask == 1)).all()):
+            raise MultiLossError(
+                f"task {self.name!r}: the mask {self.mask!r} must be boolean, or hold 0 and 1 only; got other "
+                f"values in a {mask.dtype} mask (a mask selects samples, it does not weight them)"
+            )
 
     def check_target(self, output: Tensor, target: Any) -> None:
         """Reject a target that this task's loss cannot use, or that would broadcast silently.

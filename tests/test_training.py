@@ -455,10 +455,12 @@ def test_a_mask_of_one_entry_per_sample_selects_those_samples(shape: tuple[int, 
 )
 def test_a_mask_that_does_not_select_is_refused_naming_the_task_and_key(mask: Any, refused: str) -> None:
     # A 0.3 or a NaN counted as labelled (a mask taken for sample weights trained on all of them);
-    # strings raised torch's "too many dimensions 'str'", naming neither.
-    target = torch.arange(10.0).reshape(5, 2)
+    # strings raised torch's "too many dimensions 'str'", naming neither. Through the mixin's task
+    # losses, which read a float mask on the task's first batch.
+    model = ToyNet(masks={"reg": "m"})
+    batch = {**next(iter(toy_loader(n=5, batch_size=5))), "m": mask}
     with pytest.raises(MultiLossError, match=f"task 'reg': the mask 'm' {refused}"):
-        Task("reg", nn.MSELoss(), mask="m").select(target + 1.0, target, {"m": mask})
+        model.task_losses(model(batch["x"]), batch)
 
 
 def _labelled_batch() -> dict[str, Tensor]:
