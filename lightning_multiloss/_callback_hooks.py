@@ -19,6 +19,7 @@ from torch import Tensor
 
 from lightning_multiloss._dist import all_gather_object, is_distributed
 from lightning_multiloss._lightning import batches_processed, is_lightning_class, lightning_package, trainer_stage
+from lightning_multiloss._metric_keys import LOADER_SUFFIX
 from lightning_multiloss._run_recorder import RunRecorder, active_recorder
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.sampling import ResumableDataLoader
@@ -283,7 +284,7 @@ class LossWeightingHooks:
         for callback in trainer.callbacks:
             monitor = getattr(callback, "monitor", None)
             if not isinstance(monitor, str) or any(
-                monitor == key or monitor.startswith(f"{key}/dataloader_idx_") for key in logged if key not in sparse
+                monitor == key or monitor.startswith(key + LOADER_SUFFIX) for key in logged if key not in sparse
             ):
                 continue
             name = type(callback).__name__

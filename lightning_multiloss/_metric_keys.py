@@ -78,6 +78,15 @@ def metrics_by_task(tasks: Sequence[Task], extra: Any) -> dict[str, dict[str, Me
     return found
 
 
+LOADER_SUFFIX = "/dataloader_idx_"
+"""What Lightning appends to a key logged for one of several evaluation dataloaders, before its index."""
+
+
+def loader_key(key: str, loader: int) -> str:
+    """``key`` as Lightning logs it for evaluation dataloader ``loader`` when there are several."""
+    return f"{key}{LOADER_SUFFIX}{loader}"
+
+
 def check_unique_keys(keys: Sequence[str]) -> None:
     """Two values logged under one key would overwrite each other: name the key instead."""
     seen: set[str] = set()

@@ -33,6 +33,7 @@ from lightning_multiloss._metric_keys import (
     KeyScheme,
     MetricKeys,
     check_unique_keys,
+    loader_key,
     metrics_by_task,
 )
 from lightning_multiloss.errors import MultiLossError, NonFiniteLossError, first_line, raised_by_every_process
@@ -393,7 +394,7 @@ class MultiTaskMixin(_Base):
         best = [key for key, _ in self._mt_best_keys] if stage == "val" else []
         per_loader = [total, *losses, *weights, *metrics]
         if dataloaders > 1:
-            per_loader = [f"{key}/dataloader_idx_{index}" for index in range(dataloaders) for key in per_loader]
+            per_loader = [loader_key(key, index) for index in range(dataloaders) for key in per_loader]
         return [*per_loader, *best]
 
     def logging_step_keys(self) -> list[str]:
@@ -1009,7 +1010,7 @@ class MultiTaskMixin(_Base):
             metrics = self._mt_eval_metrics(stage, loader)[1]
             for (_, key), metric in zip(self._mt_metric_keys[stage], metrics, strict=True):
                 if metric.update_count == 0:
-                    name = key if loaders == 1 else f"{key}/dataloader_idx_{loader}"
+                    name = key if loaders == 1 else loader_key(key, loader)
                     self.log(name, math.nan, on_step=False, on_epoch=True, add_dataloader_idx=False)
 
     def configure_callbacks(self) -> Any:
