@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import itertools
 import logging
 import math
@@ -19,7 +18,6 @@ from torch import Tensor
 
 from lightning_multiloss._dist import all_gather_object, is_distributed
 from lightning_multiloss._lightning import batches_processed, is_lightning_class, lightning_package, trainer_stage
-from lightning_multiloss._metric_keys import LOADER_SUFFIX
 from lightning_multiloss._run_recorder import RunRecorder, active_recorder
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.sampling import ResumableDataLoader
@@ -276,35 +274,16 @@ class LossWeightingHooks:
 
     @staticmethod
     def _warn_of_monitors_not_logged(trainer: Any, pl_module: Any) -> None:
-        """Say before the first step which callback monitors a key that the mixin does not log (a
-        typo fails only at the first validation's end, in Lightning's words), or one it logs on
-        logging steps only. A warning: the module may log the key itself."""
-        logged = [key for stage in ("train", "val") for key in pl_module.logged_keys(stage)]
-        sparse = pl_module.logging_step_keys()
+        """Say before the first step which callback monitors a key that would find no value (a typo
+        fails only at the first validation's end, in Lightning's words). A warning: the module may
+        log the key itself."""
         for callback in trainer.callbacks:
             monitor = getattr(callback, "monitor", None)
-            if not isinstance(monitor, str) or any(
-                monitor == key or monitor.startswith(key + LOADER_SUFFIX) for key in logged if key not in sparse
-            ):
-                continue
-            name = type(callback).__name__
-            if monitor in sparse:
+            problem = pl_module.monitor_problem(monitor) if isinstance(monitor, str) else None
+            if problem is not None:
                 log.warning(
-                    "%s monitors %r, which the mixin logs on the Trainer's logging steps only (log_every_n_steps): "
-                    "it reads a stale value, or none in an epoch without one; monitor %r",
-                    name,
-                    monitor,
-                    f"{monitor}_epoch" if f"{monitor}_epoch" in logged else "a validation key",
+                    "%s monitors %r: %s (unless your module logs it itself)", type(callback).__name__, monitor, problem
                 )
-                continue
-            close = difflib.get_close_matches(monitor, logged, n=1)
-            log.warning(
-                "%s monitors %r, which the mixin does not log%s (unless your module logs it itself); it logs %s",
-                name,
-                monitor,
-                f" (did you mean {close[0]!r}?)" if close else "",
-                logged,
-            )
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # Synchronise with the (possibly restored) step counter; this resets no schedule state.

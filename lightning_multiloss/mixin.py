@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import logging
 import math
 import uuid
@@ -28,6 +29,7 @@ from lightning_multiloss._lightning import (
     trainer_stage,
 )
 from lightning_multiloss._metric_keys import (
+    LOADER_SUFFIX,
     METRIC_KEYS,
     BestValues,
     KeyScheme,
@@ -404,6 +406,25 @@ class MultiTaskMixin(_Base):
         monitor a task's epoch mean (``train/loss/<task>_epoch``) or a validation key instead."""
         _, losses, weights = self._mt_keys["train"]
         return [*losses, *weights]
+
+    def monitor_problem(self, monitor: str) -> str | None:
+        """Why a callback's ``monitor`` (``ModelCheckpoint``, ``EarlyStopping``) would find no value
+        among the keys the mixin logs, or ``None``: a key it does not log (with the nearest one it
+        does), or one of the :meth:`logging_step_keys`. A key of several evaluation loaders
+        (``…/dataloader_idx_<i>``) counts as its own."""
+        logged = [key for stage in ("train", "val") for key in self.logged_keys(stage)]
+        sparse = self.logging_step_keys()
+        if monitor in sparse:
+            instead = f"{monitor}_epoch" if f"{monitor}_epoch" in logged else "a validation key"
+            return (
+                f"{monitor!r} is logged on the Trainer's logging steps only (log_every_n_steps): a monitor would "
+                f"read a stale value, or none in an epoch without one; monitor {instead!r}"
+            )
+        if any(monitor == key or monitor.startswith(key + LOADER_SUFFIX) for key in logged):
+            return None
+        close = difflib.get_close_matches(monitor, logged, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return f"the model logs no {monitor!r}; {hint}it logs {logged}"
 
     def split_batch(self, batch: Any) -> tuple[Any, Mapping[str, Any]]:
         """Split a batch into the network's input and a mapping that holds the targets.

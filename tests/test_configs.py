@@ -576,6 +576,6 @@ def test_a_monitor_on_a_key_logged_on_logging_steps_only_is_refused(tmp_path, ke
     with pytest.raises(
         MultiLossError,
         match=rf"config key 'callbacks\.early_stopping\.monitor': '{key}' is logged on the Trainer's logging steps "
-        rf"only \(trainer\.log_every_n_steps\): .*; monitor '{instead}'",
+        rf"only \(log_every_n_steps\): .*; monitor '{instead}'",
     ):
         build(cfg)

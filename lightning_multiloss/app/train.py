@@ -19,7 +19,6 @@ metrics, and ``loss_weights.csv`` / ``loss_weights.png``: the weight trajectory)
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import math
@@ -458,23 +457,11 @@ def check_monitors(cfg: DictConfig, model: Any) -> None:
     traceback. The app's own models only: another module may log keys of its own."""
     if not type(model).__module__.startswith("lightning_multiloss."):
         return
-    logged = [key for stage in ("train", "val") for key in model.logged_keys(stage)]
-    sparse = model.logging_step_keys()
     for name, node in (cfg.get("callbacks") or {}).items():
         monitor = node.get("monitor") if isinstance(node, DictConfig) else None
-        if isinstance(monitor, str) and monitor in sparse:
-            instead = f"{monitor}_epoch" if f"{monitor}_epoch" in logged else "a validation key"
-            raise MultiLossError(
-                f"config key 'callbacks.{name}.monitor': {monitor!r} is logged on the Trainer's logging steps only "
-                f"(trainer.log_every_n_steps): a monitor would read a stale value, or none in an epoch without "
-                f"one; monitor {instead!r}"
-            )
-        if isinstance(monitor, str) and monitor not in logged:
-            close = difflib.get_close_matches(monitor, logged, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise MultiLossError(
-                f"config key 'callbacks.{name}.monitor': the model logs no {monitor!r}; {hint}it logs {logged}"
-            )
+        problem = model.monitor_problem(monitor) if isinstance(monitor, str) else None
+        if problem is not None:
+            raise MultiLossError(f"config key 'callbacks.{name}.monitor': {problem}")
 
 
 def check_evaluated(cfg: DictConfig, datamodule: Any) -> None:
