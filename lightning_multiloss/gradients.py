@@ -631,37 +631,54 @@ def leaves_by_task(
     """Per task (an input of the losses' stack), the sorted ids of the leaf tensors its loss reaches
     in this step's graph, not going through ``stop`` (the shared representation, where given) and
     leaving out those in ``skip``: which parameters each task uses now. One walk of the graph,
-    each node once (about 1 µs a node); ``()`` where the losses are not one stack of the task losses.
+    each node once (under a microsecond a node); ``()`` where the losses are not one stack of the
+    task losses.
     """
     grad_fn = losses.grad_fn
     if grad_fn is None or not _is_stack_of(losses):
         return ()
-    edge_of_stop = None if stop is None else (stop.grad_fn, stop.output_nr)
+    stop_node, stop_nr = (None, -1) if stop is None else (stop.grad_fn, stop.output_nr)
     skipped = {id(t) for t in skip}
     below: dict[Any, frozenset[int]] = {}  # node -> the leaves reached from it
-    for root, _ in grad_fn.next_functions:
-        pending = [(root, False)] if root is not None else []
+    children_of: dict[Any, list[Any]] = {}
+    roots = [root for root, _ in grad_fn.next_functions]
+    # It runs every training step, so it avoids work per node: each node's children are read once
+    # (next_functions builds new tuples at each access) and a node with one child shares its set.
+    for root in roots:
+        pending = [root] if root is not None else []
         while pending:  # depth first, each node's children before it
-            node, children_done = pending.pop()
+            node = pending[-1]
             if node in below:
+                pending.pop()
                 continue
-            children = [
-                child
-                for child, nr in node.next_functions
-                if child is not None and (edge_of_stop is None or (child, nr) != edge_of_stop)
-            ]
-            if not children_done:
-                pending.append((node, True))
-                pending.extend((child, False) for child in children if child not in below)
-                continue
+            children = children_of.get(node)
+            if children is None:
+                children = children_of[node] = [
+                    child
+                    for child, nr in node.next_functions
+                    if child is not None and (child is not stop_node or nr != stop_nr)
+                ]
+                waiting = [child for child in children if child not in below]
+                if waiting:
+                    pending.extend(waiting)
+                    continue
+            pending.pop()
             leaf = getattr(node, "variable", None)
-            own = frozenset((id(leaf),)) if leaf is not None and id(leaf) not in skipped else frozenset()
+            if leaf is not None:
+                found = _NO_LEAF if id(leaf) in skipped else frozenset((id(leaf),))
+            elif len(children) == 1:
+                found = below[children[0]]
+            else:
+                found = _NO_LEAF.union(*[below[child] for child in children])
             if type(node).__name__ == "CompiledFunctionBackward":
                 # Every task reaches every parameter of a compiled graph: its class (one per
                 # compilation) stands for what it computes, so that a recompiled graph is another.
-                own = own | {id(type(node))}
-            below[node] = own.union(*(below[child] for child in children))
-    return tuple(tuple(sorted(below[root])) if root is not None else () for root, _ in grad_fn.next_functions)
+                found = found | {id(type(node))}
+            below[node] = found
+    return tuple(tuple(sorted(below[root])) if root is not None else () for root in roots)
+
+
+_NO_LEAF: frozenset[int] = frozenset()
 
 
 def _leaves_reached(edges: Sequence[tuple[Any, int]], stop: tuple[Any, int] | None) -> set[int]:

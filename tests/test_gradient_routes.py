@@ -1143,6 +1143,45 @@ def test_heads_found_from_the_graph() -> None:
     assert gradients.own_above_representation(not_a_stack, z, params) is None
 
 
+def test_leaves_by_task_matches_autograd() -> None:
+    """The walk's leaves per task against autograd's own answer (a leaf gets a gradient, even a
+    zero one, exactly when its loss's graph reaches it), on a graph where nodes serve several tasks:
+    a layer above z that two heads read, a head reading a trunk weight, a parameter used twice in
+    one head, a leaf that is not a parameter, and a task that reaches no leaf above z."""
+    torch.manual_seed(0)
+    trunk, shared, a, b = nn.Linear(4, 3), nn.Linear(3, 3), nn.Linear(3, 1), nn.Linear(3, 1)
+    scale = torch.ones(1, requires_grad=True)
+    leaves = [*trunk.parameters(), *shared.parameters(), *a.parameters(), *b.parameters(), scale]
+    x = torch.randn(5, 4)
+
+    def task_losses(z: Tensor) -> list[Tensor]:
+        above = shared(z)
+        return [
+            a(above).square().mean(),
+            (b(above) * scale).mean() + a.weight.sum(),
+            (z @ trunk.weight).mean(),
+            z.sum() * 0.0,
+        ]
+
+    def reached(loss: Tensor) -> tuple[int, ...]:
+        if loss.grad_fn is None:
+            return ()
+        grads = torch.autograd.grad(loss, leaves, allow_unused=True, retain_graph=True)
+        return tuple(sorted(id(p) for p, g in zip(leaves, grads, strict=True) if g is not None))
+
+    z = trunk(x)
+    losses = task_losses(z)
+    stacked = torch.stack(losses)
+    assert gradients.leaves_by_task(stacked) == tuple(reached(loss) for loss in losses)
+    skip = list(trunk.parameters())
+    assert gradients.leaves_by_task(stacked, skip=skip) == tuple(
+        tuple(i for i in reached(loss) if i not in {id(p) for p in skip}) for loss in losses
+    )
+    above = task_losses(z.detach())  # what each loss reaches without going through z
+    assert gradients.leaves_by_task(stacked, stop=z) == tuple(reached(loss) for loss in above)
+    assert gradients.leaves_by_task(torch.cat([losses[0].reshape(1), losses[1].reshape(1)])) == ()
+
+
 def representation_rows_counting_calls(
     monkeypatch: pytest.MonkeyPatch, losses: Tensor, z: Tensor, heads: list[list[nn.Parameter]]
 ) -> tuple[gradients.SharedGradients, int]:
