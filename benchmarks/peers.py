@@ -34,6 +34,10 @@ around each step) uses ``time.perf_counter``. The variants of one K run interlea
 ``--rounds`` rounds, in a rotated order; each ratio is taken within its round and the table
 shows the median over the rounds.
 
+The minor page faults of each timed step are counted too (the median is printed): glibc hands
+freed memory back to the kernel depending on what ran before, and the new pages a step then gets
+are paid in its time (0 to about 2 700 a step here for the same code in different orders).
+
 Peak memory of one step (measured in the first round), above what was allocated before it:
 CUDA: ``torch.cuda.max_memory_allocated``; CPU: the peak of live tensor memory recorded by
 ``torch.profiler`` (an estimate at operator granularity, see ``scaling.py``). ``one backward`` is
@@ -70,6 +74,12 @@ from torch import Tensor, nn
 from lightning_multiloss import MultiTaskMixin, Task
 from lightning_multiloss.gradients import JacobianMode, set_jacobian_mode
 from lightning_multiloss.weighting import WEIGHTINGS, GramianWeighting, Progress
+
+resource: Any
+try:
+    import resource
+except ImportError:  # Windows has no resource module: no page-fault counts
+    resource = None
 
 torchjd_aggregation: Any
 try:
@@ -273,6 +283,12 @@ class Variant:
 
 
 # -- measuring ---------------------------------------------------------------------------------
+def minor_faults() -> int:
+    """The calling thread's minor page faults so far (0 where the platform does not count them per thread)."""
+    who = getattr(resource, "RUSAGE_THREAD", None) if resource is not None else None
+    return resource.getrusage(who).ru_minflt if who is not None else 0
+
+
 def peak_bytes(run: Callable[[], None], device: torch.device) -> int:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -286,8 +302,9 @@ def peak_bytes(run: Callable[[], None], device: torch.device) -> int:
 
 def measure(
     variant: Variant, k: int, args: argparse.Namespace, device: torch.device, memory: bool
-) -> tuple[float, float]:
-    """(typical step seconds, peak step memory in MiB or NaN when ``memory`` is false)."""
+) -> tuple[float, float, float]:
+    """(typical step seconds, peak step memory in MiB or NaN when ``memory`` is false, median minor
+    page faults per timed step)."""
     step = variant.build(k, device)
     batch = make_batch(k, args.batch_size, device)
     read = time.thread_time if args.clock == "cpu" else time.perf_counter
@@ -297,17 +314,19 @@ def measure(
     warmup = (read() - start) / max(args.warmup, 1)
     # Cheap variants take more steps (about --min-time seconds in all): a steadier median.
     count = max(args.steps, min(10 * args.steps, math.ceil(args.min_time / max(warmup, 1e-6))))
-    times = []
+    times, faults = [], []
     for _ in range(count):
         sync(device)
+        faults_before = minor_faults()
         start = read()
         step(batch)
         sync(device)
         times.append(read() - start)
+        faults.append(minor_faults() - faults_before)
     peak = peak_bytes(lambda: step(batch), device) / 2**20 if memory else math.nan
     set_jacobian_mode("loop")
     typical = sorted(times)[int(TYPICAL_QUANTILE * (len(times) - 1))]
-    return typical, peak
+    return typical, peak, statistics.median(faults)
 
 
 def one_backward_mib(k: int, args: argparse.Namespace, device: torch.device) -> float:
@@ -355,6 +374,7 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="exit with 1 when a target is missed")
     args = parser.parse_args()
     check_run_arguments(parser, args)
+
     if args.clock is None:
         args.clock = "cpu" if args.device == "cpu" and args.threads == 1 else "wall"
     if args.clock == "cpu" and (args.device != "cpu" or args.threads != 1):
@@ -371,6 +391,7 @@ def main() -> None:
     against: dict[tuple[str, str, int], list[float]] = {}  # parameter route / a peer, same method
     seconds: dict[int, list[float]] = {}
     memory: dict[tuple[str, int], float] = {}
+    faults: dict[tuple[str, int], list[float]] = {}
     backward_mib: dict[int, float] = {}
     started = time.perf_counter()
     for k in args.tasks:
@@ -380,8 +401,9 @@ def main() -> None:
             results = {v.label: measure(v, k, args, device, memory=r == 0) for v in variants[shift:] + variants[:shift]}
             base = results[SUMMED][0]
             seconds.setdefault(k, []).append(base)
-            for label, (t, mib) in results.items():
+            for label, (t, mib, step_faults) in results.items():
                 ratio.setdefault((label, k), []).append(t / base)
+                faults.setdefault((label, k), []).append(step_faults)
                 if r == 0:
                     memory[(label, k)] = mib
             for method in args.methods:
@@ -420,6 +442,19 @@ def main() -> None:
             + " | ".join(cells)
             + " |"
         )
+
+    print(
+        f"\nMinor page faults per timed step (median over its steps and the rounds; methods {names}): "
+        "new pages the step's buffers got from the kernel, paid in its time; with glibc, "
+        "MALLOC_TRIM_THRESHOLD_=1073741824 MALLOC_MMAP_THRESHOLD_=1073741824 keeps the pages\n"
+    )
+    print("| K | summed | " + " | ".join(FAMILIES[f] for f in families) + " |")
+    print("|---|---:|" + "---|" * len(families))
+    for k in args.tasks:
+        cells = [
+            " / ".join(f"{statistics.median(faults[(f'{f} {m}', k)]):.0f}" for m in args.methods) for f in families
+        ]
+        print(f"| {k} | {statistics.median(faults[(SUMMED, k)]):.0f} | " + " | ".join(cells) + " |")
 
     print("\nTargets\n")
     failed = False

@@ -71,10 +71,13 @@ def test_peers_prints_the_side_by_side_table_and_the_targets() -> None:
     else:
         assert 'torchjd is not installed (pip install ".[bench]")' in out, out
     headers = [line for line in out.splitlines() if line.startswith("| K |")]
-    assert len(headers) == 2, out  # the time table and the memory table
-    assert all(family in headers[0] for family in families), headers[0]
+    assert len(headers) == 3, out  # the time table, the memory table and the page faults
+    assert all(family in headers[0] and family in headers[2] for family in families), headers
     for k in ("2", "8"):
-        time_row, memory_row = [line for line in out.splitlines() if line.startswith(f"| {k} |")]
+        time_row, memory_row, faults_row = [line for line in out.splitlines() if line.startswith(f"| {k} |")]
+        counts = [cell.strip() for cell in faults_row.strip("|").split("|")][1:]
+        assert len(counts) == 1 + len(families), faults_row
+        assert all(float(value) >= 0 for cell in counts for value in cell.split(" / ")), faults_row
         cells = [cell.strip() for cell in time_row.strip("|").split("|")]
         # K, summed (ms), summed (A/A), families
         assert len(cells) == 3 + len(families) and float(cells[1]) > 0 and float(cells[2]) > 0, time_row
