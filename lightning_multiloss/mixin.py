@@ -1280,12 +1280,14 @@ class MultiTaskMixin(_Base):
         if stage == "train" and self.weighting.needs_nonnegative_losses:
             # A loss of -inf is non-finite (skipped), not a negative one (refused).
             negative = {n: v for n, v in zip(names, values, strict=True) if math.isfinite(v) and v < 0}
-        bad = not all(map(math.isfinite, values))
+        nonfinite_anywhere = [not math.isfinite(v) for v in values]
         negative_anywhere = [name in negative for name in names]
         if stage == "train" and is_distributed():  # every process skips or raises, or none (one all-reduce)
-            flags = [float(bad), *map(float, negative_anywhere)]
-            summed = all_reduce_sum(torch.tensor(flags, device=losses.device)).tolist()
-            bad, negative_anywhere = summed[0] > 0, [count > 0 for count in summed[1:]]
+            # Per task, so that every process can name the task that another one found non-finite.
+            flags = torch.tensor([*nonfinite_anywhere, *negative_anywhere], dtype=torch.float32, device=losses.device)
+            summed = [count > 0 for count in all_reduce_sum(flags).tolist()]
+            nonfinite_anywhere, negative_anywhere = summed[: len(names)], summed[len(names) :]
+        bad = any(nonfinite_anywhere)
         refuse = any(negative_anywhere)
         if not bad and not refuse:
             return True
@@ -1303,7 +1305,12 @@ class MultiTaskMixin(_Base):
             }
             raise MultiLossError(_negative_loss_message(self.weighting.name, culprits, f"train {where}"))
         culprits = {n: v for n, v in zip(names, values, strict=True) if not math.isfinite(v)}
-        detail = f"task loss(es) {culprits}" if culprits else "a task loss on another process"
+        elsewhere = {
+            name: "non-finite on another process"
+            for name, anywhere in zip(names, nonfinite_anywhere, strict=True)
+            if anywhere and name not in culprits
+        }
+        detail = f"task loss(es) {culprits | elsewhere}"
         if stage == "train" and self._mt_on_nonfinite == "skip":
             if culprits or trainer is None or trainer.global_rank == 0:  # each skip said once, by whoever saw it
                 log.warning(

@@ -65,6 +65,20 @@ def test_skip_nonfinite_on_one_rank(ranks: tuple[Path, list[dict[str, Any]]]) ->
     torch.testing.assert_close(
         torch.tensor(skip0["weights"]), torch.tensor(rank0["reference"]["weights"]), rtol=0, atol=1e-6
     )
+    # Each rank says the skip once, naming the task: rank 1 its value, rank 0 (which learns of it
+    # through the all-reduce) where it was.
+    where = f"at train step {SKIP_BATCH}, epoch 0, batch {SKIP_BATCH}"
+    said = {
+        rank: [m for m in messages if m.startswith("on_nonfinite='skip': skipping")]
+        for rank, messages in ((0, rank0["messages"]), (1, rank1["messages"]))
+    }
+    assert said[1] == [
+        f"on_nonfinite='skip': skipping the optimizer step of non-finite task loss(es) {{'reg': nan}} {where}"
+    ]
+    assert said[0] == [
+        "on_nonfinite='skip': skipping the optimizer step of non-finite task loss(es) "
+        f"{{'reg': 'non-finite on another process'}} {where}"
+    ]
 
 
 def _replay_masked(lr: float = 0.2) -> dict[str, torch.Tensor]:
