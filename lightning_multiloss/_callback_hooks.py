@@ -18,7 +18,7 @@ from torch import Tensor
 
 from lightning_multiloss._dist import all_gather_object, is_distributed
 from lightning_multiloss._lightning import batches_processed, is_lightning_class, lightning_package, trainer_stage
-from lightning_multiloss._run_recorder import RunRecorder, active_recorder
+from lightning_multiloss._run_recorder import RunRecorder, active_recorder, make_folder
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.sampling import ResumableDataLoader
 from lightning_multiloss.weighting import GramianWeighting, Progress, Weighting
@@ -28,6 +28,29 @@ log = logging.getLogger(__name__)
 # Per-step hooks that Lightning dispatches to every callback at every step (through a profiler
 # context, about 2 µs each) and that this callback leaves to Lightning's base class.
 _IDLE_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad")
+
+
+_LONGEST_STEM = 250  # a file name's 255 bytes, less ".csv" or ".png"
+
+
+def record_folder(trainer: Any) -> str:
+    """The folder of the Callback's files: the first logger's own run folder, or the Trainer's
+    ``default_root_dir`` without a logger.
+
+    A CSV or TensorBoard logger's ``log_dir`` (as ``trainer.log_dir``); for another logger
+    (W&B, MLflow), whose ``save_dir`` every run shares, ``<save_dir>/<name>/<version>``, where
+    Lightning's ``ModelCheckpoint`` puts its ``checkpoints`` folder: in the shared folder each run
+    would overwrite the last one's files.
+    """
+    if not trainer.loggers:
+        return str(trainer.default_root_dir)
+    logger = trainer.loggers[0]
+    per_run = ("CSVLogger", "TensorBoardLogger")
+    if any(cls.__name__ in per_run and is_lightning_class(cls) for cls in type(logger).__mro__):
+        return str(logger.log_dir)
+    save_dir = logger.save_dir if logger.save_dir is not None else trainer.default_root_dir
+    version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+    return os.path.join(str(save_dir), str(logger.name or ""), version)
 
 
 class LossWeightingHooks:
@@ -45,7 +68,8 @@ class LossWeightingHooks:
       for the device (the values are read only when a checkpoint or the plot is written); past
       ``max_points`` records it keeps every other one and doubles the interval, so a week-long
       run keeps a bounded, evenly spaced record. The record goes into checkpoints as plain lists,
-      and at the end of fit into ``<filename>.csv`` and ``<filename>.png`` in the logger's folder.
+      and at the end of fit (or when it stops on an exception, without the end row) into
+      ``<filename>.csv`` and ``<filename>.png`` in the first logger's run folder (:func:`record_folder`).
       The files end with one more row, numbered one step past the last, that holds the weights
       in force when training ended (:attr:`end_weights`: what a further step would use, e.g. the
       learnable alpha after its last update); the plot also goes to the TensorBoard, MLflow
@@ -121,8 +145,16 @@ class LossWeightingHooks:
         for name, flag in (("plot", plot), ("replan_on_resume", replan_on_resume)):
             if not isinstance(flag, bool):  # bool("false") is True
                 raise MultiLossError(f"LossWeightingCallback: {name} must be true or false, got {flag!r}")
-        if not isinstance(filename, str) or not filename or os.sep in filename:
-            raise MultiLossError(f"LossWeightingCallback: filename must be a plain file stem, got {filename!r}")
+        if (
+            not isinstance(filename, str)
+            or filename in ("", ".", "..")
+            or any(c in filename for c in (os.sep, os.altsep or os.sep, "\0"))
+            or len(os.fsencode(filename)) > _LONGEST_STEM
+        ):
+            raise MultiLossError(
+                f"LossWeightingCallback: filename must be a plain file stem (no folder, at most {_LONGEST_STEM} "
+                f"bytes), got {filename!r}"
+            )
         if result_file is not None and (not isinstance(result_file, str | os.PathLike) or not str(result_file)):
             raise MultiLossError(f"LossWeightingCallback: result_file must be a file path or None, got {result_file!r}")
         self.every_n_steps = int(every_n_steps)
@@ -271,6 +303,21 @@ class LossWeightingHooks:
             )
         if trainer.is_global_zero:
             self._warn_of_monitors_not_logged(trainer, pl_module)
+            if not trainer.fast_dev_run:
+                self._check_record_folder(trainer)
+
+    def _check_record_folder(self, trainer: Any) -> None:
+        """Make the folder of the files written at the end of fit now, so that a path the system
+        refuses stops the run before training, not after it."""
+        folder = record_folder(trainer)
+        try:
+            make_folder(folder, f"{self.filename}.csv and {self.filename}.png")
+        except MultiLossError as error:
+            raise MultiLossError(f"LossWeightingCallback: {error}") from error.__cause__
+        if not os.access(folder, os.W_OK):
+            raise MultiLossError(
+                f"LossWeightingCallback: the folder {folder!r} for {self.filename}.csv is not writable"
+            )
 
     @staticmethod
     def _warn_of_monitors_not_logged(trainer: Any, pl_module: Any) -> None:
@@ -435,8 +482,6 @@ class LossWeightingHooks:
                 )
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        # `trainer.log_dir` broadcasts under DDP: every rank must ask for it, not only rank 0.
-        folder = trainer.log_dir or trainer.default_root_dir
         planned, done = self._total_steps, trainer.global_step
         if self._plans and planned and done < planned and trainer.is_global_zero and not trainer.interrupted:
             # max_time, EarlyStopping or a callback of one's own ended the run before its plan.
@@ -459,24 +504,35 @@ class LossWeightingHooks:
                 # last (unit="epoch": t = max_epochs): the run is done, so the last step's weights stand.
                 end = self._records[-1][2]
             self._end = (trainer.global_step + 1, trainer.current_epoch, end)
-        if not trainer.is_global_zero or not self._records or trainer.fast_dev_run:
-            return  # fast_dev_run writes no files (Lightning's loggers and checkpoints neither)
+        if trainer.is_global_zero and self._records and not trainer.fast_dev_run:
+            # fast_dev_run writes no files (Lightning's loggers and checkpoints neither)
+            self._write_record(trainer)
+
+    def _write_record(self, trainer: Any) -> None:
+        """``<filename>.csv`` and ``.png`` of the steps recorded (and the end row, once training ended)."""
         from lightning_multiloss._trajectory import write_trajectory
 
         steps, epochs, weights = self.steps, self.epochs, self.weights
         if self._end is not None:
             steps, epochs = [*steps, self._end[0]], [*epochs, self._end[1]]
             weights = [*weights, self._end[2].float().cpu().tolist()]
-        paths = write_trajectory(
-            os.path.join(folder, self.filename),
-            self.task_names,
-            steps,
-            epochs,
-            weights,
-            self.plot,
-            loggers=trainer.loggers,
-            step=trainer.global_step,
-        )
+        stem = os.path.join(record_folder(trainer), self.filename)
+        try:
+            paths = write_trajectory(
+                stem,
+                self.task_names,
+                steps,
+                epochs,
+                weights,
+                self.plot,
+                loggers=trainer.loggers,
+                step=trainer.global_step,
+            )
+        except OSError as error:
+            raise MultiLossError(
+                f"LossWeightingCallback: cannot write the weights' record {stem}.csv: {error.strerror or error} "
+                "(it is also in the checkpoints, and in the Callback's steps, epochs and weights)"
+            ) from error
         log.info("loss-weight trajectory written to %s", ", ".join(paths))
 
     # -- the run result --------------------------------------------------------------------
@@ -535,6 +591,13 @@ class LossWeightingHooks:
         if recorder is not None:
             recorder.stopped(exception)
             recorder.write()
+        if trainer.is_global_zero and self._records and not trainer.fast_dev_run and trainer_stage(trainer) == "fit":
+            # The steps recorded so far (no end row: training did not end), where a finished run
+            # would put them; a resumed run rewrites the files whole.
+            try:
+                self._write_record(trainer)
+            except Exception as error:  # the device may be what failed: the exception in flight stays the one raised
+                log.error("LossWeightingCallback: the record of the steps so far was not written: %s", error)
 
     @property
     def end_weights(self) -> list[float] | None:

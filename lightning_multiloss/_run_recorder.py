@@ -72,6 +72,18 @@ def logged_task_metrics(logged: Mapping[str, Any], stage: str, tasks: Sequence[s
     return found
 
 
+def make_folder(folder: str, purpose: str) -> None:
+    """``os.makedirs(folder, exist_ok=True)``, or a :class:`MultiLossError` that names ``folder`` and
+    ``purpose`` (what goes there) and says why in words: "File exists" means a part of the path
+    is a file."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as error:
+        raise MultiLossError(f"cannot make the folder {folder!r} for {purpose}: a part of it is a file") from error
+    except OSError as error:
+        raise MultiLossError(f"cannot make the folder {folder!r} for {purpose}: {error.strerror or error}") from error
+
+
 class RunRecorder:
     """One run's :class:`RunResult`, written to ``path`` each time it changes (rank 0 only).
 
@@ -115,7 +127,7 @@ class RunRecorder:
 
     def write(self) -> None:
         if self.writes:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            make_folder(os.path.dirname(self.path), f"the run result {os.path.basename(self.path)}")
             self.result.write(self.path)
 
     def set_model(self, task_metrics: Mapping[str, Iterable[tuple[str, Any]]], weighting: str) -> None:

@@ -267,7 +267,15 @@ def test_a_constant_schedule_out_of_range_names_whose_it_is(spec, whose):
         ({"max_points": 1}, r"max_points must be an integer >= 2, got 1"),
         ({"replan_on_resume": "false"}, r"replan_on_resume must be true or false, got 'false'"),
         ({"plot": 1}, r"plot must be true or false, got 1"),
-        ({"filename": None}, r"filename must be a plain file stem, got None"),
+        ({"filename": None}, r"filename must be a plain file stem \(no folder, at most 250 bytes\), got None"),
+        # "." wrote "..csv" and "..png.png"; a NUL byte and 300 characters failed after training.
+        ({"filename": "."}, r"filename must be a plain file stem \(no folder, at most 250 bytes\), got '\.'"),
+        ({"filename": ".."}, r"filename must be a plain file stem \(no folder, at most 250 bytes\), got '\.\.'"),
+        ({"filename": "a\0b"}, r"filename must be a plain file stem \(no folder, at most 250 bytes\), got 'a\\x00b'"),
+        (
+            {"filename": "w" * 251},
+            rf"filename must be a plain file stem \(no folder, at most 250 bytes\), got '{'w' * 251}'",
+        ),
         ({"result_file": ""}, r"result_file must be a file path or None, got ''"),
     ],
 )

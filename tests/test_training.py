@@ -7,6 +7,7 @@ never read back from the code under test.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import math
@@ -1026,3 +1027,100 @@ def test_a_prediction_batch_that_split_batch_cannot_read_names_predict_inputs() 
     # Where the user overrides predict_inputs too, prediction reads the input alone.
     model.predict_inputs = lambda batch: batch["img"]  # type: ignore[method-assign]
     assert model.predict_step({"img": torch.randn(4, 8)}, 0)["cls"].shape == (4, 3)
+
+
+# -- where the Callback's files go, and when the system refuses them --------------------------------
+class RaiseAtStep(pl.Callback):
+    """Raises (an error, or Ctrl-C) in the batch after the optimizer step ``step``."""
+
+    def __init__(self, step: int, error: BaseException) -> None:
+        self.step, self.error = step, error
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            raise self.error
+
+
+FIXED = [0.25, 2.0]
+
+
+def fixed_rows(steps: range) -> list[list[str]]:
+    """The CSV rows of Fixed(FIXED) over ``steps`` (4 steps an epoch: 64 samples in batches of 16)."""
+    return [[str(step), str((step - 1) // 4), "0.25", "2.0"] for step in steps]
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"), KeyboardInterrupt()], ids=["error", "ctrl-c"])
+def test_a_fit_that_stops_on_an_exception_writes_the_steps_recorded_so_far(tmp_path: Path, error: Any) -> None:
+    trainer = quiet_trainer(max_epochs=3, default_root_dir=str(tmp_path), callbacks=[RaiseAtStep(6, error)])
+    with contextlib.suppress(RuntimeError, SystemExit):  # Lightning exits on Ctrl-C
+        trainer.fit(ToyNet(Fixed(FIXED)), toy_loader(64))
+    assert trainer.global_step == 6
+    with open(tmp_path / "loss_weights.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows == [["step", "epoch", "cls", "reg"], *fixed_rows(range(1, 7))]  # no end row: training did not end
+    assert (tmp_path / "loss_weights.png").stat().st_size > 0
+
+
+def test_a_folder_that_cannot_be_made_stops_the_fit_before_training(tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_text("")
+    folder = tmp_path / "a_file" / "run"
+    trainer = quiet_trainer(max_epochs=2, default_root_dir=str(folder))
+    with pytest.raises(
+        MultiLossError,
+        match=r"^LossWeightingCallback: cannot make the folder '.*a_file/run' for loss_weights\.csv and "
+        r"loss_weights\.png: a part of it is a file$",
+    ):
+        trainer.fit(ToyNet(Fixed(FIXED)), toy_loader(64))
+    assert trainer.global_step == 0
+    # The run result's file under a file: "File exists", naming neither the argument nor the cause.
+    callback = LossWeightingCallback(result_file=str(tmp_path / "a_file" / "result.json"))
+    trainer = quiet_trainer(max_epochs=2, default_root_dir=str(tmp_path), callbacks=[callback])
+    with pytest.raises(
+        MultiLossError,
+        match=r"^cannot make the folder '.*a_file' for the run result result\.json: a part of it is a file$",
+    ):
+        trainer.fit(ToyNet(Fixed(FIXED)), toy_loader(64))
+    assert trainer.global_step == 0
+
+
+def test_a_record_that_cannot_be_written_at_the_end_names_the_file(tmp_path: Path) -> None:
+    class FolderTakenAway(pl.Callback):
+        def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+            if trainer.global_step == 8:  # the last step: the folder becomes a file
+                (tmp_path / "run").rmdir()
+                (tmp_path / "run").write_text("")
+
+    trainer = quiet_trainer(max_epochs=2, default_root_dir=str(tmp_path / "run"), callbacks=[FolderTakenAway()])
+    with pytest.raises(
+        MultiLossError, match=r"cannot write the weights' record .*run/loss_weights\.csv: .*in the checkpoints"
+    ):
+        trainer.fit(ToyNet(Fixed(FIXED)), toy_loader(64))
+    assert trainer.global_step == 8
+
+
+def test_runs_of_a_wandb_logger_sharing_its_save_dir_keep_their_own_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a W&B logger first, the files went to its save_dir, which the runs share: each run
+    overwrote the last one's CSV (W&B gets the plot alone). Now <save_dir>/<project>/<run id>, as
+    Lightning's checkpoints."""
+    import wandb
+    from pytorch_lightning.loggers import WandbLogger
+
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "home"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    runs = {}
+    for weights in ([0.3, 0.7], [0.9, 0.1]):
+        logger = WandbLogger(project="weights", save_dir=str(tmp_path), offline=True)
+        try:
+            trainer = quiet_trainer(max_epochs=1, logger=logger, default_root_dir=str(tmp_path))
+            trainer.fit(ToyNet(Fixed(weights)), toy_loader(64))
+            runs[logger.version] = weights
+        finally:
+            wandb.finish()
+    assert len(runs) == 2 and not (tmp_path / "loss_weights.csv").exists()
+    for run_id, weights in runs.items():
+        with open(tmp_path / "weights" / run_id / "loss_weights.csv", newline="") as f:
+            rows = list(csv.reader(f))
+        assert [[float(v) for v in row[2:]] for row in rows[1:]] == [pytest.approx(weights)] * 5, rows
