@@ -17,6 +17,7 @@ import re
 import socket
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -739,6 +740,26 @@ def test_a_diverged_run_shows_nan_and_leaves_the_pareto_plot(tmp_path: Path) -> 
     text = (tmp_path / "out" / "report.md").read_text()
     assert "| 1 | learnable | — | 2 | nan ± nan | 0.5 ± 0 |  |" in text
     assert "1 run(s) without finite values of both metrics are left out of the Pareto plot" in text
+    # Which run and metric: the table's "nan ± nan" named neither.
+    assert "non-finite metric values: 'learnable' seed 1 (cls acc = nan); the means" in text
+
+
+def test_a_nan_baseline_is_named_and_its_delta_m_has_no_sign(tmp_path: Path) -> None:
+    """One NaN in a baseline run made every row's Δm% "+nan ± nan", with no word on which run."""
+    for seed in (0, 1):
+        overrides = ["weighting=fixed", f"seed={seed}"]
+        result = completed("fixed", seed, overrides, {"cls": {"acc": 0.8}, "reg": {"mse": 0.5}})
+        write_job(tmp_path / "sweep" / str(seed), overrides, result)
+        for task, metrics in (("cls", {"acc": 0.75}), ("reg", {"mse": math.nan if seed == 1 else 0.4})):
+            overrides = [f"baseline={task}", f"seed={seed}"]
+            base = completed("fixed", seed, overrides, {task: metrics}, baseline_of=task)
+            write_job(tmp_path / "base" / f"{task}{seed}", overrides, base)
+    report = make_report([str(tmp_path / "sweep")], baselines=[str(tmp_path / "base")], out=str(tmp_path / "out"))
+    (exp,) = report.experiments
+    assert math.isnan(exp.rows[0].delta_m.mean)  # type: ignore[union-attr]
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "| nan ± nan |" in text and "+nan" not in text
+    assert "non-finite metric values: the baseline of task 'reg' seed 1 (mse = nan); the means" in text
 
 
 def test_a_running_run_whose_process_is_gone_counts_as_interrupted(tmp_path: Path) -> None:
@@ -1260,3 +1281,26 @@ def test_a_result_json_python_cannot_hold_is_a_one_line_error(
     code, out, err = run_main("runs", cwd=tmp_path, capsys=capsys)
     assert code == 2 and out == ""
     assert err.startswith("multiloss-report: error: corrupt ") and reason in err and err.count("\n") == 1
+
+
+def test_the_pareto_plot_holds_long_row_labels(tmp_path: Path) -> None:
+    """A row is labelled with every override that sets it apart (all of them for a report of one
+    configuration): its legend entry and the labels at the front's points ran off the figure, and
+    matplotlib warned "Tight layout not applied"."""
+    from matplotlib import image as mpimg
+
+    overrides = [
+        "weighting=fixed",
+        "+trainer.limit_train_batches=2",
+        "+trainer.limit_val_batches=2",
+        "+trainer.limit_test_batches=2",
+        "trainer.max_epochs=1",
+    ]
+    for seed, (acc, mse) in ((0, (0.8, 0.5)), (1, (0.7, 0.4))):
+        result = completed("fixed", seed, [*overrides, f"seed={seed}"], {"cls": {"acc": acc}, "reg": {"mse": mse}})
+        write_job(tmp_path / "sweep" / str(seed), [*overrides, f"seed={seed}"], result)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_report([str(tmp_path / "sweep")], out=str(tmp_path / "out"))
+    width = mpimg.imread(tmp_path / "out" / "pareto.png").shape[1]
+    assert width > 7.5 * 120  # the figure grew to hold the legend beside the axes

@@ -52,6 +52,7 @@ import re
 import socket
 import statistics
 import sys
+import textwrap
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -837,6 +838,24 @@ def _summarise_experiment(name: str, swept: list[Run], baseline_runs: list[Run])
                 "compare the Δm% of rows over the same tasks"
             )
 
+    nonfinite = [
+        f"{row.label!r} seed {r.seed} ({task} {primary[task]} = {value})"
+        for row in rows
+        for r in row.runs
+        for task in tasks
+        if (value := r.value(task, primary[task])) is not None and not math.isfinite(value)
+    ] + [
+        f"the baseline of task {task!r} seed {r.seed} ({base.metric} = {value})"
+        for task, base in baselines.items()
+        for r in base.runs
+        if (value := r.value(task, base.metric)) is not None and not math.isfinite(value)
+    ]
+    if nonfinite:  # a run that diverged yet completed, or a task no sample scored: NaN in every mean over it
+        notes.append(
+            f"non-finite metric values: {'; '.join(nonfinite)}; the means, standard deviations and Δm% over them "
+            "are NaN"
+        )
+
     def sort_key(row: ConfigRow) -> tuple[bool, float, str]:
         dm = row.delta_m.mean if row.delta_m is not None and math.isfinite(row.delta_m.mean) else None
         return (dm is None, -(dm or 0.0), row.label)
@@ -937,7 +956,8 @@ def fmt_stat(stat: Stat | None, signed: bool = False) -> str:
     seed); Δm% (``signed``) with two decimals. Empty for no value."""
     if stat is None:
         return ""
-    mean = f"{stat.mean:+.2f}" if signed else fmt(stat.mean)
+    sign = "+" if math.isfinite(stat.mean) else ""  # "+nan" would read as a gain
+    mean = f"{stat.mean:{sign}.2f}" if signed else fmt(stat.mean)
     if stat.std is None:
         return f"{mean} ± —"
     return f"{mean} ± {stat.std:.2f}" if signed else f"{mean} ± {stat.std:.2g}"
@@ -1113,16 +1133,21 @@ def plot_pareto(exp: ExperimentReport, path: str) -> None:
     m1, m2 = exp.primary[t1], exp.primary[t2]
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
     colors = plt.get_cmap("tab10")
-    for i, row in enumerate(exp.rows):
+    # Rows by their number in the table: a row's label holds every override that sets it apart,
+    # which at the points or in a legend inside the axes ran off the figure.
+    number = {id(row): i for i, row in enumerate(exp.rows, 1)}
+    for row in exp.rows:
         pts = [p for p in exp.points if p.row is row]
         if pts:
-            ax.scatter([p.x for p in pts], [p.y for p in pts], color=colors(i % 10), label=row.label, alpha=0.8)
+            label = textwrap.fill(f"#{number[id(row)]} {row.label}", width=48, subsequent_indent="   ")
+            color = colors((number[id(row)] - 1) % 10)
+            ax.scatter([p.x for p in pts], [p.y for p in pts], color=color, label=label, alpha=0.8)
     fx, fy = [p.x for p in exp.front], [p.y for p in exp.front]
     ax.plot(fx, fy, color="black", lw=1.2, zorder=1, label="Pareto front")
     ax.scatter(fx, fy, s=140, facecolors="none", edgecolors="black", lw=1.5, zorder=3)
     for p in exp.front:
         ax.annotate(
-            f"{p.row.label} (seed {p.run.seed})", (p.x, p.y), textcoords="offset points", xytext=(6, 6), fontsize=8
+            f"#{number[id(p.row)]} seed {p.run.seed}", (p.x, p.y), textcoords="offset points", xytext=(6, 6), fontsize=8
         )
     for t, line, style in ((t1, ax.axvline, "--"), (t2, ax.axhline, ":")):
         if t in exp.baselines:
@@ -1141,9 +1166,8 @@ def plot_pareto(exp: ExperimentReport, path: str) -> None:
     ax.set_ylabel(axis_label(t2, m2))
     ax.set_title(f"{exp.name or 'sweep'}: every run, better is up and right")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # the figure grows to hold the legend beside the axes
     plt.close(fig)
 
 
