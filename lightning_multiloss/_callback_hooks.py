@@ -164,6 +164,7 @@ class LossWeightingHooks:
         self.result_file = None if result_file is None else os.fspath(result_file)
         self.replan_on_resume = replan_on_resume
         self._sets_progress = True  # whether the strategy's set_progress does something (read in setup)
+        self._val_loaders_checked = False  # whether this fit's monitors were checked against its validation loaders
         self._start_anew()
         for hook in _IDLE_STEP_HOOKS:
             self._set_dispatched(hook, False)
@@ -301,6 +302,7 @@ class LossWeightingHooks:
                 f"the learnable weighting parameter(s) {missing} are in no optimizer: build the optimizer from "
                 "self.parameters() in configure_optimizers (or add self.weighting.parameters() to a param group)"
             )
+        self._val_loaders_checked = False
         if trainer.is_global_zero:
             self._warn_of_monitors_not_logged(trainer, pl_module)
             if not trainer.fast_dev_run:
@@ -320,17 +322,30 @@ class LossWeightingHooks:
             )
 
     @staticmethod
-    def _warn_of_monitors_not_logged(trainer: Any, pl_module: Any) -> None:
+    def _warn_of_monitors_not_logged(trainer: Any, pl_module: Any, val_dataloaders: int | None = None) -> None:
         """Say before the first step which callback monitors a key that would find no value (a typo
         fails only at the first validation's end, in Lightning's words). A warning: the module may
-        log the key itself."""
+        log the key itself. With ``val_dataloaders`` (known once the loaders are loaded), only what
+        their number adds: a validation key without a loader's suffix."""
         for callback in trainer.callbacks:
             monitor = getattr(callback, "monitor", None)
-            problem = pl_module.monitor_problem(monitor) if isinstance(monitor, str) else None
-            if problem is not None:
+            if not isinstance(monitor, str):
+                continue
+            problem = pl_module.monitor_problem(monitor, val_dataloaders)
+            if problem is not None and (val_dataloaders is None or pl_module.monitor_problem(monitor) is None):
                 log.warning(
                     "%s monitors %r: %s (unless your module logs it itself)", type(callback).__name__, monitor, problem
                 )
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        # The validation loaders are loaded now (at the sanity check, before the first step, by
+        # default): with several, every validation key has a loader's suffix.
+        loaders = len(trainer.num_val_batches)
+        if self._val_loaders_checked or trainer_stage(trainer) != "fit" or loaders < 2:
+            return
+        self._val_loaders_checked = True
+        if trainer.is_global_zero:
+            self._warn_of_monitors_not_logged(trainer, pl_module, loaders)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # Synchronise with the (possibly restored) step counter; this resets no schedule state.

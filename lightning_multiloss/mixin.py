@@ -407,21 +407,35 @@ class MultiTaskMixin(_Base):
         _, losses, weights = self._mt_keys["train"]
         return [*losses, *weights]
 
-    def monitor_problem(self, monitor: str) -> str | None:
+    def monitor_problem(self, monitor: str, val_dataloaders: int | None = None) -> str | None:
         """Why a callback's ``monitor`` (``ModelCheckpoint``, ``EarlyStopping``) would find no value
         among the keys the mixin logs, or ``None``: a key it does not log (with the nearest one it
-        does), or one of the :meth:`logging_step_keys`. A key of several evaluation loaders
-        (``…/dataloader_idx_<i>``) counts as its own."""
-        logged = [key for stage in ("train", "val") for key in self.logged_keys(stage)]
+        does), or one of the :meth:`logging_step_keys`. With several ``val_dataloaders`` the
+        validation keys are each loader's (``…/dataloader_idx_<i>``), and a key without the suffix
+        is logged by none of them; where their number is not known yet (``None``, before the
+        loaders are loaded), a key with or without the suffix counts."""
+        val = self.logged_keys("val", dataloaders=val_dataloaders or 1)
+        logged = [*self.logged_keys("train"), *val]
         sparse = self.logging_step_keys()
         if monitor in sparse:
-            instead = f"{monitor}_epoch" if f"{monitor}_epoch" in logged else "a validation key"
+            instead = (
+                repr(f"{monitor}_epoch")
+                if f"{monitor}_epoch" in logged
+                else f"a validation key instead (e.g. {val[0]!r})"
+            )
             return (
                 f"{monitor!r} is logged on the Trainer's logging steps only (log_every_n_steps): a monitor would "
-                f"read a stale value, or none in an epoch without one; monitor {instead!r}"
+                f"read a stale value, or none in an epoch without one; monitor {instead}"
             )
-        if any(monitor == key or monitor.startswith(key + LOADER_SUFFIX) for key in logged):
+        if monitor in logged or (
+            val_dataloaders is None and any(monitor.startswith(key + LOADER_SUFFIX) for key in val)
+        ):
             return None
+        if val_dataloaders is not None and val_dataloaders > 1 and monitor in self.logged_keys("val"):
+            return (
+                f"with {val_dataloaders} validation dataloaders Lightning logs {monitor!r} for each loader apart, "
+                f"as {loader_key(monitor, 0)!r}, ...: monitor one of them"
+            )
         close = difflib.get_close_matches(monitor, logged, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         return f"the model logs no {monitor!r}; {hint}it logs {logged}"

@@ -561,8 +561,9 @@ MONITOR_REFUSALS = {
     # epoch of fewer steps, EarlyStopping and the checkpoint found no value ("not available").
     "train/loss/recon": r"'train/loss/recon' is logged on the Trainer's logging steps only \(log_every_n_steps\): "
     r".*; monitor 'train/loss/recon_epoch'",
+    # It said "monitor 'a validation key'": a placeholder quoted as a key.
     "train/weight/recon": r"'train/weight/recon' is logged on the Trainer's logging steps only .*; monitor "
-    r"'a validation key'",
+    r"a validation key instead \(e\.g\. 'val/loss'\)$",
 }
 
 

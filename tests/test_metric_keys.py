@@ -7,6 +7,7 @@ epochs) or by a fresh torchmetrics object of the peer library, never read back f
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -493,3 +494,30 @@ def test_a_callback_monitoring_a_key_the_mixin_does_not_log_is_said_before_train
             ToyNet("fixed", metrics=True), toy_loader(n=32), toy_loader(n=16)
         )
     assert not [r for r in caplog.records if "monitors" in r.getMessage()]  # a key it logs: nothing said
+
+
+def test_a_monitor_of_a_validation_key_without_the_loaders_suffix_is_said_when_there_are_two(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With two validation loaders every validation key has a loader's suffix: 'val/loss' found no
+    value, in Lightning's words, only after the first training epoch."""
+    from pytorch_lightning.callbacks import EarlyStopping
+
+    def fit(monitor: str) -> list[str]:
+        caplog.clear()
+        trainer = quiet_trainer(
+            max_epochs=1, default_root_dir=tmp_path, num_sanity_val_steps=1, callbacks=[EarlyStopping(monitor)]
+        )
+        with caplog.at_level("WARNING", logger="lightning_multiloss"), contextlib.suppress(RuntimeError):
+            trainer.fit(ToyNet("fixed"), toy_loader(n=32), [toy_loader(n=16), toy_loader(n=16)])
+        return [r.getMessage() for r in caplog.records if "monitors" in r.getMessage()]
+
+    assert fit("val/loss") == [
+        "EarlyStopping monitors 'val/loss': with 2 validation dataloaders Lightning logs 'val/loss' for each loader "
+        "apart, as 'val/loss/dataloader_idx_0', ...: monitor one of them (unless your module logs it itself)"
+    ]
+    assert fit("val/loss/dataloader_idx_1") == []
+    model = ToyNet("fixed")
+    assert model.monitor_problem("val/loss/dataloader_idx_1") is None  # the loaders not known yet: either counts
+    assert model.monitor_problem("val/loss/dataloader_idx_1", val_dataloaders=1) is not None
+    assert model.monitor_problem("val/loss", val_dataloaders=1) is None
