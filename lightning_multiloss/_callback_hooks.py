@@ -53,6 +53,16 @@ def record_folder(trainer: Any) -> str:
     return os.path.join(str(save_dir), str(logger.name or ""), version)
 
 
+def _raised_by_every_process(trainer: Any, failure: MultiLossError | None) -> None:
+    """Raise rank 0's ``failure`` (of a file only it writes) on every process, or return: one
+    process that stopped alone would leave the others waiting in their next collective."""
+    message = trainer.strategy.broadcast(None if failure is None else str(failure)) if trainer.world_size > 1 else None
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise MultiLossError(message)
+
+
 class LossWeightingHooks:
     """Schedules, constrains and records the weights of a ``MultiTaskMixin`` module.
 
@@ -303,23 +313,24 @@ class LossWeightingHooks:
                 "self.parameters() in configure_optimizers (or add self.weighting.parameters() to a param group)"
             )
         self._val_loaders_checked = False
+        failure: MultiLossError | None = None
         if trainer.is_global_zero:
             self._warn_of_monitors_not_logged(trainer, pl_module)
             if not trainer.fast_dev_run:
-                self._check_record_folder(trainer)
+                failure = self._record_folder_problem(trainer)
+        _raised_by_every_process(trainer, failure)
 
-    def _check_record_folder(self, trainer: Any) -> None:
+    def _record_folder_problem(self, trainer: Any) -> MultiLossError | None:
         """Make the folder of the files written at the end of fit now, so that a path the system
-        refuses stops the run before training, not after it."""
+        refuses stops the run before training, not after it: the error, or ``None``."""
         folder = record_folder(trainer)
         try:
             make_folder(folder, f"{self.filename}.csv and {self.filename}.png")
         except MultiLossError as error:
-            raise MultiLossError(f"LossWeightingCallback: {error}") from error.__cause__
+            return MultiLossError(f"LossWeightingCallback: {error}")
         if not os.access(folder, os.W_OK):
-            raise MultiLossError(
-                f"LossWeightingCallback: the folder {folder!r} for {self.filename}.csv is not writable"
-            )
+            return MultiLossError(f"LossWeightingCallback: the folder {folder!r} for {self.filename}.csv is read-only")
+        return None
 
     @staticmethod
     def _warn_of_monitors_not_logged(trainer: Any, pl_module: Any, val_dataloaders: int | None = None) -> None:
@@ -519,9 +530,14 @@ class LossWeightingHooks:
                 # last (unit="epoch": t = max_epochs): the run is done, so the last step's weights stand.
                 end = self._records[-1][2]
             self._end = (trainer.global_step + 1, trainer.current_epoch, end)
+        failure: MultiLossError | None = None
         if trainer.is_global_zero and self._records and not trainer.fast_dev_run:
             # fast_dev_run writes no files (Lightning's loggers and checkpoints neither)
-            self._write_record(trainer)
+            try:
+                self._write_record(trainer)
+            except MultiLossError as error:
+                failure = error
+        _raised_by_every_process(trainer, failure)
 
     def _write_record(self, trainer: Any) -> None:
         """``<filename>.csv`` and ``.png`` of the steps recorded (and the end row, once training ended)."""

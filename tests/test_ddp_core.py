@@ -157,6 +157,18 @@ def test_a_nonfinite_loss_on_one_rank_stops_both_naming_the_step(
 
 
 @pytest.mark.slow
+def test_a_folder_rank_zero_cannot_make_stops_both_ranks_before_training(
+    ranks: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    _, (rank0, rank1) = ranks
+    for rank in (rank0, rank1):
+        error = rank["folder_refused"]["error"]
+        assert error is not None and error.startswith("LossWeightingCallback: cannot make the folder "), error
+        assert error.endswith("a_file/run' for loss_weights.csv and loss_weights.png: a part of it is a file"), error
+        assert rank["folder_refused"]["global_step"] == 0
+
+
+@pytest.mark.slow
 def test_in_local_mode_a_solver_failure_on_one_rank_skips_the_step_on_both(
     ranks: tuple[Path, list[dict[str, Any]]],
 ) -> None:

@@ -8,6 +8,7 @@
   the epoch's end: both processes must stop, together, naming the step (it ends in an error).
 - ``gradvac_full``, ``gradvac_resumed``: GradVac in ``ddp="local"`` mode (each process keeps its
   own targets), uninterrupted and resumed from the middle of the epoch.
+- ``folder_refused``: the Callback's folder cannot be made: both processes stop before training.
 - ``raise_local``: the same with MGDA in ``ddp="local"`` mode, where only rank 1's solver sees
   the NaN: both processes must still stop together, naming the step.
 - ``skip_local``: IMTL-G in ``ddp="local"`` mode with ``on_nonfinite="skip"``, a NaN gradient (finite
@@ -301,6 +302,16 @@ def main() -> None:
         result["raise"] = {"error": None}
     except NonFiniteLossError as error:
         result["raise"] = {"error": str(error), "global_step": trainer.global_step}
+
+    # folder_refused: the Callback's folder cannot be made (under a file), which rank 0 alone checks
+    # and writes: every process stops before training (rank 1 alone would wait in DDP's all-reduce).
+    (out_dir / "a_file").write_text("")
+    trainer = ddp_trainer(LossWeightingCallback(plot=False), default_root_dir=out_dir / "a_file" / "run")
+    try:
+        trainer.fit(ToyNet(Fixed()), ddp_loader(ToyDataset(N), rank))
+        result["folder_refused"] = {"error": None}
+    except MultiLossError as error:
+        result["folder_refused"] = {"error": str(error), "global_step": trainer.global_step}
 
     # raise_local: MGDA solving with each process's own Gramian, which only rank 1's solver finds
     # non-finite: rank 1 stopped alone, and rank 0 waited in DDP's all-reduce.
