@@ -50,7 +50,7 @@ def record_folder(trainer: Any) -> str:
         return str(logger.log_dir)
     save_dir = logger.save_dir if logger.save_dir is not None else trainer.default_root_dir
     version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
-    return os.path.join(str(save_dir), str(logger.name or ""), version)
+    return os.path.join(str(save_dir), str(logger.name), version)  # str(name) as Lightning's, "None" included
 
 
 def _raised_by_every_process(trainer: Any, failure: MultiLossError | None) -> None:
@@ -157,7 +157,7 @@ class LossWeightingHooks:
                 raise MultiLossError(f"LossWeightingCallback: {name} must be true or false, got {flag!r}")
         if (
             not isinstance(filename, str)
-            or filename in ("", ".", "..")
+            or not filename.strip(".")  # "", ".", "..", or only dots: a path component or a hidden nothing
             or any(c in filename for c in (os.sep, os.altsep or os.sep, "\0"))
             or len(os.fsencode(filename)) > _LONGEST_STEM
         ):
@@ -175,6 +175,7 @@ class LossWeightingHooks:
         self.replan_on_resume = replan_on_resume
         self._sets_progress = True  # whether the strategy's set_progress does something (read in setup)
         self._val_loaders_checked = False  # whether this fit's monitors were checked against its validation loaders
+        self._record_write_failed = False  # whether writing the files at the end of this fit failed
         self._start_anew()
         for hook in _IDLE_STEP_HOOKS:
             self._set_dispatched(hook, False)
@@ -313,6 +314,7 @@ class LossWeightingHooks:
                 "self.parameters() in configure_optimizers (or add self.weighting.parameters() to a param group)"
             )
         self._val_loaders_checked = False
+        self._record_write_failed = False
         failure: MultiLossError | None = None
         if trainer.is_global_zero:
             self._warn_of_monitors_not_logged(trainer, pl_module)
@@ -337,7 +339,7 @@ class LossWeightingHooks:
         """Say before the first step which callback monitors a key that would find no value (a typo
         fails only at the first validation's end, in Lightning's words). A warning: the module may
         log the key itself. With ``val_dataloaders`` (known once the loaders are loaded), only what
-        their number adds: a validation key without a loader's suffix."""
+        their number adds: a validation key without a loader's suffix, or with one."""
         for callback in trainer.callbacks:
             monitor = getattr(callback, "monitor", None)
             if not isinstance(monitor, str):
@@ -350,9 +352,9 @@ class LossWeightingHooks:
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         # The validation loaders are loaded now (at the sanity check, before the first step, by
-        # default): with several, every validation key has a loader's suffix.
+        # default): with several, every validation key has a loader's suffix; with one, none has.
         loaders = len(trainer.num_val_batches)
-        if self._val_loaders_checked or trainer_stage(trainer) != "fit" or loaders < 2:
+        if self._val_loaders_checked or trainer_stage(trainer) != "fit":
             return
         self._val_loaders_checked = True
         if trainer.is_global_zero:
@@ -547,8 +549,10 @@ class LossWeightingHooks:
         if self._end is not None:
             steps, epochs = [*steps, self._end[0]], [*epochs, self._end[1]]
             weights = [*weights, self._end[2].float().cpu().tolist()]
-        stem = os.path.join(record_folder(trainer), self.filename)
+        folder = record_folder(trainer)
+        stem = os.path.join(folder, self.filename)
         try:
+            make_folder(folder, f"{self.filename}.csv and {self.filename}.png")
             paths = write_trajectory(
                 stem,
                 self.task_names,
@@ -559,10 +563,16 @@ class LossWeightingHooks:
                 loggers=trainer.loggers,
                 step=trainer.global_step,
             )
-        except OSError as error:
+        except (OSError, MultiLossError) as error:
+            self._record_write_failed = True  # on_exception, which follows, does not try again
+            if isinstance(error, MultiLossError):  # the folder's
+                said = str(error)
+            else:
+                failed = error.filename if isinstance(error.filename, str) else f"{stem}.csv"
+                said = f"cannot write the weights' record {failed}: {error.strerror or error}"
             raise MultiLossError(
-                f"LossWeightingCallback: cannot write the weights' record {stem}.csv: {error.strerror or error} "
-                "(it is also in the checkpoints, and in the Callback's steps, epochs and weights)"
+                f"LossWeightingCallback: {said} (the record is also in the Callback's steps, epochs and weights, "
+                "and in the checkpoints saved)"
             ) from error
         log.info("loss-weight trajectory written to %s", ", ".join(paths))
 
@@ -622,7 +632,13 @@ class LossWeightingHooks:
         if recorder is not None:
             recorder.stopped(exception)
             recorder.write()
-        if trainer.is_global_zero and self._records and not trainer.fast_dev_run and trainer_stage(trainer) == "fit":
+        if (
+            trainer.is_global_zero
+            and self._records
+            and not trainer.fast_dev_run
+            and trainer_stage(trainer) == "fit"
+            and not self._record_write_failed
+        ):
             # The steps recorded so far (no end row: training did not end), where a finished run
             # would put them; a resumed run rewrites the files whole.
             try:

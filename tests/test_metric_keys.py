@@ -503,13 +503,13 @@ def test_a_monitor_of_a_validation_key_without_the_loaders_suffix_is_said_when_t
     value, in Lightning's words, only after the first training epoch."""
     from pytorch_lightning.callbacks import EarlyStopping
 
-    def fit(monitor: str) -> list[str]:
+    def fit(monitor: str, loaders: int = 2) -> list[str]:
         caplog.clear()
         trainer = quiet_trainer(
             max_epochs=1, default_root_dir=tmp_path, num_sanity_val_steps=1, callbacks=[EarlyStopping(monitor)]
         )
         with caplog.at_level("WARNING", logger="lightning_multiloss"), contextlib.suppress(RuntimeError):
-            trainer.fit(ToyNet("fixed"), toy_loader(n=32), [toy_loader(n=16), toy_loader(n=16)])
+            trainer.fit(ToyNet("fixed"), toy_loader(n=32), [toy_loader(n=16) for _ in range(loaders)])
         return [r.getMessage() for r in caplog.records if "monitors" in r.getMessage()]
 
     assert fit("val/loss") == [
@@ -517,6 +517,11 @@ def test_a_monitor_of_a_validation_key_without_the_loaders_suffix_is_said_when_t
         "apart, as 'val/loss/dataloader_idx_0', ...: monitor one of them (unless your module logs it itself)"
     ]
     assert fit("val/loss/dataloader_idx_1") == []
+    # A second loader removed, its monitor kept: one loader logs no suffix.
+    (said,) = fit("val/loss/dataloader_idx_1", loaders=1)
+    assert said.startswith(
+        "EarlyStopping monitors 'val/loss/dataloader_idx_1': the model logs no 'val/loss/dataloader_idx_1'; "
+    )
     model = ToyNet("fixed")
     assert model.monitor_problem("val/loss/dataloader_idx_1") is None  # the loaders not known yet: either counts
     assert model.monitor_problem("val/loss/dataloader_idx_1", val_dataloaders=1) is not None

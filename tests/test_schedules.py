@@ -271,6 +271,7 @@ def test_a_constant_schedule_out_of_range_names_whose_it_is(spec, whose):
         # "." wrote "..csv" and "..png.png"; a NUL byte and 300 characters failed after training.
         ({"filename": "."}, r"filename must be a plain file stem \(no folder, at most 250 bytes\), got '\.'"),
         ({"filename": ".."}, r"filename must be a plain file stem \(no folder, at most 250 bytes\), got '\.\.'"),
+        ({"filename": "..."}, r"filename must be a plain file stem \(no folder, at most 250 bytes\), got '\.\.\.'"),
         ({"filename": "a\0b"}, r"filename must be a plain file stem \(no folder, at most 250 bytes\), got 'a\\x00b'"),
         (
             {"filename": "w" * 251},

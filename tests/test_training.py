@@ -1083,19 +1083,64 @@ def test_a_folder_that_cannot_be_made_stops_the_fit_before_training(tmp_path: Pa
     assert trainer.global_step == 0
 
 
-def test_a_record_that_cannot_be_written_at_the_end_names_the_file(tmp_path: Path) -> None:
-    class FolderTakenAway(pl.Callback):
+@pytest.mark.parametrize("taken", ["folder", "png"])
+def test_a_record_that_cannot_be_written_at_the_end_names_the_file(
+    tmp_path: Path, taken: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    class TakenAway(pl.Callback):
         def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-            if trainer.global_step == 8:  # the last step: the folder becomes a file
+            if trainer.global_step == 8 and taken == "folder":  # the last step: the folder becomes a file
                 (tmp_path / "run").rmdir()
                 (tmp_path / "run").write_text("")
+            elif trainer.global_step == 8:  # a folder where the plot goes (the CSV was named for it)
+                (tmp_path / "run" / "loss_weights.png").mkdir()
 
-    trainer = quiet_trainer(max_epochs=2, default_root_dir=str(tmp_path / "run"), callbacks=[FolderTakenAway()])
-    with pytest.raises(
-        MultiLossError, match=r"cannot write the weights' record .*run/loss_weights\.csv: .*in the checkpoints"
+    trainer = quiet_trainer(max_epochs=2, default_root_dir=str(tmp_path / "run"), callbacks=[TakenAway()])
+    said = (
+        r"cannot make the folder '.*run' for loss_weights\.csv and loss_weights\.png: a part of it is a file"
+        if taken == "folder"
+        else r"cannot write the weights' record .*run/loss_weights\.png: Is a directory"  # it named the CSV
+    )
+    with (
+        caplog.at_level("ERROR", logger="lightning_multiloss"),
+        pytest.raises(MultiLossError, match=rf"^LossWeightingCallback: {said} \(the record is also in the Callback's"),
     ):
         trainer.fit(ToyNet(Fixed(FIXED)), toy_loader(64))
     assert trainer.global_step == 8
+    # on_exception, which follows, did not try again ("... was not written")
+    assert not [r for r in caplog.records if r.name.startswith("lightning_multiloss")]
+    if taken == "png":
+        with open(tmp_path / "run" / "loss_weights.csv", newline="") as f:
+            rows = list(csv.reader(f))
+        assert rows[1:] == [*fixed_rows(range(1, 9)), ["9", "2", "0.25", "2.0"]]  # and the end row
+
+
+def test_a_logger_without_a_name_gets_the_files_beside_lightnings_checkpoints(tmp_path: Path) -> None:
+    """``str(name)`` as Lightning's ModelCheckpoint: the files went to <save_dir>/<version>, the
+    checkpoints to <save_dir>/None/<version>."""
+    from pytorch_lightning.loggers import Logger
+
+    class Nameless(Logger):
+        name = None  # type: ignore[assignment]
+        version = "v1"
+
+        @property
+        def save_dir(self) -> str:
+            return str(tmp_path)
+
+        def log_metrics(self, metrics: Any, step: Any = None) -> None:
+            pass
+
+        def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+            pass
+
+    trainer = quiet_trainer(max_epochs=1, logger=Nameless(), enable_checkpointing=True)
+    trainer.fit(ToyNet(Fixed(FIXED)), toy_loader(64))
+    assert sorted(p.name for p in (tmp_path / "None" / "v1").iterdir()) == [
+        "checkpoints",
+        "loss_weights.csv",
+        "loss_weights.png",
+    ]
 
 
 def test_runs_of_a_wandb_logger_sharing_its_save_dir_keep_their_own_files(
