@@ -353,12 +353,11 @@ class LossWeightingHooks:
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         # The validation loaders are loaded now (at the sanity check, before the first step, by
         # default): with several, every validation key has a loader's suffix; with one, none has.
-        loaders = len(trainer.num_val_batches)
         if self._val_loaders_checked or trainer_stage(trainer) != "fit":
             return
         self._val_loaders_checked = True
         if trainer.is_global_zero:
-            self._warn_of_monitors_not_logged(trainer, pl_module, loaders)
+            self._warn_of_monitors_not_logged(trainer, pl_module, len(trainer.num_val_batches))
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # Synchronise with the (possibly restored) step counter; this resets no schedule state.

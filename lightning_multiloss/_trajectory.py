@@ -55,7 +55,7 @@ def write_trajectory(
         fig.tight_layout()
         png_path = f"{stem}.png"
         try:
-            fig.savefig(png_path, dpi=120, format="png")  # a stem of dots has no extension matplotlib would see
+            fig.savefig(png_path, dpi=120, format="png")  # PNG whatever the name (not read from its extension)
             paths.append(png_path)
             for logger in loggers:
                 log_plot(logger, fig, png_path, csv_path, step)
