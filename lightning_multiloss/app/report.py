@@ -22,9 +22,10 @@ those seeds only, and rows run with different seeds are named: they were evaluat
 splits. Unknown seeds (``None``) are not checked. Each row is checked on its own: a row left
 empty (no baseline for one of its tasks, another split, other seeds) leaves the others' Δm%.
 
-Runs that failed, were interrupted, are still running, or left no ``result.json`` (a Hydra job
-folder with ``.hydra/`` only) are listed in their own section and counted in the header; a
-"running" run whose process on this machine no longer exists counts as interrupted. With
+Runs that failed, were interrupted, are still running, left no ``result.json`` (a Hydra job
+folder with ``.hydra/`` only) or one that cannot be read (truncated, edited by hand: the reason
+names the file) are listed in their own section and counted in the header; a "running" run whose
+process on this machine no longer exists counts as interrupted. With
 two tasks, ``pareto.png`` shows every run of the sweep in the plane of the two primary metrics,
 the non-dominated runs highlighted and connected.
 
@@ -69,13 +70,15 @@ from lightning_multiloss.results import (
 )
 
 NO_RESULT = "no result"
+UNREADABLE = "unreadable"  # a result.json that cannot be read: listed with why, the other runs still compared
 CITATION = "Maninis et al. 2019"
 
 
 # -- what a run folder holds ------------------------------------------------------------------
 @dataclass
 class Run:
-    """One run: its ``result.json`` (or, for ``status == "no result"``, its ``.hydra/`` folder)."""
+    """One run: its ``result.json`` (or, for ``status == "no result"``, its ``.hydra/`` folder; for
+    ``"unreadable"``, why its ``result.json`` cannot be read, in ``error``)."""
 
     folder: str
     status: str
@@ -206,7 +209,7 @@ class Report:
     baseline_folders: list[str]
     experiments: list[ExperimentReport]
     problems: list[Run]
-    """Runs that did not complete: failed, interrupted, running, no result."""
+    """Runs that did not complete: failed, interrupted, running, no result, unreadable."""
     counts: dict[str, int]
     notes: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
@@ -352,8 +355,11 @@ def collect_runs(folder: str, progress: TextIO | None = None) -> list[Run]:
     """Every run under ``folder``: each folder with a ``result.json``, and each Hydra job folder
     (``.hydra/``) without one (``status == "no result"``).
 
-    Raises :class:`~lightning_multiloss.MultiLossError` when the folder does not exist, holds
-    no run, or holds a ``result.json`` that cannot be read (the message names the file).
+    A ``result.json`` that cannot be read is a run of status ``"unreadable"``, its error the
+    reason naming the file: one damaged file leaves the comparison of the others.
+
+    Raises :class:`~lightning_multiloss.MultiLossError` when the folder does not exist or holds
+    no run.
     """
     if not os.path.exists(folder):
         raise MultiLossError(f"folder {folder!r} does not exist")
@@ -365,7 +371,10 @@ def collect_runs(folder: str, progress: TextIO | None = None) -> list[Run]:
         shown = os.path.normpath(root)
         if RESULT_FILE in files:
             path = os.path.join(root, RESULT_FILE)
-            runs.append(run_of(RunResult.read(path), shown))
+            try:
+                runs.append(run_of(RunResult.read(path), shown))
+            except MultiLossError as error:
+                runs.append(Run(folder=shown, status=UNREADABLE, error=str(error), overrides=_hydra_overrides(root)))
             # Runs may lie below it: a Trainer's default_root_dir is often the parent of others'.
             dirs[:] = [d for d in dirs if not d.startswith(".")]
         elif ".hydra" in dirs and not _result_below(root):  # a result_file in a subfolder is found below
@@ -907,14 +916,16 @@ def build_report(
     }
     notes: list[str] = []
     counts = {"runs": len(unique), "completed": 0, "swept": 0, "configurations": 0, "baselines": 0, "ignored": 0}
-    counts.update({status: 0 for status in (*STATUSES[1:], NO_RESULT)})
+    counts.update({status: 0 for status in (*STATUSES[1:], NO_RESULT, UNREADABLE)})
     # Under --baselines only the single-task baselines count: another run there (a job of another
     # sweep, completed or not) is not this report's. A job folder without a result.json may be a
-    # baseline that never started: it is listed.
+    # baseline that never started, an unreadable one a damaged baseline: they are listed.
     ignored = [
         r
         for r in unique
-        if r.baseline_of is None and r.status != NO_RESULT and os.path.realpath(r.folder) in from_baseline_folders
+        if r.baseline_of is None
+        and r.status not in (NO_RESULT, UNREADABLE)
+        and os.path.realpath(r.folder) in from_baseline_folders
     ]
     if ignored:
         notes.append(f"{len(ignored)} run(s) under --baselines are not single-task baselines (no baseline_of): ignored")
@@ -974,6 +985,8 @@ def _arrow(direction: str) -> str:
 def _header(report: Report) -> str:
     c = report.counts
     bad = [f"{c[s]} {s}" for s in ("failed", "interrupted", "running", NO_RESULT)]
+    if c.get(UNREADABLE):
+        bad.append(f"{c[UNREADABLE]} {UNREADABLE}")
     ignored = f"; {c['ignored']} more under --baselines ignored (not baselines)" if c.get("ignored") else ""
     return (
         f"{_count(c['runs'], 'run')} read: {c['completed']} completed ({c['swept']} swept in "
