@@ -38,12 +38,12 @@ def write_trajectory(
             writer.writerow([row_step, epoch, *row])
     paths = [csv_path]
     if plot:
-        import matplotlib
+        # A Figure of its own, not pyplot's: the process's backend (a notebook's inline one) and
+        # pyplot's list of open figures stay the user's; savefig draws it with Agg.
+        from matplotlib.figure import Figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig = Figure(figsize=(7, 4))
+        ax = fig.subplots()
         for i, name in enumerate(task_names):
             # Markers when there are few points, so that a short run still shows its values.
             ax.plot(steps, [row[i] for row in weights], label=name, marker="o" if len(steps) <= 30 else None)
@@ -54,13 +54,10 @@ def write_trajectory(
         ax.legend()
         fig.tight_layout()
         png_path = f"{stem}.png"
-        try:
-            fig.savefig(png_path, dpi=120, format="png")  # PNG whatever the name (not read from its extension)
-            paths.append(png_path)
-            for logger in loggers:
-                log_plot(logger, fig, png_path, csv_path, step)
-        finally:
-            plt.close(fig)
+        fig.savefig(png_path, dpi=120, format="png")  # PNG whatever the name (not read from its extension)
+        paths.append(png_path)
+        for logger in loggers:
+            log_plot(logger, fig, png_path, csv_path, step)
     else:
         for logger in loggers:
             log_plot(logger, None, None, csv_path, step)  # the CSV alone, where a logger keeps files

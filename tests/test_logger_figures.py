@@ -171,3 +171,23 @@ def test_a_logger_that_refuses_the_plot_is_named_and_the_run_goes_on(
         fit(tmp_path, FullDiskLogger(str(tmp_path), name="tb", version=""))
     assert "the loss-weight plot could not be logged to FullDiskLogger: no space left on device" in caplog.text
     assert (tmp_path / "tb" / "loss_weights.png").is_file()  # the files are written all the same
+
+
+def test_the_plot_leaves_the_users_backend_and_figures(tmp_path: Path) -> None:
+    """A notebook's backend and its open figures survive a fit: the Callback draws a Figure of its
+    own (pyplot's matplotlib.use("Agg") switched the whole process, and plt.show() after fit drew nothing)."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        users = plt.figure()
+        fit(tmp_path, logger=False)
+        assert matplotlib.get_backend() == "svg"
+        assert plt.get_fignums() == [users.number]
+        rgb = mpimg.imread(tmp_path / "loss_weights.png")
+        assert_is_the_trajectory_plot(rgb, 480, 840)
+    finally:
+        plt.close("all")
+        matplotlib.use(before)

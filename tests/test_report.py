@@ -1263,6 +1263,26 @@ def test_runs_reached_through_links_are_read(tmp_path: Path) -> None:
     assert row.seeds == [0, 1] and report.counts["runs"] == 2
 
 
+def test_the_pareto_plot_leaves_the_users_backend_and_figures(tmp_path: Path) -> None:
+    """make_report in a notebook: its backend and open figures stay (pyplot's matplotlib.use("Agg")
+    switched the whole process)."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    sweep = make_sweep(tmp_path)
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        users = plt.figure()
+        make_report([str(sweep)], out=str(tmp_path / "out"))
+        assert (tmp_path / "out" / "pareto.png").read_bytes().startswith(b"\x89PNG")
+        assert matplotlib.get_backend() == "svg"
+        assert plt.get_fignums() == [users.number]
+    finally:
+        plt.close("all")
+        matplotlib.use(before)
+
+
 def test_one_damaged_result_leaves_the_other_runs_compared(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A sweep whose job 0 (fixed, seed 0) has a truncated result.json: the other runs are compared
     as without it (fixed keeps its seed-1 run) and the damaged one is listed, naming the file; a

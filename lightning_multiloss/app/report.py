@@ -1137,15 +1137,16 @@ def write_csv(report: Report, path: str) -> None:
 
 def plot_pareto(exp: ExperimentReport, path: str) -> None:
     """Every run of a two-task sweep, better up and right, the non-dominated runs joined."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure of its own, not pyplot's: the caller's backend stays as it was (report functions
+    # run in notebooks too); savefig draws it with Agg.
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
     t1, t2 = exp.tasks
     m1, m2 = exp.primary[t1], exp.primary[t2]
-    fig, ax = plt.subplots(figsize=(7.5, 5.5))
-    colors = plt.get_cmap("tab10")
+    fig = Figure(figsize=(7.5, 5.5))
+    ax = fig.subplots()
+    colors = colormaps["tab10"]
     # Rows by their number in the table: a row's label holds every override that sets it apart,
     # which at the points or in a legend inside the axes ran off the figure.
     number = {id(row): i for i, row in enumerate(exp.rows, 1)}
@@ -1181,7 +1182,6 @@ def plot_pareto(exp: ExperimentReport, path: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.savefig(path, dpi=120, bbox_inches="tight")  # the figure grows to hold the legend beside the axes
-    plt.close(fig)
 
 
 def write_report(report: Report, out: str) -> list[str]:

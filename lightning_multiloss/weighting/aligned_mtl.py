@@ -21,9 +21,11 @@ class AlignedMTL(GramianWeighting):
     .. math:: G = V \Lambda V^\top, \qquad
               B = \sqrt{\lambda_{\min}}\; V \Lambda^{-1/2} V^\top, \qquad w = B\,\tfrac{1}{K}\mathbf 1
 
-    Eigenvalues below ``K·eps·λ_max`` are dropped (V and Λ keep the non-zero part, and
-    :math:`\lambda_{\min}` is the smallest kept one), as in the paper's code; an all-zero
-    Gramian gives uniform weights.
+    Eigenvalues up to ``10·K·ε·λ_max`` (ε of float64, as TorchJD) are dropped (V and Λ keep the
+    non-zero part, and :math:`\lambda_{\min}` is the smallest kept one); the routes' float32
+    Gramians have had those below ``K·ε·λ_max`` with float32's ε set to zero already
+    (:func:`~lightning_multiloss.weighting._gramian.psd_up_to_rounding`), about the paper code's cut. An
+    all-zero Gramian gives uniform weights.
 
     Versus the peers: TorchJD exactly (:math:`B\mathbf 1/K`); the paper's code and LibMTL sum the
     balanced matrix (:math:`B\mathbf 1`), so their weights are K times these (LibMTL also drops
