@@ -49,6 +49,7 @@ from lightning_multiloss.gradients import (
 )
 from lightning_multiloss.task import Task
 from lightning_multiloss.weighting import (
+    WEIGHTINGS,
     Fixed,
     GradientWeighting,
     GramianWeighting,
@@ -75,6 +76,16 @@ if TYPE_CHECKING:  # the mixin is used with a LightningModule; type-check agains
     _Base = nn.Module
 else:
     _Base = object
+
+
+def _step_and_epoch(trainer: Any | None) -> tuple[int, int]:
+    """The Trainer's ``(global_step, current_epoch)``; ``(-1, -1)`` without one."""
+    return (-1, -1) if trainer is None else (trainer.global_step, trainer.current_epoch)
+
+
+def _step_name(step: int, epoch: int, batch: int) -> str:
+    """How an error names a training step: ``step 3, epoch 0, batch 3`` (``batch 3`` without a Trainer)."""
+    return f"step {step}, epoch {epoch}, batch {batch}" if step >= 0 else f"batch {batch}"
 
 
 def _negative_loss_message(strategy: str, culprits: Mapping[str, object], where: str) -> str:
@@ -257,8 +268,15 @@ class MultiTaskMixin(_Base):
             weighting = Fixed()
         elif isinstance(weighting, str):
             weighting = create_weighting(weighting)
+        if isinstance(weighting, type) and issubclass(weighting, Weighting):
+            registered = (
+                f" or its registered name {weighting.name!r}" if WEIGHTINGS.get(weighting.name) is weighting else ""
+            )
+            example = f"{weighting.__name__}(){registered}"
+            raise MultiLossError(f"weighting is the class {weighting.__name__}; pass an instance, e.g. {example}")
         if not isinstance(weighting, Weighting):
-            raise MultiLossError(f"weighting must be a Weighting or a registered name, got {type(weighting).__name__}")
+            what = f"the class {weighting.__name__}" if isinstance(weighting, type) else type(weighting).__name__
+            raise MultiLossError(f"weighting must be a Weighting or a registered name, got {what}")
         # One weighting per model (Weighting.claim); copies and pickles of the module get a new token.
         token = self.__dict__.get(_OWNER) or uuid.uuid4().hex
         weighting.bind(names)  # first: a weighting of other tasks is refused naming both
@@ -613,20 +631,30 @@ class MultiTaskMixin(_Base):
         # already, and a strategy's non-finite weights (a failure of the strategy, not of the
         # batch: reading them too would be a second wait per step) stop training there.
         self._mt_record_nonfinite(losses, trainer, batch_idx)
+        failure: NonFiniteLossError | None = None
         if isinstance(weighting, GradientWeighting):
             # Each process solves with its own Gramian in local mode: a failure there is its alone,
             # and it stopping alone would leave the others waiting in DDP's all-reduce.
             on_its_own = is_distributed() and weighting.ddp == "local"
-            failure: NonFiniteLossError | None = None
             try:
                 result = weighting(losses, **self._mt_gradient_inputs(losses, trainer, outputs))
             except NonFiniteLossError as error:
                 if not on_its_own:
                     self.check_finite_losses()  # names the task and the step, if a task loss is the cause
-                    raised_by_every_process(error)  # the same Gramian on every process
-                    raise
+                    where = _step_name(*_step_and_epoch(trainer), batch_idx)
+                    # The same Gramian on every process: they all raise it together.
+                    raise raised_by_every_process(NonFiniteLossError(f"{error}, at train {where}")) from error
                 # A loss whose gradient is NaN everywhere carries it to every process, and the check
-                # of the kept losses (at the next logging step, or the epoch's end) stops them all.
+                # of the kept losses and weights (at the next logging step, or the epoch's end) stops
+                # them all, naming the strategy and this step by its NaN weights; the reason is
+                # this process's alone, so it says it.
+                if self._mt_on_nonfinite != "skip":
+                    log.warning(
+                        "weighting %r failed on this process alone at train %s: %s",
+                        weighting.name,
+                        _step_name(*_step_and_epoch(trainer), batch_idx),
+                        error,
+                    )
                 failure = error
                 nan = losses.new_full(losses.shape, math.nan)
                 result = WeightedLoss(self._mt_reaching_every_parameter(losses, math.nan), nan.detach())
@@ -647,8 +675,9 @@ class MultiTaskMixin(_Base):
         else:
             result = weighting(losses)
         # The strategy's own copy of this step's weights: result.weights may be a view of a
-        # parameter (learnable) that later steps change in place.
-        self._mt_record_weights(weighting.last_weights)
+        # parameter (learnable) that later steps change in place. A local solver's failure has
+        # none: its NaN weights stand for them.
+        self._mt_record_weights(weighting.last_weights if failure is None else result.weights)
         labelled = self._mt_labelled(losses)
         self._mt_train_means.add(losses, labelled)
         if weighting.uses_epoch_losses:
@@ -752,7 +781,7 @@ class MultiTaskMixin(_Base):
         step, epoch, batch, values, step_weights = pending[at]
         names = [task.name for task in self._mt_tasks]
         local = values.tolist()
-        where = f"step {step}, epoch {epoch}, batch {batch}" if step >= 0 else f"batch {batch}"
+        where = _step_name(step, epoch, batch)
         if at not in first_nonfinite and at not in first_negative:  # the weights alone, at that step
             given_weights = step_weights.tolist() if step_weights is not None else [1.0] * k
             culprit_weights = _first_nonfinite_at(at, names, given_weights, first_bad_weight)
@@ -1102,10 +1131,7 @@ class MultiTaskMixin(_Base):
 
     def _mt_record_nonfinite(self, losses: Tensor, trainer: Any | None, batch_idx: int) -> None:
         """Keep this step's losses for :meth:`check_finite_losses` (a reference: no copy, no wait)."""
-        if trainer is None:
-            self._mt_pending.append((-1, -1, batch_idx, losses.detach(), None))
-        else:
-            self._mt_pending.append((trainer.global_step, trainer.current_epoch, batch_idx, losses.detach(), None))
+        self._mt_pending.append((*_step_and_epoch(trainer), batch_idx, losses.detach(), None))
 
     def _mt_record_weights(self, weights: Tensor) -> None:
         """Keep the weights the strategy gave for this step's recorded losses (a reference)."""

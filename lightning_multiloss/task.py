@@ -59,6 +59,11 @@ class Task:
                 f"task name {self.name!r} cannot be used in logging keys: use letters, digits, '_' and '-', "
                 "not starting with a digit (no '/', '.', or spaces)"
             )
+        if isinstance(self.loss, type):  # callable too, but calling it builds a loss, not a value
+            raise MultiLossError(
+                f"task {self.name!r}: loss is the class {self.loss.__name__}; pass an instance, "
+                f"e.g. {self.loss.__name__}(), or a function such as torch.nn.functional.cross_entropy"
+            )
         if not callable(self.loss):
             raise MultiLossError(f"task {self.name!r}: loss must be callable, got {type(self.loss).__name__}")
         if self.target is None:

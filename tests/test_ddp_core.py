@@ -157,6 +157,21 @@ def test_a_nonfinite_loss_on_one_rank_stops_both_naming_the_step(
 
 
 @pytest.mark.slow
+def test_in_local_mode_a_nonfinite_weight_on_one_rank_stops_both_naming_the_step(
+    ranks: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    _, (rank0, rank1) = ranks
+    for rank in (rank0, rank1):
+        error = rank["weights_local"]["error"]
+        assert error is not None, "training went on past an infinite weight"
+        assert error.startswith("weighting 'test-infinite-on-rank1' gave non-finite weight(s) "), error
+        assert f"at train step {SKIP_BATCH}, epoch 0, batch {SKIP_BATCH}, from the task losses" in error
+        assert rank["weights_local"]["global_step"] == 6  # found at the epoch's end, no step waited for it
+    assert "'reg': nan" in rank1["weights_local"]["error"]
+    assert "'reg': 'non-finite on another process'" in rank0["weights_local"]["error"]
+
+
+@pytest.mark.slow
 def test_a_folder_rank_zero_cannot_make_stops_both_ranks_before_training(
     ranks: tuple[Path, list[dict[str, Any]]],
 ) -> None:

@@ -14,7 +14,15 @@ from torch.utils.data import DataLoader
 
 from lightning_multiloss import MultiLossError, MultiTaskMixin, NonFiniteLossError, Task
 from lightning_multiloss.schedules import Linear
-from lightning_multiloss.weighting import Fixed, Learnable, Scheduled, WeightedLoss, create_weighting, weighted_sum
+from lightning_multiloss.weighting import (
+    Fixed,
+    Learnable,
+    Scheduled,
+    UPGrad,
+    WeightedLoss,
+    create_weighting,
+    weighted_sum,
+)
 from tests._models import HEAD_SIZES, ToyDataset, ToyNet, quiet_trainer, toy_tasks
 
 NAN = float("nan")
@@ -132,6 +140,12 @@ def test_task_name_not_a_string_and_loss_not_callable():
         Task("reg", "mse")  # type: ignore[arg-type]
     with pytest.raises(MultiLossError, match=r"task 'reg': metric name 'r/2' cannot be used in logging keys"):
         Task("reg", nn.MSELoss(), metrics={"r/2": object()})
+    # A class is callable too: it failed only at the first step, on a tensor's truth value.
+    with pytest.raises(
+        MultiLossError,
+        match=r"task 'cls': loss is the class CrossEntropyLoss; pass an instance, e.g. CrossEntropyLoss\(\)",
+    ):
+        Task("cls", nn.CrossEntropyLoss)  # type: ignore[arg-type]
 
 
 def test_duplicate_task_names():
@@ -146,6 +160,13 @@ def test_configure_multitask_other_bad_arguments():
         ToyNet(on_nonfinite="ignore")
     with pytest.raises(MultiLossError, match=r"weighting must be a Weighting or a registered name, got int"):
         ToyNet(42)
+    with pytest.raises(
+        MultiLossError,
+        match=r"weighting is the class UPGrad; pass an instance, e.g. UPGrad\(\) or its registered name 'upgrad'$",
+    ):
+        ToyNet(UPGrad)  # type: ignore[arg-type]
+    with pytest.raises(MultiLossError, match=r"weighting must be a Weighting or a registered name, got the class dict"):
+        ToyNet(dict)  # type: ignore[arg-type]
     with pytest.raises(MultiLossError, match=r"unknown weighting 'fixd'; available: .*fixed"):
         ToyNet("fixd")
     shared = Fixed()

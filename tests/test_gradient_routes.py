@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_multiloss import MultiLossError, MultiTaskMixin, Task, gradients
+from lightning_multiloss import MultiLossError, MultiTaskMixin, NonFiniteLossError, Task, gradients
 from lightning_multiloss.gradients import (
     find_shared_parameters,
     jacobian_mode,
@@ -665,7 +665,9 @@ def test_gradient_errors_name_strategy_and_fix() -> None:
     bad = Bad(route="parameters")
     bad.bind(["a", "b"])
     theta = torch.ones(2, requires_grad=True)
-    with pytest.raises(MultiLossError, match=r"test-bad.*non-finite task weights"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"'test-bad' gave non-finite weight\(s\) \[nan, nan\] from the Gramian"
+    ):
         bad(theta * 2.0, parameters=[theta])
 
     class Short(Bad):
@@ -685,6 +687,37 @@ def test_gradient_errors_name_strategy_and_fix() -> None:
         GradDrop(ddp="global")  # type: ignore[arg-type]
     with pytest.raises(MultiLossError, match=r"graddrop.*seed must be an int"):
         GradDrop(seed=0.5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("on_nonfinite", ["raise", "skip"])
+@pytest.mark.parametrize("route", ["parameters", "representation"])
+def test_a_nonfinite_weight_of_a_gramian_strategy_stops_training_naming_the_step(
+    tmp_path: Path, route: str, on_nonfinite: str
+) -> None:
+    """As a loss-level strategy's: a NonFiniteLossError naming the strategy, its weights and the step
+    (it was a plain MultiLossError without the step), in either mode (the strategy's failure, not the batch's)."""
+
+    class InfiniteAtStep2(GramianWeighting):
+        name: ClassVar[str] = "test-infinite-at-step-2"
+
+        def __init__(self, route: str) -> None:
+            super().__init__(route=route)  # type: ignore[arg-type]
+            self.solves = 0
+
+        def compute_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
+            self.solves += 1
+            return torch.tensor([1.0, math.inf if self.solves == 3 else 1.0], dtype=gramian.dtype)
+
+    net = RepNet if route == "representation" else ToyNet
+    model = net(InfiniteAtStep2(route), on_nonfinite=on_nonfinite)  # type: ignore[arg-type]
+    with pytest.raises(NonFiniteLossError) as raised:
+        fit(model, tmp_path, batches=4, max_epochs=1)
+    message = str(raised.value)
+    assert message.startswith(
+        "weighting 'test-infinite-at-step-2' gave non-finite weight(s) [1.0, inf] from the Gramian"
+    )
+    assert message.endswith(", at train step 2, epoch 0, batch 2")
+    assert model.trainer.global_step == 2
 
 
 def test_parameter_route_without_shared_parameters_says_so(tmp_path: Path) -> None:

@@ -323,8 +323,10 @@ class GramianWeighting(GradientWeighting):
             shape = tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__
             raise MultiLossError(f"weighting {self.name!r}: compute_weights must return shape ({k},), got {shape}")
         if not all(map(math.isfinite, weights.tolist())):
-            raise MultiLossError(
-                f"weighting {self.name!r}: non-finite task weights {weights.tolist()} from the Gramian "
+            # The strategy's failure (of one of your own, or an overflow): it stops training as a
+            # non-finite loss does, every DDP process together (the mixin adds the step).
+            raise NonFiniteLossError(
+                f"weighting {self.name!r} gave non-finite weight(s) {weights.tolist()} from the Gramian "
                 f"{g.tolist()} (tasks {list(self.task_names)})"
             )
         return weights

@@ -11,6 +11,9 @@
 - ``folder_refused``: the Callback's folder cannot be made: both processes stop before training.
 - ``raise_local``: the same with MGDA in ``ddp="local"`` mode, where only rank 1's solver sees
   the NaN: both processes must still stop together, naming the step.
+- ``weights_local``: a Gramian strategy of a user's own in ``ddp="local"`` mode whose weights are
+  infinite on rank 1 at step ``SKIP_BATCH`` (finite losses): both processes stop together, naming
+  the strategy and the step (rank 1 raised alone, and rank 0 died in DDP's all-reduce).
 - ``skip_local``: IMTL-G in ``ddp="local"`` mode with ``on_nonfinite="skip"``, a NaN gradient (finite
   loss) on rank 1 at the first step: both processes skip that step and go on together.
 - ``val_raise``: a NaN in rank 1's first validation batch: both processes stop at the epoch's end.
@@ -49,7 +52,7 @@ from lightning_multiloss import (
     ShardSampler,
     Task,
 )
-from lightning_multiloss.weighting import Fixed, Learnable, create_weighting
+from lightning_multiloss.weighting import Fixed, GramianWeighting, Learnable, create_weighting
 from tests._ddp import save_rank_result
 from tests._models import ToyDataset, ToyNet, quiet_trainer
 
@@ -101,6 +104,24 @@ def nan_gradient_on_rank1_once(output: Tensor, target: Tensor) -> Tensor:
 
 
 _NAN_GRADIENT_GIVEN: list[bool] = []
+
+
+class InfiniteOnRank1(GramianWeighting):
+    """Uniform weights, but an infinite one on rank 1 at its step ``SKIP_BATCH`` (its ``SKIP_BATCH``-th solve)."""
+
+    name = "test-infinite-on-rank1"
+
+    def __init__(self) -> None:
+        super().__init__(ddp="local")
+        self.solves = 0
+
+    def compute_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
+        weights = torch.ones(len(losses), dtype=gramian.dtype)
+        if self.training:
+            if dist.get_rank() == 1 and self.solves == SKIP_BATCH:
+                weights[1] = float("inf")
+            self.solves += 1
+        return weights
 
 
 class NegativeOnRank1(ToyNet):
@@ -324,6 +345,18 @@ def main() -> None:
         result["raise_local"] = {"error": None}
     except NonFiniteLossError as error:
         result["raise_local"] = {"error": str(error), "global_step": trainer.global_step}
+
+    # weights_local: a strategy of one's own, solving with each process's Gramian, gives an infinite
+    # weight on rank 1 alone: rank 1 raised alone, and rank 0 died in DDP's all-reduce
+    model = ToyNet(InfiniteOnRank1(), lr=0.05)
+    trainer = ddp_trainer(
+        LossWeightingCallback(plot=False), default_root_dir=out_dir / "weights_local", log_every_n_steps=10_000
+    )
+    try:
+        trainer.fit(model, ddp_loader(ToyDataset(N), rank))
+        result["weights_local"] = {"error": None}
+    except NonFiniteLossError as error:
+        result["weights_local"] = {"error": str(error), "global_step": trainer.global_step}
 
     # skip_local: IMTL-G in ddp="local" mode, skip mode, a finite loss with a NaN gradient on rank 1 at
     # the first step: only rank 1's solver meets the non-finite Gramian, and it raised alone
