@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
+from torch.utils.hooks import RemovableHandle
 
 from lightning_multiloss._dist import all_gather_object, is_distributed
 from lightning_multiloss._lightning import batches_processed, is_lightning_class, lightning_package, trainer_stage
@@ -174,6 +175,7 @@ class LossWeightingHooks:
         self.result_file = None if result_file is None else os.fspath(result_file)
         self.replan_on_resume = replan_on_resume
         self._sets_progress = True  # whether the strategy's set_progress does something (read in setup)
+        self._constraint_hooks: list[RemovableHandle] = []  # the strategy's constrain, in its optimizers' steps
         self._val_loaders_checked = False  # whether this fit's monitors were checked against its validation loaders
         self._record_write_failed = False  # whether writing the files at the end of this fit failed
         self._start_anew()
@@ -313,6 +315,7 @@ class LossWeightingHooks:
                 f"the learnable weighting parameter(s) {missing} are in no optimizer: build the optimizer from "
                 "self.parameters() in configure_optimizers (or add self.weighting.parameters() to a param group)"
             )
+        self._constrain_in_optimizer_steps(trainer, self._weighting(pl_module))
         self._val_loaders_checked = False
         self._record_write_failed = False
         failure: MultiLossError | None = None
@@ -321,6 +324,27 @@ class LossWeightingHooks:
             if not trainer.fast_dev_run:
                 failure = self._record_folder_problem(trainer)
         _raised_by_every_process(trainer, failure)
+
+    def _constrain_in_optimizer_steps(self, trainer: Any, weighting: Weighting) -> None:
+        """Register ``weighting.constrain`` as a step post-hook of each optimizer holding one of its
+        parameters, for this fit: the other callbacks' batch-end hooks (an EMA), which Lightning
+        runs before this one's, and the code after ``opt.step()`` see the parameters in their domain."""
+        self._release_constraints()
+        if type(weighting).constrain is Weighting.constrain:  # the base's does nothing
+            return
+        own = {id(p) for p in weighting.parameters()}
+
+        def constrain(optimizer: Any, args: Any, kwargs: Any) -> None:
+            weighting.constrain()
+
+        for optimizer in trainer.optimizers:
+            if any(id(p) in own for group in optimizer.param_groups for p in group["params"]):
+                self._constraint_hooks.append(optimizer.register_step_post_hook(constrain))
+
+    def _release_constraints(self) -> None:
+        for handle in self._constraint_hooks:
+            handle.remove()
+        self._constraint_hooks = []
 
     def _record_folder_problem(self, trainer: Any) -> MultiLossError | None:
         """Make the folder of the files written at the end of fit now, so that a path the system
@@ -578,6 +602,7 @@ class LossWeightingHooks:
     # -- the run result --------------------------------------------------------------------
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         self._follow_training(trainer, None)
+        self._release_constraints()
         recorder = self._recorder(trainer)
         if recorder is not None:
             recorder.evaluated("val", trainer.callback_metrics)  # the last validation's values
@@ -627,6 +652,7 @@ class LossWeightingHooks:
         # Before the checkpoint callbacks' on_exception (Lightning runs them last): the loaders keep
         # the count of batches trained on, and follow this Trainer no longer.
         self._follow_training(trainer, None)
+        self._release_constraints()
         recorder = self._recorder(trainer)
         if recorder is not None:
             recorder.stopped(exception)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import logging
 import math
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -788,6 +789,82 @@ def test_lr_finds_trial_steps_keep_the_learnable_alpha_in_0_1() -> None:
     assert any(a in (0.0, 1.0) for a in model.alphas)  # it reached a bound: the clip had work to do
     assert all(0.0 <= a <= 1.0 for a in model.alphas), model.alphas
     assert float(model.weighting.alpha) == 0.5  # the tuner puts the model back
+
+
+class AlphaAtBatchEnd(pl.Callback):
+    """Another callback's view of alpha at each batch's end (Lightning runs the Trainer's callbacks
+    before the one the mixin adds), as an EMA of the weights takes it."""
+
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+        self.seen.append(float(pl_module.weighting.alpha))
+
+
+def test_learnable_alpha_is_clipped_inside_the_optimizer_step(tmp_path: Path) -> None:
+    """An EMA callback (WeightAveraging) and any other batch-end hook see alpha in [0, 1]: the clip ran
+    in the Callback's own batch-end hook, after theirs, and the EMA of alpha copied back at the end
+    of fit was 5.25 (task weights [5.25, -4.25])."""
+    from pytorch_lightning.callbacks import WeightAveraging
+    from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+    seen = AlphaAtBatchEnd()
+    model = ToyNet(Learnable(init=0.5), lr=1.0)
+    ema = WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(0.5))
+    quiet_trainer(max_epochs=2, callbacks=[seen, ema], default_root_dir=str(tmp_path)).fit(model, toy_loader(n=64))
+    assert len(seen.seen) == 8 and seen.seen[-1] in (0.0, 1.0)  # the clip had work to do
+    assert all(0.0 <= alpha <= 1.0 for alpha in seen.seen), seen.seen
+    assert 0.0 <= float(model.weighting.alpha) <= 1.0  # the average, copied back at the end of fit
+
+
+class TwoOptimizers(ToyNet):
+    """Manual optimization: the network and alpha in two optimizers, both stepped every batch."""
+
+    def __init__(self, weighting: Weighting) -> None:
+        super().__init__(weighting)
+        self.automatic_optimization = False
+        self.after_step: list[float] = []
+
+    def configure_optimizers(self) -> Any:
+        network = [p for name, p in self.named_parameters() if not name.startswith("weighting.")]
+        return torch.optim.SGD(network, lr=0.05), torch.optim.SGD(self.weighting.parameters(), lr=1.0)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        first, second = self.optimizers()  # type: ignore[misc]
+        loss = super().training_step(batch, batch_idx)
+        first.zero_grad()
+        second.zero_grad()
+        self.manual_backward(loss)
+        first.step()
+        second.step()
+        self.after_step.append(float(self.weighting.alpha))  # what code after opt.step() reads
+        return loss
+
+
+def test_learnable_under_manual_optimization_is_clipped_at_the_step_and_checked_on_time(tmp_path: Path) -> None:
+    """alpha read right after opt.step() is in [0, 1] (it was 3.79 until the batch's end); with two
+    optimizers global_step moves 2 a batch, and check_every=2 never met Learnable's odd count: the
+    bound was told at the epoch's end alone (step 64 here) instead of at the first check after it."""
+    model = TwoOptimizers(Learnable(init=0.5, check_every=2))
+    trainer = quiet_trainer(max_epochs=1, default_root_dir=str(tmp_path))
+    told_at: list[int] = []
+
+    class Note(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "reached a bound" in record.getMessage():
+                told_at.append(trainer.global_step)
+
+    handler = Note()
+    logging.getLogger("lightning_multiloss").addHandler(handler)
+    try:
+        trainer.fit(model, toy_loader(n=256, batch_size=8))
+    finally:
+        logging.getLogger("lightning_multiloss").removeHandler(handler)
+    assert trainer.global_step == 64 and len(model.after_step) == 32
+    assert all(0.0 <= alpha <= 1.0 for alpha in model.after_step), model.after_step
+    reached = next(2 * (i + 1) for i, alpha in enumerate(model.after_step) if alpha in (0.0, 1.0))
+    assert len(told_at) == 1 and told_at[0] <= reached + 2, (told_at, reached)
 
 
 class CountingFixed(Fixed):

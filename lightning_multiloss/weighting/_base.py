@@ -74,6 +74,7 @@ class Weighting(nn.Module, ABC):
       strategy records them, the Callback plots them, evaluation steps of the gradient
       strategies reuse them; it is the one place where the current weights live;
     - the Callback calls the hooks :meth:`set_progress` (before each training batch),
+      :meth:`constrain` (inside each step of an optimizer holding the strategy's parameters),
       :meth:`after_optimizer_step` and :meth:`end_training_epoch`;
     - a strategy with ``uses_epoch_losses = True`` owns :attr:`epoch_losses`, a
       :class:`TaskEpochMean` that the mixin updates each training step and that reduces itself
@@ -272,8 +273,20 @@ class Weighting(nn.Module, ABC):
     def set_progress(self, progress: Progress) -> None:
         """Called before each training batch with the current :class:`Progress`."""
 
+    def constrain(self) -> None:
+        """Put the strategy's parameters back into their domain (e.g. a weight clipped to [0, 1]).
+
+        The Callback registers it as a step post-hook (``Optimizer.register_step_post_hook``) of
+        each optimizer that holds one of the strategy's parameters, for the fit: it runs inside the
+        optimizer's step, so everything after it (another callback's ``on_train_batch_end``, such
+        as an EMA of the weights; the code after ``opt.step()`` under manual optimization) sees
+        the parameters in their domain. An optimizer step that is skipped (a GradScaler's, on
+        inf gradients) calls it not.
+        """
+
     def after_optimizer_step(self) -> None:
-        """Called after each optimizer step: constraints and post-step updates."""
+        """Called after the optimizer step(s) of each training batch that took one: post-step
+        updates (the constraints are :meth:`constrain`'s, run already)."""
 
     def end_training_epoch(self) -> None:
         """Called at each training epoch's end, on every process.

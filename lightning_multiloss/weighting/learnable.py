@@ -48,7 +48,9 @@ class Learnable(Weighting):
               \alpha \leftarrow \mathrm{clip}(\alpha - \eta\,\partial L/\partial\alpha,\ 0,\ 1)
 
     ``alpha`` is an ``nn.Parameter`` (initialised at ``init``, 0.5 by default) stepped by the
-    model's own optimizer; the Callback clips it after each optimizer step. For K > 2 tasks the
+    model's own optimizer and clipped inside that step (:meth:`constrain`, a step post-hook the
+    Callback registers), so that every later reader of the step (an EMA callback, the code after
+    ``opt.step()`` under manual optimization) sees it in [0, 1]. For K > 2 tasks the
     weights ``w`` (initialised uniform) are projected onto the simplex
     :math:`\{w \ge 0, \sum_i w_i = 1\}` instead.
 
@@ -65,7 +67,9 @@ class Learnable(Weighting):
         init: the initial alpha (two tasks, in [0, 1]) or the initial weights (K tasks, on the
             simplex). ``None``: 0.5, or uniform.
         check_every: check for a weight on a bound every this many optimizer steps (reading the
-            value waits for the device, so it is not done on every step).
+            value waits for the device, so it is not done on every step): at the first batch end
+            at or past each multiple (under manual optimization with several optimizers stepped
+            in a batch the steps are counted from the batch's first, one per batch).
 
     Example:
         >>> import torch
@@ -92,6 +96,9 @@ class Learnable(Weighting):
         self._init = init
         self.check_every = check_every
         self._steps = 0
+        self._steps_known = False  # whether a Progress gave the count (a resumed run's first batch need not check)
+        self._check_due = False  # a multiple of check_every passed between two batches (several optimizers)
+        self._constrained = False  # whether constrain ran in this batch's optimizer step (its post-hook)
         self._warned_bound = False
         self.alpha: nn.Parameter
         self.on_bound_since: Tensor
@@ -141,21 +148,34 @@ class Learnable(Weighting):
 
     def set_progress(self, progress: Progress) -> None:
         # The optimizer steps done so far (restored by Lightning on resume), so that the bound
-        # checks keep their cadence and the warning its count across a resumed run.
-        self._steps = progress.step
+        # checks keep their cadence and the warning its count across a resumed run. Several
+        # optimizers stepped in one batch (manual optimization) move it on by more than this
+        # strategy counted: a multiple of check_every passed in that gap is checked at this batch.
+        if self._steps_known and progress.step // self.check_every > self._steps // self.check_every:
+            self._check_due = True
+        self._steps, self._steps_known = progress.step, True
 
     @torch.no_grad()
-    def after_optimizer_step(self) -> None:
+    def constrain(self) -> None:
+        """Clip alpha to [0, 1] (two tasks) or project the weights onto the simplex (K tasks)."""
         if self.alpha.ndim == 0:
             self.alpha.clamp_(0.0, 1.0)
         else:
             self.alpha.copy_(project_to_simplex(self.alpha))
-        self._steps += 1
+        self._constrained = True
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        if not self._constrained:  # no post-hook stepped it (driven without the Callback): here
+            self.constrain()
+        self._constrained = False
+        before, self._steps = self._steps, self._steps + 1
         weights = self.alpha.detach()
         on_bound = ((weights == 0.0) | (weights == 1.0)).any()
         since = self.on_bound_since
         since.copy_(torch.where(on_bound, torch.where(since < 0, self._steps, since), -1))
-        if self._steps % self.check_every == 0:
+        if self._check_due or self._steps // self.check_every > before // self.check_every:
+            self._check_due = False
             self._check_bound()
 
     def end_training_epoch(self) -> None:
