@@ -316,6 +316,7 @@ class LossWeightingHooks:
                 "self.parameters() in configure_optimizers (or add self.weighting.parameters() to a param group)"
             )
         self._constrain_in_optimizer_steps(trainer, self._weighting(pl_module))
+        self._follow_renamed_tasks(self._weighting(pl_module))
         self._val_loaders_checked = False
         self._record_write_failed = False
         failure: MultiLossError | None = None
@@ -324,6 +325,23 @@ class LossWeightingHooks:
             if not trainer.fast_dev_run:
                 failure = self._record_folder_problem(trainer)
         _raised_by_every_process(trainer, failure)
+
+    def _follow_renamed_tasks(self, weighting: Weighting) -> None:
+        """A run resumed into other task names (which the mixin loads by position, with a warning)
+        records under the model's names: the restored record's columns are its tasks by position;
+        a record of another number of tasks cannot be, and is left (the files start at the resume)."""
+        names = list(weighting.task_names)
+        if not self.task_names or self.task_names == names:
+            return
+        if len(self.task_names) != len(names):
+            log.warning(
+                "LossWeightingCallback: the checkpoint's record of the weights is of the tasks %s, the model has %s: "
+                "it is left, and the record starts at the resumed step",
+                self.task_names,
+                names,
+            )
+            self._records = []
+        self.task_names = names
 
     def _constrain_in_optimizer_steps(self, trainer: Any, weighting: Weighting) -> None:
         """Register ``weighting.constrain`` as a step post-hook of each optimizer holding one of its

@@ -147,7 +147,11 @@ class Exponential(Schedule):
         self.min_value = None if min_value is None else _finite(min_value, "exponential", "min_value")
         self.max_value = None if max_value is None else _finite(max_value, "exponential", "max_value")
         if self.min_value is not None and self.max_value is not None:
-            _require(self.min_value <= self.max_value, "exponential", "min_value must be <= max_value")
+            _require(
+                self.min_value <= self.max_value,
+                "exponential",
+                f"min_value must be <= max_value, got min_value={self.min_value} and max_value={self.max_value}",
+            )
 
     def __call__(self, t: float) -> float:
         try:

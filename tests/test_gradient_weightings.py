@@ -29,6 +29,7 @@ from lightning_multiloss.weighting import (
     GradNorm,
     GradVac,
     GramianWeighting,
+    Learnable,
     NashMTL,
     PCGrad,
     UPGrad,
@@ -894,6 +895,11 @@ def test_bad_inputs_raise_clear_errors() -> None:
 def test_hyperparameter_errors(name: str, hparams: dict[str, Any], message: str) -> None:
     with pytest.raises(MultiLossError, match=message):
         create_weighting(name, **hparams)
+
+
+def test_learnable_takes_a_whole_float_check_every_as_the_callback_takes_every_n_steps() -> None:
+    learnable = create_weighting("learnable", check_every=2.0)
+    assert isinstance(learnable, Learnable) and learnable.check_every == 2 and type(learnable.check_every) is int
 
 
 def test_every_strategy_is_registered_with_route_and_ddp() -> None:

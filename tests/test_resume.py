@@ -519,3 +519,45 @@ def test_a_resume_from_an_epochs_last_batch_warns_of_lightnings_next_checkpoints
     with caplog.at_level(logging.WARNING, logger="lightning_multiloss"):
         logged_fit(tmp_path, same_batches(), [], middle)
     assert not [r for r in caplog.records if "after the last batch" in r.getMessage()]
+
+
+class Renamed(ToyNet):
+    """ToyNet whose tasks ``cls`` and ``reg`` are called ``label`` and ``box`` (same heads, same targets)."""
+
+    def __init__(self) -> None:
+        super().__init__(Learnable())
+        from torch import nn
+
+        from lightning_multiloss import Task
+
+        self.configure_multitask(
+            [Task("label", nn.CrossEntropyLoss(), target="cls"), Task("box", nn.MSELoss(), target="reg")],
+            Learnable(),
+        )
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        outputs = super().forward(x)
+        return {"label": outputs["cls"], "box": outputs["reg"]}
+
+
+def test_a_run_resumed_into_renamed_tasks_records_under_the_new_names(tmp_path: Path) -> None:
+    """The mixin loads the strategy's state by position (with a warning); the Callback kept the
+    checkpoint's names: the CSV's header named the old tasks, and a validate after the fit refused
+    the model ("recorded tasks ['cls', 'reg'], the model has ['label', 'box']")."""
+    first = quiet_trainer(max_steps=4, default_root_dir=str(tmp_path / "a"), enable_checkpointing=True)
+    original = ToyNet(Learnable())
+    first.fit(original, toy_loader(n=64))
+    (checkpoint,) = (tmp_path / "a").rglob("*.ckpt")
+    before = [row[2:] for row in csv.reader((tmp_path / "a" / "loss_weights.csv").open())][1:-1]
+    callback = LossWeightingCallback(plot=False)
+    logger = CSVLogger(str(tmp_path), name="b")
+    resumed = quiet_trainer(max_steps=8, callbacks=[callback], logger=logger, log_every_n_steps=1)
+    model = Renamed()
+    resumed.fit(model, toy_loader(n=64), ckpt_path=str(checkpoint))
+    with open(f"{logger.log_dir}/loss_weights.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["step", "epoch", "label", "box"]
+    assert [row[2:] for row in rows[1:5]] == before  # the restored steps, by position
+    assert [int(row[0]) for row in rows[1:]] == list(range(1, 10))
+    assert callback.task_names == ["label", "box"]
+    resumed.validate(model, toy_loader(n=16), verbose=False)  # refused the model before

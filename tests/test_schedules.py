@@ -187,7 +187,7 @@ def test_plain_callable_through_scheduled():
         (lambda: Exponential(NAN, gamma=0.5), r"exponential schedule: start must be finite"),
         (
             lambda: Exponential(1.0, gamma=0.5, min_value=2.0, max_value=1.0),
-            r"exponential schedule: min_value must be <= max_value",
+            r"exponential schedule: min_value must be <= max_value, got min_value=2.0 and max_value=1.0$",
         ),
         (lambda: Step([10, 20], [1.0, 0.5]), r"step schedule: needs one more value than milestones, got 2 .* 2 values"),
         (lambda: Step([10], [1.0, 0.5, 0.1]), r"step schedule: needs one more value than milestones"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -91,10 +92,14 @@ class Learnable(Weighting):
             raise MultiLossError(f"weighting 'learnable': init must be a number or a list of numbers, got {init!r}")
         if isinstance(init, int | float) and not 0.0 <= float(init) <= 1.0:
             raise MultiLossError(f"weighting 'learnable': alpha must be in [0, 1], got init={init}")
-        if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
+        # A whole float counts (2.0 from a config's arithmetic), as for the Callback's every_n_steps.
+        whole = isinstance(check_every, numbers.Integral) or (
+            isinstance(check_every, numbers.Real) and float(check_every).is_integer()
+        )
+        if isinstance(check_every, bool) or not whole or check_every < 1:
             raise MultiLossError(f"weighting 'learnable': check_every must be an integer >= 1, got {check_every!r}")
         self._init = init
-        self.check_every = check_every
+        self.check_every = int(check_every)
         self._steps = 0
         self._steps_known = False  # whether a Progress gave the count (a resumed run's first batch need not check)
         self._check_due = False  # a multiple of check_every passed between two batches (several optimizers)
