@@ -433,6 +433,10 @@ def build(cfg: DictConfig, check_model: Callable[[Any, Any], None] | None = None
         # would add its own ModelCheckpoint (writing into the logger's folder, not checkpoints/).
         options["enable_checkpointing"] = False
     trainer = call(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, **options)
+    # In the precision's dtype now (float64 under "64-true"), as trainer.init_module() would build
+    # it: Lightning loads a checkpoint into the module as it is, then converts it, so a resumed run
+    # started from the float32 rounding of the float64 weights it saved.
+    model = trainer.precision_plugin.convert_module(model)
     return datamodule, model, trainer
 
 
