@@ -69,6 +69,7 @@ _OWNER = "_mt_owner"
 _KEPT_USES = 8
 """How many graphs' worth of the tasks' own parameters are kept (:meth:`MultiTaskMixin._mt_kept_own_parameters`)."""
 _TASKS_IN_CHECKPOINT = "multiloss_task_names"  # the checkpoint's entry that lists the tasks in order
+_WEIGHTING_IN_CHECKPOINT = "multiloss_weighting"  # the checkpoint's entry that names the strategy
 _COMPILED_MODULE = "_orig_mod"  # the attribute through which torch.compile's wrapper holds the module
 OnNonFinite = Literal["raise", "skip"]
 
@@ -949,9 +950,11 @@ class MultiTaskMixin(_Base):
         watch.last_step = getattr(trainer, "global_step", 0)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the task names, in order, beside the state; call ``super()`` if you override it."""
+        """Record the task names, in order, and the strategy's name beside the state; call ``super()``
+        if you override it."""
         super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
         checkpoint[_TASKS_IN_CHECKPOINT] = [task.name for task in self.tasks]
+        checkpoint[_WEIGHTING_IN_CHECKPOINT] = self.weighting.name
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of the same tasks in another order; call ``super()`` if you override it.
@@ -960,18 +963,23 @@ class MultiTaskMixin(_Base):
         epoch means), so tasks declared in another order (built from a dict or a set, say) would
         take each other's state. Called before the state is loaded, on resume and by
         ``load_from_checkpoint``. Other tasks (a renamed one, another set) load with a warning.
+        A checkpoint of another strategy is refused, naming both, where its state differs from the
+        model's strategy's (Lightning's error named the keys alone), and loads with a warning where
+        it has the same entries (MGDA's last weights into UPGrad's: a switch of strategy).
         A submodule compiled in ``setup`` (``self.trunk = torch.compile(self.trunk)``) writes its
         keys with torch's ``_orig_mod.``: they load into the same module compiled or not.
         """
         super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
         state = checkpoint.get("state_dict")
         if isinstance(state, dict):
-            _match_compiled_keys(state, self.state_dict(keep_vars=True))
+            model_state = self.state_dict(keep_vars=True)
+            _match_compiled_keys(state, model_state)
             # The training metrics' states are no weights: those of metrics this model lacks (built
             # without train_metrics, for inference, or with a metric fewer) are left, not refused.
             own = set(self._mt_metrics.state_dict(prefix="_mt_metrics.", keep_vars=True))
             for key in [k for k in state if k.startswith("_mt_metrics.") and k not in own]:
                 del state[key]
+            self._mt_check_checkpoint_weighting(checkpoint.get(_WEIGHTING_IN_CHECKPOINT), state, model_state)
         written = checkpoint.get(_TASKS_IN_CHECKPOINT)  # absent: a checkpoint of an earlier version
         names = [task.name for task in self.tasks]
         if not isinstance(written, list) or written == names:
@@ -985,6 +993,34 @@ class MultiTaskMixin(_Base):
             "the checkpoint was written with the tasks %s, the model has %s: the strategy's state is taken by position",
             written,
             names,
+        )
+
+    def _mt_check_checkpoint_weighting(
+        self, written: object, state: Mapping[str, Any], model_state: Mapping[str, Any]
+    ) -> None:
+        """Refuse the state of another strategy that this one cannot take; warn of one it can."""
+        ours = self.weighting.name
+        if not isinstance(written, str) or written == ours:  # absent: a checkpoint of an earlier version
+            return
+        prefix = "weighting."
+        # The last step's weights may be missing (checkpoints of earlier versions): the model's stay.
+        optional = {f"{prefix}last_weights"}
+        theirs = {k for k in state if k.startswith(prefix)} - optional
+        mine = {k for k in model_state if k.startswith(prefix)} - optional
+        if theirs != mine:
+            raise MultiLossError(
+                f"the checkpoint was written with the weighting {written!r}, the model has {ours!r}, whose state "
+                f"differs (only in the checkpoint: {sorted(theirs - mine)}; only in the model: "
+                f"{sorted(mine - theirs)}): "
+                f"resume with the weighting {written!r}, or delete the checkpoint's '{prefix}*' entries of its "
+                "'state_dict' to start the new one afresh"
+            )
+        log.warning(
+            "the checkpoint was written with the weighting %r, the model has %r: the model's strategy takes its "
+            "state (%s)",
+            written,
+            ours,
+            ", ".join(sorted(theirs)) or "none",
         )
 
     def on_fit_start(self) -> None:

@@ -561,3 +561,32 @@ def test_a_run_resumed_into_renamed_tasks_records_under_the_new_names(tmp_path: 
     assert [int(row[0]) for row in rows[1:]] == list(range(1, 10))
     assert callback.task_names == ["label", "box"]
     resumed.validate(model, toy_loader(n=16), verbose=False)  # refused the model before
+
+
+def test_a_checkpoint_of_another_weighting_is_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Resumed into another strategy: one with the same state entries takes it with a warning
+    naming both (it loaded silently); one whose state differs is refused naming both (Lightning's
+    error named the keys alone)."""
+    trainer = quiet_trainer(max_steps=2, default_root_dir=str(tmp_path))
+    trainer.fit(ToyNet("uncertainty"), toy_loader(n=32))
+    path = tmp_path / "uncertainty.ckpt"
+    trainer.save_checkpoint(path)
+    assert torch.load(path, weights_only=True)["multiloss_weighting"] == "uncertainty"
+    with caplog.at_level(logging.WARNING, logger="lightning_multiloss"):
+        same = ToyNet("uncertainty")
+        quiet_trainer(max_steps=3).fit(same, toy_loader(n=32), ckpt_path=str(path))
+        assert not [r for r in caplog.records if "written with the weighting" in r.getMessage()]
+        revised = ToyNet("uncertainty_revised")
+        quiet_trainer(max_steps=3).fit(revised, toy_loader(n=32), ckpt_path=str(path))
+    (warning,) = [r.getMessage() for r in caplog.records if "written with the weighting" in r.getMessage()]
+    assert warning == (
+        "the checkpoint was written with the weighting 'uncertainty', the model has 'uncertainty_revised': "
+        "the model's strategy takes its state (weighting.log_var)"
+    )
+    with pytest.raises(
+        MultiLossError,
+        match=r"^the checkpoint was written with the weighting 'uncertainty', the model has 'dwa', whose state differs "
+        r"\(only in the checkpoint: \['weighting.log_var'\]; only in the model: \[.*'weighting.epoch_losses.*\]\): "
+        r"resume with the weighting 'uncertainty'",
+    ):
+        quiet_trainer(max_steps=3).fit(ToyNet("dwa"), toy_loader(n=32), ckpt_path=str(path))
