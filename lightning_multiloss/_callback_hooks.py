@@ -356,7 +356,11 @@ class LossWeightingHooks:
             weighting.constrain()
 
         for optimizer in trainer.optimizers:
-            if any(id(p) in own for group in optimizer.param_groups for p in group["params"]):
+            # An optimizer of another kind (Lightning takes any with step and param_groups) has no
+            # hooks: its steps are constrained after the batch, as before other callbacks had them.
+            if isinstance(optimizer, torch.optim.Optimizer) and any(
+                id(p) in own for group in optimizer.param_groups for p in group["params"]
+            ):
                 self._constraint_hooks.append(optimizer.register_step_post_hook(constrain))
 
     def _release_constraints(self) -> None:
@@ -471,6 +475,7 @@ class LossWeightingHooks:
         if pl_module.optimizer_step_skipped(step):
             return
         weighting: Weighting = pl_module.weighting  # checked in setup
+        weighting.constrain()  # again (idempotent): where no post-hook could be registered, the one
         weighting.after_optimizer_step()
         if step % self._stride == 0 or step == 1:
             # A reference, no wait: each training step stores its weights in a new tensor.

@@ -938,6 +938,7 @@ class MultiTaskMixin(_Base):
             return
         watch.last_step = step
         if not self.optimizer_step_skipped(step):
+            self.weighting.constrain()
             self.weighting.after_optimizer_step()
 
     def on_train_start(self) -> None:

@@ -791,6 +791,91 @@ def test_lr_finds_trial_steps_keep_the_learnable_alpha_in_0_1() -> None:
     assert float(model.weighting.alpha) == 0.5  # the tuner puts the model back
 
 
+class WrappedSGD:
+    """An optimizer Lightning takes that is no torch.optim.Optimizer (a wrapper that logs or rescales
+    its steps): it has no step hooks."""
+
+    def __init__(self, params: Any, lr: float) -> None:
+        self.inner = torch.optim.SGD(params, lr=lr)
+        self.param_groups, self.defaults, self.state = self.inner.param_groups, self.inner.defaults, self.inner.state
+
+    def step(self, closure: Any = None) -> Any:
+        return self.inner.step(closure)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.inner.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)
+
+
+class WithWrappedSGD(ToyNet):
+    def __init__(self, weighting: Weighting) -> None:
+        super().__init__(weighting)
+        self.alphas: list[float] = []
+
+    def configure_optimizers(self) -> Any:
+        return WrappedSGD(self.parameters(), lr=1.0)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        self.alphas.append(float(self.weighting.alpha))
+        return super().training_step(batch, batch_idx)
+
+
+def test_learnable_with_an_optimizer_of_another_kind_is_clipped_after_the_batch(tmp_path: Path) -> None:
+    """No step hook to register (the fit failed with an AttributeError): the clip after the batch."""
+    model = WithWrappedSGD(Learnable(init=0.5))
+    quiet_trainer(max_epochs=2, default_root_dir=str(tmp_path)).fit(model, toy_loader(n=64))
+    assert len(model.alphas) == 8 and float(model.weighting.alpha) in (0.0, 1.0)  # the clip had work to do
+    assert all(0.0 <= alpha <= 1.0 for alpha in model.alphas), model.alphas
+
+
+class ClippedShare(Weighting):
+    """A strategy of one's own: ``w = (a, 1 - a)``, ``a`` trainable and kept in [0, 1] by constrain."""
+
+    name = "test-clipped-share"
+
+    def build(self, num_tasks: int) -> None:
+        self.a = nn.Parameter(torch.tensor(0.5))
+
+    def current_weights(self) -> Tensor:
+        return torch.stack([self.a.detach(), 1 - self.a.detach()])
+
+    def forward(self, losses: Tensor) -> Any:
+        from lightning_multiloss.weighting import WeightedLoss
+
+        weights = torch.stack([self.a, 1 - self.a])
+        return WeightedLoss((weights * losses).sum(), weights.detach())
+
+    @torch.no_grad()
+    def constrain(self) -> None:
+        self.a.clamp_(0.0, 1.0)
+
+
+class ShareSeen(Tunable):
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        self.shares.append(float(self.weighting.a))
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_strategy_of_ones_own_is_constrained_in_the_tuners_trial_steps_and_needs_the_callback() -> None:
+    """constrain was applied by the Callback's step hook alone: the tuner's trial steps (no Callback)
+    left ``a`` at 4813 and beyond, and a fit without the Callback was not refused."""
+    from pytorch_lightning.tuner import Tuner
+
+    model = ShareSeen(ClippedShare())
+    assert model.weighting.needs_callback
+    model.shares, model.batch_size = [], 2
+    Tuner(quiet_trainer(max_epochs=1)).lr_find(
+        model, min_lr=0.5, max_lr=50.0, num_training=12, early_stop_threshold=None, update_attr=False
+    )
+    assert len(model.shares) >= 11 and any(a in (0.0, 1.0) for a in model.shares)
+    assert all(0.0 <= a <= 1.0 for a in model.shares), model.shares
+
+
 class AlphaAtBatchEnd(pl.Callback):
     """Another callback's view of alpha at each batch's end (Lightning runs the Trainer's callbacks
     before the one the mixin adds), as an EMA of the weights takes it."""

@@ -19,6 +19,7 @@ from lightning_multiloss.weighting import (
     Learnable,
     Progress,
     Scheduled,
+    Weighting,
     available_weightings,
     create_weighting,
     register,
@@ -288,6 +289,12 @@ def test_learnable_two_tasks_loss_and_gradient():
     assert w.alpha.item() == pytest.approx(0.6, abs=1e-6)
 
 
+def after_step(weighting: Weighting) -> None:
+    """What the Callback does after each training batch that took an optimizer step."""
+    weighting.constrain()
+    weighting.after_optimizer_step()
+
+
 def test_learnable_default_init():
     assert bound(Learnable(), ["a", "b"]).alpha.item() == 0.5
     torch.testing.assert_close(bound(Learnable(), ["a", "b", "c", "d"]).alpha.data, torch.full((4,), 0.25))
@@ -298,7 +305,7 @@ def test_learnable_clips_after_step(value, clipped):
     w = bound(Learnable(), ["a", "b"])
     with torch.no_grad():
         w.alpha.fill_(value)
-    w.after_optimizer_step()
+    after_step(w)
     assert torch.equal(w.alpha.data, torch.tensor(clipped))
 
 
@@ -330,7 +337,7 @@ def test_learnable_simplex_projection_hand_values(v, expected):
     w = bound(Learnable(), ["a", "b", "c"])
     with torch.no_grad():
         w.alpha.copy_(torch.tensor(v))
-    w.after_optimizer_step()
+    after_step(w)
     torch.testing.assert_close(w.alpha.data, torch.tensor(expected), rtol=0, atol=1e-6)
     reference, _ = _simplex_by_bisection(v)
     torch.testing.assert_close(w.alpha.data, torch.tensor(reference, dtype=torch.float32), rtol=0, atol=1e-6)
@@ -344,7 +351,7 @@ def test_learnable_simplex_projection_random_against_bisection_and_kkt(k):
         v = (torch.randn(k, generator=g, dtype=torch.float64) * 2.0).tolist()
         with torch.no_grad():
             w.alpha.copy_(torch.tensor(v))
-        w.after_optimizer_step()
+        after_step(w)
         got = w.alpha.detach().double()
         reference, theta = _simplex_by_bisection(v)
         torch.testing.assert_close(got, torch.tensor(reference, dtype=torch.float64), rtol=0, atol=2e-6)
@@ -391,17 +398,17 @@ def test_learnable_warns_once_when_alpha_sits_on_a_bound(caplog):
     with caplog.at_level(logging.WARNING, logger=LEARNABLE_LOGGER):
         with torch.no_grad():
             w.alpha.fill_(1.4)
-        w.after_optimizer_step()  # step 1: clipped to 1, not a check step
+        after_step(w)  # step 1: clipped to 1, not a check step
         assert w.alpha.item() == 1.0
         assert not caplog.records
-        w.after_optimizer_step()  # step 2: a check step, alpha on the bound
+        after_step(w)  # step 2: a check step, alpha on the bound
         records = [r for r in caplog.records if r.name == LEARNABLE_LOGGER]
         assert len(records) == 1
         assert records[0].levelno == logging.WARNING
         message = records[0].getMessage()
         assert "reached a bound ([1.0]) at optimizer step 1 (seen at the check of step 2)" in message
-        w.after_optimizer_step()
-        w.after_optimizer_step()  # step 4: still on the bound, no second message
+        after_step(w)
+        after_step(w)  # step 4: still on the bound, no second message
         assert len([r for r in caplog.records if r.name == LEARNABLE_LOGGER]) == 1
 
 
@@ -413,10 +420,10 @@ def test_learnable_counts_optimizer_steps_from_the_trainer_progress(caplog):
             w.alpha.fill_(-0.3)
         w.set_progress(Progress(98, 3))
         w.set_progress(Progress(98, 3))  # two micro-batches of gradient accumulation, one step
-        w.after_optimizer_step()
+        after_step(w)
         assert w.alpha.item() == 0.0 and not caplog.records  # 99 optimizer steps done: not a check step
         w.set_progress(Progress(99, 3))
-        w.after_optimizer_step()
+        after_step(w)
     messages = [r.getMessage() for r in caplog.records if r.name == LEARNABLE_LOGGER]
     assert len(messages) == 1
     assert "reached a bound ([0.0]) at optimizer step 99 (seen at the check of step 100)" in messages[0]
@@ -440,7 +447,7 @@ def test_learnable_warning_names_the_step_alpha_reached_the_bound(caplog):
             optimizer.zero_grad()
             w(torch.tensor([2.0 + gap, 2.0])).loss.backward()
             optimizer.step()
-            w.after_optimizer_step()
+            after_step(w)
     messages = [r.getMessage() for r in caplog.records if r.name == LEARNABLE_LOGGER]
     assert len(messages) == 1
     assert "reached a bound ([0.0]) at optimizer step 15 (seen at the check of step 50)" in messages[0]
@@ -453,7 +460,7 @@ def test_learnable_warning_names_the_step_alpha_reached_the_bound(caplog):
             optimizer.zero_grad()
             first(torch.tensor([3.0, 2.0])).loss.backward()
             optimizer.step()
-            first.after_optimizer_step()
+            after_step(first)
     messages = [r.getMessage() for r in caplog.records if r.name == LEARNABLE_LOGGER]
     assert len(messages) == 1 and "at optimizer step 4 (seen at the check of step 50)" in messages[0]
 
@@ -462,7 +469,7 @@ def test_learnable_no_warning_inside_the_interval(caplog):
     w = bound(Learnable(init=0.5, check_every=1), ["a", "b"])
     with caplog.at_level(logging.WARNING, logger=LEARNABLE_LOGGER):
         for _ in range(3):
-            w.after_optimizer_step()
+            after_step(w)
     assert not [r for r in caplog.records if r.name == LEARNABLE_LOGGER]
 
 

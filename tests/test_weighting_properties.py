@@ -155,6 +155,7 @@ def run_direct(weighting: Weighting, steps: int, seed: int = 0, zero_task: int |
                 for p, gp in zip(params, grad[1:], strict=True):
                     p.grad = gp
                 optimizer.step()
+        weighting.constrain()  # as the Callback after each batch that took an optimizer step
         weighting.after_optimizer_step()
         if weighting.uses_epoch_losses and step % 3 == 2:
             weighting.on_epoch_losses(torch.rand(k, generator=g) + 0.5)

@@ -277,16 +277,18 @@ class Weighting(nn.Module, ABC):
         """Put the strategy's parameters back into their domain (e.g. a weight clipped to [0, 1]).
 
         The Callback registers it as a step post-hook (``Optimizer.register_step_post_hook``) of
-        each optimizer that holds one of the strategy's parameters, for the fit: it runs inside the
-        optimizer's step, so everything after it (another callback's ``on_train_batch_end``, such
-        as an EMA of the weights; the code after ``opt.step()`` under manual optimization) sees
-        the parameters in their domain. An optimizer step that is skipped (a GradScaler's, on
-        inf gradients) calls it not.
+        each ``torch.optim.Optimizer`` that holds one of the strategy's parameters, for the fit: it
+        runs inside the optimizer's step, so everything after it (another callback's
+        ``on_train_batch_end``, such as an EMA of the weights; the code after ``opt.step()`` under
+        manual optimization) sees the parameters in their domain. It is called again, just before
+        :meth:`after_optimizer_step`, after each training batch that took an optimizer step (where
+        no hook could be registered, an optimizer of another kind, or a tuner's trial steps without
+        the Callback, that call is the one), so it must be idempotent.
         """
 
     def after_optimizer_step(self) -> None:
-        """Called after the optimizer step(s) of each training batch that took one: post-step
-        updates (the constraints are :meth:`constrain`'s, run already)."""
+        """Called after the optimizer step(s) of each training batch that took one, after
+        :meth:`constrain`: post-step updates."""
 
     def end_training_epoch(self) -> None:
         """Called at each training epoch's end, on every process.
@@ -314,6 +316,7 @@ class Weighting(nn.Module, ABC):
         cls = type(self)
         return (
             cls.set_progress is not Weighting.set_progress
+            or cls.constrain is not Weighting.constrain
             or cls.after_optimizer_step is not Weighting.after_optimizer_step
             or cls.uses_epoch_losses
         )

@@ -103,7 +103,6 @@ class Learnable(Weighting):
         self._steps = 0
         self._steps_known = False  # whether a Progress gave the count (a resumed run's first batch need not check)
         self._check_due = False  # a multiple of check_every passed between two batches (several optimizers)
-        self._constrained = False  # whether constrain ran in this batch's optimizer step (its post-hook)
         self._warned_bound = False
         self.alpha: nn.Parameter
         self.on_bound_since: Tensor
@@ -162,18 +161,21 @@ class Learnable(Weighting):
 
     @torch.no_grad()
     def constrain(self) -> None:
-        """Clip alpha to [0, 1] (two tasks) or project the weights onto the simplex (K tasks)."""
-        if self.alpha.ndim == 0:
-            self.alpha.clamp_(0.0, 1.0)
-        else:
-            self.alpha.copy_(project_to_simplex(self.alpha))
-        self._constrained = True
+        """Clip alpha to [0, 1] (two tasks) or project the weights onto the simplex (K tasks).
+
+        Idempotent: a point on the simplex (to the rounding of its sum) is left as it is, so that
+        the second call after a step does not move it by that rounding."""
+        alpha = self.alpha
+        if alpha.ndim == 0:
+            alpha.clamp_(0.0, 1.0)
+            return
+        # On the device, no wait: torch.where instead of a test on the host.
+        tolerance = 4 * len(alpha) * torch.finfo(alpha.dtype).eps
+        on_simplex = (alpha >= 0).all() & ((alpha.sum() - 1).abs() <= tolerance)
+        alpha.copy_(torch.where(on_simplex, alpha, project_to_simplex(alpha)))
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
-        if not self._constrained:  # no post-hook stepped it (driven without the Callback): here
-            self.constrain()
-        self._constrained = False
         before, self._steps = self._steps, self._steps + 1
         weights = self.alpha.detach()
         on_bound = ((weights == 0.0) | (weights == 1.0)).any()
