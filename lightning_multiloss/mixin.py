@@ -58,6 +58,7 @@ from lightning_multiloss.weighting import (
     Weighting,
     create_weighting,
 )
+from lightning_multiloss.weighting._gramian import NonFiniteWeightsError
 from lightning_multiloss.weighting._state import EvaluationMean
 
 Stage = Literal["train", "val", "test"]
@@ -661,9 +662,19 @@ class MultiTaskMixin(_Base):
                 result = WeightedLoss(self._mt_reaching_every_parameter(losses, math.nan), nan.detach())
             if on_its_own and self._mt_on_nonfinite == "skip":
                 # Skip mode reads the losses every step already: one more tiny all-reduce tells every
-                # process whether any solver failed, and they all skip the step.
-                failed = all_reduce_sum(torch.tensor(float(failure is not None), device=losses.device))
-                if float(failed) > 0.0:
+                # process whether any solver failed, and they all skip the step; or, where a strategy
+                # gave non-finite weights from a finite Gramian (its failure, not the batch's: never
+                # skipped), they all stop.
+                flags = [float(failure is not None), float(isinstance(failure, NonFiniteWeightsError))]
+                failed, weights_failed = all_reduce_sum(torch.tensor(flags, device=losses.device)).tolist()
+                if weights_failed > 0.0:
+                    where = _step_name(*_step_and_epoch(trainer), batch_idx)
+                    reason = failure if isinstance(failure, NonFiniteWeightsError) else None
+                    raise NonFiniteLossError(
+                        f"{reason or f'weighting {weighting.name!r} gave non-finite weights on another process'}, "
+                        f"at train {where}"
+                    )
+                if failed > 0.0:
                     if failure is not None or trainer is None or trainer.global_rank == 0:
                         log.warning(
                             "on_nonfinite='skip': skipping the optimizer step at train step %s, batch %s: %s",

@@ -169,6 +169,15 @@ def test_in_local_mode_a_nonfinite_weight_on_one_rank_stops_both_naming_the_step
         assert rank["weights_local"]["global_step"] == 6  # found at the epoch's end, no step waited for it
     assert "'reg': nan" in rank1["weights_local"]["error"]
     assert "'reg': 'non-finite on another process'" in rank0["weights_local"]["error"]
+    # Skip mode does not skip a strategy's failure: both stop at once, at that step.
+    own = rank1["weights_local_skip"]["error"]
+    assert own.startswith("weighting 'test-infinite-on-rank1' gave non-finite weight(s) [1.0, inf] from the Gramian ")
+    assert own.endswith(f", at train step {SKIP_BATCH}, epoch 0, batch {SKIP_BATCH}")
+    assert rank0["weights_local_skip"]["error"] == (
+        "weighting 'test-infinite-on-rank1' gave non-finite weights on another process, "
+        f"at train step {SKIP_BATCH}, epoch 0, batch {SKIP_BATCH}"
+    )
+    assert rank0["weights_local_skip"]["global_step"] == rank1["weights_local_skip"]["global_step"] == SKIP_BATCH
 
 
 @pytest.mark.slow

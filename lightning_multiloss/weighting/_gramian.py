@@ -33,13 +33,18 @@ from lightning_multiloss.gradients import (
 )
 from lightning_multiloss.weighting._base import GradientWeighting, WeightedLoss, weighted_sum
 
-__all__ = ["DDPMode", "GramianWeighting", "Route", "psd_up_to_rounding"]
+__all__ = ["DDPMode", "GramianWeighting", "NonFiniteWeightsError", "Route", "psd_up_to_rounding"]
 
 
 _FLOAT64_EPS = float(np.finfo(np.float64).eps)
 _FLOAT32_EPS = float(np.finfo(np.float32).eps)
 _OPENMP_BACKEND = "parallel backend: OpenMP" in torch.__config__.parallel_info()
 _UNSET = object()
+
+
+class NonFiniteWeightsError(NonFiniteLossError):
+    """A strategy's non-finite weights from a finite Gramian: its failure, not the batch's, so
+    ``on_nonfinite="skip"`` does not skip it (a non-finite Gramian, from a NaN gradient, is skipped)."""
 
 
 def psd_up_to_rounding(gramian: np.ndarray, rounding: float) -> np.ndarray:
@@ -325,7 +330,7 @@ class GramianWeighting(GradientWeighting):
         if not all(map(math.isfinite, weights.tolist())):
             # The strategy's failure (of one of your own, or an overflow): it stops training as a
             # non-finite loss does, every DDP process together (the mixin adds the step).
-            raise NonFiniteLossError(
+            raise NonFiniteWeightsError(
                 f"weighting {self.name!r} gave non-finite weight(s) {weights.tolist()} from the Gramian "
                 f"{g.tolist()} (tasks {list(self.task_names)})"
             )

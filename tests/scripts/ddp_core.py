@@ -13,7 +13,9 @@
   the NaN: both processes must still stop together, naming the step.
 - ``weights_local``: a Gramian strategy of a user's own in ``ddp="local"`` mode whose weights are
   infinite on rank 1 at step ``SKIP_BATCH`` (finite losses): both processes stop together, naming
-  the strategy and the step (rank 1 raised alone, and rank 0 died in DDP's all-reduce).
+  the strategy and the step (rank 1 raised alone, and rank 0 died in DDP's all-reduce);
+  ``weights_local_skip``: the same with ``on_nonfinite="skip"``, which does not skip a strategy's
+  failure: both stop at once (they skipped the step and went on).
 - ``skip_local``: IMTL-G in ``ddp="local"`` mode with ``on_nonfinite="skip"``, a NaN gradient (finite
   loss) on rank 1 at the first step: both processes skip that step and go on together.
 - ``val_raise``: a NaN in rank 1's first validation batch: both processes stop at the epoch's end.
@@ -357,6 +359,13 @@ def main() -> None:
         result["weights_local"] = {"error": None}
     except NonFiniteLossError as error:
         result["weights_local"] = {"error": str(error), "global_step": trainer.global_step}
+    model = ToyNet(InfiniteOnRank1(), lr=0.05, on_nonfinite="skip")
+    trainer = ddp_trainer(LossWeightingCallback(plot=False), default_root_dir=out_dir / "weights_local_skip")
+    try:
+        trainer.fit(model, ddp_loader(ToyDataset(N), rank))
+        result["weights_local_skip"] = {"error": None}
+    except NonFiniteLossError as error:
+        result["weights_local_skip"] = {"error": str(error), "global_step": trainer.global_step}
 
     # skip_local: IMTL-G in ddp="local" mode, skip mode, a finite loss with a NaN gradient on rank 1 at
     # the first step: only rank 1's solver meets the non-finite Gramian, and it raised alone
