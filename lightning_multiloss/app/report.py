@@ -1016,7 +1016,7 @@ def render_markdown(report: Report) -> str:
         splits = {run.evaluated_on for row in exp.rows for run in row.runs}
         split = f" Metrics of the {splits.pop()} split." if len(splits) == 1 and None not in splits else ""
         lines += [title, "", f"Tasks: {tasks}.{split}", ""]
-        header = ["#", "weighting", "overrides", "seeds"]
+        header = ["#", "weighting", "overrides", "runs"]  # one per seed in a sweep; runs without one count too
         header += [f"{t} {exp.primary[t]} {_arrow(exp.directions[t])}" for t in exp.tasks]
         header += ["Δm% ↑"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -1026,7 +1026,7 @@ def render_markdown(report: Report) -> str:
             cells += [fmt_stat(row.delta_m, signed=True)]
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
         lines.append("")
-        lines.append("Mean ± standard deviation over seeds (n − 1); one seed: ± —.")
+        lines.append("Mean ± standard deviation over the runs (n − 1), one per seed in a sweep; one run: ± —.")
         if not exp.missing_baselines:
             bases = ", ".join(f"{t} {b.metric} {fmt_stat(b.stat)} ({b.counted})" for t, b in exp.baselines.items())
             lines += [
