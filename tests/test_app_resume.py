@@ -8,6 +8,7 @@ train sampler), so a resumed run reads the batches the uninterrupted run read. R
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +244,39 @@ def test_another_weighting_with_the_same_state_is_refused_too(digits_checkpoint:
         f"ckpt_path '{digits_checkpoint}' does not fit the configured model: the checkpoint holds {HELD}; "
         "the config asks for tasks digit (10 outputs), recon (64 outputs), centre (1 output) and weighting 'gls'"
     )
+
+
+@pytest.fixture(scope="module")
+def uncertainty_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default experiment with uncertainty weighting (learned log-variances), 1 epoch."""
+    out = tmp_path_factory.mktemp("uncertainty")
+    run_app(out, "weighting=uncertainty", "trainer.max_epochs=1")
+    return out / "checkpoints" / "last.ckpt"
+
+
+def test_an_initial_value_the_resume_would_not_take_is_refused(uncertainty_checkpoint: Path, tmp_path: Path) -> None:
+    """weighting.init seeds the log-variances, which a resumed run loads from the checkpoint: another
+    value was ignored without a word (as model.optimizer.lr would be, which is refused)."""
+    with pytest.raises(MultiLossError) as info:
+        run_app(tmp_path, f"ckpt_path={uncertainty_checkpoint}", "trainer.max_epochs=2", "weighting=uncertainty",
+                "weighting.init=3.0")  # fmt: skip
+    assert str(info.value) == (
+        f"ckpt_path '{uncertainty_checkpoint}' was trained with weighting.init=0.0, the config asks for 3.0: a resumed "
+        "run continues with the weighting's learned state from the checkpoint, where this value would not take "
+        "effect; resume with weighting.init=0.0"
+    )
+
+
+def test_a_weighting_setting_the_resume_follows_is_warned_of(
+    digits_checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="lightning_multiloss"):
+        result = run_app(tmp_path, f"ckpt_path={digits_checkpoint}", "trainer.max_epochs=3",
+                         "weighting.weights=[1.0,0.5,0.5]")  # fmt: skip
+    assert result["status"] == "completed"
+    assert "the resumed run changes weighting.weights from None to [1.0, 0.5, 0.5]: from the resumed step on" in [
+        r.getMessage() for r in caplog.records
+    ]
 
 
 def test_the_same_model_resumes(digits_checkpoint: Path, tmp_path: Path) -> None:

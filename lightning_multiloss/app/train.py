@@ -166,6 +166,8 @@ class CheckpointInfo:
     """The states data modules keep in it (their ``state_dict``), by the class's qualified name."""
     optimizer: Mapping[str, Any] | None = None
     """The optimizer's config it was trained with (``model.optimizer``, from its hyper-parameters)."""
+    weighting: Mapping[str, Any] | None = None
+    """The weighting's config it was trained with (``weighting``, from its hyper-parameters)."""
 
 
 def check_checkpoint(path: str | None) -> CheckpointInfo | None:
@@ -204,6 +206,7 @@ def check_checkpoint(path: str | None) -> CheckpointInfo | None:
         key: value for key, value in checkpoint.items() if isinstance(value, Mapping) and key not in _LIGHTNING_ENTRIES
     }
     optimizer = hparams.get("optimizer") if isinstance(hparams, Mapping) else None
+    weighting = hparams.get("weighting") if isinstance(hparams, Mapping) else None
     return CheckpointInfo(
         path,
         int(epochs),
@@ -211,6 +214,7 @@ def check_checkpoint(path: str | None) -> CheckpointInfo | None:
         model,
         datamodule_states,
         optimizer if isinstance(optimizer, Mapping) else None,
+        weighting if isinstance(weighting, Mapping) else None,
     )
 
 
@@ -290,6 +294,35 @@ def check_same_optimizer(checkpoint: CheckpointInfo, optimizer: Mapping[str, Any
             f"{now}: a resumed run continues with the optimizer's state from the checkpoint, where this value "
             f"would not take effect; resume with model.optimizer.{key}={before}"
         )
+
+
+# The weighting settings that only give a learned state its first value: a resumed run loads the
+# state from the checkpoint, so another value would not take effect.
+_INITIAL_VALUES = frozenset({"init"})
+
+
+def check_same_weighting_settings(checkpoint: CheckpointInfo, weighting: Mapping[str, Any], warn: bool = True) -> None:
+    """An error where the config changes a weighting setting that a resumed run cannot follow (an
+    initial value of a learned state, e.g. ``weighting.init``), a warning naming each other change
+    (a temperature, a seed: followed from the resumed step on). The weighting itself is compared
+    by :func:`check_same_model`."""
+    held = checkpoint.weighting
+    if held is None or held.get("_target_") != weighting.get("_target_"):
+        return
+    changed = []
+    for key in sorted({*held, *weighting} - {"_target_"}):
+        before, now = held.get(key, _NOT_SET), weighting.get(key, _NOT_SET)
+        if _option(before) == _option(now):
+            continue
+        if key in _INITIAL_VALUES:
+            raise MultiLossError(
+                f"ckpt_path {checkpoint.path!r} was trained with weighting.{key}={before}, the config asks for "
+                f"{now}: a resumed run continues with the weighting's learned state from the checkpoint, where this "
+                f"value would not take effect; resume with weighting.{key}={before}"
+            )
+        changed.append(f"weighting.{key} from {before} to {now}")
+    if changed and warn:
+        log.warning("the resumed run changes %s: from the resumed step on", ", ".join(changed))
 
 
 _NOT_SET = "(not set)"
@@ -589,6 +622,9 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
                 optimizer = model.hparams.get("optimizer")
                 if isinstance(optimizer, Mapping):
                     check_same_optimizer(checkpoint, optimizer)
+                weighting = model.hparams.get("weighting")
+                if isinstance(weighting, Mapping):  # the error on every process, the warning once
+                    check_same_weighting_settings(checkpoint, weighting, warn=rank_zero)
                 saved = checkpoint.datamodule_states.get(type(datamodule).__qualname__)
                 if saved is not None and hasattr(datamodule, "check_split_of"):
                     datamodule.check_split_of(saved, f"ckpt_path {checkpoint.path!r}")
