@@ -35,6 +35,7 @@ Usage: python ddp_core.py OUT_DIR
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -63,6 +64,16 @@ SKIP_BATCH, MASK_BATCH = 2, 3
 DWA_SAVE_STEP = 3  # of 6 steps in the epoch
 # What the training epochs log: the task losses' epoch means and the tasks' training metrics.
 EPOCH_VALUES = ("train/loss/cls_epoch", "train/loss/reg_epoch", "train/acc/cls", "train/mse/reg")
+
+
+def stopped_by(error_type: type[Exception], trainer: pl.Trainer, *fit_args: Any) -> dict[str, Any]:
+    """Fit, expecting ``error_type``: its message and the step training stopped at (``{"error": None}``
+    where training ended without it)."""
+    try:
+        trainer.fit(*fit_args)
+    except error_type as error:
+        return {"error": str(error), "global_step": trainer.global_step}
+    return {"error": None}
 
 
 class Messages(logging.Handler):
@@ -320,21 +331,13 @@ def main() -> None:
     model = NaNOnRank1(Fixed(), lr=0.05)
     record = LossWeightingCallback(plot=False)
     trainer = ddp_trainer(record, default_root_dir=out_dir / "raise", log_every_n_steps=10_000)
-    try:
-        trainer.fit(model, ddp_loader(ToyDataset(N), rank))
-        result["raise"] = {"error": None}
-    except NonFiniteLossError as error:
-        result["raise"] = {"error": str(error), "global_step": trainer.global_step}
+    result["raise"] = stopped_by(NonFiniteLossError, trainer, model, ddp_loader(ToyDataset(N), rank))
 
     # folder_refused: the Callback's folder cannot be made (under a file), which rank 0 alone checks
     # and writes: every process stops before training (rank 1 alone would wait in DDP's all-reduce).
     (out_dir / "a_file").write_text("")
     trainer = ddp_trainer(LossWeightingCallback(plot=False), default_root_dir=out_dir / "a_file" / "run")
-    try:
-        trainer.fit(ToyNet(Fixed()), ddp_loader(ToyDataset(N), rank))
-        result["folder_refused"] = {"error": None}
-    except MultiLossError as error:
-        result["folder_refused"] = {"error": str(error), "global_step": trainer.global_step}
+    result["folder_refused"] = stopped_by(MultiLossError, trainer, ToyNet(Fixed()), ddp_loader(ToyDataset(N), rank))
 
     # raise_local: MGDA solving with each process's own Gramian, which only rank 1's solver finds
     # non-finite: rank 1 stopped alone, and rank 0 waited in DDP's all-reduce.
@@ -342,11 +345,7 @@ def main() -> None:
     trainer = ddp_trainer(
         LossWeightingCallback(plot=False), default_root_dir=out_dir / "raise_local", log_every_n_steps=10_000
     )
-    try:
-        trainer.fit(model, ddp_loader(ToyDataset(N), rank))
-        result["raise_local"] = {"error": None}
-    except NonFiniteLossError as error:
-        result["raise_local"] = {"error": str(error), "global_step": trainer.global_step}
+    result["raise_local"] = stopped_by(NonFiniteLossError, trainer, model, ddp_loader(ToyDataset(N), rank))
 
     # weights_local: a strategy of one's own, solving with each process's Gramian, gives an infinite
     # weight on rank 1 alone: rank 1 raised alone, and rank 0 died in DDP's all-reduce
@@ -354,18 +353,10 @@ def main() -> None:
     trainer = ddp_trainer(
         LossWeightingCallback(plot=False), default_root_dir=out_dir / "weights_local", log_every_n_steps=10_000
     )
-    try:
-        trainer.fit(model, ddp_loader(ToyDataset(N), rank))
-        result["weights_local"] = {"error": None}
-    except NonFiniteLossError as error:
-        result["weights_local"] = {"error": str(error), "global_step": trainer.global_step}
+    result["weights_local"] = stopped_by(NonFiniteLossError, trainer, model, ddp_loader(ToyDataset(N), rank))
     model = ToyNet(InfiniteOnRank1(), lr=0.05, on_nonfinite="skip")
     trainer = ddp_trainer(LossWeightingCallback(plot=False), default_root_dir=out_dir / "weights_local_skip")
-    try:
-        trainer.fit(model, ddp_loader(ToyDataset(N), rank))
-        result["weights_local_skip"] = {"error": None}
-    except NonFiniteLossError as error:
-        result["weights_local_skip"] = {"error": str(error), "global_step": trainer.global_step}
+    result["weights_local_skip"] = stopped_by(NonFiniteLossError, trainer, model, ddp_loader(ToyDataset(N), rank))
 
     # skip_local: IMTL-G in ddp="local" mode, skip mode, a finite loss with a NaN gradient on rank 1 at
     # the first step: only rank 1's solver meets the non-finite Gramian, and it raised alone
