@@ -176,6 +176,7 @@ class LossWeightingHooks:
         self.replan_on_resume = replan_on_resume
         self._sets_progress = True  # whether the strategy's set_progress does something (read in setup)
         self._constraint_hooks: list[RemovableHandle] = []  # the strategy's constrain, in its optimizers' steps
+        self._constrained_in_steps = False  # whether those hooks cover every optimizer holding its parameters
         self._val_loaders_checked = False  # whether this fit's monitors were checked against its validation loaders
         self._record_write_failed = False  # whether writing the files at the end of this fit failed
         self._start_anew()
@@ -355,18 +356,19 @@ class LossWeightingHooks:
         def constrain(optimizer: Any, args: Any, kwargs: Any) -> None:
             weighting.constrain()
 
-        for optimizer in trainer.optimizers:
-            # An optimizer of another kind (Lightning takes any with step and param_groups) has no
-            # hooks: its steps are constrained after the batch, as before other callbacks had them.
-            if isinstance(optimizer, torch.optim.Optimizer) and any(
-                id(p) in own for group in optimizer.param_groups for p in group["params"]
-            ):
-                self._constraint_hooks.append(optimizer.register_step_post_hook(constrain))
+        holding = [
+            opt for opt in trainer.optimizers if any(id(p) in own for g in opt.param_groups for p in g["params"])
+        ]
+        # An optimizer of another kind (Lightning takes any with step and param_groups) has no
+        # hooks: the strategy is then constrained after the batch (on_train_batch_end) instead.
+        self._constrained_in_steps = bool(holding) and all(isinstance(opt, torch.optim.Optimizer) for opt in holding)
+        if self._constrained_in_steps:
+            self._constraint_hooks = [opt.register_step_post_hook(constrain) for opt in holding]
 
     def _release_constraints(self) -> None:
         for handle in self._constraint_hooks:
             handle.remove()
-        self._constraint_hooks = []
+        self._constraint_hooks, self._constrained_in_steps = [], False
 
     def _record_folder_problem(self, trainer: Any) -> MultiLossError | None:
         """Make the folder of the files written at the end of fit now, so that a path the system
@@ -475,7 +477,8 @@ class LossWeightingHooks:
         if pl_module.optimizer_step_skipped(step):
             return
         weighting: Weighting = pl_module.weighting  # checked in setup
-        weighting.constrain()  # again (idempotent): where no post-hook could be registered, the one
+        if not self._constrained_in_steps:  # no step hook could take it: once, after the batch
+            weighting.constrain()
         weighting.after_optimizer_step()
         if step % self._stride == 0 or step == 1:
             # A reference, no wait: each training step stores its weights in a new tensor.

@@ -975,9 +975,10 @@ class MultiTaskMixin(_Base):
         epoch means), so tasks declared in another order (built from a dict or a set, say) would
         take each other's state. Called before the state is loaded, on resume and by
         ``load_from_checkpoint``. Other tasks (a renamed one, another set) load with a warning.
-        A checkpoint of another strategy is refused, naming both, where its state differs from the
-        model's strategy's (Lightning's error named the keys alone), and loads with a warning where
-        it has the same entries (MGDA's last weights into UPGrad's: a switch of strategy).
+        A checkpoint of another strategy is warned of, naming both: it loads where its state has
+        the same entries (MGDA's last weights into UPGrad's: a switch of strategy); where they
+        differ Lightning's strict loading refuses it after the warning (its error names the keys
+        alone).
         A submodule compiled in ``setup`` (``self.trunk = torch.compile(self.trunk)``) writes its
         keys with torch's ``_orig_mod.``: they load into the same module compiled or not.
         """
@@ -1010,29 +1011,36 @@ class MultiTaskMixin(_Base):
     def _mt_check_checkpoint_weighting(
         self, written: object, state: Mapping[str, Any], model_state: Mapping[str, Any]
     ) -> None:
-        """Refuse the state of another strategy that this one cannot take; warn of one it can."""
+        """Warn of a checkpoint of another strategy, naming both and what its state holds. A warning,
+        not an error: a strategy of the same entries takes them (a switch of strategy), and of
+        others Lightning's strict loading refuses them after this message (``strict=False`` loads
+        the network and leaves the strategy's state, as asked)."""
         ours = self.weighting.name
         if not isinstance(written, str) or written == ours:  # absent: a checkpoint of an earlier version
             return
         prefix = "weighting."
+        theirs = sorted(k for k in state if k.startswith(prefix))
+        mine = sorted(k for k in model_state if k.startswith(prefix))
         # The last step's weights may be missing (checkpoints of earlier versions): the model's stay.
-        optional = {f"{prefix}last_weights"}
-        theirs = {k for k in state if k.startswith(prefix)} - optional
-        mine = {k for k in model_state if k.startswith(prefix)} - optional
-        if theirs != mine:
-            raise MultiLossError(
-                f"the checkpoint was written with the weighting {written!r}, the model has {ours!r}, whose state "
-                f"differs (only in the checkpoint: {sorted(theirs - mine)}; only in the model: "
-                f"{sorted(mine - theirs)}): "
-                f"resume with the weighting {written!r}, or delete the checkpoint's '{prefix}*' entries of its "
-                "'state_dict' to start the new one afresh"
+        optional = f"{prefix}last_weights"
+        if {k for k in theirs if k != optional} == {k for k in mine if k != optional}:
+            log.warning(
+                "the checkpoint was written with the weighting %r, the model has %r: the model's strategy takes "
+                "its state (%s)",
+                written,
+                ours,
+                ", ".join(k for k in theirs if k in mine) or "none",
             )
+            return
         log.warning(
-            "the checkpoint was written with the weighting %r, the model has %r: the model's strategy takes its "
-            "state (%s)",
+            "the checkpoint was written with the weighting %r, the model has %r, whose state differs (only in the "
+            "checkpoint: %s; only in the model: %s): a strict load refuses it; load it into a model with the "
+            "weighting %r, or with strict=False to leave the strategy's state",
             written,
             ours,
-            ", ".join(sorted(theirs)) or "none",
+            [k for k in theirs if k not in mine],
+            [k for k in mine if k not in theirs],
+            written,
         )
 
     def on_fit_start(self) -> None:

@@ -267,6 +267,21 @@ def test_an_initial_value_the_resume_would_not_take_is_refused(uncertainty_check
     )
 
 
+def test_stchs_warm_up_cannot_change_on_resume(tmp_path: Path) -> None:
+    """STCH records its nadir at the warm-up's end: lowered below the epochs done, the resumed run
+    never recorded one (it said the change was followed)."""
+    run_app(tmp_path / "first", "weighting=stch", "weighting.warmup_epochs=2", "trainer.max_epochs=2")
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    with pytest.raises(MultiLossError) as info:
+        run_app(tmp_path / "resumed", "weighting=stch", "weighting.warmup_epochs=1", f"ckpt_path={last}",
+                "trainer.max_epochs=3")  # fmt: skip
+    assert str(info.value).startswith(
+        f"ckpt_path '{last}' was trained with weighting.warmup_epochs=2, the config asks for 1: the warm-up's end is "
+        "when the weighting records its reference point"
+    )
+    assert str(info.value).endswith("; resume with weighting.warmup_epochs=2")
+
+
 def test_a_weighting_setting_the_resume_follows_is_warned_of(
     digits_checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -813,15 +813,16 @@ class WrappedSGD:
 
 
 class WithWrappedSGD(ToyNet):
-    def __init__(self, weighting: Weighting) -> None:
-        super().__init__(weighting)
+    def __init__(self, weighting: Weighting, **kw: Any) -> None:
+        super().__init__(weighting, **kw)
         self.alphas: list[float] = []
 
     def configure_optimizers(self) -> Any:
         return WrappedSGD(self.parameters(), lr=1.0)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        self.alphas.append(float(self.weighting.alpha))
+        if self.weighting.alpha.ndim == 0:  # two tasks: alpha
+            self.alphas.append(float(self.weighting.alpha))
         return super().training_step(batch, batch_idx)
 
 
@@ -831,6 +832,40 @@ def test_learnable_with_an_optimizer_of_another_kind_is_clipped_after_the_batch(
     quiet_trainer(max_epochs=2, default_root_dir=str(tmp_path)).fit(model, toy_loader(n=64))
     assert len(model.alphas) == 8 and float(model.weighting.alpha) in (0.0, 1.0)  # the clip had work to do
     assert all(0.0 <= alpha <= 1.0 for alpha in model.alphas), model.alphas
+
+
+class CountedLearnable(Learnable):
+    """Learnable that counts its projections."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.projections = 0
+
+    def constrain(self) -> None:
+        self.projections += 1
+        super().constrain()
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["torch-optimizer", "other-optimizer"])
+def test_the_weights_are_projected_once_per_optimizer_step(tmp_path: Path, wrapped: bool) -> None:
+    """Once, in the step (its hook) or after the batch (no hook): projected twice, a simplex point
+    moved by its rounding, and a check that left such points alone kept bfloat16 weights summing to
+    0.88."""
+    model = (WithWrappedSGD if wrapped else ToyNet)(CountedLearnable(), tasks=("cls", "reg", "aux"))
+    trainer = quiet_trainer(max_steps=6, accumulate_grad_batches=2, default_root_dir=str(tmp_path))
+    trainer.fit(model, toy_loader(n=16 * 12))
+    assert trainer.global_step == 6 and model.weighting.projections == 6
+
+
+def test_a_bfloat16_simplex_projection_sums_to_one_to_its_rounding() -> None:
+    weighting = Learnable()
+    weighting.bind(["a", "b", "c", "d", "e"])
+    weighting.to(torch.bfloat16)
+    with torch.no_grad():
+        weighting.alpha.copy_(torch.tensor([0.3, 0.2, 0.15, 0.13, 0.1]))  # sums to 0.88
+    weighting.constrain()
+    alpha = weighting.alpha.detach().float()
+    assert (alpha >= 0).all() and abs(float(alpha.sum()) - 1.0) <= 5 * 2**-8, alpha
 
 
 class ClippedShare(Weighting):

@@ -296,16 +296,22 @@ def check_same_optimizer(checkpoint: CheckpointInfo, optimizer: Mapping[str, Any
         )
 
 
-# The weighting settings that only give a learned state its first value: a resumed run loads the
-# state from the checkpoint, so another value would not take effect.
-_INITIAL_VALUES = frozenset({"init"})
+# The weighting settings a resumed run cannot follow, and why.
+_FIXED_ON_RESUME = {
+    # The first value of a learned state, which a resumed run loads from the checkpoint.
+    "init": "a resumed run continues with the weighting's learned state from the checkpoint, where this value "
+    "would not take effect",
+    # STCH records its nadir at the warm-up's end: moved below the epochs done, it never would.
+    "warmup_epochs": "the warm-up's end is when the weighting records its reference point, which a resumed run "
+    "would miss or take at another epoch than the checkpoint's run planned",
+}
 
 
 def check_same_weighting_settings(checkpoint: CheckpointInfo, weighting: Mapping[str, Any], warn: bool = True) -> None:
     """An error where the config changes a weighting setting that a resumed run cannot follow (an
-    initial value of a learned state, e.g. ``weighting.init``), a warning naming each other change
-    (a temperature, a seed: followed from the resumed step on). The weighting itself is compared
-    by :func:`check_same_model`."""
+    initial value of a learned state, ``weighting.init``; STCH's ``warmup_epochs``), a warning naming
+    each other change (a temperature, a seed: followed from the resumed step on). The weighting
+    itself is compared by :func:`check_same_model`."""
     held = checkpoint.weighting
     if held is None or held.get("_target_") != weighting.get("_target_"):
         return
@@ -314,11 +320,10 @@ def check_same_weighting_settings(checkpoint: CheckpointInfo, weighting: Mapping
         before, now = held.get(key, _NOT_SET), weighting.get(key, _NOT_SET)
         if _option(before) == _option(now):
             continue
-        if key in _INITIAL_VALUES:
+        if key in _FIXED_ON_RESUME:
             raise MultiLossError(
                 f"ckpt_path {checkpoint.path!r} was trained with weighting.{key}={before}, the config asks for "
-                f"{now}: a resumed run continues with the weighting's learned state from the checkpoint, where this "
-                f"value would not take effect; resume with weighting.{key}={before}"
+                f"{now}: {_FIXED_ON_RESUME[key]}; resume with weighting.{key}={before}"
             )
         changed.append(f"weighting.{key} from {before} to {now}")
     if changed and warn:

@@ -278,12 +278,12 @@ class Weighting(nn.Module, ABC):
 
         The Callback registers it as a step post-hook (``Optimizer.register_step_post_hook``) of
         each ``torch.optim.Optimizer`` that holds one of the strategy's parameters, for the fit: it
-        runs inside the optimizer's step, so everything after it (another callback's
+        runs inside each step of those optimizers, so everything after it (another callback's
         ``on_train_batch_end``, such as an EMA of the weights; the code after ``opt.step()`` under
-        manual optimization) sees the parameters in their domain. It is called again, just before
-        :meth:`after_optimizer_step`, after each training batch that took an optimizer step (where
-        no hook could be registered, an optimizer of another kind, or a tuner's trial steps without
-        the Callback, that call is the one), so it must be idempotent.
+        manual optimization) sees the parameters in their domain. Where no such hook can be
+        registered (an optimizer that is no ``torch.optim.Optimizer``; a tuner's trial steps, which
+        run without the Callback) it is called once after each training batch that took an
+        optimizer step, just before :meth:`after_optimizer_step`.
         """
 
     def after_optimizer_step(self) -> None:

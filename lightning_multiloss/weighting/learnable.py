@@ -161,18 +161,11 @@ class Learnable(Weighting):
 
     @torch.no_grad()
     def constrain(self) -> None:
-        """Clip alpha to [0, 1] (two tasks) or project the weights onto the simplex (K tasks).
-
-        Idempotent: a point on the simplex (to the rounding of its sum) is left as it is, so that
-        the second call after a step does not move it by that rounding."""
-        alpha = self.alpha
-        if alpha.ndim == 0:
-            alpha.clamp_(0.0, 1.0)
-            return
-        # On the device, no wait: torch.where instead of a test on the host.
-        tolerance = 4 * len(alpha) * torch.finfo(alpha.dtype).eps
-        on_simplex = (alpha >= 0).all() & ((alpha.sum() - 1).abs() <= tolerance)
-        alpha.copy_(torch.where(on_simplex, alpha, project_to_simplex(alpha)))
+        """Clip alpha to [0, 1] (two tasks) or project the weights onto the simplex (K tasks)."""
+        if self.alpha.ndim == 0:
+            self.alpha.clamp_(0.0, 1.0)
+        else:
+            self.alpha.copy_(project_to_simplex(self.alpha))
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
