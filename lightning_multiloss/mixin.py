@@ -1014,7 +1014,7 @@ class MultiTaskMixin(_Base):
         """Warn of a checkpoint of another strategy, naming both and what its state holds. A warning,
         not an error: a strategy of the same entries takes them (a switch of strategy), and of
         others Lightning's strict loading refuses them after this message (``strict=False`` loads
-        the network and leaves the strategy's state, as asked)."""
+        the network and the entries of the same name, as asked)."""
         ours = self.weighting.name
         if not isinstance(written, str) or written == ours:  # absent: a checkpoint of an earlier version
             return
@@ -1034,12 +1034,13 @@ class MultiTaskMixin(_Base):
             return
         log.warning(
             "the checkpoint was written with the weighting %r, the model has %r, whose state differs (only in the "
-            "checkpoint: %s; only in the model: %s): a strict load refuses it; load it into a model with the "
-            "weighting %r, or with strict=False to leave the strategy's state",
+            "checkpoint: %s; only in the model: %s): a strict load refuses it, and a load with strict=False takes "
+            "the entries of the same name (%s); load it into a model with the weighting %r",
             written,
             ours,
             [k for k in theirs if k not in mine],
             [k for k in mine if k not in theirs],
+            ", ".join(k for k in theirs if k in mine) or "none",
             written,
         )
 

@@ -595,8 +595,8 @@ def test_a_checkpoint_of_another_weighting_is_named(tmp_path: Path, caplog: pyte
             quiet_trainer(max_steps=3).fit(ToyNet("dwa"), toy_loader(n=32), ckpt_path=str(path))
         (warning,) = warnings_of_the_weighting()
         assert warning.startswith(differs) and warning.endswith(
-            "a strict load refuses it; load it into a model with the weighting 'uncertainty', or with strict=False "
-            "to leave the strategy's state"
+            "a strict load refuses it, and a load with strict=False takes the entries of the same name (none); "
+            "load it into a model with the weighting 'uncertainty'"
         )
         lenient = ToyNet("dwa")
         lenient.strict_loading = False
@@ -605,3 +605,22 @@ def test_a_checkpoint_of_another_weighting_is_named(tmp_path: Path, caplog: pyte
         assert warning.startswith(differs)
     saved = torch.load(path, weights_only=True)["state_dict"]
     assert torch.equal(lenient.trunk[0].weight, saved["trunk.0.weight"])  # the network loaded
+
+
+def test_learnable_weights_loaded_off_the_simplex_are_put_back(caplog: pytest.LogCaptureFixture) -> None:
+    """Another strategy's ``alpha`` (Nash-MTL's), taken by a load with strict=False, sat off the
+    simplex; a checkpoint's own weights load bit for bit."""
+    learnable = Learnable()
+    learnable.bind(["a", "b", "c"])
+    own = torch.tensor([0.2, 0.3, 0.5]) + torch.tensor([1e-8, 0.0, 0.0])  # its own, to float32 rounding
+    learnable.load_state_dict({"alpha": own, "last_weights": torch.ones(3)}, strict=False)
+    assert torch.equal(learnable.alpha.detach(), own)
+    with caplog.at_level(logging.WARNING, logger="lightning_multiloss"):
+        learnable.load_state_dict({"alpha": torch.tensor([0.4641, 0.1741, 0.1083])}, strict=False)
+    (message,) = [r.getMessage() for r in caplog.records if "loaded weights" in r.getMessage()]
+    assert (
+        message
+        == "weighting 'learnable': the loaded weights [0.4641, 0.1741, 0.1083] are not on the simplex: put back there"
+    )
+    theta = (0.4641 + 0.1741 + 0.1083 - 1.0) / 3  # every weight stays positive: w = v - theta
+    torch.testing.assert_close(learnable.alpha.detach(), torch.tensor([0.4641, 0.1741, 0.1083]) - theta)

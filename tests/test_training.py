@@ -868,6 +868,38 @@ def test_a_bfloat16_simplex_projection_sums_to_one_to_its_rounding() -> None:
     assert (alpha >= 0).all() and abs(float(alpha.sum()) - 1.0) <= 5 * 2**-8, alpha
 
 
+class LookaheadLike(torch.optim.Optimizer):
+    """A wrapper as some libraries write one: a torch Optimizer subclass that skips its __init__ and
+    steps its inner optimizer in a step of its own, which torch never wraps with the step hooks."""
+
+    def __init__(self, params: Any, lr: float) -> None:  # no super().__init__()
+        self.inner = torch.optim.SGD(params, lr=lr)
+        self.param_groups, self.defaults, self.state = self.inner.param_groups, self.inner.defaults, self.inner.state
+        self._optimizer_step_pre_hooks: dict[int, Any] = {}
+        self._optimizer_step_post_hooks: dict[int, Any] = {}
+
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        return self.inner.step(closure)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.inner.zero_grad(set_to_none=set_to_none)
+
+
+class WithLookaheadLike(ToyNet):
+    def configure_optimizers(self) -> Any:
+        return LookaheadLike(self.parameters(), lr=1.0)
+
+
+def test_an_optimizer_whose_step_never_calls_the_hooks_is_constrained_after_the_batch(tmp_path: Path) -> None:
+    """Its hook registered, and never ran: the weights went negative and stayed (sum -21.7 after 6 steps)."""
+    model = WithLookaheadLike(CountedLearnable(), tasks=("cls", "reg", "aux"))
+    trainer = quiet_trainer(max_steps=6, default_root_dir=str(tmp_path))
+    trainer.fit(model, toy_loader(n=16 * 6))
+    assert model.weighting.projections == 6
+    alpha = model.weighting.alpha.detach()
+    assert (alpha >= 0).all() and abs(float(alpha.sum()) - 1.0) < 1e-6, alpha
+
+
 class ClippedShare(Weighting):
     """A strategy of one's own: ``w = (a, 1 - a)``, ``a`` trainable and kept in [0, 1] by constrain."""
 

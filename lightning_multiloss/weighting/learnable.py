@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -149,6 +150,23 @@ class Learnable(Weighting):
     @property
     def follows_planned_length(self) -> bool:
         return False  # it reads the step counter only
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # Loaded weights outside the domain (another strategy's "alpha", taken by a load with
+        # strict=False) are put back into it, saying so; a checkpoint's own are left bit for bit.
+        weights = self.alpha.detach().double()
+        tolerance = 4 * weights.numel() * torch.finfo(self.alpha.dtype).eps
+        outside = bool((weights < 0).any() or (weights > 1).any())
+        if weights.ndim > 0:
+            outside = outside or abs(float(weights.sum()) - 1.0) > tolerance
+        if outside:
+            log.warning(
+                "weighting 'learnable': the loaded weights %s are not %s: put back there",
+                [round(v, 6) for v in weights.reshape(-1).tolist()],
+                "in [0, 1]" if weights.ndim == 0 else "on the simplex",
+            )
+            self.constrain()
 
     def set_progress(self, progress: Progress) -> None:
         # The optimizer steps done so far (restored by Lightning on resume), so that the bound
