@@ -177,7 +177,6 @@ class LossWeightingHooks:
         self._sets_progress = True  # whether the strategy's set_progress does something (read in setup)
         self._constraint_hooks: list[RemovableHandle] = []  # the strategy's constrain, in its optimizers' steps
         self._constrained_in_steps = False  # whether those hooks cover every optimizer holding its parameters
-        self._constrained_steps = 0  # the hooks' calls since the last batch end that took an optimizer step
         self._val_loaders_checked = False  # whether this fit's monitors were checked against its validation loaders
         self._record_write_failed = False  # whether writing the files at the end of this fit failed
         self._start_anew()
@@ -356,21 +355,23 @@ class LossWeightingHooks:
 
         def constrain(optimizer: Any, args: Any, kwargs: Any) -> None:
             weighting.constrain()
-            self._constrained_steps += 1
 
         holding = [
             opt for opt in trainer.optimizers if any(id(p) in own for g in opt.param_groups for p in g["params"])
         ]
-        # An optimizer of another kind (Lightning takes any with step and param_groups), or a
-        # wrapper that never ran Optimizer.__init__ (no hook dicts), takes no hook: the strategy is
-        # then constrained after the batch (on_train_batch_end) instead.
+        # Only where each step runs the hooks: torch wraps a class's step to call them when its
+        # first instance runs Optimizer.__init__ (marking it `hooked`). An optimizer of another kind
+        # (Lightning takes any with step and param_groups), or a wrapper with a step of its own
+        # that skipped Optimizer.__init__, is constrained after the batch (on_train_batch_end).
+        if not holding or not all(getattr(type(opt).step, "hooked", False) for opt in holding):
+            return
         try:
             for optimizer in holding:
                 self._constraint_hooks.append(optimizer.register_step_post_hook(constrain))
-        except (AttributeError, TypeError):
+        except (AttributeError, TypeError):  # no hook dicts after all
             self._release_constraints()
             return
-        self._constrained_in_steps, self._constrained_steps = bool(holding), 0
+        self._constrained_in_steps = True
 
     def _release_constraints(self) -> None:
         for handle in self._constraint_hooks:
@@ -481,14 +482,10 @@ class LossWeightingHooks:
         if step == self._last_step:  # an accumulation batch: no optimizer step yet
             return
         self._last_step = step
-        constrained, self._constrained_steps = self._constrained_steps, 0
         if pl_module.optimizer_step_skipped(step):
             return
         weighting: Weighting = pl_module.weighting  # checked in setup
-        if not self._constrained_in_steps or constrained == 0:
-            # No step hook could take it, or the hooks did not run (a wrapper whose own step does not
-            # call them, as torch's steps do; or, under manual optimization, the optimizers holding
-            # the strategy's parameters did not step in this batch): once, after the batch.
+        if not self._constrained_in_steps:  # no step hook could take it: once, after the batch
             weighting.constrain()
         weighting.after_optimizer_step()
         if step % self._stride == 0 or step == 1:

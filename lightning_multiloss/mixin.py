@@ -80,6 +80,11 @@ else:
     _Base = object
 
 
+def _shape_of(value: object) -> tuple[int, ...] | None:
+    """A state entry's shape (``None`` for what is no tensor)."""
+    return tuple(value.shape) if isinstance(value, Tensor) else None
+
+
 def _step_and_epoch(trainer: Any | None) -> tuple[int, int]:
     """The Trainer's ``(global_step, current_epoch)``; ``(-1, -1)`` without one."""
     return (-1, -1) if trainer is None else (trainer.global_step, trainer.current_epoch)
@@ -1032,15 +1037,18 @@ class MultiTaskMixin(_Base):
                 ", ".join(k for k in theirs if k in mine) or "none",
             )
             return
+        shared = [k for k in theirs if k in mine]
+        same_shape = [k for k in shared if _shape_of(state[k]) == _shape_of(model_state[k])]
         log.warning(
             "the checkpoint was written with the weighting %r, the model has %r, whose state differs (only in the "
-            "checkpoint: %s; only in the model: %s): a strict load refuses it, and a load with strict=False takes "
-            "the entries of the same name (%s); load it into a model with the weighting %r",
+            "checkpoint: %s; only in the model: %s%s): a strict load refuses it, and a load with strict=False takes "
+            "the entries of the same name and shape (%s); load it into a model with the weighting %r",
             written,
             ours,
             [k for k in theirs if k not in mine],
             [k for k in mine if k not in theirs],
-            ", ".join(k for k in theirs if k in mine) or "none",
+            "".join(f"; {k} of another shape, which fails any load" for k in shared if k not in same_shape),
+            ", ".join(same_shape) or "none",
             written,
         )
 

@@ -595,8 +595,8 @@ def test_a_checkpoint_of_another_weighting_is_named(tmp_path: Path, caplog: pyte
             quiet_trainer(max_steps=3).fit(ToyNet("dwa"), toy_loader(n=32), ckpt_path=str(path))
         (warning,) = warnings_of_the_weighting()
         assert warning.startswith(differs) and warning.endswith(
-            "a strict load refuses it, and a load with strict=False takes the entries of the same name (none); "
-            "load it into a model with the weighting 'uncertainty'"
+            "a strict load refuses it, and a load with strict=False takes the entries of the same name and shape "
+            "(none); load it into a model with the weighting 'uncertainty'"
         )
         lenient = ToyNet("dwa")
         lenient.strict_loading = False
@@ -624,3 +624,38 @@ def test_learnable_weights_loaded_off_the_simplex_are_put_back(caplog: pytest.Lo
     )
     theta = (0.4641 + 0.1741 + 0.1083 - 1.0) / 3  # every weight stays positive: w = v - theta
     torch.testing.assert_close(learnable.alpha.detach(), torch.tensor([0.4641, 0.1741, 0.1083]) - theta)
+
+
+def test_learnable_loads_a_bfloat16_runs_weights_bit_for_bit_and_meta_or_unbound_alike() -> None:
+    """Lightning loads a bf16-true run's checkpoint into the float32 module and converts it after:
+    its weights sum to 1 to bfloat16's rounding only, and were projected again (the resumed run left
+    the uninterrupted one's path). A meta or an unbound module loads without reading values."""
+    bf16 = torch.tensor([0.58984375, 0.265625, 0.140625], dtype=torch.bfloat16)  # sums to 0.99609375
+    learnable = Learnable()
+    learnable.bind(["a", "b", "c"])
+    learnable.load_state_dict({"alpha": bf16}, strict=False)
+    assert torch.equal(learnable.alpha.detach(), bf16.float())
+    with torch.device("meta"):
+        on_meta = Learnable()
+        on_meta.bind(["a", "b", "c"])
+    on_meta.load_state_dict({"alpha": bf16}, strict=False)
+    on_meta.load_state_dict({"alpha": torch.empty(3, device="meta")}, strict=False, assign=True)
+    Learnable().load_state_dict({}, strict=False)  # not bound: no alpha yet
+
+
+def test_the_strategy_switch_warning_names_an_entry_of_another_shape(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Learnable's alpha (a scalar for two tasks) and Nash-MTL's (one per task) share a name: the
+    warning said a strict=False load takes it, which then failed on its shape."""
+    trainer = quiet_trainer(max_steps=1, default_root_dir=str(tmp_path))
+    trainer.fit(ToyNet("learnable"), toy_loader(n=16))
+    path = tmp_path / "learnable.ckpt"
+    trainer.save_checkpoint(path)
+    lenient = ToyNet("nash_mtl")
+    lenient.strict_loading = False
+    with caplog.at_level(logging.WARNING, logger="lightning_multiloss"), pytest.raises(RuntimeError, match="size"):
+        quiet_trainer().validate(lenient, toy_loader(n=16), ckpt_path=str(path), verbose=False)
+    (warning,) = [r.getMessage() for r in caplog.records if "written with the weighting" in r.getMessage()]
+    assert "; weighting.alpha of another shape, which fails any load)" in warning
+    assert "takes the entries of the same name and shape (none)" in warning

@@ -1398,3 +1398,26 @@ def test_runs_of_a_wandb_logger_sharing_its_save_dir_keep_their_own_files(
         with open(tmp_path / "weights" / run_id / "loss_weights.csv", newline="") as f:
             rows = list(csv.reader(f))
         assert [[float(v) for v in row[2:]] for row in rows[1:]] == [pytest.approx(weights)] * 5, rows
+
+
+class AlphaStepsEveryOtherBatch(TwoOptimizers):
+    """Manual optimization: the network steps every batch, alpha's optimizer every other one."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        first, second = self.optimizers()  # type: ignore[misc]
+        loss = MultiTaskMixin.training_step(self, batch, batch_idx)
+        first.zero_grad()
+        second.zero_grad()
+        self.manual_backward(loss)
+        first.step()
+        if batch_idx % 2 == 1:
+            second.step()
+        return loss
+
+
+def test_manual_optimization_projects_once_per_step_of_alphas_optimizer(tmp_path: Path) -> None:
+    """Not again after a batch where alpha's optimizer did not step: in bfloat16 the projection of a
+    point on the simplex is another point, and the path left a plain replay's."""
+    model = AlphaStepsEveryOtherBatch(CountedLearnable())
+    quiet_trainer(max_epochs=1, default_root_dir=str(tmp_path)).fit(model, toy_loader(n=8 * 8, batch_size=8))
+    assert model.weighting.projections == 4  # 8 batches, alpha stepped in 4

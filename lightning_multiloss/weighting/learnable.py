@@ -153,10 +153,17 @@ class Learnable(Weighting):
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        loaded = state_dict.get(f"{prefix}alpha")
+        alpha = getattr(self, "alpha", None)  # None before bind
+        if not isinstance(loaded, Tensor) or alpha is None or alpha.is_meta or loaded.is_meta:
+            return
         # Loaded weights outside the domain (another strategy's "alpha", taken by a load with
-        # strict=False) are put back into it, saying so; a checkpoint's own are left bit for bit.
-        weights = self.alpha.detach().double()
-        tolerance = 4 * weights.numel() * torch.finfo(self.alpha.dtype).eps
+        # strict=False) are put back into it, saying so; a checkpoint's own are left bit for bit,
+        # to the rounding of the coarser of the two dtypes (a bfloat16 run's into a float32 module,
+        # which Lightning converts after loading).
+        weights = alpha.detach().double()
+        rounding = max(torch.finfo(alpha.dtype).eps, torch.finfo(loaded.dtype).eps if loaded.is_floating_point() else 0)
+        tolerance = 4 * weights.numel() * rounding
         outside = bool((weights < 0).any() or (weights > 1).any())
         if weights.ndim > 0:
             outside = outside or abs(float(weights.sum()) - 1.0) > tolerance
