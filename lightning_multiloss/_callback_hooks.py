@@ -176,7 +176,6 @@ class LossWeightingHooks:
         self.replan_on_resume = replan_on_resume
         self._sets_progress = True  # whether the strategy's set_progress does something (read in setup)
         self._constraint_hooks: list[RemovableHandle] = []  # the strategy's constrain, in its optimizers' steps
-        self._constrained_in_steps = False  # whether those hooks cover every optimizer holding its parameters
         self._val_loaders_checked = False  # whether this fit's monitors were checked against its validation loaders
         self._record_write_failed = False  # whether writing the files at the end of this fit failed
         self._start_anew()
@@ -356,27 +355,21 @@ class LossWeightingHooks:
         def constrain(optimizer: Any, args: Any, kwargs: Any) -> None:
             weighting.constrain()
 
-        holding = [
-            opt for opt in trainer.optimizers if any(id(p) in own for g in opt.param_groups for p in g["params"])
-        ]
-        # Only where each step runs the hooks: torch wraps a class's step to call them when its
-        # first instance runs Optimizer.__init__ (marking it `hooked`). An optimizer of another kind
-        # (Lightning takes any with step and param_groups), or a wrapper with a step of its own
-        # that skipped Optimizer.__init__, is constrained after the batch (on_train_batch_end).
-        if not holding or not all(getattr(type(opt).step, "hooked", False) for opt in holding):
-            return
-        try:
-            for optimizer in holding:
+        for optimizer in trainer.optimizers:
+            if not any(id(p) in own for group in optimizer.param_groups for p in group["params"]):
+                continue
+            try:
                 self._constraint_hooks.append(optimizer.register_step_post_hook(constrain))
-        except (AttributeError, TypeError):  # no hook dicts after all
-            self._release_constraints()
-            return
-        self._constrained_in_steps = True
+            except (AttributeError, TypeError):
+                # An optimizer of another kind (Lightning takes any with step and param_groups), or
+                # a wrapper that skipped Optimizer.__init__ (no hook dicts): on_train_batch_end's
+                # call constrains its steps, as it does those of a step that never runs the hooks.
+                continue
 
     def _release_constraints(self) -> None:
         for handle in self._constraint_hooks:
             handle.remove()
-        self._constraint_hooks, self._constrained_in_steps = [], False
+        self._constraint_hooks = []
 
     def _record_folder_problem(self, trainer: Any) -> MultiLossError | None:
         """Make the folder of the files written at the end of fit now, so that a path the system
@@ -485,8 +478,9 @@ class LossWeightingHooks:
         if pl_module.optimizer_step_skipped(step):
             return
         weighting: Weighting = pl_module.weighting  # checked in setup
-        if not self._constrained_in_steps:  # no step hook could take it: once, after the batch
-            weighting.constrain()
+        # Again after the batch (a no-op where the step hooks ran): for the steps no hook saw (an
+        # optimizer replaced during the fit, a step of an instance's own, one of another kind).
+        weighting.constrain()
         weighting.after_optimizer_step()
         if step % self._stride == 0 or step == 1:
             # A reference, no wait: each training step stores its weights in a new tensor.

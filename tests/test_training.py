@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_multiloss import LossWeightingCallback, MultiLossError, MultiTaskMixin, Task
 from lightning_multiloss.schedules import Linear
 from lightning_multiloss.weighting import Fixed, Learnable, Scheduled, Weighting, create_weighting
+from lightning_multiloss.weighting.learnable import project_to_simplex
 from tests._models import ToyDataset, ToyNet, assert_params_close, quiet_trainer, toy_loader
 
 TASKS = ("cls", "reg")
@@ -835,14 +836,15 @@ def test_learnable_with_an_optimizer_of_another_kind_is_clipped_after_the_batch(
 
 
 class CountedLearnable(Learnable):
-    """Learnable that counts its projections."""
+    """Learnable (K > 2) that counts the projections it applies: of weights that moved since the last."""
 
     def __init__(self) -> None:
         super().__init__()
         self.projections = 0
 
     def constrain(self) -> None:
-        self.projections += 1
+        projected = getattr(self, "projected", None)
+        self.projections += 1 if projected is None else int(bool((self.alpha != projected).any()))
         super().constrain()
 
 
@@ -855,6 +857,22 @@ def test_the_weights_are_projected_once_per_optimizer_step(tmp_path: Path, wrapp
     trainer = quiet_trainer(max_steps=6, accumulate_grad_batches=2, default_root_dir=str(tmp_path))
     trainer.fit(model, toy_loader(n=16 * 12))
     assert trainer.global_step == 6 and model.weighting.projections == 6
+
+
+def test_a_second_projection_without_a_step_leaves_the_weights() -> None:
+    """The hook in the step, then the call after the batch (or two hooks where a subclass's step
+    calls its parent's): in bfloat16 projecting a point of the simplex again moves it
+    ([0.8828, 0.1172, 0] to [0.8867, 0.1211, 0.0039], summing to 1.0117)."""
+    weighting = Learnable()
+    weighting.bind(["a", "b", "c"])
+    weighting.to(torch.bfloat16)
+    with torch.no_grad():
+        weighting.alpha.copy_(torch.tensor([0.9, 0.13, 0.0]))  # a step moved them off the simplex
+    weighting.constrain()
+    once = weighting.alpha.detach().clone()
+    assert not torch.equal(project_to_simplex(once), once)  # projecting again would move them
+    weighting.constrain()
+    assert torch.equal(weighting.alpha.detach(), once)
 
 
 def test_a_bfloat16_simplex_projection_sums_to_one_to_its_rounding() -> None:
@@ -973,8 +991,8 @@ def test_learnable_alpha_is_clipped_inside_the_optimizer_step(tmp_path: Path) ->
 class TwoOptimizers(ToyNet):
     """Manual optimization: the network and alpha in two optimizers, both stepped every batch."""
 
-    def __init__(self, weighting: Weighting) -> None:
-        super().__init__(weighting)
+    def __init__(self, weighting: Weighting, **kw: Any) -> None:
+        super().__init__(weighting, **kw)
         self.automatic_optimization = False
         self.after_step: list[float] = []
 
@@ -1418,6 +1436,36 @@ class AlphaStepsEveryOtherBatch(TwoOptimizers):
 def test_manual_optimization_projects_once_per_step_of_alphas_optimizer(tmp_path: Path) -> None:
     """Not again after a batch where alpha's optimizer did not step: in bfloat16 the projection of a
     point on the simplex is another point, and the path left a plain replay's."""
-    model = AlphaStepsEveryOtherBatch(CountedLearnable())
+    model = AlphaStepsEveryOtherBatch(CountedLearnable(), tasks=("cls", "reg", "aux"))
     quiet_trainer(max_epochs=1, default_root_dir=str(tmp_path)).fit(model, toy_loader(n=8 * 8, batch_size=8))
     assert model.weighting.projections == 4  # 8 batches, alpha stepped in 4
+
+
+class OptimizerByName(ToyNet):
+    def __init__(self, weighting: Weighting, **kw: Any) -> None:
+        super().__init__(weighting, **kw)
+        self.optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam
+
+    def configure_optimizers(self) -> Any:
+        return self.optimizer_class(self.parameters(), lr=0.5)
+
+
+class SwitchToSGD(pl.Callback):
+    """Replaces the optimizer at epoch 1 (an Adam to SGD switch), after the Callback hooked the first."""
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.current_epoch == 1:
+            pl_module.optimizer_class = torch.optim.SGD
+            trainer.strategy.setup_optimizers(trainer)
+
+
+def test_weights_stepped_by_an_optimizer_set_up_during_the_fit_are_constrained(tmp_path: Path) -> None:
+    """The step hook is on the first optimizer: the new one's steps went unconstrained (the weights
+    summed to -8.9 at the end); the call after the batch constrains what no hook did."""
+    model = OptimizerByName(CountedLearnable(), tasks=("cls", "reg", "aux"))
+    trainer = quiet_trainer(max_epochs=2, callbacks=[SwitchToSGD()], default_root_dir=str(tmp_path))
+    trainer.fit(model, toy_loader(n=64))
+    assert isinstance(trainer.optimizers[0], torch.optim.SGD) and trainer.global_step == 8
+    alpha = model.weighting.alpha.detach()
+    assert (alpha >= 0).all() and abs(float(alpha.sum()) - 1.0) < 1e-6, alpha
+    assert model.weighting.projections == 8  # one a step, the hook's or the batch end's

@@ -280,10 +280,11 @@ class Weighting(nn.Module, ABC):
         each ``torch.optim.Optimizer`` that holds one of the strategy's parameters, for the fit: it
         runs inside each step of those optimizers, so everything after it (another callback's
         ``on_train_batch_end``, such as an EMA of the weights; the code after ``opt.step()`` under
-        manual optimization) sees the parameters in their domain. Where no such hook can be
-        registered (an optimizer that is no ``torch.optim.Optimizer``; a tuner's trial steps, which
-        run without the Callback) it is called once after each training batch that took an
-        optimizer step, just before :meth:`after_optimizer_step`.
+        manual optimization) sees the parameters in their domain. It is called again after each
+        training batch that took an optimizer step, just before :meth:`after_optimizer_step`, for
+        the steps no hook saw (an optimizer that is no ``torch.optim.Optimizer``, or one set up
+        during the fit; a tuner's trial steps, which run without the Callback): so it must leave
+        parameters already in their domain as they are (idempotent).
         """
 
     def after_optimizer_step(self) -> None:

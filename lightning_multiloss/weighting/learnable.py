@@ -107,6 +107,7 @@ class Learnable(Weighting):
         self._warned_bound = False
         self.alpha: nn.Parameter
         self.on_bound_since: Tensor
+        self.projected: Tensor  # K > 2: the weights as last projected
 
     def build(self, num_tasks: int) -> None:
         # The optimizer step at which the weights last came onto a bound (-1: not on one). It
@@ -133,6 +134,10 @@ class Learnable(Weighting):
         if abs(sum(values) - 1.0) > 1e-6:
             raise MultiLossError(f"weighting 'learnable': init must sum to 1 (the simplex), got {values}")
         self.alpha = nn.Parameter(torch.tensor(values))
+        # The weights as last projected (or given): constrain projects only weights that moved
+        # since, so that it can run in the step's hook and again after the batch (and twice where
+        # a subclass's step calls its parent's, both hooked) and project once.
+        self.register_buffer("projected", self.alpha.detach().clone(), persistent=False)
 
     def current_weights(self) -> Tensor:
         """``[alpha, 1 - alpha]`` for two tasks, else ``alpha`` (the simplex point), after the last step."""
@@ -173,7 +178,10 @@ class Learnable(Weighting):
                 [round(v, 6) for v in weights.reshape(-1).tolist()],
                 "in [0, 1]" if weights.ndim == 0 else "on the simplex",
             )
-            self.constrain()
+            with torch.no_grad():
+                alpha.copy_(alpha.clamp(0.0, 1.0) if alpha.ndim == 0 else project_to_simplex(alpha))
+        if alpha.ndim > 0:
+            self.projected.copy_(alpha.detach())  # as loaded (or put back): not projected again
 
     def set_progress(self, progress: Progress) -> None:
         # The optimizer steps done so far (restored by Lightning on resume), so that the bound
@@ -186,11 +194,16 @@ class Learnable(Weighting):
 
     @torch.no_grad()
     def constrain(self) -> None:
-        """Clip alpha to [0, 1] (two tasks) or project the weights onto the simplex (K tasks)."""
-        if self.alpha.ndim == 0:
-            self.alpha.clamp_(0.0, 1.0)
-        else:
-            self.alpha.copy_(project_to_simplex(self.alpha))
+        """Clip alpha to [0, 1] (two tasks) or project the weights onto the simplex (K tasks), where
+        they moved since their last projection (on the device, no wait): idempotent, so the
+        projection of a step happens once (in bfloat16 that of a point on the simplex is another)."""
+        alpha = self.alpha
+        if alpha.ndim == 0:
+            alpha.clamp_(0.0, 1.0)
+            return
+        moved = (alpha != self.projected).any()
+        alpha.copy_(torch.where(moved, project_to_simplex(alpha), alpha))
+        self.projected.copy_(alpha)
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
