@@ -659,3 +659,25 @@ def test_the_strategy_switch_warning_names_an_entry_of_another_shape(
     (warning,) = [r.getMessage() for r in caplog.records if "written with the weighting" in r.getMessage()]
     assert "; weighting.alpha of another shape, which fails any load)" in warning
     assert "takes the entries of the same name and shape (none)" in warning
+
+
+def test_learnable_loads_float32_weights_into_float64_and_with_assign_as_they_are(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """float32's 1/3 cast to float64 sums to 1 + 3e-8 (a tuner's saved state under "64-true"): it was
+    projected, with a warning, against float64's rounding. Loaded with assign=True in float64, the
+    kept copy of the projected weights stayed float32, and every call projected again."""
+    third = torch.full((3,), 1 / 3, dtype=torch.float32).double()
+    learnable = Learnable()
+    learnable.bind(["a", "b", "c"])
+    learnable.double()
+    with caplog.at_level(logging.WARNING, logger="lightning_multiloss"):
+        learnable.load_state_dict({"alpha": third}, strict=False)
+    assert torch.equal(learnable.alpha.detach(), third) and not caplog.records
+    assigned = Learnable()
+    assigned.bind(["a", "b", "c"])
+    stepped = torch.tensor([0.7, 0.5, -0.1], dtype=torch.float64)
+    assigned.load_state_dict({"alpha": stepped}, strict=False, assign=True)
+    assert assigned.projected.dtype == torch.float64
+    assigned.constrain()  # the loaded weights were put back on the simplex: nothing moves
+    assert torch.equal(assigned.alpha.detach(), torch.tensor([0.6, 0.4, 0.0], dtype=torch.float64))

@@ -166,9 +166,11 @@ class Learnable(Weighting):
         # strict=False) are put back into it, saying so; a checkpoint's own are left bit for bit,
         # to the rounding of the coarser of the two dtypes (a bfloat16 run's into a float32 module,
         # which Lightning converts after loading).
+        # Never finer than float32's: weights built in float32 and cast to float64 (precision
+        # "64-true" converts the module after init) sum to 1 to float32's rounding only.
         weights = alpha.detach().double()
-        rounding = max(torch.finfo(alpha.dtype).eps, torch.finfo(loaded.dtype).eps if loaded.is_floating_point() else 0)
-        tolerance = 4 * weights.numel() * rounding
+        dtypes = [alpha.dtype, torch.float32] + ([loaded.dtype] if loaded.is_floating_point() else [])
+        tolerance = 4 * weights.numel() * max(torch.finfo(dtype).eps for dtype in dtypes)
         outside = bool((weights < 0).any() or (weights > 1).any())
         if weights.ndim > 0:
             outside = outside or abs(float(weights.sum()) - 1.0) > tolerance
@@ -181,7 +183,9 @@ class Learnable(Weighting):
             with torch.no_grad():
                 alpha.copy_(alpha.clamp(0.0, 1.0) if alpha.ndim == 0 else project_to_simplex(alpha))
         if alpha.ndim > 0:
-            self.projected.copy_(alpha.detach())  # as loaded (or put back): not projected again
+            # As loaded (or put back): not projected again. A new tensor, in alpha's dtype and on its
+            # device, which a load with assign=True may have changed.
+            self.projected = alpha.detach().clone()
 
     def set_progress(self, progress: Progress) -> None:
         # The optimizer steps done so far (restored by Lightning on resume), so that the bound
