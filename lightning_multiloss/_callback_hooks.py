@@ -6,7 +6,6 @@ import dataclasses
 import itertools
 import logging
 import math
-import numbers
 import os
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -19,6 +18,7 @@ from torch.utils.hooks import RemovableHandle
 
 from lightning_multiloss._dist import all_gather_object, is_distributed
 from lightning_multiloss._lightning import batches_processed, is_lightning_class, lightning_package, trainer_stage
+from lightning_multiloss._numbers import whole_number
 from lightning_multiloss._run_recorder import RunRecorder, active_recorder, make_folder
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.sampling import ResumableDataLoader
@@ -304,10 +304,11 @@ class LossWeightingHooks:
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         # A learnable weight that no optimizer steps would silently stay at its initial value.
+        weighting = self._weighting(pl_module)
         in_optimizer = {id(p) for opt in trainer.optimizers for group in opt.param_groups for p in group["params"]}
         missing = [
             f"weighting.{name}"
-            for name, p in self._weighting(pl_module).named_parameters()
+            for name, p in weighting.named_parameters()
             if p.requires_grad and id(p) not in in_optimizer
         ]
         if missing:
@@ -315,8 +316,8 @@ class LossWeightingHooks:
                 f"the learnable weighting parameter(s) {missing} are in no optimizer: build the optimizer from "
                 "self.parameters() in configure_optimizers (or add self.weighting.parameters() to a param group)"
             )
-        self._constrain_in_optimizer_steps(trainer, self._weighting(pl_module))
-        self._follow_renamed_tasks(self._weighting(pl_module))
+        self._constrain_in_optimizer_steps(trainer, weighting)
+        self._follow_renamed_tasks(weighting)
         self._val_loaders_checked = False
         self._record_write_failed = False
         failure: MultiLossError | None = None
@@ -816,8 +817,8 @@ def _steps_by_epoch(trainer: Any) -> Iterator[int]:
 def _check_integer(name: str, value: object, least: int) -> None:
     """An integer (``2.0`` and NumPy's integers count; ``2.5``, NaN, a string or a bool does not) of at
     least ``least``."""
-    whole = isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and float(value).is_integer())
-    if isinstance(value, bool) or not whole or value < least:  # type: ignore[operator]
+    whole = whole_number(value)
+    if whole is None or whole < least:
         raise MultiLossError(f"LossWeightingCallback: {name} must be an integer >= {least}, got {value!r}")
 
 

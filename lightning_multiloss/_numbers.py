@@ -21,3 +21,19 @@ def real_number(value: object) -> float | None:
         scalar = value.ndim == 0 and value.dtype != torch.bool and not value.is_complex()
         return float(value) if scalar else None
     return float(value) if isinstance(value, numbers.Real) else None
+
+
+def whole_number(value: object) -> int | None:
+    """``value`` as an int where it is a whole number (``2``, ``2.0``, ``np.int64(2)``), else ``None``
+    (``2.5``, NaN, a string, a bool: ``True`` is no count).
+
+    >>> whole_number(2.0), whole_number(2.5), whole_number(True), whole_number("2")
+    (2, None, None, None)
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real) and float(value).is_integer():
+        return int(float(value))
+    return None

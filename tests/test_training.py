@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import itertools
 import logging
 import math
 from pathlib import Path
@@ -1469,3 +1470,40 @@ def test_weights_stepped_by_an_optimizer_set_up_during_the_fit_are_constrained(t
     alpha = model.weighting.alpha.detach()
     assert (alpha >= 0).all() and abs(float(alpha.sum()) - 1.0) < 1e-6, alpha
     assert model.weighting.projections == 8  # one a step, the hook's or the batch end's
+
+
+def _simplex_by_sorting(v: list[float]) -> list[float]:
+    """Euclidean projection onto the simplex in float64 (Held et al.): w = max(v - theta, 0)."""
+    u = sorted(v, reverse=True)
+    total, theta = 0.0, 0.0
+    for i, value in enumerate(u, start=1):
+        total += value
+        if value - (total - 1.0) / i > 0:
+            theta = (total - 1.0) / i
+    return [max(x - theta, 0.0) for x in v]
+
+
+class LossesSeen(ToyNet):
+    """ToyNet that keeps each training step's task losses and the weights it used."""
+
+    def __init__(self, weighting: Weighting, **kw: Any) -> None:
+        super().__init__(weighting, **kw)
+        self.seen: list[tuple[list[float], list[float]]] = []
+
+    def task_losses(self, outputs: Any, batch: Any) -> Tensor:
+        losses = super().task_losses(outputs, batch)
+        if self.training:
+            self.seen.append((losses.detach().tolist(), self.weighting.alpha.detach().tolist()))
+        return losses
+
+
+def test_learnable_k_tasks_follows_a_plain_replay_of_projected_sgd(tmp_path: Path) -> None:
+    """With SGD, ∂L/∂w_i = L_i: each step's weights are the float64 projection of the last ones minus
+    lr times the losses, once per step, through Lightning's loop and the step hooks."""
+    lr = 0.3
+    model = LossesSeen(Learnable(), tasks=("cls", "reg", "aux"), lr=lr)
+    quiet_trainer(max_steps=12, default_root_dir=str(tmp_path)).fit(model, toy_loader(n=16 * 12))
+    assert len(model.seen) == 12
+    for (losses, used), (_, next_used) in itertools.pairwise(model.seen):
+        expected = _simplex_by_sorting([w - lr * loss for w, loss in zip(used, losses, strict=True)])
+        assert next_used == pytest.approx(expected, abs=2e-6)

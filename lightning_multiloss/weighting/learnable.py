@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_multiloss._dist import is_rank_zero
-from lightning_multiloss._numbers import real_number
+from lightning_multiloss._numbers import real_number, whole_number
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.weighting._base import Progress, WeightedLoss, Weighting, weighted_sum
 from lightning_multiloss.weighting._common import check_weight, per_task_values
@@ -94,13 +93,11 @@ class Learnable(Weighting):
         if isinstance(init, int | float) and not 0.0 <= float(init) <= 1.0:
             raise MultiLossError(f"weighting 'learnable': alpha must be in [0, 1], got init={init}")
         # A whole float counts (2.0 from a config's arithmetic), as for the Callback's every_n_steps.
-        whole = isinstance(check_every, numbers.Integral) or (
-            isinstance(check_every, numbers.Real) and float(check_every).is_integer()
-        )
-        if isinstance(check_every, bool) or not whole or check_every < 1:
+        every = whole_number(check_every)
+        if every is None or every < 1:
             raise MultiLossError(f"weighting 'learnable': check_every must be an integer >= 1, got {check_every!r}")
         self._init = init
-        self.check_every = int(check_every)
+        self.check_every = every
         self._steps = 0
         self._steps_known = False  # whether a Progress gave the count (a resumed run's first batch need not check)
         self._check_due = False  # a multiple of check_every passed between two batches (several optimizers)
@@ -163,11 +160,9 @@ class Learnable(Weighting):
         if not isinstance(loaded, Tensor) or alpha is None or alpha.is_meta or loaded.is_meta:
             return
         # Loaded weights outside the domain (another strategy's "alpha", taken by a load with
-        # strict=False) are put back into it, saying so; a checkpoint's own are left bit for bit,
-        # to the rounding of the coarser of the two dtypes (a bfloat16 run's into a float32 module,
-        # which Lightning converts after loading).
-        # Never finer than float32's: weights built in float32 and cast to float64 (precision
-        # "64-true" converts the module after init) sum to 1 to float32's rounding only.
+        # strict=False) are put back into it, saying so; a checkpoint's own are left bit for bit, to
+        # the rounding of the coarsest of the dtypes involved: a bfloat16 run's loaded into a float32
+        # module (Lightning converts it after loading), float32 weights cast to float64 ("64-true").
         weights = alpha.detach().double()
         dtypes = [alpha.dtype, torch.float32] + ([loaded.dtype] if loaded.is_floating_point() else [])
         tolerance = 4 * weights.numel() * max(torch.finfo(dtype).eps for dtype in dtypes)
