@@ -545,7 +545,7 @@ class MultiTaskMixin(_Base):
                 raise MultiLossError(
                     f"task {task.name!r}: the loss must be a scalar, got {shape}; use a mean or sum reduction"
                 )
-            if not loss.requires_grad and self.training and torch.is_grad_enabled():
+            if not loss.requires_grad and self.weighting.training and torch.is_grad_enabled():
                 self._mt_warn_without_gradient(task.name)
             losses.append(loss)
         return torch.stack(losses)
@@ -586,9 +586,9 @@ class MultiTaskMixin(_Base):
         """
         weighting = getattr(self, "weighting", None)
         if (
-            self.training
+            isinstance(weighting, GradientWeighting)
+            and weighting.training  # a training step's (the mixin sets it), whatever the module's mode
             and torch.is_grad_enabled()
-            and isinstance(weighting, GradientWeighting)
             and weighting.route == "representation"
         ):
             if _is_exporting():
@@ -618,6 +618,12 @@ class MultiTaskMixin(_Base):
         trainer = trainer_of(self)
         self._mt_meet_trainer(trainer)
         weighting = self.weighting  # one look-up: a submodule's attribute access costs a microsecond
+        if not weighting.training:  # the module put in evaluation mode for training (all its dropout off)
+            with _strategy_in_mode(weighting, training=True):
+                return self._mt_training_step_kept(batch, batch_idx, trainer, weighting)
+        return self._mt_training_step_kept(batch, batch_idx, trainer, weighting)
+
+    def _mt_training_step_kept(self, batch: Any, batch_idx: int, trainer: Any | None, weighting: Weighting) -> Tensor:
         if isinstance(weighting, GradientWeighting):
             with _graphs_kept_for_several_backwards():
                 return self._mt_training_step(batch, batch_idx, trainer, weighting)
@@ -1029,12 +1035,14 @@ class MultiTaskMixin(_Base):
         # The last step's weights may be missing (checkpoints of earlier versions): the model's stay.
         optional = f"{prefix}last_weights"
         if {k for k in theirs if k != optional} == {k for k in mine if k != optional}:
+            left = optional in theirs and optional not in mine
             log.warning(
                 "the checkpoint was written with the weighting %r, the model has %r: the model's strategy takes "
-                "its state (%s)",
+                "its state (%s)%s",
                 written,
                 ours,
                 ", ".join(k for k in theirs if k in mine) or "none",
+                f"; not {optional}, as {ours!r} computes its weights from its own state" if left else "",
             )
             return
         shared = [k for k in theirs if k in mine]
@@ -1606,9 +1614,12 @@ class MultiTaskMixin(_Base):
                 self.log(key, metric, on_step=False, on_epoch=True, metric_attribute=name)
 
     def _mt_eval_step(self, batch: Any, batch_idx: int, stage: Literal["val", "test"], loader: int = 0) -> Tensor:
-        outputs, targets, losses, batch_size = self._mt_forward(batch)
-        self._mt_all_finite(losses, stage, batch_idx, outputs, targets)
-        result = self.weighting(losses)
+        # The strategy evaluates (no state changed, the last training weights for a gradient one)
+        # also where the module stays in training mode (on_validation_model_eval overridden: MC dropout).
+        with _strategy_in_mode(self.weighting, training=False):
+            outputs, targets, losses, batch_size = self._mt_forward(batch)
+            self._mt_all_finite(losses, stage, batch_idx, outputs, targets)
+            result = self.weighting(losses)
         self._mt_log(stage, losses, result.weights, result.loss, batch_size, loader=loader)
         self._mt_update_metrics(stage, outputs, targets, loader)
         return result.loss
@@ -1702,6 +1713,22 @@ def _run_eagerly(step: Callable[..., Tensor], *args: Any) -> Tensor:
     Lightning compiles on its own.
     """
     return step(*args)
+
+
+@contextmanager
+def _strategy_in_mode(weighting: Weighting, training: bool) -> Iterator[None]:
+    """The strategy in training (``True``: a training step) or evaluation mode inside, whatever the
+    module's mode, which ``.train()`` and ``.eval()`` give it; its mode restored on exit. A module
+    kept in training mode for validation (MC dropout) must not train the strategy, nor one put in
+    evaluation mode for training (all its dropout off) leave it untrained."""
+    if weighting.training == training:
+        yield
+        return
+    weighting.train(training)
+    try:
+        yield
+    finally:
+        weighting.train(not training)
 
 
 @contextmanager

@@ -349,6 +349,44 @@ def test_a_float64_model_evaluates_gls_and_stch_in_float64():
     )
 
 
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_famo_of_a_half_precision_model_replays_the_official_algorithm_in_float32(half: torch.dtype) -> None:
+    # precision="bf16-true" casts every buffer: in bfloat16 Adam's beta2 = 0.999 is 1, its bias
+    # correction 0, and ξ never moved (its step count stopped at 256); in float16 the count stopped
+    # at 2048. The losses are half values, as the module gives them; the official code runs in float32.
+    g = torch.Generator().manual_seed(1)
+    rates = torch.tensor([0.99, 0.995, 1.0])  # the first task's loss falls fastest: ξ moves away from it
+    noise = [1 + 0.1 * torch.rand(3, generator=g) for _ in range(300)]
+    sequence = [(torch.tensor([3.0, 2.0, 1.0]) * rates**t * n).to(half) for t, n in enumerate(noise)]
+    mine = bound(FAMO(), "abc").to(half)
+    official = OfficialFAMO(3)
+    for t, losses in enumerate(sequence):
+        if t > 0:
+            official.update(losses.float())
+        official.get_weighted_loss(losses.float())
+        mine(losses)
+        mine.after_optimizer_step()
+    assert int(mine.adam_step) == len(sequence) - 1
+    torch.testing.assert_close(mine.logits, official.w.detach(), rtol=0, atol=1e-5)
+    assert float(official.w.detach().abs().max()) > 0.05  # the logits did move
+    # A checkpoint of float32 state loads into the cast module without rounding; its device follows.
+    state = {k: v.clone() for k, v in mine.state_dict().items()}
+    again = bound(FAMO(), "abc").to(half)
+    again.load_state_dict(state)
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in state.items())
+    assert again.to("meta").logits.is_meta
+
+
+def test_dwa_of_a_bfloat16_model_keeps_its_epoch_means_in_float32() -> None:
+    # Its rates are ratios of epoch means near 1: bfloat16's 8 bits rounded 1.001 to 1.
+    dwa = bound(DWA()).to(torch.bfloat16)
+    for means in ([1.001, 2.0], [1.0, 2.003]):
+        dwa.epoch_losses.add(torch.tensor(means))
+        dwa.end_training_epoch()
+    assert dwa.previous_means.tolist() == torch.tensor([1.001, 2.0]).tolist()
+    assert dwa.last_means.tolist() == torch.tensor([1.0, 2.003]).tolist()
+
+
 def test_epoch_sums_of_a_half_precision_model_are_float32():
     # precision="bf16-true" converts the module with .to(dtype), states included: a bfloat16 sum
     # stops growing at 256, so 1000 losses of 1 had a mean of 0.256.

@@ -17,7 +17,7 @@ from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 
 from lightning_multiloss import LossWeightingCallback, MultiLossError, ResumableDataLoader
 from lightning_multiloss.schedules import Linear
-from lightning_multiloss.weighting import Learnable, Scheduled, Weighting, create_weighting
+from lightning_multiloss.weighting import Fixed, Learnable, Scheduled, Weighting, create_weighting
 from tests._models import ToyDataset, ToyNet, assert_params_close, quiet_trainer, toy_loader
 
 HALF = 8  # 64 samples in batches of 16: 4 steps per epoch, so the checkpoint is at an epoch's end
@@ -605,6 +605,34 @@ def test_a_checkpoint_of_another_weighting_is_named(tmp_path: Path, caplog: pyte
         assert warning.startswith(differs)
     saved = torch.load(path, weights_only=True)["state_dict"]
     assert torch.equal(lenient.trunk[0].weight, saved["trunk.0.weight"])  # the network loaded
+
+
+def test_a_gradient_strategys_checkpoint_loads_strictly_into_fixed_weights(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MGDA's last weights are its state (evaluation reuses them); fixed weights are computed from the
+    configuration. A switch to fixed weights for fine-tuning loads the network strictly and keeps
+    the configured weights (it was refused on ``weighting.last_weights`` after a warning that said
+    the model's strategy takes the checkpoint's state)."""
+    trainer = quiet_trainer(max_steps=3, default_root_dir=str(tmp_path))
+    trainer.fit(ToyNet("mgda"), toy_loader(n=64))
+    path = tmp_path / "mgda.ckpt"
+    trainer.save_checkpoint(path)
+    saved = torch.load(path, weights_only=True)["state_dict"]
+    assert "weighting.last_weights" in saved
+
+    model = ToyNet(Fixed([0.25, 4.0]))
+    with caplog.at_level(logging.WARNING, logger="lightning_multiloss"):
+        model.load_state_dict(saved)  # strict
+        model.on_load_checkpoint(torch.load(path, weights_only=True))
+    assert [r.getMessage() for r in caplog.records if "written with the weighting" in r.getMessage()] == [
+        "the checkpoint was written with the weighting 'mgda', the model has 'fixed': the model's strategy takes "
+        "its state (none); not weighting.last_weights, as 'fixed' computes its weights from its own state"
+    ]
+    assert torch.equal(model.trunk[0].weight, saved["trunk.0.weight"])
+    assert model.weighting.current_weights().tolist() == [0.25, 4.0]
+    quiet_trainer(max_steps=6).fit(model, toy_loader(n=64), ckpt_path=str(path))  # and Lightning's resume
+    assert model.weighting.last_weights.tolist() == [0.25, 4.0]
 
 
 def test_learnable_weights_loaded_off_the_simplex_are_put_back(caplog: pytest.LogCaptureFixture) -> None:

@@ -611,6 +611,56 @@ def test_validate_and_test_before_and_between_fits(tmp_path: Path) -> None:
         assert logged[f"test/{key}"] == pytest.approx(value, rel=1e-5), key
 
 
+class _ModeNet(ToyNet):
+    """ToyNet marking its shared representation, and optionally kept in training mode for evaluation
+    (Lightning's ``on_validation_model_eval`` overridden: MC dropout) or put in evaluation mode for
+    training (all its dropout off). Without dropout or batch norm either mode computes the same."""
+
+    def __init__(self, weighting: Weighting, mode: str) -> None:
+        super().__init__(weighting, optimizer="adam", lr=0.01)
+        self.mode = mode
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        z = self.shared_representation(self.trunk(x))
+        return {name: head(z) for name, head in self.heads.items()}
+
+    def on_validation_model_eval(self) -> None:
+        if self.mode == "evaluated in training mode":
+            self.train()
+        else:
+            super().on_validation_model_eval()
+
+    def on_train_epoch_start(self) -> None:
+        if self.mode == "trained in evaluation mode":
+            self.eval()
+
+
+@pytest.mark.parametrize("mode", ["evaluated in training mode", "trained in evaluation mode"])
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [("famo", {}), ("rlw", {}), ("mgda", {"route": "representation"}), ("upgrad", {"route": "parameters"})],
+)
+def test_the_strategy_trains_in_training_steps_and_evaluates_in_evaluation_steps_whatever_the_modules_mode(
+    name: str, options: dict[str, Any], mode: str
+) -> None:
+    # The reference: the same fit with Lightning's modes (training in training, evaluation in
+    # validation). A validation in training mode used to step FAMO's state, overwrite the last
+    # weights (FAMO, RLW) and make the gradient strategies ask for their gradients under no_grad;
+    # a training step in evaluation mode used to leave them untrained.
+    def fit(how: str) -> tuple[_ModeNet, dict[str, Tensor]]:
+        torch.manual_seed(0)
+        model = _ModeNet(create_weighting(name, **options), how)
+        trainer = quiet_trainer(max_epochs=2, limit_val_batches=2, num_sanity_val_steps=1)
+        trainer.fit(model, toy_loader(n=64), toy_loader(n=32, seed=1))
+        return model, {k: v.clone() for k, v in trainer.callback_metrics.items()}
+
+    reference, reference_logged = fit("Lightning's modes")
+    model, logged = fit(mode)
+    assert_params_close(model.state_dict(), reference.state_dict(), atol=0.0, what=mode)
+    assert_params_close(logged, reference_logged, atol=0.0, what=mode)
+    assert model.weighting.training == model.training  # its mode follows the module's again after the steps
+
+
 @pytest.mark.parametrize(
     ("metric", "reference"),
     [(torchmetrics.MeanSquaredError, F.mse_loss), (torchmetrics.MeanAbsoluteError, F.l1_loss)],

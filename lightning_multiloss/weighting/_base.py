@@ -80,8 +80,8 @@ class Weighting(nn.Module, ABC):
       :class:`TaskEpochMean` that the mixin updates each training step and that reduces itself
       over processes; :meth:`on_epoch_losses` receives its means at each epoch's end.
 
-    ``self.training`` tells a training step from an evaluation one: evaluation must not change
-    any state.
+    ``self.training`` tells a training step from an evaluation one (the mixin sets it for each
+    step, whatever the module's own mode): evaluation must not change any state.
     """
 
     if TYPE_CHECKING:
@@ -184,10 +184,34 @@ class Weighting(nn.Module, ABC):
     def build(self, num_tasks: int) -> None:
         """Create parameters and buffers sized by ``num_tasks`` (called once, by :meth:`bind`)."""
 
+    PRECISE_STATE: ClassVar[tuple[str, ...]] = ()
+    """Buffers that keep float32 (or a wider dtype) when the module is cast to a half dtype
+    (``precision="bf16-true"`` or ``"16-true"``, ``.half()``): the state of the strategy's own update
+    rule, which half precision stalls (bfloat16 rounds Adam's ``beta2 = 0.999`` to 1 and stops a
+    count at 256). They still follow the module's device."""
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Weighting:
+        kept = {name: self._buffers.get(name) for name in self.PRECISE_STATE}
+        super()._apply(fn, recurse)
+        for name, before in kept.items():
+            after = self._buffers.get(name)
+            if before is None or after is None or after.dtype not in (torch.float16, torch.bfloat16):
+                continue
+            # The values before the cast, not its rounding of them (a resumed run converts the
+            # module after loading the checkpoint); a meta tensor has none to copy.
+            source = after if before.is_meta or before.dtype in (torch.float16, torch.bfloat16) else before
+            self._buffers[name] = source.to(device=after.device, dtype=torch.promote_types(source.dtype, torch.float32))
+        return self
+
     OPTIONAL_STATE: ClassVar[tuple[str, ...]] = ("last_weights",)
     """State keys a checkpoint may lack (earlier versions left them out): loading keeps the current value."""
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        if "last_weights" in self._non_persistent_buffers_set:
+            # A checkpoint of another strategy, whose last weights were state: this one computes its
+            # own from its state, so a switch of strategy (MGDA's run fine-tuned with fixed weights)
+            # loads strictly. The mixin's warning of the switch says so.
+            state_dict.pop(prefix + "last_weights", None)
         for name in self.OPTIONAL_STATE:
             if (
                 prefix + name not in state_dict

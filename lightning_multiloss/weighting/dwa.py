@@ -49,6 +49,7 @@ class DWA(Weighting):
     needs_nonnegative_losses = True  # a ratio of negative losses is no rate of decrease
     min_tasks = 2
     uses_epoch_losses = True
+    PRECISE_STATE = ("last_means", "previous_means")  # the epoch means, summed in float32, kept so
 
     def __init__(self, temperature: float = 2.0) -> None:
         super().__init__()

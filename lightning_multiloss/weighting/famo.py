@@ -86,6 +86,7 @@ class FAMO(Weighting):
     needs_nonnegative_losses = True  # a negative one has no log
     min_tasks = 2
     last_weights_are_state = True  # the weights of the last step's losses: not a function of the state
+    PRECISE_STATE = ("logits", "exp_avg", "exp_avg_sq", "previous_losses")  # bf16-true would stall ξ's Adam
 
     def __init__(self, lr: float = 0.025, weight_decay: float = 1e-3, eps: float = 1e-8) -> None:
         super().__init__()
@@ -104,7 +105,7 @@ class FAMO(Weighting):
         self.register_buffer("logits", torch.zeros(num_tasks))  # ξ
         self.register_buffer("exp_avg", torch.zeros(num_tasks))
         self.register_buffer("exp_avg_sq", torch.zeros(num_tasks))
-        self.register_buffer("adam_step", torch.zeros(()))
+        self.register_buffer("adam_step", torch.zeros((), dtype=torch.long))  # exact at any count, in any precision
         self.register_buffer("previous_losses", torch.zeros(num_tasks))  # the last training step's mean losses
         self.register_buffer("pending", torch.zeros((), dtype=torch.bool))  # an optimizer step since then
 
