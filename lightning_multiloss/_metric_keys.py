@@ -130,6 +130,12 @@ class BestValues(nn.Module):
         self.values[index] = best
         return best.clone()
 
+    def reset_parameters(self) -> None:
+        """No value seen yet (a module made on the meta device, given memory by ``to_empty``)."""
+        start = [-math.inf if higher else math.inf for higher in self.higher_is_better]
+        with torch.no_grad():
+            self.values.copy_(torch.tensor(start, device="cpu"))
+
     def _apply(self, fn: Any, recurse: bool = True) -> BestValues:
         # Lightning's half precisions convert the module with .to(dtype): the best values would be
         # rounded to bfloat16 (and compared in it); they follow the module's device only.

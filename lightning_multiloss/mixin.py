@@ -1092,12 +1092,12 @@ class MultiTaskMixin(_Base):
         """
         super().on_validation_epoch_start()  # type: ignore[misc]
         self.check_finite_losses()
-        self._mt_renew_inference_states("val")
+        self._mt_start_evaluation_states("val")
 
     def on_test_epoch_start(self) -> None:
         """As :meth:`on_validation_epoch_start`, for the test metrics; call ``super()`` if you override it."""
         super().on_test_epoch_start()  # type: ignore[misc]
-        self._mt_renew_inference_states("test")
+        self._mt_start_evaluation_states("test")
 
     def on_validation_epoch_end(self) -> None:
         """Update and log the best-so-far values (``best_metrics=True``); call ``super()`` if you override it.
@@ -1523,13 +1523,14 @@ class MultiTaskMixin(_Base):
         values_by_key.update(zip(weight_keys, weights.unbind(), strict=True))
         self.log_dict(values_by_key, on_step=True, on_epoch=False, batch_size=batch_size)
 
-    def _mt_renew_inference_states(self, stage: Literal["val", "test"]) -> None:
-        """Reset the ``stage`` means and metrics whose states are inference tensors, outside inference mode.
+    def _mt_start_evaluation_states(self, stage: Literal["val", "test"]) -> None:
+        """Reset the ``stage`` means, and, outside inference mode, the metrics whose states are
+        inference tensors.
 
-        At an epoch's start they hold nothing yet (Lightning resets them at each epoch's end).
+        At an epoch's start they hold nothing yet (Lightning resets them at each epoch's end), but
+        in a model made on the meta device and then ``to_empty`` the means held uninitialised
+        memory until then (the tasks' own metrics too: torchmetrics' defaults are that memory).
         """
-        if torch.is_inference_mode_enabled():
-            return  # inference tensors may be updated in place here
         means, metrics = self._mt_eval_metrics(stage, 0)
         later = [
             metric
@@ -1538,8 +1539,9 @@ class MultiTaskMixin(_Base):
             for part in cast(nn.ModuleDict, group).values()
             for metric in cast("Sequence[Metric]", part)
         ]
+        inference = torch.is_inference_mode_enabled()  # inference tensors may be updated in place then
         for metric in [*means, *metrics, *later]:
-            if _holds_inference_tensors(metric):
+            if isinstance(metric, EvaluationMean) or (not inference and _holds_inference_tensors(metric)):
                 metric.reset()
 
     def _mt_eval_metrics(self, stage: Stage, loader: int) -> tuple[Sequence[MeanMetric], Sequence[Metric]]:

@@ -287,6 +287,21 @@ def test_a_host_state_entry_never_set_is_refused_when_bound() -> None:
         Counting().bind(["a", "b"])
 
 
+def test_a_host_state_entry_off_the_host_is_refused_naming_it() -> None:
+    # Made under torch.device("meta") (Lightning's init_module(empty_init=True)): a meta tensor, whose
+    # first read in compute_weights failed with "Tensor.item() cannot be called on meta tensors".
+    with torch.device("meta"):
+        weighting = Counting(count=torch.zeros((), dtype=torch.long))
+    with pytest.raises(
+        MultiLossError, match=r"weighting 'Counting': host state 'count' is on meta, not the host: create it with "
+    ):
+        weighting.bind(["a", "b"])
+    with torch.device("meta"):
+        on_the_host = Counting(count=torch.zeros((), dtype=torch.long, device="cpu"))
+        on_the_host.bind(["a", "b"])
+    assert on_the_host.count.device.type == "cpu"
+
+
 def test_a_host_state_entry_that_is_no_tensor_is_refused_naming_it() -> None:
     with pytest.raises(MultiLossError, match=r"weighting 'Counting': host state 'count' must be a Tensor, got int"):
         Counting(count=0).bind(["a", "b"])

@@ -526,3 +526,17 @@ def test_a_monitor_of_a_validation_key_without_the_loaders_suffix_is_said_when_t
     assert model.monitor_problem("val/loss/dataloader_idx_1") is None  # the loaders not known yet: either counts
     assert model.monitor_problem("val/loss/dataloader_idx_1", val_dataloaders=1) is not None
     assert model.monitor_problem("val/loss", val_dataloaders=1) is None
+
+
+def test_best_values_made_on_the_meta_device_start_unseen_after_reset_parameters() -> None:
+    # Lightning refused to materialise a model made under init_module(empty_init=True) that kept
+    # best values: the module had no reset_parameters().
+    from lightning_multiloss._metric_keys import BestValues
+
+    with torch.device("meta"):
+        best = BestValues([True, False])
+    best.to_empty(device="cpu")
+    best.values.fill_(math.nan)
+    best.reset_parameters()
+    assert best.values.tolist() == [-math.inf, math.inf]
+    assert best.update(0, torch.tensor(0.5)).item() == 0.5

@@ -7,12 +7,13 @@ through a real Trainer run wherever a check would otherwise call them on the los
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import math
 import re
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -29,6 +30,7 @@ from lightning_multiloss.weighting import (
     Fixed,
     GradientWeighting,
     GramianWeighting,
+    Learnable,
     Progress,
     WeightedLoss,
     Weighting,
@@ -36,7 +38,7 @@ from lightning_multiloss.weighting import (
     weighted_sum,
 )
 from tests._ddp import run_ddp_script
-from tests._models import HEAD_SIZES, ToyDataset, quiet_trainer, toy_tasks
+from tests._models import HEAD_SIZES, ToyDataset, assert_params_close, quiet_trainer, toy_tasks
 
 # Arguments a strategy cannot be built without (or that make a short run exercise all its phases).
 REQUIRED: dict[str, Callable[[int], dict[str, Any]]] = {
@@ -265,6 +267,81 @@ def test_a_state_without_the_last_weights_still_loads(name):
         weighting.bind(TASKS[2])
     fresh.load_state_dict({k: v for k, v in saved.state_dict().items() if k != "last_weights"})  # strict
     assert fresh.last_weights.tolist() == [1.0, 1.0]
+
+
+@contextlib.contextmanager
+def uninitialised_memory_as_nan() -> Iterator[None]:
+    """``torch.empty`` (and so ``to_empty``) memory filled with NaN (floats) and the largest value
+    (integers), torch's documented deterministic fill: left-over memory then shows in any result."""
+    before = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.utils.deterministic.fill_uninitialized_memory = before[1]  # type: ignore[attr-defined]
+
+
+def made_on_the_meta_device(name: str) -> PropNet:
+    """``PropNet`` made under ``torch.device("meta")``, then given (NaN-filled) memory by ``to_empty``."""
+    with torch.device("meta"):
+        model = PropNet(make_weighting(name))
+    with uninitialised_memory_as_nan():
+        model.to_empty(device="cpu")
+    return model
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_model_made_on_the_meta_device_then_loaded_holds_the_checkpoints_strategy(name):
+    """``to_empty`` then a strict ``load_state_dict``: the buffers that checkpoints leave out (fixed
+    weights, last weights computed from the state, Learnable's marks) and the evaluation means
+    kept the uninitialised memory (fixed weights of 1e-18 trained without an error). The
+    reference: a model built on the CPU, loaded."""
+    trained = PropNet(make_weighting(name))
+    fit(trained, loader(), max_epochs=2)
+    saved = model_state(trained)
+    empty = made_on_the_meta_device(name)
+    empty.load_state_dict(saved)
+    built = PropNet(make_weighting(name), seed=5)
+    built.load_state_dict(saved)
+    want = dict(built.weighting.named_buffers())
+    for key, value in empty.weighting.named_buffers():
+        torch.testing.assert_close(value, want[key], rtol=0, atol=0, msg=key)
+    torch.testing.assert_close(empty.weighting.current_weights(), built.weighting.current_weights(), rtol=0, atol=0)
+    (logged,) = quiet_trainer().validate(empty, loader(), verbose=False)
+    assert logged == quiet_trainer().validate(built, loader(), verbose=False)[0]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_model_made_on_the_meta_device_trains_from_its_reset_parameters_as_one_built_on_the_cpu(name):
+    """PyTorch's convention for a model made on the meta device, as Lightning's ``ModelParallel``
+    follows it: ``to_empty``, then ``reset_parameters()`` of each module holding tensors (the
+    strategies had none: their state, and the epoch means, stayed uninitialised memory). The
+    network then takes the reference's weights; the fits must be the same."""
+    reference = PropNet(make_weighting(name))
+    model = made_on_the_meta_device(name)
+    for module in model.modules():
+        if list(module.parameters(recurse=False)) or list(module.buffers(recurse=False)):
+            module.reset_parameters()
+    network = {k: v for k, v in reference.state_dict().items() if not k.startswith("weighting.")}
+    model.load_state_dict(network, strict=False)
+    for each in (reference, model):
+        fit(each, loader(n=16, batch_size=8, unlabelled=range(4)), max_epochs=2)
+    assert_params_close(model_state(model), model_state(reference), atol=0.0, what=name)
+
+
+def test_the_last_weights_of_a_loaded_strategy_are_the_weights_in_force():
+    """``last_weights`` (the last training step's weights) read ones after a load where the
+    strategy computes them from its state; they are the weights in force, by hand here."""
+    fixed = Fixed([1.0, 0.5])
+    fixed.bind(TASKS[2])
+    fixed.load_state_dict({})
+    assert fixed.last_weights.tolist() == [1.0, 0.5]
+    learnable = Learnable()
+    learnable.bind(TASKS[2])
+    learnable.load_state_dict({"alpha": torch.tensor(0.25)})
+    assert learnable.last_weights.tolist() == [0.25, 0.75]  # Keras: alpha and 1 - alpha
 
 
 class UsersSchedule(Linear):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -203,6 +204,53 @@ class Weighting(nn.Module, ABC):
             self._buffers[name] = source.to(device=after.device, dtype=torch.promote_types(source.dtype, torch.float32))
         return self
 
+    def reset_parameters(self) -> None:
+        """Give the strategy's parameters and buffers the values :meth:`bind` gave them, in place
+        (on their device, in their dtype), and start its epoch means afresh.
+
+        What a module made on the meta device needs once ``to_empty`` has given it memory, to train
+        from scratch (PyTorch's convention, which Lightning follows where it materialises a model
+        made under ``trainer.init_module(empty_init=True)``); a checkpoint loaded after it takes
+        precedence, as ever.
+        """
+        if not self._task_names:
+            return
+        fresh = self._bound_afresh()
+        with torch.no_grad():
+            for name, tensor in [*self._parameters.items(), *self._buffers.items()]:
+                if tensor is not None and not tensor.is_meta:
+                    tensor.copy_(getattr(fresh, name))
+        self.take_state_of(fresh)
+        if self.uses_epoch_losses:
+            self.epoch_losses.reset()
+
+    def take_state_of(self, fresh: Weighting) -> None:
+        """Take the state that is neither a parameter nor a buffer from ``fresh``, a copy of this
+        strategy bound afresh (:meth:`reset_parameters`); the base has none."""
+
+    def _bound_afresh(self) -> Weighting:
+        """A copy of the strategy (its configuration) bound to the same tasks anew, on the CPU."""
+        fresh = copy.deepcopy(self)
+        vars(fresh).update(_parameters={}, _buffers={}, _modules={}, _non_persistent_buffers_set=set(), _task_names=())
+        with torch.device("cpu"):
+            fresh.bind(self._task_names)
+        return fresh
+
+    def set_unsaved_state(self) -> None:
+        """Set the buffers that checkpoints leave out from the configuration and the loaded state;
+        called once a ``load_state_dict`` has loaded the strategy's entries. They would otherwise
+        keep what they held before the load: the first values (``last_weights`` of ones after
+        ``load_from_checkpoint``) or, in a model made on the meta device and then ``to_empty``,
+        uninitialised memory (fixed weights of 1e-18 that trained without an error). The base sets
+        :attr:`last_weights`, where it is not state, to the weights in force
+        (:meth:`current_weights`); a subclass with buffers of its own outside checkpoints sets
+        them first, then calls ``super()``.
+        """
+        last = self._buffers.get("last_weights")
+        if last is not None and not last.is_meta and "last_weights" in self._non_persistent_buffers_set:
+            with torch.no_grad():
+                last.copy_(self.current_weights())
+
     OPTIONAL_STATE: ClassVar[tuple[str, ...]] = ("last_weights",)
     """State keys a checkpoint may lack (earlier versions left them out): loading keeps the current value."""
 
@@ -220,6 +268,8 @@ class Weighting(nn.Module, ABC):
             ):
                 state_dict[prefix + name] = self._buffers[name]
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self._task_names:
+            self.set_unsaved_state()
 
     # -- the step -------------------------------------------------------------------------
     @abstractmethod

@@ -31,7 +31,7 @@ from lightning_multiloss.gradients import (
     parameter_route_gradients,
     representation_route_gradients,
 )
-from lightning_multiloss.weighting._base import GradientWeighting, WeightedLoss, weighted_sum
+from lightning_multiloss.weighting._base import GradientWeighting, WeightedLoss, Weighting, weighted_sum
 
 __all__ = ["DDPMode", "GramianWeighting", "NonFiniteWeightsError", "Route", "psd_up_to_rounding"]
 
@@ -167,7 +167,8 @@ class GramianWeighting(GradientWeighting):
     ``compute_weights`` runs on the host copy of ``G``, so its state (step counts, running
     averages, the last solution) stays there too: reading it costs no wait for the device, and
     ``.to(device)`` leaves it where it is. Each goes into checkpoints as a plain entry of the
-    state dict under its own name (``weighting.<name>``). With ``ddp="exact"`` it is the same on
+    state dict under its own name (``weighting.<name>``); create each with ``device="cpu"``, so that
+    a model made under ``torch.device("meta")`` has it too. With ``ddp="exact"`` it is the same on
     every DDP process, which computes it from the same values; with ``ddp="local"`` it is each
     process's own (DDP copies buffers from rank 0, not this host state).
     """
@@ -199,7 +200,14 @@ class GramianWeighting(GradientWeighting):
 
     def bind(self, task_names: Sequence[str]) -> None:
         super().bind(task_names)
-        self._host_tensors()  # once build() has run: a missing or wrong entry fails before training
+        # Once build() has run: a missing or wrong entry fails before training.
+        for name, value in self._host_tensors().items():
+            if value.device.type != "cpu":
+                raise MultiLossError(
+                    f"weighting {self.name!r}: host state {name!r} is on {value.device}, not the host: create it "
+                    "with device='cpu' (under `with torch.device(...)` or torch.set_default_device a new tensor "
+                    "goes to that device)"
+                )
 
     def load_host_state_dict(self, state: Mapping[str, Tensor]) -> None:
         """Take back a :meth:`host_state_dict` (of this process, or of another one in ``ddp="local"``
@@ -212,6 +220,12 @@ class GramianWeighting(GradientWeighting):
                     f"weighting {self.name!r}: host state {name!r} is {got}, the strategy's {tuple(host.shape)}"
                 )
             getattr(self, name).copy_(value)
+
+    def take_state_of(self, fresh: Weighting) -> None:
+        # The host state of a strategy made on the meta device is meta tensors: a fresh copy's.
+        assert isinstance(fresh, GramianWeighting)
+        for name, value in fresh.host_state_dict().items():
+            setattr(self, name, value)
 
     def own_host_state(self) -> None:
         """Give this process its own copy of the host state where it is in shared memory:

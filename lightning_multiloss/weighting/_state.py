@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -25,6 +26,21 @@ def keep_sums_precise(metric: Metric, state: Tensor, values: Tensor) -> None:
         metric.set_dtype(wanted)
 
 
+def apply_from_zero(metric: Metric, apply: Callable[[], object]) -> None:
+    """Run ``apply`` (the metric's ``Module._apply``), then set the defaults of its states (what
+    :meth:`~torchmetrics.Metric.reset` restores) to zeros, as each of this module's metrics starts,
+    and the states too where they were meta tensors: ``to_empty`` (a module made on the meta
+    device), which torchmetrics applies to the defaults as well, left uninitialised memory there,
+    so every epoch's means started from it."""
+    was_meta = any(isinstance(v, Tensor) and v.is_meta for v in metric.metric_state.values())
+    apply()
+    for name, default in metric._defaults.items():
+        if isinstance(default, Tensor) and not default.is_meta:
+            metric._defaults[name] = torch.zeros_like(default)
+    if was_meta and not any(isinstance(v, Tensor) and v.is_meta for v in metric.metric_state.values()):
+        metric.reset()
+
+
 class EvaluationMean(MeanMetric):
     """torchmetrics' :class:`~torchmetrics.MeanMetric` whose states stay float32 under half precisions.
 
@@ -41,6 +57,10 @@ class EvaluationMean(MeanMetric):
         if isinstance(value, Tensor):
             keep_sums_precise(self, self.mean_value, value)
         super().update(value, weight)
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> EvaluationMean:
+        apply_from_zero(self, lambda: super(EvaluationMean, self)._apply(fn, *args, **kwargs))
+        return self
 
 
 class TaskEpochMean(Metric):
@@ -151,6 +171,10 @@ class TaskEpochMean(Metric):
     def reset(self) -> None:
         super().reset()
         self._all_labelled[0] = 0
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> TaskEpochMean:
+        apply_from_zero(self, lambda: super(TaskEpochMean, self)._apply(fn, *args, **kwargs))
+        return self
 
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
         self._flush()

@@ -72,10 +72,10 @@ class DBMTL(GramianWeighting):
         require(self.name, math.isfinite(beta) and 0.0 <= beta < 1.0, "beta must be in [0, 1)", beta)
         self.beta = beta
         self.beta_sigma = check_positive(self.name, "beta_sigma", beta_sigma, allow_zero=True)
-        self.num_steps = torch.zeros((), dtype=torch.long)
+        self.num_steps = torch.zeros((), dtype=torch.long, device="cpu")
 
     def build(self, num_tasks: int) -> None:
-        self.norm_ema = torch.zeros(num_tasks, dtype=torch.float64)
+        self.norm_ema = torch.zeros(num_tasks, dtype=torch.float64, device="cpu")
 
     @property
     def single_task_weight(self) -> str:

@@ -61,7 +61,20 @@ class Fixed(Weighting):
         self.weights: Tensor
 
     def build(self, num_tasks: int) -> None:
-        spec = [1.0] * num_tasks if self._spec is None else self._spec
+        # Not persistent: fixed weights are configuration, not training state. On the default device
+        # (the meta device under `with torch.device("meta")`), the values checked on the host.
+        weights = torch.empty(num_tasks).copy_(self._configured_weights())
+        self.register_buffer("weights", weights, persistent=False)
+
+    def set_unsaved_state(self) -> None:
+        if not self.weights.is_meta:
+            with torch.no_grad():
+                self.weights.copy_(self._configured_weights())
+        super().set_unsaved_state()
+
+    def _configured_weights(self) -> Tensor:
+        """The weights of the configuration, checked, as a CPU tensor of the default float dtype."""
+        spec = [1.0] * self.num_tasks if self._spec is None else self._spec
         values = per_task_values(self.name, self.task_names, spec, "weights", 1.0)
         values = [check_weight(self.name, name, v) for name, v in zip(self.task_names, values, strict=True)]
         if not any(values):
@@ -69,7 +82,7 @@ class Fixed(Weighting):
                 f"weighting 'fixed': every weight is 0 ({dict(zip(self.task_names, values, strict=True))}): "
                 "the loss would be 0 and nothing would train"
             )
-        stored = torch.tensor(values)  # the default float dtype: float32 holds up to about 3.4e38
+        stored = torch.tensor(values, device="cpu")  # the default float dtype: float32 holds up to about 3.4e38
         finite, any_nonzero = bool(torch.isfinite(stored).all()), bool(stored.any())
         if not (finite and any_nonzero):
             trouble = "beyond its range" if not finite else "all 0 once rounded: nothing would train"
@@ -77,8 +90,7 @@ class Fixed(Weighting):
                 f"weighting 'fixed': the weights {dict(zip(self.task_names, values, strict=True))} are "
                 f"{stored.tolist()} in {stored.dtype}, {trouble}"
             )
-        # Not persistent: fixed weights are configuration, not training state.
-        self.register_buffer("weights", stored, persistent=False)
+        return stored
 
     def current_weights(self) -> Tensor:
         """The weights the next step uses (the strategy's ``weights`` buffer)."""

@@ -77,11 +77,11 @@ class GradNorm(GramianWeighting):
         super().__init__(**options)
         self.alpha = check_positive(self.name, "alpha", alpha, allow_zero=True)
         self.lr = check_positive(self.name, "lr", lr)
-        self.num_steps = torch.zeros((), dtype=torch.long)
+        self.num_steps = torch.zeros((), dtype=torch.long, device="cpu")
 
     def build(self, num_tasks: int) -> None:
-        self.omega = torch.zeros(num_tasks, dtype=torch.float64)
-        self.initial_losses = torch.zeros(num_tasks, dtype=torch.float64)  # 0: no loss above 0 yet
+        self.omega = torch.zeros(num_tasks, dtype=torch.float64, device="cpu")
+        self.initial_losses = torch.zeros(num_tasks, dtype=torch.float64, device="cpu")  # 0: no loss above 0 yet
 
     def compute_weights(self, g: Tensor, values: Tensor) -> Tensor:
         k = g.shape[0]

@@ -78,10 +78,10 @@ class GradVac(GramianWeighting):
         )
         self.beta = beta
         self.seed = seed
-        self.num_steps = torch.zeros((), dtype=torch.long)
+        self.num_steps = torch.zeros((), dtype=torch.long, device="cpu")
 
     def build(self, num_tasks: int) -> None:
-        self.target = torch.zeros(num_tasks, num_tasks, dtype=torch.float64)
+        self.target = torch.zeros(num_tasks, num_tasks, dtype=torch.float64, device="cpu")
 
     def compute_weights(self, g: Tensor, losses: Tensor) -> Tensor:
         k = g.shape[0]

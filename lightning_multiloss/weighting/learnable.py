@@ -182,6 +182,13 @@ class Learnable(Weighting):
             # device, which a load with assign=True may have changed.
             self.projected = alpha.detach().clone()
 
+    def set_unsaved_state(self) -> None:
+        # Not on a bound since any step counted here (a load into a model made on the meta device
+        # left it uninitialised: the bound warning named a step of that memory).
+        if not self.on_bound_since.is_meta:
+            self.on_bound_since.fill_(-1)
+        super().set_unsaved_state()
+
     def set_progress(self, progress: Progress) -> None:
         # The optimizer steps done so far (restored by Lightning on resume), so that the bound
         # checks keep their cadence and the warning its count across a resumed run. Several

@@ -104,12 +104,12 @@ class NashMTL(GramianWeighting):
         self.max_norm = check_positive(self.name, "max_norm", max_norm, allow_zero=True)
         require(self.name, isinstance(normalize, bool), "normalize must be true or false", normalize)
         self.normalize = normalize
-        self.num_steps = torch.zeros((), dtype=torch.long)
+        self.num_steps = torch.zeros((), dtype=torch.long, device="cpu")
         self._warned_no_solution = False
 
     def build(self, num_tasks: int) -> None:
         # The last solution (before max_norm), in units of the scaled Gramian: reused and warm start.
-        self.alpha = torch.ones(num_tasks, dtype=torch.float64)
+        self.alpha = torch.ones(num_tasks, dtype=torch.float64, device="cpu")
 
     def solve(self, gramian: Tensor, start: Tensor | None = None) -> Tensor | None:
         """The positive solution of ``Ĝα = 1/α`` for a float64 Gramian (zero-gradient tasks: mean

@@ -58,7 +58,7 @@ class PCGrad(GramianWeighting):
             seed,
         )
         self.seed = seed
-        self.num_steps = torch.zeros((), dtype=torch.long)
+        self.num_steps = torch.zeros((), dtype=torch.long, device="cpu")
 
     def compute_weights(self, g: Tensor, losses: Tensor) -> Tensor:
         k = g.shape[0]

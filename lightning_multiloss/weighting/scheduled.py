@@ -84,8 +84,9 @@ class Scheduled(Weighting):
             self._alpha = True
             self._schedules = [as_schedule(spec, "schedule of alpha")]
         # Persistent, so a checkpoint shows the weights in force when it was written.
-        self.register_buffer("weights", torch.tensor(self.values_at(0.0)))
-        self._last = self.weights.tolist()
+        values = self.values_at(0.0)
+        self.register_buffer("weights", torch.tensor(values))
+        self._last = torch.tensor(values, device="cpu").tolist()  # as stored (the default float dtype's rounding)
 
     def values_at(self, t: float) -> list[float]:
         """The task weights at progress ``t`` (checked: finite, non-negative, alpha in [0, 1])."""

@@ -110,17 +110,21 @@ class STCH(Weighting):
         return value
 
     def build(self, num_tasks: int) -> None:
-        spec = self._preference_spec
-        spec = [1.0] * num_tasks if spec is None else spec
-        values = [
-            self._check_preference(name, v)
-            for name, v in zip(
-                self.task_names, per_task_values(self.name, self.task_names, spec, "preference", 1.0), strict=True
-            )
-        ]
-        self.register_buffer("preference", torch.tensor(values), persistent=False)
+        self.register_buffer("preference", torch.tensor(self._configured_preference()), persistent=False)
         self.register_buffer("nadir", torch.ones(num_tasks))
         self.register_buffer("epochs_seen", torch.zeros((), dtype=torch.long))
+
+    def _configured_preference(self) -> list[float]:
+        spec = self._preference_spec
+        spec = [1.0] * self.num_tasks if spec is None else spec
+        values = per_task_values(self.name, self.task_names, spec, "preference", 1.0)
+        return [self._check_preference(name, v) for name, v in zip(self.task_names, values, strict=True)]
+
+    def set_unsaved_state(self) -> None:
+        if not self.preference.is_meta:
+            with torch.no_grad():
+                self.preference.copy_(torch.tensor(self._configured_preference(), device="cpu"))
+        super().set_unsaved_state()
 
     @property
     def has_nadir(self) -> bool:
