@@ -38,21 +38,7 @@ def write_trajectory(
             writer.writerow([row_step, epoch, *row])
     paths = [csv_path]
     if plot:
-        # A Figure of its own, not pyplot's: the process's backend (a notebook's inline one) and
-        # pyplot's list of open figures stay the user's; savefig draws it with Agg.
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=(7, 4))
-        ax = fig.subplots()
-        for i, name in enumerate(task_names):
-            # Markers when there are few points, so that a short run still shows its values.
-            ax.plot(steps, [row[i] for row in weights], label=name, marker="o" if len(steps) <= 30 else None)
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("task weight")
-        ax.set_title("Loss weights during training")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
+        fig = trajectory_figure(task_names, steps, weights)
         png_path = f"{stem}.png"
         fig.savefig(png_path, dpi=120, format="png")  # PNG whatever the name (not read from its extension)
         paths.append(png_path)
@@ -62,6 +48,52 @@ def write_trajectory(
         for logger in loggers:
             log_plot(logger, None, None, csv_path, step)  # the CSV alone, where a logger keeps files
     return paths
+
+
+def trajectory_figure(task_names: Sequence[str], steps: Sequence[int], weights: Sequence[Sequence[float]]) -> Any:
+    """The plot of the weights against the optimizer steps: a matplotlib ``Figure`` of 7 × 4 inches.
+
+    A Figure of its own, not pyplot's: the process's backend (a notebook's inline one) and pyplot's
+    list of open figures stay the user's; ``savefig`` draws it with Agg.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.subplots()
+    for i, name in enumerate(task_names):
+        # Markers when there are few points, so that a short run still shows its values.
+        marker = "o" if len(steps) <= 30 else None
+        ax.plot(steps, [row[i] for row in weights], label=name, marker=marker, **_line_style(i, len(task_names)))
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("task weight")
+    ax.set_title("Loss weights during training")
+    ax.grid(alpha=0.3)
+    if len(task_names) > _LEGEND_INSIDE:
+        # Beside the axes, in as many columns as it takes (the figure keeps its size): inside them,
+        # 50 tasks' entries ran off the figure after the 16th and hid the lines.
+        columns = -(-len(task_names) // _LEGEND_ROWS)
+        fig.legend(loc="outside right upper", fontsize=6, ncols=columns, handlelength=1.5, borderaxespad=0.0)
+    else:
+        ax.legend()
+    return fig
+
+
+_LEGEND_INSIDE = 10  # tasks whose legend fits inside the axes
+_LEGEND_ROWS = 25  # entries in a column of the legend beside the axes
+_DASHES = ("-", "--", ":", "-.")
+
+
+def _line_style(index: int, count: int) -> dict[str, Any]:
+    """Task ``index``'s line among ``count``: matplotlib's ten colours (C0, C1, ...) for up to ten
+    tasks, ``tab20``'s twenty for up to twenty, beyond that a colour each from a colour map, the
+    neighbours told apart by their dashes (the ten colours came round again: t0, t10 and t20 were one)."""
+    from matplotlib import colormaps
+
+    if count <= 10:
+        return {"color": f"C{index}"}
+    if count <= 20:
+        return {"color": colormaps["tab20"](index)}
+    return {"color": colormaps["turbo"](index / (count - 1)), "linestyle": _DASHES[index % len(_DASHES)]}
 
 
 def logger_kind(logger: Any) -> str | None:

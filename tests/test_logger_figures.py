@@ -191,3 +191,28 @@ def test_the_plot_leaves_the_users_backend_and_figures(tmp_path: Path) -> None:
     finally:
         plt.close("all")
         matplotlib.use(before)
+
+
+@pytest.mark.parametrize("count", [3, 15, 50])
+def test_every_tasks_line_looks_its_own_and_the_legend_fits_in_the_figure(count: int) -> None:
+    # Beyond ten tasks matplotlib's colours came round again (t0, t10, t20 looked alike) and, at 50,
+    # the legend inside the axes ran off the figure after the 16th task and hid the lines.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from lightning_multiloss._trajectory import trajectory_figure
+
+    names = [f"task_{i}" for i in range(count)]
+    steps = list(range(0, 200, 4))
+    figure = trajectory_figure(names, steps, [[1.0 + 0.01 * i for i in range(count)] for _ in steps])
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    (ax,) = figure.axes
+    looks = {(colors.to_hex(line.get_color()), line.get_linestyle()) for line in ax.get_lines()}
+    assert len(looks) == count
+    (legend,) = figure.legends or [ax.get_legend()]
+    assert [text.get_text() for text in legend.get_texts()] == names
+    box, frame = legend.get_window_extent(renderer), figure.bbox
+    assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+    assert figure.get_size_inches().tolist() == [7.0, 4.0]
+    if count > 10:  # beside the axes, not over the lines
+        assert box.x0 >= ax.get_window_extent(renderer).x1
