@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from lightning_multiloss._numbers import out_of_half_precision
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.task import Task, flatten_metrics
 
@@ -141,6 +142,5 @@ class BestValues(nn.Module):
         # rounded to bfloat16 (and compared in it); they follow the module's device only.
         kept = self.values
         super()._apply(fn, recurse)
-        if self.values.dtype in (torch.float16, torch.bfloat16) and kept.dtype not in (torch.float16, torch.bfloat16):
-            self.values = kept.to(self.values.device)
+        self.values = out_of_half_precision(kept, self.values)
         return self

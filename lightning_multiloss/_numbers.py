@@ -37,3 +37,22 @@ def whole_number(value: object) -> int | None:
     if isinstance(value, numbers.Real) and float(value).is_integer():
         return int(float(value))
     return None
+
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def out_of_half_precision(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """A module's tensor after ``Module._apply`` (``after``), or, where that cast it to a half dtype
+    (``precision="bf16-true"``, ``.half()``), the values before the cast (``before``), in float32 or
+    wider, on ``after``'s device: for state that half precision would round or stall. A meta or
+    half ``before`` has no finer values: ``after`` in float32 then.
+
+    >>> kept = out_of_half_precision(torch.tensor([1.001]), torch.tensor([1.001]).bfloat16())
+    >>> kept.dtype, kept.tolist() == torch.tensor([1.001]).tolist()
+    (torch.float32, True)
+    """
+    if after.dtype not in _HALF:
+        return after
+    source = after if before.is_meta or before.dtype in _HALF else before
+    return source.to(device=after.device, dtype=torch.promote_types(source.dtype, torch.float32))

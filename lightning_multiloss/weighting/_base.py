@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypedDict
 import torch
 from torch import Tensor, nn
 
+from lightning_multiloss._numbers import out_of_half_precision
 from lightning_multiloss.errors import MultiLossError
 from lightning_multiloss.gradients import DDPMode, Route
 from lightning_multiloss.weighting._state import TaskEpochMean
@@ -196,12 +197,10 @@ class Weighting(nn.Module, ABC):
         super()._apply(fn, recurse)
         for name, before in kept.items():
             after = self._buffers.get(name)
-            if before is None or after is None or after.dtype not in (torch.float16, torch.bfloat16):
-                continue
-            # The values before the cast, not its rounding of them (a resumed run converts the
-            # module after loading the checkpoint); a meta tensor has none to copy.
-            source = after if before.is_meta or before.dtype in (torch.float16, torch.bfloat16) else before
-            self._buffers[name] = source.to(device=after.device, dtype=torch.promote_types(source.dtype, torch.float32))
+            if before is not None and after is not None:
+                # The values before the cast, not its rounding of them (a resumed run converts the
+                # module after loading the checkpoint).
+                self._buffers[name] = out_of_half_precision(before, after)
         return self
 
     def reset_parameters(self) -> None:
