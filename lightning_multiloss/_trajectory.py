@@ -51,14 +51,18 @@ def write_trajectory(
 
 
 def trajectory_figure(task_names: Sequence[str], steps: Sequence[int], weights: Sequence[Sequence[float]]) -> Any:
-    """The plot of the weights against the optimizer steps: a matplotlib ``Figure`` of 7 × 4 inches.
+    """The plot of the weights against the optimizer steps: a matplotlib ``Figure`` of 7 × 4 inches
+    (wider by a column of the legend beside the axes for each 25 tasks beyond the first 25).
 
     A Figure of its own, not pyplot's: the process's backend (a notebook's inline one) and pyplot's
     list of open figures stay the user's; ``savefig`` draws it with Agg.
     """
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7, 4), layout="constrained")
+    count = len(task_names)
+    columns = -(-count // _LEGEND_ROWS) if _LEGEND_INSIDE < count <= _LEGEND_MOST else 1
+    # Wider by each column of a legend beside the axes, so that the lines keep their room.
+    fig = Figure(figsize=(7 + _COLUMN_INCHES * (columns - 1), 4), layout="constrained")
     ax = fig.subplots()
     for i, name in enumerate(task_names):
         # Markers when there are few points, so that a short run still shows its values.
@@ -68,18 +72,30 @@ def trajectory_figure(task_names: Sequence[str], steps: Sequence[int], weights: 
     ax.set_ylabel("task weight")
     ax.set_title("Loss weights during training")
     ax.grid(alpha=0.3)
-    if len(task_names) > _LEGEND_INSIDE:
+    if count > _LEGEND_MOST:
+        # A legend of hundreds of entries leaves no room for the lines: a colour bar of the tasks'
+        # positions (the columns of the CSV) instead.
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+
+        mapping = ScalarMappable(Normalize(0, count - 1), cmap="turbo")
+        fig.colorbar(mapping, ax=ax, label=f"task: its position among the {count} (the CSV's columns)")
+    elif count > _LEGEND_INSIDE:
         # Beside the axes, in as many columns as it takes (the figure keeps its size): inside them,
-        # 50 tasks' entries ran off the figure after the 16th and hid the lines.
-        columns = -(-len(task_names) // _LEGEND_ROWS)
-        fig.legend(loc="outside right upper", fontsize=6, ncols=columns, handlelength=1.5, borderaxespad=0.0)
+        # 50 tasks' entries ran off the figure after the 16th and hid the lines. Long names cut.
+        handles, labels = ax.get_legend_handles_labels()
+        short = [name if len(name) <= _LABEL_CHARS else name[: _LABEL_CHARS - 1] + "…" for name in labels]
+        fig.legend(handles, short, loc="outside right upper", fontsize=6, ncols=columns, handlelength=1.5)
     else:
         ax.legend()
     return fig
 
 
 _LEGEND_INSIDE = 10  # tasks whose legend fits inside the axes
+_LEGEND_MOST = 50  # tasks named in a legend beside the axes; beyond, a colour bar
 _LEGEND_ROWS = 25  # entries in a column of the legend beside the axes
+_LABEL_CHARS = 20  # the longest name the legend beside the axes shows whole
+_COLUMN_INCHES = 1.6  # the width of a column of that legend
 _DASHES = ("-", "--", ":", "-.")
 
 

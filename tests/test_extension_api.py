@@ -4,6 +4,7 @@ message that names the strategy (or task) at fault, not deep inside the mixin or
 from __future__ import annotations
 
 import csv
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -313,3 +314,36 @@ def test_a_host_state_entry_that_is_no_tensor_is_refused_naming_it() -> None:
     weighting.count = 3
     with pytest.raises(MultiLossError, match=r"weighting 'Counting': host state 'count' must be a Tensor, got int"):
         weighting.state_dict()
+
+
+class Remembering(Weighting):
+    """A user's strategy that keeps the last losses with their graph and a lock: neither deep-copies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self._seen = 0
+        self.previous: Tensor | None = None
+
+    def build(self, num_tasks: int) -> None:
+        self.register_buffer("scale", torch.ones(num_tasks))
+
+    def forward(self, losses: Tensor) -> WeightedLoss:
+        if self.training:
+            self._seen += 1
+            self.scale.mul_(0.5)
+            self.previous = losses * 2.0
+        return weighted_sum(self.scale, losses)
+
+
+def test_reset_parameters_of_a_users_strategy_that_holds_what_cannot_be_copied() -> None:
+    # It deep-copied the strategy: "Only Tensors created explicitly by the user (graph leaves)
+    # support the deepcopy protocol", "cannot pickle '_thread.lock'".
+    weighting = Remembering()
+    weighting.bind(["a", "b"])
+    for _ in range(3):
+        weighting(torch.tensor([1.0, 2.0], requires_grad=True))
+    lock = weighting.lock
+    weighting.reset_parameters()
+    assert weighting.scale.tolist() == [1.0, 1.0] and weighting._seen == 0
+    assert weighting.lock is lock  # configuration and other objects stay as they are

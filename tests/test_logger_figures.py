@@ -10,6 +10,7 @@ import csv
 import io
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pytest
 from matplotlib import colors, rcParams
@@ -193,15 +194,15 @@ def test_the_plot_leaves_the_users_backend_and_figures(tmp_path: Path) -> None:
         matplotlib.use(before)
 
 
-@pytest.mark.parametrize("count", [3, 15, 50])
-def test_every_tasks_line_looks_its_own_and_the_legend_fits_in_the_figure(count: int) -> None:
+@pytest.mark.parametrize(("count", "prefix"), [(3, "task_"), (15, "task_"), (50, "a_rather_long_task_name_")])
+def test_every_tasks_line_looks_its_own_and_the_legend_fits_in_the_figure(count: int, prefix: str) -> None:
     # Beyond ten tasks matplotlib's colours came round again (t0, t10, t20 looked alike) and, at 50,
     # the legend inside the axes ran off the figure after the 16th task and hid the lines.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     from lightning_multiloss._trajectory import trajectory_figure
 
-    names = [f"task_{i}" for i in range(count)]
+    names = [f"{prefix}{i}" for i in range(count)]
     steps = list(range(0, 200, 4))
     figure = trajectory_figure(names, steps, [[1.0 + 0.01 * i for i in range(count)] for _ in steps])
     renderer = FigureCanvasAgg(figure).get_renderer()
@@ -210,9 +211,31 @@ def test_every_tasks_line_looks_its_own_and_the_legend_fits_in_the_figure(count:
     looks = {(colors.to_hex(line.get_color()), line.get_linestyle()) for line in ax.get_lines()}
     assert len(looks) == count
     (legend,) = figure.legends or [ax.get_legend()]
-    assert [text.get_text() for text in legend.get_texts()] == names
+    shown = [text.get_text() for text in legend.get_texts()]
+    assert shown == (names if count <= 10 else [n if len(n) <= 20 else n[:19] + "…" for n in names])
+    assert ax.get_window_extent(renderer).width >= 0.6 * figure.bbox.width  # the lines keep their room
     box, frame = legend.get_window_extent(renderer), figure.bbox
     assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
-    assert figure.get_size_inches().tolist() == [7.0, 4.0]
+    assert figure.get_size_inches().tolist() == [7.0 if count <= 25 else 8.6, 4.0]
     if count > 10:  # beside the axes, not over the lines
         assert box.x0 >= ax.get_window_extent(renderer).x1
+
+
+def test_the_plot_of_hundreds_of_tasks_shows_a_colour_bar_of_their_positions() -> None:
+    # A legend of 300 entries collapsed the axes to nothing and ran over them.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from lightning_multiloss._trajectory import trajectory_figure
+
+    count = 300
+    steps = list(range(0, 100, 4))
+    figure = trajectory_figure([f"task_{i}" for i in range(count)], steps, [[1.0] * count for _ in steps])
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    ax, bar = figure.axes
+    assert not figure.legends and ax.get_legend() is None
+    assert ax.get_window_extent(renderer).width >= 0.6 * figure.bbox.width
+    assert bar.get_ylim() == (0.0, count - 1.0) and "position" in bar.get_ylabel()
+    first, last = ax.get_lines()[0].get_color(), ax.get_lines()[-1].get_color()
+    assert colors.to_hex(first) == colors.to_hex(matplotlib.colormaps["turbo"](0.0))
+    assert colors.to_hex(last) == colors.to_hex(matplotlib.colormaps["turbo"](1.0))

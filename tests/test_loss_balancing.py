@@ -4,6 +4,7 @@ epoch logic, random sequences, a replay of FAMO's official update, and bad input
 from __future__ import annotations
 
 import math
+import pickle
 
 import pytest
 import torch
@@ -375,6 +376,19 @@ def test_famo_of_a_half_precision_model_replays_the_official_algorithm_in_float3
     again.load_state_dict(state)
     assert all(torch.equal(again.state_dict()[k], v) for k, v in state.items())
     assert again.to("meta").logits.is_meta
+
+
+def test_famo_counts_in_integers_after_an_earlier_versions_float_count() -> None:
+    # Earlier versions kept adam_step float32: a strategy pickled with the hyper-parameters, or a
+    # state loaded with assign=True, brought it back, and bf16-true stalled it at 256 again.
+    old = bound(FAMO(), "abc")
+    old._buffers["adam_step"] = torch.tensor(300.0)  # as an earlier version pickled it
+    unpickled = pickle.loads(pickle.dumps(old))
+    assert unpickled.adam_step.dtype == torch.long and int(unpickled.adam_step) == 300
+    assigned = bound(FAMO(), "abc")
+    assigned.load_state_dict({**assigned.state_dict(), "adam_step": torch.tensor(7.0)}, assign=True)
+    assert assigned.adam_step.dtype == torch.long and int(assigned.adam_step) == 7
+    assert unpickled.to(torch.bfloat16).adam_step.dtype == torch.long
 
 
 def test_dwa_of_a_bfloat16_model_keeps_its_epoch_means_in_float32() -> None:

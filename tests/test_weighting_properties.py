@@ -331,6 +331,26 @@ def test_a_model_made_on_the_meta_device_trains_from_its_reset_parameters_as_one
     assert_params_close(model_state(model), model_state(reference), atol=0.0, what=name)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_reset_parameters_gives_a_trained_strategy_its_initial_state(name):
+    """A trained strategy reset, in the same model with its network put back, fits as a new one:
+    the step counters made in ``__init__`` (PCGrad's random orders), the flags mirroring buffers on
+    the host (STCH's nadir, FAMO's pending update, GradDrop's draws) were the trained ones."""
+    data = loader(n=16, batch_size=8, unlabelled=range(4))
+    reference = PropNet(make_weighting(name))
+    start = model_state(reference)
+    fit(reference, data, max_epochs=3)
+    model = PropNet(make_weighting(name))
+    fit(model, data, max_epochs=3)
+    model.load_state_dict({k: v for k, v in start.items() if not k.startswith("weighting.")}, strict=False)
+    model.weighting.reset_parameters()
+    torch.testing.assert_close(
+        model.weighting.current_weights(), PropNet(make_weighting(name)).weighting.current_weights()
+    )
+    fit(model, data, max_epochs=3)
+    assert_params_close(model_state(model), model_state(reference), atol=0.0, what=name)
+
+
 def test_the_last_weights_of_a_loaded_strategy_are_the_weights_in_force():
     """``last_weights`` (the last training step's weights) read ones after a load where the
     strategy computes them from its state; they are the weights in force, by hand here."""

@@ -60,6 +60,14 @@ class Progress:
     :meth:`Weighting.check_plan` only."""
 
 
+# nn.Module's own attributes, and the strategy's that no reset restores.
+_MODULE_ATTRIBUTES = frozenset(vars(nn.Module())) | {"_task_names", "_owner", "_at_bind"}
+
+
+def _numbers_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, int | float) for v in value)
+
+
 class Weighting(nn.Module, ABC):
     """Base class of every loss-weighting strategy.
 
@@ -149,6 +157,7 @@ class Weighting(nn.Module, ABC):
         if self.uses_epoch_losses:
             self.epoch_losses = TaskEpochMean(k)
         self.build(k)
+        self._at_bind = self._plain_state()
 
     def _check_initialised(self) -> None:
         """A subclass's ``__init__`` that does not call the base's leaves no ``_task_names``, which
@@ -214,26 +223,37 @@ class Weighting(nn.Module, ABC):
         """
         if not self._task_names:
             return
-        fresh = self._bound_afresh()
+        # The parameters and buffers of a copy bound anew (on the CPU: this one may be on the meta
+        # device), written into this one's, which an optimizer may hold.
+        fresh = copy.copy(self)  # shares the configuration; bind() gives it tensors of its own
+        vars(fresh).update(_parameters={}, _buffers={}, _modules={}, _non_persistent_buffers_set=set(), _task_names=())
+        with torch.device("cpu"):
+            fresh.bind(self._task_names)
         with torch.no_grad():
             for name, tensor in [*self._parameters.items(), *self._buffers.items()]:
                 if tensor is not None and not tensor.is_meta:
                     tensor.copy_(getattr(fresh, name))
-        self.take_state_of(fresh)
+        # The counters, flags and host state as they were once bound (made in __init__ or build()).
+        for name, value in self.__dict__.get("_at_bind", {}).items():
+            self.__dict__[name] = value.clone() if isinstance(value, Tensor) else copy.copy(value)
         if self.uses_epoch_losses:
             self.epoch_losses.reset()
 
-    def take_state_of(self, fresh: Weighting) -> None:
-        """Take the state that is neither a parameter nor a buffer from ``fresh``, a copy of this
-        strategy bound afresh (:meth:`reset_parameters`); the base has none."""
-
-    def _bound_afresh(self) -> Weighting:
-        """A copy of the strategy (its configuration) bound to the same tasks anew, on the CPU."""
-        fresh = copy.deepcopy(self)
-        vars(fresh).update(_parameters={}, _buffers={}, _modules={}, _non_persistent_buffers_set=set(), _task_names=())
-        with torch.device("cpu"):
-            fresh.bind(self._task_names)
-        return fresh
+    def _plain_state(self) -> dict[str, Any]:
+        """The strategy's own state outside its parameters and buffers, copied: the plain values
+        (numbers, flags, lists of numbers, ``None``) and tensors of its private attributes and of its
+        host state (the Gramian strategies' counters and running values). Configuration is public
+        (``lr``, ``seed``) and left out, as are objects of other kinds."""
+        host = set(getattr(self, "host_state", ()))
+        kept: dict[str, Any] = {}
+        for name, value in vars(self).items():
+            if name in _MODULE_ATTRIBUTES or not (name.startswith("_") or name in host):
+                continue
+            if isinstance(value, Tensor):
+                kept[name] = value.detach().clone()
+            elif value is None or isinstance(value, bool | int | float | str) or _numbers_list(value):
+                kept[name] = copy.copy(value)
+        return kept
 
     def set_unsaved_state(self) -> None:
         """Set the buffers that checkpoints leave out from the configuration and the loaded state;

@@ -31,7 +31,7 @@ from lightning_multiloss.gradients import (
     parameter_route_gradients,
     representation_route_gradients,
 )
-from lightning_multiloss.weighting._base import GradientWeighting, WeightedLoss, Weighting, weighted_sum
+from lightning_multiloss.weighting._base import GradientWeighting, WeightedLoss, weighted_sum
 
 __all__ = ["DDPMode", "GramianWeighting", "NonFiniteWeightsError", "Route", "psd_up_to_rounding"]
 
@@ -220,12 +220,6 @@ class GramianWeighting(GradientWeighting):
                     f"weighting {self.name!r}: host state {name!r} is {got}, the strategy's {tuple(host.shape)}"
                 )
             getattr(self, name).copy_(value)
-
-    def take_state_of(self, fresh: Weighting) -> None:
-        # The host state of a strategy made on the meta device is meta tensors: a fresh copy's.
-        assert isinstance(fresh, GramianWeighting)
-        for name, value in fresh.host_state_dict().items():
-            setattr(self, name, value)
 
     def own_host_state(self) -> None:
         """Give this process its own copy of the host state where it is in shared memory:

@@ -158,7 +158,19 @@ class FAMO(Weighting):
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._count_in_integers()  # a float32 count, assigned by a load with assign=True
         self._pending = bool(self.pending)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._count_in_integers()  # a strategy pickled with the hyper-parameters by an earlier version
+
+    def _count_in_integers(self) -> None:
+        """Keep Adam's step count an integer: earlier versions kept it float32, which bf16-true rounded
+        to bfloat16, where the count stops at 256."""
+        step = self._buffers.get("adam_step")
+        if step is not None and step.is_floating_point():
+            self._buffers["adam_step"] = step.to(torch.long)
 
     def extra_repr(self) -> str:
         text = f"lr={self.lr}, weight_decay={self.weight_decay}, eps={self.eps}"
