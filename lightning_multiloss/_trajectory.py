@@ -79,12 +79,13 @@ def trajectory_figure(task_names: Sequence[str], steps: Sequence[int], weights: 
         from matplotlib.colors import Normalize
 
         mapping = ScalarMappable(Normalize(0, count - 1), cmap="turbo")
-        fig.colorbar(mapping, ax=ax, label=f"task: its position among the {count} (the CSV's columns)")
+        bar = fig.colorbar(mapping, ax=ax)
+        bar.set_label(f"task number (0 to {count - 1}, in the CSV's order)", fontsize=8)
     elif count > _LEGEND_INSIDE:
         # Beside the axes, in as many columns as it takes (the figure keeps its size): inside them,
         # 50 tasks' entries ran off the figure after the 16th and hid the lines. Long names cut.
         handles, labels = ax.get_legend_handles_labels()
-        short = [name if len(name) <= _LABEL_CHARS else name[: _LABEL_CHARS - 1] + "…" for name in labels]
+        short = [_shortened(name) for name in labels]
         fig.legend(handles, short, loc="outside right upper", fontsize=6, ncols=columns, handlelength=1.5)
     else:
         ax.legend()
@@ -97,6 +98,15 @@ _LEGEND_ROWS = 25  # entries in a column of the legend beside the axes
 _LABEL_CHARS = 20  # the longest name the legend beside the axes shows whole
 _COLUMN_INCHES = 1.6  # the width of a column of that legend
 _DASHES = ("-", "--", ":", "-.")
+
+
+def _shortened(name: str) -> str:
+    """``name`` cut in the middle to at most ``_LABEL_CHARS`` characters: names of many tasks often share
+    a start (``loss_regression_target_0``, ``…_1``) and differ at the end, which a cut at the end lost."""
+    if len(name) <= _LABEL_CHARS:
+        return name
+    tail = (_LABEL_CHARS - 1) // 2
+    return name[: _LABEL_CHARS - 1 - tail] + "…" + name[-tail:]
 
 
 def _line_style(index: int, count: int) -> dict[str, Any]:

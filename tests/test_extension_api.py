@@ -347,3 +347,51 @@ def test_reset_parameters_of_a_users_strategy_that_holds_what_cannot_be_copied()
     weighting.reset_parameters()
     assert weighting.scale.tolist() == [1.0, 1.0] and weighting._seen == 0
     assert weighting.lock is lock  # configuration and other objects stay as they are
+
+
+class OwnAdam(Weighting):
+    """A user's strategy with private logits stepped by an Adam of its own (as LibMTL's FAMO), and a
+    private handle on one of its buffers."""
+
+    def build(self, num_tasks: int) -> None:
+        self._logits = torch.zeros(num_tasks, requires_grad=True)
+        self._adam = torch.optim.Adam([self._logits], lr=0.1)
+        self.register_buffer("ema", torch.ones(num_tasks))
+        self._ema = self.ema
+
+    def forward(self, losses: Tensor) -> WeightedLoss:
+        if self.training:
+            self._adam.zero_grad()
+            (self._logits * losses.detach()).sum().backward()
+            self._adam.step()
+            self._ema.mul_(0.5).add_(losses.detach())
+        return weighted_sum(torch.softmax(self._logits.detach(), 0) * self.ema, losses)
+
+
+def test_reset_parameters_restores_private_tensors_in_place() -> None:
+    # The reset put back copies: the logits lost requires_grad and left the Adam that steps them
+    # ("element 0 of tensors does not require grad"), and the handle on the buffer was split from it.
+    def steps(weighting: OwnAdam) -> list[list[float]]:
+        return [weighting(torch.tensor([1.0, 2.0])).weights.tolist() for _ in range(3)]
+
+    fresh = OwnAdam()
+    fresh.bind(["a", "b"])
+    trained = OwnAdam()
+    trained.bind(["a", "b"])
+    steps(trained)
+    trained.reset_parameters()
+    trained._adam.state.clear()  # the optimizer's own state is the user's to reset
+    assert trained._logits.requires_grad and trained._ema is trained.ema
+    assert steps(trained) == steps(fresh)
+    assert trained.ema.tolist() == fresh.ema.tolist()
+
+
+def test_reset_parameters_of_a_strategy_from_an_earlier_version_says_what_it_cannot_restore() -> None:
+    # A strategy unpickled from an earlier version's checkpoint has no record of its state when bound.
+    weighting = create_weighting("pcgrad")
+    weighting.bind(["a", "b"])
+    del weighting.__dict__["_at_bind"]
+    with pytest.warns(
+        UserWarning, match=r"weighting 'pcgrad' was made by an earlier version .* create the strategy anew"
+    ):
+        weighting.reset_parameters()

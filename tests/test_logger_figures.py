@@ -212,7 +212,9 @@ def test_every_tasks_line_looks_its_own_and_the_legend_fits_in_the_figure(count:
     assert len(looks) == count
     (legend,) = figure.legends or [ax.get_legend()]
     shown = [text.get_text() for text in legend.get_texts()]
-    assert shown == (names if count <= 10 else [n if len(n) <= 20 else n[:19] + "…" for n in names])
+    # Cut in the middle: the names share their start and differ at the end.
+    assert shown == (names if count <= 10 else [n if len(n) <= 20 else n[:10] + "…" + n[-9:] for n in names])
+    assert len(set(shown)) == count
     assert ax.get_window_extent(renderer).width >= 0.6 * figure.bbox.width  # the lines keep their room
     box, frame = legend.get_window_extent(renderer), figure.bbox
     assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
@@ -235,7 +237,9 @@ def test_the_plot_of_hundreds_of_tasks_shows_a_colour_bar_of_their_positions() -
     ax, bar = figure.axes
     assert not figure.legends and ax.get_legend() is None
     assert ax.get_window_extent(renderer).width >= 0.6 * figure.bbox.width
-    assert bar.get_ylim() == (0.0, count - 1.0) and "position" in bar.get_ylabel()
+    assert bar.get_ylim() == (0.0, count - 1.0) and bar.get_ylabel() == "task number (0 to 299, in the CSV's order)"
+    label = bar.yaxis.label.get_window_extent(renderer)
+    assert figure.bbox.x0 <= label.x0 and label.x1 <= figure.bbox.x1 and label.y0 >= 0 and label.y1 <= figure.bbox.y1
     first, last = ax.get_lines()[0].get_color(), ax.get_lines()[-1].get_color()
     assert colors.to_hex(first) == colors.to_hex(matplotlib.colormaps["turbo"](0.0))
     assert colors.to_hex(last) == colors.to_hex(matplotlib.colormaps["turbo"](1.0))

@@ -351,6 +351,18 @@ def test_reset_parameters_gives_a_trained_strategy_its_initial_state(name):
     assert_params_close(model_state(model), model_state(reference), atol=0.0, what=name)
 
 
+def test_reset_parameters_of_a_float64_strategy_is_float64s_initial_state():
+    # precision="64-true" under init_module: the reset rebuilt it in float32, and Learnable's 1/3
+    # came back 3e-8 off the simplex.
+    with contextlib.ExitStack() as stack:
+        stack.callback(torch.set_default_dtype, torch.get_default_dtype())
+        torch.set_default_dtype(torch.float64)
+        learnable = Learnable()
+        learnable.bind(TASKS[3])
+    learnable.reset_parameters()
+    assert learnable.alpha.dtype == torch.float64 and learnable.alpha.tolist() == [1 / 3] * 3
+
+
 def test_the_last_weights_of_a_loaded_strategy_are_the_weights_in_force():
     """``last_weights`` (the last training step's weights) read ones after a load where the
     strategy computes them from its state; they are the weights in force, by hand here."""

@@ -224,26 +224,52 @@ class Weighting(nn.Module, ABC):
         if not self._task_names:
             return
         # The parameters and buffers of a copy bound anew (on the CPU: this one may be on the meta
-        # device), written into this one's, which an optimizer may hold.
+        # device; in float64 for a float64 strategy, whose first values float32 would round),
+        # written into this one's, which an optimizer may hold.
         fresh = copy.copy(self)  # shares the configuration; bind() gives it tensors of its own
         vars(fresh).update(_parameters={}, _buffers={}, _modules={}, _non_persistent_buffers_set=set(), _task_names=())
-        with torch.device("cpu"):
-            fresh.bind(self._task_names)
+        wide = any(
+            t.dtype == torch.float64 for t in [*self._parameters.values(), *self._buffers.values()] if t is not None
+        )
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64 if wide else torch.float32)
+        try:
+            with torch.device("cpu"):
+                fresh.bind(self._task_names)
+        finally:
+            torch.set_default_dtype(default)
         with torch.no_grad():
             for name, tensor in [*self._parameters.items(), *self._buffers.items()]:
                 if tensor is not None and not tensor.is_meta:
                     tensor.copy_(getattr(fresh, name))
-        # The counters, flags and host state as they were once bound (made in __init__ or build()).
-        for name, value in self.__dict__.get("_at_bind", {}).items():
-            self.__dict__[name] = value.clone() if isinstance(value, Tensor) else copy.copy(value)
+        # The counters, flags and host state as they were once bound (made in __init__ or build());
+        # a strategy pickled by an earlier version kept no record of them: those build() makes.
+        initial = self.__dict__.get("_at_bind")
+        if initial is None:
+            initial = fresh._plain_state()
+            warnings.warn(
+                f"weighting {self.name!r} was made by an earlier version of lightning-multiloss (a checkpoint's "
+                "hyper-parameters): reset_parameters() restores what its build() makes, not the counters made "
+                "when it was created; create the strategy anew for its whole initial state",
+                stacklevel=2,
+            )
+        for name, value in initial.items():
+            live = self.__dict__.get(name)
+            if isinstance(value, Tensor) and isinstance(live, Tensor) and live.shape == value.shape:
+                with torch.no_grad():
+                    live.copy_(value)  # in place: a handle on it, or an optimizer of the strategy's own, stays
+            else:
+                self.__dict__[name] = value.clone() if isinstance(value, Tensor) else copy.copy(value)
         if self.uses_epoch_losses:
             self.epoch_losses.reset()
 
     def _plain_state(self) -> dict[str, Any]:
         """The strategy's own state outside its parameters and buffers, copied: the plain values
         (numbers, flags, lists of numbers, ``None``) and tensors of its private attributes and of its
-        host state (the Gramian strategies' counters and running values). Configuration is public
-        (``lr``, ``seed``) and left out, as are objects of other kinds."""
+        host state (the Gramian strategies' counters and running values), which
+        :meth:`reset_parameters` puts back as they were when it was bound. Public configuration
+        (``lr``, ``seed``) is left out, as are objects of other kinds (dicts, generators): a
+        strategy of one's own resets those in :meth:`reset_parameters`, then calls ``super()``."""
         host = set(getattr(self, "host_state", ()))
         kept: dict[str, Any] = {}
         for name, value in vars(self).items():
