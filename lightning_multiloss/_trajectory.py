@@ -86,6 +86,9 @@ def trajectory_figure(task_names: Sequence[str], steps: Sequence[int], weights: 
         # 50 tasks' entries ran off the figure after the 16th and hid the lines. Long names cut.
         handles, labels = ax.get_legend_handles_labels()
         short = [_shortened(name) for name in labels]
+        if len(set(short)) < len(short):  # names alike at both ends: numbered, in the CSV's order
+            short = [_shortened(name, _LABEL_CHARS - len(f"{i} ")) for i, name in enumerate(labels)]
+            short = [f"{i} {name}" for i, name in enumerate(short)]
         fig.legend(handles, short, loc="outside right upper", fontsize=6, ncols=columns, handlelength=1.5)
     else:
         ax.legend()
@@ -100,13 +103,15 @@ _COLUMN_INCHES = 1.6  # the width of a column of that legend
 _DASHES = ("-", "--", ":", "-.")
 
 
-def _shortened(name: str) -> str:
-    """``name`` cut in the middle to at most ``_LABEL_CHARS`` characters: names of many tasks often share
-    a start (``loss_regression_target_0``, ``…_1``) and differ at the end, which a cut at the end lost."""
-    if len(name) <= _LABEL_CHARS:
+def _shortened(name: str, chars: int = 0) -> str:
+    """``name`` cut in the middle to at most ``chars`` (default ``_LABEL_CHARS``) characters: names of
+    many tasks often share a start (``loss_regression_target_0``, ``…_1``) and differ at the end,
+    which a cut at the end lost."""
+    chars = chars or _LABEL_CHARS
+    if len(name) <= chars:
         return name
-    tail = (_LABEL_CHARS - 1) // 2
-    return name[: _LABEL_CHARS - 1 - tail] + "…" + name[-tail:]
+    tail = (chars - 1) // 2
+    return name[: chars - 1 - tail] + "…" + name[-tail:]
 
 
 def _line_style(index: int, count: int) -> dict[str, Any]:

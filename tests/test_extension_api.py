@@ -395,3 +395,31 @@ def test_reset_parameters_of_a_strategy_from_an_earlier_version_says_what_it_can
         UserWarning, match=r"weighting 'pcgrad' was made by an earlier version .* create the strategy anew"
     ):
         weighting.reset_parameters()
+
+
+class Viewing(Weighting):
+    """A user's strategy whose private tensors cannot take values in place: a broadcast view, one
+    made under inference mode (as in Lightning's evaluation), one carrying a graph."""
+
+    def build(self, num_tasks: int) -> None:
+        self._scale = torch.ones(()).expand(num_tasks)
+        self._seen = torch.zeros(num_tasks)
+
+    def forward(self, losses: Tensor) -> WeightedLoss:
+        if self.training:
+            self._scale = self._scale * 2.0
+            with torch.inference_mode():
+                self._seen = self._seen + 1.0
+        return weighted_sum(self._scale.detach(), losses)
+
+
+def test_reset_parameters_assigns_what_cannot_take_values_in_place() -> None:
+    # The in-place restore raised: "more than one element of the written-to tensor refers to a single
+    # memory location", "Inplace update to inference tensor outside InferenceMode".
+    weighting = Viewing()
+    weighting.bind(["a", "b"])
+    weighting(torch.tensor([1.0, 2.0]))
+    weighting._scale = torch.ones(()).expand(2) * torch.tensor(3.0, requires_grad=True)  # in a graph
+    weighting.reset_parameters()
+    assert weighting._scale.tolist() == [1.0, 1.0] and weighting._scale.grad_fn is None
+    assert weighting._seen.tolist() == [0.0, 0.0]

@@ -243,3 +243,14 @@ def test_the_plot_of_hundreds_of_tasks_shows_a_colour_bar_of_their_positions() -
     first, last = ax.get_lines()[0].get_color(), ax.get_lines()[-1].get_color()
     assert colors.to_hex(first) == colors.to_hex(matplotlib.colormaps["turbo"](0.0))
     assert colors.to_hex(last) == colors.to_hex(matplotlib.colormaps["turbo"](1.0))
+
+
+def test_legend_labels_of_names_alike_at_both_ends_are_numbered() -> None:
+    # Cut in the middle, depth_scale_{i}_smooth_l1_loss all read "depth_scal…h_l1_loss".
+    from lightning_multiloss._trajectory import trajectory_figure
+
+    names = [f"depth_scale_{i}_smooth_l1_loss" for i in range(12)]
+    figure = trajectory_figure(names, [0, 1], [[1.0] * 12, [1.0] * 12])
+    shown = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert len(set(shown)) == 12 and all(len(label) <= 20 for label in shown)
+    assert shown[0].startswith("0 depth_") and shown[11].startswith("11 depth_")

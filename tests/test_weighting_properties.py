@@ -361,6 +361,11 @@ def test_reset_parameters_of_a_float64_strategy_is_float64s_initial_state():
         learnable.bind(TASKS[3])
     learnable.reset_parameters()
     assert learnable.alpha.dtype == torch.float64 and learnable.alpha.tolist() == [1 / 3] * 3
+    # Bound in float32, then cast (64-true without init_module): float32's 1/3, as bound.
+    cast = Learnable()
+    cast.bind(TASKS[3])
+    cast.double().reset_parameters()
+    assert cast.alpha.tolist() == [float(torch.tensor(1 / 3, dtype=torch.float32))] * 3
 
 
 def test_the_last_weights_of_a_loaded_strategy_are_the_weights_in_force():

@@ -61,7 +61,21 @@ class Progress:
 
 
 # nn.Module's own attributes, and the strategy's that no reset restores.
-_MODULE_ATTRIBUTES = frozenset(vars(nn.Module())) | {"_task_names", "_owner", "_at_bind"}
+_MODULE_ATTRIBUTES = frozenset(vars(nn.Module())) | {"_task_names", "_owner", "_at_bind", "_bound_dtype"}
+
+
+def _restorable_in_place(live: Tensor, value: Tensor) -> bool:
+    """Whether ``live`` can take ``value`` in place: the same shape and device, a dense tensor of
+    its own (not a broadcast view), outside any graph, not an inference tensor (Lightning's
+    evaluation makes them) nor in memory shared with other processes (``ddp_spawn``)."""
+    return (
+        live.shape == value.shape
+        and live.device == value.device
+        and live.is_contiguous()
+        and live.grad_fn is None
+        and not live.is_inference()
+        and not live.is_shared()
+    )
 
 
 def _numbers_list(value: object) -> bool:
@@ -157,6 +171,7 @@ class Weighting(nn.Module, ABC):
         if self.uses_epoch_losses:
             self.epoch_losses = TaskEpochMean(k)
         self.build(k)
+        self._bound_dtype = torch.get_default_dtype()
         self._at_bind = self._plain_state()
 
     def _check_initialised(self) -> None:
@@ -228,11 +243,10 @@ class Weighting(nn.Module, ABC):
         # written into this one's, which an optimizer may hold.
         fresh = copy.copy(self)  # shares the configuration; bind() gives it tensors of its own
         vars(fresh).update(_parameters={}, _buffers={}, _modules={}, _non_persistent_buffers_set=set(), _task_names=())
-        wide = any(
-            t.dtype == torch.float64 for t in [*self._parameters.values(), *self._buffers.values()] if t is not None
-        )
         default = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float64 if wide else torch.float32)
+        # The default dtype it was bound under (float64 under Lightning's init_module for 64-true):
+        # its first values in that dtype's rounding. Process-wide for the moment of the bind.
+        torch.set_default_dtype(self.__dict__.get("_bound_dtype", torch.float32))
         try:
             with torch.device("cpu"):
                 fresh.bind(self._task_names)
@@ -255,7 +269,7 @@ class Weighting(nn.Module, ABC):
             )
         for name, value in initial.items():
             live = self.__dict__.get(name)
-            if isinstance(value, Tensor) and isinstance(live, Tensor) and live.shape == value.shape:
+            if isinstance(value, Tensor) and isinstance(live, Tensor) and _restorable_in_place(live, value):
                 with torch.no_grad():
                     live.copy_(value)  # in place: a handle on it, or an optimizer of the strategy's own, stays
             else:
