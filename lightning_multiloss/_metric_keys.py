@@ -120,8 +120,7 @@ class BestValues(nn.Module):
     def __init__(self, higher_is_better: Sequence[bool]) -> None:
         super().__init__()
         self.higher_is_better = tuple(bool(h) for h in higher_is_better)
-        start = [-math.inf if higher else math.inf for higher in self.higher_is_better]
-        self.register_buffer("values", torch.tensor(start, dtype=torch.float32))
+        self.register_buffer("values", torch.tensor(self._unseen(), dtype=torch.float32))
 
     def update(self, index: int, value: Tensor) -> Tensor:
         """Take ``value`` (a scalar) into entry ``index``; returns the best so far."""
@@ -133,9 +132,12 @@ class BestValues(nn.Module):
 
     def reset_parameters(self) -> None:
         """No value seen yet (a module made on the meta device, given memory by ``to_empty``)."""
-        start = [-math.inf if higher else math.inf for higher in self.higher_is_better]
         with torch.no_grad():
-            self.values.copy_(torch.tensor(start, device="cpu"))
+            self.values.copy_(torch.tensor(self._unseen(), device="cpu"))
+
+    def _unseen(self) -> list[float]:
+        """Each entry's start: the worst value, which any other one beats."""
+        return [-math.inf if higher else math.inf for higher in self.higher_is_better]
 
     def _apply(self, fn: Any, recurse: bool = True) -> BestValues:
         # Lightning's half precisions convert the module with .to(dtype): the best values would be
